@@ -1,0 +1,257 @@
+//! `libbuddyslab.so`: glibc's malloc API on top of `buddyslab::heap`, for
+//! `LD_PRELOAD`.
+//!
+//! Semantics are glibc's, because programs depend on them and a function
+//! left out is served by glibc's own malloc, which then frees our memory
+//! (or the reverse) and crashes: 16-byte alignment for every size,
+//! `malloc(0)` unique and freeable, NULL with `errno = ENOMEM` for
+//! impossible sizes and overflowing products, `EINVAL` for bad alignments
+//! (leaving `posix_memalign`'s out-pointer alone), `free` keeping `errno`.
+//!
+//! The constructor tells the heap it is the process's `malloc`, so chunks
+//! may come from `brk`. Calls that arrive before it (from the loader or
+//! libc's own start-up) work too: every structure is statically
+//! initialised and they simply get `mmap` chunks.
+
+use buddyslab::heap;
+use buddyslab::stats::{self, MallInfo2};
+use core::ffi::{c_int, c_void};
+use core::ptr;
+
+extern "C" fn constructor() {
+    heap::set_process_malloc();
+}
+
+#[used]
+#[link_section = ".init_array"]
+static CONSTRUCTOR: extern "C" fn() = constructor;
+
+#[inline]
+fn set_errno(e: c_int) {
+    // SAFETY: errno is the calling thread's; the location is always valid.
+    unsafe { *libc::__errno_location() = e };
+}
+
+#[inline]
+fn or_enomem(p: *mut u8) -> *mut c_void {
+    if p.is_null() {
+        set_errno(libc::ENOMEM);
+    }
+    p.cast()
+}
+
+/// `malloc(3)`.
+#[no_mangle]
+pub extern "C" fn malloc(size: usize) -> *mut c_void {
+    or_enomem(heap::malloc(size))
+}
+
+/// `free(3)`. Aborts with a message on a pointer that is not a live block.
+///
+/// # Safety
+/// `p` is null or a live block, not used afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn free(p: *mut c_void) {
+    // SAFETY: per the caller.
+    unsafe { heap::free(p.cast()) }
+}
+
+/// `cfree(3)`: the old name of `free`.
+///
+/// # Safety
+/// As [`free`].
+#[no_mangle]
+pub unsafe extern "C" fn cfree(p: *mut c_void) {
+    // SAFETY: per the caller.
+    unsafe { heap::free(p.cast()) }
+}
+
+/// `free_sized` (C23): the size is a hint we do not need.
+///
+/// # Safety
+/// As [`free`].
+#[no_mangle]
+pub unsafe extern "C" fn free_sized(p: *mut c_void, _size: usize) {
+    // SAFETY: per the caller.
+    unsafe { heap::free(p.cast()) }
+}
+
+/// `free_aligned_sized` (C23).
+///
+/// # Safety
+/// As [`free`].
+#[no_mangle]
+pub unsafe extern "C" fn free_aligned_sized(p: *mut c_void, _align: usize, _size: usize) {
+    // SAFETY: per the caller.
+    unsafe { heap::free(p.cast()) }
+}
+
+/// `calloc(3)`: NULL with `ENOMEM` when `n * size` overflows.
+#[no_mangle]
+pub extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
+    or_enomem(heap::calloc(n, size))
+}
+
+/// `realloc(3)`. `realloc(p, 0)` frees `p` and returns NULL, as glibc does.
+/// On failure returns NULL with `ENOMEM` and leaves `p` intact.
+///
+/// # Safety
+/// `p` is null or a live block.
+#[no_mangle]
+pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
+    // SAFETY: per the caller.
+    let q = unsafe { heap::realloc(p.cast(), size) };
+    if q.is_null() && (p.is_null() || size != 0) {
+        set_errno(libc::ENOMEM);
+    }
+    q.cast()
+}
+
+/// `reallocarray(3)`: `realloc(p, n * size)` with an overflow check.
+///
+/// # Safety
+/// As [`realloc`].
+#[no_mangle]
+pub unsafe extern "C" fn reallocarray(p: *mut c_void, n: usize, size: usize) -> *mut c_void {
+    match n.checked_mul(size) {
+        // SAFETY: per the caller.
+        Some(total) => unsafe { realloc(p, total) },
+        None => {
+            set_errno(libc::ENOMEM);
+            ptr::null_mut()
+        }
+    }
+}
+
+/// `posix_memalign(3)`: `EINVAL` unless `align` is a power of two and a
+/// multiple of `sizeof(void *)`; `*out` is written only on success.
+///
+/// # Safety
+/// `out` is valid for a pointer write.
+#[no_mangle]
+pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> c_int {
+    if !align.is_power_of_two() || align % core::mem::size_of::<*mut c_void>() != 0 {
+        return libc::EINVAL;
+    }
+    let p = heap::aligned_alloc(align, size);
+    if p.is_null() {
+        return libc::ENOMEM;
+    }
+    // SAFETY: per the caller.
+    unsafe { *out = p.cast() };
+    0
+}
+
+/// `aligned_alloc(3)`: `EINVAL` for an alignment that is not a power of two.
+#[no_mangle]
+pub extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
+    if !align.is_power_of_two() {
+        set_errno(libc::EINVAL);
+        return ptr::null_mut();
+    }
+    or_enomem(heap::aligned_alloc(align, size))
+}
+
+/// `memalign(3)`: glibc rounds an alignment that is not a power of two up
+/// to the next one; an alignment over `SIZE_MAX / 2` is `EINVAL`.
+#[no_mangle]
+pub extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
+    if align > usize::MAX / 2 + 1 {
+        set_errno(libc::EINVAL);
+        return ptr::null_mut();
+    }
+    let align = align.max(1).next_power_of_two();
+    or_enomem(heap::aligned_alloc(align, size))
+}
+
+/// `valloc(3)`: page-aligned.
+#[no_mangle]
+pub extern "C" fn valloc(size: usize) -> *mut c_void {
+    or_enomem(heap::aligned_alloc(buddyslab::os::PAGE_SIZE, size))
+}
+
+/// `pvalloc(3)`: page-aligned, size rounded up to whole pages.
+#[no_mangle]
+pub extern "C" fn pvalloc(size: usize) -> *mut c_void {
+    match heap::page_round(size) {
+        Some(rounded) => or_enomem(heap::aligned_alloc(buddyslab::os::PAGE_SIZE, rounded)),
+        None => {
+            set_errno(libc::ENOMEM);
+            ptr::null_mut()
+        }
+    }
+}
+
+/// `malloc_usable_size(3)`: 0 for NULL.
+///
+/// # Safety
+/// `p` is null or a live block.
+#[no_mangle]
+pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
+    heap::usable_size(p.cast())
+}
+
+/// `malloc_trim(3)`: returns 1 when memory was given back to the system.
+#[no_mangle]
+pub extern "C" fn malloc_trim(_pad: usize) -> c_int {
+    heap::trim() as c_int
+}
+
+/// `mallopt(3)`. `M_MMAP_THRESHOLD` is honoured (0 above 32 MiB, as
+/// glibc); the other glibc parameters are accepted and have no effect
+/// here (buddyslab has no arenas, fastbins or trim threshold); an unknown
+/// parameter returns 1, as glibc's does.
+#[no_mangle]
+pub extern "C" fn mallopt(param: c_int, value: c_int) -> c_int {
+    const M_MMAP_THRESHOLD: c_int = -3;
+    match param {
+        M_MMAP_THRESHOLD => buddyslab::options::set_mmap_threshold(value as usize) as c_int,
+        _ => 1,
+    }
+}
+
+/// `mallinfo2(3)`.
+#[no_mangle]
+pub extern "C" fn mallinfo2() -> MallInfo2 {
+    stats::mallinfo2()
+}
+
+/// glibc's old `struct mallinfo`, with `int` fields.
+#[repr(C)]
+pub struct MallInfo {
+    arena: c_int,
+    ordblks: c_int,
+    smblks: c_int,
+    hblks: c_int,
+    hblkhd: c_int,
+    usmblks: c_int,
+    fsmblks: c_int,
+    uordblks: c_int,
+    fordblks: c_int,
+    keepcost: c_int,
+}
+
+/// `mallinfo(3)`: `mallinfo2` cut to `int`, as glibc does.
+#[no_mangle]
+pub extern "C" fn mallinfo() -> MallInfo {
+    let m = stats::mallinfo2();
+    let i = |v: usize| v as c_int;
+    MallInfo {
+        arena: i(m.arena),
+        ordblks: i(m.ordblks),
+        smblks: i(m.smblks),
+        hblks: i(m.hblks),
+        hblkhd: i(m.hblkhd),
+        usmblks: i(m.usmblks),
+        fsmblks: i(m.fsmblks),
+        uordblks: i(m.uordblks),
+        fordblks: i(m.fordblks),
+        keepcost: i(m.keepcost),
+    }
+}
+
+/// `malloc_stats(3)`: the summary on stderr.
+#[no_mangle]
+pub extern "C" fn malloc_stats() {
+    stats::print_malloc_stats();
+}

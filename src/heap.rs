@@ -1,0 +1,599 @@
+//! The one dispatch: a request's size and alignment pick a tier, a
+//! pointer's address finds its owner.
+//!
+//! | request                                     | tier                       |
+//! |---------------------------------------------|----------------------------|
+//! | ≤ 32 KiB (alignment ≤ 4 KiB, a fitting class)| slab cache of its class    |
+//! | below the mmap threshold, ≤ 4 MiB            | page tier: exact buddy run |
+//! | otherwise                                    | large: its own mapping     |
+//!
+//! The mmap threshold applies above 32 KiB; smaller requests always use
+//! slabs (a threshold set lower only moves page-tier requests to mmap).
+//!
+//! Ownership on `free`: the chunk map gives the page descriptor in O(1);
+//! a slab object leads to its cache, a page run to the buddy allocator.
+//! An address in no chunk is looked up in the region tree (large blocks).
+//! Anything else — a pointer into free memory, inside an object, or not
+//! ours at all — stops the process with a message before anything is
+//! touched.
+//!
+//! Everything here returns null on failure; the C face turns that into
+//! `errno = ENOMEM`, the Rust face into `handle_alloc_error` (by Rust).
+
+use crate::buddy::{self, align_up, order_for_pages, pages_for};
+use crate::large::{self, MMAP_THRESHOLD};
+use crate::os::{self, PAGE_SHIFT, PAGE_SIZE};
+use crate::page::{self, Page, CHUNK_SIZE, PG_PAGES, PG_SLAB, PG_TAIL};
+use crate::slab::{self, cache, class_of, size_of_class, CACHES, NR_CLASSES, SLAB_MAX};
+use crate::stats;
+use core::ptr;
+use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+
+/// Alignment every block gets without asking (glibc's on x86-64).
+pub const MIN_ALIGN: usize = 16;
+
+/// Largest request ever granted (`PTRDIFF_MAX`, less room to round up).
+const MAX_REQUEST: usize = isize::MAX as usize - CHUNK_SIZE;
+
+/// Allocates `size` bytes, 16-byte aligned. Null when out of memory or
+/// `size` is impossible. `malloc(0)` returns a unique, freeable pointer.
+#[inline]
+pub fn malloc(size: usize) -> *mut u8 {
+    if size <= SLAB_MAX {
+        return cache::alloc(&CACHES[class_of(size)]);
+    }
+    alloc_big(size, MIN_ALIGN)
+}
+
+/// Allocates `size` bytes aligned to `align` (a power of two; any value up
+/// to what the address space allows). Null when out of memory.
+pub fn aligned_alloc(align: usize, size: usize) -> *mut u8 {
+    debug_assert!(align.is_power_of_two());
+    if align <= MIN_ALIGN {
+        return malloc(size);
+    }
+    if let Some(class) = slab::class_for_aligned(size, align) {
+        return cache::alloc(&CACHES[class]);
+    }
+    alloc_big(size, align)
+}
+
+/// Requests too big for a slab (or with an alignment no class gives).
+#[cold]
+#[inline(never)]
+fn alloc_big(size: usize, align: usize) -> *mut u8 {
+    if size > MAX_REQUEST || align > MAX_REQUEST / 2 {
+        return ptr::null_mut();
+    }
+    if size < MMAP_THRESHOLD.load(Ordering::Relaxed) && size <= CHUNK_SIZE && align <= CHUNK_SIZE {
+        let npages = pages_for(size.max(1));
+        let align_order = order_for_pages(align.max(PAGE_SIZE) >> PAGE_SHIFT);
+        return match buddy::alloc_pages_exact(npages, align_order) {
+            Some((head, _)) => page::page_address(head) as *mut u8,
+            None => ptr::null_mut(),
+        };
+    }
+    large::alloc(size, align)
+}
+
+/// Allocates `n * size` zeroed bytes; null on overflow or out of memory.
+/// Memory known to be zero (fresh pages, fresh mappings) is not cleared
+/// again.
+pub fn calloc(n: usize, size: usize) -> *mut u8 {
+    match n.checked_mul(size) {
+        Some(total) => zeroed_alloc(total, MIN_ALIGN),
+        None => ptr::null_mut(),
+    }
+}
+
+/// Allocates `size` zeroed bytes aligned to `align`.
+pub fn zeroed_alloc(size: usize, align: usize) -> *mut u8 {
+    if size <= SLAB_MAX && align <= MIN_ALIGN {
+        let p = malloc(size);
+        if !p.is_null() {
+            // SAFETY: a fresh block of at least `size` bytes.
+            unsafe { ptr::write_bytes(p, 0, size) };
+        }
+        return p;
+    }
+    if size > MAX_REQUEST || align > MAX_REQUEST / 2 {
+        return ptr::null_mut();
+    }
+    if let Some(class) = slab::class_for_aligned(size, align) {
+        let p = cache::alloc(&CACHES[class]);
+        if !p.is_null() {
+            // SAFETY: as above.
+            unsafe { ptr::write_bytes(p, 0, size) };
+        }
+        return p;
+    }
+    if size < MMAP_THRESHOLD.load(Ordering::Relaxed) && size <= CHUNK_SIZE && align <= CHUNK_SIZE {
+        let npages = pages_for(size.max(1));
+        let align_order = order_for_pages(align.max(PAGE_SIZE) >> PAGE_SHIFT);
+        return match buddy::alloc_pages_exact(npages, align_order) {
+            Some((head, zero)) => {
+                let p = page::page_address(head) as *mut u8;
+                if !zero {
+                    // SAFETY: a fresh run of at least `size` bytes.
+                    unsafe { ptr::write_bytes(p, 0, size) };
+                }
+                p
+            }
+            None => ptr::null_mut(),
+        };
+    }
+    // A fresh anonymous mapping is zero.
+    large::alloc(size, align)
+}
+
+/// Who owns a pointer.
+enum Owner {
+    /// A slab object: its slab's head descriptor and cache index.
+    Slab(*mut Page, usize),
+    /// A page-tier run: its head descriptor.
+    Pages(*mut Page),
+    /// Not in any chunk: a large block, or not ours.
+    Outside,
+}
+
+/// Finds the owner of `p`, or stops the process when `p` points into a
+/// chunk but at nothing that was handed out.
+#[inline]
+fn owner_of(p: *mut u8, what: &'static [u8]) -> Owner {
+    let desc = page::page_of(p as usize);
+    if desc.is_null() {
+        return Owner::Outside;
+    }
+    // SAFETY: descriptors of published chunks are live.
+    unsafe {
+        let mut head = desc;
+        let mut kind = (*desc).kind();
+        if kind == PG_TAIL {
+            head = desc.sub((*desc).span as usize);
+            kind = (*head).kind();
+            if kind == PG_PAGES {
+                bad_pointer(what, b"invalid pointer (inside a block)", p);
+            }
+        }
+        match kind {
+            PG_SLAB if ((*head).class as usize) < NR_CLASSES => Owner::Slab(head, (*head).class as usize),
+            PG_PAGES if page::page_address(head) == p as usize => Owner::Pages(head),
+            PG_PAGES => bad_pointer(what, b"invalid pointer (inside a block)", p),
+            page::PG_FREE => bad_pointer(what, b"double free or invalid pointer (memory is free)", p),
+            _ => bad_pointer(what, b"invalid pointer (not allocated by buddyslab)", p),
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn bad_pointer(what: &[u8], why: &[u8], p: *mut u8) -> ! {
+    let mut buf = [0u8; 32];
+    os::fatal(&[b"buddyslab: ", what, b": ", why, b": ", stats::fmt_hex(&mut buf, p as usize)])
+}
+
+/// Frees `p` (null is a no-op). Stops the process with a message for a
+/// pointer that is not a live block of this allocator.
+///
+/// # Safety
+/// If `p` is a live block, nothing uses it afterwards.
+#[inline]
+pub unsafe fn free(p: *mut u8) {
+    if p.is_null() {
+        return;
+    }
+    match owner_of(p, b"free()") {
+        // SAFETY: `head` heads a slab of cache `class`.
+        Owner::Slab(head, class) => unsafe { cache::free(&CACHES[class], head, p) },
+        // SAFETY: a live run, given up by the caller.
+        Owner::Pages(head) => unsafe { buddy::free_pages_exact(head) },
+        Owner::Outside => free_outside(p),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn free_outside(p: *mut u8) {
+    // SAFETY: given up by the caller if it is a large block.
+    if unsafe { !large::free(p) } {
+        bad_pointer(b"free()", b"invalid pointer (not allocated by buddyslab)", p);
+    }
+}
+
+/// Usable bytes of the block at `p` (0 for null).
+pub fn usable_size(p: *mut u8) -> usize {
+    if p.is_null() {
+        return 0;
+    }
+    match owner_of(p, b"malloc_usable_size()") {
+        Owner::Slab(_, class) => size_of_class(class),
+        // SAFETY: a live run's head.
+        Owner::Pages(head) => (unsafe { (*head).span } as usize) << PAGE_SHIFT,
+        Owner::Outside => match large::usable_size(p) {
+            Some(n) => n,
+            None => bad_pointer(b"malloc_usable_size()", b"invalid pointer (not allocated by buddyslab)", p),
+        },
+    }
+}
+
+/// C `realloc`: resizes `p` to `size` bytes, in place when its class or
+/// pages allow, otherwise by moving. `realloc(NULL, n)` is `malloc(n)`;
+/// `realloc(p, 0)` frees `p` and returns null (as glibc). On failure returns
+/// null and `p` is untouched.
+///
+/// # Safety
+/// `p` is null or a live block; after a non-null return it is not used.
+pub unsafe fn realloc(p: *mut u8, size: usize) -> *mut u8 {
+    if p.is_null() {
+        return malloc(size);
+    }
+    if size == 0 {
+        // SAFETY: per the caller.
+        unsafe { free(p) };
+        return ptr::null_mut();
+    }
+    // SAFETY: per the caller.
+    unsafe { realloc_aligned(p, size, MIN_ALIGN) }
+}
+
+/// Resizes `p` to `size` (> 0) bytes keeping alignment `align`.
+///
+/// # Safety
+/// `p` is a live block aligned to `align`; after a non-null return it is
+/// not used.
+pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 {
+    if size > MAX_REQUEST {
+        return ptr::null_mut();
+    }
+    let old_usable = match owner_of(p, b"realloc()") {
+        Owner::Slab(_, class) => {
+            let usable = size_of_class(class);
+            // Stay when the new size fits and would not fit a class half
+            // the size or less (no point moving to save a little).
+            if size <= usable && (class == 0 || size * 2 > usable) {
+                return p;
+            }
+            usable
+        }
+        Owner::Pages(head) => {
+            // SAFETY: a live run's head.
+            let npages = unsafe { (*head).span } as usize;
+            let need = pages_for(size);
+            if size > SLAB_MAX && need <= npages {
+                if need < npages {
+                    // SAFETY: the pages past `need` hold nothing the caller keeps.
+                    unsafe { buddy::shrink_pages_exact(head, need) };
+                }
+                return p;
+            }
+            npages << PAGE_SHIFT
+        }
+        Owner::Outside => {
+            let Some(usable) = large::usable_size(p) else {
+                bad_pointer(b"realloc()", b"invalid pointer (not allocated by buddyslab)", p)
+            };
+            let threshold = MMAP_THRESHOLD.load(Ordering::Relaxed);
+            // mremap keeps page alignment only; bigger alignments move by copy.
+            if size >= threshold && align <= PAGE_SIZE {
+                // SAFETY: `p` is a live large block.
+                return unsafe { large::resize(p, size) };
+            }
+            if size <= usable && size >= threshold {
+                return p;
+            }
+            usable
+        }
+    };
+    let new = aligned_alloc(align, size);
+    if new.is_null() {
+        return new;
+    }
+    // SAFETY: both blocks are live and distinct; we copy what both hold.
+    unsafe {
+        ptr::copy_nonoverlapping(p, new, old_usable.min(size));
+        free(p);
+    }
+    new
+}
+
+/// Gives memory back to the OS: empty slabs to the buddy allocator, then
+/// wholly free chunks' pages to the kernel (`MADV_DONTNEED`). Returns true
+/// when any memory was released (`malloc_trim`'s 1).
+pub fn trim() -> bool {
+    let mut pages = 0;
+    for c in CACHES.iter() {
+        pages += cache::shrink(c);
+    }
+    let released = buddy::release_free_chunks();
+    pages > 0 || released > 0
+}
+
+// ---------------------------------------------------------------------------
+// Start-up, options, fork.
+
+const INIT_NONE: u8 = 0;
+const INIT_RUNNING: u8 = 1;
+const INIT_DONE: u8 = 2;
+static INIT: AtomicU8 = AtomicU8::new(INIT_NONE);
+/// Set once `mallopt` or the environment chose the threshold.
+pub static THRESHOLD_SET: AtomicBool = AtomicBool::new(false);
+
+/// Runs the one-time set-up (options, fork handlers) if it has not run.
+/// Safe to call re-entrantly: `pthread_atfork` may call `malloc`, which
+/// then proceeds with defaults while set-up finishes. Every allocator
+/// structure is statically initialised, so nothing depends on this having
+/// run except options and fork safety.
+#[inline]
+pub fn ensure_init() {
+    if INIT.load(Ordering::Acquire) != INIT_DONE {
+        init_slow();
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn init_slow() {
+    if INIT.compare_exchange(INIT_NONE, INIT_RUNNING, Ordering::AcqRel, Ordering::Acquire).is_err() {
+        return;
+    }
+    os::check_page_size();
+    crate::options::read_environment();
+    // SAFETY: the handlers are plain functions that only take and release
+    // the allocator's locks; registering may allocate, which is fine: no
+    // allocator lock is held here.
+    unsafe {
+        libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
+    }
+    INIT.store(INIT_DONE, Ordering::Release);
+}
+
+/// Declares that this copy of buddyslab is the process's `malloc` (the C
+/// face calls this first thing): chunks may then come from `brk`.
+pub fn set_process_malloc() {
+    buddy::USE_BRK.store(true, Ordering::Relaxed);
+    ensure_init();
+}
+
+/// Takes every allocator lock in the lock order (see [`crate::buddy`]).
+extern "C" fn fork_prepare() {
+    buddy::GROW.lock_for_fork();
+    for c in CACHES.iter() {
+        c.lock_for_fork();
+    }
+    buddy::ZONE.lock_for_fork();
+    crate::vma::TREE.lock_for_fork();
+}
+
+fn fork_release(in_child: bool) {
+    // SAFETY: fork_prepare took each of these in this thread (the child's
+    // only thread is the one that forked) and left no guards.
+    unsafe {
+        crate::vma::TREE.unlock_after_fork(in_child);
+        buddy::ZONE.unlock_after_fork(in_child);
+        for c in CACHES.iter().rev() {
+            c.unlock_after_fork(in_child);
+        }
+        buddy::GROW.unlock_after_fork(in_child);
+    }
+}
+
+extern "C" fn fork_parent() {
+    fork_release(false)
+}
+
+extern "C" fn fork_child() {
+    fork_release(true)
+}
+
+/// Rounds `size` up to whole pages (`pvalloc`); `None` on overflow.
+pub fn page_round(size: usize) -> Option<usize> {
+    let r = align_up(size, PAGE_SIZE);
+    (r >= size).then_some(r.max(PAGE_SIZE))
+}
+
+/// Is this pointer's block a slab object? For tests.
+pub fn is_slab_object(p: *mut u8) -> bool {
+    let d = page::page_of(p as usize);
+    // SAFETY: descriptors of published chunks are live.
+    !d.is_null() && unsafe { matches!((*d).kind(), PG_SLAB | PG_TAIL) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn tiers_by_size() {
+        let small = malloc(100);
+        let pages = malloc(40 * 1024);
+        let big = malloc(1 << 20);
+        assert!(is_slab_object(small));
+        assert_eq!(usable_size(small), 112);
+        assert_eq!(usable_size(pages), 40 * 1024);
+        assert_eq!(page::page_of(pages as usize).is_null(), false);
+        assert!(page::page_of(big as usize).is_null(), "large blocks live outside chunks");
+        assert_eq!(usable_size(big), 1 << 20);
+        // SAFETY: live blocks from above.
+        unsafe {
+            free(small);
+            free(pages);
+            free(big);
+        }
+    }
+
+    #[test]
+    fn impossible_sizes_give_null() {
+        assert!(malloc(usize::MAX).is_null());
+        assert!(malloc(isize::MAX as usize + 1).is_null());
+        assert!(calloc(usize::MAX / 2 + 1, 4).is_null());
+        assert!(aligned_alloc(1 << 62, 16).is_null());
+    }
+
+    #[test]
+    fn alignments_up_to_8_mib() {
+        let mut align = 16;
+        while align <= 8 << 20 {
+            for size in [1, align / 2 + 1, align, align + 1, 3 * align] {
+                let p = aligned_alloc(align, size);
+                assert!(!p.is_null());
+                assert_eq!(p as usize % align, 0, "align {align} size {size}");
+                assert!(usable_size(p) >= size);
+                // SAFETY: `size` bytes are ours.
+                unsafe {
+                    ptr::write_bytes(p, 0xa5, size);
+                    free(p);
+                }
+            }
+            align *= 2;
+        }
+    }
+
+    #[test]
+    fn realloc_keeps_contents_across_tiers() {
+        let sizes = [16usize, 100, 5000, 40 * 1024, 200 * 1024, 5 << 20, 300, 8];
+        // SAFETY: each step uses only the live block from the step before.
+        unsafe {
+            let mut p = malloc(8);
+            let mut have = 8usize;
+            for (i, &b) in b"buddyslb".iter().enumerate() {
+                *p.add(i) = b;
+            }
+            for &size in &sizes {
+                p = realloc(p, size);
+                assert!(!p.is_null());
+                let keep = have.min(size).min(8);
+                assert_eq!(core::slice::from_raw_parts(p, keep), &b"buddyslb"[..keep]);
+                have = size;
+            }
+            free(p);
+        }
+    }
+
+    #[test]
+    fn calloc_zeroes_reused_memory() {
+        for size in [24usize, 3000, 60 * 1024, 300 * 1024] {
+            let p = malloc(size);
+            // SAFETY: `size` bytes are ours.
+            unsafe {
+                ptr::write_bytes(p, 0xff, size);
+                free(p);
+            }
+            let q = calloc(1, size);
+            // SAFETY: `size` zeroed bytes are ours.
+            unsafe {
+                assert!(core::slice::from_raw_parts(q, size).iter().all(|&b| b == 0), "size {size}");
+                free(q);
+            }
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Malloc(usize),
+        Aligned(u32, usize),
+        Calloc(usize),
+        Realloc(usize, usize),
+        Free(usize),
+    }
+
+    fn size() -> impl Strategy<Value = usize> {
+        prop_oneof![6 => 0usize..600, 3 => 0usize..40_000, 1 => 0usize..600_000]
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => size().prop_map(Op::Malloc),
+            1 => (4u32..16, size()).prop_map(|(a, s)| Op::Aligned(a, s)),
+            1 => size().prop_map(Op::Calloc),
+            2 => (any::<usize>(), size()).prop_map(|(i, s)| Op::Realloc(i, s)),
+            3 => any::<usize>().prop_map(Op::Free),
+        ]
+    }
+
+    struct Block {
+        p: *mut u8,
+        size: usize,
+        align: usize,
+        seed: u8,
+    }
+
+    fn fill(b: &Block) {
+        for i in (0..b.size).step_by(61).chain(b.size.checked_sub(1)) {
+            // SAFETY: inside the block.
+            unsafe { *b.p.add(i) = b.seed.wrapping_add(i as u8) };
+        }
+    }
+
+    fn verify(b: &Block, upto: usize) -> bool {
+        (0..b.size.min(upto)).step_by(61).all(|i| {
+            // SAFETY: inside the block.
+            unsafe { *b.p.add(i) == b.seed.wrapping_add(i as u8) }
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// The heap against a model of live blocks: alignment, usable size,
+        /// no overlap, contents kept across realloc, zeroed calloc.
+        #[test]
+        fn model_heap(ops in prop::collection::vec(op(), 1..200)) {
+            let mut live: Vec<Block> = Vec::new();
+            let mut seed = 0u8;
+            for op in ops {
+                seed = seed.wrapping_add(37);
+                match op {
+                    Op::Malloc(s) | Op::Calloc(s) | Op::Aligned(_, s) => {
+                        let (p, align) = match op {
+                            Op::Malloc(_) => (malloc(s), MIN_ALIGN),
+                            Op::Calloc(_) => (calloc(1, s), MIN_ALIGN),
+                            Op::Aligned(a, _) => (aligned_alloc(1 << a, s), 1 << a),
+                            _ => unreachable!(),
+                        };
+                        prop_assert!(!p.is_null());
+                        prop_assert_eq!(p as usize % align, 0);
+                        prop_assert!(usable_size(p) >= s);
+                        if matches!(op, Op::Calloc(_)) {
+                            // SAFETY: s zeroed bytes.
+                            let bytes = unsafe { core::slice::from_raw_parts(p, s) };
+                            prop_assert!(bytes.iter().all(|&b| b == 0));
+                        }
+                        let b = Block { p, size: s, align, seed };
+                        fill(&b);
+                        live.push(b);
+                    }
+                    Op::Realloc(i, s) => {
+                        if live.is_empty() { continue; }
+                        let i = i % live.len();
+                        let s = s.max(1);
+                        let b = &mut live[i];
+                        // SAFETY: live block.
+                        let q = unsafe { realloc_aligned(b.p, s, b.align) };
+                        prop_assert!(!q.is_null());
+                        prop_assert_eq!(q as usize % b.align, 0);
+                        b.p = q;
+                        prop_assert!(verify(b, s));
+                        b.size = s;
+                        b.seed = seed;
+                        fill(b);
+                    }
+                    Op::Free(i) => {
+                        if live.is_empty() { continue; }
+                        let b = live.swap_remove(i % live.len());
+                        prop_assert!(verify(&b, usize::MAX));
+                        // SAFETY: live block.
+                        unsafe { free(b.p) };
+                    }
+                }
+                let mut spans: Vec<(usize, usize)> = live.iter().map(|b| (b.p as usize, b.p as usize + b.size.max(1))).collect();
+                spans.sort();
+                prop_assert!(spans.windows(2).all(|w| w[0].1 <= w[1].0), "blocks overlap");
+            }
+            for b in live {
+                prop_assert!(verify(&b, usize::MAX));
+                // SAFETY: live block.
+                unsafe { free(b.p) };
+            }
+        }
+    }
+}

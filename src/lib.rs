@@ -1,0 +1,36 @@
+//! buddyslab: a `malloc` built the way the Linux kernel manages memory.
+//!
+//! The layers, each using only those below it:
+//!
+//! ```text
+//!  global (GlobalAlloc)        cdylib/ (C ABI, separate crate)
+//!            \                  /
+//!             heap: size/alignment -> tier, pointer -> owner
+//!            /          |          \
+//!   slab (kmem_cache)  large (mmap)  stats (views)
+//!           |            |
+//!   buddy (free_area[order], chunks)
+//!           |            |
+//!   page (struct page, chunk map) + vma (region tree)
+//!           |
+//!   os (system calls) + sync (futex mutex)
+//! ```
+//!
+//! Use it from Rust as `#[global_allocator] static A: buddyslab::BuddySlab =
+//! buddyslab::BuddySlab;`, or from C by preloading `libbuddyslab.so`.
+//! See `DESIGN.md` in the repository for the architecture and the rules
+//! the code keeps (above all: the allocator never allocates from itself).
+
+pub mod buddy;
+pub mod global;
+pub mod heap;
+pub mod large;
+pub mod options;
+pub mod os;
+pub mod page;
+pub mod slab;
+pub mod stats;
+pub mod sync;
+pub mod vma;
+
+pub use global::BuddySlab;

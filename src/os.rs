@@ -1,0 +1,290 @@
+//! The operating-system edge: every system call buddyslab makes is here.
+//!
+//! Nothing in this module knows about allocation policy, and nothing here
+//! allocates. The calls go straight to the kernel (`syscall` instruction on
+//! x86-64, `libc::syscall` elsewhere), so they work before libc has finished
+//! setting itself up and they never touch `errno`: `free` must preserve the
+//! caller's `errno`, and a failed `brk` or `mmap` inside `malloc` is reported
+//! to the caller by the C face, which sets `ENOMEM` itself.
+//!
+//! Preconditions are written on each function, mimalloc-style: addresses
+//! page-aligned, lengths non-zero and page-aligned unless said otherwise.
+
+use core::sync::atomic::{AtomicBool, Ordering};
+
+/// Size of a base page. x86-64 and aarch64 Linux both run 4 KiB pages in
+/// the configurations this project targets; [`check_page_size`] verifies it.
+pub const PAGE_SIZE: usize = 4096;
+/// log2 of [`PAGE_SIZE`].
+pub const PAGE_SHIFT: u32 = 12;
+
+#[cfg(target_arch = "x86_64")]
+mod raw {
+    /// # Safety
+    /// The caller upholds the contract of system call `nr` for these arguments.
+    #[inline]
+    pub unsafe fn syscall6(nr: usize, a: [usize; 6]) -> isize {
+        let ret: isize;
+        // SAFETY: the `syscall` instruction clobbers rcx and r11 and returns in
+        // rax; the kernel reads the six argument registers. Memory effects are
+        // the system call's own, which the caller vouches for.
+        unsafe {
+            core::arch::asm!(
+                "syscall",
+                inlateout("rax") nr as isize => ret,
+                in("rdi") a[0], in("rsi") a[1], in("rdx") a[2],
+                in("r10") a[3], in("r8") a[4], in("r9") a[5],
+                lateout("rcx") _, lateout("r11") _,
+                options(nostack)
+            );
+        }
+        ret
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod raw {
+    /// # Safety
+    /// The caller upholds the contract of system call `nr` for these arguments.
+    #[inline]
+    pub unsafe fn syscall6(nr: usize, a: [usize; 6]) -> isize {
+        // SAFETY: errno is saved and restored around libc's wrapper so the
+        // caller's errno survives, as with the raw instruction on x86-64.
+        unsafe {
+            let e = libc::__errno_location();
+            let saved = *e;
+            let r = libc::syscall(nr as libc::c_long, a[0], a[1], a[2], a[3], a[4], a[5]);
+            let r = if r == -1 { -(*e as isize) } else { r as isize };
+            *e = saved;
+            r
+        }
+    }
+}
+
+/// A system call's error: the kernel's positive errno value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+fn check(ret: isize) -> Result<usize, Errno> {
+    if (-4095..0).contains(&ret) {
+        Err(Errno(-ret as i32))
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// The current program break (`brk(0)`).
+pub fn brk_current() -> usize {
+    // SAFETY: brk(0) only reports the break.
+    unsafe { raw::syscall6(libc::SYS_brk as usize, [0; 6]) as usize }
+}
+
+/// Moves the program break to `addr`. Returns the new break; it equals `addr`
+/// on success. The kernel refuses (and returns the old break) when the range
+/// would run into another mapping or past `RLIMIT_DATA`.
+///
+/// # Safety
+/// Shrinking the break unmaps `[addr, old)`: nothing may use those pages.
+pub unsafe fn brk_set(addr: usize) -> usize {
+    // SAFETY: the caller guarantees no live use of memory given up by a shrink.
+    unsafe { raw::syscall6(libc::SYS_brk as usize, [addr, 0, 0, 0, 0, 0]) as usize }
+}
+
+/// Maps `len` bytes of fresh, zeroed, private anonymous read-write memory.
+/// `len` must be non-zero and page-aligned. With `noreserve`, no swap is
+/// reserved (for sparse tables that are mostly never touched).
+pub fn mmap_anonymous(len: usize, noreserve: bool) -> Result<usize, Errno> {
+    debug_assert!(len != 0 && len % PAGE_SIZE == 0);
+    let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+    if noreserve {
+        flags |= libc::MAP_NORESERVE;
+    }
+    let prot = libc::PROT_READ | libc::PROT_WRITE;
+    // SAFETY: a new anonymous mapping at an address of the kernel's choice
+    // cannot alias anything that exists.
+    let r = unsafe {
+        raw::syscall6(
+            libc::SYS_mmap as usize,
+            [0, len, prot as usize, flags as usize, usize::MAX, 0],
+        )
+    };
+    check(r)
+}
+
+/// Unmaps `[addr, addr + len)`. Both page-aligned, `len` non-zero.
+///
+/// # Safety
+/// Nothing may use the range afterwards.
+pub unsafe fn munmap(addr: usize, len: usize) -> Result<(), Errno> {
+    debug_assert!(addr % PAGE_SIZE == 0 && len % PAGE_SIZE == 0 && len != 0);
+    // SAFETY: the caller owns the range and gives it up.
+    check(unsafe { raw::syscall6(libc::SYS_munmap as usize, [addr, len, 0, 0, 0, 0]) }).map(|_| ())
+}
+
+/// `madvise(addr, len, MADV_DONTNEED)`: drops the pages; they read back as
+/// zero and fault again on the next touch. Page-aligned, `len` non-zero.
+///
+/// # Safety
+/// The range is mapped by buddyslab and its contents are no longer needed.
+pub unsafe fn madvise_dontneed(addr: usize, len: usize) -> Result<(), Errno> {
+    debug_assert!(addr % PAGE_SIZE == 0 && len % PAGE_SIZE == 0 && len != 0);
+    // SAFETY: the caller owns the range and no longer needs its contents.
+    check(unsafe {
+        raw::syscall6(
+            libc::SYS_madvise as usize,
+            [addr, len, libc::MADV_DONTNEED as usize, 0, 0, 0],
+        )
+    })
+    .map(|_| ())
+}
+
+/// `mremap(addr, old_len, new_len, MREMAP_MAYMOVE)`: grows or shrinks a
+/// private anonymous mapping, moving it (without copying pages) when it
+/// cannot grow in place. Returns the new address.
+///
+/// # Safety
+/// `[addr, addr + old_len)` is exactly one mapping owned by the caller; on
+/// success the old range must no longer be used unless the result equals it.
+pub unsafe fn mremap_maymove(addr: usize, old_len: usize, new_len: usize) -> Result<usize, Errno> {
+    debug_assert!(addr % PAGE_SIZE == 0 && old_len % PAGE_SIZE == 0 && new_len % PAGE_SIZE == 0);
+    // SAFETY: the caller owns the mapping; the kernel moves it atomically.
+    check(unsafe {
+        raw::syscall6(
+            libc::SYS_mremap as usize,
+            [addr, old_len, new_len, libc::MREMAP_MAYMOVE as usize, 0, 0],
+        )
+    })
+}
+
+/// `futex(FUTEX_WAIT_PRIVATE)`: sleeps while `*word == expected`.
+pub fn futex_wait(word: &core::sync::atomic::AtomicU32, expected: u32) {
+    // SAFETY: the futex word is a live, aligned u32; a spurious or failed wait
+    // only returns early, and callers re-check in a loop.
+    unsafe {
+        raw::syscall6(
+            libc::SYS_futex as usize,
+            [
+                word.as_ptr() as usize,
+                (libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG) as usize,
+                expected as usize,
+                0,
+                0,
+                0,
+            ],
+        );
+    }
+}
+
+/// `futex(FUTEX_WAKE_PRIVATE)`: wakes one waiter on `word`.
+pub fn futex_wake_one(word: &core::sync::atomic::AtomicU32) {
+    // SAFETY: waking on a live, aligned u32 has no memory effect.
+    unsafe {
+        raw::syscall6(
+            libc::SYS_futex as usize,
+            [
+                word.as_ptr() as usize,
+                (libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG) as usize,
+                1,
+                0,
+                0,
+                0,
+            ],
+        );
+    }
+}
+
+/// Writes all of `buf` to file descriptor `fd`, retrying short writes and
+/// `EINTR`. Errors are dropped: this is for diagnostics.
+pub fn write_all(fd: i32, mut buf: &[u8]) {
+    while !buf.is_empty() {
+        // SAFETY: `buf` is a live slice; write(2) only reads it.
+        let r = unsafe {
+            raw::syscall6(
+                libc::SYS_write as usize,
+                [fd as usize, buf.as_ptr() as usize, buf.len(), 0, 0, 0],
+            )
+        };
+        match check(r) {
+            Ok(0) => return,
+            Ok(n) => buf = &buf[n.min(buf.len())..],
+            Err(Errno(libc::EINTR)) => continue,
+            Err(_) => return,
+        }
+    }
+}
+
+/// Prints `msg` to stderr and aborts the process. Used when continuing would
+/// corrupt memory (a double free, a pointer that is not ours, broken
+/// metadata); never allocates.
+#[cold]
+#[inline(never)]
+pub fn fatal(parts: &[&[u8]]) -> ! {
+    for p in parts {
+        write_all(2, p);
+    }
+    write_all(2, b"\n");
+    // SAFETY: abort(3) has no preconditions.
+    unsafe { libc::abort() }
+}
+
+static PAGE_SIZE_CHECKED: AtomicBool = AtomicBool::new(false);
+
+/// Verifies once that the kernel's page size is [`PAGE_SIZE`]; buddyslab's
+/// page arithmetic is fixed at compile time.
+pub fn check_page_size() {
+    if PAGE_SIZE_CHECKED.load(Ordering::Relaxed) {
+        return;
+    }
+    // SAFETY: getauxval has no preconditions and does not allocate.
+    let ps = unsafe { libc::getauxval(libc::AT_PAGESZ) } as usize;
+    if ps != 0 && ps != PAGE_SIZE {
+        fatal(&[b"buddyslab: kernel page size is not 4096 bytes; unsupported"]);
+    }
+    PAGE_SIZE_CHECKED.store(true, Ordering::Relaxed);
+}
+
+/// The calling thread's kernel thread id.
+pub fn gettid() -> i32 {
+    // SAFETY: gettid has no arguments and no memory effect.
+    unsafe { raw::syscall6(libc::SYS_gettid as usize, [0; 6]) as i32 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mmap_is_zeroed_and_unmappable() {
+        let len = 4 * PAGE_SIZE;
+        let a = mmap_anonymous(len, false).unwrap();
+        assert_eq!(a % PAGE_SIZE, 0);
+        // SAFETY: freshly mapped, len bytes, read-write.
+        let s = unsafe { core::slice::from_raw_parts_mut(a as *mut u8, len) };
+        assert!(s.iter().all(|&b| b == 0));
+        s[0] = 1;
+        s[len - 1] = 2;
+        // SAFETY: our mapping, contents no longer needed.
+        unsafe { madvise_dontneed(a, len).unwrap() };
+        assert_eq!(s[0], 0, "MADV_DONTNEED on private anonymous memory reads back zero");
+        // SAFETY: our mapping, grown with MREMAP_MAYMOVE; old range unused after.
+        let b = unsafe { mremap_maymove(a, len, 8 * len).unwrap() };
+        // SAFETY: the mapping is now at b with 8 * len bytes.
+        unsafe { munmap(b, 8 * len).unwrap() };
+    }
+
+    #[test]
+    fn errors_come_back_as_errno_without_touching_errno() {
+        // SAFETY: errno is thread-local; setting it is harmless.
+        unsafe { *libc::__errno_location() = 4321 };
+        // An impossible length fails with ENOMEM.
+        let r = mmap_anonymous(usize::MAX & !(PAGE_SIZE - 1), false);
+        assert_eq!(r, Err(Errno(libc::ENOMEM)));
+        // SAFETY: reading errno.
+        assert_eq!(unsafe { *libc::__errno_location() }, 4321);
+    }
+
+    #[test]
+    fn brk_reports_the_break() {
+        assert!(brk_current() > 0);
+    }
+}

@@ -1,0 +1,383 @@
+//! Page descriptors (`struct page`), chunk descriptors (a `mem_map` section
+//! per 4 MiB chunk) and the chunk map that finds them from any address.
+//!
+//! Glossary (used the same way in every module):
+//! - *page*: 4 KiB of address space, `PAGE_SIZE`.
+//! - *chunk*: a 4 MiB-aligned run of 1024 pages the buddy allocator manages;
+//!   one order-10 block when wholly free. Comes from `brk` or `mmap`.
+//! - *page descriptor* ([`Page`]): the allocator's record of one page, kept
+//!   in the chunk descriptor, never inside user memory, so an overflow in
+//!   user data cannot reach it.
+//! - *head* / *tail*: the first page of a multi-page block and the others;
+//!   a tail records its distance to the head, like a kernel compound page.
+//!
+//! Finding a descriptor from an address is two loads from the chunk map
+//! (`CHUNK_MAP[addr >> 34][(addr >> 22) & 4095]`) and an index: O(1), no
+//! lock, no header in front of user data.
+//!
+//! Who may write what: the buddy zone lock covers descriptors of free blocks
+//! (`kind == PG_FREE`), `order`, `zero` and free-list links; a slab cache's
+//! lock covers the slab fields of the slabs it owns. `kind` is atomic so an
+//! unlocked reader (`free` dispatching on a pointer) sees a whole value.
+
+use crate::os::{self, PAGE_SHIFT, PAGE_SIZE};
+use core::ptr;
+use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
+
+/// Largest buddy order: blocks of `1 << MAX_ORDER` pages (4 MiB).
+pub const MAX_ORDER: usize = 10;
+/// Pages per chunk.
+pub const CHUNK_PAGES: usize = 1 << MAX_ORDER;
+/// log2 of [`CHUNK_SIZE`].
+pub const CHUNK_SHIFT: u32 = PAGE_SHIFT + MAX_ORDER as u32;
+/// Bytes per chunk (4 MiB); chunks are aligned to it.
+pub const CHUNK_SIZE: usize = 1 << CHUNK_SHIFT;
+
+/// Page is not managed (never used for a descriptor that is live).
+pub const PG_NONE: u8 = 0;
+/// Page belongs to a free buddy block (the head carries `order`).
+pub const PG_FREE: u8 = 1;
+/// Head page of a slab: slab fields are valid.
+pub const PG_SLAB: u8 = 2;
+/// Head page of a run handed out whole by the page tier (`npages` valid).
+pub const PG_PAGES: u8 = 3;
+/// Tail page of a slab or page run: `head_offset` leads to the head.
+pub const PG_TAIL: u8 = 4;
+
+/// The `struct page` analogue: one per 4 KiB page of a chunk.
+#[repr(C)]
+pub struct Page {
+    /// `PG_*` state.
+    pub kind: AtomicU8,
+    /// Buddy order of the block this page heads (free blocks and slabs).
+    pub order: u8,
+    /// Slab: the cache index ([`crate::slab`]) that owns the slab.
+    pub class: u8,
+    /// Free block: its pages are known to read as zero (fresh from the OS,
+    /// or released with `MADV_DONTNEED`).
+    pub zero: bool,
+    /// Tail: pages back to the head. Page-tier head: pages in the run.
+    pub span: u32,
+    /// Slab: objects handed out and not yet returned.
+    pub inuse: u16,
+    /// Slab: objects `[0, bump)` have been handed out at least once; the
+    /// rest have never been touched (lazy free-list build, so a new slab
+    /// does not fault in all its pages).
+    pub bump: u16,
+    /// Slab: objects on `freelist`.
+    pub nr_free: u16,
+    _pad: u16,
+    /// Slab: singly linked list of freed objects, linked through their
+    /// first word.
+    pub freelist: *mut u8,
+    /// List links: buddy `free_area[order]` or a cache's slab list.
+    pub next: *mut Page,
+    /// See `next`.
+    pub prev: *mut Page,
+}
+
+impl Page {
+    const EMPTY: Page = Page {
+        kind: AtomicU8::new(PG_NONE),
+        order: 0,
+        class: 0,
+        zero: false,
+        span: 0,
+        inuse: 0,
+        bump: 0,
+        nr_free: 0,
+        _pad: 0,
+        freelist: ptr::null_mut(),
+        next: ptr::null_mut(),
+        prev: ptr::null_mut(),
+    };
+
+    /// The page's state.
+    #[inline]
+    pub fn kind(&self) -> u8 {
+        self.kind.load(Ordering::Relaxed)
+    }
+
+    /// Sets the page's state.
+    #[inline]
+    pub fn set_kind(&self, k: u8) {
+        self.kind.store(k, Ordering::Relaxed)
+    }
+}
+
+/// Where a chunk's address space came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ChunkSource {
+    /// Part of the program break (`[heap]`).
+    Brk,
+    /// Its own anonymous mapping.
+    Mmap,
+}
+
+/// Descriptor of one chunk: where it is and a descriptor per page.
+#[repr(C)]
+pub struct Chunk {
+    /// First byte of the chunk (4 MiB-aligned).
+    pub base: usize,
+    /// `brk` or `mmap`.
+    pub source: ChunkSource,
+    /// One descriptor per page, indexed by `(addr - base) >> PAGE_SHIFT`.
+    pub pages: [Page; CHUNK_PAGES],
+}
+
+/// Chunk descriptors are allocated at this alignment so a page descriptor
+/// pointer leads back to its chunk by masking.
+pub const CHUNK_DESC_ALIGN: usize = 64 * 1024;
+/// Bytes reserved for one chunk descriptor.
+pub const CHUNK_DESC_SIZE: usize = (core::mem::size_of::<Chunk>() + PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
+const _: () = assert!(core::mem::size_of::<Chunk>() <= CHUNK_DESC_ALIGN);
+const _: () = assert!(core::mem::size_of::<Page>() == 40);
+
+impl Chunk {
+    /// Initialises a chunk descriptor in place at `desc` (zeroed memory of
+    /// [`CHUNK_DESC_SIZE`] bytes at [`CHUNK_DESC_ALIGN`]).
+    ///
+    /// # Safety
+    /// `desc` is writable, aligned and not yet shared with anyone.
+    pub unsafe fn init(desc: *mut Chunk, base: usize, source: ChunkSource) {
+        // SAFETY: the caller hands over exclusive, writable memory; all-zero
+        // bytes are a valid `Page::EMPTY` so only the header needs writing.
+        unsafe {
+            ptr::addr_of_mut!((*desc).base).write(base);
+            ptr::addr_of_mut!((*desc).source).write(source);
+            debug_assert!((*desc).pages[0].kind() == Page::EMPTY.kind());
+        }
+    }
+
+    /// The chunk a page descriptor belongs to.
+    #[inline]
+    pub fn of_page(page: *const Page) -> *mut Chunk {
+        (page as usize & !(CHUNK_DESC_ALIGN - 1)) as *mut Chunk
+    }
+
+    /// Index of `page` inside its chunk.
+    #[inline]
+    pub fn index_of(page: *const Page) -> usize {
+        let chunk = Self::of_page(page);
+        // SAFETY: only the address of the field is computed.
+        let first = unsafe { ptr::addr_of!((*chunk).pages) } as usize;
+        (page as usize - first) / core::mem::size_of::<Page>()
+    }
+
+    /// Descriptor of page `index` of `chunk`.
+    ///
+    /// # Safety
+    /// `chunk` is a live chunk descriptor and `index < CHUNK_PAGES`.
+    #[inline]
+    pub unsafe fn page(chunk: *mut Chunk, index: usize) -> *mut Page {
+        debug_assert!(index < CHUNK_PAGES);
+        // SAFETY: in bounds by the caller's promise.
+        unsafe { ptr::addr_of_mut!((*chunk).pages).cast::<Page>().add(index) }
+    }
+}
+
+/// Address of the memory a page descriptor describes.
+#[inline]
+pub fn page_address(page: *const Page) -> usize {
+    let chunk = Chunk::of_page(page);
+    // SAFETY: page descriptors only exist inside live chunk descriptors.
+    let base = unsafe { (*chunk).base };
+    base + (Chunk::index_of(page) << PAGE_SHIFT)
+}
+
+// ---------------------------------------------------------------------------
+// The chunk map: address -> chunk descriptor.
+
+const ADDRESS_BITS: u32 = 47;
+const LEAF_BITS: u32 = 12;
+const ROOT_BITS: u32 = ADDRESS_BITS - CHUNK_SHIFT - LEAF_BITS;
+const ROOT_ENTRIES: usize = 1 << ROOT_BITS;
+const LEAF_ENTRIES: usize = 1 << LEAF_BITS;
+const LEAF_BYTES: usize = LEAF_ENTRIES * core::mem::size_of::<usize>();
+
+type Leaf = [AtomicPtr<Chunk>; LEAF_ENTRIES];
+
+/// Root of the chunk map: 8192 pointers to leaves of 4096 chunk pointers,
+/// covering the 47-bit user address space. 64 KiB of zero `.bss` that is
+/// only touched where chunks exist.
+static CHUNK_MAP: [AtomicPtr<Leaf>; ROOT_ENTRIES] = [const { AtomicPtr::new(ptr::null_mut()) }; ROOT_ENTRIES];
+
+/// The chunk descriptor for the chunk containing `addr`, or null when
+/// `addr` is not inside any chunk of this allocator.
+#[inline]
+pub fn chunk_of(addr: usize) -> *mut Chunk {
+    let root = addr >> (CHUNK_SHIFT + LEAF_BITS);
+    if root >= ROOT_ENTRIES {
+        return ptr::null_mut();
+    }
+    let leaf = CHUNK_MAP[root].load(Ordering::Acquire);
+    if leaf.is_null() {
+        return ptr::null_mut();
+    }
+    // SAFETY: leaves are never freed once published.
+    unsafe { (*leaf)[(addr >> CHUNK_SHIFT) & (LEAF_ENTRIES - 1)].load(Ordering::Acquire) }
+}
+
+/// The page descriptor for `addr`, or null when no chunk holds it.
+#[inline]
+pub fn page_of(addr: usize) -> *mut Page {
+    let chunk = chunk_of(addr);
+    if chunk.is_null() {
+        return ptr::null_mut();
+    }
+    // SAFETY: a published chunk descriptor is live; the index is < 1024.
+    unsafe { Chunk::page(chunk, (addr >> PAGE_SHIFT) & (CHUNK_PAGES - 1)) }
+}
+
+/// Publishes `chunk` in the chunk map. Returns the address and length of a
+/// newly mapped leaf, if one was needed (the caller records it as
+/// metadata), or an error when no memory was left for the leaf.
+///
+/// # Safety
+/// `chunk` is a live, initialised descriptor for a chunk not yet published;
+/// callers serialise registration (the buddy's grow lock).
+pub unsafe fn register_chunk(chunk: *mut Chunk) -> Result<Option<(usize, usize)>, os::Errno> {
+    // SAFETY: live descriptor by the caller's promise.
+    let base = unsafe { (*chunk).base };
+    let root = base >> (CHUNK_SHIFT + LEAF_BITS);
+    let mut new_leaf = None;
+    let mut leaf = CHUNK_MAP[root].load(Ordering::Acquire);
+    if leaf.is_null() {
+        let mem = os::mmap_anonymous(LEAF_BYTES, false)?;
+        leaf = mem as *mut Leaf;
+        CHUNK_MAP[root].store(leaf, Ordering::Release);
+        new_leaf = Some((mem, LEAF_BYTES));
+    }
+    // SAFETY: leaves live forever; the slot is ours (registration is serialised).
+    unsafe { (*leaf)[(base >> CHUNK_SHIFT) & (LEAF_ENTRIES - 1)].store(chunk, Ordering::Release) };
+    Ok(new_leaf)
+}
+
+/// Removes the chunk at `base` from the chunk map.
+///
+/// # Safety
+/// No page of the chunk is in use; callers serialise with registration.
+pub unsafe fn unregister_chunk(base: usize) {
+    let root = base >> (CHUNK_SHIFT + LEAF_BITS);
+    let leaf = CHUNK_MAP[root].load(Ordering::Acquire);
+    if !leaf.is_null() {
+        // SAFETY: leaves live forever.
+        unsafe { (*leaf)[(base >> CHUNK_SHIFT) & (LEAF_ENTRIES - 1)].store(ptr::null_mut(), Ordering::Release) };
+    }
+}
+
+// ---------------------------------------------------------------------------
+// PageList: the one intrusive list of page descriptors, shared by the buddy
+// free areas and the slab lists.
+
+/// A doubly linked list of page descriptors through `Page::next/prev`,
+/// with a count. Not synchronised: the owner's lock protects it.
+pub struct PageList {
+    head: *mut Page,
+    len: usize,
+}
+
+// SAFETY: the list only holds pointers to descriptors; the lock around the
+// list owner serialises all access.
+unsafe impl Send for PageList {}
+
+impl PageList {
+    /// An empty list.
+    pub const fn new() -> Self {
+        PageList { head: ptr::null_mut(), len: 0 }
+    }
+
+    /// Number of entries.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the list is empty.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.head.is_null()
+    }
+
+    /// First entry, or null.
+    #[inline]
+    pub fn first(&self) -> *mut Page {
+        self.head
+    }
+
+    /// Pushes `page` at the front.
+    ///
+    /// # Safety
+    /// `page` is live and on no list.
+    #[inline]
+    pub unsafe fn push_front(&mut self, page: *mut Page) {
+        // SAFETY: `page` and the current head are live descriptors we own.
+        unsafe {
+            (*page).prev = ptr::null_mut();
+            (*page).next = self.head;
+            if !self.head.is_null() {
+                (*self.head).prev = page;
+            }
+        }
+        self.head = page;
+        self.len += 1;
+    }
+
+    /// Unlinks `page`.
+    ///
+    /// # Safety
+    /// `page` is on this list.
+    #[inline]
+    pub unsafe fn remove(&mut self, page: *mut Page) {
+        // SAFETY: `page` and its neighbours are on this list, which we own.
+        unsafe {
+            let (prev, next) = ((*page).prev, (*page).next);
+            if prev.is_null() {
+                debug_assert!(self.head == page);
+                self.head = next;
+            } else {
+                (*prev).next = next;
+            }
+            if !next.is_null() {
+                (*next).prev = prev;
+            }
+            (*page).next = ptr::null_mut();
+            (*page).prev = ptr::null_mut();
+        }
+        self.len -= 1;
+    }
+
+    /// Removes and returns the first entry, or null.
+    ///
+    /// # Safety
+    /// The list's entries are live.
+    #[inline]
+    pub unsafe fn pop_front(&mut self) -> *mut Page {
+        let page = self.head;
+        if !page.is_null() {
+            // SAFETY: `page` is the head of this list.
+            unsafe { self.remove(page) };
+        }
+        page
+    }
+
+    /// Calls `f` on each entry, front to back.
+    ///
+    /// # Safety
+    /// The list's entries are live; `f` does not unlink them.
+    pub unsafe fn for_each(&self, mut f: impl FnMut(*mut Page)) {
+        let mut p = self.head;
+        while !p.is_null() {
+            f(p);
+            // SAFETY: entries are live while on the list.
+            p = unsafe { (*p).next };
+        }
+    }
+}
+
+impl Default for PageList {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,411 @@
+//! `kmem_cache`: the objects of one size, carved from slabs.
+//!
+//! A slab is one buddy block (see [`ClassInfo::order`]) whose head page
+//! descriptor carries the slab's state: `inuse`, the free list of returned
+//! objects, and `bump`, the number of objects ever handed out. Objects past
+//! `bump` have never been touched, so a new slab costs no page faults until
+//! its objects are used. The cache keeps three lists, as the kernel's SLAB
+//! did:
+//!
+//! - `slabs_full`: `inuse == objects`;
+//! - `slabs_partial`: `0 < inuse < objects` — allocation takes from here;
+//! - `slabs_empty`: `inuse == 0`, at most [`EMPTY_RESERVE`] kept; the rest go
+//!   back to the buddy allocator at once.
+//!
+//! Invariants (checked by [`KmemCache::check`]): every slab of the cache is
+//! on exactly the list its `inuse` says; `inuse == bump - nr_free`;
+//! `nr_free` is the length of the slab's free list; `active_objs` is the sum
+//! of `inuse`.
+//!
+//! Locking: the cache's own mutex covers the lists and every slab head on
+//! them. The buddy allocator is called only with that lock released.
+
+use super::size_class::ClassInfo;
+use crate::buddy;
+use crate::os;
+use crate::page::{self, Page, PageList, PG_SLAB};
+use crate::sync::Mutex;
+use core::ptr;
+
+/// Empty slabs a cache keeps for reuse before giving them to the buddy.
+pub const EMPTY_RESERVE: usize = 1;
+
+/// One slab cache.
+pub struct KmemCache {
+    /// Index stored in each slab's head descriptor, to find the cache from
+    /// an object.
+    pub index: u8,
+    /// Object size and slab geometry.
+    pub info: ClassInfo,
+    slabs_full: PageList,
+    slabs_partial: PageList,
+    slabs_empty: PageList,
+    /// Objects handed out and not returned.
+    pub active_objs: usize,
+    /// Slabs the cache holds.
+    pub nr_slabs: usize,
+    /// Objects handed out, ever.
+    pub allocs: u64,
+    /// Objects returned, ever.
+    pub frees: u64,
+}
+
+/// Figures of one cache, as `/proc/slabinfo` shows them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Object size.
+    pub objsize: usize,
+    /// Objects in use.
+    pub active_objs: usize,
+    /// Objects in all slabs.
+    pub num_objs: usize,
+    /// Objects per slab.
+    pub objperslab: usize,
+    /// Pages per slab.
+    pub pagesperslab: usize,
+    /// Slabs with at least one object in use.
+    pub active_slabs: usize,
+    /// All slabs.
+    pub num_slabs: usize,
+}
+
+impl KmemCache {
+    /// An empty cache for objects of `info.size`.
+    pub const fn new(index: u8, info: ClassInfo) -> Self {
+        KmemCache {
+            index,
+            info,
+            slabs_full: PageList::new(),
+            slabs_partial: PageList::new(),
+            slabs_empty: PageList::new(),
+            active_objs: 0,
+            nr_slabs: 0,
+            allocs: 0,
+            frees: 0,
+        }
+    }
+
+    /// Takes an object from a partial or reserved empty slab; `None` when
+    /// the cache needs a new slab.
+    #[inline]
+    fn alloc_locked(&mut self) -> Option<*mut u8> {
+        let mut slab = self.slabs_partial.first();
+        if slab.is_null() {
+            // SAFETY: slabs on our lists are live.
+            slab = unsafe { self.slabs_empty.pop_front() };
+            if slab.is_null() {
+                return None;
+            }
+            // SAFETY: just unlinked.
+            unsafe { self.slabs_partial.push_front(slab) };
+        }
+        // SAFETY: `slab` heads a live slab of this cache, covered by our lock.
+        unsafe {
+            let s = &mut *slab;
+            let object = if !s.freelist.is_null() {
+                let object = s.freelist;
+                s.freelist = object.cast::<*mut u8>().read();
+                s.nr_free -= 1;
+                object
+            } else {
+                debug_assert!(s.bump < self.info.objects);
+                let object = (page::page_address(slab) + s.bump as usize * self.info.size as usize) as *mut u8;
+                s.bump += 1;
+                object
+            };
+            s.inuse += 1;
+            if s.inuse == self.info.objects {
+                self.slabs_partial.remove(slab);
+                self.slabs_full.push_front(slab);
+            }
+            self.active_objs += 1;
+            self.allocs += 1;
+            Some(object)
+        }
+    }
+
+    /// Makes `head` (a fresh block of `info.order` pages) a slab of this
+    /// cache and puts it on `slabs_partial` (where the next allocation
+    /// takes from it).
+    ///
+    /// # Safety
+    /// `head` was just allocated from the buddy with this cache's order.
+    unsafe fn add_slab(&mut self, head: *mut Page) {
+        // SAFETY: the block is ours; we are its only user.
+        unsafe {
+            buddy::mark_run(head, 1 << self.info.order, PG_SLAB);
+            let s = &mut *head;
+            s.class = self.index;
+            s.order = self.info.order;
+            s.inuse = 0;
+            s.bump = 0;
+            s.nr_free = 0;
+            s.freelist = ptr::null_mut();
+            self.slabs_partial.push_front(head);
+        }
+        self.nr_slabs += 1;
+    }
+
+    /// Returns `object` to `slab`. Returns a slab to give back to the
+    /// buddy allocator, or null. Aborts on an object that is not a live
+    /// object of this slab.
+    ///
+    /// # Safety
+    /// `slab` heads a slab of this cache.
+    #[inline]
+    unsafe fn free_locked(&mut self, slab: *mut Page, object: *mut u8) -> *mut Page {
+        // SAFETY: the slab is ours, under our lock.
+        let s = unsafe { &mut *slab };
+        let offset = object as usize - page::page_address(slab);
+        let index = ((offset as u64 * self.info.magic) >> 48) as usize;
+        if index * self.info.size as usize != offset || index >= s.bump as usize {
+            invalid_free(b"free(): invalid pointer (not the start of an object) ", object);
+        }
+        if s.inuse == 0 {
+            invalid_free(b"free(): double free detected ", object);
+        }
+        let was_full = s.inuse == self.info.objects;
+        // SAFETY: the object lies inside the slab and is ours to link.
+        unsafe { object.cast::<*mut u8>().write(s.freelist) };
+        s.freelist = object;
+        s.nr_free += 1;
+        s.inuse -= 1;
+        self.active_objs -= 1;
+        self.frees += 1;
+        // SAFETY: list moves of a slab that is on the list its old state says.
+        unsafe {
+            if was_full {
+                self.slabs_full.remove(slab);
+                self.slabs_partial.push_front(slab);
+            }
+            if s.inuse == 0 {
+                self.slabs_partial.remove(slab);
+                if self.slabs_empty.len() < EMPTY_RESERVE {
+                    self.slabs_empty.push_front(slab);
+                } else {
+                    self.nr_slabs -= 1;
+                    return slab;
+                }
+            }
+        }
+        ptr::null_mut()
+    }
+
+    /// Unlinks up to `out.len()` reserved empty slabs into `out`, so the
+    /// caller can free them after dropping the lock. Returns how many.
+    fn take_empty(&mut self, out: &mut [*mut Page; 8]) -> usize {
+        let mut n = 0;
+        while n < out.len() {
+            // SAFETY: slabs on our lists are live.
+            let slab = unsafe { self.slabs_empty.pop_front() };
+            if slab.is_null() {
+                break;
+            }
+            self.nr_slabs -= 1;
+            out[n] = slab;
+            n += 1;
+        }
+        n
+    }
+
+    /// The cache's figures.
+    pub fn stats(&self) -> CacheStats {
+        let objects = self.info.objects as usize;
+        CacheStats {
+            objsize: self.info.size as usize,
+            active_objs: self.active_objs,
+            num_objs: self.nr_slabs * objects,
+            objperslab: objects,
+            pagesperslab: 1 << self.info.order,
+            active_slabs: self.slabs_full.len() + self.slabs_partial.len(),
+            num_slabs: self.nr_slabs,
+        }
+    }
+
+    /// Checks the invariants in the module comment; panics on a breach.
+    pub fn check(&self) {
+        let objects = self.info.objects;
+        let mut active = 0usize;
+        let mut slabs = 0usize;
+        let lists: [(&PageList, &str); 3] =
+            [(&self.slabs_full, "full"), (&self.slabs_partial, "partial"), (&self.slabs_empty, "empty")];
+        for (list, name) in lists {
+            // SAFETY: slabs on our lists are live.
+            unsafe {
+                list.for_each(|p| {
+                    let s = &*p;
+                    assert_eq!(s.kind(), PG_SLAB, "{name} list holds a non-slab page");
+                    assert_eq!(s.class, self.index, "slab of another cache on {name}");
+                    match name {
+                        "full" => assert_eq!(s.inuse, objects, "slab on full list not full"),
+                        "partial" => assert!(s.inuse > 0 && s.inuse < objects, "slab on partial list with inuse {}", s.inuse),
+                        _ => assert_eq!(s.inuse, 0, "slab on empty list in use"),
+                    }
+                    let mut n = 0u16;
+                    let mut f = s.freelist;
+                    while !f.is_null() {
+                        n += 1;
+                        f = f.cast::<*mut u8>().read();
+                    }
+                    assert_eq!(n, s.nr_free, "free list length");
+                    assert_eq!(s.inuse, s.bump - s.nr_free, "inuse != bump - nr_free");
+                    active += s.inuse as usize;
+                });
+            }
+            slabs += list.len();
+        }
+        assert_eq!(active, self.active_objs, "active object count drifted");
+        assert_eq!(slabs, self.nr_slabs, "slab count drifted");
+    }
+}
+
+/// Allocates one object from `cache`; null when memory is exhausted.
+pub fn alloc(cache: &Mutex<KmemCache>) -> *mut u8 {
+    let mut c = cache.lock();
+    if let Some(object) = c.alloc_locked() {
+        return object;
+    }
+    let order = c.info.order as usize;
+    drop(c);
+    alloc_refill(cache, order)
+}
+
+#[cold]
+#[inline(never)]
+fn alloc_refill(cache: &Mutex<KmemCache>, order: usize) -> *mut u8 {
+    let Some((head, _zero)) = buddy::alloc_pages(order) else { return ptr::null_mut() };
+    let mut c = cache.lock();
+    // SAFETY: a fresh block of this cache's order.
+    unsafe { c.add_slab(head) };
+    // Cannot fail: the slab just added has free objects.
+    c.alloc_locked().unwrap_or(ptr::null_mut())
+}
+
+/// Returns `object`, which lies in the slab headed by `slab`, to `cache`.
+/// Aborts with a message on a pointer that is not a live object.
+///
+/// # Safety
+/// `slab` heads a slab of `cache`.
+pub unsafe fn free(cache: &Mutex<KmemCache>, slab: *mut Page, object: *mut u8) {
+    let mut c = cache.lock();
+    // SAFETY: per the caller.
+    let release = unsafe { c.free_locked(slab, object) };
+    let order = c.info.order as usize;
+    drop(c);
+    if !release.is_null() {
+        // SAFETY: the slab is off every list and has no live object.
+        unsafe { buddy::free_pages(release, order) };
+    }
+}
+
+/// Gives every reserved empty slab of `cache` back to the buddy allocator.
+/// Returns the pages released.
+pub fn shrink(cache: &Mutex<KmemCache>) -> usize {
+    let mut released = 0;
+    loop {
+        let mut batch = [ptr::null_mut(); 8];
+        let mut c = cache.lock();
+        let n = c.take_empty(&mut batch);
+        let order = c.info.order as usize;
+        drop(c);
+        for &slab in &batch[..n] {
+            // SAFETY: unlinked empty slabs, no live objects.
+            unsafe { buddy::free_pages(slab, order) };
+        }
+        released += n << order;
+        if n < batch.len() {
+            return released;
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn invalid_free(msg: &[u8], object: *mut u8) -> ! {
+    let mut buf = [0u8; 32];
+    os::fatal(&[b"buddyslab: ", msg, crate::stats::fmt_hex(&mut buf, object as usize)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::slab::size_class::{geometry, CLASSES};
+    use proptest::prelude::*;
+
+    #[test]
+    fn objects_are_distinct_aligned_and_reused() {
+        let cache = Mutex::new(KmemCache::new(200, geometry(48)));
+        let mut objs: Vec<*mut u8> = (0..1000).map(|_| alloc(&cache)).collect();
+        objs.sort();
+        assert!(objs.windows(2).all(|w| w[1] as usize - w[0] as usize >= 48));
+        assert!(objs.iter().all(|&p| p as usize % 16 == 0));
+        cache.lock().check();
+        let slab = page::page_of(objs[0] as usize);
+        for &p in &objs {
+            let head = page::page_of(p as usize);
+            // SAFETY: every object is from `cache`.
+            unsafe { free(&cache, head, p) };
+        }
+        cache.lock().check();
+        assert_eq!(cache.lock().active_objs, 0);
+        assert!(cache.lock().nr_slabs <= EMPTY_RESERVE);
+        let _ = slab;
+        shrink(&cache);
+        assert_eq!(cache.lock().nr_slabs, 0);
+    }
+
+    fn head_of(object: *mut u8) -> *mut Page {
+        let p = page::page_of(object as usize);
+        // SAFETY: `p` describes a page of a live slab.
+        unsafe {
+            if (*p).kind() == crate::page::PG_TAIL {
+                p.sub((*p).span as usize)
+            } else {
+                p
+            }
+        }
+    }
+
+    proptest! {
+        /// Random alloc/free against a model (the set of live objects with a
+        /// stamp written into each): stamps survive, objects never overlap,
+        /// and list membership always matches the object counts.
+        #[test]
+        fn model_lists_match_counts(class in 0usize..CLASSES.len(), ops in prop::collection::vec(any::<(bool, usize)>(), 1..600)) {
+            let info = CLASSES[class];
+            let cache = Mutex::new(KmemCache::new(201, info));
+            let mut live: Vec<(*mut u8, u64)> = Vec::new();
+            let mut stamp = 1u64;
+            for (is_alloc, pick) in ops {
+                if is_alloc || live.is_empty() {
+                    let p = alloc(&cache);
+                    prop_assert!(!p.is_null());
+                    // SAFETY: a fresh object of at least 16 bytes.
+                    unsafe { p.cast::<u64>().write(stamp); p.add(info.size as usize - 8).cast::<u64>().write(!stamp) };
+                    live.push((p, stamp));
+                    stamp += 1;
+                } else {
+                    let (p, s) = live.swap_remove(pick % live.len());
+                    // SAFETY: live object written above.
+                    unsafe {
+                        prop_assert_eq!(p.cast::<u64>().read(), s);
+                        prop_assert_eq!(p.add(info.size as usize - 8).cast::<u64>().read(), !s);
+                        free(&cache, head_of(p), p);
+                    }
+                }
+                let c = cache.lock();
+                c.check();
+                prop_assert_eq!(c.active_objs, live.len());
+            }
+            let mut sorted: Vec<usize> = live.iter().map(|l| l.0 as usize).collect();
+            sorted.sort();
+            prop_assert!(sorted.windows(2).all(|w| w[1] - w[0] >= info.size as usize));
+            for (p, _) in live {
+                // SAFETY: live objects of `cache`.
+                unsafe { free(&cache, head_of(p), p) };
+            }
+            shrink(&cache);
+            prop_assert_eq!(cache.lock().nr_slabs, 0);
+        }
+    }
+}
