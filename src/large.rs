@@ -85,21 +85,27 @@ pub fn usable_size(p: *mut u8) -> Option<usize> {
 /// `p` is a live large block; after a non-null return that differs from
 /// `p`, the old address must not be used.
 pub unsafe fn resize(p: *mut u8, new_size: usize) -> *mut u8 {
-    let Some(old_len) = usable_size(p) else { return ptr::null_mut() };
     if new_size > isize::MAX as usize - 2 * PAGE_SIZE {
         return ptr::null_mut();
     }
     let new_len = align_up(new_size.max(1), PAGE_SIZE);
-    if new_len == old_len {
-        vma::update(p as usize, p as usize, p as usize + old_len, new_size);
-        return p;
+    let mut old_len = 0;
+    let moved = vma::remap(p as usize, VmaKind::Large, |r| {
+        old_len = r.end - r.start;
+        if new_len == old_len {
+            return Some((r.start, r.end, new_size));
+        }
+        // SAFETY: the region is one whole mapping of ours; the tree lock
+        // is held, so its record changes with it.
+        let new = unsafe { os::mremap_maymove(r.start, old_len, new_len) }.ok()?;
+        Some((new, new + new_len, new_size))
+    });
+    match moved {
+        Some(r) => {
+            LARGE_BYTES.fetch_add(new_len, Ordering::Relaxed);
+            LARGE_BYTES.fetch_sub(old_len, Ordering::Relaxed);
+            r.start as *mut u8
+        }
+        None => ptr::null_mut(),
     }
-    // SAFETY: `p` is one whole mapping of `old_len` bytes that we own.
-    let Ok(new) = (unsafe { os::mremap_maymove(p as usize, old_len, new_len) }) else {
-        return ptr::null_mut();
-    };
-    vma::update(p as usize, new, new + new_len, new_size);
-    LARGE_BYTES.fetch_add(new_len, Ordering::Relaxed);
-    LARGE_BYTES.fetch_sub(old_len, Ordering::Relaxed);
-    new as *mut u8
 }

@@ -510,25 +510,32 @@ pub fn remove_exact(start: usize, kind: VmaKind) -> Result<Region, Option<Region
     Ok(region)
 }
 
-/// Moves or resizes the region at `old_start` (after `mremap`).
-/// Returns false if there was no such region.
-pub fn update(old_start: usize, new_start: usize, new_end: usize, requested: usize) -> bool {
+/// Moves or resizes the region starting exactly at `start` with `kind`:
+/// `remap` gets the region and returns its new `[start, end)` and requested
+/// size, or `None` to leave it as it was. `remap` runs under the tree lock,
+/// so the system call that moves the memory (`mremap`) and the record of it
+/// change together: no other thread can map into a range the tree still
+/// shows as ours, or see a range that is ours missing from the tree.
+/// `remap` must not allocate. Returns the new region, or `None` if there
+/// was no such region or `remap` declined.
+pub fn remap(start: usize, kind: VmaKind, remap: impl FnOnce(Region) -> Option<(usize, usize, usize)>) -> Option<Region> {
     let mut tree = TREE.lock();
-    let node = tree.remove(old_start);
-    if node.is_null() {
-        return false;
+    let n = tree.find(start);
+    // SAFETY: nodes in the tree are live while we hold the lock.
+    if n.is_null() || unsafe { (*n).vm_start != start || (*n).kind != kind } {
+        return None;
     }
-    // SAFETY: unlinked node we own; re-initialised and re-linked.
+    // SAFETY: as above.
+    let (new_start, new_end, requested) = remap(unsafe { (*n).region() })?;
+    let node = tree.remove(start);
+    // SAFETY: unlinked node we own; re-initialised and re-linked. The new
+    // range came from the kernel, so it overlaps no other region of ours.
     unsafe {
-        let kind = (*node).kind;
         VmArea::init(node, new_start, new_end, kind, requested);
-        if !tree.insert(node) {
-            drop(tree);
-            free_node(node);
-            return false;
-        }
+        let linked = tree.insert(node);
+        debug_assert!(linked, "mremap result overlaps a recorded region");
+        (*node).region().into()
     }
-    true
 }
 
 /// Calls `f` on a copy of every region, in address order, under the lock.
