@@ -286,32 +286,39 @@ pub fn order_for_pages(npages: usize) -> usize {
     (usize::BITS - (npages - 1).leading_zeros()) as usize
 }
 
-/// Sets the kind of `npages` descriptors starting at `first`; for
-/// `PG_TAIL`-style runs see [`mark_run`].
+/// Sets the kind of `npages` descriptors starting at `first` and clears
+/// their `user_class`; for runs handed out whole see [`mark_run`].
 ///
 /// # Safety
 /// The pages lie in one chunk and belong to the caller.
 pub unsafe fn mark(first: *mut Page, npages: usize, kind: u8) {
     for i in 0..npages {
         // SAFETY: within the chunk by the caller's promise.
-        unsafe { (*first.add(i)).set_kind(kind) };
+        unsafe {
+            let p = first.add(i);
+            (*p).user_class = 0;
+            (*p).set_kind(kind);
+        }
     }
 }
 
 /// Marks a run handed out whole: the head gets `head_kind`, every other
 /// page `PG_TAIL` with its distance to the head, so any address inside the
-/// run leads back to the head.
+/// run leads back to the head. Every page gets `user_class` (see
+/// [`Page::user_class`]).
 ///
 /// # Safety
 /// The pages lie in one chunk and belong to the caller.
-pub unsafe fn mark_run(first: *mut Page, npages: usize, head_kind: u8) {
+pub unsafe fn mark_run(first: *mut Page, npages: usize, head_kind: u8, user_class: u8) {
     // SAFETY: within the chunk by the caller's promise.
     unsafe {
         for i in 1..npages {
             let p = first.add(i);
             (*p).span = i as u32;
+            (*p).user_class = user_class;
             (*p).set_kind(PG_TAIL);
         }
+        (*first).user_class = user_class;
         (*first).set_kind(head_kind);
     }
 }
@@ -394,7 +401,7 @@ pub fn alloc_pages_exact(npages: usize, align_order: usize) -> Option<(*mut Page
     let (head, zero) = alloc_pages(order)?;
     // SAFETY: the block is ours; the tail pages go back unused.
     unsafe {
-        mark_run(head, npages, crate::page::PG_PAGES);
+        mark_run(head, npages, crate::page::PG_PAGES, 0);
         (*head).span = npages as u32;
         free_page_range(head.add(npages), (1 << order) - npages);
     }

@@ -24,7 +24,7 @@ use crate::buddy::{self, align_up, order_for_pages, pages_for};
 use crate::large::{self, MMAP_THRESHOLD};
 use crate::os::{self, PAGE_SHIFT, PAGE_SIZE};
 use crate::page::{self, Page, CHUNK_SIZE, PG_PAGES, PG_SLAB, PG_TAIL};
-use crate::slab::{self, cache, class_of, size_of_class, CACHES, NR_CLASSES, SLAB_MAX};
+use crate::slab::{self, cache, class_of, magazine, size_of_class, CACHES, CLASSES, NR_CLASSES, SLAB_MAX};
 use crate::stats;
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -37,10 +37,14 @@ const MAX_REQUEST: usize = isize::MAX as usize - CHUNK_SIZE;
 
 /// Allocates `size` bytes, 16-byte aligned. Null when out of memory or
 /// `size` is impossible. `malloc(0)` returns a unique, freeable pointer.
-#[inline]
+///
+/// Deliberately not `#[inline]`: the thread-cache access is an
+/// initial-exec TLS reference to a hidden symbol of this crate, which must
+/// stay in this crate's object (the linker does not resolve it from
+/// another crate's). The C and Rust faces pay one direct call.
 pub fn malloc(size: usize) -> *mut u8 {
     if size <= SLAB_MAX {
-        return cache::alloc(&CACHES[class_of(size)]);
+        return magazine::alloc(class_of(size));
     }
     alloc_big(size, MIN_ALIGN)
 }
@@ -53,7 +57,7 @@ pub fn aligned_alloc(align: usize, size: usize) -> *mut u8 {
         return malloc(size);
     }
     if let Some(class) = slab::class_for_aligned(size, align) {
-        return cache::alloc(&CACHES[class]);
+        return magazine::alloc(class);
     }
     alloc_big(size, align)
 }
@@ -100,7 +104,7 @@ pub fn zeroed_alloc(size: usize, align: usize) -> *mut u8 {
         return ptr::null_mut();
     }
     if let Some(class) = slab::class_for_aligned(size, align) {
-        let p = cache::alloc(&CACHES[class]);
+        let p = magazine::alloc(class);
         if !p.is_null() {
             // SAFETY: as above.
             unsafe { ptr::write_bytes(p, 0, size) };
@@ -175,10 +179,38 @@ fn bad_pointer(what: &[u8], why: &[u8], p: *mut u8) -> ! {
 /// Frees `p` (null is a no-op). Stops the process with a message for a
 /// pointer that is not a live block of this allocator.
 ///
+/// The fast path: the page descriptor's `user_class` says "slab object of
+/// class c" in one load; the offset inside the (naturally aligned) slab
+/// must be a whole number of objects, or `p` points inside an object.
+///
+/// Not `#[inline]`, for the reason given on [`malloc`].
+///
 /// # Safety
 /// If `p` is a live block, nothing uses it afterwards.
-#[inline]
 pub unsafe fn free(p: *mut u8) {
+    let desc = page::page_of(p as usize);
+    if !desc.is_null() {
+        // SAFETY: descriptors of published chunks are live.
+        let user_class = unsafe { (*desc).user_class } as usize;
+        if user_class != 0 {
+            // SAFETY: user_class - 1 < NR_CLASSES by construction.
+            let info = unsafe { CLASSES.get_unchecked(user_class - 1) };
+            let offset = p as usize & ((PAGE_SIZE << info.order) - 1);
+            let index = ((offset as u64 * info.magic) >> 48) as usize;
+            if index * info.size as usize != offset || index >= info.objects as usize {
+                bad_pointer(b"free()", b"invalid pointer (inside an object)", p);
+            }
+            // SAFETY: a slab object of this class, given up by the caller.
+            unsafe { magazine::free(p, user_class) };
+            return;
+        }
+    }
+    free_slow(p)
+}
+
+#[cold]
+#[inline(never)]
+fn free_slow(p: *mut u8) {
     if p.is_null() {
         return;
     }
@@ -300,6 +332,7 @@ pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 
 /// wholly free chunks' pages to the kernel (`MADV_DONTNEED`). Returns true
 /// when any memory was released (`malloc_trim`'s 1).
 pub fn trim() -> bool {
+    magazine::flush_current();
     let mut pages = 0;
     for c in CACHES.iter() {
         pages += cache::shrink(c);
@@ -338,6 +371,7 @@ fn init_slow() {
     }
     os::check_page_size();
     crate::options::read_environment();
+    magazine::init_thread_exit_key();
     // SAFETY: the handlers are plain functions that only take and release
     // the allocator's locks; registering may allocate, which is fine: no
     // allocator lock is held here.

@@ -66,7 +66,11 @@ pub struct Page {
     pub bump: u16,
     /// Slab: objects on `freelist`.
     pub nr_free: u16,
-    _pad: u16,
+    /// Every page of a user slab: its size class + 1; 0 for any other
+    /// page. Lets `free` find an object's class from the page it lies in
+    /// with one load, without going to the slab's head.
+    pub user_class: u8,
+    _pad: u8,
     /// Slab: singly linked list of freed objects, linked through their
     /// first word.
     pub freelist: *mut u8,
@@ -86,6 +90,7 @@ impl Page {
         inuse: 0,
         bump: 0,
         nr_free: 0,
+        user_class: 0,
         _pad: 0,
         freelist: ptr::null_mut(),
         next: ptr::null_mut(),

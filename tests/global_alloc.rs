@@ -224,3 +224,27 @@ fn stress_cross_thread_handoff_with_content_checks() {
     buddyslab::buddy::ZONE.lock().check();
     buddyslab::vma::TREE.lock().check();
 }
+
+/// A thread's magazine holds freed objects; when the thread exits they
+/// must go back to the shared cache, not be lost with the thread.
+#[test]
+fn thread_exit_returns_cached_objects() {
+    use buddyslab::slab::{class_of, CACHES};
+    // A class no other test in this binary uses.
+    let class = class_of(20_000);
+    let active = || CACHES[class].lock().active_objs;
+    let before = active();
+    thread::spawn(|| {
+        let layout = Layout::from_size_align(20_000, 16).unwrap();
+        // SAFETY: allocated and freed with the same layout.
+        let ptrs: Vec<*mut u8> = (0..9).map(|_| unsafe { GLOBAL.alloc(layout) }).collect();
+        for p in ptrs {
+            // SAFETY: as above.
+            unsafe { GLOBAL.dealloc(p, layout) };
+        }
+        assert!(buddyslab::slab::magazine::cached_objects() > 0, "frees should stay in this thread's bins");
+    })
+    .join()
+    .unwrap();
+    assert_eq!(active(), before, "objects cached by the exited thread were not returned");
+}

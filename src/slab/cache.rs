@@ -133,7 +133,8 @@ impl KmemCache {
     unsafe fn add_slab(&mut self, head: *mut Page) {
         // SAFETY: the block is ours; we are its only user.
         unsafe {
-            buddy::mark_run(head, 1 << self.info.order, PG_SLAB);
+            let user_class = if (self.index as usize) < super::NR_CLASSES { self.index + 1 } else { 0 };
+            buddy::mark_run(head, 1 << self.info.order, PG_SLAB, user_class);
             let s = &mut *head;
             s.class = self.index;
             s.order = self.info.order;
@@ -281,6 +282,91 @@ fn alloc_refill(cache: &Mutex<KmemCache>, order: usize) -> *mut u8 {
     c.alloc_locked().unwrap_or(ptr::null_mut())
 }
 
+/// Takes up to `max` (≥ 1) objects from `cache` under one lock
+/// acquisition (plus one per new slab), linked through their first word
+/// into a null-terminated list. Returns the list head and its length;
+/// `(null, 0)` when memory is exhausted.
+pub fn alloc_bulk(cache: &Mutex<KmemCache>, max: usize) -> (*mut u8, usize) {
+    let mut head: *mut u8 = ptr::null_mut();
+    let mut n = 0;
+    let mut c = cache.lock();
+    while n < max {
+        match c.alloc_locked() {
+            Some(object) => {
+                // SAFETY: a fresh object of at least 16 bytes, ours to link.
+                unsafe { object.cast::<*mut u8>().write(head) };
+                head = object;
+                n += 1;
+            }
+            None => {
+                let order = c.info.order as usize;
+                drop(c);
+                let Some((slab, _)) = buddy::alloc_pages(order) else { return (head, n) };
+                c = cache.lock();
+                // SAFETY: a fresh block of this cache's order.
+                unsafe { c.add_slab(slab) };
+            }
+        }
+    }
+    (head, n)
+}
+
+/// The head page of the slab holding `object`.
+///
+/// # Safety
+/// `object` lies in a live slab.
+#[inline]
+pub unsafe fn slab_of(object: *mut u8) -> *mut Page {
+    let p = page::page_of(object as usize);
+    // SAFETY: per the caller, `p` describes a page of a live slab.
+    unsafe {
+        if (*p).kind() == page::PG_TAIL {
+            p.sub((*p).span as usize)
+        } else {
+            p
+        }
+    }
+}
+
+/// Returns a list of `count` objects (linked through their first word, as
+/// [`alloc_bulk`] makes them) to `cache` under one lock acquisition.
+///
+/// # Safety
+/// Every object on the list is a live object of `cache`, given up.
+pub unsafe fn free_bulk(cache: &Mutex<KmemCache>, mut list: *mut u8, count: usize) {
+    let mut release = [ptr::null_mut::<Page>(); 16];
+    let mut n_release = 0;
+    let mut c = cache.lock();
+    let order = c.info.order as usize;
+    for _ in 0..count {
+        let object = list;
+        // SAFETY: per the caller, a live object of this cache; its first
+        // word is the list link.
+        unsafe {
+            list = object.cast::<*mut u8>().read();
+            let slab = slab_of(object);
+            let empty = c.free_locked(slab, object);
+            if !empty.is_null() {
+                release[n_release] = empty;
+                n_release += 1;
+                if n_release == release.len() {
+                    drop(c);
+                    for &s in &release {
+                        buddy::free_pages(s, order);
+                    }
+                    n_release = 0;
+                    c = cache.lock();
+                }
+            }
+        }
+    }
+    drop(c);
+    for &s in &release[..n_release] {
+        // SAFETY: unlinked empty slabs with no live object.
+        unsafe { buddy::free_pages(s, order) };
+    }
+}
+
 /// Returns `object`, which lies in the slab headed by `slab`, to `cache`.
 /// Aborts with a message on a pointer that is not a live object.
 ///
@@ -355,15 +441,8 @@ mod tests {
     }
 
     fn head_of(object: *mut u8) -> *mut Page {
-        let p = page::page_of(object as usize);
-        // SAFETY: `p` describes a page of a live slab.
-        unsafe {
-            if (*p).kind() == crate::page::PG_TAIL {
-                p.sub((*p).span as usize)
-            } else {
-                p
-            }
-        }
+        // SAFETY: tests only pass live objects.
+        unsafe { slab_of(object) }
     }
 
     proptest! {

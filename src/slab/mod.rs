@@ -7,6 +7,7 @@
 //! the object's address alone.
 
 pub mod cache;
+pub mod magazine;
 pub mod size_class;
 
 pub use cache::{CacheStats, KmemCache};

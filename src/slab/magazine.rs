@@ -1,0 +1,325 @@
+//! Per-thread magazines: the lock-free front of every size-class cache.
+//!
+//! Each thread has one [`ThreadCache`]: for every size class a *bin*, a
+//! singly linked list of free objects (linked through their first word)
+//! with a count and a limit. `malloc` pops from the bin, `free` pushes to
+//! the bin of the object's class; neither takes a lock nor does an atomic
+//! read-modify-write. An empty bin is refilled with half a bin's worth of
+//! objects from the [`KmemCache`](super::KmemCache) in one lock acquisition
+//! ([`cache::alloc_bulk`]); a full bin gives half back the same way
+//! ([`cache::free_bulk`]). An object freed by another thread simply joins
+//! that thread's bin and flows back to the shared cache in those batches,
+//! so memory freed on one thread is reusable by all.
+//!
+//! Thread-local storage: on x86-64 the thread cache is a `.tbss` symbol
+//! reached with the initial-exec model (`symbol@GOTTPOFF` plus `%fs`), two
+//! instructions and no `__tls_get_addr` call even in `libbuddyslab.so`
+//! (stable Rust cannot ask for that model for a `thread_local!`). The
+//! symbol is hidden, so a program that links buddyslab and also preloads
+//! `libbuddyslab.so` gets two separate caches for its two heaps. The cost
+//! of initial-exec is glibc's: a library using it cannot always be
+//! `dlopen`ed late ("cannot allocate memory in static TLS block"); preload
+//! it instead. Other architectures use `thread_local!`.
+//!
+//! Life cycle: the cache is zero when a thread starts (limits 0, so the
+//! first `malloc`/`free` takes the slow path), is activated there (limits
+//! set, a pthread key registered so thread exit calls [`thread_exit`]),
+//! and at thread exit is emptied into the shared caches and marked dead:
+//! any later allocation in that thread's remaining destructors goes
+//! straight to the shared caches.
+
+use super::{cache, size_class::CLASSES, CACHES, NR_CLASSES};
+use core::ptr;
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+/// A bin: free objects of one class, cached for one thread.
+#[repr(C)]
+pub struct Bin {
+    head: *mut u8,
+    count: u32,
+    limit: u32,
+}
+
+const UNINIT: u32 = 0;
+const ACTIVE: u32 = 1;
+const DEAD: u32 = 2;
+const BUSY: u32 = 3;
+
+/// One thread's bins. `bins[0]` is never used (its limit stays 0); the bin
+/// of class `c` is `bins[c + 1]`, indexed by a page's `user_class`.
+#[repr(C)]
+pub struct ThreadCache {
+    bins: [Bin; NR_CLASSES + 1],
+    state: u32,
+}
+
+/// Bytes a full bin may hold; the limit is this over the object size,
+/// clamped to `2..=MAX_OBJECTS`.
+const BIN_BYTES: usize = 32 * 1024;
+const MAX_OBJECTS: usize = 64;
+
+/// Objects a bin of `class` holds at most.
+pub fn bin_limit(class: usize) -> u32 {
+    let n = BIN_BYTES / CLASSES[class].size as usize;
+    let n = if n < 2 { 2 } else if n > MAX_OBJECTS { MAX_OBJECTS } else { n };
+    n as u32
+}
+
+#[cfg(target_arch = "x86_64")]
+mod tls {
+    use super::ThreadCache;
+
+    // The thread cache in `.tbss`: zero-initialised, one per thread.
+    core::arch::global_asm!(
+        ".section .tbss,\"awT\",@nobits",
+        ".p2align 6",
+        ".globl buddyslab_thread_cache_v1",
+        ".hidden buddyslab_thread_cache_v1",
+        ".type buddyslab_thread_cache_v1,@object",
+        ".size buddyslab_thread_cache_v1, {size}",
+        "buddyslab_thread_cache_v1:",
+        ".zero {size}",
+        ".text",
+        size = const core::mem::size_of::<ThreadCache>(),
+    );
+
+    /// The calling thread's cache.
+    #[inline(always)]
+    pub fn current() -> *mut ThreadCache {
+        let p: *mut ThreadCache;
+        // SAFETY: initial-exec TLS access: the GOT slot holds the symbol's
+        // offset from the thread pointer, and %fs:0 holds the thread
+        // pointer itself (x86-64 TLS ABI). Reads only; no flags touched.
+        unsafe {
+            core::arch::asm!(
+                "movq buddyslab_thread_cache_v1@GOTTPOFF(%rip), {p}",
+                "addq %fs:0, {p}",
+                p = out(reg) p,
+                options(att_syntax, nostack, pure, readonly, preserves_flags),
+            );
+        }
+        p
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod tls {
+    use super::ThreadCache;
+    use core::cell::UnsafeCell;
+
+    std::thread_local! {
+        static CACHE: UnsafeCell<ThreadCache> = const {
+            // SAFETY: all-zero is the UNINIT state with empty bins.
+            UnsafeCell::new(unsafe { core::mem::zeroed() })
+        };
+    }
+
+    /// The calling thread's cache.
+    #[inline(always)]
+    pub fn current() -> *mut ThreadCache {
+        CACHE.with(|c| c.get())
+    }
+}
+
+pub use tls::current;
+
+/// Allocates an object of `class` from the calling thread's bin.
+#[inline(always)]
+pub fn alloc(class: usize) -> *mut u8 {
+    // SAFETY: the thread cache is this thread's alone; `class + 1` is a
+    // valid bin index; objects on a bin are free objects of that class
+    // whose first word links the bin.
+    unsafe {
+        let bin = &mut *(*current()).bins.as_mut_ptr().add(class + 1);
+        let object = bin.head;
+        if !object.is_null() {
+            bin.head = object.cast::<*mut u8>().read();
+            bin.count -= 1;
+            return object;
+        }
+    }
+    alloc_slow(class)
+}
+
+/// Frees `object`, whose page has `user_class` (class + 1, non-zero), into
+/// the calling thread's bin.
+///
+/// # Safety
+/// `object` is a live object of class `user_class - 1`, given up.
+#[inline(always)]
+pub unsafe fn free(object: *mut u8, user_class: usize) {
+    // SAFETY: as in `alloc`; the object is ours to link.
+    unsafe {
+        let bin = &mut *(*current()).bins.as_mut_ptr().add(user_class);
+        if bin.count < bin.limit {
+            object.cast::<*mut u8>().write(bin.head);
+            bin.head = object;
+            bin.count += 1;
+            return;
+        }
+        free_slow(object, user_class)
+    }
+}
+
+/// The pthread key whose destructor empties a thread's cache at exit.
+static KEY: AtomicU32 = AtomicU32::new(0);
+static KEY_READY: AtomicBool = AtomicBool::new(false);
+
+/// Creates the thread-exit key. Called once from the heap's set-up.
+pub fn init_thread_exit_key() {
+    let mut key: libc::pthread_key_t = 0;
+    // SAFETY: `key` is a valid out-pointer; the destructor is a plain
+    // function taking the value we store (a thread cache pointer).
+    if unsafe { libc::pthread_key_create(&mut key, Some(thread_exit)) } == 0 {
+        KEY.store(key, Ordering::Relaxed);
+        KEY_READY.store(true, Ordering::Release);
+    }
+}
+
+/// Makes the calling thread's cache usable; false when it cannot be (set-up
+/// still running, the thread is exiting, or re-entered from inside
+/// activation), and the caller uses the shared caches directly.
+#[cold]
+fn activate(tc: *mut ThreadCache) -> bool {
+    // SAFETY: the thread cache is this thread's alone.
+    let tc = unsafe { &mut *tc };
+    match tc.state {
+        ACTIVE => return true,
+        UNINIT => {}
+        _ => return false,
+    }
+    crate::heap::ensure_init();
+    if !KEY_READY.load(Ordering::Acquire) {
+        return false;
+    }
+    tc.state = BUSY;
+    // May allocate (keys past the first 32); that re-entry sees BUSY and
+    // uses the shared caches.
+    // SAFETY: a valid key; the value is only passed back to thread_exit.
+    let ok = unsafe { libc::pthread_setspecific(KEY.load(Ordering::Relaxed), (tc as *mut ThreadCache).cast()) } == 0;
+    if !ok {
+        tc.state = UNINIT;
+        return false;
+    }
+    for class in 0..NR_CLASSES {
+        tc.bins[class + 1].limit = bin_limit(class);
+    }
+    tc.state = ACTIVE;
+    true
+}
+
+#[cold]
+#[inline(never)]
+fn alloc_slow(class: usize) -> *mut u8 {
+    let tc = current();
+    if !activate(tc) {
+        return cache::alloc(&CACHES[class]);
+    }
+    // SAFETY: this thread's cache, active.
+    let bin = unsafe { &mut (*tc).bins[class + 1] };
+    let want = (bin.limit as usize / 2).max(1);
+    let (list, n) = cache::alloc_bulk(&CACHES[class], want);
+    if n == 0 {
+        return ptr::null_mut();
+    }
+    // Hand out the first; the rest become the bin.
+    // SAFETY: `list` heads `n` fresh objects linked through their first word.
+    unsafe {
+        bin.head = list.cast::<*mut u8>().read();
+    }
+    bin.count = n as u32 - 1;
+    list
+}
+
+/// # Safety
+/// As [`free`].
+#[cold]
+#[inline(never)]
+unsafe fn free_slow(object: *mut u8, user_class: usize) {
+    let class = user_class - 1;
+    let tc = current();
+    if !activate(tc) {
+        // SAFETY: a live object of this class, given up.
+        unsafe { cache::free(&CACHES[class], cache::slab_of(object), object) };
+        return;
+    }
+    // SAFETY: this thread's cache, active; the bin is full.
+    unsafe {
+        let bin = &mut (*tc).bins[user_class];
+        if bin.count >= bin.limit {
+            flush(bin, class, bin.count as usize / 2 + 1);
+        }
+        object.cast::<*mut u8>().write(bin.head);
+        bin.head = object;
+        bin.count += 1;
+    }
+}
+
+/// Gives the first `n` objects of `bin` back to the shared cache.
+///
+/// # Safety
+/// `bin` is this thread's bin of `class` and holds at least `n` objects.
+unsafe fn flush(bin: &mut Bin, class: usize, n: usize) {
+    if n == 0 {
+        return;
+    }
+    let list = bin.head;
+    let mut last = list;
+    // SAFETY: the bin's objects are free objects linked through their
+    // first word; we cut the list after `n` of them.
+    unsafe {
+        for _ in 1..n {
+            last = last.cast::<*mut u8>().read();
+        }
+        bin.head = last.cast::<*mut u8>().read();
+        bin.count -= n as u32;
+        cache::free_bulk(&CACHES[class], list, n);
+    }
+}
+
+/// Empties the calling thread's cache into the shared caches and leaves
+/// it dead: the pthread key destructor, run at thread exit.
+extern "C" fn thread_exit(arg: *mut libc::c_void) {
+    let tc = arg.cast::<ThreadCache>();
+    debug_assert_eq!(tc, current());
+    // SAFETY: glibc passes back the value we stored: this thread's cache.
+    unsafe { drain(&mut *tc) };
+    // SAFETY: as above.
+    unsafe { (*tc).state = DEAD };
+}
+
+/// Empties every bin of `tc` and sets their limits to 0.
+///
+/// # Safety
+/// `tc` is the calling thread's cache.
+unsafe fn drain(tc: &mut ThreadCache) {
+    for class in 0..NR_CLASSES {
+        let bin = &mut tc.bins[class + 1];
+        bin.limit = 0;
+        let n = bin.count as usize;
+        // SAFETY: the bin holds `n` objects of `class`.
+        unsafe { flush(bin, class, n) };
+    }
+}
+
+/// Empties the calling thread's bins into the shared caches (for
+/// `malloc_trim`); the cache stays active.
+pub fn flush_current() {
+    let tc = current();
+    // SAFETY: this thread's cache.
+    unsafe {
+        if (*tc).state != ACTIVE {
+            return;
+        }
+        drain(&mut *tc);
+        for class in 0..NR_CLASSES {
+            (*tc).bins[class + 1].limit = bin_limit(class);
+        }
+    }
+}
+
+/// Objects cached in the calling thread's bins (for tests and stats).
+pub fn cached_objects() -> usize {
+    // SAFETY: this thread's cache.
+    unsafe { (*current()).bins.iter().map(|b| b.count as usize).sum() }
+}
