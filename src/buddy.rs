@@ -31,7 +31,6 @@ use crate::page::{
 };
 use crate::sync::Mutex;
 use crate::vma::{self, VmaKind};
-use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// Number of orders, `MAX_ORDER + 1`.
@@ -196,25 +195,23 @@ impl Zone {
         }
     }
 
-    /// Takes up to `max` (at most 16) wholly free chunks off the free lists,
-    /// so their memory can be released without holding the zone lock; give
-    /// each back with [`Zone::put_free_chunk`].
+    /// Moves every wholly free chunk (order-10 block) off the free lists
+    /// onto `out`, so their memory can be released without holding the
+    /// zone lock; give each back with [`Zone::put_free_chunk`].
     ///
     /// # Safety
-    /// The zone's descriptors are live.
-    pub unsafe fn take_free_chunks(&mut self, max: usize) -> ChunkBatch {
-        let mut batch = ChunkBatch { chunks: [ptr::null_mut(); 16], len: 0 };
-        while batch.len < max.min(16) {
+    /// The zone's descriptors are live; `out` is a list of the caller's.
+    pub unsafe fn take_free_chunks(&mut self, out: &mut PageList) {
+        loop {
             // SAFETY: entries of free_area are live descriptors.
             let head = unsafe { self.free_area[MAX_ORDER].pop_front() };
             if head.is_null() {
-                break;
+                return;
             }
             self.free_pages -= CHUNK_PAGES;
-            batch.chunks[batch.len] = head;
-            batch.len += 1;
+            // SAFETY: just unlinked from our list.
+            unsafe { out.push_front(head) };
         }
-        batch
     }
 
     /// Puts back a whole free chunk taken by [`Zone::take_free_chunks`].
@@ -260,14 +257,6 @@ impl Default for Zone {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// Chunks taken off the free lists for release.
-pub struct ChunkBatch {
-    /// Head descriptors.
-    pub chunks: [*mut Page; 16],
-    /// How many of `chunks` are valid.
-    pub len: usize,
 }
 
 /// Largest order of a naturally aligned block starting at page `index`
@@ -561,42 +550,40 @@ pub const fn pages_for(bytes: usize) -> usize {
     (bytes + PAGE_SIZE - 1) >> PAGE_SHIFT
 }
 
-/// Releases wholly free chunks' memory to the OS with
-/// `MADV_DONTNEED`, keeping the address space. Returns the bytes released.
+/// Releases wholly free chunks' memory to the OS with `MADV_DONTNEED`,
+/// keeping the address space. Chunks already known zero are skipped.
+/// Returns the bytes released.
 pub fn release_free_chunks() -> usize {
-    let mut released = 0;
-    loop {
-        // SAFETY: the global zone's descriptors are live.
-        let batch = unsafe { ZONE.lock().take_free_chunks(16) };
-        if batch.len == 0 {
-            return released;
-        }
-        let mut zero = [false; 16];
-        for i in 0..batch.len {
-            let head = batch.chunks[i];
-            // SAFETY: the chunk is off the free lists, so no one else uses it.
-            let was_zero = unsafe { (*head).zero };
-            if was_zero {
-                zero[i] = true;
-                continue;
-            }
-            // SAFETY: off the free lists: contents unneeded, range ours.
-            if unsafe { os::madvise_dontneed(page::page_address(head), CHUNK_SIZE) }.is_ok() {
-                released += CHUNK_SIZE;
-                zero[i] = true;
-            }
-        }
+    // Take every wholly free chunk off the free lists at once, release
+    // their memory without the zone lock, then put them all back: each
+    // chunk is looked at exactly once.
+    let mut taken = PageList::new();
+    {
         let mut zone = ZONE.lock();
-        for i in 0..batch.len {
-            // SAFETY: taken from this zone by take_free_chunks above.
-            unsafe { zone.put_free_chunk(batch.chunks[i], zero[i]) };
-        }
-        if batch.len < 16 || released == 0 {
-            // Every chunk put back is now zero; a second pass would only see
-            // the same ones.
-            return released;
-        }
+        // SAFETY: the global zone's descriptors are live.
+        unsafe { zone.take_free_chunks(&mut taken) };
     }
+    let mut released = 0;
+    // SAFETY: the chunks are off the free lists, so nobody else uses them.
+    unsafe {
+        taken.for_each(|head| {
+            if !(*head).zero && os::madvise_dontneed(page::page_address(head), CHUNK_SIZE).is_ok() {
+                released += CHUNK_SIZE;
+                (*head).zero = true;
+            }
+        });
+    }
+    let mut zone = ZONE.lock();
+    loop {
+        // SAFETY: taken from this zone above.
+        let head = unsafe { taken.pop_front() };
+        if head.is_null() {
+            break;
+        }
+        // SAFETY: as above; `zero` was set when released.
+        unsafe { zone.put_free_chunk(head, (*head).zero) };
+    }
+    released
 }
 
 #[cfg(test)]
@@ -637,6 +624,27 @@ mod tests {
                 unsafe { os::munmap(c as usize, CHUNK_DESC_SIZE).unwrap() };
             }
         }
+    }
+
+    /// More wholly free chunks than any batch size: every one is released
+    /// once, and the call returns (it used to loop forever past 16).
+    #[test]
+    fn release_free_chunks_terminates_and_releases_each_once() {
+        let mut blocks = Vec::new();
+        for _ in 0..20 {
+            let (head, _) = alloc_pages(MAX_ORDER).unwrap();
+            // SAFETY: a whole chunk we own; dirty one page of it.
+            unsafe { (page::page_address(head) as *mut u8).write(1) };
+            blocks.push(head);
+        }
+        for head in blocks {
+            // SAFETY: allocated above with this order.
+            unsafe { free_pages(head, MAX_ORDER) };
+        }
+        // Other tests share the global zone; allow them a few chunks.
+        assert!(release_free_chunks() >= 17 * CHUNK_SIZE);
+        assert_eq!(release_free_chunks(), 0, "zero chunks are not released twice");
+        ZONE.lock().check();
     }
 
     #[test]
