@@ -385,7 +385,7 @@ pub static PAGE_RUN_PAGES: AtomicUsize = AtomicUsize::new(0);
 /// is marked `PG_PAGES` with `span == npages`. Returns the head and whether
 /// the memory is known zero.
 pub fn alloc_pages_exact(npages: usize, align_order: usize) -> Option<(*mut Page, bool)> {
-    debug_assert!(npages >= 1 && npages <= CHUNK_PAGES && align_order <= MAX_ORDER);
+    debug_assert!((1..=CHUNK_PAGES).contains(&npages) && align_order <= MAX_ORDER);
     let order = order_for_pages(npages).max(align_order);
     let (head, zero) = alloc_pages(order)?;
     // SAFETY: the block is ours; the tail pages go back unused.

@@ -445,7 +445,7 @@ mod tests {
         assert!(is_slab_object(small));
         assert_eq!(usable_size(small), 112);
         assert_eq!(usable_size(pages), 40 * 1024);
-        assert_eq!(page::page_of(pages as usize).is_null(), false);
+        assert!(!page::page_of(pages as usize).is_null());
         assert!(page::page_of(big as usize).is_null(), "large blocks live outside chunks");
         assert_eq!(usable_size(big), 1 << 20);
         // SAFETY: live blocks from above.

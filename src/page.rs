@@ -81,22 +81,6 @@ pub struct Page {
 }
 
 impl Page {
-    const EMPTY: Page = Page {
-        kind: AtomicU8::new(PG_NONE),
-        order: 0,
-        class: 0,
-        zero: false,
-        span: 0,
-        inuse: 0,
-        bump: 0,
-        nr_free: 0,
-        user_class: 0,
-        _pad: 0,
-        freelist: ptr::null_mut(),
-        next: ptr::null_mut(),
-        prev: ptr::null_mut(),
-    };
-
     /// The page's state.
     #[inline]
     pub fn kind(&self) -> u8 {
@@ -141,17 +125,18 @@ const _: () = assert!(core::mem::size_of::<Page>() == 40);
 
 impl Chunk {
     /// Initialises a chunk descriptor in place at `desc` (zeroed memory of
-    /// [`CHUNK_DESC_SIZE`] bytes at [`CHUNK_DESC_ALIGN`]).
+    /// [`CHUNK_DESC_SIZE`] bytes at [`CHUNK_DESC_ALIGN`]). All-zero page
+    /// descriptors are valid: `PG_NONE`, no class, empty links.
     ///
     /// # Safety
     /// `desc` is writable, aligned and not yet shared with anyone.
     pub unsafe fn init(desc: *mut Chunk, base: usize, source: ChunkSource) {
-        // SAFETY: the caller hands over exclusive, writable memory; all-zero
-        // bytes are a valid `Page::EMPTY` so only the header needs writing.
+        // SAFETY: the caller hands over exclusive, writable, zeroed memory;
+        // zero page descriptors are valid, so only the header needs writing.
         unsafe {
             ptr::addr_of_mut!((*desc).base).write(base);
             ptr::addr_of_mut!((*desc).source).write(source);
-            debug_assert!((*desc).pages[0].kind() == Page::EMPTY.kind());
+            debug_assert!((*desc).pages[0].kind() == PG_NONE);
         }
     }
 

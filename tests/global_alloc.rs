@@ -179,7 +179,7 @@ fn stress_cross_thread_handoff_with_content_checks() {
             let boxes = boxes.clone();
             let barrier = barrier.clone();
             thread::spawn(move || {
-                let mut rng = Rng(0xdead_beef ^ (t as u64 + 1) * 0x1234_5678);
+                let mut rng = Rng(0xdead_beef ^ ((t as u64 + 1) * 0x1234_5678));
                 barrier.wait();
                 let check_and_free = |o: Obj| {
                     // SAFETY: `o` was allocated with `len` bytes and filled with `tag`.

@@ -61,8 +61,7 @@ const MAX_OBJECTS: usize = 64;
 /// Objects a bin of `class` holds at most.
 pub fn bin_limit(class: usize) -> u32 {
     let n = BIN_BYTES / CLASSES[class].size as usize;
-    let n = if n < 2 { 2 } else if n > MAX_OBJECTS { MAX_OBJECTS } else { n };
-    n as u32
+    n.clamp(2, MAX_OBJECTS) as u32
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -73,7 +73,7 @@ pub const fn geometry(size: usize) -> ClassInfo {
                 size: size as u32,
                 order: order as u8,
                 objects: objects as u16,
-                magic: ((1u64 << 48) + size as u64 - 1) / size as u64,
+                magic: (1u64 << 48).div_ceil(size as u64),
             };
         }
         order += 1;
