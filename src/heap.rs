@@ -195,9 +195,7 @@ pub unsafe fn free(p: *mut u8) {
         if user_class != 0 {
             // SAFETY: user_class - 1 < NR_CLASSES by construction.
             let info = unsafe { CLASSES.get_unchecked(user_class - 1) };
-            let offset = p as usize & ((PAGE_SIZE << info.order) - 1);
-            let index = ((offset as u64 * info.magic) >> 48) as usize;
-            if index * info.size as usize != offset || index >= info.objects as usize {
+            if !info.is_object_start(p as usize) {
                 bad_pointer(b"free()", b"invalid pointer (inside an object)", p);
             }
             // SAFETY: a slab object of this class, given up by the caller.

@@ -47,6 +47,27 @@ pub struct ClassInfo {
     /// `ceil(2^48 / size)`: `offset * magic >> 48` is `offset / size` for
     /// every offset inside a slab, without a division.
     pub magic: u64,
+    /// `ceil(2^64 / size)`: `offset` is a multiple of `size` exactly when
+    /// `offset * divides` (wrapping) is below `divides` (Lemire's
+    /// divisibility test, exact for offsets under 2^32). One multiply on
+    /// `free`'s fast path.
+    pub divides: u64,
+    /// Slab size in bytes minus one: slabs are naturally aligned buddy
+    /// blocks, so `address & slab_mask` is the offset inside the slab.
+    pub slab_mask: u32,
+    /// `objects * size`: offsets at or past it are the slab's unused tail.
+    pub objects_end: u32,
+}
+
+impl ClassInfo {
+    /// Whether `addr` is the start of an object slot of this class in the
+    /// slab that holds it (a whole number of objects from the slab start,
+    /// not in the unused tail).
+    #[inline(always)]
+    pub fn is_object_start(&self, addr: usize) -> bool {
+        let offset = (addr & self.slab_mask as usize) as u64;
+        offset.wrapping_mul(self.divides) < self.divides && offset < self.objects_end as u64
+    }
 }
 
 pub(crate) const fn class_size(index: usize) -> usize {
@@ -74,6 +95,9 @@ pub const fn geometry(size: usize) -> ClassInfo {
                 order: order as u8,
                 objects: objects as u16,
                 magic: (1u64 << 48).div_ceil(size as u64),
+                divides: u64::MAX / size as u64 + 1,
+                slab_mask: (slab - 1) as u32,
+                objects_end: (objects * size) as u32,
             };
         }
         order += 1;
@@ -81,7 +105,7 @@ pub const fn geometry(size: usize) -> ClassInfo {
 }
 
 const fn build_classes() -> [ClassInfo; NR_CLASSES] {
-    let mut out = [ClassInfo { size: 0, order: 0, objects: 0, magic: 0 }; NR_CLASSES];
+    let mut out = [ClassInfo { size: 0, order: 0, objects: 0, magic: 0, divides: 0, slab_mask: 0, objects_end: 0 }; NR_CLASSES];
     let mut i = 0;
     while i < NR_CLASSES {
         out[i] = geometry(class_size(i));
@@ -186,6 +210,14 @@ mod tests {
                 for delta in [0u64, 1, c.size as u64 - 1] {
                     let offset = obj * c.size as u64 + delta;
                     assert_eq!((offset * c.magic) >> 48, obj, "class {i} offset {offset}");
+                }
+            }
+            // The fast divisibility test, for every offset of the slab and
+            // at two slab bases.
+            for base in [0usize, 7 * slab] {
+                for offset in 0..slab {
+                    let want = offset % c.size as usize == 0 && offset < c.objects as usize * c.size as usize;
+                    assert_eq!(c.is_object_start(base + offset), want, "class {i} offset {offset}");
                 }
             }
         }
