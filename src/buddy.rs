@@ -20,9 +20,12 @@
 //! `mmap`, and from `mmap` whenever `brk` cannot grow.
 //!
 //! Lock order (outermost first), shared by every module:
-//! `GROW` → slab cache locks (by index) → `ZONE` → `vma::TREE`.
-//! No code holds a slab cache lock while calling into the buddy: slab
-//! refill and release drop the cache lock first, as SLUB does.
+//! `percpu::CPUS_GROW` → CPU array locks (by CPU, then class) → `GROW` →
+//! slab cache locks (by index) → `ZONE` → `vma::TREE`.
+//! A CPU array lock may be held while its slab cache is refilled (and so
+//! while the zone grows). No code holds a slab cache lock while calling
+//! into the buddy: slab refill and release drop the cache lock first, as
+//! SLUB does. The atfork handlers take every lock in this order.
 
 use crate::os::{self, PAGE_SHIFT, PAGE_SIZE};
 use crate::page::{
@@ -270,7 +273,7 @@ pub fn largest_block(index: usize, npages: usize) -> usize {
 
 /// Smallest order whose block holds `npages` pages.
 #[inline]
-pub fn order_for_pages(npages: usize) -> usize {
+pub const fn order_for_pages(npages: usize) -> usize {
     debug_assert!(npages > 0);
     (usize::BITS - (npages - 1).leading_zeros()) as usize
 }

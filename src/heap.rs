@@ -331,6 +331,7 @@ pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 
 /// when any memory was released (`malloc_trim`'s 1).
 pub fn trim() -> bool {
     magazine::flush_current();
+    slab::percpu::drain_all();
     let mut pages = 0;
     for c in CACHES.iter() {
         pages += cache::shrink(c);
@@ -388,6 +389,7 @@ pub fn set_process_malloc() {
 
 /// Takes every allocator lock in the lock order (see [`crate::buddy`]).
 extern "C" fn fork_prepare() {
+    slab::percpu::lock_all_for_fork();
     buddy::GROW.lock_for_fork();
     for c in CACHES.iter() {
         c.lock_for_fork();
@@ -406,6 +408,7 @@ fn fork_release(in_child: bool) {
             c.unlock_after_fork(in_child);
         }
         buddy::GROW.unlock_after_fork(in_child);
+        slab::percpu::unlock_all_after_fork(in_child);
     }
 }
 

@@ -12,6 +12,11 @@ use std::thread;
 #[global_allocator]
 static GLOBAL: BuddySlab = BuddySlab;
 
+/// Held by tests that read the shared caches' counters and by the test
+/// that allocates sizes of every class, so the counts are not moved
+/// underneath the reader.
+static COUNTERS: Mutex<()> = Mutex::new(());
+
 /// A small deterministic generator (xorshift64*), so runs repeat.
 struct Rng(u64);
 
@@ -165,6 +170,7 @@ fn over_aligned_layouts() {
 fn stress_cross_thread_handoff_with_content_checks() {
     const THREADS: usize = 6;
     const ROUNDS: usize = 30_000;
+    let _serial = COUNTERS.lock().unwrap_or_else(|e| e.into_inner());
     struct Obj {
         ptr: *mut u8,
         len: usize,
@@ -229,10 +235,13 @@ fn stress_cross_thread_handoff_with_content_checks() {
 /// must go back to the shared cache, not be lost with the thread.
 #[test]
 fn thread_exit_returns_cached_objects() {
-    use buddyslab::slab::{class_of, CACHES};
+    use buddyslab::slab::{class_of, percpu, CACHES};
+    let _serial = COUNTERS.lock().unwrap_or_else(|e| e.into_inner());
     // A class no other test in this binary uses.
     let class = class_of(20_000);
-    let active = || CACHES[class].lock().active_objs;
+    // Objects out of the shared cache, less those parked in CPU arrays
+    // (which any thread can take again).
+    let active = || CACHES[class].lock().active_objs - percpu::cached_objects(class);
     let before = active();
     thread::spawn(|| {
         let layout = Layout::from_size_align(20_000, 16).unwrap();

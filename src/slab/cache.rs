@@ -50,6 +50,14 @@ pub struct KmemCache {
     pub frees: u64,
 }
 
+/// Objects taken from one slab by [`KmemCache::take_locked`].
+enum Taken {
+    /// A free list already linked through first words: head and length.
+    List(*mut u8, usize),
+    /// `n` never-used objects from this address on, not yet linked.
+    Run(usize, usize),
+}
+
 /// Figures of one cache, as `/proc/slabinfo` shows them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheStats {
@@ -121,6 +129,51 @@ impl KmemCache {
             self.active_objs += 1;
             self.allocs += 1;
             Some(object)
+        }
+    }
+
+    /// Takes many objects from one slab in O(1), for a thread's bin: the
+    /// slab's whole free list (spliced, not walked: bins are linked through
+    /// the same first word), or else a run of up to `max` never-used
+    /// objects, which the caller links after dropping the lock. `None`
+    /// when the cache needs a new slab.
+    fn take_locked(&mut self, max: usize) -> Option<Taken> {
+        let mut slab = self.slabs_partial.first();
+        if slab.is_null() {
+            // SAFETY: slabs on our lists are live.
+            slab = unsafe { self.slabs_empty.pop_front() };
+            if slab.is_null() {
+                return None;
+            }
+            // SAFETY: just unlinked.
+            unsafe { self.slabs_partial.push_front(slab) };
+        }
+        // SAFETY: `slab` heads a live slab of this cache, covered by our lock.
+        unsafe {
+            let s = &mut *slab;
+            let taken = if !s.freelist.is_null() {
+                let t = Taken::List(s.freelist, s.nr_free as usize);
+                s.freelist = ptr::null_mut();
+                s.inuse += s.nr_free;
+                s.nr_free = 0;
+                t
+            } else {
+                let n = max.min((self.info.objects - s.bump) as usize);
+                let first = page::page_address(slab) + s.bump as usize * self.info.size as usize;
+                s.bump += n as u16;
+                s.inuse += n as u16;
+                Taken::Run(first, n)
+            };
+            if s.inuse == self.info.objects {
+                self.slabs_partial.remove(slab);
+                self.slabs_full.push_front(slab);
+            }
+            let n = match taken {
+                Taken::List(_, n) | Taken::Run(_, n) => n,
+            };
+            self.active_objs += n;
+            self.allocs += n as u64;
+            Some(taken)
         }
     }
 
@@ -282,33 +335,44 @@ fn alloc_refill(cache: &Mutex<KmemCache>, order: usize) -> *mut u8 {
     c.alloc_locked().unwrap_or(ptr::null_mut())
 }
 
-/// Takes up to `max` (≥ 1) objects from `cache` under one lock
-/// acquisition (plus one per new slab), linked through their first word
-/// into a null-terminated list. Returns the list head and its length;
-/// `(null, 0)` when memory is exhausted.
+/// Takes objects from `cache` for a thread's bin, linked through their
+/// first word into a null-terminated list: one slab's whole free list
+/// (however long; bins allow it) or up to `max` (≥ 1) never-used objects,
+/// with one lock acquisition (two when a new slab is needed). Returns the
+/// list head and its length; `(null, 0)` when memory is exhausted.
 pub fn alloc_bulk(cache: &Mutex<KmemCache>, max: usize) -> (*mut u8, usize) {
-    let mut head: *mut u8 = ptr::null_mut();
-    let mut n = 0;
     let mut c = cache.lock();
-    while n < max {
-        match c.alloc_locked() {
-            Some(object) => {
-                // SAFETY: a fresh object of at least 16 bytes, ours to link.
-                unsafe { object.cast::<*mut u8>().write(head) };
-                head = object;
-                n += 1;
-            }
-            None => {
-                let order = c.info.order as usize;
-                drop(c);
-                let Some((slab, _)) = buddy::alloc_pages(order) else { return (head, n) };
-                c = cache.lock();
-                // SAFETY: a fresh block of this cache's order.
-                unsafe { c.add_slab(slab) };
+    let taken = match c.take_locked(max) {
+        Some(t) => t,
+        None => {
+            let order = c.info.order as usize;
+            drop(c);
+            let Some((slab, _)) = buddy::alloc_pages(order) else { return (ptr::null_mut(), 0) };
+            c = cache.lock();
+            // SAFETY: a fresh block of this cache's order.
+            unsafe { c.add_slab(slab) };
+            match c.take_locked(max) {
+                Some(t) => t,
+                None => return (ptr::null_mut(), 0),
             }
         }
+    };
+    let size = c.info.size as usize;
+    drop(c);
+    match taken {
+        Taken::List(head, n) => (head, n),
+        Taken::Run(first, n) => {
+            // Link the run back to front, so the list starts at `first`.
+            let mut head: *mut u8 = ptr::null_mut();
+            for i in (0..n).rev() {
+                let object = (first + i * size) as *mut u8;
+                // SAFETY: never-used objects of a slab we took them from.
+                unsafe { object.cast::<*mut u8>().write(head) };
+                head = object;
+            }
+            (head, n)
+        }
     }
-    (head, n)
 }
 
 /// The head page of the slab holding `object`.
@@ -482,6 +546,53 @@ mod tests {
             for (p, _) in live {
                 // SAFETY: live objects of `cache`.
                 unsafe { free(&cache, head_of(p), p) };
+            }
+            shrink(&cache);
+            prop_assert_eq!(cache.lock().nr_slabs, 0);
+        }
+
+        /// Batches as the thread caches move them: `alloc_bulk` lists are
+        /// null-terminated, exactly as long as reported and hold distinct
+        /// objects; `free_bulk` of any split of them keeps the lists and
+        /// counts consistent, and everything comes back.
+        #[test]
+        fn model_bulk_lists(class in 0usize..CLASSES.len(), ops in prop::collection::vec(any::<(bool, u8)>(), 1..80)) {
+            let info = CLASSES[class];
+            let cache = Mutex::new(KmemCache::new(202, info));
+            let mut live: Vec<*mut u8> = Vec::new();
+            for (is_alloc, amount) in ops {
+                if is_alloc || live.is_empty() {
+                    let (mut list, n) = alloc_bulk(&cache, amount as usize % 40 + 1);
+                    prop_assert!(n >= 1);
+                    for _ in 0..n {
+                        prop_assert!(!list.is_null(), "list shorter than reported");
+                        live.push(list);
+                        // SAFETY: objects on the list are ours; first word links.
+                        list = unsafe { list.cast::<*mut u8>().read() };
+                    }
+                    prop_assert!(list.is_null(), "list longer than reported");
+                } else {
+                    let n = (amount as usize % live.len()) + 1;
+                    let mut list: *mut u8 = ptr::null_mut();
+                    for p in live.drain(live.len() - n..) {
+                        // SAFETY: a live object of this cache, ours to link.
+                        unsafe { p.cast::<*mut u8>().write(list) };
+                        list = p;
+                    }
+                    // SAFETY: `n` live objects of `cache`.
+                    unsafe { free_bulk(&cache, list, n) };
+                }
+                let mut sorted = live.clone();
+                sorted.sort();
+                sorted.dedup();
+                prop_assert_eq!(sorted.len(), live.len(), "an object was handed out twice");
+                let c = cache.lock();
+                c.check();
+                prop_assert_eq!(c.active_objs, live.len());
+            }
+            for p in live {
+                // SAFETY: live objects of `cache`.
+                unsafe { free(&cache, slab_of(p), p) };
             }
             shrink(&cache);
             prop_assert_eq!(cache.lock().nr_slabs, 0);

@@ -5,11 +5,11 @@
 //! with a count and a limit. `malloc` pops from the bin, `free` pushes to
 //! the bin of the object's class; neither takes a lock nor does an atomic
 //! read-modify-write. An empty bin is refilled with half a bin's worth of
-//! objects from the [`KmemCache`](super::KmemCache) in one lock acquisition
-//! ([`cache::alloc_bulk`]); a full bin gives half back the same way
-//! ([`cache::free_bulk`]). An object freed by another thread simply joins
-//! that thread's bin and flows back to the shared cache in those batches,
-//! so memory freed on one thread is reusable by all.
+//! objects from the CPU's array cache ([`percpu::alloc_batch`]), which in
+//! turn refills from the [`KmemCache`](super::KmemCache); a full bin gives
+//! half back the same way ([`percpu::free_batch`]). An object freed by
+//! another thread simply joins that thread's bin and flows back in those
+//! batches, so memory freed on one thread is reusable by all.
 //!
 //! Thread-local storage: on x86-64 the thread cache is a `.tbss` symbol
 //! reached with the initial-exec model (`symbol@GOTTPOFF` plus `%fs`), two
@@ -28,7 +28,7 @@
 //! any later allocation in that thread's remaining destructors goes
 //! straight to the shared caches.
 
-use super::{cache, size_class::CLASSES, CACHES, NR_CLASSES};
+use super::{cache, percpu, size_class::CLASSES, CACHES, NR_CLASSES};
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
@@ -217,7 +217,7 @@ fn alloc_slow(class: usize) -> *mut u8 {
     // SAFETY: this thread's cache, active.
     let bin = unsafe { &mut (*tc).bins[class + 1] };
     let want = (bin.limit as usize / 2).max(1);
-    let (list, n) = cache::alloc_bulk(&CACHES[class], want);
+    let (list, n) = percpu::alloc_batch(class, want);
     if n == 0 {
         return ptr::null_mut();
     }
@@ -265,14 +265,17 @@ unsafe fn flush(bin: &mut Bin, class: usize, n: usize) {
     let list = bin.head;
     let mut last = list;
     // SAFETY: the bin's objects are free objects linked through their
-    // first word; we cut the list after `n` of them.
+    // first word; we cut the list after `n` of them and terminate the cut
+    // part (it may go to a CPU depot and then to another thread's bin,
+    // which pops until null).
     unsafe {
         for _ in 1..n {
             last = last.cast::<*mut u8>().read();
         }
         bin.head = last.cast::<*mut u8>().read();
+        last.cast::<*mut u8>().write(ptr::null_mut());
         bin.count -= n as u32;
-        cache::free_bulk(&CACHES[class], list, n);
+        percpu::free_batch(class, list, n);
     }
 }
 

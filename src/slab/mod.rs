@@ -8,6 +8,7 @@
 
 pub mod cache;
 pub mod magazine;
+pub mod percpu;
 pub mod size_class;
 
 pub use cache::{CacheStats, KmemCache};

@@ -1,0 +1,245 @@
+//! Per-CPU array caches: the layer between the per-thread magazines and
+//! the shared [`KmemCache`](super::KmemCache)s, as the kernel's SLAB kept an
+//! `array_cache` per CPU in front of each cache's slab lists.
+//!
+//! For every CPU and size class there is a small *depot* under its own
+//! lock: up to [`DEPOT_LISTS`] lists of free objects, each a batch a bin
+//! gave back (linked through the objects' first word, as bins are). A
+//! thread whose bin is empty takes a whole list from its CPU's depot; a
+//! thread whose bin is full leaves one there. Both are O(1): no object is
+//! touched and no slab descriptor either. Only when the depot is empty or
+//! full is the shared cache's lock taken. Threads on different CPUs
+//! therefore do not meet on one lock for the objects they keep recycling.
+//!
+//! The CPU number comes from the rseq area glibc 2.35+ registers for every
+//! thread (`__rseq_offset` from the thread pointer, field `cpu_id`), and
+//! from `sched_getcpu()` when glibc has no rseq registration
+//! (`__rseq_size == 0`, or the kernel refused it). A thread may migrate
+//! between reading the number and taking the lock; that only costs
+//! locality, never correctness: each array has its own lock.
+//!
+//! The arrays for a CPU are allocated the first time that CPU is seen, from
+//! buddy pages marked as allocator metadata.
+//!
+//! Lock order: a CPU array lock is taken before any slab cache lock (see
+//! [`crate::buddy`] for the whole order).
+
+use super::{cache, CACHES, NR_CLASSES};
+use crate::buddy;
+use crate::sync::Mutex;
+use core::ptr;
+use core::sync::atomic::{AtomicPtr, Ordering};
+
+/// Lists one CPU's depot holds for one class.
+pub const DEPOT_LISTS: usize = 4;
+/// CPUs with their own arrays; higher CPU numbers share by modulo.
+pub const MAX_CPUS: usize = 256;
+
+/// Free objects of one class cached for one CPU: up to [`DEPOT_LISTS`]
+/// lists, each with its length.
+pub struct Depot {
+    nr: usize,
+    lists: [(*mut u8, usize); DEPOT_LISTS],
+}
+
+// SAFETY: the pointers are free objects owned by whoever holds the lock.
+unsafe impl Send for Depot {}
+
+/// One CPU's depots, one per size class.
+pub struct CpuCaches {
+    arrays: [Mutex<Depot>; NR_CLASSES],
+}
+
+const CPU_CACHES_ORDER: usize = buddy::order_for_pages(core::mem::size_of::<CpuCaches>().div_ceil(4096));
+
+static CPUS: [AtomicPtr<CpuCaches>; MAX_CPUS] = [const { AtomicPtr::new(ptr::null_mut()) }; MAX_CPUS];
+static CPUS_GROW: Mutex<()> = Mutex::new(());
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+extern "C" {
+    static __rseq_offset: isize;
+    static __rseq_size: libc::c_uint;
+}
+
+/// The CPU the calling thread runs on (a hint: it may move at once).
+#[inline]
+pub fn current_cpu() -> usize {
+    #[cfg(all(target_os = "linux", target_env = "gnu", target_arch = "x86_64"))]
+    {
+        // SAFETY: glibc defines both symbols (2.35+); when __rseq_size is
+        // non-zero, thread pointer + __rseq_offset is this thread's
+        // registered `struct rseq`, whose `cpu_id` (offset 4) the kernel
+        // keeps current. A negative value means "not registered".
+        unsafe {
+            if __rseq_size != 0 {
+                let tp: usize;
+                core::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp, options(nostack, readonly, preserves_flags));
+                let cpu_id = ((tp as isize + __rseq_offset + 4) as *const i32).read_volatile();
+                if cpu_id >= 0 {
+                    return cpu_id as usize % MAX_CPUS;
+                }
+            }
+        }
+    }
+    // SAFETY: sched_getcpu has no preconditions.
+    let cpu = unsafe { libc::sched_getcpu() };
+    if cpu < 0 {
+        0
+    } else {
+        cpu as usize % MAX_CPUS
+    }
+}
+
+/// The arrays of `cpu`, allocated on first use; null when no memory.
+fn cpu_caches(cpu: usize) -> *mut CpuCaches {
+    let c = CPUS[cpu].load(Ordering::Acquire);
+    if !c.is_null() {
+        return c;
+    }
+    allocate_cpu_caches(cpu)
+}
+
+#[cold]
+#[inline(never)]
+fn allocate_cpu_caches(cpu: usize) -> *mut CpuCaches {
+    let _g = CPUS_GROW.lock();
+    let c = CPUS[cpu].load(Ordering::Acquire);
+    if !c.is_null() {
+        return c;
+    }
+    let Some((head, zero)) = buddy::alloc_pages(CPU_CACHES_ORDER) else { return ptr::null_mut() };
+    // The pages stay PG_NONE: a free() of an address inside them is
+    // reported as not ours.
+    let mem = crate::page::page_address(head) as *mut CpuCaches;
+    if !zero {
+        // SAFETY: the block is ours and large enough.
+        unsafe { ptr::write_bytes(mem.cast::<u8>(), 0, core::mem::size_of::<CpuCaches>()) };
+    }
+    // All-zero bytes are valid: unlocked mutexes over empty arrays.
+    CPUS[cpu].store(mem, Ordering::Release);
+    mem
+}
+
+/// Takes free objects of `class` for the calling thread's bin, linked
+/// through their first word: a list from this CPU's depot, or from the
+/// shared cache when the depot is empty (see [`cache::alloc_bulk`]; `max`
+/// bounds only never-used objects). Returns the list and its length.
+pub fn alloc_batch(class: usize, max: usize) -> (*mut u8, usize) {
+    let pc = cpu_caches(current_cpu());
+    if !pc.is_null() {
+        // SAFETY: CPU depots live forever once published.
+        let mut depot = unsafe { (*pc).arrays[class].lock() };
+        if depot.nr > 0 {
+            depot.nr -= 1;
+            let nr = depot.nr;
+            return depot.lists[nr];
+        }
+    }
+    cache::alloc_bulk(&CACHES[class], max)
+}
+
+/// Gives back `count` objects of `class` (a list linked through the first
+/// word) to this CPU's depot, or to the shared cache when it is full.
+///
+/// # Safety
+/// Every object on the list is a free object of `class`, given up.
+pub unsafe fn free_batch(class: usize, list: *mut u8, count: usize) {
+    let pc = cpu_caches(current_cpu());
+    if !pc.is_null() {
+        // SAFETY: CPU depots live forever once published.
+        let mut depot = unsafe { (*pc).arrays[class].lock() };
+        if depot.nr < DEPOT_LISTS {
+            let nr = depot.nr;
+            depot.lists[nr] = (list, count);
+            depot.nr += 1;
+            return;
+        }
+    }
+    // SAFETY: per the caller.
+    unsafe { cache::free_bulk(&CACHES[class], list, count) }
+}
+
+/// Empties every CPU's depots into the shared caches (for `malloc_trim`).
+pub fn drain_all() {
+    for slot in CPUS.iter() {
+        let pc = slot.load(Ordering::Acquire);
+        if pc.is_null() {
+            continue;
+        }
+        for class in 0..NR_CLASSES {
+            loop {
+                // SAFETY: published CPU depots live forever.
+                let mut depot = unsafe { (*pc).arrays[class].lock() };
+                if depot.nr == 0 {
+                    break;
+                }
+                depot.nr -= 1;
+                let (list, n) = depot.lists[depot.nr];
+                drop(depot);
+                // SAFETY: `n` free objects of `class`.
+                unsafe { cache::free_bulk(&CACHES[class], list, n) };
+            }
+        }
+    }
+}
+
+/// Objects held in all CPU depots for `class` (for stats and tests).
+pub fn cached_objects(class: usize) -> usize {
+    CPUS.iter()
+        .map(|slot| {
+            let pc = slot.load(Ordering::Acquire);
+            if pc.is_null() {
+                return 0;
+            }
+            // SAFETY: published CPU depots live forever.
+            let depot = unsafe { (*pc).arrays[class].lock() };
+            depot.lists[..depot.nr].iter().map(|l| l.1).sum::<usize>()
+        })
+        .sum()
+}
+
+/// Takes the CPU-array growth lock and every CPU array lock, CPU by CPU
+/// and class by class (atfork prepare; first in the lock order).
+pub fn lock_all_for_fork() {
+    CPUS_GROW.lock_for_fork();
+    for slot in CPUS.iter() {
+        let pc = slot.load(Ordering::Acquire);
+        if !pc.is_null() {
+            // SAFETY: published CPU arrays live forever.
+            unsafe { (*pc).arrays.iter().for_each(|a| a.lock_for_fork()) };
+        }
+    }
+}
+
+/// Releases what [`lock_all_for_fork`] took.
+///
+/// # Safety
+/// [`lock_all_for_fork`] ran in this thread (or in the forking parent).
+pub unsafe fn unlock_all_after_fork(in_child: bool) {
+    for slot in CPUS.iter() {
+        let pc = slot.load(Ordering::Acquire);
+        if !pc.is_null() {
+            // SAFETY: taken by lock_all_for_fork, no guards exist.
+            unsafe { (*pc).arrays.iter().for_each(|a| a.unlock_after_fork(in_child)) };
+        }
+    }
+    // SAFETY: as above.
+    unsafe { CPUS_GROW.unlock_after_fork(in_child) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn current_cpu_matches_the_kernel() {
+        // The thread may migrate between the two reads; retry a few times.
+        let agrees = (0..100).any(|_| {
+            let ours = current_cpu();
+            // SAFETY: no preconditions.
+            let kernel = unsafe { libc::sched_getcpu() } as usize % MAX_CPUS;
+            ours == kernel
+        });
+        assert!(agrees, "rseq cpu_id never matched sched_getcpu");
+    }
+}
