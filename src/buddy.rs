@@ -20,9 +20,9 @@
 //! `mmap`, and from `mmap` whenever `brk` cannot grow.
 //!
 //! Lock order (outermost first), shared by every module:
-//! `percpu::CPUS_GROW` → CPU array locks (by CPU, then class) → `GROW` →
+//! `percpu::CPUS_GROW` → CPU depot locks (by CPU, then class) → `GROW` →
 //! slab cache locks (by index) → `ZONE` → `vma::TREE`.
-//! A CPU array lock may be held while its slab cache is refilled (and so
+//! A CPU depot lock may be held while its slab cache is refilled (and so
 //! while the zone grows). No code holds a slab cache lock while calling
 //! into the buddy: slab refill and release drop the cache lock first, as
 //! SLUB does. The atfork handlers take every lock in this order.

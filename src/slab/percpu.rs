@@ -1,6 +1,7 @@
-//! Per-CPU array caches: the layer between the per-thread magazines and
-//! the shared [`KmemCache`](super::KmemCache)s, as the kernel's SLAB kept an
-//! `array_cache` per CPU in front of each cache's slab lists.
+//! Per-CPU depots: the layer between the per-thread magazines and the
+//! shared [`KmemCache`](super::KmemCache)s, in the spirit of the kernel's
+//! SLAB, which kept an `array_cache` per CPU in front of each cache's slab
+//! lists.
 //!
 //! For every CPU and size class there is a small *depot* under its own
 //! lock: up to [`DEPOT_LISTS`] lists of free objects, each a batch a bin
@@ -16,12 +17,12 @@
 //! from `sched_getcpu()` when glibc has no rseq registration
 //! (`__rseq_size == 0`, or the kernel refused it). A thread may migrate
 //! between reading the number and taking the lock; that only costs
-//! locality, never correctness: each array has its own lock.
+//! locality, never correctness: each depot has its own lock.
 //!
-//! The arrays for a CPU are allocated the first time that CPU is seen, from
+//! The depots for a CPU are allocated the first time that CPU is seen, from
 //! buddy pages marked as allocator metadata.
 //!
-//! Lock order: a CPU array lock is taken before any slab cache lock (see
+//! Lock order: a CPU depot lock is taken before any slab cache lock (see
 //! [`crate::buddy`] for the whole order).
 
 use super::{cache, CACHES, NR_CLASSES};
@@ -32,7 +33,7 @@ use core::sync::atomic::{AtomicPtr, Ordering};
 
 /// Lists one CPU's depot holds for one class.
 pub const DEPOT_LISTS: usize = 4;
-/// CPUs with their own arrays; higher CPU numbers share by modulo.
+/// CPUs with their own depots; higher CPU numbers share by modulo.
 pub const MAX_CPUS: usize = 256;
 
 /// Free objects of one class cached for one CPU: up to [`DEPOT_LISTS`]
@@ -47,7 +48,7 @@ unsafe impl Send for Depot {}
 
 /// One CPU's depots, one per size class.
 pub struct CpuCaches {
-    arrays: [Mutex<Depot>; NR_CLASSES],
+    depots: [Mutex<Depot>; NR_CLASSES],
 }
 
 const CPU_CACHES_ORDER: usize = buddy::order_for_pages(core::mem::size_of::<CpuCaches>().div_ceil(4096));
@@ -90,7 +91,7 @@ pub fn current_cpu() -> usize {
     }
 }
 
-/// The arrays of `cpu`, allocated on first use; null when no memory.
+/// The depots of `cpu`, allocated on first use; null when no memory.
 fn cpu_caches(cpu: usize) -> *mut CpuCaches {
     let c = CPUS[cpu].load(Ordering::Acquire);
     if !c.is_null() {
@@ -115,7 +116,7 @@ fn allocate_cpu_caches(cpu: usize) -> *mut CpuCaches {
         // SAFETY: the block is ours and large enough.
         unsafe { ptr::write_bytes(mem.cast::<u8>(), 0, core::mem::size_of::<CpuCaches>()) };
     }
-    // All-zero bytes are valid: unlocked mutexes over empty arrays.
+    // All-zero bytes are valid: unlocked mutexes over empty depots.
     CPUS[cpu].store(mem, Ordering::Release);
     mem
 }
@@ -128,7 +129,7 @@ pub fn alloc_batch(class: usize, max: usize) -> (*mut u8, usize) {
     let pc = cpu_caches(current_cpu());
     if !pc.is_null() {
         // SAFETY: CPU depots live forever once published.
-        let mut depot = unsafe { (*pc).arrays[class].lock() };
+        let mut depot = unsafe { (*pc).depots[class].lock() };
         if depot.nr > 0 {
             depot.nr -= 1;
             let nr = depot.nr;
@@ -147,7 +148,7 @@ pub unsafe fn free_batch(class: usize, list: *mut u8, count: usize) {
     let pc = cpu_caches(current_cpu());
     if !pc.is_null() {
         // SAFETY: CPU depots live forever once published.
-        let mut depot = unsafe { (*pc).arrays[class].lock() };
+        let mut depot = unsafe { (*pc).depots[class].lock() };
         if depot.nr < DEPOT_LISTS {
             let nr = depot.nr;
             depot.lists[nr] = (list, count);
@@ -166,18 +167,19 @@ pub fn drain_all() {
         if pc.is_null() {
             continue;
         }
-        for class in 0..NR_CLASSES {
+        // SAFETY: published CPU depots live forever.
+        let depots = unsafe { &(*pc).depots };
+        for (depot_lock, cache) in depots.iter().zip(CACHES.iter()) {
             loop {
-                // SAFETY: published CPU depots live forever.
-                let mut depot = unsafe { (*pc).arrays[class].lock() };
+                let mut depot = depot_lock.lock();
                 if depot.nr == 0 {
                     break;
                 }
                 depot.nr -= 1;
                 let (list, n) = depot.lists[depot.nr];
                 drop(depot);
-                // SAFETY: `n` free objects of `class`.
-                unsafe { cache::free_bulk(&CACHES[class], list, n) };
+                // SAFETY: `n` free objects of this depot's class.
+                unsafe { cache::free_bulk(cache, list, n) };
             }
         }
     }
@@ -192,21 +194,21 @@ pub fn cached_objects(class: usize) -> usize {
                 return 0;
             }
             // SAFETY: published CPU depots live forever.
-            let depot = unsafe { (*pc).arrays[class].lock() };
+            let depot = unsafe { (*pc).depots[class].lock() };
             depot.lists[..depot.nr].iter().map(|l| l.1).sum::<usize>()
         })
         .sum()
 }
 
-/// Takes the CPU-array growth lock and every CPU array lock, CPU by CPU
+/// Takes the CPU-depot growth lock and every CPU depot lock, CPU by CPU
 /// and class by class (atfork prepare; first in the lock order).
 pub fn lock_all_for_fork() {
     CPUS_GROW.lock_for_fork();
     for slot in CPUS.iter() {
         let pc = slot.load(Ordering::Acquire);
         if !pc.is_null() {
-            // SAFETY: published CPU arrays live forever.
-            unsafe { (*pc).arrays.iter().for_each(|a| a.lock_for_fork()) };
+            // SAFETY: published CPU depots live forever.
+            unsafe { (*pc).depots.iter().for_each(|a| a.lock_for_fork()) };
         }
     }
 }
@@ -220,7 +222,7 @@ pub unsafe fn unlock_all_after_fork(in_child: bool) {
         let pc = slot.load(Ordering::Acquire);
         if !pc.is_null() {
             // SAFETY: taken by lock_all_for_fork, no guards exist.
-            unsafe { (*pc).arrays.iter().for_each(|a| a.unlock_after_fork(in_child)) };
+            unsafe { (*pc).depots.iter().for_each(|a| a.unlock_after_fork(in_child)) };
         }
     }
     // SAFETY: as above.
