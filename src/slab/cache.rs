@@ -93,21 +93,51 @@ impl KmemCache {
         }
     }
 
-    /// Takes an object from a partial or reserved empty slab; `None` when
-    /// the cache needs a new slab.
+    /// The slab allocation takes from: the first partial slab, else a
+    /// reserved empty one (moved to `slabs_partial`); null when the cache
+    /// needs a new slab.
     #[inline]
-    fn alloc_locked(&mut self) -> Option<*mut u8> {
+    fn slab_to_take_from(&mut self) -> *mut Page {
         let mut slab = self.slabs_partial.first();
         if slab.is_null() {
             // SAFETY: slabs on our lists are live.
             slab = unsafe { self.slabs_empty.pop_front() };
-            if slab.is_null() {
-                return None;
+            if !slab.is_null() {
+                // SAFETY: just unlinked.
+                unsafe { self.slabs_partial.push_front(slab) };
             }
-            // SAFETY: just unlinked.
-            unsafe { self.slabs_partial.push_front(slab) };
         }
-        // SAFETY: `slab` heads a live slab of this cache, covered by our lock.
+        slab
+    }
+
+    /// Books `n` objects just taken from `slab` (whose `inuse` already
+    /// counts them): a slab that became full moves to `slabs_full`.
+    ///
+    /// # Safety
+    /// `slab` is on `slabs_partial`.
+    #[inline]
+    unsafe fn took(&mut self, slab: *mut Page, n: usize) {
+        // SAFETY: per the caller, a live slab of ours on slabs_partial.
+        unsafe {
+            if (*slab).inuse == self.info.objects {
+                self.slabs_partial.remove(slab);
+                self.slabs_full.push_front(slab);
+            }
+        }
+        self.active_objs += n;
+        self.allocs += n as u64;
+    }
+
+    /// Takes an object from a partial or reserved empty slab; `None` when
+    /// the cache needs a new slab.
+    #[inline]
+    fn alloc_locked(&mut self) -> Option<*mut u8> {
+        let slab = self.slab_to_take_from();
+        if slab.is_null() {
+            return None;
+        }
+        // SAFETY: `slab` heads a live slab of this cache on slabs_partial,
+        // covered by our lock.
         unsafe {
             let s = &mut *slab;
             let object = if !s.freelist.is_null() {
@@ -122,12 +152,7 @@ impl KmemCache {
                 object
             };
             s.inuse += 1;
-            if s.inuse == self.info.objects {
-                self.slabs_partial.remove(slab);
-                self.slabs_full.push_front(slab);
-            }
-            self.active_objs += 1;
-            self.allocs += 1;
+            self.took(slab, 1);
             Some(object)
         }
     }
@@ -138,41 +163,28 @@ impl KmemCache {
     /// objects, which the caller links after dropping the lock. `None`
     /// when the cache needs a new slab.
     fn take_locked(&mut self, max: usize) -> Option<Taken> {
-        let mut slab = self.slabs_partial.first();
+        let slab = self.slab_to_take_from();
         if slab.is_null() {
-            // SAFETY: slabs on our lists are live.
-            slab = unsafe { self.slabs_empty.pop_front() };
-            if slab.is_null() {
-                return None;
-            }
-            // SAFETY: just unlinked.
-            unsafe { self.slabs_partial.push_front(slab) };
+            return None;
         }
-        // SAFETY: `slab` heads a live slab of this cache, covered by our lock.
+        // SAFETY: `slab` heads a live slab of this cache on slabs_partial,
+        // covered by our lock.
         unsafe {
             let s = &mut *slab;
-            let taken = if !s.freelist.is_null() {
-                let t = Taken::List(s.freelist, s.nr_free as usize);
+            let (taken, n) = if !s.freelist.is_null() {
+                let n = s.nr_free as usize;
+                let t = Taken::List(s.freelist, n);
                 s.freelist = ptr::null_mut();
-                s.inuse += s.nr_free;
                 s.nr_free = 0;
-                t
+                (t, n)
             } else {
                 let n = max.min((self.info.objects - s.bump) as usize);
                 let first = page::page_address(slab) + s.bump as usize * self.info.size as usize;
                 s.bump += n as u16;
-                s.inuse += n as u16;
-                Taken::Run(first, n)
+                (Taken::Run(first, n), n)
             };
-            if s.inuse == self.info.objects {
-                self.slabs_partial.remove(slab);
-                self.slabs_full.push_front(slab);
-            }
-            let n = match taken {
-                Taken::List(_, n) | Taken::Run(_, n) => n,
-            };
-            self.active_objs += n;
-            self.allocs += n as u64;
+            s.inuse += n as u16;
+            self.took(slab, n);
             Some(taken)
         }
     }
