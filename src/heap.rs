@@ -66,18 +66,24 @@ pub fn aligned_alloc(align: usize, size: usize) -> *mut u8 {
 #[cold]
 #[inline(never)]
 fn alloc_big(size: usize, align: usize) -> *mut u8 {
+    alloc_big_known_zero(size, align).0
+}
+
+/// [`alloc_big`], also saying whether the memory is known to read as zero
+/// (fresh pages from the OS, or a fresh mapping).
+fn alloc_big_known_zero(size: usize, align: usize) -> (*mut u8, bool) {
     if size > MAX_REQUEST || align > MAX_REQUEST / 2 {
-        return ptr::null_mut();
+        return (ptr::null_mut(), false);
     }
     if size < MMAP_THRESHOLD.load(Ordering::Relaxed) && size <= CHUNK_SIZE && align <= CHUNK_SIZE {
         let npages = pages_for(size.max(1));
         let align_order = order_for_pages(align.max(PAGE_SIZE) >> PAGE_SHIFT);
         return match buddy::alloc_pages_exact(npages, align_order) {
-            Some((head, _)) => page::page_address(head) as *mut u8,
-            None => ptr::null_mut(),
+            Some((head, zero)) => (page::page_address(head) as *mut u8, zero),
+            None => (ptr::null_mut(), false),
         };
     }
-    large::alloc(size, align)
+    (large::alloc(size, align), true)
 }
 
 /// Allocates `n * size` zeroed bytes; null on overflow or out of memory.
@@ -92,42 +98,21 @@ pub fn calloc(n: usize, size: usize) -> *mut u8 {
 
 /// Allocates `size` zeroed bytes aligned to `align`.
 pub fn zeroed_alloc(size: usize, align: usize) -> *mut u8 {
-    if size <= SLAB_MAX && align <= MIN_ALIGN {
-        let p = malloc(size);
-        if !p.is_null() {
-            // SAFETY: a fresh block of at least `size` bytes.
-            unsafe { ptr::write_bytes(p, 0, size) };
-        }
-        return p;
+    let small_class = if size <= SLAB_MAX && align <= MIN_ALIGN {
+        Some(class_of(size))
+    } else {
+        slab::class_for_aligned(size, align)
+    };
+    let (p, zero) = match small_class {
+        // Slab objects are recycled: always clear them.
+        Some(class) => (magazine::alloc(class), false),
+        None => alloc_big_known_zero(size, align),
+    };
+    if !p.is_null() && !zero {
+        // SAFETY: a fresh block of at least `size` bytes.
+        unsafe { ptr::write_bytes(p, 0, size) };
     }
-    if size > MAX_REQUEST || align > MAX_REQUEST / 2 {
-        return ptr::null_mut();
-    }
-    if let Some(class) = slab::class_for_aligned(size, align) {
-        let p = magazine::alloc(class);
-        if !p.is_null() {
-            // SAFETY: as above.
-            unsafe { ptr::write_bytes(p, 0, size) };
-        }
-        return p;
-    }
-    if size < MMAP_THRESHOLD.load(Ordering::Relaxed) && size <= CHUNK_SIZE && align <= CHUNK_SIZE {
-        let npages = pages_for(size.max(1));
-        let align_order = order_for_pages(align.max(PAGE_SIZE) >> PAGE_SHIFT);
-        return match buddy::alloc_pages_exact(npages, align_order) {
-            Some((head, zero)) => {
-                let p = page::page_address(head) as *mut u8;
-                if !zero {
-                    // SAFETY: a fresh run of at least `size` bytes.
-                    unsafe { ptr::write_bytes(p, 0, size) };
-                }
-                p
-            }
-            None => ptr::null_mut(),
-        };
-    }
-    // A fresh anonymous mapping is zero.
-    large::alloc(size, align)
+    p
 }
 
 /// Who owns a pointer.
