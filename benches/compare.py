@@ -75,8 +75,12 @@ def compiler():
 
 
 def build_c(source, binary):
-    """Compiles one C file unless the binary is newer than the source."""
-    if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
+    """Compiles one C file unless the binary is newer than the source and
+    than every header next to it (workloads/common.h, included as
+    `#include "common.h"`)."""
+    inputs = [source, *sorted(source.parent.glob("*.h"))]
+    newest = max(p.stat().st_mtime for p in inputs)
+    if binary.exists() and binary.stat().st_mtime >= newest:
         return
     cmd = compiler() + ["-O2", "-pthread", "-Wall", "-o", str(binary), str(source)]
     note("build:", " ".join(cmd))

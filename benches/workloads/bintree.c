@@ -17,6 +17,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#define WORKLOAD "bintree"
+#include "common.h"
+
 #define MIN_DEPTH 4
 #define BASE_DEPTH 18
 #define MAX_THREADS 256
@@ -27,11 +30,7 @@ struct node {
 
 static struct node *bottom_up(int depth)
 {
-    struct node *n = malloc(sizeof *n);
-    if (!n) {
-        perror("bintree: malloc");
-        exit(2);
-    }
+    struct node *n = checked(malloc(sizeof *n), "malloc");
     if (depth > 0) {
         n->left = bottom_up(depth - 1);
         n->right = bottom_up(depth - 1);
@@ -60,7 +59,7 @@ static long checks[MAX_THREADS][64]; /* [thread][depth] */
 
 static void *worker(void *arg)
 {
-    int id = (int)(long)arg;
+    int id = (int)(intptr_t)arg;
     for (int d = MIN_DEPTH; d <= max_depth; d += 2) {
         long iterations = 1L << (max_depth - d + MIN_DEPTH);
         long sum = 0;
@@ -76,12 +75,7 @@ static void *worker(void *arg)
 
 int main(int argc, char **argv)
 {
-    double scale = argc > 1 ? atof(argv[1]) : 1.0;
-    nthreads = argc > 2 ? atoi(argv[2]) : 2;
-    if (scale <= 0 || nthreads < 1 || nthreads > MAX_THREADS) {
-        fprintf(stderr, "usage: %s [scale>0] [threads=1..%d]\n", argv[0], MAX_THREADS);
-        return 64;
-    }
+    double scale = parse_args(argc, argv, "threads", 2, MAX_THREADS, &nthreads);
     /* BASE_DEPTH + round(log2(scale)), without libm */
     max_depth = BASE_DEPTH;
     for (double s = scale; s >= 1.4142 && max_depth < 40; s /= 2)
@@ -96,13 +90,7 @@ int main(int argc, char **argv)
     struct node *long_lived = bottom_up(max_depth);
 
     pthread_t tids[MAX_THREADS];
-    for (int t = 0; t < nthreads; t++)
-        if (pthread_create(&tids[t], NULL, worker, (void *)(long)t)) {
-            perror("bintree: pthread_create");
-            return 2;
-        }
-    for (int t = 0; t < nthreads; t++)
-        pthread_join(tids[t], NULL);
+    run_threads(tids, nthreads, worker, NULL, 0);
 
     for (int d = MIN_DEPTH; d <= max_depth; d += 2) {
         long sum = 0;

@@ -22,6 +22,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define WORKLOAD "cache_thrash"
+#include "common.h"
+
 #define OBJECT_SIZE 8
 #define REPETITIONS 500
 #define MAX_THREADS 256
@@ -39,11 +42,7 @@ static void *worker(void *arg)
     free(t->given);
     uint64_t sum = 0;
     for (long i = 0; i < iterations; i++) {
-        volatile unsigned char *p = malloc(OBJECT_SIZE);
-        if (!p) {
-            perror("cache_thrash: malloc");
-            exit(2);
-        }
+        volatile unsigned char *p = checked(malloc(OBJECT_SIZE), "malloc");
         for (int k = 0; k < OBJECT_SIZE; k++)
             p[k] = (unsigned char)(i + k);
         for (int j = 0; j < REPETITIONS; j++)
@@ -59,12 +58,8 @@ static void *worker(void *arg)
 
 int main(int argc, char **argv)
 {
-    double scale = argc > 1 ? atof(argv[1]) : 1.0;
-    int nthreads = argc > 2 ? atoi(argv[2]) : 2;
-    if (scale <= 0 || nthreads < 1 || nthreads > MAX_THREADS) {
-        fprintf(stderr, "usage: %s [scale>0] [threads=1..%d]\n", argv[0], MAX_THREADS);
-        return 64;
-    }
+    int nthreads;
+    double scale = parse_args(argc, argv, "threads", 2, MAX_THREADS, &nthreads);
     iterations = (long)(300000 * scale);
 
     struct thread threads[MAX_THREADS];
@@ -75,16 +70,10 @@ int main(int argc, char **argv)
             return 2;
         memset(threads[i].given, i, OBJECT_SIZE);
     }
-    for (int i = 0; i < nthreads; i++)
-        if (pthread_create(&tids[i], NULL, worker, &threads[i])) {
-            perror("cache_thrash: pthread_create");
-            return 2;
-        }
+    run_threads(tids, nthreads, worker, threads, sizeof threads[0]);
     uint64_t checksum = 0;
-    for (int i = 0; i < nthreads; i++) {
-        pthread_join(tids[i], NULL);
-        checksum = checksum * 1000003 + threads[i].checksum;
-    }
+    for (int i = 0; i < nthreads; i++)
+        checksum = combine(checksum, threads[i].checksum);
     printf("cache_thrash threads=%d objects=%ld checksum=%016llx\n", nthreads,
            iterations * nthreads, (unsigned long long)checksum);
     return 0;

@@ -23,18 +23,13 @@
 #include <string.h>
 #include <unistd.h>
 
+#define WORKLOAD "frag"
+#include "common.h"
+
 #define SMALL_MIN 16
 #define SMALL_MAX 512
 #define MEDIUM_MIN 1024
 #define MEDIUM_MAX (64 * 1024)
-
-static uint64_t rng_next(uint64_t *state) /* splitmix64 */
-{
-    uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
 
 static void report_rss(const char *phase)
 {
@@ -59,11 +54,7 @@ static unsigned char *make(struct object *o, uint64_t r, size_t min, size_t max,
 {
     o->size = (uint32_t)(min + (r >> 24) % (max - min + 1));
     o->tag = (uint32_t)r;
-    o->ptr = malloc(o->size);
-    if (!o->ptr) {
-        perror("frag: malloc");
-        exit(2);
-    }
+    o->ptr = checked(malloc(o->size), "malloc");
     if (fill)
         memset(o->ptr, (int)(o->tag & 0xff), o->size);
     memcpy(o->ptr, &o->tag, 4);
@@ -76,10 +67,8 @@ static uint64_t release(struct object *o)
     uint32_t head, tail;
     memcpy(&head, o->ptr, 4);
     memcpy(&tail, o->ptr + o->size - 4, 4);
-    if (head != o->tag || tail != o->tag) {
-        fprintf(stderr, "frag: object %p (size %u) corrupted\n", (void *)o->ptr, o->size);
-        abort();
-    }
+    if (head != o->tag || tail != o->tag)
+        corrupted(o->ptr, o->size, NULL);
     free(o->ptr);
     o->ptr = NULL;
     return (uint64_t)o->tag + o->size;
@@ -87,11 +76,7 @@ static uint64_t release(struct object *o)
 
 int main(int argc, char **argv)
 {
-    double scale = argc > 1 ? atof(argv[1]) : 1.0;
-    if (scale <= 0) {
-        fprintf(stderr, "usage: %s [scale>0]\n", argv[0]);
-        return 64;
-    }
+    double scale = parse_args(argc, argv, NULL, 0, 0, NULL);
     size_t small_bytes = (size_t)(300e6 * scale);
     size_t medium_bytes = (size_t)(100e6 * scale);
     size_t max_small = small_bytes / SMALL_MIN + 1;

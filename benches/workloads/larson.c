@@ -20,18 +20,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define WORKLOAD "larson"
+#include "common.h"
+
 #define SLOTS 2000
 #define ROUNDS 10
 #define MIN_SIZE 8
 #define MAX_SIZE 1024
-
-static uint64_t rng_next(uint64_t *state) /* splitmix64 */
-{
-    uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
 
 struct slot {
     unsigned char *ptr;
@@ -50,28 +45,12 @@ static int nthreads;
 static long ops_per_round;
 static pthread_barrier_t barrier;
 
-/* Writes the tag at both ends of the object, so overlapping objects show. */
-static void stamp(unsigned char *p, size_t size, uint64_t tag)
-{
-    uint64_t tail = tag ^ size;
-    memcpy(p, &tag, 8);
-    if (size >= 16)
-        memcpy(p + size - 8, &tail, 8);
-}
-
 static uint64_t check_and_free(struct slot *s)
 {
-    uint64_t head, tail = s->tag ^ s->size;
-    memcpy(&head, s->ptr, 8);
-    if (s->size >= 16)
-        memcpy(&tail, s->ptr + s->size - 8, 8);
-    if (head != s->tag || tail != (s->tag ^ s->size)) {
-        fprintf(stderr, "larson: object %p (size %zu) corrupted\n", (void *)s->ptr, s->size);
-        abort();
-    }
+    check_stamp(s->ptr, s->size, s->tag);
     free(s->ptr);
     s->ptr = NULL;
-    return head * 31 + s->size;
+    return s->tag * 31 + s->size;
 }
 
 static void *worker(void *arg)
@@ -85,11 +64,7 @@ static void *worker(void *arg)
             if (s->ptr)
                 a->checksum += check_and_free(s);
             size_t size = MIN_SIZE + (r >> 32) % (MAX_SIZE - MIN_SIZE + 1);
-            s->ptr = malloc(size);
-            if (!s->ptr) {
-                perror("larson: malloc");
-                exit(2);
-            }
+            s->ptr = checked(malloc(size), "malloc");
             s->size = size;
             s->tag = r;
             stamp(s->ptr, size, r);
@@ -101,12 +76,7 @@ static void *worker(void *arg)
 
 int main(int argc, char **argv)
 {
-    double scale = argc > 1 ? atof(argv[1]) : 1.0;
-    nthreads = argc > 2 ? atoi(argv[2]) : 2;
-    if (scale <= 0 || nthreads < 1) {
-        fprintf(stderr, "usage: %s [scale>0] [threads>=1]\n", argv[0]);
-        return 64;
-    }
+    double scale = parse_args(argc, argv, "threads", 2, 0, &nthreads);
     ops_per_round = (long)(1500000 * scale);
 
     arrays = calloc((size_t)nthreads, sizeof *arrays);
@@ -117,20 +87,14 @@ int main(int argc, char **argv)
     pthread_barrier_init(&barrier, NULL, (unsigned)nthreads);
 
     pthread_t *tids = malloc(sizeof *tids * (size_t)nthreads);
-    for (int t = 0; t < nthreads; t++)
-        if (pthread_create(&tids[t], NULL, worker, (void *)(intptr_t)t)) {
-            perror("larson: pthread_create");
-            return 2;
-        }
-    for (int t = 0; t < nthreads; t++)
-        pthread_join(tids[t], NULL);
+    run_threads(tids, nthreads, worker, NULL, 0);
 
     uint64_t checksum = 0;
     for (int t = 0; t < nthreads; t++) {
         for (int i = 0; i < SLOTS; i++)
             if (arrays[t].slots[i].ptr)
                 arrays[t].checksum += check_and_free(&arrays[t].slots[i]);
-        checksum = checksum * 1000003 + arrays[t].checksum;
+        checksum = combine(checksum, arrays[t].checksum);
     }
     printf("larson threads=%d ops=%ld checksum=%016llx\n", nthreads,
            ops_per_round * ROUNDS * nthreads, (unsigned long long)checksum);

@@ -22,19 +22,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define WORKLOAD "mixed"
+#include "common.h"
+
 #define SLOTS 48
 #define MIN_SIZE 8
 #define MAX_SIZE (2u << 20)
 #define PAGE 4096
 #define MAX_THREADS 256
-
-static uint64_t rng_next(uint64_t *state) /* splitmix64 */
-{
-    uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
 
 struct slot {
     unsigned char *ptr;
@@ -50,13 +45,6 @@ struct thread {
 
 static long steps;
 
-static void corrupted(const struct slot *s, const char *what)
-{
-    fprintf(stderr, "mixed: object %p (size %zu) corrupted: %s\n", (void *)s->ptr, s->size,
-            what);
-    abort();
-}
-
 /* Page byte k (k >= 1) lives at k * PAGE, if it stays clear of the tail. */
 static int has_page_byte(size_t size, size_t k)
 {
@@ -69,27 +57,15 @@ static void write_from(struct slot *s, size_t from)
     for (size_t k = from / PAGE + (from % PAGE != 0); has_page_byte(s->size, k); k++)
         if (k > 0)
             s->ptr[k * PAGE] = (unsigned char)(s->tag + k);
-    if (s->size >= 16) {
-        uint64_t tail = s->tag ^ s->size;
-        memcpy(s->ptr + s->size - 8, &tail, 8);
-    }
+    stamp_tail(s->ptr, s->size, s->tag);
 }
 
 static uint64_t verify(const struct slot *s)
 {
-    uint64_t head;
-    memcpy(&head, s->ptr, 8);
-    if (head != s->tag)
-        corrupted(s, "head");
-    if (s->size >= 16) {
-        uint64_t tail;
-        memcpy(&tail, s->ptr + s->size - 8, 8);
-        if (tail != (s->tag ^ s->size))
-            corrupted(s, "tail");
-    }
+    check_stamp(s->ptr, s->size, s->tag);
     for (size_t k = 1; has_page_byte(s->size, k); k++)
         if (s->ptr[k * PAGE] != (unsigned char)(s->tag + k))
-            corrupted(s, "page byte");
+            corrupted(s->ptr, s->size, "page byte");
     return s->tag + s->size;
 }
 
@@ -97,11 +73,7 @@ static void fresh(struct slot *s, uint64_t r)
 {
     unsigned octave = 3 + (unsigned)((r >> 16) % 18); /* 2^3 .. 2^20 */
     s->size = ((size_t)1 << octave) + (size_t)((r >> 32) & (((uint64_t)1 << octave) - 1));
-    s->ptr = malloc(s->size);
-    if (!s->ptr) {
-        perror("mixed: malloc");
-        exit(2);
-    }
+    s->ptr = checked(malloc(s->size), "malloc");
     s->tag = r;
     memcpy(s->ptr, &r, 8);
     write_from(s, 8);
@@ -110,12 +82,7 @@ static void fresh(struct slot *s, uint64_t r)
 static void resize(struct slot *s, size_t size)
 {
     size_t old = s->size;
-    unsigned char *p = realloc(s->ptr, size);
-    if (!p) {
-        perror("mixed: realloc");
-        exit(2);
-    }
-    s->ptr = p;
+    s->ptr = checked(realloc(s->ptr, size), "realloc");
     s->size = size;
     if (size > old) /* growth: the old tail may now hold page bytes */
         write_from(s, old >= 16 ? old - 8 : 8);
@@ -155,30 +122,20 @@ static void *worker(void *arg)
 
 int main(int argc, char **argv)
 {
-    double scale = argc > 1 ? atof(argv[1]) : 1.0;
-    int nthreads = argc > 2 ? atoi(argv[2]) : 2;
-    if (scale <= 0 || nthreads < 1 || nthreads > MAX_THREADS) {
-        fprintf(stderr, "usage: %s [scale>0] [threads=1..%d]\n", argv[0], MAX_THREADS);
-        return 64;
-    }
+    int nthreads;
+    double scale = parse_args(argc, argv, "threads", 2, MAX_THREADS, &nthreads);
     steps = (long)(60000 * scale);
 
     struct thread *threads = calloc((size_t)nthreads, sizeof *threads);
     pthread_t tids[MAX_THREADS];
     if (!threads)
         return 2;
-    for (int i = 0; i < nthreads; i++) {
+    for (int i = 0; i < nthreads; i++)
         threads[i].rng = 0xabcdefULL * (uint64_t)(i + 1);
-        if (pthread_create(&tids[i], NULL, worker, &threads[i])) {
-            perror("mixed: pthread_create");
-            return 2;
-        }
-    }
+    run_threads(tids, nthreads, worker, threads, sizeof threads[0]);
     uint64_t checksum = 0;
-    for (int i = 0; i < nthreads; i++) {
-        pthread_join(tids[i], NULL);
-        checksum = checksum * 1000003 + threads[i].checksum;
-    }
+    for (int i = 0; i < nthreads; i++)
+        checksum = combine(checksum, threads[i].checksum);
     printf("mixed threads=%d steps=%ld checksum=%016llx\n", nthreads, steps * nthreads,
            (unsigned long long)checksum);
     free(threads);

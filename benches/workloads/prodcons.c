@@ -19,18 +19,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define WORKLOAD "prodcons"
+#include "common.h"
+
 #define DEPTH 4    /* batches in the ring */
 #define BATCH 256  /* objects per batch */
 #define MIN_SIZE 16
 #define MAX_SIZE 1024
-
-static uint64_t rng_next(uint64_t *state) /* splitmix64 */
-{
-    uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
 
 /* The object's size follows from its random tag, so the consumer can find the tail. */
 static uint32_t size_of(uint64_t r)
@@ -76,14 +71,8 @@ static void *producer(void *arg)
         while (b->count < BATCH && made < p->count) {
             uint64_t r = rng_next(&rng);
             uint32_t size = size_of(r);
-            unsigned char *obj = malloc(size);
-            if (!obj) {
-                perror("prodcons: malloc");
-                exit(2);
-            }
-            uint64_t tail = r ^ size;
-            memcpy(obj, &r, 8);
-            memcpy(obj + size - 8, &tail, 8);
+            unsigned char *obj = checked(malloc(size), "malloc");
+            stamp(obj, size, r);
             b->objects[b->count++] = obj;
             made++;
         }
@@ -111,14 +100,10 @@ static void *consumer(void *arg)
         int count = b->count;
         for (int i = 0; i < count; i++) {
             unsigned char *obj = b->objects[i];
-            uint64_t r, check;
+            uint64_t r;
             memcpy(&r, obj, 8);
             uint32_t size = size_of(r);
-            memcpy(&check, obj + size - 8, 8);
-            if (check != (r ^ size)) {
-                fprintf(stderr, "prodcons: object %p corrupted\n", (void *)obj);
-                abort();
-            }
+            check_stamp(obj, size, r);
             sum = sum * 31 + r + size;
             free(obj);
         }
@@ -136,12 +121,8 @@ static void *consumer(void *arg)
 
 int main(int argc, char **argv)
 {
-    double scale = argc > 1 ? atof(argv[1]) : 1.0;
-    int npairs = argc > 2 ? atoi(argv[2]) : 1;
-    if (scale <= 0 || npairs < 1) {
-        fprintf(stderr, "usage: %s [scale>0] [pairs>=1]\n", argv[0]);
-        return 64;
-    }
+    int npairs;
+    double scale = parse_args(argc, argv, "pairs", 1, 0, &npairs);
     long count = (long)(3000000 * scale);
 
     struct pair *pairs = malloc(sizeof *pairs * (size_t)npairs);
@@ -155,17 +136,14 @@ int main(int argc, char **argv)
         pthread_cond_init(&pairs[i].not_empty, NULL);
         pairs[i].count = count;
         pairs[i].seed = 0xc0ffeeULL * (uint64_t)(i + 1);
-        if (pthread_create(&tids[2 * i], NULL, consumer, &pairs[i]) ||
-            pthread_create(&tids[2 * i + 1], NULL, producer, &pairs[i])) {
-            perror("prodcons: pthread_create");
-            return 2;
-        }
+        start_thread(&tids[2 * i], consumer, &pairs[i]);
+        start_thread(&tids[2 * i + 1], producer, &pairs[i]);
     }
     uint64_t checksum = 0;
     for (int i = 0; i < npairs; i++) {
         pthread_join(tids[2 * i + 1], NULL);
         pthread_join(tids[2 * i], NULL);
-        checksum = checksum * 1000003 + pairs[i].checksum;
+        checksum = combine(checksum, pairs[i].checksum);
     }
     printf("prodcons pairs=%d messages=%ld checksum=%016llx\n", npairs, count * npairs,
            (unsigned long long)checksum);

@@ -19,18 +19,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define WORKLOAD "thread_churn"
+#include "common.h"
+
 #define KEEP 400     /* objects each thread leaves to main */
 #define CHURN 4000   /* temporary malloc/free pairs per thread */
 #define WINDOW 32    /* temporaries alive at once */
 #define MAX_CONCURRENT 256
-
-static uint64_t rng_next(uint64_t *state) /* splitmix64 */
-{
-    uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
 
 /* The size follows from the tag, so whoever frees can find the tail. */
 static size_t size_of(uint64_t tag, size_t max)
@@ -41,27 +36,16 @@ static size_t size_of(uint64_t tag, size_t max)
 static unsigned char *make(uint64_t tag, size_t max)
 {
     size_t size = size_of(tag, max);
-    unsigned char *p = malloc(size);
-    if (!p) {
-        perror("thread_churn: malloc");
-        exit(2);
-    }
-    uint64_t tail = tag ^ size;
-    memcpy(p, &tag, 8);
-    memcpy(p + size - 8, &tail, 8);
+    unsigned char *p = checked(malloc(size), "malloc");
+    stamp(p, size, tag);
     return p;
 }
 
 static uint64_t check_and_free(unsigned char *p, size_t max)
 {
-    uint64_t tag, tail;
+    uint64_t tag;
     memcpy(&tag, p, 8);
-    size_t size = size_of(tag, max);
-    memcpy(&tail, p + size - 8, 8);
-    if (tail != (tag ^ size)) {
-        fprintf(stderr, "thread_churn: object %p corrupted\n", (void *)p);
-        abort();
-    }
+    check_stamp(p, size_of(tag, max), tag);
     free(p);
     return tag;
 }
@@ -100,12 +84,8 @@ static void *worker(void *arg)
 
 int main(int argc, char **argv)
 {
-    double scale = argc > 1 ? atof(argv[1]) : 1.0;
-    int concurrent = argc > 2 ? atoi(argv[2]) : 2;
-    if (scale <= 0 || concurrent < 1 || concurrent > MAX_CONCURRENT) {
-        fprintf(stderr, "usage: %s [scale>0] [concurrent=1..%d]\n", argv[0], MAX_CONCURRENT);
-        return 64;
-    }
+    int concurrent;
+    double scale = parse_args(argc, argv, "concurrent", 2, MAX_CONCURRENT, &concurrent);
     long total = (long)(5000 * scale);
     if (total < concurrent)
         total = concurrent;
@@ -118,17 +98,14 @@ int main(int argc, char **argv)
         if (n >= concurrent) { /* the thread started `concurrent` ago: reap it */
             struct job *done = &jobs[slot];
             pthread_join(tids[slot], NULL);
-            checksum = checksum * 1000003 + done->checksum;
+            checksum = combine(checksum, done->checksum);
             for (int i = 0; i < KEEP; i++)
                 checksum = checksum * 31 + check_and_free(done->results[i], 2048);
             free(done->results);
         }
         if (n < total) {
             jobs[slot].number = n;
-            if (pthread_create(&tids[slot], NULL, worker, &jobs[slot])) {
-                perror("thread_churn: pthread_create");
-                return 2;
-            }
+            start_thread(&tids[slot], worker, &jobs[slot]);
         }
     }
     printf("thread_churn threads=%ld checksum=%016llx\n", total, (unsigned long long)checksum);

@@ -14,9 +14,9 @@
  * malloc_stats) exist and answer plausibly; free_sized and
  * free_aligned_sized are exercised where the malloc in use defines them.
  *
- * Sizes and pointers pass through hide()/hidep() so the compiler can neither
- * fold a call whose result it thinks it knows (malloc(SIZE_MAX), calloc's
- * zeroes) nor delete an unused malloc/free pair.
+ * Sizes and pointers pass through hide()/hidep() (common.h) so the compiler
+ * can neither fold a call whose result it thinks it knows (malloc(SIZE_MAX),
+ * calloc's zeroes) nor delete an unused malloc/free pair.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -31,31 +31,7 @@
 
 #define PAGE 4096u
 #define MAX_PRINTED 60
-
-static int failures;
-
-#define CHECK(cond, ...)                                                      \
-    do {                                                                      \
-        if (!(cond)) {                                                        \
-            if (failures++ < MAX_PRINTED) {                                   \
-                fprintf(stderr, "FAIL %d: ", __LINE__);                       \
-                fprintf(stderr, __VA_ARGS__);                                 \
-                fputc('\n', stderr);                                          \
-            }                                                                 \
-        }                                                                     \
-    } while (0)
-
-static inline size_t hide(size_t x)
-{
-    __asm__ volatile("" : "+r"(x));
-    return x;
-}
-
-static inline void *hidep(void *p)
-{
-    __asm__ volatile("" : "+r"(p) : : "memory");
-    return p;
-}
+#include "common.h"
 
 static int aligned_to(const void *p, size_t align)
 {
@@ -76,15 +52,6 @@ static size_t first_bad(const void *p, size_t n, unsigned seed)
     const unsigned char *b = p;
     for (size_t i = 0; i < n; i++)
         if (b[i] != (unsigned char)(seed + i * 131u + (i >> 9)))
-            return i;
-    return n;
-}
-
-static size_t first_nonzero(const void *p, size_t n)
-{
-    const unsigned char *b = p;
-    for (size_t i = 0; i < n; i++)
-        if (b[i] != 0)
             return i;
     return n;
 }
@@ -722,12 +689,8 @@ int main(void)
     test_cfree();
     test_free_sized();
     test_extensions();
-    if (failures) {
-        if (failures > MAX_PRINTED)
-            fprintf(stderr, "(%d more failures not printed)\n", failures - MAX_PRINTED);
-        printf("api_edges: %d check(s) FAILED\n", failures);
+    if (checks_failed("api_edges"))
         return 1;
-    }
     printf("api_edges: all checks passed\n");
     return 0;
 }

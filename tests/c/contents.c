@@ -23,37 +23,13 @@
 #include <string.h>
 
 #define MAX_PRINTED 40
+#include "common.h"
 
-static int failures;
-
-#define CHECK(cond, ...)                                                      \
-    do {                                                                      \
-        if (!(cond)) {                                                        \
-            if (failures++ < MAX_PRINTED) {                                   \
-                fprintf(stderr, "FAIL %d: ", __LINE__);                       \
-                fprintf(stderr, __VA_ARGS__);                                 \
-                fputc('\n', stderr);                                          \
-            }                                                                 \
-        }                                                                     \
-    } while (0)
-
-static inline void *hidep(void *p)
-{
-    __asm__ volatile("" : "+r"(p) : : "memory");
-    return p;
-}
-
-/* xorshift64*: small, fast, and the same sequence on every run. */
 static uint64_t rng_state;
 
 static uint64_t rng(void)
 {
-    uint64_t x = rng_state;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    rng_state = x;
-    return x * 0x2545F4914F6CDD1DULL;
+    return xorshift64star(&rng_state);
 }
 
 static size_t below(size_t n)
@@ -116,14 +92,6 @@ static size_t verify(const unsigned char *p, size_t n, uint64_t tag)
     return n;
 }
 
-static int all_zero(const unsigned char *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (p[i])
-            return 0;
-    return 1;
-}
-
 struct slot {
     unsigned char *p;
     size_t size;   /* requested */
@@ -173,7 +141,8 @@ static void alloc_slot(size_t i)
         s->p = hidep(calloc(1, n));
         CHECK(s->p != NULL, "calloc(1, %zu) returned NULL", n);
         if (s->p)
-            CHECK(all_zero(s->p, n), "calloc(1, %zu) = %p is not zeroed", n, (void *)s->p);
+            CHECK(first_nonzero(s->p, n) == n, "calloc(1, %zu) = %p is not zeroed", n,
+                  (void *)s->p);
     } else if (how == 1) {
         size_t align = (size_t)32 << below(8); /* 32 .. 4096 */
         s->p = hidep(memalign(align, n));
@@ -342,7 +311,7 @@ int main(int argc, char **argv)
             check_overlap("half-way through the random phase");
             tier_walk();
         }
-        if (failures > MAX_PRINTED)
+        if (atomic_load(&failures) > MAX_PRINTED)
             break;
     }
     check_overlap("after the random phase");
@@ -356,12 +325,8 @@ int main(int argc, char **argv)
     }
     tier_walk();
 
-    if (failures) {
-        if (failures > MAX_PRINTED)
-            fprintf(stderr, "(%d more failures not printed)\n", failures - MAX_PRINTED);
-        printf("contents: %d check(s) FAILED\n", failures);
+    if (checks_failed("contents"))
         return 1;
-    }
     printf("contents: all checks passed (%zu objects, %zu MiB live at the start)\n",
            (size_t)NSLOTS, live_bytes >> 20);
     return 0;

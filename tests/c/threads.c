@@ -36,24 +36,7 @@
 
 #define MAX_THREADS 64
 #define MAX_PRINTED 40
-
-static atomic_int failures;
-
-#define CHECK(cond, ...)                                                      \
-    do {                                                                      \
-        if (!(cond)) {                                                        \
-            if (atomic_fetch_add(&failures, 1) < MAX_PRINTED) {               \
-                char msg_[512];                                               \
-                int len_ = snprintf(msg_, sizeof msg_, "FAIL %d: ", __LINE__); \
-                len_ += snprintf(msg_ + len_, sizeof msg_ - (size_t)len_,     \
-                                 __VA_ARGS__);                                \
-                if (len_ > (int)sizeof msg_ - 2)                              \
-                    len_ = (int)sizeof msg_ - 2;                              \
-                msg_[len_++] = '\n';                                          \
-                (void)!write(2, msg_, (size_t)len_);                          \
-            }                                                                 \
-        }                                                                     \
-    } while (0)
+#include "common.h"
 
 /* ---------------------------------------------------------------- objects */
 
@@ -74,12 +57,7 @@ struct rng {
 
 static uint64_t rng_next(struct rng *r)
 {
-    uint64_t x = r->s;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    r->s = x;
-    return x * 0x2545F4914F6CDD1DULL;
+    return xorshift64star(&r->s);
 }
 
 static size_t rng_below(struct rng *r, size_t n)
@@ -535,13 +513,8 @@ int main(int argc, char **argv)
     for (int i = 0; i < nlarge; i++)
         pthread_join(tid[i], NULL);
 
-    int f = atomic_load(&failures);
-    if (f) {
-        if (f > MAX_PRINTED)
-            fprintf(stderr, "(%d more failures not printed)\n", f - MAX_PRINTED);
-        printf("threads(%d): %d check(s) FAILED\n", nthreads, f);
+    if (checks_failed("threads(%d)", nthreads))
         return 1;
-    }
     printf("threads(%d): all checks passed (%ld objects exchanged, 6 forks, %d short threads, "
            "%d threads on large blocks)\n",
            nthreads, atomic_load(&sent_total), churned, nlarge);

@@ -69,6 +69,9 @@ pub fn find_program(program: &str, package: &str) -> PathBuf {
 
 /// Compiles `tests/c/<source>.c` with `cc -O1 -g -pthread` into
 /// `target/tmp/c-programs/<output>` and returns the executable's path.
+/// It compiles on every call (no up-to-date check), so a change to the
+/// shared `tests/c/common.h`, which the programs include as
+/// `#include "common.h"`, is always picked up.
 pub fn compile_c(source: &str, output: &str) -> PathBuf {
     let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
