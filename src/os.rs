@@ -243,12 +243,6 @@ pub fn check_page_size() {
     PAGE_SIZE_CHECKED.store(true, Ordering::Relaxed);
 }
 
-/// The calling thread's kernel thread id.
-pub fn gettid() -> i32 {
-    // SAFETY: gettid has no arguments and no memory effect.
-    unsafe { raw::syscall6(libc::SYS_gettid as usize, [0; 6]) as i32 }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -454,9 +454,10 @@ pub fn record_sized(start: usize, end: usize, kind: VmaKind, requested: usize) -
             let after = tree.find(end);
             // SAFETY: nodes in the tree are live.
             if !after.is_null() && unsafe { (*after).kind == VmaKind::Heap && (*after).vm_start == end } {
-                // SAFETY: as above.
-                end = unsafe { (*after).vm_end };
-                unused[1] = tree.remove(after_start(after));
+                // The neighbour starts where we end: remove it by that key.
+                unused[1] = tree.remove(end);
+                // SAFETY: unlinked just now, still live (freed below).
+                end = unsafe { (*unused[1]).vm_end };
             }
         }
         // SAFETY: `node` is fresh from the node cache.
@@ -474,11 +475,6 @@ pub fn record_sized(start: usize, end: usize, kind: VmaKind, requested: usize) -
         }
     }
     inserted
-}
-
-fn after_start(n: *mut VmArea) -> usize {
-    // SAFETY: callers pass live nodes.
-    unsafe { (*n).vm_start }
 }
 
 /// The region containing `addr`, if any.
