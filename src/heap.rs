@@ -24,7 +24,7 @@ use crate::buddy::{self, align_up, order_for_pages, pages_for};
 use crate::large::{self, MMAP_THRESHOLD};
 use crate::os::{self, PAGE_SHIFT, PAGE_SIZE};
 use crate::page::{self, Page, CHUNK_SIZE, PG_PAGES, PG_SLAB, PG_TAIL};
-use crate::slab::{self, cache, class_of, magazine, size_of_class, CACHES, CLASSES, NR_CLASSES, SLAB_MAX};
+use crate::slab::{self, cache, class_of, magazine, size_of_class, CLASSES, NR_CLASSES, SLAB_MAX};
 use crate::stats;
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -199,7 +199,7 @@ fn free_slow(p: *mut u8) {
     }
     match owner_of(p, b"free()") {
         // SAFETY: `head` heads a slab of cache `class`.
-        Owner::Slab(head, class) => unsafe { cache::free(&CACHES[class], head, p) },
+        Owner::Slab(head, _) => unsafe { cache::free(slab::cache_of_slab(head), head, p) },
         // SAFETY: a live run, given up by the caller.
         Owner::Pages(head) => unsafe { buddy::free_pages_exact(head) },
         Owner::Outside => free_outside(p),
@@ -318,8 +318,10 @@ pub fn trim() -> bool {
     magazine::flush_current();
     slab::percpu::drain_all();
     let mut pages = 0;
-    for c in CACHES.iter() {
-        pages += cache::shrink(c);
+    for node in slab::nodes() {
+        for c in node.iter() {
+            pages += cache::shrink(c);
+        }
     }
     let released = buddy::release_free_chunks();
     pages > 0 || released > 0
@@ -375,10 +377,9 @@ pub fn set_process_malloc() {
 /// Takes every allocator lock in the lock order (see [`crate::buddy`]).
 extern "C" fn fork_prepare() {
     slab::percpu::lock_all_for_fork();
+    slab::NODES_GROW.lock_for_fork();
     buddy::GROW.lock_for_fork();
-    for c in CACHES.iter() {
-        c.lock_for_fork();
-    }
+    slab::lock_all_for_fork();
     buddy::ZONE.lock_for_fork();
     crate::vma::TREE.lock_for_fork();
 }
@@ -389,10 +390,9 @@ fn fork_release(in_child: bool) {
     unsafe {
         crate::vma::TREE.unlock_after_fork(in_child);
         buddy::ZONE.unlock_after_fork(in_child);
-        for c in CACHES.iter().rev() {
-            c.unlock_after_fork(in_child);
-        }
+        slab::unlock_all_after_fork(in_child);
         buddy::GROW.unlock_after_fork(in_child);
+        slab::NODES_GROW.unlock_after_fork(in_child);
         slab::percpu::unlock_all_after_fork(in_child);
     }
 }

@@ -70,7 +70,8 @@ pub struct Page {
     /// page. Lets `free` find an object's class from the page it lies in
     /// with one load, without going to the slab's head.
     pub user_class: u8,
-    _pad: u8,
+    /// Slab: the node ([`crate::slab`]) whose cache owns it.
+    pub node: u8,
     /// Slab: singly linked list of freed objects, linked through their
     /// first word.
     pub freelist: *mut u8,

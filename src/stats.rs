@@ -157,8 +157,8 @@ pub fn snapshot() -> Snapshot {
         s.brk_chunks = g.brk_chunks;
         s.mmap_chunks = g.mmap_chunks;
     }
-    for (i, c) in slab::CACHES.iter().enumerate() {
-        s.caches[i] = c.lock().stats();
+    for (i, c) in s.caches.iter_mut().enumerate() {
+        *c = slab::cache_stats(i);
     }
     s.nr_large = large::NR_LARGE.load(Ordering::Relaxed);
     s.large_bytes = large::LARGE_BYTES.load(Ordering::Relaxed);

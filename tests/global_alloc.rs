@@ -224,8 +224,8 @@ fn stress_cross_thread_handoff_with_content_checks() {
     for h in handles {
         h.join().unwrap();
     }
-    for slab in buddyslab::slab::CACHES.iter() {
-        slab.lock().check();
+    for node in buddyslab::slab::nodes() {
+        node.iter().for_each(|cache| cache.lock().check());
     }
     buddyslab::buddy::ZONE.lock().check();
     buddyslab::vma::TREE.lock().check();
@@ -235,13 +235,13 @@ fn stress_cross_thread_handoff_with_content_checks() {
 /// must go back to the shared cache, not be lost with the thread.
 #[test]
 fn thread_exit_returns_cached_objects() {
-    use buddyslab::slab::{class_of, percpu, CACHES};
+    use buddyslab::slab::{cache_stats, class_of, percpu};
     let _serial = COUNTERS.lock().unwrap_or_else(|e| e.into_inner());
     // A class no other test in this binary uses.
     let class = class_of(20_000);
     // Objects out of the shared cache, less those parked in CPU arrays
     // (which any thread can take again).
-    let active = || CACHES[class].lock().active_objs - percpu::cached_objects(class);
+    let active = || cache_stats(class).active_objs - percpu::cached_objects(class);
     let before = active();
     thread::spawn(|| {
         let layout = Layout::from_size_align(20_000, 16).unwrap();

@@ -35,6 +35,9 @@ pub struct KmemCache {
     /// Index stored in each slab's head descriptor, to find the cache from
     /// an object.
     pub index: u8,
+    /// Node ([`super::home_caches`]) the cache belongs to, stored in each
+    /// slab's head descriptor with the index.
+    pub node: u8,
     /// Object size and slab geometry.
     pub info: ClassInfo,
     slabs_full: PageList,
@@ -78,10 +81,17 @@ pub struct CacheStats {
 }
 
 impl KmemCache {
+    /// The same cache, on `node`.
+    pub const fn on_node(mut self, node: u8) -> Self {
+        self.node = node;
+        self
+    }
+
     /// An empty cache for objects of `info.size`.
     pub const fn new(index: u8, info: ClassInfo) -> Self {
         KmemCache {
             index,
+            node: 0,
             info,
             slabs_full: PageList::new(),
             slabs_partial: PageList::new(),
@@ -202,6 +212,7 @@ impl KmemCache {
             buddy::mark_run(head, 1 << self.info.order, PG_SLAB, user_class);
             let s = &mut *head;
             s.class = self.index;
+            s.node = self.node;
             s.order = self.info.order;
             s.inuse = 0;
             s.bump = 0;
@@ -409,34 +420,60 @@ pub unsafe fn slab_of(object: *mut u8) -> *mut Page {
 ///
 /// # Safety
 /// Every object on the list is a live object of `cache`, given up.
-pub unsafe fn free_bulk(cache: &Mutex<KmemCache>, mut list: *mut u8, count: usize) {
+pub unsafe fn free_bulk(cache: &Mutex<KmemCache>, list: *mut u8, count: usize) {
+    // SAFETY: per the caller; every slab of the list belongs to `cache`.
+    unsafe { free_bulk_by(list, count, |_| cache) }
+}
+
+/// [`free_bulk`] for objects whose slabs may belong to different caches:
+/// `cache_of` names each slab's cache. Runs of objects of one cache are
+/// returned under one lock acquisition.
+///
+/// # Safety
+/// As [`free_bulk`]; `cache_of(slab)` is the cache owning `slab`.
+pub unsafe fn free_bulk_by<'a>(mut list: *mut u8, count: usize, cache_of: impl Fn(*mut Page) -> &'a Mutex<KmemCache>) {
     let mut release = [ptr::null_mut::<Page>(); 16];
     let mut n_release = 0;
-    let mut c = cache.lock();
-    let order = c.info.order as usize;
+    let mut order = 0;
+    let mut locked: Option<(&Mutex<KmemCache>, crate::sync::MutexGuard<'_, KmemCache>)> = None;
     for _ in 0..count {
         let object = list;
-        // SAFETY: per the caller, a live object of this cache; its first
-        // word is the list link.
+        // SAFETY: per the caller, a live object of a cache; its first word
+        // is the list link.
         unsafe {
             list = object.cast::<*mut u8>().read();
             let slab = slab_of(object);
+            let cache = cache_of(slab);
+            let c = match &mut locked {
+                Some((held, guard)) if ptr::eq(*held, cache) => guard,
+                _ => {
+                    locked = None;
+                    if n_release > 0 {
+                        for &s in &release[..n_release] {
+                            buddy::free_pages(s, order);
+                        }
+                        n_release = 0;
+                    }
+                    let guard = cache.lock();
+                    order = guard.info.order as usize;
+                    &mut locked.insert((cache, guard)).1
+                }
+            };
             let empty = c.free_locked(slab, object);
             if !empty.is_null() {
                 release[n_release] = empty;
                 n_release += 1;
                 if n_release == release.len() {
-                    drop(c);
+                    locked = None;
                     for &s in &release {
                         buddy::free_pages(s, order);
                     }
                     n_release = 0;
-                    c = cache.lock();
                 }
             }
         }
     }
-    drop(c);
+    drop(locked);
     for &s in &release[..n_release] {
         // SAFETY: unlinked empty slabs with no live object.
         unsafe { buddy::free_pages(s, order) };

@@ -28,7 +28,7 @@
 //! any later allocation in that thread's remaining destructors goes
 //! straight to the shared caches.
 
-use super::{cache, percpu, size_class::CLASSES, CACHES, NR_CLASSES};
+use super::{cache, percpu, size_class::CLASSES, NR_CLASSES};
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
@@ -212,7 +212,7 @@ fn activate(tc: *mut ThreadCache) -> bool {
 fn alloc_slow(class: usize) -> *mut u8 {
     let tc = current();
     if !activate(tc) {
-        return cache::alloc(&CACHES[class]);
+        return cache::alloc(&super::home_caches()[class]);
     }
     // SAFETY: this thread's cache, active.
     let bin = unsafe { &mut (*tc).bins[class + 1] };
@@ -239,7 +239,10 @@ unsafe fn free_slow(object: *mut u8, user_class: usize) {
     let tc = current();
     if !activate(tc) {
         // SAFETY: a live object of this class, given up.
-        unsafe { cache::free(&CACHES[class], cache::slab_of(object), object) };
+        unsafe {
+            let slab = cache::slab_of(object);
+            cache::free(super::cache_of_slab(slab), slab, object);
+        }
         return;
     }
     // SAFETY: this thread's cache, active; the bin is full.

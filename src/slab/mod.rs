@@ -1,10 +1,21 @@
-//! The slab tier: one [`KmemCache`] per size class, plus the allocator's
-//! own metadata cache for VMA tree nodes (the kernel's `vm_area_cachep`).
+//! The slab tier: one [`KmemCache`] per size class and *node*, plus the
+//! allocator's own metadata cache for VMA tree nodes (the kernel's
+//! `vm_area_cachep`).
+//!
+//! Nodes: the kernel keeps one `kmem_cache_node` (slab lists under their
+//! own lock) per NUMA node. buddyslab keeps one set of caches per CPU
+//! (up to [`MAX_NODES`], CPUs beyond share by modulo): threads running on
+//! different CPUs refill from and return to different slabs under
+//! different locks, so they neither wait for each other nor share cache
+//! lines of slab memory or slab descriptors. Node 0 is the static
+//! [`CACHES`], usable before anything is allocated; the others are made
+//! from buddy pages the first time their CPU refills. Objects always go
+//! back to the node their slab belongs to (its head descriptor records
+//! node and cache index), whichever CPU frees them.
 //!
 //! `CACHES[0..NR_CLASSES]` serve user requests up to [`SLAB_MAX`];
-//! `CACHES[VM_AREA_CACHE]` holds [`crate::vma::VmArea`] nodes. A slab's head
-//! page descriptor records its cache index, so `free` finds the cache from
-//! the object's address alone.
+//! `CACHES[VM_AREA_CACHE]` holds [`crate::vma::VmArea`] nodes (node 0
+//! only).
 
 pub mod cache;
 pub mod magazine;
@@ -14,7 +25,11 @@ pub mod size_class;
 pub use cache::{CacheStats, KmemCache};
 pub use size_class::{class_for_aligned, class_of, size_of_class, ClassInfo, CLASSES, NR_CLASSES, SLAB_MAX};
 
+use crate::buddy;
+use crate::page::Page;
 use crate::sync::Mutex;
+use core::ptr;
+use core::sync::atomic::{AtomicPtr, Ordering};
 
 /// Index of the VMA node cache in [`CACHES`].
 pub const VM_AREA_CACHE: usize = NR_CLASSES;
@@ -34,8 +49,119 @@ const fn build_caches() -> [Mutex<KmemCache>; NR_CACHES] {
     out
 }
 
-/// Every slab cache, by index.
-pub static CACHES: [Mutex<KmemCache>; NR_CACHES] = build_caches();
+/// One node's caches, by index.
+pub type NodeCaches = [Mutex<KmemCache>; NR_CACHES];
+
+/// Node 0's caches (and the only VMA node cache), by index.
+pub static CACHES: NodeCaches = build_caches();
+
+/// Nodes at most; CPU `n` uses node `n % MAX_NODES`.
+pub const MAX_NODES: usize = 64;
+
+static NODES: [AtomicPtr<NodeCaches>; MAX_NODES] = {
+    let mut nodes = [const { AtomicPtr::new(ptr::null_mut()) }; MAX_NODES];
+    nodes[0] = AtomicPtr::new(&raw const CACHES as *mut NodeCaches);
+    nodes
+};
+/// Lock for making nodes (see [`crate::buddy`] for the lock order).
+pub static NODES_GROW: Mutex<()> = Mutex::new(());
+
+const NODE_ORDER: usize = buddy::order_for_pages(core::mem::size_of::<NodeCaches>().div_ceil(4096));
+
+/// The caches of the calling thread's CPU's node, made on first use;
+/// node 0's when memory for a new node cannot be had.
+#[inline]
+pub fn home_caches() -> &'static NodeCaches {
+    let node = percpu::current_cpu() % MAX_NODES;
+    let p = NODES[node].load(Ordering::Acquire);
+    if !p.is_null() {
+        // SAFETY: published nodes live forever.
+        return unsafe { &*p };
+    }
+    make_node(node)
+}
+
+#[cold]
+#[inline(never)]
+fn make_node(node: usize) -> &'static NodeCaches {
+    let _g = NODES_GROW.lock();
+    let p = NODES[node].load(Ordering::Acquire);
+    if !p.is_null() {
+        // SAFETY: published nodes live forever.
+        return unsafe { &*p };
+    }
+    // The pages stay PG_NONE, so a free() into them is reported as not ours.
+    let Some((head, _)) = buddy::alloc_pages(NODE_ORDER) else { return &CACHES };
+    let mem = crate::page::page_address(head) as *mut Mutex<KmemCache>;
+    for index in 0..NR_CACHES {
+        let size = if index < NR_CLASSES { size_class::class_size(index) } else { VM_AREA_SIZE };
+        let cache = KmemCache::new(index as u8, size_class::geometry(size)).on_node(node as u8);
+        // SAFETY: the block is ours and holds NR_CACHES caches.
+        unsafe { mem.add(index).write(Mutex::new(cache)) };
+    }
+    let p = mem.cast::<NodeCaches>();
+    NODES[node].store(p, Ordering::Release);
+    // SAFETY: just initialised; lives forever.
+    unsafe { &*p }
+}
+
+/// Every node made so far, in node order.
+pub fn nodes() -> impl Iterator<Item = &'static NodeCaches> {
+    NODES.iter().filter_map(|n| {
+        let p = n.load(Ordering::Acquire);
+        // SAFETY: published nodes live forever.
+        (!p.is_null()).then(|| unsafe { &*p })
+    })
+}
+
+/// The cache that owns the slab headed by `slab`.
+///
+/// # Safety
+/// `slab` heads a live slab.
+#[inline]
+pub unsafe fn cache_of_slab(slab: *mut Page) -> &'static Mutex<KmemCache> {
+    // SAFETY: per the caller; the node of a slab was published before the
+    // slab was made.
+    unsafe {
+        let node = NODES[(*slab).node as usize].load(Ordering::Acquire);
+        &(*node)[(*slab).class as usize]
+    }
+}
+
+/// Figures of cache `index`, summed over every node.
+pub fn cache_stats(index: usize) -> CacheStats {
+    let mut sum = CacheStats::default();
+    for node in nodes() {
+        let s = node[index].lock().stats();
+        sum.objsize = s.objsize;
+        sum.objperslab = s.objperslab;
+        sum.pagesperslab = s.pagesperslab;
+        sum.active_objs += s.active_objs;
+        sum.num_objs += s.num_objs;
+        sum.active_slabs += s.active_slabs;
+        sum.num_slabs += s.num_slabs;
+    }
+    sum
+}
+
+/// Takes every cache lock, node by node (atfork prepare; see
+/// [`crate::buddy`] for the order).
+pub fn lock_all_for_fork() {
+    for node in nodes() {
+        node.iter().for_each(|c| c.lock_for_fork());
+    }
+}
+
+/// Releases what [`lock_all_for_fork`] took.
+///
+/// # Safety
+/// [`lock_all_for_fork`] ran in this thread (or in the forking parent).
+pub unsafe fn unlock_all_after_fork(in_child: bool) {
+    for node in nodes() {
+        // SAFETY: taken by lock_all_for_fork; no guards exist.
+        node.iter().rev().for_each(|c| unsafe { c.unlock_after_fork(in_child) });
+    }
+}
 
 /// Name of cache `index` for the views.
 pub fn cache_name(index: usize) -> &'static str {

@@ -25,7 +25,7 @@
 //! Lock order: a CPU depot lock is taken before any slab cache lock (see
 //! [`crate::buddy`] for the whole order).
 
-use super::{cache, CACHES, NR_CLASSES};
+use super::{cache, NR_CLASSES};
 use crate::buddy;
 use crate::sync::Mutex;
 use core::ptr;
@@ -136,7 +136,7 @@ pub fn alloc_batch(class: usize, max: usize) -> (*mut u8, usize) {
             return depot.lists[nr];
         }
     }
-    cache::alloc_bulk(&CACHES[class], max)
+    cache::alloc_bulk(&super::home_caches()[class], max)
 }
 
 /// Gives back `count` objects of `class` (a list linked through the first
@@ -157,7 +157,7 @@ pub unsafe fn free_batch(class: usize, list: *mut u8, count: usize) {
         }
     }
     // SAFETY: per the caller.
-    unsafe { cache::free_bulk(&CACHES[class], list, count) }
+    unsafe { cache::free_bulk_by(list, count, |slab| super::cache_of_slab(slab)) }
 }
 
 /// Empties every CPU's depots into the shared caches (for `malloc_trim`).
@@ -169,7 +169,7 @@ pub fn drain_all() {
         }
         // SAFETY: published CPU depots live forever.
         let depots = unsafe { &(*pc).depots };
-        for (depot_lock, cache) in depots.iter().zip(CACHES.iter()) {
+        for depot_lock in depots.iter() {
             loop {
                 let mut depot = depot_lock.lock();
                 if depot.nr == 0 {
@@ -179,7 +179,7 @@ pub fn drain_all() {
                 let (list, n) = depot.lists[depot.nr];
                 drop(depot);
                 // SAFETY: `n` free objects of this depot's class.
-                unsafe { cache::free_bulk(cache, list, n) };
+                unsafe { cache::free_bulk_by(list, n, |slab| super::cache_of_slab(slab)) };
             }
         }
     }
