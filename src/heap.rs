@@ -176,7 +176,7 @@ pub unsafe fn free(p: *mut u8) {
     let desc = page::page_of(p as usize);
     if !desc.is_null() {
         // SAFETY: descriptors of published chunks are live.
-        let user_class = unsafe { (*desc).user_class } as usize;
+        let (user_class, node) = unsafe { ((*desc).user_class as usize, (*desc).node) };
         if user_class != 0 {
             // SAFETY: user_class - 1 < NR_CLASSES by construction.
             let info = unsafe { CLASSES.get_unchecked(user_class - 1) };
@@ -184,7 +184,7 @@ pub unsafe fn free(p: *mut u8) {
                 bad_pointer(b"free()", b"invalid pointer (inside an object)", p);
             }
             // SAFETY: a slab object of this class, given up by the caller.
-            unsafe { magazine::free(p, user_class) };
+            unsafe { magazine::free(p, user_class, node) };
             return;
         }
     }

@@ -257,3 +257,68 @@ fn thread_exit_returns_cached_objects() {
     .unwrap();
     assert_eq!(active(), before, "objects cached by the exited thread were not returned");
 }
+
+/// Pins the calling thread to `cpu`; false when the machine refuses
+/// (fewer CPUs, or a cpuset without it).
+fn pin_to_cpu(cpu: usize) -> bool {
+    // SAFETY: a zeroed cpu_set_t is the empty set; the calls get valid
+    // pointers and the set's size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+            && libc::sched_getcpu() == cpu as i32
+    }
+}
+
+/// An object freed on another CPU goes home to its own node's slabs; the
+/// freeing thread does not hand it out again (that would spread one cache
+/// line over two CPUs), and its own allocations come from its own node.
+#[test]
+fn remote_frees_go_home() {
+    use buddyslab::slab::{home_node, MAX_NODES};
+    let _serial = COUNTERS.lock().unwrap_or_else(|e| e.into_inner());
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 || cpus > MAX_NODES {
+        eprintln!("remote_frees_go_home: needs 2..={MAX_NODES} CPUs, skipped");
+        return;
+    }
+    let layout = Layout::from_size_align(48, 16).unwrap();
+    let Some(home) = thread::spawn(move || {
+        if !pin_to_cpu(0) {
+            return None;
+        }
+        // SAFETY: freed below with the same layout.
+        Some((0..500).map(|_| unsafe { GLOBAL.alloc(layout) } as usize).collect::<Vec<_>>())
+    })
+    .join()
+    .unwrap() else {
+        eprintln!("remote_frees_go_home: cannot pin to CPU 0, skipped");
+        return;
+    };
+    let theirs: std::collections::HashSet<usize> = home.iter().copied().collect();
+    let reused = thread::spawn(move || {
+        if !pin_to_cpu(1) {
+            return None;
+        }
+        assert_eq!(home_node(), 1);
+        for &p in &home {
+            // SAFETY: allocated above with this layout, not used since.
+            unsafe { GLOBAL.dealloc(p as *mut u8, layout) };
+        }
+        // SAFETY: freed right after with the same layout.
+        let mine: Vec<usize> = (0..500).map(|_| unsafe { GLOBAL.alloc(layout) } as usize).collect();
+        let reused = mine.iter().filter(|p| theirs.contains(p)).count();
+        for &p in &mine {
+            // SAFETY: as above.
+            unsafe { GLOBAL.dealloc(p as *mut u8, layout) };
+        }
+        Some(reused)
+    })
+    .join()
+    .unwrap();
+    match reused {
+        Some(n) => assert_eq!(n, 0, "a thread on CPU 1 handed out objects of CPU 0's node"),
+        None => eprintln!("remote_frees_go_home: cannot pin to CPU 1, skipped"),
+    }
+}

@@ -210,9 +210,12 @@ impl KmemCache {
         unsafe {
             let user_class = if (self.index as usize) < super::NR_CLASSES { self.index + 1 } else { 0 };
             buddy::mark_run(head, 1 << self.info.order, PG_SLAB, user_class);
+            // Every page says its node, for the free fast path.
+            for i in 0..1usize << self.info.order {
+                (*head.add(i)).node = self.node;
+            }
             let s = &mut *head;
             s.class = self.index;
-            s.node = self.node;
             s.order = self.info.order;
             s.inuse = 0;
             s.bump = 0;

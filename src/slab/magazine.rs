@@ -6,10 +6,18 @@
 //! the bin of the object's class; neither takes a lock nor does an atomic
 //! read-modify-write. An empty bin is refilled with half a bin's worth of
 //! objects from the CPU's array cache ([`percpu::alloc_batch`]), which in
-//! turn refills from the [`KmemCache`](super::KmemCache); a full bin gives
-//! half back the same way ([`percpu::free_batch`]). An object freed by
-//! another thread simply joins that thread's bin and flows back in those
-//! batches, so memory freed on one thread is reusable by all.
+//! turn refills from the [`KmemCache`](super::KmemCache) of the CPU's node;
+//! a full bin gives half back the same way ([`percpu::free_batch`]).
+//!
+//! Remote frees: the thread remembers its node (the CPU it last refilled
+//! on). An object whose slab belongs to another node — allocated on
+//! another CPU, usually by another thread — does not join the bin: it
+//! goes to a second, *remote* bin of its class, which is sent home in
+//! batches ([`cache::free_bulk_by`], one lock per run of one cache). So a
+//! thread does not hand out again, and write to, cache lines that a thread
+//! on another CPU is using (the passive false sharing Hoard describes), and
+//! memory freed far from where it was allocated returns to where it is
+//! reused. The check costs the fast path one byte compare.
 //!
 //! Thread-local storage: on x86-64 the thread cache is a `.tbss` symbol
 //! reached with the initial-exec model (`symbol@GOTTPOFF` plus `%fs`), two
@@ -50,6 +58,10 @@ const BUSY: u32 = 3;
 #[repr(C)]
 pub struct ThreadCache {
     bins: [Bin; NR_CLASSES + 1],
+    /// Objects of other nodes, on their way home; indexed as `bins`.
+    remote: [Bin; NR_CLASSES + 1],
+    /// The node this thread refills from (its CPU's, when last looked at).
+    node: u8,
     state: u32,
 }
 
@@ -140,17 +152,18 @@ pub fn alloc(class: usize) -> *mut u8 {
     alloc_slow(class)
 }
 
-/// Frees `object`, whose page has `user_class` (class + 1, non-zero), into
-/// the calling thread's bin.
+/// Frees `object`, whose page has `user_class` (class + 1, non-zero) and
+/// `node`, into the calling thread's bin.
 ///
 /// # Safety
-/// `object` is a live object of class `user_class - 1`, given up.
+/// `object` is a live object of class `user_class - 1` on `node`, given up.
 #[inline(always)]
-pub unsafe fn free(object: *mut u8, user_class: usize) {
+pub unsafe fn free(object: *mut u8, user_class: usize, node: u8) {
     // SAFETY: as in `alloc`; the object is ours to link.
     unsafe {
-        let bin = &mut *(*current()).bins.as_mut_ptr().add(user_class);
-        if bin.count < bin.limit {
+        let tc = current();
+        let bin = &mut *(*tc).bins.as_mut_ptr().add(user_class);
+        if bin.count < bin.limit && node == (*tc).node {
             object.cast::<*mut u8>().write(bin.head);
             bin.head = object;
             bin.count += 1;
@@ -202,7 +215,9 @@ fn activate(tc: *mut ThreadCache) -> bool {
     }
     for class in 0..NR_CLASSES {
         tc.bins[class + 1].limit = bin_limit(class);
+        tc.remote[class + 1].limit = bin_limit(class);
     }
+    tc.node = super::home_node() as u8;
     tc.state = ACTIVE;
     true
 }
@@ -215,7 +230,10 @@ fn alloc_slow(class: usize) -> *mut u8 {
         return cache::alloc(&super::home_caches()[class]);
     }
     // SAFETY: this thread's cache, active.
-    let bin = unsafe { &mut (*tc).bins[class + 1] };
+    let bin = unsafe {
+        (*tc).node = super::home_node() as u8;
+        &mut (*tc).bins[class + 1]
+    };
     let want = (bin.limit as usize / 2).max(1);
     let (list, n) = percpu::alloc_batch(class, want);
     if n == 0 {
@@ -245,8 +263,19 @@ unsafe fn free_slow(object: *mut u8, user_class: usize) {
         }
         return;
     }
-    // SAFETY: this thread's cache, active; the bin is full.
+    // SAFETY: this thread's cache, active; the object is ours.
     unsafe {
+        let slab = cache::slab_of(object);
+        if (*slab).node != (*tc).node {
+            let remote = &mut (*tc).remote[user_class];
+            if remote.count >= remote.limit {
+                send_home(remote, remote.count as usize);
+            }
+            object.cast::<*mut u8>().write(remote.head);
+            remote.head = object;
+            remote.count += 1;
+            return;
+        }
         let bin = &mut (*tc).bins[user_class];
         if bin.count >= bin.limit {
             flush(bin, class, bin.count as usize / 2 + 1);
@@ -254,6 +283,28 @@ unsafe fn free_slow(object: *mut u8, user_class: usize) {
         object.cast::<*mut u8>().write(bin.head);
         bin.head = object;
         bin.count += 1;
+    }
+}
+
+/// Returns the first `n` objects of a remote bin to their slabs' caches.
+///
+/// # Safety
+/// `bin` is one of this thread's remote bins and holds at least `n` objects.
+unsafe fn send_home(bin: &mut Bin, n: usize) {
+    if n == 0 {
+        return;
+    }
+    let list = bin.head;
+    // SAFETY: the first `n` objects are free objects linked through their
+    // first word; `free_bulk_by` reads only `n` links.
+    unsafe {
+        let mut rest = list;
+        for _ in 0..n {
+            rest = rest.cast::<*mut u8>().read();
+        }
+        bin.head = rest;
+        bin.count -= n as u32;
+        cache::free_bulk_by(list, n, |slab| super::cache_of_slab(slab));
     }
 }
 
@@ -304,6 +355,11 @@ unsafe fn drain(tc: &mut ThreadCache) {
         let n = bin.count as usize;
         // SAFETY: the bin holds `n` objects of `class`.
         unsafe { flush(bin, class, n) };
+        let remote = &mut tc.remote[class + 1];
+        remote.limit = 0;
+        let n = remote.count as usize;
+        // SAFETY: the remote bin holds `n` objects.
+        unsafe { send_home(remote, n) };
     }
 }
 
@@ -319,6 +375,7 @@ pub fn flush_current() {
         drain(&mut *tc);
         for class in 0..NR_CLASSES {
             (*tc).bins[class + 1].limit = bin_limit(class);
+            (*tc).remote[class + 1].limit = bin_limit(class);
         }
     }
 }
@@ -326,5 +383,8 @@ pub fn flush_current() {
 /// Objects cached in the calling thread's bins (for tests and stats).
 pub fn cached_objects() -> usize {
     // SAFETY: this thread's cache.
-    unsafe { (*current()).bins.iter().map(|b| b.count as usize).sum() }
+    unsafe {
+        let tc = &*current();
+        tc.bins.iter().chain(tc.remote.iter()).map(|b| b.count as usize).sum()
+    }
 }

@@ -68,11 +68,17 @@ pub static NODES_GROW: Mutex<()> = Mutex::new(());
 
 const NODE_ORDER: usize = buddy::order_for_pages(core::mem::size_of::<NodeCaches>().div_ceil(4096));
 
+/// The node of the calling thread's CPU (a hint: the thread may move).
+#[inline]
+pub fn home_node() -> usize {
+    percpu::current_cpu() % MAX_NODES
+}
+
 /// The caches of the calling thread's CPU's node, made on first use;
 /// node 0's when memory for a new node cannot be had.
 #[inline]
 pub fn home_caches() -> &'static NodeCaches {
-    let node = percpu::current_cpu() % MAX_NODES;
+    let node = home_node();
     let p = NODES[node].load(Ordering::Acquire);
     if !p.is_null() {
         // SAFETY: published nodes live forever.
