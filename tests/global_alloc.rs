@@ -279,7 +279,7 @@ fn remote_frees_go_home() {
     use buddyslab::slab::{home_node, MAX_NODES};
     let _serial = COUNTERS.lock().unwrap_or_else(|e| e.into_inner());
     let cpus = thread::available_parallelism().map_or(1, |n| n.get());
-    if cpus < 2 || cpus > MAX_NODES {
+    if !(2..=MAX_NODES).contains(&cpus) {
         eprintln!("remote_frees_go_home: needs 2..={MAX_NODES} CPUs, skipped");
         return;
     }
