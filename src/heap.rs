@@ -356,6 +356,7 @@ fn init_slow() {
         return;
     }
     os::check_page_size();
+    magazine::init_secret();
     crate::options::read_environment();
     magazine::init_thread_exit_key();
     // SAFETY: the handlers are plain functions that only take and release

@@ -138,6 +138,20 @@ pub unsafe fn madvise_dontneed(addr: usize, len: usize) -> Result<(), Errno> {
     .map(|_| ())
 }
 
+/// Eight random bytes from the kernel (`getrandom(2)`, non-blocking); `None`
+/// when it has none to give.
+pub fn random_u64() -> Option<u64> {
+    let mut value = 0u64;
+    // SAFETY: the kernel writes at most 8 bytes into `value`.
+    let n = unsafe {
+        raw::syscall6(
+            libc::SYS_getrandom as usize,
+            [&mut value as *mut u64 as usize, 8, libc::GRND_NONBLOCK as usize, 0, 0, 0],
+        )
+    };
+    (n == 8).then_some(value)
+}
+
 /// `mremap(addr, old_len, new_len, MREMAP_MAYMOVE)`: grows or shrinks a
 /// private anonymous mapping, moving it (without copying pages) when it
 /// cannot grow in place. Returns the new address.

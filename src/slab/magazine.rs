@@ -19,6 +19,16 @@
 //! memory freed far from where it was allocated returns to where it is
 //! reused. The check costs the fast path one byte compare.
 //!
+//! Double frees: a freed object carries the process's secret key in its
+//! second word (every class is at least 16 bytes), and handing an object
+//! out clears it, as glibc's tcache does with its `key`. `free` of an
+//! object whose second word already holds the key stops the process with
+//! "double free detected", wherever the first free left the object (a bin,
+//! a CPU depot, its slab's free list). The key is random per process
+//! (`getrandom`), so a live block holds it only if the program copied it
+//! out of freed memory. Cost: a load, a compare and a store in `free`, a
+//! store in `malloc`.
+//!
 //! Thread-local storage: on x86-64 the thread cache is a `.tbss` symbol
 //! reached with the initial-exec model (`symbol@GOTTPOFF` plus `%fs`), two
 //! instructions and no `__tls_get_addr` call even in `libbuddyslab.so`
@@ -38,7 +48,7 @@
 
 use super::{cache, percpu, size_class::CLASSES, NR_CLASSES};
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
 /// A bin: free objects of one class, cached for one thread.
 #[repr(C)]
@@ -57,12 +67,33 @@ const BUSY: u32 = 3;
 /// of class `c` is `bins[c + 1]`, indexed by a page's `user_class`.
 #[repr(C)]
 pub struct ThreadCache {
+    /// [`SECRET`], copied on activation (0 before: such a cache has no
+    /// room, so every free takes the slow path, which reads `SECRET`).
+    key: usize,
     bins: [Bin; NR_CLASSES + 1],
     /// Objects of other nodes, on their way home; indexed as `bins`.
     remote: [Bin; NR_CLASSES + 1],
     /// The node this thread refills from (its CPU's, when last looked at).
     node: u8,
     state: u32,
+}
+
+/// The key a freed object carries in its second word. Fixed until
+/// [`init_secret`] draws a random one; never zero.
+pub static SECRET: AtomicUsize = AtomicUsize::new(0x9e37_79b9_7f4a_7c15);
+
+/// Draws the process's random key (called once, early in set-up, before
+/// any thread cache is active).
+pub fn init_secret() {
+    if let Some(r) = crate::os::random_u64() {
+        SECRET.store(r as usize | 1, Ordering::Relaxed);
+    }
+}
+
+/// The second word of an object: where a freed object keeps the key.
+#[inline(always)]
+fn key_slot(object: *mut u8) -> *mut usize {
+    object.wrapping_add(core::mem::size_of::<usize>()).cast()
 }
 
 /// Bytes a full bin may hold; the limit is this over the object size,
@@ -146,6 +177,7 @@ pub fn alloc(class: usize) -> *mut u8 {
         if !object.is_null() {
             bin.head = object.cast::<*mut u8>().read();
             bin.count -= 1;
+            key_slot(object).write(0);
             return object;
         }
     }
@@ -163,7 +195,9 @@ pub unsafe fn free(object: *mut u8, user_class: usize, node: u8) {
     unsafe {
         let tc = current();
         let bin = &mut *(*tc).bins.as_mut_ptr().add(user_class);
-        if bin.count < bin.limit && node == (*tc).node {
+        let key = (*tc).key;
+        if bin.count < bin.limit && node == (*tc).node && key_slot(object).read() != key {
+            key_slot(object).write(key);
             object.cast::<*mut u8>().write(bin.head);
             bin.head = object;
             bin.count += 1;
@@ -218,6 +252,7 @@ fn activate(tc: *mut ThreadCache) -> bool {
         tc.remote[class + 1].limit = bin_limit(class);
     }
     tc.node = super::home_node() as u8;
+    tc.key = SECRET.load(Ordering::Relaxed);
     tc.state = ACTIVE;
     true
 }
@@ -227,7 +262,12 @@ fn activate(tc: *mut ThreadCache) -> bool {
 fn alloc_slow(class: usize) -> *mut u8 {
     let tc = current();
     if !activate(tc) {
-        return cache::alloc(&super::home_caches()[class]);
+        let object = cache::alloc(&super::home_caches()[class]);
+        if !object.is_null() {
+            // SAFETY: a fresh object of at least 16 bytes.
+            unsafe { key_slot(object).write(0) };
+        }
+        return object;
     }
     // SAFETY: this thread's cache, active.
     let bin = unsafe {
@@ -243,6 +283,7 @@ fn alloc_slow(class: usize) -> *mut u8 {
     // SAFETY: `list` heads `n` fresh objects linked through their first word.
     unsafe {
         bin.head = list.cast::<*mut u8>().read();
+        key_slot(list).write(0);
     }
     bin.count = n as u32 - 1;
     list
@@ -254,6 +295,14 @@ fn alloc_slow(class: usize) -> *mut u8 {
 #[inline(never)]
 unsafe fn free_slow(object: *mut u8, user_class: usize) {
     let class = user_class - 1;
+    // SAFETY: a slab object of at least 16 bytes, given up by the caller.
+    unsafe {
+        let key = SECRET.load(Ordering::Relaxed);
+        if key_slot(object).read() == key {
+            double_free(object);
+        }
+        key_slot(object).write(key);
+    }
     let tc = current();
     if !activate(tc) {
         // SAFETY: a live object of this class, given up.
@@ -284,6 +333,13 @@ unsafe fn free_slow(object: *mut u8, user_class: usize) {
         bin.head = object;
         bin.count += 1;
     }
+}
+
+#[cold]
+#[inline(never)]
+fn double_free(object: *mut u8) -> ! {
+    let mut buf = [0u8; 32];
+    crate::os::fatal(&[b"buddyslab: free(): double free detected: ", crate::stats::fmt_hex(&mut buf, object as usize)])
 }
 
 /// Returns the first `n` objects of a remote bin to their slabs' caches.
