@@ -22,13 +22,14 @@
 //! Lock order (outermost first), shared by every module:
 //! `percpu::CPUS_GROW` → CPU depot locks (by CPU, then class) →
 //! `slab::NODES_GROW` → `GROW` → slab cache locks (by node, then index) →
-//! `ZONE` → `vma::TREE`.
+//! per-CPU page lists (`pcp`, by CPU) → `ZONE` → `vma::TREE`.
 //! A CPU depot lock may be held while its slab cache is refilled (and so
 //! while the zone grows). No code holds a slab cache lock while calling
 //! into the buddy: slab refill and release drop the cache lock first, as
 //! SLUB does. The atfork handlers take every lock in this order.
 
 use crate::os::{self, PAGE_SHIFT, PAGE_SIZE};
+use crate::pcp;
 use crate::page::{
     self, Chunk, ChunkSource, Page, PageList, CHUNK_DESC_ALIGN, CHUNK_DESC_SIZE, CHUNK_PAGES,
     CHUNK_SIZE, MAX_ORDER, PG_FREE, PG_NONE, PG_TAIL,
@@ -348,6 +349,11 @@ pub static META_BYTES: AtomicUsize = AtomicUsize::new(0);
 pub fn alloc_pages(order: usize) -> Option<(*mut Page, bool)> {
     debug_assert!(order <= MAX_ORDER);
     loop {
+        if order <= pcp::PCP_MAX_ORDER {
+            if let Some(r) = pcp::alloc(order) {
+                return Some(r);
+            }
+        }
         // SAFETY: the global zone's descriptors are live.
         if let Some(r) = unsafe { ZONE.lock().alloc(order) } {
             return Some(r);
@@ -363,6 +369,10 @@ pub fn alloc_pages(order: usize) -> Option<(*mut Page, bool)> {
 /// # Safety
 /// `head` was returned by [`alloc_pages`] with this `order` and is unused.
 pub unsafe fn free_pages(head: *mut Page, order: usize) {
+    if order <= pcp::PCP_MAX_ORDER {
+        // SAFETY: per the caller.
+        return unsafe { pcp::free(head, order) };
+    }
     // SAFETY: per the caller.
     unsafe { ZONE.lock().free(head, order, false) }
 }
@@ -561,6 +571,7 @@ pub fn release_free_chunks() -> usize {
     // Take every wholly free chunk off the free lists at once, release
     // their memory without the zone lock, then put them all back: each
     // chunk is looked at exactly once.
+    pcp::drain_all();
     let mut taken = PageList::new();
     {
         let mut zone = ZONE.lock();

@@ -381,6 +381,7 @@ extern "C" fn fork_prepare() {
     slab::NODES_GROW.lock_for_fork();
     buddy::GROW.lock_for_fork();
     slab::lock_all_for_fork();
+    crate::pcp::lock_all_for_fork();
     buddy::ZONE.lock_for_fork();
     crate::vma::TREE.lock_for_fork();
 }
@@ -391,6 +392,7 @@ fn fork_release(in_child: bool) {
     unsafe {
         crate::vma::TREE.unlock_after_fork(in_child);
         buddy::ZONE.unlock_after_fork(in_child);
+        crate::pcp::unlock_all_after_fork(in_child);
         slab::unlock_all_after_fork(in_child);
         buddy::GROW.unlock_after_fork(in_child);
         slab::NODES_GROW.unlock_after_fork(in_child);

@@ -28,6 +28,7 @@ pub mod large;
 pub mod options;
 pub mod os;
 pub mod page;
+pub mod pcp;
 pub mod slab;
 pub mod stats;
 pub mod sync;

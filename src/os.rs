@@ -257,6 +257,44 @@ pub fn check_page_size() {
     PAGE_SIZE_CHECKED.store(true, Ordering::Relaxed);
 }
 
+// ---------------------------------------------------------------------------
+// The CPU a thread runs on.
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+extern "C" {
+    static __rseq_offset: isize;
+    static __rseq_size: libc::c_uint;
+}
+
+/// The CPU the calling thread runs on (a hint: it may move at once).
+#[inline]
+pub fn current_cpu() -> usize {
+    #[cfg(all(target_os = "linux", target_env = "gnu", target_arch = "x86_64"))]
+    {
+        // SAFETY: glibc defines both symbols (2.35+); when __rseq_size is
+        // non-zero, thread pointer + __rseq_offset is this thread's
+        // registered `struct rseq`, whose `cpu_id` (offset 4) the kernel
+        // keeps current. A negative value means "not registered".
+        unsafe {
+            if __rseq_size != 0 {
+                let tp: usize;
+                core::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp, options(nostack, readonly, preserves_flags));
+                let cpu_id = ((tp as isize + __rseq_offset + 4) as *const i32).read_volatile();
+                if cpu_id >= 0 {
+                    return cpu_id as usize;
+                }
+            }
+        }
+    }
+    // SAFETY: sched_getcpu has no preconditions.
+    let cpu = unsafe { libc::sched_getcpu() };
+    if cpu < 0 {
+        0
+    } else {
+        cpu as usize
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

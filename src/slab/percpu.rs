@@ -56,40 +56,7 @@ const CPU_CACHES_ORDER: usize = buddy::order_for_pages(core::mem::size_of::<CpuC
 static CPUS: [AtomicPtr<CpuCaches>; MAX_CPUS] = [const { AtomicPtr::new(ptr::null_mut()) }; MAX_CPUS];
 static CPUS_GROW: Mutex<()> = Mutex::new(());
 
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-extern "C" {
-    static __rseq_offset: isize;
-    static __rseq_size: libc::c_uint;
-}
-
-/// The CPU the calling thread runs on (a hint: it may move at once).
-#[inline]
-pub fn current_cpu() -> usize {
-    #[cfg(all(target_os = "linux", target_env = "gnu", target_arch = "x86_64"))]
-    {
-        // SAFETY: glibc defines both symbols (2.35+); when __rseq_size is
-        // non-zero, thread pointer + __rseq_offset is this thread's
-        // registered `struct rseq`, whose `cpu_id` (offset 4) the kernel
-        // keeps current. A negative value means "not registered".
-        unsafe {
-            if __rseq_size != 0 {
-                let tp: usize;
-                core::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp, options(nostack, readonly, preserves_flags));
-                let cpu_id = ((tp as isize + __rseq_offset + 4) as *const i32).read_volatile();
-                if cpu_id >= 0 {
-                    return cpu_id as usize % MAX_CPUS;
-                }
-            }
-        }
-    }
-    // SAFETY: sched_getcpu has no preconditions.
-    let cpu = unsafe { libc::sched_getcpu() };
-    if cpu < 0 {
-        0
-    } else {
-        cpu as usize % MAX_CPUS
-    }
-}
+pub use crate::os::current_cpu;
 
 /// The depots of `cpu`, allocated on first use; null when no memory.
 fn cpu_caches(cpu: usize) -> *mut CpuCaches {
@@ -126,7 +93,7 @@ fn allocate_cpu_caches(cpu: usize) -> *mut CpuCaches {
 /// shared cache when the depot is empty (see [`cache::alloc_bulk`]; `max`
 /// bounds only never-used objects). Returns the list and its length.
 pub fn alloc_batch(class: usize, max: usize) -> (*mut u8, usize) {
-    let pc = cpu_caches(current_cpu());
+    let pc = cpu_caches(current_cpu() % MAX_CPUS);
     if !pc.is_null() {
         // SAFETY: CPU depots live forever once published.
         let mut depot = unsafe { (*pc).depots[class].lock() };
@@ -145,7 +112,7 @@ pub fn alloc_batch(class: usize, max: usize) -> (*mut u8, usize) {
 /// # Safety
 /// Every object on the list is a free object of `class`, given up.
 pub unsafe fn free_batch(class: usize, list: *mut u8, count: usize) {
-    let pc = cpu_caches(current_cpu());
+    let pc = cpu_caches(current_cpu() % MAX_CPUS);
     if !pc.is_null() {
         // SAFETY: CPU depots live forever once published.
         let mut depot = unsafe { (*pc).depots[class].lock() };
@@ -237,7 +204,7 @@ mod tests {
     fn current_cpu_matches_the_kernel() {
         // The thread may migrate between the two reads; retry a few times.
         let agrees = (0..100).any(|_| {
-            let ours = current_cpu();
+            let ours = current_cpu() % MAX_CPUS;
             // SAFETY: no preconditions.
             let kernel = unsafe { libc::sched_getcpu() } as usize % MAX_CPUS;
             ours == kernel
