@@ -38,10 +38,12 @@ const MAX_REQUEST: usize = isize::MAX as usize - CHUNK_SIZE;
 /// Allocates `size` bytes, 16-byte aligned. Null when out of memory or
 /// `size` is impossible. `malloc(0)` returns a unique, freeable pointer.
 ///
-/// Deliberately not `#[inline]`: the thread-cache access is an
-/// initial-exec TLS reference to a hidden symbol of this crate, which must
-/// stay in this crate's object (the linker does not resolve it from
-/// another crate's). The C and Rust faces pay one direct call.
+/// `#[inline]`, so the C and Rust faces get the fast path without a call:
+/// the thread-cache access is an initial-exec TLS reference to a hidden
+/// symbol, which the linker resolves in any crate linked into the same
+/// binary or shared object (not across shared objects, which is the point
+/// of hiding it).
+#[inline]
 pub fn malloc(size: usize) -> *mut u8 {
     if size <= SLAB_MAX {
         return magazine::alloc(class_of(size));
@@ -168,10 +170,11 @@ fn bad_pointer(what: &[u8], why: &[u8], p: *mut u8) -> ! {
 /// class c" in one load; the offset inside the (naturally aligned) slab
 /// must be a whole number of objects, or `p` points inside an object.
 ///
-/// Not `#[inline]`, for the reason given on [`malloc`].
+/// `#[inline]`, as [`malloc`].
 ///
 /// # Safety
 /// If `p` is a live block, nothing uses it afterwards.
+#[inline]
 pub unsafe fn free(p: *mut u8) {
     let desc = page::page_of(p as usize);
     if !desc.is_null() {

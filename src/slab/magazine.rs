@@ -314,6 +314,7 @@ unsafe fn free_slow(object: *mut u8, user_class: usize) {
     }
     // SAFETY: this thread's cache, active; the object is ours.
     unsafe {
+        (*tc).node = super::home_node() as u8;
         let slab = cache::slab_of(object);
         if (*slab).node != (*tc).node {
             let remote = &mut (*tc).remote[user_class];

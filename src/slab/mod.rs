@@ -134,6 +134,13 @@ pub unsafe fn cache_of_slab(slab: *mut Page) -> &'static Mutex<KmemCache> {
     }
 }
 
+/// The node of the user slab holding `p`, if `p` lies in one.
+pub fn node_of(p: *const u8) -> Option<usize> {
+    let desc = crate::page::page_of(p as usize);
+    // SAFETY: descriptors of published chunks are live.
+    (!desc.is_null() && unsafe { (*desc).user_class } != 0).then(|| unsafe { (*desc).node } as usize)
+}
+
 /// Figures of cache `index`, summed over every node.
 pub fn cache_stats(index: usize) -> CacheStats {
     let mut sum = CacheStats::default();
