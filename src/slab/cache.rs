@@ -20,6 +20,7 @@
 //! Locking: the cache's own mutex covers the lists and every slab head on
 //! them. The buddy allocator is called only with that lock released.
 
+use super::link;
 use super::size_class::ClassInfo;
 use crate::buddy;
 use crate::os;
@@ -152,7 +153,7 @@ impl KmemCache {
             let s = &mut *slab;
             let object = if !s.freelist.is_null() {
                 let object = s.freelist;
-                s.freelist = object.cast::<*mut u8>().read();
+                s.freelist = link::next(object);
                 s.nr_free -= 1;
                 object
             } else {
@@ -246,7 +247,7 @@ impl KmemCache {
         }
         let was_full = s.inuse == self.info.objects;
         // SAFETY: the object lies inside the slab and is ours to link.
-        unsafe { object.cast::<*mut u8>().write(s.freelist) };
+        unsafe { link::set_next(object, s.freelist) };
         s.freelist = object;
         s.nr_free += 1;
         s.inuse -= 1;
@@ -325,7 +326,7 @@ impl KmemCache {
                     let mut f = s.freelist;
                     while !f.is_null() {
                         n += 1;
-                        f = f.cast::<*mut u8>().read();
+                        f = link::next(f);
                     }
                     assert_eq!(n, s.nr_free, "free list length");
                     assert_eq!(s.inuse, s.bump - s.nr_free, "inuse != bump - nr_free");
@@ -393,7 +394,7 @@ pub fn alloc_bulk(cache: &Mutex<KmemCache>, max: usize) -> (*mut u8, usize) {
             for i in (0..n).rev() {
                 let object = (first + i * size) as *mut u8;
                 // SAFETY: never-used objects of a slab we took them from.
-                unsafe { object.cast::<*mut u8>().write(head) };
+                unsafe { link::set_next(object, head) };
                 head = object;
             }
             (head, n)
@@ -444,7 +445,7 @@ pub unsafe fn free_bulk_by<'a>(mut list: *mut u8, count: usize, cache_of: impl F
         // SAFETY: per the caller, a live object of a cache; its first word
         // is the list link.
         unsafe {
-            list = object.cast::<*mut u8>().read();
+            list = link::next(object);
             let slab = slab_of(object);
             let cache = cache_of(slab);
             let c = match &mut locked {
@@ -620,7 +621,7 @@ mod tests {
                         prop_assert!(!list.is_null(), "list shorter than reported");
                         live.push(list);
                         // SAFETY: objects on the list are ours; first word links.
-                        list = unsafe { list.cast::<*mut u8>().read() };
+                        list = unsafe { link::next(list) };
                     }
                     prop_assert!(list.is_null(), "list longer than reported");
                 } else {
@@ -628,7 +629,7 @@ mod tests {
                     let mut list: *mut u8 = ptr::null_mut();
                     for p in live.drain(live.len() - n..) {
                         // SAFETY: a live object of this cache, ours to link.
-                        unsafe { p.cast::<*mut u8>().write(list) };
+                        unsafe { link::set_next(p, list) };
                         list = p;
                     }
                     // SAFETY: `n` live objects of `cache`.

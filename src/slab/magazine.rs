@@ -46,7 +46,7 @@
 //! any later allocation in that thread's remaining destructors goes
 //! straight to the shared caches.
 
-use super::{cache, percpu, size_class::CLASSES, NR_CLASSES};
+use super::{cache, link, percpu, size_class::CLASSES, NR_CLASSES};
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
@@ -175,7 +175,9 @@ pub fn alloc(class: usize) -> *mut u8 {
         let bin = &mut *(*current()).bins.as_mut_ptr().add(class + 1);
         let object = bin.head;
         if !object.is_null() {
-            bin.head = object.cast::<*mut u8>().read();
+            let next = link::next(object);
+            link::check_popped(next, class);
+            bin.head = next;
             bin.count -= 1;
             key_slot(object).write(0);
             return object;
@@ -198,7 +200,7 @@ pub unsafe fn free(object: *mut u8, user_class: usize, node: u8) {
         let key = (*tc).key;
         if bin.count < bin.limit && node == (*tc).node && key_slot(object).read() != key {
             key_slot(object).write(key);
-            object.cast::<*mut u8>().write(bin.head);
+            link::set_next(object, bin.head);
             bin.head = object;
             bin.count += 1;
             return;
@@ -282,7 +284,7 @@ fn alloc_slow(class: usize) -> *mut u8 {
     // Hand out the first; the rest become the bin.
     // SAFETY: `list` heads `n` fresh objects linked through their first word.
     unsafe {
-        bin.head = list.cast::<*mut u8>().read();
+        bin.head = link::next(list);
         key_slot(list).write(0);
     }
     bin.count = n as u32 - 1;
@@ -321,7 +323,7 @@ unsafe fn free_slow(object: *mut u8, user_class: usize) {
             if remote.count >= remote.limit {
                 send_home(remote, remote.count as usize);
             }
-            object.cast::<*mut u8>().write(remote.head);
+            link::set_next(object, remote.head);
             remote.head = object;
             remote.count += 1;
             return;
@@ -330,7 +332,7 @@ unsafe fn free_slow(object: *mut u8, user_class: usize) {
         if bin.count >= bin.limit {
             flush(bin, class, bin.count as usize / 2 + 1);
         }
-        object.cast::<*mut u8>().write(bin.head);
+        link::set_next(object, bin.head);
         bin.head = object;
         bin.count += 1;
     }
@@ -357,7 +359,7 @@ unsafe fn send_home(bin: &mut Bin, n: usize) {
     unsafe {
         let mut rest = list;
         for _ in 0..n {
-            rest = rest.cast::<*mut u8>().read();
+            rest = link::next(rest);
         }
         bin.head = rest;
         bin.count -= n as u32;
@@ -381,10 +383,10 @@ unsafe fn flush(bin: &mut Bin, class: usize, n: usize) {
     // which pops until null).
     unsafe {
         for _ in 1..n {
-            last = last.cast::<*mut u8>().read();
+            last = link::next(last);
         }
-        bin.head = last.cast::<*mut u8>().read();
-        last.cast::<*mut u8>().write(ptr::null_mut());
+        bin.head = link::next(last);
+        link::set_next(last, ptr::null_mut());
         bin.count -= n as u32;
         percpu::free_batch(class, list, n);
     }

@@ -18,6 +18,7 @@
 //! only).
 
 pub mod cache;
+pub mod link;
 pub mod magazine;
 pub mod percpu;
 pub mod size_class;
