@@ -554,12 +554,61 @@ mod tests {
     }
 
     #[test]
-    fn malloc_stats_text_has_glibc_lines() {
-        let mut f = FixedBuf::<2048>::new();
-        write_malloc_stats(&mut f).unwrap();
-        let t = f.as_str();
+    fn malloc_stats_text_has_glibc_lines_then_the_views() {
+        let mut t = String::new();
+        write_malloc_stats(&mut t).unwrap();
         assert!(t.starts_with("Arena 0:\nsystem bytes     = "));
         assert!(t.contains("Total (incl. mmap):"));
-        assert!(t.contains("Node 0, zone buddyslab"));
+        for view in ["== buddyinfo\nNode 0, zone buddyslab", "== slabinfo\nslabinfo - version: 2.1", "== maps", "== faults"] {
+            assert!(t.contains(view), "{view} missing from:\n{t}");
+        }
+    }
+
+    #[test]
+    fn json_view_parses_and_agrees_with_the_snapshot() {
+        // Something in a chunk, so the maps are not empty.
+        let p = crate::heap::malloc(1000);
+        let mut text = String::new();
+        write_json(&mut text).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_eq!(v["buddyinfo"].as_array().unwrap().len(), NR_ORDERS);
+        let slabinfo = v["slabinfo"].as_array().unwrap();
+        assert_eq!(slabinfo.len(), NR_CACHES);
+        assert_eq!(slabinfo[0]["name"], "kmalloc-16");
+        assert_eq!(slabinfo[slab::VM_AREA_CACHE]["name"], "vm_area_struct");
+        assert!(v["maps"].as_array().unwrap().iter().any(|r| r["name"] == "[buddyslab:chunk]"));
+        assert!(v["faults"]["predicted"].as_u64().unwrap() > 0);
+        assert!(v["faults"]["minflt"].as_u64().unwrap() > 0);
+        // SAFETY: allocated above.
+        unsafe { crate::heap::free(p) };
+    }
+
+    #[test]
+    fn fd_writer_passes_long_text_through() {
+        let mut fds = [0; 2];
+        // SAFETY: a valid two-int array.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let mut w = FdWriter::new(fds[1]);
+        let line = "0123456789".repeat(100);
+        for _ in 0..10 {
+            writeln!(w, "{line}").unwrap();
+        }
+        w.flush();
+        // SAFETY: our pipe's write end.
+        unsafe { libc::close(fds[1]) };
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            // SAFETY: reading into a live buffer from our pipe.
+            let n = unsafe { libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n as usize]);
+        }
+        // SAFETY: our pipe's read end.
+        unsafe { libc::close(fds[0]) };
+        assert_eq!(got.len(), 10 * 1001);
+        assert!(got.starts_with(line.as_bytes()));
     }
 }
