@@ -823,6 +823,9 @@ pub fn decay_tick() {
 pub fn decay_now(now_ms: u32) -> usize {
     let period = DECAY_MS.load(Ordering::Relaxed);
     let shrunk = run_shrinkers(ShrinkControl { now_ms, min_age_ms: Some(period) });
+    // Blocks on the per-CPU page lists are invisible to the zone; back on
+    // its lists they are stamped now and go at the next scan if unused.
+    pcp::drain_all();
     let filter = ReleaseFilter { below_order: NR_ORDERS, min_age_ms: period, now_ms, max_pages: usize::MAX };
     shrunk + (release(filter) >> PAGE_SHIFT)
 }
