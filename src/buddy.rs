@@ -22,7 +22,8 @@
 //! Lock order (outermost first), shared by every module:
 //! `percpu::CPUS_GROW` → CPU depot locks (by CPU, then class) →
 //! `slab::NODES_GROW` → `GROW` → slab cache locks (by node, then index) →
-//! per-CPU page lists (`pcp`, by CPU) → `ZONE` → `vma::TREE`.
+//! per-CPU page lists (`pcp`, by CPU) → `ZONE` → `vma::TREE` →
+//! `pagetable::TABLE_POOL`.
 //! A CPU depot lock may be held while its slab cache is refilled (and so
 //! while the zone grows). No code holds a slab cache lock while calling
 //! into the buddy: slab refill and release drop the cache lock first, as
@@ -32,11 +33,11 @@ use crate::os::{self, PAGE_SHIFT, PAGE_SIZE};
 use crate::pcp;
 use crate::page::{
     self, Chunk, ChunkSource, Page, PageList, CHUNK_DESC_ALIGN, CHUNK_DESC_SIZE, CHUNK_PAGES,
-    CHUNK_SIZE, MAX_ORDER, PG_FREE, PG_NONE, PG_TAIL,
+    CHUNK_SHIFT, CHUNK_SIZE, MAX_ORDER, PG_FREE, PG_NONE, PG_TAIL,
 };
 use crate::sync::Mutex;
 use crate::vma::{self, VmaKind};
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
 /// Number of orders, `MAX_ORDER + 1`.
 pub const NR_ORDERS: usize = MAX_ORDER + 1;
@@ -117,18 +118,62 @@ impl Zone {
             return None;
         }
         // SAFETY: the list is non-empty and its entries are live.
-        let head = unsafe { self.free_area[current].pop_front() };
+        unsafe {
+            let head = self.free_area[current].first();
+            Some(self.take(head, current, order))
+        }
+    }
+
+    /// Allocates a block of `order` pages at the lowest address any free
+    /// block offers, for metadata that is never freed (the page-table
+    /// shadow's tables): kept together at the bottom, such pages do not pin
+    /// chunks all over the zone, as the kernel groups unmovable pages.
+    /// Walks every free list: for rare allocations only.
+    ///
+    /// # Safety
+    /// As [`Zone::alloc`].
+    pub unsafe fn alloc_lowest(&mut self, order: usize) -> Option<(*mut Page, bool)> {
+        let mut best: Option<(usize, *mut Page, usize)> = None;
+        for current in order..NR_ORDERS {
+            // SAFETY: entries of our lists are live.
+            unsafe {
+                self.free_area[current].for_each(|p| {
+                    let addr = page::page_address(p);
+                    if best.map_or(true, |(a, _, _)| addr < a) {
+                        best = Some((addr, p, current));
+                    }
+                });
+            }
+        }
+        let (_, head, current) = best?;
+        // SAFETY: `head` heads a free block on free_area[current].
+        Some(unsafe { self.take(head, current, order) })
+    }
+
+    /// Takes the free block `head` of order `current` off its list and
+    /// splits it down to `order`, the upper halves going back to the lists.
+    ///
+    /// # Safety
+    /// `head` heads a free block on `free_area[current]`, `current >= order`.
+    unsafe fn take(&mut self, head: *mut Page, mut current: usize, order: usize) -> (*mut Page, bool) {
+        // SAFETY: per the caller.
+        unsafe { self.free_area[current].remove(head) };
         self.free_pages -= 1 << current;
         // SAFETY: `head` is the head of a free block we now own.
         let zero = unsafe { (*head).zero };
         let index = Chunk::index_of(head);
         let chunk = Chunk::of_page(head);
+        if current == MAX_ORDER {
+            // SAFETY: a live chunk; its descriptors are about to be written.
+            unsafe { (*chunk).descriptors_released = false };
+        }
         while current > order {
             current -= 1;
             // SAFETY: the upper half of the block lies in the same chunk.
             unsafe {
                 let upper = Chunk::page(chunk, index + (1 << current));
                 (*upper).zero = zero;
+                (*upper).span = (*head).span; // keeps the block's decay stamp
                 self.push_free(upper, current);
             }
         }
@@ -137,7 +182,7 @@ impl Zone {
             (*head).set_kind(PG_NONE);
             (*head).order = order as u8;
         }
-        Some((head, zero))
+        (head, zero)
     }
 
     /// Frees the block of `order` pages headed by `head`, merging with free
@@ -177,6 +222,7 @@ impl Zone {
         unsafe {
             let merged = Chunk::page(chunk, index);
             (*merged).zero = zero;
+            (*merged).span = clock_ms(); // decay stamp: free since now
             self.push_free(merged, order);
         }
     }
@@ -227,8 +273,46 @@ impl Zone {
         // SAFETY: per the caller, a free order-10 block on no list.
         unsafe {
             (*head).zero = zero;
+            (*head).span = clock_ms();
             self.push_free(head, MAX_ORDER);
         }
+    }
+
+    /// Moves free blocks whose memory is dirty (not known zero) off the
+    /// free lists onto `out`, for release without the zone lock: only
+    /// blocks of orders below `below_order`, free since at least
+    /// `min_age_ms` before `now` (by their decay stamp), lowest orders
+    /// first, until `max_pages` pages are taken. An isolated block's head
+    /// is `PG_NONE`, so no buddy merges with it meanwhile; its `order`
+    /// stays. Give each back with [`Zone::free`] (or, for a whole chunk,
+    /// [`Zone::put_free_chunk`]). Returns the pages taken.
+    ///
+    /// # Safety
+    /// The zone's descriptors are live; `out` is a list of the caller's.
+    pub unsafe fn isolate_dirty(&mut self, out: &mut PageList, filter: ReleaseFilter) -> usize {
+        let mut taken = 0;
+        for order in 0..filter.below_order.min(NR_ORDERS) {
+            let mut p = self.free_area[order].first();
+            while !p.is_null() && taken < filter.max_pages {
+                // SAFETY: entries of our lists are live; `next` is read
+                // before the entry is unlinked.
+                unsafe {
+                    let next = (*p).next;
+                    let old_enough = filter.now_ms.wrapping_sub((*p).span) >= filter.min_age_ms;
+                    let holds_resident = !(*p).zero
+                        || (order == MAX_ORDER && !(*Chunk::of_page(p)).descriptors_released);
+                    if holds_resident && old_enough {
+                        self.free_area[order].remove(p);
+                        self.free_pages -= 1 << order;
+                        (*p).set_kind(PG_NONE);
+                        out.push_front(p);
+                        taken += 1 << order;
+                    }
+                    p = next;
+                }
+            }
+        }
+        taken
     }
 
     /// Checks the invariants in the module comment; panics on a breach.
@@ -348,6 +432,7 @@ pub static META_BYTES: AtomicUsize = AtomicUsize::new(0);
 /// known zero, or `None` when the system has no memory left.
 pub fn alloc_pages(order: usize) -> Option<(*mut Page, bool)> {
     debug_assert!(order <= MAX_ORDER);
+    decay_tick();
     loop {
         if order <= pcp::PCP_MAX_ORDER {
             if let Some(r) = pcp::alloc(order) {
@@ -364,17 +449,36 @@ pub fn alloc_pages(order: usize) -> Option<(*mut Page, bool)> {
     }
 }
 
+/// Allocates a block of `order` pages at the lowest free address (see
+/// [`Zone::alloc_lowest`]), growing the zone when needed.
+pub fn alloc_pages_lowest(order: usize) -> Option<(*mut Page, bool)> {
+    debug_assert!(order <= MAX_ORDER);
+    loop {
+        // SAFETY: the global zone's descriptors are live.
+        if let Some(r) = unsafe { ZONE.lock().alloc_lowest(order) } {
+            return Some(r);
+        }
+        if !grow(order) {
+            return None;
+        }
+    }
+}
+
 /// Frees a block of `order` pages to the global zone.
 ///
 /// # Safety
 /// `head` was returned by [`alloc_pages`] with this `order` and is unused.
 pub unsafe fn free_pages(head: *mut Page, order: usize) {
+    crate::pagetable::give_back(page::page_address(head), PAGE_SIZE << order);
     if order <= pcp::PCP_MAX_ORDER {
         // SAFETY: per the caller.
-        return unsafe { pcp::free(head, order) };
+        unsafe { pcp::free(head, order) };
+        decay_tick();
+        return;
     }
     // SAFETY: per the caller.
     unsafe { ZONE.lock().free(head, order, false) }
+    decay_tick();
 }
 
 /// Frees the pages `[first, first + npages)` of an earlier allocation.
@@ -383,8 +487,10 @@ pub unsafe fn free_pages(head: *mut Page, order: usize) {
 /// As [`Zone::free_range`].
 pub unsafe fn free_page_range(first: *mut Page, npages: usize) {
     if npages != 0 {
+        crate::pagetable::give_back(page::page_address(first), npages << PAGE_SHIFT);
         // SAFETY: per the caller.
         unsafe { ZONE.lock().free_range(first, npages) }
+        decay_tick();
     }
 }
 
@@ -410,6 +516,7 @@ pub fn alloc_pages_exact(npages: usize, align_order: usize) -> Option<(*mut Page
     }
     NR_PAGE_RUNS.fetch_add(1, Ordering::Relaxed);
     PAGE_RUN_PAGES.fetch_add(npages, Ordering::Relaxed);
+    crate::pagetable::hand_out(page::page_address(head), npages << PAGE_SHIFT, crate::pagetable::Tier::Pages);
     Some((head, zero))
 }
 
@@ -448,6 +555,11 @@ pub unsafe fn shrink_pages_exact(head: *mut Page, npages: usize) {
 #[inline(never)]
 fn grow(order: usize) -> bool {
     crate::heap::ensure_init();
+    // Growing adds up to 4 MiB of resident memory. If the zone holds much
+    // free memory it cannot use for this request (free blocks, all of
+    // them smaller than `order`), give back as much of it first, so that
+    // fragmentation does not make the resident set only grow.
+    release_for_growth(order);
     let mut growth = GROW.lock();
     if ZONE.lock().can_alloc(order) {
         return true; // another thread grew the zone while we waited
@@ -486,9 +598,19 @@ fn grow(order: usize) -> bool {
     };
     vma::record(base, base + CHUNK_SIZE, kind);
     vma::record(desc as usize, desc as usize + CHUNK_DESC_SIZE, VmaKind::Meta);
+    use crate::pagetable::{self, Tier};
+    pagetable::map(base, CHUNK_SIZE);
+    // Adding the chunk wrote every page descriptor: the descriptor's pages
+    // are all touched.
+    pagetable::map(desc as usize, CHUNK_DESC_SIZE);
+    pagetable::hand_out(desc as usize, CHUNK_DESC_SIZE, Tier::Meta);
     if let Some((leaf, len)) = leaf {
         META_BYTES.fetch_add(len, Ordering::Relaxed);
         vma::record(leaf, leaf + len, VmaKind::Meta);
+        // A leaf is touched at one entry per chunk; count its first page.
+        pagetable::map(leaf, len);
+        let slot = ((base >> CHUNK_SHIFT) & 4095) * core::mem::size_of::<usize>();
+        pagetable::hand_out(leaf + (slot & !(PAGE_SIZE - 1)), PAGE_SIZE, Tier::Meta);
     }
     true
 }
@@ -564,40 +686,235 @@ pub const fn pages_for(bytes: usize) -> usize {
     (bytes + PAGE_SIZE - 1) >> PAGE_SHIFT
 }
 
-/// Releases wholly free chunks' memory to the OS with `MADV_DONTNEED`,
-/// keeping the address space. Chunks already known zero are skipped.
-/// Returns the bytes released.
-pub fn release_free_chunks() -> usize {
-    // Take every wholly free chunk off the free lists at once, release
-    // their memory without the zone lock, then put them all back: each
-    // chunk is looked at exactly once.
+// ---------------------------------------------------------------------------
+// Giving memory back: decay, growth and trim.
+//
+// A free block whose memory may be resident is *dirty*; one known to read
+// as zero (fresh from the kernel, or released with `MADV_DONTNEED`) is
+// clean (`Page::zero`). Every free block's head carries a decay stamp
+// (`Page::span`): the coarse time it became free. Memory goes back to the
+// kernel in three ways:
+//
+// - decay: slow paths (page handout and return, growth) call
+//   [`decay_tick`]; a few times per decay period it runs the registered
+//   shrinkers (slab caches give back slabs empty for a whole period) and
+//   releases dirty free blocks free for at least the period;
+// - growth: before the zone grows for a request no free block can serve,
+//   up to a chunk's worth of dirty free blocks too small for it go back
+//   (see [`grow`]), so fragmentation does not ratchet the resident set;
+// - trim ([`release_free_memory`] with no age, from `malloc_trim`):
+//   everything free goes back at once.
+//
+// Release takes the chosen blocks off the free lists under the zone lock
+// (isolated: no allocation or merge sees them), calls `madvise` without
+// the lock, and frees them again as clean blocks. A wholly free chunk also
+// gives back its page descriptors but the first page (which holds the
+// head's), so an idle chunk costs 4 KiB of metadata instead of 40.
+
+/// Default [`DECAY_MS`]: how long free memory stays resident, in
+/// milliseconds (`BUDDYSLAB_DECAY_MS`).
+pub const DEFAULT_DECAY_MS: u32 = 1000;
+
+/// Milliseconds a free block or an empty slab stays resident before decay
+/// gives it back. 0 gives memory back at the next tick.
+pub static DECAY_MS: AtomicU32 = AtomicU32::new(DEFAULT_DECAY_MS);
+
+/// Slow-path events between two clock reads.
+const TICK_EVERY: u32 = 8;
+/// The coarse clock: [`os::monotonic_ms`] as last read by a tick.
+static CLOCK_MS: AtomicU32 = AtomicU32::new(0);
+static EVENTS: AtomicU32 = AtomicU32::new(0);
+static LAST_SCAN_MS: AtomicU32 = AtomicU32::new(0);
+/// Bytes given back to the kernel so far, by decay, growth and trim.
+pub static RELEASED_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// The coarse clock in milliseconds (no system call: the value the last
+/// tick read).
+#[inline]
+pub fn clock_ms() -> u32 {
+    CLOCK_MS.load(Ordering::Relaxed)
+}
+
+/// Which free blocks [`Zone::isolate_dirty`] takes.
+#[derive(Clone, Copy, Debug)]
+pub struct ReleaseFilter {
+    /// Only orders below this.
+    pub below_order: usize,
+    /// Only blocks whose stamp is at least this old at `now_ms`.
+    pub min_age_ms: u32,
+    /// The time the ages are measured at.
+    pub now_ms: u32,
+    /// Stop after this many pages.
+    pub max_pages: usize,
+}
+
+/// What a shrinker is asked to do: give back what it holds that has been
+/// idle for at least `min_age_ms` at `now_ms`, or everything (`None`,
+/// `malloc_trim`). It returns the pages (or page-equivalents) it gave back.
+#[derive(Clone, Copy, Debug)]
+pub struct ShrinkControl {
+    /// The coarse clock now.
+    pub now_ms: u32,
+    /// Idle time that makes memory releasable; `None` for all of it.
+    pub min_age_ms: Option<u32>,
+}
+
+/// A tier above the buddy allocator that caches memory (slab caches' empty
+/// slabs, a cache of large mappings), as the kernel's `struct shrinker`.
+/// Must not be called with any allocator lock held, and must take locks
+/// only in the global order.
+pub type Shrinker = fn(ShrinkControl) -> usize;
+
+const MAX_SHRINKERS: usize = 4;
+static SHRINKERS: [AtomicUsize; MAX_SHRINKERS] = [const { AtomicUsize::new(0) }; MAX_SHRINKERS];
+
+/// Registers a shrinker that decay and [`shrink_all`] call. Registering
+/// the same function twice is a no-op. False when all slots are taken.
+pub fn register_shrinker(f: Shrinker) -> bool {
+    let value = f as usize;
+    for slot in SHRINKERS.iter() {
+        match slot.compare_exchange(0, value, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return true,
+            Err(existing) if existing == value => return true,
+            Err(_) => {}
+        }
+    }
+    false
+}
+
+fn run_shrinkers(control: ShrinkControl) -> usize {
+    let mut n = 0;
+    for slot in SHRINKERS.iter() {
+        let f = slot.load(Ordering::Acquire);
+        if f != 0 {
+            // SAFETY: only `Shrinker` function pointers are stored.
+            let f: Shrinker = unsafe { core::mem::transmute::<usize, Shrinker>(f) };
+            n += f(control);
+        }
+    }
+    n
+}
+
+/// The decay hook: every tier calls it on its slow paths (never per
+/// object). Cheap: one atomic add, a clock read every few calls, and a
+/// scan at most four times per decay period, by one thread at a time.
+/// Must be called with no allocator lock held but (optionally) CPU depot
+/// locks and `CPUS_GROW`, which come first in the lock order.
+pub fn decay_tick() {
+    if EVENTS.fetch_add(1, Ordering::Relaxed) % TICK_EVERY != 0 {
+        return;
+    }
+    let now = os::monotonic_ms();
+    CLOCK_MS.store(now, Ordering::Relaxed);
+    let period = DECAY_MS.load(Ordering::Relaxed);
+    let last = LAST_SCAN_MS.load(Ordering::Relaxed);
+    if now.wrapping_sub(last) < period / 4 {
+        return;
+    }
+    if LAST_SCAN_MS.compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+        return; // another thread scans
+    }
+    decay_now(now);
+}
+
+/// Runs one decay scan at `now_ms` (the shrinkers, then the buddy's dirty
+/// free blocks). Returns the pages given back. Tests and tiers that know
+/// the time may call it directly.
+pub fn decay_now(now_ms: u32) -> usize {
+    let period = DECAY_MS.load(Ordering::Relaxed);
+    let shrunk = run_shrinkers(ShrinkControl { now_ms, min_age_ms: Some(period) });
+    // Blocks on the per-CPU page lists are invisible to the zone; back on
+    // its lists they are stamped now and go at the next scan if unused.
     pcp::drain_all();
+    let filter = ReleaseFilter { below_order: NR_ORDERS, min_age_ms: period, now_ms, max_pages: usize::MAX };
+    shrunk + (release(filter) >> PAGE_SHIFT)
+}
+
+/// Runs every shrinker for everything it holds (for `malloc_trim`).
+pub fn shrink_all() -> usize {
+    run_shrinkers(ShrinkControl { now_ms: clock_ms(), min_age_ms: None })
+}
+
+/// Gives every dirty free block back to the kernel (`malloc_trim`).
+/// Returns the bytes released.
+pub fn release_free_memory() -> usize {
+    pcp::drain_all();
+    let filter = ReleaseFilter { below_order: NR_ORDERS, min_age_ms: 0, now_ms: clock_ms(), max_pages: usize::MAX };
+    release(filter)
+}
+
+/// Free memory held before the zone grows for a block of `order`: when
+/// the zone holds more than two chunks' worth of free pages but none in a
+/// block big enough, up to a chunk's worth of dirty blocks that are too
+/// small go back first (lowest orders first).
+fn release_for_growth(order: usize) {
+    let free = ZONE.lock().free_pages;
+    if free < 2 * CHUNK_PAGES {
+        return;
+    }
+    release(ReleaseFilter { below_order: order, min_age_ms: 0, now_ms: clock_ms(), max_pages: CHUNK_PAGES });
+}
+
+/// Isolates the blocks `filter` picks, releases them with
+/// `MADV_DONTNEED`, and frees them again as clean. Returns bytes released.
+fn release(filter: ReleaseFilter) -> usize {
     let mut taken = PageList::new();
     {
         let mut zone = ZONE.lock();
         // SAFETY: the global zone's descriptors are live.
-        unsafe { zone.take_free_chunks(&mut taken) };
+        if unsafe { zone.isolate_dirty(&mut taken, filter) } == 0 {
+            return 0;
+        }
     }
     let mut released = 0;
-    // SAFETY: the chunks are off the free lists, so nobody else uses them.
+    // SAFETY: the isolated blocks are on no zone list and no one else
+    // uses them until they are freed below.
     unsafe {
         taken.for_each(|head| {
-            if !(*head).zero && os::madvise_dontneed(page::page_address(head), CHUNK_SIZE).is_ok() {
-                released += CHUNK_SIZE;
+            let order = (*head).order as usize;
+            let (addr, len) = (page::page_address(head), PAGE_SIZE << order);
+            if !(*head).zero && os::madvise_dontneed(addr, len).is_ok() {
+                released += len;
                 (*head).zero = true;
+                crate::pagetable::advised(addr, len);
+            }
+            let chunk = Chunk::of_page(head);
+            if order == MAX_ORDER && !(*chunk).descriptors_released {
+                // The chunk is wholly free: its descriptors past the first
+                // page are all PG_FREE tails, and reading back zero
+                // (PG_NONE) serves them as well. They are written again
+                // when the chunk is split.
+                let (desc, len) = (chunk as usize + PAGE_SIZE, CHUNK_DESC_SIZE - PAGE_SIZE);
+                if os::madvise_dontneed(desc, len).is_ok() {
+                    released += len;
+                    (*chunk).descriptors_released = true;
+                    crate::pagetable::advised(desc, len);
+                }
             }
         });
     }
     let mut zone = ZONE.lock();
     loop {
-        // SAFETY: taken from this zone above.
+        // SAFETY: isolated from this zone above.
         let head = unsafe { taken.pop_front() };
         if head.is_null() {
             break;
         }
-        // SAFETY: as above; `zero` was set when released.
-        unsafe { zone.put_free_chunk(head, (*head).zero) };
+        // SAFETY: an isolated free block of its recorded order. A whole
+        // chunk goes back by its head alone, so its released descriptors
+        // stay untouched.
+        unsafe {
+            let order = (*head).order as usize;
+            if order == MAX_ORDER {
+                (*head).set_kind(PG_FREE);
+                zone.put_free_chunk(head, (*head).zero);
+            } else {
+                zone.free(head, order, (*head).zero);
+            }
+        }
     }
+    drop(zone);
+    RELEASED_BYTES.fetch_add(released, Ordering::Relaxed);
     released
 }
 
@@ -641,25 +958,83 @@ mod tests {
         }
     }
 
-    /// More wholly free chunks than any batch size: every one is released
-    /// once, and the call returns (it used to loop forever past 16).
+    /// Trim gives every dirty free block back: chunks that were written
+    /// and freed read back as zero and are no longer resident.
     #[test]
-    fn release_free_chunks_terminates_and_releases_each_once() {
+    fn release_free_memory_makes_free_chunks_non_resident() {
         let mut blocks = Vec::new();
         for _ in 0..20 {
             let (head, _) = alloc_pages(MAX_ORDER).unwrap();
-            // SAFETY: a whole chunk we own; dirty one page of it.
-            unsafe { (page::page_address(head) as *mut u8).write(1) };
-            blocks.push(head);
+            // SAFETY: a whole chunk we own; dirty a few pages of it.
+            unsafe {
+                for i in 0..8 {
+                    ((page::page_address(head) + i * 100 * PAGE_SIZE) as *mut u8).write(1);
+                }
+            }
+            blocks.push(page::page_address(head));
         }
-        for head in blocks {
+        for &addr in &blocks {
             // SAFETY: allocated above with this order.
-            unsafe { free_pages(head, MAX_ORDER) };
+            unsafe { free_pages(page::page_of(addr), MAX_ORDER) };
         }
-        // Other tests share the global zone; allow them a few chunks.
-        assert!(release_free_chunks() >= 17 * CHUNK_SIZE);
-        assert_eq!(release_free_chunks(), 0, "zero chunks are not released twice");
+        assert!(release_free_memory() >= 20 * 8 * PAGE_SIZE);
         ZONE.lock().check();
+        // Other tests share the global zone and may take a chunk meanwhile.
+        let idle = blocks.iter().filter(|&&a| os::resident_pages(a, CHUNK_SIZE) == 0).count();
+        assert!(idle >= 17, "only {idle} of 20 released chunks are non-resident");
+    }
+
+    #[test]
+    fn isolate_dirty_takes_what_the_filter_says() {
+        let mut t = TestZone::new(1);
+        // SAFETY: test zone descriptors are live; blocks are freed once.
+        unsafe {
+            // Every page handed out singly, then a dirty free block of
+            // each order 0..=3 made by freeing neighbours: page 1, pages
+            // 4..6, 8..12, 16..24 (their buddies stay allocated).
+            for _ in 0..CHUNK_PAGES {
+                t.zone.alloc(0).unwrap();
+            }
+            let chunk = t.chunks[0];
+            CLOCK_MS.store(1000, Ordering::Relaxed);
+            for index in [1].into_iter().chain(4..6).chain(8..12).chain(16..24) {
+                t.zone.free(Chunk::page(chunk, index), 0, false);
+            }
+            t.zone.check();
+            for order in 0..4 {
+                assert_eq!(t.zone.nr_free(order), 1);
+            }
+            let dirty_pages = 1 + 2 + 4 + 8;
+            let free_before = t.zone.free_pages;
+            let mut out = PageList::new();
+            // Too young: nothing.
+            let f = ReleaseFilter { below_order: NR_ORDERS, min_age_ms: 500, now_ms: 1200, max_pages: usize::MAX };
+            assert_eq!(t.zone.isolate_dirty(&mut out, f), 0);
+            // Orders below 2 only.
+            let f = ReleaseFilter { below_order: 2, min_age_ms: 500, now_ms: 1600, max_pages: usize::MAX };
+            assert_eq!(t.zone.isolate_dirty(&mut out, f), 3);
+            assert_eq!(t.zone.free_pages, free_before - 3);
+            t.zone.check();
+            // The rest, but at most 4 pages: order 2 fits, order 3 not.
+            let f = ReleaseFilter { below_order: NR_ORDERS, min_age_ms: 0, now_ms: 1600, max_pages: 4 };
+            assert_eq!(t.zone.isolate_dirty(&mut out, f), 4);
+            assert_eq!(out.len(), 3);
+            let f = ReleaseFilter { below_order: NR_ORDERS, min_age_ms: 0, now_ms: 1600, max_pages: usize::MAX };
+            assert_eq!(t.zone.isolate_dirty(&mut out, f), 8);
+            assert_eq!(t.zone.free_pages, free_before - dirty_pages);
+            // Back as clean blocks, on their lists again.
+            loop {
+                let h = out.pop_front();
+                if h.is_null() {
+                    break;
+                }
+                let order = (*h).order as usize;
+                t.zone.free(h, order, true);
+            }
+            t.zone.check();
+            assert_eq!(t.zone.free_pages, free_before);
+            assert_eq!(t.zone.isolate_dirty(&mut out, f), 0, "released blocks are clean");
+        }
     }
 
     #[test]

@@ -24,6 +24,7 @@ use crate::buddy::{self, align_up, order_for_pages, pages_for};
 use crate::large::{self, MMAP_THRESHOLD};
 use crate::os::{self, PAGE_SHIFT, PAGE_SIZE};
 use crate::page::{self, Page, CHUNK_SIZE, PG_PAGES, PG_SLAB, PG_TAIL};
+use crate::pagetable;
 use crate::slab::{self, cache, class_of, magazine, size_of_class, CLASSES, NR_CLASSES, SLAB_MAX};
 use crate::stats;
 use core::ptr;
@@ -85,7 +86,12 @@ fn alloc_big_known_zero(size: usize, align: usize) -> (*mut u8, bool) {
             None => (ptr::null_mut(), false),
         };
     }
-    (large::alloc(size, align), true)
+    let p = large::alloc(size, align);
+    if let Some(len) = large::usable_size(p) {
+        pagetable::map(p as usize, len);
+        pagetable::hand_out(p as usize, len, pagetable::Tier::Large);
+    }
+    (p, true)
 }
 
 /// Allocates `n * size` zeroed bytes; null on overflow or out of memory.
@@ -212,6 +218,11 @@ fn free_slow(p: *mut u8) {
 #[cold]
 #[inline(never)]
 fn free_outside(p: *mut u8) {
+    // The shadow forgets the block before the kernel does, so a mapping
+    // another thread gets at the same address is not forgotten instead.
+    if let Some(len) = large::usable_size(p) {
+        pagetable::unmap(p as usize, len);
+    }
     // SAFETY: given up by the caller if it is a large block.
     if unsafe { !large::free(p) } {
         bad_pointer(b"free()", b"invalid pointer (not allocated by buddyslab)", p);
@@ -294,7 +305,11 @@ pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 
             // mremap keeps page alignment only; bigger alignments move by copy.
             if size >= threshold && align <= PAGE_SIZE {
                 // SAFETY: `p` is a live large block.
-                return unsafe { large::resize(p, size) };
+                let q = unsafe { large::resize(p, size) };
+                if let Some(new_len) = large::usable_size(q) {
+                    pagetable::remapped(p as usize, usable, q as usize, new_len, pagetable::Tier::Large);
+                }
+                return q;
             }
             if size <= usable && size >= threshold {
                 return p;
@@ -314,19 +329,18 @@ pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 
     new
 }
 
-/// Gives memory back to the OS: empty slabs to the buddy allocator, then
-/// wholly free chunks' pages to the kernel (`MADV_DONTNEED`). Returns true
-/// when any memory was released (`malloc_trim`'s 1).
+/// Gives memory back to the OS at once: the calling thread's bins and
+/// every CPU depot go back to the slab caches, every shrinker gives back
+/// what it holds (the caches' empty slabs; a cache of large mappings
+/// registers its own shrinker the same way), and every dirty free block
+/// goes to the kernel (`MADV_DONTNEED`). Returns true when any memory was
+/// released (`malloc_trim`'s 1).
 pub fn trim() -> bool {
+    ensure_init();
     magazine::flush_current();
     slab::percpu::drain_all();
-    let mut pages = 0;
-    for node in slab::nodes() {
-        for c in node.iter() {
-            pages += cache::shrink(c);
-        }
-    }
-    let released = buddy::release_free_chunks();
+    let pages = buddy::shrink_all();
+    let released = buddy::release_free_memory();
     pages > 0 || released > 0
 }
 
@@ -361,6 +375,12 @@ fn init_slow() {
     os::check_page_size();
     magazine::init_secret();
     crate::options::read_environment();
+    buddy::register_shrinker(cache::shrink_idle);
+    if crate::options::STATS_AT_EXIT.load(Ordering::Relaxed) != crate::options::STATS_OFF {
+        // SAFETY: a plain function with no preconditions; atexit may
+        // allocate, which is fine: no allocator lock is held here.
+        unsafe { libc::atexit(stats::print_at_exit) };
+    }
     magazine::init_thread_exit_key();
     // SAFETY: the handlers are plain functions that only take and release
     // the allocator's locks; registering may allocate, which is fine: no
@@ -387,12 +407,14 @@ extern "C" fn fork_prepare() {
     crate::pcp::lock_all_for_fork();
     buddy::ZONE.lock_for_fork();
     crate::vma::TREE.lock_for_fork();
+    pagetable::TABLE_POOL.lock_for_fork();
 }
 
 fn fork_release(in_child: bool) {
     // SAFETY: fork_prepare took each of these in this thread (the child's
     // only thread is the one that forked) and left no guards.
     unsafe {
+        pagetable::TABLE_POOL.unlock_after_fork(in_child);
         crate::vma::TREE.unlock_after_fork(in_child);
         buddy::ZONE.unlock_after_fork(in_child);
         crate::pcp::unlock_all_after_fork(in_child);

@@ -11,7 +11,7 @@
 //!           |            |
 //!   buddy (free_area[order], chunks)
 //!           |            |
-//!   page (struct page, chunk map) + vma (region tree)
+//!   page (struct page, chunk map) + vma (region tree) + pagetable (shadow)
 //!           |
 //!   os (system calls) + sync (futex mutex)
 //! ```
@@ -28,6 +28,7 @@ pub mod large;
 pub mod options;
 pub mod os;
 pub mod page;
+pub mod pagetable;
 pub mod pcp;
 pub mod slab;
 pub mod stats;

@@ -3,6 +3,8 @@
 //! | variable                   | meaning                                   |
 //! |----------------------------|-------------------------------------------|
 //! | `BUDDYSLAB_MMAP_THRESHOLD` | bytes; requests at or above get their own mapping (default 128 KiB, at most 32 MiB; `k`/`m` suffixes) |
+//! | `BUDDYSLAB_DECAY_MS`       | milliseconds free memory stays resident before going back to the OS (default 1000; 0 = at the next slow path) |
+//! | `BUDDYSLAB_STATS`          | `1`: the text views on stderr at exit; `json`: one JSON object on stderr at exit |
 //!
 //! Every other `BUDDYSLAB_*` variable, and a malformed value, is reported on
 //! stderr (one line) and otherwise ignored: a typo should not pass silently.
@@ -10,7 +12,16 @@
 use crate::large::{MAX_MMAP_THRESHOLD, MMAP_THRESHOLD};
 use crate::os;
 use core::ffi::CStr;
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU8, Ordering};
+
+/// What to print at exit ([`STATS_AT_EXIT`]): nothing.
+pub const STATS_OFF: u8 = 0;
+/// Print the text views.
+pub const STATS_TEXT: u8 = 1;
+/// Print one JSON object.
+pub const STATS_JSON: u8 = 2;
+/// `BUDDYSLAB_STATS`: one of `STATS_*`.
+pub static STATS_AT_EXIT: AtomicU8 = AtomicU8::new(STATS_OFF);
 
 const PREFIX: &[u8] = b"BUDDYSLAB_";
 
@@ -80,6 +91,18 @@ fn apply(entry: &[u8]) {
                 2,
                 b"buddyslab: BUDDYSLAB_MMAP_THRESHOLD must be a size up to 32m (e.g. 131072, 256k); ignored\n",
             ),
+        },
+        b"BUDDYSLAB_DECAY_MS" => match parse_size(value) {
+            Some(v) if v <= u32::MAX as usize / 2 && value.iter().all(u8::is_ascii_digit) => {
+                crate::buddy::DECAY_MS.store(v as u32, Ordering::Relaxed);
+            }
+            _ => os::write_all(2, b"buddyslab: BUDDYSLAB_DECAY_MS must be milliseconds (e.g. 1000, 0); ignored\n"),
+        },
+        b"BUDDYSLAB_STATS" => match value {
+            b"1" | b"text" => STATS_AT_EXIT.store(STATS_TEXT, Ordering::Relaxed),
+            b"json" => STATS_AT_EXIT.store(STATS_JSON, Ordering::Relaxed),
+            b"0" | b"" => STATS_AT_EXIT.store(STATS_OFF, Ordering::Relaxed),
+            _ => os::write_all(2, b"buddyslab: BUDDYSLAB_STATS must be 1, text, json or 0; ignored\n"),
         },
         _ => {
             os::write_all(2, b"buddyslab: unknown variable ");

@@ -170,6 +170,67 @@ pub unsafe fn mremap_maymove(addr: usize, old_len: usize, new_len: usize) -> Res
     })
 }
 
+/// Milliseconds on `CLOCK_MONOTONIC`, truncated to 32 bits (wraps every
+/// 49 days; compare with `wrapping_sub`). A real system call, not the
+/// vDSO: callers read it on slow paths only, a few times per thousand
+/// page-level operations (see `buddy::decay_tick`).
+pub fn monotonic_ms() -> u32 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a live, writable timespec.
+    let r = unsafe {
+        raw::syscall6(
+            libc::SYS_clock_gettime as usize,
+            [libc::CLOCK_MONOTONIC as usize, &mut ts as *mut libc::timespec as usize, 0, 0, 0, 0],
+        )
+    };
+    if r != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64).wrapping_mul(1000).wrapping_add(ts.tv_nsec as u64 / 1_000_000) as u32
+}
+
+/// The calling process's minor page faults so far (`getrusage(RUSAGE_SELF)`
+/// `ru_minflt`), or 0 if the kernel refuses.
+pub fn minor_faults() -> u64 {
+    // SAFETY: an all-zero rusage is a valid value to be overwritten.
+    let mut ru: libc::rusage = unsafe { core::mem::zeroed() };
+    // SAFETY: `ru` is a live, writable rusage.
+    let r = unsafe {
+        raw::syscall6(
+            libc::SYS_getrusage as usize,
+            [libc::RUSAGE_SELF as usize, &mut ru as *mut libc::rusage as usize, 0, 0, 0, 0],
+        )
+    };
+    if r != 0 {
+        return 0;
+    }
+    ru.ru_minflt as u64
+}
+
+/// `mincore`: how many of the pages in `[addr, addr + len)` are resident.
+/// `addr` page-aligned, `len` non-zero; the range must be mapped (an
+/// unmapped range reports 0). Asks the kernel 512 pages at a time with a
+/// stack vector, so it never allocates.
+pub fn resident_pages(addr: usize, len: usize) -> usize {
+    debug_assert!(addr % PAGE_SIZE == 0 && len != 0);
+    let mut vec = [0u8; 512];
+    let mut resident = 0;
+    let mut at = addr;
+    let end = addr + len;
+    while at < end {
+        let n = ((end - at).div_ceil(PAGE_SIZE)).min(vec.len());
+        // SAFETY: `vec` has room for `n` entries; mincore only writes them.
+        let r = unsafe {
+            raw::syscall6(libc::SYS_mincore as usize, [at, n * PAGE_SIZE, vec.as_mut_ptr() as usize, 0, 0, 0])
+        };
+        if r == 0 {
+            resident += vec[..n].iter().filter(|&&b| b & 1 != 0).count();
+        }
+        at += n * PAGE_SIZE;
+    }
+    resident
+}
+
 /// `futex(FUTEX_WAIT_PRIVATE)`: sleeps while `*word == expected`.
 pub fn futex_wait(word: &core::sync::atomic::AtomicU32, expected: u32) {
     // SAFETY: the futex word is a live, aligned u32; a spurious or failed wait
@@ -327,6 +388,24 @@ mod tests {
         assert_eq!(r, Err(Errno(libc::ENOMEM)));
         // SAFETY: reading errno.
         assert_eq!(unsafe { *libc::__errno_location() }, 4321);
+    }
+
+    #[test]
+    fn clock_runs_and_faults_count_and_mincore_sees_touched_pages() {
+        let a = monotonic_ms();
+        let before = minor_faults();
+        let len = 64 * PAGE_SIZE;
+        let p = mmap_anonymous(len, false).unwrap();
+        assert_eq!(resident_pages(p, len), 0);
+        for i in 0..16 {
+            // SAFETY: inside our fresh mapping.
+            unsafe { ((p + i * PAGE_SIZE) as *mut u8).write_volatile(1) };
+        }
+        assert_eq!(resident_pages(p, len), 16);
+        assert!(minor_faults() >= before + 16, "touching 16 fresh pages faults at least 16 times");
+        // SAFETY: our mapping, unused afterwards.
+        unsafe { munmap(p, len).unwrap() };
+        assert!(monotonic_ms().wrapping_sub(a) < 60_000);
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub struct Page {
     /// or released with `MADV_DONTNEED`).
     pub zero: bool,
     /// Tail: pages back to the head. Page-tier head: pages in the run.
+    /// Free block head: its decay stamp, the coarse time in milliseconds
+    /// it became free (see `buddy::decay_tick`).
     pub span: u32,
     /// Slab: objects handed out and not yet returned.
     pub inuse: u16,
@@ -112,6 +114,10 @@ pub struct Chunk {
     pub base: usize,
     /// `brk` or `mmap`.
     pub source: ChunkSource,
+    /// The page descriptors past the first page have been given back to
+    /// the kernel (the chunk is one free block; see `buddy`'s release).
+    /// Cleared when the chunk is split again.
+    pub descriptors_released: bool,
     /// One descriptor per page, indexed by `(addr - base) >> PAGE_SHIFT`.
     pub pages: [Page; CHUNK_PAGES],
 }
@@ -137,6 +143,7 @@ impl Chunk {
         unsafe {
             ptr::addr_of_mut!((*desc).base).write(base);
             ptr::addr_of_mut!((*desc).source).write(source);
+            ptr::addr_of_mut!((*desc).descriptors_released).write(false);
             debug_assert!((*desc).pages[0].kind() == PG_NONE);
         }
     }

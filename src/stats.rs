@@ -1,14 +1,35 @@
-//! Counters and what is printed from them, without allocating.
+//! Counters and the views printed from them, without allocating.
 //!
 //! Figures are read from the tiers' own counters under their locks, one
 //! lock at a time (a snapshot is therefore not atomic across tiers, as
 //! `/proc` files are not). Text goes through [`FixedBuf`], a stack buffer
-//! implementing `fmt::Write`, and reaches a file descriptor with `write(2)`.
+//! implementing `fmt::Write`, or [`FdWriter`], which flushes such a buffer
+//! to a file descriptor with `write(2)` whenever it fills.
+//!
+//! The views, in the kernel's formats:
+//!
+//! - `buddyinfo` ([`write_buddyinfo`]): free blocks per order, as
+//!   `/proc/buddyinfo`;
+//! - `slabinfo` ([`write_slabinfo`]): one row per cache, as `/proc/slabinfo`
+//!   version 2.1 (active objects exclude those cached in the CPU depots and
+//!   in the calling thread's bins: those are free for the program);
+//! - `maps` ([`write_maps`]): every region of the VMA tree, as
+//!   `/proc/self/maps`;
+//! - `faults` ([`write_faults`]): the page-table shadow's predicted minor
+//!   faults and handed-out pages by tier, next to the kernel's `ru_minflt`
+//!   and the resident pages `mincore` reports per region kind.
+//!
+//! [`write_views`] writes all four as text, [`write_json`] as one JSON
+//! object. No lock is held while the caller's writer runs (it may be a
+//! `String` that allocates from this very heap): figures are copied out
+//! first, regions a batch at a time.
 
 use crate::buddy::{self, NR_ORDERS, ZONE};
 use crate::large;
 use crate::os::{self, PAGE_SIZE};
+use crate::pagetable::{self, FaultCounts, Tier, NR_TIERS};
 use crate::slab::{self, CacheStats, NR_CACHES};
+use crate::vma::{self, Region, VmaKind};
 use core::fmt::{self, Write};
 use core::sync::atomic::Ordering;
 
@@ -113,6 +134,15 @@ pub struct Snapshot {
     pub page_run_bytes: usize,
     /// Metadata bytes mapped (chunk descriptors, chunk map leaves).
     pub meta_bytes: usize,
+    /// Per cache: free objects held in front of it (CPU depots and the
+    /// calling thread's bins), counted in `caches[i].active_objs`.
+    pub cached_objs: [usize; NR_CACHES],
+    /// The page-table shadow's counters.
+    pub faults: FaultCounts,
+    /// The kernel's minor fault count for the process (`ru_minflt`).
+    pub minflt: u64,
+    /// Bytes given back to the kernel so far (decay, growth, trim).
+    pub released_bytes: usize,
 }
 
 impl Snapshot {
@@ -126,6 +156,12 @@ impl Snapshot {
     /// Bytes of address space held in chunks.
     pub fn chunk_bytes(&self) -> usize {
         self.managed_pages * PAGE_SIZE
+    }
+
+    /// Objects of cache `index` the program holds (`/proc/slabinfo`'s
+    /// `active_objs`): handed out by the slabs, less those cached in front.
+    pub fn active_objs(&self, index: usize) -> usize {
+        self.caches[index].active_objs.saturating_sub(self.cached_objs[index])
     }
 }
 
@@ -143,6 +179,10 @@ pub fn snapshot() -> Snapshot {
         nr_page_runs: 0,
         page_run_bytes: 0,
         meta_bytes: 0,
+        cached_objs: [0; NR_CACHES],
+        faults: pagetable::counts(),
+        minflt: 0,
+        released_bytes: buddy::RELEASED_BYTES.load(Ordering::Relaxed),
     };
     {
         let zone = ZONE.lock();
@@ -159,7 +199,11 @@ pub fn snapshot() -> Snapshot {
     }
     for (i, c) in s.caches.iter_mut().enumerate() {
         *c = slab::cache_stats(i);
+        if i < slab::NR_CLASSES {
+            s.cached_objs[i] = slab::percpu::cached_objects(i) + slab::magazine::cached_in_class(i);
+        }
     }
+    s.minflt = os::minor_faults();
     s.nr_large = large::NR_LARGE.load(Ordering::Relaxed);
     s.large_bytes = large::LARGE_BYTES.load(Ordering::Relaxed);
     s.nr_page_runs = buddy::NR_PAGE_RUNS.load(Ordering::Relaxed);
@@ -214,7 +258,7 @@ pub fn mallinfo2() -> MallInfo2 {
     }
 }
 
-/// Writes glibc's `malloc_stats` summary, then a `buddyinfo`-style line.
+/// Writes glibc's `malloc_stats` summary, then the text views.
 pub fn write_malloc_stats(out: &mut dyn Write) -> fmt::Result {
     let s = snapshot();
     let system = s.chunk_bytes();
@@ -227,18 +271,270 @@ pub fn write_malloc_stats(out: &mut dyn Write) -> fmt::Result {
     writeln!(out, "in use bytes     = {:>10}", in_use + s.large_bytes)?;
     writeln!(out, "max mmap regions = {:>10}", s.nr_large)?;
     writeln!(out, "max mmap bytes   = {:>10}", s.large_bytes)?;
-    write!(out, "Node 0, zone buddyslab ")?;
+    write_views_of(out, &s)
+}
+
+/// Prints [`write_malloc_stats`] to stderr.
+pub fn print_malloc_stats() {
+    let mut w = FdWriter::new(2);
+    let _ = write_malloc_stats(&mut w);
+    w.flush();
+}
+
+/// A `fmt::Write` to a file descriptor through a 4 KiB stack buffer,
+/// flushed with `write(2)` when full and by [`FdWriter::flush`].
+pub struct FdWriter {
+    fd: i32,
+    buf: FixedBuf<4096>,
+}
+
+impl FdWriter {
+    /// A writer to `fd`.
+    pub const fn new(fd: i32) -> Self {
+        FdWriter { fd, buf: FixedBuf::new() }
+    }
+
+    /// Writes out what is buffered.
+    pub fn flush(&mut self) {
+        self.buf.flush_to(self.fd);
+    }
+}
+
+impl Write for FdWriter {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if self.buf.len + s.len() > self.buf.buf.len() {
+            self.flush();
+            if s.len() > self.buf.buf.len() {
+                os::write_all(self.fd, s.as_bytes());
+                return Ok(());
+            }
+        }
+        self.buf.write_str(s)
+    }
+}
+
+/// The name `/proc/slabinfo` shows for cache `index`: `kmalloc-<size>` for
+/// the size classes, `vm_area_struct` for the region tree's nodes.
+pub struct CacheName(pub usize);
+
+impl fmt::Display for CacheName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = slab::cache_name(self.0);
+        let mut text = FixedBuf::<24>::new();
+        if self.0 < slab::NR_CLASSES {
+            write!(text, "{}-{}", name, slab::size_of_class(self.0))?;
+        } else {
+            text.write_str(name)?;
+        }
+        f.pad(text.as_str())
+    }
+}
+
+/// Writes `/proc/buddyinfo`'s line for the zone.
+pub fn write_buddyinfo(out: &mut dyn Write, s: &Snapshot) -> fmt::Result {
+    write!(out, "Node 0, zone {:>8} ", "buddyslab")?;
     for n in s.buddy_free {
         write!(out, "{:>6} ", n)?;
     }
     writeln!(out)
 }
 
-/// Prints [`write_malloc_stats`] to stderr.
-pub fn print_malloc_stats() {
-    let mut buf = FixedBuf::<1024>::new();
-    let _ = write_malloc_stats(&mut buf);
-    buf.flush_to(2);
+/// Writes `/proc/slabinfo` (version 2.1): the header and one row per cache.
+/// Tunables are zeros, as SLUB prints them.
+pub fn write_slabinfo(out: &mut dyn Write, s: &Snapshot) -> fmt::Result {
+    writeln!(out, "slabinfo - version: 2.1")?;
+    writeln!(
+        out,
+        "# name            <active_objs> <num_objs> <objsize> <objperslab> <pagesperslab> : tunables <limit> <batchcount> <sharedfactor> : slabdata <active_slabs> <num_slabs> <sharedavail>"
+    )?;
+    for (i, c) in s.caches.iter().enumerate() {
+        writeln!(
+            out,
+            "{:<17} {:>6} {:>6} {:>6} {:>4} {:>4} : tunables {:>4} {:>4} {:>4} : slabdata {:>6} {:>6} {:>6}",
+            CacheName(i),
+            s.active_objs(i),
+            c.num_objs,
+            c.objsize,
+            c.objperslab,
+            c.pagesperslab,
+            0,
+            0,
+            0,
+            c.active_slabs,
+            c.num_slabs,
+            0
+        )?;
+    }
+    Ok(())
+}
+
+/// Calls `f` on every region of the VMA tree in address order, copying
+/// them out a batch at a time so no lock is held while `f` runs.
+pub fn for_each_region(mut f: impl FnMut(&Region) -> fmt::Result) -> fmt::Result {
+    const BATCH: usize = 64;
+    let empty = Region { start: 0, end: 0, kind: VmaKind::Meta, prot: 0, requested: 0 };
+    let mut from = 0usize;
+    loop {
+        let mut batch = [empty; BATCH];
+        let mut n = 0;
+        vma::for_each_region(&mut |r| {
+            if r.start >= from && n < BATCH {
+                batch[n] = r;
+                n += 1;
+            }
+        });
+        for r in &batch[..n] {
+            f(r)?;
+        }
+        if n < BATCH {
+            return Ok(());
+        }
+        from = batch[n - 1].end;
+    }
+}
+
+fn perms(r: &Region) -> &'static str {
+    match (r.prot & vma::PROT_READ != 0, r.prot & vma::PROT_WRITE != 0) {
+        (true, true) => "rw-p",
+        (true, false) => "r--p",
+        (false, true) => "-w-p",
+        (false, false) => "---p",
+    }
+}
+
+/// Writes every region as `/proc/self/maps` does.
+pub fn write_maps(out: &mut dyn Write) -> fmt::Result {
+    for_each_region(|r| {
+        // The kernel pads the name to column 74 (`seq_pad`).
+        let mut head = FixedBuf::<80>::new();
+        write!(head, "{:08x}-{:08x} {} 00000000 00:00 0", r.start, r.end, perms(r))?;
+        writeln!(out, "{:<73}{}", head.as_str(), r.kind.name())
+    })
+}
+
+/// Pages resident per region kind ([`VmaKind`] order: heap, chunk, large,
+/// meta), from `mincore` over every region.
+pub fn resident_by_kind() -> [usize; 4] {
+    let mut resident = [0usize; 4];
+    let _ = for_each_region(|r| {
+        resident[r.kind as usize] += os::resident_pages(r.start, r.end - r.start);
+        Ok(())
+    });
+    resident
+}
+
+/// Writes the fault table: predicted faults and handed-out pages by tier,
+/// the kernel's `ru_minflt`, and resident pages by region kind.
+pub fn write_faults(out: &mut dyn Write, s: &Snapshot) -> fmt::Result {
+    writeln!(out, "faults - predicted by the page-table shadow, by tier")?;
+    writeln!(out, "{:<10} {:>12} {:>12}", "# tier", "predicted", "handed_pages")?;
+    for t in Tier::ALL.iter().skip(1) {
+        writeln!(out, "{:<10} {:>12} {:>12}", t.name(), s.faults.predicted[*t as usize], s.faults.handed_pages[*t as usize])?;
+    }
+    writeln!(out, "{:<10} {:>12}", "total", s.faults.total_predicted())?;
+    writeln!(out, "{:<10} {:>12}", "ru_minflt", s.minflt)?;
+    let resident = resident_by_kind();
+    write!(out, "resident pages (mincore):")?;
+    for (kind, n) in VMA_KINDS.iter().zip(resident) {
+        write!(out, " {} {}", kind.name(), n)?;
+    }
+    writeln!(out)?;
+    writeln!(out, "page-table shadow: {} table pages; released to the OS: {} KiB", s.faults.table_pages, s.released_bytes / 1024)
+}
+
+const VMA_KINDS: [VmaKind; 4] = [VmaKind::Heap, VmaKind::Chunk, VmaKind::Large, VmaKind::Meta];
+
+/// Writes the four text views of `s` (and the current regions).
+pub fn write_views_of(out: &mut dyn Write, s: &Snapshot) -> fmt::Result {
+    writeln!(out, "== buddyinfo")?;
+    write_buddyinfo(out, s)?;
+    writeln!(out, "== slabinfo")?;
+    write_slabinfo(out, s)?;
+    writeln!(out, "== maps")?;
+    write_maps(out)?;
+    writeln!(out, "== faults")?;
+    write_faults(out, s)
+}
+
+/// Writes the four text views of a fresh snapshot.
+pub fn write_views(out: &mut dyn Write) -> fmt::Result {
+    write_views_of(out, &snapshot())
+}
+
+/// Writes the views as one JSON object: `buddyinfo` (free blocks per
+/// order), `slabinfo` (one object per cache), `maps` (one object per
+/// region) and `faults` (`predicted`, `minflt`, by-tier figures and
+/// resident pages by region kind). Integers are JSON numbers; addresses
+/// are hex strings.
+pub fn write_json(out: &mut dyn Write) -> fmt::Result {
+    let s = snapshot();
+    write!(out, "{{\"buddyinfo\":[")?;
+    for (i, n) in s.buddy_free.iter().enumerate() {
+        write!(out, "{}{}", if i > 0 { "," } else { "" }, n)?;
+    }
+    write!(out, "],\"slabinfo\":[")?;
+    for (i, c) in s.caches.iter().enumerate() {
+        write!(
+            out,
+            "{}{{\"name\":\"{}\",\"active_objs\":{},\"num_objs\":{},\"objsize\":{},\"objperslab\":{},\"pagesperslab\":{},\"active_slabs\":{},\"num_slabs\":{}}}",
+            if i > 0 { "," } else { "" },
+            CacheName(i),
+            s.active_objs(i),
+            c.num_objs,
+            c.objsize,
+            c.objperslab,
+            c.pagesperslab,
+            c.active_slabs,
+            c.num_slabs
+        )?;
+    }
+    write!(out, "],\"maps\":[")?;
+    let mut first = true;
+    for_each_region(|r| {
+        let sep = if first { "" } else { "," };
+        first = false;
+        write!(
+            out,
+            "{}{{\"start\":\"{:#x}\",\"end\":\"{:#x}\",\"perms\":\"{}\",\"name\":\"{}\",\"kb\":{}}}",
+            sep,
+            r.start,
+            r.end,
+            perms(r),
+            r.kind.name(),
+            (r.end - r.start) / 1024
+        )
+    })?;
+    write!(out, "],\"faults\":{{\"predicted\":{},\"minflt\":{},\"by_tier\":{{", s.faults.total_predicted(), s.minflt)?;
+    for (i, t) in Tier::ALL.iter().skip(1).enumerate() {
+        write!(out, "{}\"{}\":{}", if i > 0 { "," } else { "" }, t.name(), s.faults.predicted[*t as usize])?;
+    }
+    write!(out, "}},\"handed_pages\":{{")?;
+    for (i, t) in Tier::ALL.iter().skip(1).enumerate() {
+        write!(out, "{}\"{}\":{}", if i > 0 { "," } else { "" }, t.name(), s.faults.handed_pages[*t as usize])?;
+    }
+    write!(out, "}},\"resident_pages\":{{")?;
+    for (i, (kind, n)) in VMA_KINDS.iter().zip(resident_by_kind()).enumerate() {
+        write!(out, "{}\"{}\":{}", if i > 0 { "," } else { "" }, kind.name(), n)?;
+    }
+    writeln!(
+        out,
+        "}},\"table_pages\":{},\"released_bytes\":{}}}}}",
+        s.faults.table_pages, s.released_bytes
+    )
+}
+
+const _: () = assert!(NR_TIERS == Tier::ALL.len());
+
+/// Prints the views `BUDDYSLAB_STATS` asked for to stderr. Registered with
+/// `atexit` by the heap's set-up when the variable is set.
+pub extern "C" fn print_at_exit() {
+    let mut w = FdWriter::new(2);
+    let _ = match crate::options::STATS_AT_EXIT.load(Ordering::Relaxed) {
+        crate::options::STATS_TEXT => write_views(&mut w),
+        crate::options::STATS_JSON => write_json(&mut w),
+        _ => Ok(()),
+    };
+    w.flush();
 }
 
 #[cfg(test)]
@@ -258,12 +554,61 @@ mod tests {
     }
 
     #[test]
-    fn malloc_stats_text_has_glibc_lines() {
-        let mut f = FixedBuf::<2048>::new();
-        write_malloc_stats(&mut f).unwrap();
-        let t = f.as_str();
+    fn malloc_stats_text_has_glibc_lines_then_the_views() {
+        let mut t = String::new();
+        write_malloc_stats(&mut t).unwrap();
         assert!(t.starts_with("Arena 0:\nsystem bytes     = "));
         assert!(t.contains("Total (incl. mmap):"));
-        assert!(t.contains("Node 0, zone buddyslab"));
+        for view in ["== buddyinfo\nNode 0, zone buddyslab", "== slabinfo\nslabinfo - version: 2.1", "== maps", "== faults"] {
+            assert!(t.contains(view), "{view} missing from:\n{t}");
+        }
+    }
+
+    #[test]
+    fn json_view_parses_and_agrees_with_the_snapshot() {
+        // Something in a chunk, so the maps are not empty.
+        let p = crate::heap::malloc(1000);
+        let mut text = String::new();
+        write_json(&mut text).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_eq!(v["buddyinfo"].as_array().unwrap().len(), NR_ORDERS);
+        let slabinfo = v["slabinfo"].as_array().unwrap();
+        assert_eq!(slabinfo.len(), NR_CACHES);
+        assert_eq!(slabinfo[0]["name"], "kmalloc-16");
+        assert_eq!(slabinfo[slab::VM_AREA_CACHE]["name"], "vm_area_struct");
+        assert!(v["maps"].as_array().unwrap().iter().any(|r| r["name"] == "[buddyslab:chunk]"));
+        assert!(v["faults"]["predicted"].as_u64().unwrap() > 0);
+        assert!(v["faults"]["minflt"].as_u64().unwrap() > 0);
+        // SAFETY: allocated above.
+        unsafe { crate::heap::free(p) };
+    }
+
+    #[test]
+    fn fd_writer_passes_long_text_through() {
+        let mut fds = [0; 2];
+        // SAFETY: a valid two-int array.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let mut w = FdWriter::new(fds[1]);
+        let line = "0123456789".repeat(100);
+        for _ in 0..10 {
+            writeln!(w, "{line}").unwrap();
+        }
+        w.flush();
+        // SAFETY: our pipe's write end.
+        unsafe { libc::close(fds[1]) };
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            // SAFETY: reading into a live buffer from our pipe.
+            let n = unsafe { libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n as usize]);
+        }
+        // SAFETY: our pipe's read end.
+        unsafe { libc::close(fds[0]) };
+        assert_eq!(got.len(), 10 * 1001);
+        assert!(got.starts_with(line.as_bytes()));
     }
 }

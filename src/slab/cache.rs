@@ -10,7 +10,8 @@
 //! - `slabs_full`: `inuse == objects`;
 //! - `slabs_partial`: `0 < inuse < objects` — allocation takes from here;
 //! - `slabs_empty`: `inuse == 0`, at most [`EMPTY_RESERVE`] kept; the rest go
-//!   back to the buddy allocator at once.
+//!   back to the buddy allocator at once, and the reserve too once it has
+//!   sat unused for a decay period ([`shrink_idle`], a buddy shrinker).
 //!
 //! Invariants (checked by [`KmemCache::check`]): every slab of the cache is
 //! on exactly the list its `inuse` says; `inuse == bump - nr_free`;
@@ -25,6 +26,7 @@ use super::size_class::ClassInfo;
 use crate::buddy;
 use crate::os;
 use crate::page::{self, Page, PageList, PG_SLAB};
+use crate::pagetable::{self, Tier};
 use crate::sync::Mutex;
 use core::ptr;
 
@@ -52,6 +54,8 @@ pub struct KmemCache {
     pub allocs: u64,
     /// Objects returned, ever.
     pub frees: u64,
+    /// Coarse time (`buddy::clock_ms`) `slabs_empty` last became non-empty.
+    empty_since: u32,
 }
 
 /// Objects taken from one slab by [`KmemCache::take_locked`].
@@ -101,6 +105,7 @@ impl KmemCache {
             nr_slabs: 0,
             allocs: 0,
             frees: 0,
+            empty_since: 0,
         }
     }
 
@@ -215,6 +220,8 @@ impl KmemCache {
             for i in 0..1usize << self.info.order {
                 (*head.add(i)).node = self.node;
             }
+            let tier = if user_class != 0 { Tier::Slab } else { Tier::Meta };
+            pagetable::hand_out(page::page_address(head), os::PAGE_SIZE << self.info.order, tier);
             let s = &mut *head;
             s.class = self.index;
             s.order = self.info.order;
@@ -262,6 +269,9 @@ impl KmemCache {
             if s.inuse == 0 {
                 self.slabs_partial.remove(slab);
                 if self.slabs_empty.len() < EMPTY_RESERVE {
+                    if self.slabs_empty.is_empty() {
+                        self.empty_since = buddy::clock_ms();
+                    }
                     self.slabs_empty.push_front(slab);
                 } else {
                     self.nr_slabs -= 1;
@@ -520,6 +530,26 @@ pub fn shrink(cache: &Mutex<KmemCache>) -> usize {
             return released;
         }
     }
+}
+
+/// The slab caches' shrinker (registered with the buddy allocator): every
+/// cache whose reserved empty slabs have sat unused for `min_age_ms` gives
+/// them back; with no age, every cache does. Returns the pages given back.
+pub fn shrink_idle(control: buddy::ShrinkControl) -> usize {
+    let mut released = 0;
+    for cache in super::nodes().flat_map(|node| node.iter()) {
+        let idle = match control.min_age_ms {
+            None => true,
+            Some(age) => {
+                let c = cache.lock();
+                !c.slabs_empty.is_empty() && control.now_ms.wrapping_sub(c.empty_since) >= age
+            }
+        };
+        if idle {
+            released += shrink(cache);
+        }
+    }
+    released
 }
 
 #[cold]

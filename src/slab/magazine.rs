@@ -447,3 +447,9 @@ pub fn cached_objects() -> usize {
         tc.bins.iter().chain(tc.remote.iter()).map(|b| b.count as usize).sum()
     }
 }
+
+/// Objects of `class` cached in the calling thread's bin (for the views).
+pub fn cached_in_class(class: usize) -> usize {
+    // SAFETY: this thread's cache; `class + 1` is a valid bin index.
+    unsafe { (*current()).bins[class + 1].count as usize }
+}

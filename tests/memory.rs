@@ -1,0 +1,178 @@
+//! Memory going back to the OS, and the views, checked from outside: the
+//! C program `tests/c/memory.c` runs under `LD_PRELOAD=libbuddyslab.so`,
+//! prints resident-set sizes, and `BUDDYSLAB_STATS` prints the views at
+//! exit, which these tests parse and hold against what the program did.
+//!
+//! Needs `target/release/libbuddyslab.so`: run
+//! `cargo build --release && cargo test --release --workspace`.
+
+mod common;
+
+use common::{clean_malloc_env, compile_c, library, run, Outcome};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// Far above any normal run (seconds); only stops a hang.
+const HANG_GUARD: Duration = Duration::from_secs(300);
+
+fn memory_program() -> &'static std::path::Path {
+    static EXE: OnceLock<std::path::PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| compile_c("memory", "memory"))
+}
+
+/// Runs `memory ARGS` preloaded with the given `BUDDYSLAB_*` variables;
+/// panics with the whole report unless it exits 0.
+fn run_memory(args: &[&str], env: &[(&str, &str)]) -> Outcome {
+    let mut cmd = Command::new(memory_program());
+    clean_malloc_env(&mut cmd);
+    cmd.args(args).env("LD_PRELOAD", library());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let outcome = run(cmd, HANG_GUARD);
+    assert!(outcome.success(), "{}", outcome.report());
+    outcome
+}
+
+/// The program's `key value` lines.
+fn values(outcome: &Outcome) -> HashMap<String, i64> {
+    outcome
+        .stdout
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The JSON object `BUDDYSLAB_STATS=json` printed on stderr.
+fn stats_json(outcome: &Outcome) -> Value {
+    let line = outcome
+        .stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON object on stderr:\n{}", outcome.report()));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("stats JSON does not parse ({e}):\n{line}"))
+}
+
+fn slab_row<'a>(stats: &'a Value, name: &str) -> &'a Value {
+    stats["slabinfo"]
+        .as_array()
+        .expect("slabinfo is an array")
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap_or_else(|| panic!("no slabinfo row {name}"))
+}
+
+fn int(v: &Value) -> i64 {
+    v.as_i64().unwrap_or_else(|| panic!("not an integer: {v}"))
+}
+
+const MIB: i64 = 1024; // RSS figures are in KiB
+
+#[test]
+fn decay_gives_freed_memory_back() {
+    let v = values(&run_memory(&["decay"], &[("BUDDYSLAB_DECAY_MS", "50")]));
+    let (full, freed, after) = (v["rss_full"], v["rss_freed"], v["rss_after"]);
+    assert!(full > 64 * MIB, "64 MiB of objects resident: {full} KiB");
+    // Freeing alone keeps the pages (they are reused quickly if needed)...
+    assert!(freed > full - 16 * MIB, "free() released too early: {full} -> {freed} KiB");
+    // ...until they have been free for a decay period.
+    assert!(after < freed - 48 * MIB, "decay did not give memory back: {freed} -> {after} KiB");
+}
+
+#[test]
+fn malloc_trim_gives_everything_back_and_says_so() {
+    let v = values(&run_memory(&["trim"], &[]));
+    assert_eq!(v["trim_returned"], 1);
+    assert!(v["rss_after"] < v["rss_freed"] - 56 * MIB, "trim released too little: {:?}", v);
+    assert_eq!(v["trim_again"], 0, "nothing was left to release");
+}
+
+#[test]
+fn slabinfo_counts_the_objects_a_program_holds() {
+    let stats_of = |n: &str| {
+        let out = run_memory(&["objects", "100", n], &[("BUDDYSLAB_STATS", "json")]);
+        stats_json(&out)
+    };
+    let (none, some) = (stats_of("0"), stats_of("5000"));
+    let (a, b) = (slab_row(&none, "kmalloc-112"), slab_row(&some, "kmalloc-112"));
+    assert_eq!(int(&b["active_objs"]) - int(&a["active_objs"]), 5000);
+    assert_eq!(int(&b["objsize"]), 112);
+    for row in some["slabinfo"].as_array().unwrap() {
+        let (active, total) = (int(&row["active_objs"]), int(&row["num_objs"]));
+        assert!(active <= total, "{row}");
+        assert_eq!(total, int(&row["num_slabs"]) * int(&row["objperslab"]), "{row}");
+        assert!(int(&row["active_slabs"]) <= int(&row["num_slabs"]), "{row}");
+    }
+    // 5000 objects of 112 B fill at least this many 36-object slabs.
+    assert!(int(&b["num_slabs"]) >= 5000 / int(&b["objperslab"]));
+
+    // buddyinfo: eleven orders; the free pages fit in the chunks the maps show.
+    let free: Vec<i64> = some["buddyinfo"].as_array().unwrap().iter().map(int).collect();
+    assert_eq!(free.len(), 11);
+    let free_pages: i64 = free.iter().enumerate().map(|(order, n)| n << order).sum();
+    let maps = some["maps"].as_array().unwrap();
+    let chunk_kib: i64 = maps
+        .iter()
+        .filter(|r| r["name"] == "[heap]" || r["name"] == "[buddyslab:chunk]")
+        .map(|r| int(&r["kb"]))
+        .sum();
+    assert!(chunk_kib >= 4096, "no chunk in the maps: {maps:?}");
+    assert!(free_pages * 4 < chunk_kib);
+    // maps: sorted, non-overlapping, and preloaded the heap comes from brk.
+    let bounds: Vec<(u64, u64)> = maps
+        .iter()
+        .map(|r| {
+            let hex = |k: &str| u64::from_str_radix(r[k].as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
+            (hex("start"), hex("end"))
+        })
+        .collect();
+    assert!(bounds.windows(2).all(|w| w[0].1 <= w[1].0), "regions overlap or are out of order");
+    assert!(maps.iter().any(|r| r["name"] == "[heap]"));
+    // faults: integers, and the objects' pages are among the predicted.
+    let faults = &some["faults"];
+    assert!(int(&faults["predicted"]) >= 5000 * 112 / 4096);
+    assert!(int(&faults["minflt"]) > 0);
+}
+
+#[test]
+fn text_views_have_the_kernel_formats() {
+    let out = run_memory(&["objects", "100", "1000"], &[("BUDDYSLAB_STATS", "1")]);
+    let err = &out.stderr;
+    let buddyinfo = err.lines().find(|l| l.starts_with("Node 0, zone")).expect("buddyinfo line");
+    assert_eq!(buddyinfo.split_whitespace().count(), 4 + 11, "{buddyinfo}");
+    let mut lines = err.lines().skip_while(|l| *l != "slabinfo - version: 2.1");
+    assert!(lines.next().is_some(), "slabinfo header:\n{err}");
+    assert!(lines.next().unwrap().starts_with("# name            <active_objs> <num_objs>"));
+    let row = lines.find(|l| l.starts_with("kmalloc-112 ")).expect("kmalloc-112 row");
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(fields.len(), 16, "{row}");
+    assert!(fields[1].parse::<u64>().unwrap() >= 1000, "{row}");
+    assert_eq!((fields[6], fields[7], fields[11], fields[12]), (":", "tunables", ":", "slabdata"), "{row}");
+    let map = err.lines().find(|l| l.ends_with("[heap]")).expect("[heap] in maps");
+    assert!(map.contains(" rw-p 00000000 00:00 0 "), "{map}");
+    assert!(err.contains("ru_minflt"));
+}
+
+/// The page-table shadow's prediction against the kernel's count, for the
+/// issue's program: 256 MiB in 4 MiB blocks plus 200000 small objects,
+/// all written. The prediction must be within 10 % of the process's
+/// `ru_minflt` (a correctness property of the shadow, not a timing).
+#[test]
+fn fault_prediction_is_within_ten_percent_of_the_kernel() {
+    let out = run_memory(&["faults"], &[("BUDDYSLAB_STATS", "json")]);
+    let touched = values(&out)["touched"];
+    let faults = &stats_json(&out)["faults"];
+    let (predicted, minflt) = (int(&faults["predicted"]), int(&faults["minflt"]));
+    assert!(minflt >= touched, "the kernel saw fewer faults ({minflt}) than pages touched ({touched})");
+    let error = (predicted - minflt).abs() as f64 / minflt as f64;
+    eprintln!("predicted {predicted}, ru_minflt {minflt}, error {:.2} %", error * 100.0);
+    assert!(error <= 0.10, "prediction {predicted} is {:.1} % off ru_minflt {minflt}", error * 100.0);
+    assert!(int(&faults["by_tier"]["large"]) >= 64 * 1024);
+}
