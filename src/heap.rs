@@ -27,7 +27,7 @@ use crate::page::{self, Page, CHUNK_SIZE, PG_PAGES, PG_SLAB, PG_TAIL};
 use crate::slab::{self, cache, class_of, magazine, size_of_class, CLASSES, NR_CLASSES, SLAB_MAX};
 use crate::stats;
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU8, Ordering};
 
 /// Alignment every block gets without asking (glibc's on x86-64).
 pub const MIN_ALIGN: usize = 16;
@@ -83,7 +83,7 @@ fn alloc_big_known_zero(size: usize, align: usize) -> (*mut u8, bool) {
             None => (ptr::null_mut(), false),
         };
     }
-    (large::alloc(size, align), true)
+    large::alloc(size, align)
 }
 
 /// Allocates `n * size` zeroed bytes; null on overflow or out of memory.
@@ -210,8 +210,8 @@ fn free_slow(p: *mut u8) {
 #[inline(never)]
 fn free_outside(p: *mut u8) {
     // SAFETY: given up by the caller if it is a large block.
-    if unsafe { !large::free(p) } {
-        bad_pointer(b"free()", b"invalid pointer (not allocated by buddyslab)", p);
+    if let Err(why) = unsafe { large::free(p) } {
+        bad_pointer(b"free()", why, p);
     }
 }
 
@@ -225,8 +225,8 @@ pub fn usable_size(p: *mut u8) -> usize {
         // SAFETY: a live run's head.
         Owner::Pages(head) => (unsafe { (*head).span } as usize) << PAGE_SHIFT,
         Owner::Outside => match large::usable_size(p) {
-            Some(n) => n,
-            None => bad_pointer(b"malloc_usable_size()", b"invalid pointer (not allocated by buddyslab)", p),
+            Ok(n) => n,
+            Err(why) => bad_pointer(b"malloc_usable_size()", why, p),
         },
     }
 }
@@ -284,16 +284,22 @@ pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 
             npages << PAGE_SHIFT
         }
         Owner::Outside => {
-            let Some(usable) = large::usable_size(p) else {
-                bad_pointer(b"realloc()", b"invalid pointer (not allocated by buddyslab)", p)
+            let usable = match large::usable_size(p) {
+                Ok(n) => n,
+                Err(why) => bad_pointer(b"realloc()", why, p),
             };
-            let threshold = MMAP_THRESHOLD.load(Ordering::Relaxed);
+            // A block stays large while the new size is one the slabs and
+            // page runs would not take.
+            let stays_large = size >= MMAP_THRESHOLD.load(Ordering::Relaxed) || size > CHUNK_SIZE;
             // mremap keeps page alignment only; bigger alignments move by copy.
-            if size >= threshold && align <= PAGE_SIZE {
+            if stays_large && align <= PAGE_SIZE {
                 // SAFETY: `p` is a live large block.
-                return unsafe { large::resize(p, size) };
+                let q = unsafe { large::resize(p, size) };
+                if !q.is_null() {
+                    return q;
+                }
             }
-            if size <= usable && size >= threshold {
+            if stays_large && size <= usable {
                 return p;
             }
             usable
@@ -323,7 +329,7 @@ pub fn trim() -> bool {
             pages += cache::shrink(c);
         }
     }
-    let released = buddy::release_free_chunks();
+    let released = buddy::release_free_chunks() + large::release_cached(true, os::monotonic_ns());
     pages > 0 || released > 0
 }
 
@@ -334,9 +340,6 @@ const INIT_NONE: u8 = 0;
 const INIT_RUNNING: u8 = 1;
 const INIT_DONE: u8 = 2;
 static INIT: AtomicU8 = AtomicU8::new(INIT_NONE);
-/// Set once `mallopt` or the environment chose the threshold.
-pub static THRESHOLD_SET: AtomicBool = AtomicBool::new(false);
-
 /// Runs the one-time set-up (options, fork handlers) if it has not run.
 /// Safe to call re-entrantly: `pthread_atfork` may call `malloc`, which
 /// then proceeds with defaults while set-up finishes. Every allocator
@@ -377,6 +380,7 @@ pub fn set_process_malloc() {
 
 /// Takes every allocator lock in the lock order (see [`crate::buddy`]).
 extern "C" fn fork_prepare() {
+    large::CACHE.lock_for_fork();
     slab::percpu::lock_all_for_fork();
     slab::NODES_GROW.lock_for_fork();
     buddy::GROW.lock_for_fork();
@@ -397,6 +401,7 @@ fn fork_release(in_child: bool) {
         buddy::GROW.unlock_after_fork(in_child);
         slab::NODES_GROW.unlock_after_fork(in_child);
         slab::percpu::unlock_all_after_fork(in_child);
+        large::CACHE.unlock_after_fork(in_child);
     }
 }
 
@@ -430,13 +435,14 @@ mod tests {
     fn tiers_by_size() {
         let small = malloc(100);
         let pages = malloc(40 * 1024);
-        let big = malloc(1 << 20);
+        // Above the largest mmap threshold: large whatever it has adapted to.
+        let big = malloc(40 << 20);
         assert!(is_slab_object(small));
         assert_eq!(usable_size(small), 112);
         assert_eq!(usable_size(pages), 40 * 1024);
         assert!(!page::page_of(pages as usize).is_null());
         assert!(page::page_of(big as usize).is_null(), "large blocks live outside chunks");
-        assert_eq!(usable_size(big), 1 << 20);
+        assert_eq!(usable_size(big), 40 << 20);
         // SAFETY: live blocks from above.
         unsafe {
             free(small);

@@ -2,17 +2,22 @@
 //!
 //! | variable                   | meaning                                   |
 //! |----------------------------|-------------------------------------------|
-//! | `BUDDYSLAB_MMAP_THRESHOLD` | bytes; requests at or above get their own mapping (default 128 KiB, at most 32 MiB; `k`/`m` suffixes) |
+//! | `BUDDYSLAB_MMAP_THRESHOLD` | bytes; requests at or above get a large block (default 128 KiB and adaptive, at most 32 MiB; `k`/`m` suffixes); setting it stops the adaptation |
+//! | `BUDDYSLAB_LARGE_CACHE`    | bytes; cap on released large mappings kept for reuse (default 64 MiB, also bounded by the trim threshold; 0 turns the cache off) |
+//! | `BUDDYSLAB_LARGE_CACHE_MS` | milliseconds a released mapping stays cached (default 1000) |
+//! | `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_` | glibc's names, honoured as glibc does (bytes; setting either stops the adaptation) |
 //!
 //! Every other `BUDDYSLAB_*` variable, and a malformed value, is reported on
 //! stderr (one line) and otherwise ignored: a typo should not pass silently.
 
-use crate::large::{MAX_MMAP_THRESHOLD, MMAP_THRESHOLD};
+use crate::large::{self, CACHE_MAX, CACHE_MAX_AGE_NS};
 use crate::os;
 use core::ffi::CStr;
 use core::sync::atomic::Ordering;
 
 const PREFIX: &[u8] = b"BUDDYSLAB_";
+const GLIBC_MMAP_THRESHOLD: &[u8] = b"MALLOC_MMAP_THRESHOLD_";
+const GLIBC_TRIM_THRESHOLD: &[u8] = b"MALLOC_TRIM_THRESHOLD_";
 
 extern "C" {
     static environ: *const *const libc::c_char;
@@ -41,14 +46,15 @@ pub fn parse_size(text: &[u8]) -> Option<usize> {
 }
 
 /// Sets the mmap threshold as `mallopt(M_MMAP_THRESHOLD)` does; false (and
-/// no change) above [`MAX_MMAP_THRESHOLD`].
+/// no change) above [`large::MAX_MMAP_THRESHOLD`]. Stops the adaptation.
 pub fn set_mmap_threshold(bytes: usize) -> bool {
-    if bytes > MAX_MMAP_THRESHOLD {
-        return false;
-    }
-    MMAP_THRESHOLD.store(bytes, Ordering::Relaxed);
-    crate::heap::THRESHOLD_SET.store(true, Ordering::Relaxed);
-    true
+    large::set_mmap_threshold(bytes)
+}
+
+/// Sets the trim threshold as `mallopt(M_TRIM_THRESHOLD)` does. Stops the
+/// adaptation.
+pub fn set_trim_threshold(bytes: usize) {
+    large::set_trim_threshold(bytes)
 }
 
 /// Scans the environment for `BUDDYSLAB_*` variables and applies them.
@@ -68,11 +74,14 @@ pub fn read_environment() {
 }
 
 fn apply(entry: &[u8]) {
-    if !entry.starts_with(PREFIX) {
-        return;
-    }
     let Some(eq) = entry.iter().position(|&b| b == b'=') else { return };
     let (name, value) = (&entry[..eq], &entry[eq + 1..]);
+    if name == GLIBC_MMAP_THRESHOLD || name == GLIBC_TRIM_THRESHOLD {
+        return apply_glibc(name, value);
+    }
+    if !name.starts_with(PREFIX) {
+        return;
+    }
     match name {
         b"BUDDYSLAB_MMAP_THRESHOLD" => match parse_size(value) {
             Some(v) if set_mmap_threshold(v) => {}
@@ -81,11 +90,32 @@ fn apply(entry: &[u8]) {
                 b"buddyslab: BUDDYSLAB_MMAP_THRESHOLD must be a size up to 32m (e.g. 131072, 256k); ignored\n",
             ),
         },
+        b"BUDDYSLAB_LARGE_CACHE" => match parse_size(value) {
+            Some(v) => CACHE_MAX.store(v, Ordering::Relaxed),
+            None => os::write_all(2, b"buddyslab: BUDDYSLAB_LARGE_CACHE must be a size (e.g. 64m, 0); ignored\n"),
+        },
+        b"BUDDYSLAB_LARGE_CACHE_MS" => match parse_size(value) {
+            Some(ms) if value.iter().all(u8::is_ascii_digit) => {
+                CACHE_MAX_AGE_NS.store((ms as u64).saturating_mul(1_000_000), Ordering::Relaxed)
+            }
+            _ => os::write_all(2, b"buddyslab: BUDDYSLAB_LARGE_CACHE_MS must be milliseconds (e.g. 1000); ignored\n"),
+        },
         _ => {
             os::write_all(2, b"buddyslab: unknown variable ");
             os::write_all(2, name);
             os::write_all(2, b" ignored\n");
         }
+    }
+}
+
+/// glibc's own variables: a malformed value is ignored silently, as glibc
+/// ignores it.
+fn apply_glibc(name: &[u8], value: &[u8]) {
+    let Some(v) = parse_size(value).filter(|_| value.iter().all(u8::is_ascii_digit)) else { return };
+    if name == GLIBC_MMAP_THRESHOLD {
+        set_mmap_threshold(v);
+    } else {
+        set_trim_threshold(v);
     }
 }
 
