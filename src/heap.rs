@@ -1,11 +1,11 @@
 //! The one dispatch: a request's size and alignment pick a tier, a
 //! pointer's address finds its owner.
 //!
-//! | request                                     | tier                       |
-//! |---------------------------------------------|----------------------------|
-//! | ≤ 32 KiB (alignment ≤ 4 KiB, a fitting class)| slab cache of its class    |
-//! | below the mmap threshold, ≤ 4 MiB            | page tier: exact buddy run |
-//! | otherwise                                    | large: its own mapping     |
+//! | request                                     | tier                         |
+//! |---------------------------------------------|------------------------------|
+//! | ≤ 32 KiB (alignment ≤ 4 KiB, a fitting class)| slab cache of its class      |
+//! | below the mmap threshold, ≤ 4 MiB            | page tier: exact buddy run   |
+//! | otherwise                                    | large: own or cached mapping |
 //!
 //! The mmap threshold applies above 32 KiB; smaller requests always use
 //! slabs (a threshold set lower only moves page-tier requests to mmap).
