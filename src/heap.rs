@@ -318,8 +318,9 @@ pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 
 }
 
 /// Gives memory back to the OS: empty slabs to the buddy allocator, then
-/// wholly free chunks' pages to the kernel (`MADV_DONTNEED`). Returns true
-/// when any memory was released (`malloc_trim`'s 1).
+/// wholly free chunks' pages to the kernel (`MADV_DONTNEED`), and cached
+/// large mappings are unmapped. Returns true when any memory was released
+/// (`malloc_trim`'s 1).
 pub fn trim() -> bool {
     magazine::flush_current();
     slab::percpu::drain_all();
