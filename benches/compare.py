@@ -44,7 +44,11 @@ WORKLOADS_DIR = BENCHES / "workloads"
 OUT = BENCHES / "out"
 
 # Table order; any other workloads/*.c are appended in name order.
-WORKLOAD_ORDER = ["larson", "prodcons", "bintree", "mixed", "cache_thrash", "thread_churn", "frag"]
+WORKLOAD_ORDER = ["larson", "prodcons", "bintree", "mixed", "cache_thrash", "thread_churn", "frag",
+                  "bigblocks", "reallocgrow"]
+# Workloads that run as several rows, each with its own count argument
+# (the thread count); --threads does not change these.
+VARIANTS = {"bigblocks": [("bigblocks-1t", "1"), ("bigblocks-2t", "2")]}
 
 # name -> (Debian package, library file name prefix)
 PEERS = {
@@ -88,10 +92,17 @@ def build_c(source, binary):
 
 
 def discover_workloads():
+    """Row names in table order, and for each its source file and the count
+    argument it always gets (None: --threads or the workload's default)."""
     found = {p.stem: p for p in sorted(WORKLOADS_DIR.glob("*.c"))}
-    order = [w for w in WORKLOAD_ORDER if w in found]
-    order += [w for w in found if w not in order]
-    return order, found
+    stems = [w for w in WORKLOAD_ORDER if w in found]
+    stems += [w for w in found if w not in stems]
+    order, specs = [], {}
+    for stem in stems:
+        for name, count in VARIANTS.get(stem, [(stem, None)]):
+            order.append(name)
+            specs[name] = (found[stem], count)
+    return order, specs
 
 
 # ---------------------------------------------------------------- allocators
@@ -458,7 +469,9 @@ def main():
 
     all_workloads, sources = discover_workloads()
     if args.workloads:
-        workloads = args.workloads.split(",")
+        # A workload with variants names all of its rows.
+        workloads = [v for w in args.workloads.split(",")
+                     for v in ([name for name, _ in VARIANTS[w]] if w in VARIANTS else [w])]
         unknown = [w for w in workloads if w not in sources]
         if unknown:
             sys.exit(f"--workloads: unknown {', '.join(unknown)}; have {', '.join(all_workloads)}")
@@ -475,8 +488,9 @@ def main():
     OUT.mkdir(exist_ok=True)
     binaries = {}
     for w in workloads:
-        binaries[w] = OUT / w
-        build_c(sources[w], binaries[w])
+        source = sources[w][0]
+        binaries[w] = OUT / source.stem
+        build_c(source, binaries[w])
     probe_binary = OUT / "which_malloc"
     build_c(BENCHES / "which_malloc.c", probe_binary)
     measure_binary = OUT / "measure"
@@ -492,7 +506,9 @@ def main():
     if not allocators:
         sys.exit("no usable allocator")
 
-    workload_args = [format(scale, "g")] + ([str(args.threads)] if args.threads else [])
+    def workload_args(w):
+        count = sources[w][1] or (str(args.threads) if args.threads else None)
+        return [format(scale, "g")] + ([count] if count else [])
     runs = {(w, a): [] for w in workloads for a, _ in allocators}
     reference = {}  # workload -> (allocator, stdout) the others must match
     failed = set()  # (workload, allocator) pairs that crashed: not run again
@@ -503,7 +519,7 @@ def main():
             for a, library in order:
                 if (w, a) in failed:
                     continue
-                argv = [str(binaries[w])] + workload_args
+                argv = [str(binaries[w])] + workload_args(w)
                 note(f"[{round_number + 1}/{args.runs}] {w:<13} {a:<10}", end="")
                 run = execute(w, a, argv, library, args.timeout, measure_binary, scratch)
                 runs[(w, a)].append(run)

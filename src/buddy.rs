@@ -20,9 +20,9 @@
 //! `mmap`, and from `mmap` whenever `brk` cannot grow.
 //!
 //! Lock order (outermost first), shared by every module:
-//! `percpu::CPUS_GROW` → CPU depot locks (by CPU, then class) →
-//! `slab::NODES_GROW` → `GROW` → slab cache locks (by node, then index) →
-//! per-CPU page lists (`pcp`, by CPU) → `ZONE` → `vma::TREE` →
+//! `large::CACHE` → `percpu::CPUS_GROW` → CPU depot locks (by CPU, then
+//! class) → `slab::NODES_GROW` → `GROW` → slab cache locks (by node, then
+//! index) → per-CPU page lists (`pcp`, by CPU) → `ZONE` → `vma::TREE` →
 //! `pagetable::TABLE_POOL`.
 //! A CPU depot lock may be held while its slab cache is refilled (and so
 //! while the zone grows). No code holds a slab cache lock while calling

@@ -1,11 +1,11 @@
 //! The one dispatch: a request's size and alignment pick a tier, a
 //! pointer's address finds its owner.
 //!
-//! | request                                     | tier                       |
-//! |---------------------------------------------|----------------------------|
-//! | ≤ 32 KiB (alignment ≤ 4 KiB, a fitting class)| slab cache of its class    |
-//! | below the mmap threshold, ≤ 4 MiB            | page tier: exact buddy run |
-//! | otherwise                                    | large: its own mapping     |
+//! | request                                     | tier                         |
+//! |---------------------------------------------|------------------------------|
+//! | ≤ 32 KiB (alignment ≤ 4 KiB, a fitting class)| slab cache of its class      |
+//! | below the mmap threshold, ≤ 4 MiB            | page tier: exact buddy run   |
+//! | otherwise                                    | large: own or cached mapping |
 //!
 //! The mmap threshold applies above 32 KiB; smaller requests always use
 //! slabs (a threshold set lower only moves page-tier requests to mmap).
@@ -28,7 +28,7 @@ use crate::pagetable;
 use crate::slab::{self, cache, class_of, magazine, size_of_class, CLASSES, NR_CLASSES, SLAB_MAX};
 use crate::stats;
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU8, Ordering};
 
 /// Alignment every block gets without asking (glibc's on x86-64).
 pub const MIN_ALIGN: usize = 16;
@@ -86,12 +86,14 @@ fn alloc_big_known_zero(size: usize, align: usize) -> (*mut u8, bool) {
             None => (ptr::null_mut(), false),
         };
     }
-    let p = large::alloc(size, align);
-    if let Some(len) = large::usable_size(p) {
-        pagetable::map(p as usize, len);
-        pagetable::hand_out(p as usize, len, pagetable::Tier::Large);
+    let (p, zero) = large::alloc(size, align);
+    if !p.is_null() {
+        if let Ok(len) = large::usable_size(p) {
+            pagetable::map(p as usize, len);
+            pagetable::hand_out(p as usize, len, pagetable::Tier::Large);
+        }
     }
-    (p, true)
+    (p, zero)
 }
 
 /// Allocates `n * size` zeroed bytes; null on overflow or out of memory.
@@ -220,12 +222,12 @@ fn free_slow(p: *mut u8) {
 fn free_outside(p: *mut u8) {
     // The shadow forgets the block before the kernel does, so a mapping
     // another thread gets at the same address is not forgotten instead.
-    if let Some(len) = large::usable_size(p) {
+    if let Ok(len) = large::usable_size(p) {
         pagetable::unmap(p as usize, len);
     }
     // SAFETY: given up by the caller if it is a large block.
-    if unsafe { !large::free(p) } {
-        bad_pointer(b"free()", b"invalid pointer (not allocated by buddyslab)", p);
+    if let Err(why) = unsafe { large::free(p) } {
+        bad_pointer(b"free()", why, p);
     }
 }
 
@@ -239,8 +241,8 @@ pub fn usable_size(p: *mut u8) -> usize {
         // SAFETY: a live run's head.
         Owner::Pages(head) => (unsafe { (*head).span } as usize) << PAGE_SHIFT,
         Owner::Outside => match large::usable_size(p) {
-            Some(n) => n,
-            None => bad_pointer(b"malloc_usable_size()", b"invalid pointer (not allocated by buddyslab)", p),
+            Ok(n) => n,
+            Err(why) => bad_pointer(b"malloc_usable_size()", why, p),
         },
     }
 }
@@ -298,20 +300,25 @@ pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 
             npages << PAGE_SHIFT
         }
         Owner::Outside => {
-            let Some(usable) = large::usable_size(p) else {
-                bad_pointer(b"realloc()", b"invalid pointer (not allocated by buddyslab)", p)
+            let usable = match large::usable_size(p) {
+                Ok(n) => n,
+                Err(why) => bad_pointer(b"realloc()", why, p),
             };
-            let threshold = MMAP_THRESHOLD.load(Ordering::Relaxed);
+            // A block stays large while the new size is one the slabs and
+            // page runs would not take.
+            let stays_large = size >= MMAP_THRESHOLD.load(Ordering::Relaxed) || size > CHUNK_SIZE;
             // mremap keeps page alignment only; bigger alignments move by copy.
-            if size >= threshold && align <= PAGE_SIZE {
+            if stays_large && align <= PAGE_SIZE {
                 // SAFETY: `p` is a live large block.
                 let q = unsafe { large::resize(p, size) };
-                if let Some(new_len) = large::usable_size(q) {
-                    pagetable::remapped(p as usize, usable, q as usize, new_len, pagetable::Tier::Large);
+                if !q.is_null() {
+                    if let Ok(new_len) = large::usable_size(q) {
+                        pagetable::remapped(p as usize, usable, q as usize, new_len, pagetable::Tier::Large);
+                    }
+                    return q;
                 }
-                return q;
             }
-            if size <= usable && size >= threshold {
+            if stays_large && size <= usable {
                 return p;
             }
             usable
@@ -331,16 +338,15 @@ pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 
 
 /// Gives memory back to the OS at once: the calling thread's bins and
 /// every CPU depot go back to the slab caches, every shrinker gives back
-/// what it holds (the caches' empty slabs; a cache of large mappings
-/// registers its own shrinker the same way), and every dirty free block
-/// goes to the kernel (`MADV_DONTNEED`). Returns true when any memory was
-/// released (`malloc_trim`'s 1).
+/// what it holds (the caches' empty slabs), every dirty free block goes to
+/// the kernel (`MADV_DONTNEED`), and cached large mappings are unmapped.
+/// Returns true when any memory was released (`malloc_trim`'s 1).
 pub fn trim() -> bool {
     ensure_init();
     magazine::flush_current();
     slab::percpu::drain_all();
     let pages = buddy::shrink_all();
-    let released = buddy::release_free_memory();
+    let released = buddy::release_free_memory() + large::release_cached(true, os::monotonic_ns());
     pages > 0 || released > 0
 }
 
@@ -351,9 +357,6 @@ const INIT_NONE: u8 = 0;
 const INIT_RUNNING: u8 = 1;
 const INIT_DONE: u8 = 2;
 static INIT: AtomicU8 = AtomicU8::new(INIT_NONE);
-/// Set once `mallopt` or the environment chose the threshold.
-pub static THRESHOLD_SET: AtomicBool = AtomicBool::new(false);
-
 /// Runs the one-time set-up (options, fork handlers) if it has not run.
 /// Safe to call re-entrantly: `pthread_atfork` may call `malloc`, which
 /// then proceeds with defaults while set-up finishes. Every allocator
@@ -400,6 +403,7 @@ pub fn set_process_malloc() {
 
 /// Takes every allocator lock in the lock order (see [`crate::buddy`]).
 extern "C" fn fork_prepare() {
+    large::CACHE.lock_for_fork();
     slab::percpu::lock_all_for_fork();
     slab::NODES_GROW.lock_for_fork();
     buddy::GROW.lock_for_fork();
@@ -422,6 +426,7 @@ fn fork_release(in_child: bool) {
         buddy::GROW.unlock_after_fork(in_child);
         slab::NODES_GROW.unlock_after_fork(in_child);
         slab::percpu::unlock_all_after_fork(in_child);
+        large::CACHE.unlock_after_fork(in_child);
     }
 }
 
@@ -455,13 +460,14 @@ mod tests {
     fn tiers_by_size() {
         let small = malloc(100);
         let pages = malloc(40 * 1024);
-        let big = malloc(1 << 20);
+        // Above the largest mmap threshold: large whatever it has adapted to.
+        let big = malloc(40 << 20);
         assert!(is_slab_object(small));
         assert_eq!(usable_size(small), 112);
         assert_eq!(usable_size(pages), 40 * 1024);
         assert!(!page::page_of(pages as usize).is_null());
         assert!(page::page_of(big as usize).is_null(), "large blocks live outside chunks");
-        assert_eq!(usable_size(big), 1 << 20);
+        assert_eq!(usable_size(big), 40 << 20);
         // SAFETY: live blocks from above.
         unsafe {
             free(small);

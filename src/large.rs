@@ -1,111 +1,886 @@
-//! The mmap-threshold tier: a request at or above the threshold (128 KiB by
-//! default, like glibc's `M_MMAP_THRESHOLD`) gets a mapping of its own,
-//! recorded in the region tree as `[buddyslab:large]`. `free` finds it there
-//! and unmaps it; `realloc` resizes it with `mremap`, which moves page
-//! table entries instead of copying bytes.
+//! The large tier: blocks with a mapping of their own, and a cache of
+//! released mappings so that big blocks are reused resident, as glibc's
+//! heap reuses them, instead of paying `mmap`, page faults and `munmap`
+//! every time.
 //!
-//! Requests between 32 KiB and the threshold, and any request the buddy
-//! allocator cannot hold (over 4 MiB), are sent here or to the page tier by
-//! [`crate::heap`]; this module only maps, unmaps and remaps.
+//! # What comes here
+//!
+//! [`crate::heap`] sends here every request that neither a slab nor an
+//! exact buddy run serves: at or above the mmap threshold, larger than the
+//! buddy's largest block (order 10, 4 MiB), or aligned beyond 4 MiB.
+//!
+//! # The mmap threshold adapts, as glibc's does
+//!
+//! It starts at 128 KiB (the trim threshold too). Freeing a block whose
+//! mapping is longer than the threshold and at most 32 MiB
+//! ([`MAX_MMAP_THRESHOLD`], glibc's cap on 64-bit) raises the threshold to
+//! that length and the trim threshold to twice it: a program that frees
+//! 1 MiB blocks then gets them from buddy runs, one that frees 20 MiB
+//! blocks gets them from this cache. Setting either threshold explicitly
+//! (`mallopt(M_MMAP_THRESHOLD / M_TRIM_THRESHOLD)`,
+//! `BUDDYSLAB_MMAP_THRESHOLD`, glibc's `MALLOC_MMAP_THRESHOLD_` /
+//! `MALLOC_TRIM_THRESHOLD_`) turns the adaptation off for good.
+//!
+//! # The cache of released mappings
+//!
+//! A freed block whose mapping is no longer than the mmap threshold is not
+//! unmapped. Its range stays mapped (and its pages resident) as a cached
+//! *extent*, recorded in the region tree as `[buddyslab:large-cached]`, so
+//! a second `free` of it is caught as a double free and the `maps` view
+//! shows it. Extents are address ranges, not whole mappings:
+//!
+//! - **allocation** takes the smallest extent that holds the request. It
+//!   hands out the whole extent when at most 1/8 would be left over, and
+//!   otherwise splits it: the head becomes the block, the tail stays
+//!   cached. When no extent is big enough, the largest one grows with
+//!   `mremap` (its pages move without copying and stay resident; only the
+//!   growth faults). With nothing cached, a fresh mapping.
+//! - **free** merges the block with cached extents that touch it (the
+//!   pieces of one earlier split come back together).
+//! - **bounds**: the cached total stays at most
+//!   `min(BUDDYSLAB_LARGE_CACHE, trim threshold)` (64 MiB and 128 KiB by
+//!   default: nothing is cached until the threshold has adapted), and an
+//!   extent is unmapped once it has been cached for
+//!   `BUDDYSLAB_LARGE_CACHE_MS` (1000 ms) — checked on every large
+//!   allocation and free, and by the memory-return decay through
+//!   [`release_cached`]. The oldest extents go first. `malloc_trim(0)`
+//!   unmaps them all.
+//! - `realloc` grows a block into a cached extent right after it (no
+//!   system call), otherwise with `mremap` (no copy); shrinking unmaps the
+//!   tail.
+//!
+//! An extent or block can span two kernel mappings that happen to be
+//! neighbours; `mremap` refuses such a range (`EFAULT`), and every caller
+//! of it falls back (a fresh mapping, or a copy). `munmap` does not mind.
+//!
+//! # Locking
+//!
+//! [`CACHE`] is the outermost lock of the allocator (see [`crate::buddy`]):
+//! it is held while the region tree changes (which may allocate tree nodes
+//! from the slab caches) and while `mremap` runs, so every change to a
+//! `Large` or `LargeCached` record happens under it. `munmap` of evicted
+//! extents waits until it is dropped.
 
 use crate::buddy::{align_up, map_aligned};
 use crate::os::{self, PAGE_SIZE};
+use crate::sync::Mutex;
 use crate::vma::{self, VmaKind};
 use core::ptr;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// Default mmap threshold (glibc's `DEFAULT_MMAP_THRESHOLD_MIN`).
 pub const DEFAULT_MMAP_THRESHOLD: usize = 128 * 1024;
-/// Largest threshold `mallopt` accepts (glibc's `HEAP_MAX_SIZE / 2` on
-/// 64-bit).
+/// Largest threshold `mallopt` accepts and the adaptation reaches (glibc's
+/// `DEFAULT_MMAP_THRESHOLD_MAX` on 64-bit).
 pub const MAX_MMAP_THRESHOLD: usize = 32 * 1024 * 1024;
+/// Default trim threshold (glibc's `DEFAULT_TRIM_THRESHOLD`).
+pub const DEFAULT_TRIM_THRESHOLD: usize = 128 * 1024;
+/// Default cap on cached bytes: the largest trim threshold the adaptation
+/// reaches.
+pub const DEFAULT_CACHE_MAX: usize = 2 * MAX_MMAP_THRESHOLD;
+/// Default time an extent stays cached, in milliseconds.
+pub const DEFAULT_CACHE_MS: u64 = 1000;
 
-/// Requests of at least this many bytes get their own mapping.
+/// Requests of at least this many bytes get a large block.
 pub static MMAP_THRESHOLD: AtomicUsize = AtomicUsize::new(DEFAULT_MMAP_THRESHOLD);
+/// glibc's trim threshold: here, a bound on cached bytes.
+pub static TRIM_THRESHOLD: AtomicUsize = AtomicUsize::new(DEFAULT_TRIM_THRESHOLD);
+/// Whether frees still adapt the thresholds (false once either was set).
+pub static DYNAMIC_THRESHOLD: AtomicBool = AtomicBool::new(true);
+/// Cap on cached bytes (`BUDDYSLAB_LARGE_CACHE`; 0 turns the cache off).
+pub static CACHE_MAX: AtomicUsize = AtomicUsize::new(DEFAULT_CACHE_MAX);
+/// Nanoseconds an extent may stay cached (`BUDDYSLAB_LARGE_CACHE_MS`).
+pub static CACHE_MAX_AGE_NS: AtomicU64 = AtomicU64::new(DEFAULT_CACHE_MS * 1_000_000);
 /// Live large blocks.
 pub static NR_LARGE: AtomicUsize = AtomicUsize::new(0);
 /// Bytes mapped for live large blocks.
 pub static LARGE_BYTES: AtomicUsize = AtomicUsize::new(0);
+/// Bytes in cached extents (a copy of [`MappingCache::bytes`] readable
+/// without the lock).
+pub static CACHED_BYTES: AtomicUsize = AtomicUsize::new(0);
 
-/// Maps a block of at least `size` bytes aligned to `align` (a power of
-/// two). Null when the system refuses or the size is impossible.
-pub fn alloc(size: usize, align: usize) -> *mut u8 {
-    if size > isize::MAX as usize - 2 * PAGE_SIZE {
-        return ptr::null_mut();
+/// The released mappings, outermost lock of the allocator.
+pub static CACHE: Mutex<MappingCache> = Mutex::new(MappingCache::new());
+
+/// Sets the mmap threshold explicitly (`mallopt(M_MMAP_THRESHOLD)`): false
+/// and no change above [`MAX_MMAP_THRESHOLD`]; otherwise the adaptation
+/// stops.
+pub fn set_mmap_threshold(bytes: usize) -> bool {
+    if bytes > MAX_MMAP_THRESHOLD {
+        return false;
+    }
+    DYNAMIC_THRESHOLD.store(false, Ordering::Relaxed);
+    MMAP_THRESHOLD.store(bytes, Ordering::Relaxed);
+    true
+}
+
+/// Sets the trim threshold explicitly (`mallopt(M_TRIM_THRESHOLD)`); the
+/// adaptation stops.
+pub fn set_trim_threshold(bytes: usize) {
+    DYNAMIC_THRESHOLD.store(false, Ordering::Relaxed);
+    TRIM_THRESHOLD.store(bytes, Ordering::Relaxed);
+}
+
+/// glibc's rule: the new mmap threshold after a block with a mapping of
+/// `freed_len` bytes is freed, or `None` when it stays.
+pub fn adapted_threshold(threshold: usize, freed_len: usize) -> Option<usize> {
+    (freed_len > threshold && freed_len <= MAX_MMAP_THRESHOLD).then_some(freed_len)
+}
+
+fn adapt_on_free(len: usize) {
+    if !DYNAMIC_THRESHOLD.load(Ordering::Relaxed) {
+        return;
+    }
+    if let Some(t) = adapted_threshold(MMAP_THRESHOLD.load(Ordering::Relaxed), len) {
+        MMAP_THRESHOLD.store(t, Ordering::Relaxed);
+        TRIM_THRESHOLD.store(2 * t, Ordering::Relaxed);
+    }
+}
+
+/// The cache's bounds as the options stand now.
+fn max_cached_bytes() -> usize {
+    CACHE_MAX.load(Ordering::Relaxed).min(TRIM_THRESHOLD.load(Ordering::Relaxed))
+}
+
+// ---------------------------------------------------------------------------
+// The cache.
+
+/// Most extents cached at once; more evict the oldest.
+pub const CACHE_SLOTS: usize = 32;
+
+/// One cached range: mapped, resident, recorded as `LargeCached`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    /// First byte (page-aligned).
+    pub start: usize,
+    /// Bytes (whole pages).
+    pub len: usize,
+    /// [`os::monotonic_ns`] when it was last freed into the cache.
+    pub freed_at: u64,
+}
+
+impl Extent {
+    const EMPTY: Extent = Extent { start: 0, len: 0, freed_at: 0 };
+
+    fn end(&self) -> usize {
+        self.start + self.len
+    }
+}
+
+/// Ranges given up under [`CACHE`]'s lock, unmapped once it is dropped.
+/// Their records are already out of the region tree.
+pub struct Unmaps {
+    ranges: [(usize, usize); CACHE_SLOTS + 2],
+    n: usize,
+}
+
+impl Unmaps {
+    /// None yet.
+    pub const fn new() -> Self {
+        Unmaps { ranges: [(0, 0); CACHE_SLOTS + 2], n: 0 }
+    }
+
+    /// Queues `[start, start + len)`, or unmaps it now if the queue is full.
+    fn push(&mut self, start: usize, len: usize) {
+        if self.n == self.ranges.len() {
+            // SAFETY: the range was ours, its record is gone, nobody uses it.
+            unsafe { unmap(start, len) };
+            return;
+        }
+        self.ranges[self.n] = (start, len);
+        self.n += 1;
+    }
+
+    /// Unmaps every queued range; returns the bytes released.
+    pub fn run(self) -> usize {
+        let mut bytes = 0;
+        for &(start, len) in &self.ranges[..self.n] {
+            // SAFETY: queued ranges were ours, their records are gone and
+            // nobody uses them.
+            unsafe { unmap(start, len) };
+            bytes += len;
+        }
+        bytes
+    }
+}
+
+impl Default for Unmaps {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// # Safety
+/// Nothing uses `[start, start + len)` afterwards.
+unsafe fn unmap(start: usize, len: usize) {
+    // SAFETY: per the caller.
+    unsafe {
+        let _ = os::munmap(start, len);
+    }
+}
+
+/// Released large mappings kept for reuse.
+///
+/// Invariants (checked by [`MappingCache::check`]): `extents[..nr]` do not
+/// overlap, each is recorded in the region tree as exactly one
+/// `LargeCached` region with its range, and `bytes` is their total.
+pub struct MappingCache {
+    extents: [Extent; CACHE_SLOTS],
+    nr: usize,
+    bytes: usize,
+}
+
+impl MappingCache {
+    /// An empty cache.
+    pub const fn new() -> Self {
+        MappingCache { extents: [Extent::EMPTY; CACHE_SLOTS], nr: 0, bytes: 0 }
+    }
+
+    /// Bytes cached.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The cached extents.
+    pub fn extents(&self) -> &[Extent] {
+        &self.extents[..self.nr]
+    }
+
+    fn remove_at(&mut self, i: usize) -> Extent {
+        let e = self.extents[i];
+        self.nr -= 1;
+        self.extents[i] = self.extents[self.nr];
+        self.bytes -= e.len;
+        e
+    }
+
+    fn push(&mut self, e: Extent) {
+        debug_assert!(self.nr < CACHE_SLOTS);
+        self.extents[self.nr] = e;
+        self.nr += 1;
+        self.bytes += e.len;
+    }
+
+    /// Drops extent `i`: record out of the tree, range queued for unmap.
+    fn evict_at(&mut self, i: usize, unmaps: &mut Unmaps) {
+        let e = self.remove_at(i);
+        let removed = vma::remove_exact(e.start, VmaKind::LargeCached);
+        debug_assert!(removed.is_ok_and(|r| r.end == e.end()), "cached extent without its record");
+        unmaps.push(e.start, e.len);
+    }
+
+    fn oldest(&self) -> Option<usize> {
+        (0..self.nr).min_by_key(|&i| self.extents[i].freed_at)
+    }
+
+    /// Evicts every extent (`all`), or those cached for `max_age_ns` or
+    /// longer at `now`.
+    pub fn release(&mut self, all: bool, now: u64, max_age_ns: u64, unmaps: &mut Unmaps) {
+        let mut i = 0;
+        while i < self.nr {
+            if all || now.saturating_sub(self.extents[i].freed_at) >= max_age_ns {
+                self.evict_at(i, unmaps);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Unmaps the oldest cached memory until at most `max_bytes` are
+    /// cached: whole extents, and the tail of the last one when only part
+    /// of it is over (a big extent is not dropped for a small excess).
+    fn shrink_to(&mut self, max_bytes: usize, unmaps: &mut Unmaps) {
+        while self.bytes > max_bytes {
+            let Some(i) = self.oldest() else { break };
+            let e = self.extents[i];
+            let excess = align_up(self.bytes - max_bytes, PAGE_SIZE);
+            if excess >= e.len {
+                self.evict_at(i, unmaps);
+                continue;
+            }
+            let keep = e.len - excess;
+            let r = vma::remap(e.start, VmaKind::LargeCached, |_| Some((e.start, e.start + keep, 0, VmaKind::LargeCached)));
+            debug_assert!(r.is_some(), "cached extent without its record");
+            self.extents[i].len = keep;
+            self.bytes -= excess;
+            unmaps.push(e.start + keep, excess);
+        }
+    }
+
+    /// Takes `len` bytes (whole pages) for a block that asked for
+    /// `requested`; returns its start and mapped length (at least `len`),
+    /// recorded as `Large`. `None` when nothing is cached or the one
+    /// candidate could not grow.
+    pub fn take(&mut self, len: usize, requested: usize, unmaps: &mut Unmaps) -> Option<(usize, usize)> {
+        let mut best: Option<usize> = None;
+        let mut largest: Option<usize> = None;
+        for (i, e) in self.extents().iter().enumerate() {
+            if e.len >= len {
+                if best.map_or(true, |b| e.len < self.extents[b].len) {
+                    best = Some(i);
+                }
+            } else if largest.map_or(true, |b| e.len > self.extents[b].len) {
+                largest = Some(i);
+            }
+        }
+        if let Some(i) = best {
+            let e = self.extents[i];
+            if e.len - len <= len / 8 {
+                self.remove_at(i);
+                let r = vma::remap(e.start, VmaKind::LargeCached, |_| Some((e.start, e.end(), requested, VmaKind::Large)));
+                debug_assert!(r.is_some(), "cached extent without its record");
+                return Some((e.start, e.len));
+            }
+            // Split: the head becomes the block, the tail stays cached.
+            let tail = Extent { start: e.start + len, len: e.len - len, freed_at: e.freed_at };
+            let r = vma::remap(e.start, VmaKind::LargeCached, |_| Some((e.start, tail.start, requested, VmaKind::Large)));
+            debug_assert!(r.is_some(), "cached extent without its record");
+            self.remove_at(i);
+            if vma::record_sized(tail.start, tail.end(), VmaKind::LargeCached, 0) {
+                self.push(tail);
+            } else {
+                // No tree node for the tail: give it back rather than lose it.
+                unmaps.push(tail.start, tail.len);
+            }
+            return Some((e.start, len));
+        }
+        // Nothing holds it alone: grow the largest extent (its resident
+        // pages stay; in place or moved, never copied) or, if it cannot
+        // grow, map afresh; then move the pages of other extents into the
+        // growth, so that only what the whole cache cannot cover faults.
+        let i = largest?;
+        let e = self.extents[i];
+        let grown = vma::remap(e.start, VmaKind::LargeCached, |r| {
+            // SAFETY: the extent is a range of ours nobody uses, recorded
+            // as one region; the tree lock is held, so its record moves
+            // with it. A range spanning two kernel mappings fails (EFAULT)
+            // and is left as it was.
+            let new = unsafe { os::mremap_maymove(r.start, r.end - r.start, len) }.ok()?;
+            Some((new, new + len, requested, VmaKind::Large))
+        });
+        let (block, filled) = match grown {
+            Some(r) => {
+                self.remove_at(i);
+                (r.start, e.len)
+            }
+            None => {
+                let block = os::mmap_anonymous(len, false).ok()?;
+                if !vma::record_sized(block, block + len, VmaKind::Large, requested) {
+                    unmaps.push(block, len);
+                    return None;
+                }
+                (block, 0)
+            }
+        };
+        self.fill(block, filled, len, unmaps);
+        Some((block, len))
+    }
+
+    /// Moves pages of cached extents (largest first, each one's tail) into
+    /// `[block + filled, block + len)`, a part of a block being handed out
+    /// that holds no pages yet. An extent the kernel will not move (it
+    /// spans two mappings) stays cached.
+    fn fill(&mut self, block: usize, mut filled: usize, len: usize, unmaps: &mut Unmaps) {
+        let mut refused = [0usize; CACHE_SLOTS];
+        let mut nr_refused = 0;
+        while filled < len {
+            let candidates = (0..self.nr).filter(|&i| !refused[..nr_refused].contains(&self.extents[i].start));
+            let Some(i) = candidates.max_by_key(|&i| self.extents[i].len) else { break };
+            let e = self.extents[i];
+            let part = e.len.min(len - filled);
+            let from = e.end() - part;
+            // The record shrinks before the pages leave and is restored if
+            // they do not: the tree never shows a range that is not mapped.
+            let whole = part == e.len;
+            if whole {
+                let removed = vma::remove_exact(e.start, VmaKind::LargeCached);
+                debug_assert!(removed.is_ok(), "cached extent without its record");
+            } else {
+                let r = vma::remap(e.start, VmaKind::LargeCached, |_| Some((e.start, from, 0, VmaKind::LargeCached)));
+                debug_assert!(r.is_some(), "cached extent without its record");
+            }
+            // SAFETY: `[from, from + part)` is cached memory nobody uses,
+            // now out of the tree; the destination is inside the block we
+            // are building, which has no pages there and is not handed out.
+            let moved = unsafe { os::mremap_fixed(from, part, block + filled) }.is_ok();
+            if moved {
+                if whole {
+                    self.remove_at(i);
+                } else {
+                    self.extents[i].len -= part;
+                    self.bytes -= part;
+                }
+                filled += part;
+                continue;
+            }
+            refused[nr_refused] = e.start;
+            nr_refused += 1;
+            let restored = if whole {
+                vma::record_sized(e.start, e.end(), VmaKind::LargeCached, 0)
+            } else {
+                vma::remap(e.start, VmaKind::LargeCached, |_| Some((e.start, e.end(), 0, VmaKind::LargeCached))).is_some()
+            };
+            if !restored {
+                // No tree node to record it again: give it back.
+                let e = self.remove_at(i);
+                if !whole {
+                    let _ = vma::remove_exact(e.start, VmaKind::LargeCached);
+                }
+                unmaps.push(e.start, e.len);
+            }
+        }
+    }
+
+    /// Caches the freed block `[start, start + len)`, recorded as `Large`,
+    /// merging it with cached extents it touches, then evicts the oldest
+    /// extents beyond `max_bytes`.
+    pub fn put(&mut self, start: usize, len: usize, now: u64, max_bytes: usize, unmaps: &mut Unmaps) {
+        let (mut lo, mut hi) = (start, start + len);
+        let below = self.extents().iter().position(|e| e.end() == start);
+        let above = self.extents().iter().position(|e| e.start == hi);
+        // Higher index first: remove_at moves the last entry into the hole.
+        let (first, second) = if below > above { (below, above) } else { (above, below) };
+        for i in [first, second].into_iter().flatten() {
+            let e = self.remove_at(i);
+            let removed = vma::remove_exact(e.start, VmaKind::LargeCached);
+            debug_assert!(removed.is_ok(), "cached extent without its record");
+            lo = lo.min(e.start);
+            hi = hi.max(e.end());
+        }
+        let r = vma::remap(start, VmaKind::Large, |_| Some((lo, hi, 0, VmaKind::LargeCached)));
+        debug_assert!(r.is_some(), "freed block without its record");
+        if self.nr == CACHE_SLOTS {
+            if let Some(i) = self.oldest() {
+                self.evict_at(i, unmaps);
+            }
+        }
+        self.push(Extent { start: lo, len: hi - lo, freed_at: now });
+        self.shrink_to(max_bytes, unmaps);
+    }
+
+    /// The extent starting at `addr`, if any.
+    fn starting_at(&self, addr: usize) -> Option<usize> {
+        self.extents().iter().position(|e| e.start == addr)
+    }
+
+    /// Checks the invariants; panics on a breach. For tests.
+    pub fn check(&self) {
+        let mut total = 0;
+        for (i, e) in self.extents().iter().enumerate() {
+            assert!(e.len > 0 && e.start % PAGE_SIZE == 0 && e.len % PAGE_SIZE == 0, "bad extent {e:?}");
+            for f in &self.extents()[i + 1..] {
+                assert!(e.end() <= f.start || f.end() <= e.start, "extents overlap: {e:?} {f:?}");
+            }
+            let r = vma::lookup(e.start).expect("cached extent without a record");
+            assert_eq!((r.start, r.end, r.kind), (e.start, e.end(), VmaKind::LargeCached), "record differs");
+            total += e.len;
+        }
+        assert_eq!(total, self.bytes, "cached byte count drifted");
+    }
+}
+
+impl Default for MappingCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Unmaps cached extents: all of them (`all`, for `malloc_trim(0)`), or
+/// those cached for `BUDDYSLAB_LARGE_CACHE_MS` or longer at `now`
+/// ([`os::monotonic_ns`]), for the memory-return decay. Returns the bytes
+/// released. Call it with no allocator lock held.
+pub fn release_cached(all: bool, now: u64) -> usize {
+    if CACHED_BYTES.load(Ordering::Relaxed) == 0 {
+        return 0;
+    }
+    let mut unmaps = Unmaps::new();
+    {
+        let mut cache = CACHE.lock();
+        cache.release(all, now, CACHE_MAX_AGE_NS.load(Ordering::Relaxed), &mut unmaps);
+        CACHED_BYTES.store(cache.bytes, Ordering::Relaxed);
+    }
+    unmaps.run()
+}
+
+// ---------------------------------------------------------------------------
+// Blocks.
+
+/// Largest request this tier accepts.
+const MAX_SIZE: usize = isize::MAX as usize - 2 * PAGE_SIZE;
+
+/// A block of at least `size` bytes aligned to `align` (a power of two):
+/// from the cache when one fits, otherwise a fresh mapping. Also says
+/// whether the memory is known to read as zero (fresh mappings only).
+/// Null when the system refuses or the size is impossible.
+pub fn alloc(size: usize, align: usize) -> (*mut u8, bool) {
+    if size > MAX_SIZE {
+        return (ptr::null_mut(), false);
     }
     let len = align_up(size.max(1), PAGE_SIZE);
-    let Ok(start) = map_aligned(len, align.max(PAGE_SIZE)) else { return ptr::null_mut() };
+    // Extents are only page-aligned; bigger alignments map afresh.
+    if align <= PAGE_SIZE && CACHED_BYTES.load(Ordering::Relaxed) != 0 {
+        let now = os::monotonic_ns();
+        let mut unmaps = Unmaps::new();
+        let got = {
+            let mut cache = CACHE.lock();
+            cache.release(false, now, CACHE_MAX_AGE_NS.load(Ordering::Relaxed), &mut unmaps);
+            let got = cache.take(len, size, &mut unmaps);
+            CACHED_BYTES.store(cache.bytes, Ordering::Relaxed);
+            got
+        };
+        unmaps.run();
+        if let Some((start, got_len)) = got {
+            NR_LARGE.fetch_add(1, Ordering::Relaxed);
+            LARGE_BYTES.fetch_add(got_len, Ordering::Relaxed);
+            return (start as *mut u8, false);
+        }
+    }
+    let Ok(start) = map_aligned(len, align.max(PAGE_SIZE)) else { return (ptr::null_mut(), false) };
     if !vma::record_sized(start, start + len, VmaKind::Large, size) {
         // Without a record, free could not find it: give it back.
         // SAFETY: mapped just now, never handed out.
-        unsafe {
-            let _ = os::munmap(start, len);
-        }
-        return ptr::null_mut();
+        unsafe { unmap(start, len) };
+        return (ptr::null_mut(), false);
     }
     NR_LARGE.fetch_add(1, Ordering::Relaxed);
     LARGE_BYTES.fetch_add(len, Ordering::Relaxed);
-    start as *mut u8
+    (start as *mut u8, true)
 }
 
-/// Unmaps the large block at `p`. Returns false when `p` is not the start
-/// of a large block (the caller reports the bad pointer).
+/// Why a pointer is not a live large block, as the message says it.
+pub type NotLarge = &'static [u8];
+
+fn classify(p: usize, region: Option<vma::Region>) -> Result<vma::Region, NotLarge> {
+    match region {
+        Some(r) if r.kind == VmaKind::Large && r.start == p => Ok(r),
+        Some(r) if r.kind == VmaKind::Large => Err(b"invalid pointer (inside a block)"),
+        Some(r) if r.kind == VmaKind::LargeCached => Err(b"double free or invalid pointer (memory is free)"),
+        _ => Err(b"invalid pointer (not allocated by buddyslab)"),
+    }
+}
+
+/// Frees the large block at `p`: cached when its mapping is no longer than
+/// the mmap threshold (after the threshold has adapted to it) and fits the
+/// cache's bounds, unmapped otherwise. `Err` says why `p` is not a live
+/// large block (the caller stops the process with it), e.g. a block freed
+/// twice.
 ///
 /// # Safety
 /// If `p` is a large block, nothing uses it afterwards.
-pub unsafe fn free(p: *mut u8) -> bool {
-    match vma::remove_exact(p as usize, VmaKind::Large) {
-        Ok(region) => {
-            let len = region.end - region.start;
-            // SAFETY: the region was ours and is now out of the tree.
-            unsafe {
-                let _ = os::munmap(region.start, len);
-            }
-            NR_LARGE.fetch_sub(1, Ordering::Relaxed);
-            LARGE_BYTES.fetch_sub(len, Ordering::Relaxed);
-            true
+pub unsafe fn free(p: *mut u8) -> Result<(), NotLarge> {
+    let now = os::monotonic_ns();
+    let mut unmaps = Unmaps::new();
+    {
+        let mut cache = CACHE.lock();
+        let r = classify(p as usize, vma::lookup(p as usize))?;
+        let len = r.end - r.start;
+        NR_LARGE.fetch_sub(1, Ordering::Relaxed);
+        LARGE_BYTES.fetch_sub(len, Ordering::Relaxed);
+        adapt_on_free(len);
+        let max_bytes = max_cached_bytes();
+        cache.release(false, now, CACHE_MAX_AGE_NS.load(Ordering::Relaxed), &mut unmaps);
+        if len <= MMAP_THRESHOLD.load(Ordering::Relaxed) && len <= max_bytes {
+            cache.put(r.start, len, now, max_bytes, &mut unmaps);
+        } else {
+            let removed = vma::remove_exact(r.start, VmaKind::Large);
+            debug_assert!(removed.is_ok());
+            unmaps.push(r.start, len);
         }
-        Err(_) => false,
+        CACHED_BYTES.store(cache.bytes, Ordering::Relaxed);
     }
+    unmaps.run();
+    Ok(())
 }
 
-/// Usable bytes of the large block at `p`, or `None` if `p` is not one.
-pub fn usable_size(p: *mut u8) -> Option<usize> {
-    match vma::lookup(p as usize) {
-        Some(r) if r.kind == VmaKind::Large && r.start == p as usize => Some(r.end - r.start),
-        _ => None,
-    }
+/// Usable bytes of the large block at `p`; `Err` says why `p` is not one.
+pub fn usable_size(p: *mut u8) -> Result<usize, NotLarge> {
+    classify(p as usize, vma::lookup(p as usize)).map(|r| r.end - r.start)
 }
 
-/// Resizes the large block at `p` to hold `new_size` bytes with `mremap`
-/// (moving it if needed, without copying). Null when the kernel refuses
-/// (the block is then unchanged). `p` must be a large block.
+/// Resizes the live large block at `p` to hold `new_size` bytes without
+/// copying: a shrink unmaps the tail pages; a growth takes the head of a
+/// cached extent right after the block, or else `mremap`s it (moving it if
+/// need be). Null when that is not possible (the block is then unchanged,
+/// and the caller copies).
 ///
 /// # Safety
 /// `p` is a live large block; after a non-null return that differs from
 /// `p`, the old address must not be used.
 pub unsafe fn resize(p: *mut u8, new_size: usize) -> *mut u8 {
-    if new_size > isize::MAX as usize - 2 * PAGE_SIZE {
+    if new_size > MAX_SIZE {
         return ptr::null_mut();
     }
     let new_len = align_up(new_size.max(1), PAGE_SIZE);
-    let mut old_len = 0;
-    let moved = vma::remap(p as usize, VmaKind::Large, |r| {
-        old_len = r.end - r.start;
-        if new_len == old_len {
-            return Some((r.start, r.end, new_size));
-        }
-        // SAFETY: the region is one whole mapping of ours; the tree lock
-        // is held, so its record changes with it.
-        let new = unsafe { os::mremap_maymove(r.start, old_len, new_len) }.ok()?;
-        Some((new, new + new_len, new_size))
-    });
-    match moved {
-        Some(r) => {
+    let mut unmaps = Unmaps::new();
+    let result = {
+        let mut cache = CACHE.lock();
+        let Ok(r) = classify(p as usize, vma::lookup(p as usize)) else { return ptr::null_mut() };
+        let old_len = r.end - r.start;
+        let resized = if new_len <= old_len {
+            let resized = vma::remap(r.start, VmaKind::Large, |r| Some((r.start, r.start + new_len, new_size, VmaKind::Large)));
+            if new_len < old_len {
+                unmaps.push(r.start + new_len, old_len - new_len);
+            }
+            resized
+        } else if let Some(i) = cache.starting_at(r.end).filter(|&i| cache.extents[i].len >= new_len - old_len) {
+            grow_into(&mut cache, i, r, new_len, new_size, &mut unmaps)
+        } else {
+            vma::remap(r.start, VmaKind::Large, |r| {
+                // SAFETY: a live block of ours, recorded as one region; the
+                // tree lock is held, so its record moves with it. A block
+                // spanning two kernel mappings fails (EFAULT), unchanged.
+                let new = unsafe { os::mremap_maymove(r.start, old_len, new_len) }.ok()?;
+                Some((new, new + new_len, new_size, VmaKind::Large))
+            })
+        };
+        if resized.is_some() {
             LARGE_BYTES.fetch_add(new_len, Ordering::Relaxed);
             LARGE_BYTES.fetch_sub(old_len, Ordering::Relaxed);
-            r.start as *mut u8
         }
-        None => ptr::null_mut(),
+        CACHED_BYTES.store(cache.bytes, Ordering::Relaxed);
+        resized
+    };
+    unmaps.run();
+    result.map_or(ptr::null_mut(), |r| r.start as *mut u8)
+}
+
+/// Grows block `block` to `new_len` bytes over the head of cached extent
+/// `i`, which starts at the block's end and is long enough.
+fn grow_into(
+    cache: &mut MappingCache,
+    i: usize,
+    block: vma::Region,
+    new_len: usize,
+    new_size: usize,
+    unmaps: &mut Unmaps,
+) -> Option<vma::Region> {
+    let e = cache.remove_at(i);
+    let removed = vma::remove_exact(e.start, VmaKind::LargeCached);
+    debug_assert!(removed.is_ok(), "cached extent without its record");
+    let end = block.start + new_len;
+    let grown = vma::remap(block.start, VmaKind::Large, |r| Some((r.start, end, new_size, VmaKind::Large)));
+    if e.end() > end {
+        let rest = Extent { start: end, len: e.end() - end, freed_at: e.freed_at };
+        if vma::record_sized(rest.start, rest.end(), VmaKind::LargeCached, 0) {
+            cache.push(rest);
+        } else {
+            unmaps.push(rest.start, rest.len);
+        }
+    }
+    grown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MIB: usize = 1 << 20;
+
+    #[test]
+    fn threshold_follows_glibc_rule() {
+        assert_eq!(adapted_threshold(DEFAULT_MMAP_THRESHOLD, MIB), Some(MIB));
+        assert_eq!(adapted_threshold(MIB, MIB), None, "only a longer mapping raises it");
+        assert_eq!(adapted_threshold(MIB, 512 * 1024), None, "never lowered");
+        assert_eq!(adapted_threshold(MIB, MAX_MMAP_THRESHOLD), Some(MAX_MMAP_THRESHOLD));
+        assert_eq!(adapted_threshold(MIB, MAX_MMAP_THRESHOLD + PAGE_SIZE), None, "capped");
+    }
+
+    /// A fresh mapping recorded as a live block, as [`alloc`] makes one.
+    fn fresh(len: usize) -> usize {
+        let start = os::mmap_anonymous(len, false).expect("mmap");
+        assert!(vma::record_sized(start, start + len, VmaKind::Large, len));
+        start
+    }
+
+    fn stamp(start: usize, len: usize, tag: u64) {
+        // SAFETY: both words lie in the block, which is ours and mapped.
+        unsafe {
+            (start as *mut u64).write(tag);
+            ((start + len - 8) as *mut u64).write(!tag);
+        }
+    }
+
+    fn stamped(start: usize, len: usize, tag: u64) -> bool {
+        // SAFETY: as in `stamp`.
+        unsafe { (start as *const u64).read() == tag && ((start + len - 8) as *const u64).read() == !tag }
+    }
+
+    #[test]
+    fn cached_mapping_is_reused_split_merged_and_released() {
+        let mut cache = MappingCache::new();
+        let mut unmaps = Unmaps::new();
+        let a = fresh(8 * MIB);
+        stamp(a, 8 * MIB, 1);
+        cache.put(a, 8 * MIB, 0, 64 * MIB, &mut unmaps);
+        assert_eq!(vma::lookup(a).unwrap().kind, VmaKind::LargeCached);
+        assert_eq!(classify(a, vma::lookup(a)), Err(&b"double free or invalid pointer (memory is free)"[..]));
+        cache.check();
+
+        // Reused whole: same memory, contents still there (not a new mapping).
+        assert_eq!(cache.take(8 * MIB - PAGE_SIZE, 1, &mut unmaps), Some((a, 8 * MIB)));
+        assert!(stamped(a, 8 * MIB, 1));
+        assert_eq!(vma::lookup(a).unwrap().kind, VmaKind::Large);
+        cache.put(a, 8 * MIB, 0, 64 * MIB, &mut unmaps);
+
+        // Split: a small request takes the head, the tail stays cached.
+        assert_eq!(cache.take(3 * MIB, 1, &mut unmaps), Some((a, 3 * MIB)));
+        assert_eq!(cache.extents(), &[Extent { start: a + 3 * MIB, len: 5 * MIB, freed_at: 0 }]);
+        cache.check();
+        // Freed, the head merges with its tail again.
+        cache.put(a, 3 * MIB, 5, 64 * MIB, &mut unmaps);
+        assert_eq!(cache.extents(), &[Extent { start: a, len: 8 * MIB, freed_at: 5 }]);
+        cache.check();
+
+        // Too small for a request: it grows (mremap) instead of a new mapping.
+        let (b, len) = cache.take(12 * MIB, 1, &mut unmaps).unwrap();
+        assert_eq!(len, 12 * MIB);
+        assert!(stamped(b, 8 * MIB, 1), "grown in place or moved, contents kept");
+        assert_eq!(cache.bytes(), 0);
+        cache.put(b, 12 * MIB, 10, 64 * MIB, &mut unmaps);
+
+        // Aged out, then emptied.
+        let c = fresh(4 * MIB);
+        cache.put(c, 4 * MIB, 1000, 64 * MIB, &mut unmaps);
+        cache.release(false, 1000 + 500, 1000, &mut unmaps);
+        assert_eq!(cache.extents().len(), 1, "the older extent went first");
+        cache.release(true, 0, u64::MAX, &mut unmaps);
+        assert_eq!(cache.bytes(), 0);
+        assert!(vma::lookup(b).is_none() && vma::lookup(c).is_none());
+        assert_eq!(unmaps.run(), 16 * MIB);
+    }
+
+    /// Writes `tag + page index` into every page of `[start, start + len)`.
+    fn stamp_pages(start: usize, len: usize, tag: u8) {
+        for k in 0..len / PAGE_SIZE {
+            // SAFETY: inside a mapping of ours.
+            unsafe { *((start + k * PAGE_SIZE) as *mut u8) = tag.wrapping_add(k as u8) };
+        }
+    }
+
+    fn page_byte(addr: usize) -> u8 {
+        // SAFETY: callers pass addresses inside mappings of ours.
+        unsafe { *(addr as *const u8) }
+    }
+
+    #[test]
+    fn pages_of_several_extents_gather_into_one_block() {
+        // Two extents with a hole between them (not ours), so they cannot merge.
+        let base = os::mmap_anonymous(9 * MIB, false).unwrap();
+        // SAFETY: the middle of our fresh mapping, never used.
+        unsafe { unmap(base + 4 * MIB, MIB) };
+        let (a, b) = (base, base + 5 * MIB);
+        for (start, len, tag) in [(a, 4 * MIB, 10u8), (b, 4 * MIB, 100u8)] {
+            assert!(vma::record_sized(start, start + len, VmaKind::Large, len));
+            stamp_pages(start, len, tag);
+        }
+        let mut cache = MappingCache::new();
+        let mut unmaps = Unmaps::new();
+        cache.put(a, 4 * MIB, 0, 64 * MIB, &mut unmaps);
+        cache.put(b, 4 * MIB, 1, 64 * MIB, &mut unmaps);
+        assert_eq!(cache.extents().len(), 2);
+
+        // 7 MiB: one extent grows to hold it, the other's tail fills the growth.
+        let (block, len) = cache.take(7 * MIB, 7 * MIB, &mut unmaps).unwrap();
+        assert_eq!(len, 7 * MIB);
+        cache.check();
+        assert_eq!(cache.bytes(), MIB, "one MiB of the second extent stays cached");
+        let left = cache.extents()[0];
+        let (first_tag, second) = if left.start == a { (100u8, a) } else { (10u8, b) };
+        assert_eq!(left, Extent { start: second, len: MIB, freed_at: left.freed_at });
+        // The block's first 4 MiB are the grown extent's pages, the rest are
+        // the other extent's last 3 MiB: moved, not fresh (fresh pages read 0).
+        for k in 0..7 * MIB / PAGE_SIZE {
+            let want = if k < 1024 { first_tag.wrapping_add(k as u8) } else { (110 - first_tag).wrapping_add((k - 1024 + 256) as u8) };
+            assert_eq!(page_byte(block + k * PAGE_SIZE), want, "page {k}");
+        }
+        assert_eq!(vma::lookup(block).map(|r| (r.start, r.end, r.kind)), Some((block, block + 7 * MIB, VmaKind::Large)));
+        cache.put(block, 7 * MIB, 2, 64 * MIB, &mut unmaps);
+        cache.release(true, 0, u64::MAX, &mut unmaps);
+        assert_eq!(unmaps.run(), 8 * MIB);
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Alloc(usize),
+        Free(usize),
+        Tick(u64),
+        Release,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            5 => (1usize..=3072).prop_map(|pages| Op::Alloc(pages * PAGE_SIZE)),
+            4 => any::<usize>().prop_map(Op::Free),
+            1 => (0u64..400).prop_map(Op::Tick),
+            1 => Just(Op::Release),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// The cache against a model of live blocks: a block never overlaps
+        /// another live block or a cached extent (no memory handed out
+        /// twice), keeps its contents, and is recorded as `Large`; the
+        /// cache keeps its invariants and bounds; release empties it.
+        #[test]
+        fn model_cache(ops in prop::collection::vec(op(), 1..120), max_mib in 4usize..40) {
+            let max_bytes = max_mib * MIB;
+            let max_age = 1000;
+            let mut cache = MappingCache::new();
+            let mut live: Vec<(usize, usize, u64)> = Vec::new();
+            let mut now = 0u64;
+            let mut tag = 0u64;
+            for op in ops {
+                let mut unmaps = Unmaps::new();
+                match op {
+                    Op::Alloc(len) => {
+                        tag += 1;
+                        cache.release(false, now, max_age, &mut unmaps);
+                        let (start, got) = cache.take(len, len, &mut unmaps).unwrap_or_else(|| (fresh(len), len));
+                        prop_assert!(got >= len && got - len <= len / 8 || got == len);
+                        let r = vma::lookup(start).unwrap();
+                        prop_assert_eq!((r.start, r.end, r.kind), (start, start + got, VmaKind::Large));
+                        for &(s, l, _) in &live {
+                            prop_assert!(start + got <= s || s + l <= start, "handed out twice");
+                        }
+                        stamp(start, got, tag);
+                        live.push((start, got, tag));
+                    }
+                    Op::Free(i) => {
+                        if live.is_empty() { continue; }
+                        let (start, len, t) = live.swap_remove(i % live.len());
+                        prop_assert!(stamped(start, len, t), "contents lost");
+                        cache.release(false, now, max_age, &mut unmaps);
+                        if len <= max_bytes {
+                            cache.put(start, len, now, max_bytes, &mut unmaps);
+                        } else {
+                            prop_assert!(vma::remove_exact(start, VmaKind::Large).is_ok());
+                            unmaps.push(start, len);
+                        }
+                    }
+                    Op::Tick(ms) => now += ms,
+                    Op::Release => cache.release(true, now, max_age, &mut unmaps),
+                }
+                unmaps.run();
+                cache.check();
+                prop_assert!(cache.bytes() <= max_bytes);
+                prop_assert!(cache.extents().iter().all(|e| now - e.freed_at < max_age || matches!(op, Op::Tick(_))));
+                for e in cache.extents() {
+                    for &(s, l, _) in &live {
+                        prop_assert!(e.end() <= s || s + l <= e.start, "live block inside a cached extent");
+                    }
+                }
+            }
+            let mut unmaps = Unmaps::new();
+            for (start, len, t) in live {
+                prop_assert!(stamped(start, len, t));
+                cache.put(start, len, now, usize::MAX, &mut unmaps);
+            }
+            cache.release(true, now, max_age, &mut unmaps);
+            unmaps.run();
+            prop_assert_eq!(cache.bytes(), 0);
+            prop_assert!(cache.extents().is_empty());
+        }
     }
 }

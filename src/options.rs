@@ -2,14 +2,17 @@
 //!
 //! | variable                   | meaning                                   |
 //! |----------------------------|-------------------------------------------|
-//! | `BUDDYSLAB_MMAP_THRESHOLD` | bytes; requests at or above get their own mapping (default 128 KiB, at most 32 MiB; `k`/`m` suffixes) |
+//! | `BUDDYSLAB_MMAP_THRESHOLD` | bytes; requests at or above get a large block (default 128 KiB and adaptive, at most 32 MiB; `k`/`m` suffixes); setting it stops the adaptation |
 //! | `BUDDYSLAB_DECAY_MS`       | milliseconds free memory stays resident before going back to the OS (default 1000; 0 = at the next slow path) |
 //! | `BUDDYSLAB_STATS`          | `1`: the text views on stderr at exit; `json`: one JSON object on stderr at exit |
+//! | `BUDDYSLAB_LARGE_CACHE`    | bytes; cap on released large mappings kept for reuse (default 64 MiB, also bounded by the trim threshold; 0 turns the cache off) |
+//! | `BUDDYSLAB_LARGE_CACHE_MS` | milliseconds a released mapping stays cached (default 1000) |
+//! | `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_` | glibc's names, honoured as glibc does (bytes; setting either stops the adaptation) |
 //!
 //! Every other `BUDDYSLAB_*` variable, and a malformed value, is reported on
 //! stderr (one line) and otherwise ignored: a typo should not pass silently.
 
-use crate::large::{MAX_MMAP_THRESHOLD, MMAP_THRESHOLD};
+use crate::large::{self, CACHE_MAX, CACHE_MAX_AGE_NS};
 use crate::os;
 use core::ffi::CStr;
 use core::sync::atomic::{AtomicU8, Ordering};
@@ -24,6 +27,8 @@ pub const STATS_JSON: u8 = 2;
 pub static STATS_AT_EXIT: AtomicU8 = AtomicU8::new(STATS_OFF);
 
 const PREFIX: &[u8] = b"BUDDYSLAB_";
+const GLIBC_MMAP_THRESHOLD: &[u8] = b"MALLOC_MMAP_THRESHOLD_";
+const GLIBC_TRIM_THRESHOLD: &[u8] = b"MALLOC_TRIM_THRESHOLD_";
 
 extern "C" {
     static environ: *const *const libc::c_char;
@@ -52,14 +57,15 @@ pub fn parse_size(text: &[u8]) -> Option<usize> {
 }
 
 /// Sets the mmap threshold as `mallopt(M_MMAP_THRESHOLD)` does; false (and
-/// no change) above [`MAX_MMAP_THRESHOLD`].
+/// no change) above [`large::MAX_MMAP_THRESHOLD`]. Stops the adaptation.
 pub fn set_mmap_threshold(bytes: usize) -> bool {
-    if bytes > MAX_MMAP_THRESHOLD {
-        return false;
-    }
-    MMAP_THRESHOLD.store(bytes, Ordering::Relaxed);
-    crate::heap::THRESHOLD_SET.store(true, Ordering::Relaxed);
-    true
+    large::set_mmap_threshold(bytes)
+}
+
+/// Sets the trim threshold as `mallopt(M_TRIM_THRESHOLD)` does. Stops the
+/// adaptation.
+pub fn set_trim_threshold(bytes: usize) {
+    large::set_trim_threshold(bytes)
 }
 
 /// Scans the environment for `BUDDYSLAB_*` variables and applies them.
@@ -79,11 +85,14 @@ pub fn read_environment() {
 }
 
 fn apply(entry: &[u8]) {
-    if !entry.starts_with(PREFIX) {
-        return;
-    }
     let Some(eq) = entry.iter().position(|&b| b == b'=') else { return };
     let (name, value) = (&entry[..eq], &entry[eq + 1..]);
+    if name == GLIBC_MMAP_THRESHOLD || name == GLIBC_TRIM_THRESHOLD {
+        return apply_glibc(name, value);
+    }
+    if !name.starts_with(PREFIX) {
+        return;
+    }
     match name {
         b"BUDDYSLAB_MMAP_THRESHOLD" => match parse_size(value) {
             Some(v) if set_mmap_threshold(v) => {}
@@ -104,11 +113,32 @@ fn apply(entry: &[u8]) {
             b"0" | b"" => STATS_AT_EXIT.store(STATS_OFF, Ordering::Relaxed),
             _ => os::write_all(2, b"buddyslab: BUDDYSLAB_STATS must be 1, text, json or 0; ignored\n"),
         },
+        b"BUDDYSLAB_LARGE_CACHE" => match parse_size(value) {
+            Some(v) => CACHE_MAX.store(v, Ordering::Relaxed),
+            None => os::write_all(2, b"buddyslab: BUDDYSLAB_LARGE_CACHE must be a size (e.g. 64m, 0); ignored\n"),
+        },
+        b"BUDDYSLAB_LARGE_CACHE_MS" => match parse_size(value) {
+            Some(ms) if value.iter().all(u8::is_ascii_digit) => {
+                CACHE_MAX_AGE_NS.store((ms as u64).saturating_mul(1_000_000), Ordering::Relaxed)
+            }
+            _ => os::write_all(2, b"buddyslab: BUDDYSLAB_LARGE_CACHE_MS must be milliseconds (e.g. 1000); ignored\n"),
+        },
         _ => {
             os::write_all(2, b"buddyslab: unknown variable ");
             os::write_all(2, name);
             os::write_all(2, b" ignored\n");
         }
+    }
+}
+
+/// glibc's own variables: a malformed value is ignored silently, as glibc
+/// ignores it.
+fn apply_glibc(name: &[u8], value: &[u8]) {
+    let Some(v) = parse_size(value).filter(|_| value.iter().all(u8::is_ascii_digit)) else { return };
+    if name == GLIBC_MMAP_THRESHOLD {
+        set_mmap_threshold(v);
+    } else {
+        set_trim_threshold(v);
     }
 }
 

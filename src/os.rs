@@ -231,6 +231,35 @@ pub fn resident_pages(addr: usize, len: usize) -> usize {
     resident
 }
 
+/// `mremap(addr, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to)`: moves the
+/// pages of `[addr, addr + len)` (page table entries, not bytes) to `to`,
+/// replacing whatever was mapped at `[to, to + len)`. Fails with `EFAULT`
+/// when the source is not one kernel mapping (kernels before 6.17). All
+/// page-aligned, `len` non-zero, the ranges disjoint.
+///
+/// # Safety
+/// Both ranges are the caller's: the source is no longer used at its old
+/// address, and nothing at the destination is needed.
+pub unsafe fn mremap_fixed(addr: usize, len: usize, to: usize) -> Result<usize, Errno> {
+    debug_assert!(addr % PAGE_SIZE == 0 && len % PAGE_SIZE == 0 && to % PAGE_SIZE == 0 && len != 0);
+    debug_assert!(addr + len <= to || to + len <= addr);
+    let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as usize;
+    // SAFETY: the caller owns both ranges; the kernel moves the pages
+    // atomically and unmaps the old destination.
+    check(unsafe { raw::syscall6(libc::SYS_mremap as usize, [addr, len, len, flags, to, 0]) })
+}
+
+/// Nanoseconds on the coarse monotonic clock (a vDSO read, no system call;
+/// resolution about one scheduler tick). For ages measured in milliseconds
+/// or more, such as how long a released mapping has been cached.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid out-parameter; the clock id is valid on every
+    // Linux since 2.6.32, so the call cannot fail or touch `errno`.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// `futex(FUTEX_WAIT_PRIVATE)`: sleeps while `*word == expected`.
 pub fn futex_wait(word: &core::sync::atomic::AtomicU32, expected: u32) {
     // SAFETY: the futex word is a live, aligned u32; a spurious or failed wait

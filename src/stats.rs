@@ -413,9 +413,9 @@ pub fn write_maps(out: &mut dyn Write) -> fmt::Result {
 }
 
 /// Pages resident per region kind ([`VmaKind`] order: heap, chunk, large,
-/// meta), from `mincore` over every region.
-pub fn resident_by_kind() -> [usize; 4] {
-    let mut resident = [0usize; 4];
+/// large-cached, meta), from `mincore` over every region.
+pub fn resident_by_kind() -> [usize; VMA_KINDS.len()] {
+    let mut resident = [0usize; VMA_KINDS.len()];
     let _ = for_each_region(|r| {
         resident[r.kind as usize] += os::resident_pages(r.start, r.end - r.start);
         Ok(())
@@ -442,7 +442,7 @@ pub fn write_faults(out: &mut dyn Write, s: &Snapshot) -> fmt::Result {
     writeln!(out, "page-table shadow: {} table pages; released to the OS: {} KiB", s.faults.table_pages, s.released_bytes / 1024)
 }
 
-const VMA_KINDS: [VmaKind; 4] = [VmaKind::Heap, VmaKind::Chunk, VmaKind::Large, VmaKind::Meta];
+const VMA_KINDS: [VmaKind; 5] = [VmaKind::Heap, VmaKind::Chunk, VmaKind::Large, VmaKind::LargeCached, VmaKind::Meta];
 
 /// Writes the four text views of `s` (and the current regions).
 pub fn write_views_of(out: &mut dyn Write, s: &Snapshot) -> fmt::Result {

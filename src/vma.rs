@@ -31,8 +31,13 @@ pub enum VmaKind {
     Heap,
     /// A buddy chunk with its own mapping.
     Chunk,
-    /// A block at or above the mmap threshold, with its own mapping.
+    /// A live large block (see [`crate::large`]): a mapping of its own or
+    /// a piece of a cached one.
     Large,
+    /// A released large block kept mapped and resident for reuse (the
+    /// mapping cache of [`crate::large`]). A `free` that lands here is a
+    /// double free.
+    LargeCached,
     /// The allocator's metadata: chunk descriptors, chunk map leaves.
     Meta,
 }
@@ -44,6 +49,7 @@ impl VmaKind {
             VmaKind::Heap => "[heap]",
             VmaKind::Chunk => "[buddyslab:chunk]",
             VmaKind::Large => "[buddyslab:large]",
+            VmaKind::LargeCached => "[buddyslab:large-cached]",
             VmaKind::Meta => "[buddyslab:meta]",
         }
     }
@@ -506,15 +512,20 @@ pub fn remove_exact(start: usize, kind: VmaKind) -> Result<Region, Option<Region
     Ok(region)
 }
 
-/// Moves or resizes the region starting exactly at `start` with `kind`:
-/// `remap` gets the region and returns its new `[start, end)` and requested
-/// size, or `None` to leave it as it was. `remap` runs under the tree lock,
-/// so the system call that moves the memory (`mremap`) and the record of it
-/// change together: no other thread can map into a range the tree still
-/// shows as ours, or see a range that is ours missing from the tree.
-/// `remap` must not allocate. Returns the new region, or `None` if there
-/// was no such region or `remap` declined.
-pub fn remap(start: usize, kind: VmaKind, remap: impl FnOnce(Region) -> Option<(usize, usize, usize)>) -> Option<Region> {
+/// Moves, resizes or re-kinds the region starting exactly at `start` with
+/// `kind`: `remap` gets the region and returns its new `[start, end)`,
+/// requested size and kind, or `None` to leave it as it was. `remap` runs
+/// under the tree lock, so a system call that moves the memory (`mremap`)
+/// and the record of it change together: no other thread can map into a
+/// range the tree still shows as ours, or see a range that is ours missing
+/// from the tree. The new range may only cover the old one and address
+/// space no region holds. `remap` must not allocate. Returns the new
+/// region, or `None` if there was no such region or `remap` declined.
+pub fn remap(
+    start: usize,
+    kind: VmaKind,
+    remap: impl FnOnce(Region) -> Option<(usize, usize, usize, VmaKind)>,
+) -> Option<Region> {
     let mut tree = TREE.lock();
     let n = tree.find(start);
     // SAFETY: nodes in the tree are live while we hold the lock.
@@ -522,14 +533,15 @@ pub fn remap(start: usize, kind: VmaKind, remap: impl FnOnce(Region) -> Option<(
         return None;
     }
     // SAFETY: as above.
-    let (new_start, new_end, requested) = remap(unsafe { (*n).region() })?;
+    let (new_start, new_end, requested, new_kind) = remap(unsafe { (*n).region() })?;
     let node = tree.remove(start);
     // SAFETY: unlinked node we own; re-initialised and re-linked. The new
-    // range came from the kernel, so it overlaps no other region of ours.
+    // range is the old one or came from the kernel or was unrecorded, so
+    // it overlaps no other region of ours.
     unsafe {
-        VmArea::init(node, new_start, new_end, kind, requested);
+        VmArea::init(node, new_start, new_end, new_kind, requested);
         let linked = tree.insert(node);
-        debug_assert!(linked, "mremap result overlaps a recorded region");
+        debug_assert!(linked, "remapped range overlaps a recorded region");
         (*node).region().into()
     }
 }

@@ -115,3 +115,55 @@ fn library_is_bound() {
         outcome.report()
     );
 }
+
+/// Big blocks: the threshold adapts as glibc's and stops after `mallopt`,
+/// released blocks come back resident, `realloc` keeps contents while
+/// growing and shrinking, `malloc_trim(0)` gives the cached memory back.
+#[test]
+fn large_blocks() {
+    check_c_program("large", "large", &[]);
+}
+
+fn run_large(args: &[&str], env: &[(&str, &str)]) -> Outcome {
+    let exe = compile_c("large", &format!("large-{}", args.join("-")));
+    let mut cmd = Command::new(&exe);
+    cmd.args(args);
+    clean_malloc_env(&mut cmd);
+    cmd.env("LD_PRELOAD", library());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run(cmd, HANG_GUARD)
+}
+
+/// A threshold set from the environment (glibc's name or ours) does not
+/// adapt.
+#[test]
+fn threshold_from_environment_is_fixed() {
+    for var in ["MALLOC_MMAP_THRESHOLD_", "BUDDYSLAB_MMAP_THRESHOLD"] {
+        let outcome = run_large(&["fixed"], &[(var, "262144")]);
+        assert!(
+            outcome.success() && outcome.stdout.contains("all checks passed"),
+            "with {var}=262144:\n{}",
+            outcome.report()
+        );
+    }
+}
+
+/// Freeing a big block twice stops the process with a message, whether the
+/// first free kept the block cached (20 MiB) or unmapped it (40 MiB, above
+/// the largest threshold).
+#[test]
+fn double_free_of_a_large_block_aborts() {
+    use std::os::unix::process::ExitStatusExt;
+    for (mib, why) in [("20", "double free"), ("40", "invalid pointer")] {
+        let outcome = run_large(&["double-free", mib], &[]);
+        let signal = outcome.status.and_then(|s| s.signal());
+        assert_eq!(signal, Some(libc::SIGABRT), "double free of {mib} MiB:\n{}", outcome.report());
+        assert!(
+            outcome.stderr.contains("buddyslab: free(): ") && outcome.stderr.contains(why),
+            "double free of {mib} MiB: stderr should say {why:?}:\n{}",
+            outcome.report()
+        );
+    }
+}

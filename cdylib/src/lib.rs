@@ -197,15 +197,30 @@ pub extern "C" fn malloc_trim(_pad: usize) -> c_int {
     heap::trim() as c_int
 }
 
-/// `mallopt(3)`. `M_MMAP_THRESHOLD` is honoured (0 above 32 MiB, as
-/// glibc); the other glibc parameters are accepted and have no effect
-/// here (buddyslab has no arenas, fastbins or trim threshold); an unknown
-/// parameter returns 1, as glibc's does.
+/// `mallopt(3)`. `M_MMAP_THRESHOLD` (0 above 32 MiB) and
+/// `M_TRIM_THRESHOLD` are honoured; setting either, `M_TOP_PAD` or
+/// `M_MMAP_MAX` stops the thresholds' adaptation, as in glibc. The other
+/// glibc parameters are accepted and have no effect here (buddyslab has no
+/// arenas, fastbins or top pad); an unknown parameter returns 1, as
+/// glibc's does.
 #[no_mangle]
 pub extern "C" fn mallopt(param: c_int, value: c_int) -> c_int {
+    const M_TRIM_THRESHOLD: c_int = -1;
+    const M_TOP_PAD: c_int = -2;
     const M_MMAP_THRESHOLD: c_int = -3;
+    const M_MMAP_MAX: c_int = -4;
+    heap::ensure_init();
     match param {
+        // glibc takes both as unsigned: a negative int becomes huge.
         M_MMAP_THRESHOLD => buddyslab::options::set_mmap_threshold(value as usize) as c_int,
+        M_TRIM_THRESHOLD => {
+            buddyslab::options::set_trim_threshold(value as usize);
+            1
+        }
+        M_TOP_PAD | M_MMAP_MAX => {
+            buddyslab::large::DYNAMIC_THRESHOLD.store(false, core::sync::atomic::Ordering::Relaxed);
+            1
+        }
         _ => 1,
     }
 }
