@@ -3,6 +3,7 @@
 //! | variable                   | meaning                                   |
 //! |----------------------------|-------------------------------------------|
 //! | `BUDDYSLAB_MMAP_THRESHOLD` | bytes; requests at or above get their own mapping (default 128 KiB, at most 32 MiB; `k`/`m` suffixes) |
+//! | `BUDDYSLAB_ANNOUNCE`       | `FD:INODE`, set by the `buddyslab` tool: libbuddyslab.so's constructor reports on that pipe whether its `malloc` is the one bound (read there, through [`variable`]) |
 //!
 //! Every other `BUDDYSLAB_*` variable, and a malformed value, is reported on
 //! stderr (one line) and otherwise ignored: a typo should not pass silently.
@@ -67,6 +68,26 @@ pub fn read_environment() {
     }
 }
 
+/// The value of environment variable `name` (without the `=`), if set.
+pub fn variable(name: &[u8]) -> Option<&'static [u8]> {
+    // SAFETY: as in `read_environment`. glibc never frees an environment
+    // string that setenv/putenv replaced, so the slice stays readable.
+    unsafe {
+        let mut e = environ;
+        if e.is_null() {
+            return None;
+        }
+        while !(*e).is_null() {
+            let entry = CStr::from_ptr(*e).to_bytes();
+            if entry.len() > name.len() && entry.starts_with(name) && entry[name.len()] == b'=' {
+                return Some(&entry[name.len() + 1..]);
+            }
+            e = e.add(1);
+        }
+    }
+    None
+}
+
 fn apply(entry: &[u8]) {
     if !entry.starts_with(PREFIX) {
         return;
@@ -81,6 +102,7 @@ fn apply(entry: &[u8]) {
                 b"buddyslab: BUDDYSLAB_MMAP_THRESHOLD must be a size up to 32m (e.g. 131072, 256k); ignored\n",
             ),
         },
+        b"BUDDYSLAB_ANNOUNCE" => {}
         _ => {
             os::write_all(2, b"buddyslab: unknown variable ");
             os::write_all(2, name);

@@ -11,7 +11,9 @@
 //! The constructor tells the heap it is the process's `malloc`, so chunks
 //! may come from `brk`. Calls that arrive before it (from the loader or
 //! libc's own start-up) work too: every structure is statically
-//! initialised and they simply get `mmap` chunks.
+//! initialised and they simply get `mmap` chunks. It also answers the
+//! `buddyslab` tool's question whether this library's `malloc` is the one
+//! the process uses (see [`announce`]).
 
 use buddyslab::heap;
 use buddyslab::stats::{self, MallInfo2};
@@ -20,11 +22,126 @@ use core::ptr;
 
 extern "C" fn constructor() {
     heap::set_process_malloc();
+    announce::report();
 }
 
 #[used]
 #[link_section = ".init_array"]
 static CONSTRUCTOR: extern "C" fn() = constructor;
+
+/// The binding handshake with the `buddyslab` tool.
+///
+/// The tool sets `BUDDYSLAB_ANNOUNCE=FD:INODE`, where `FD` is the write end
+/// of a pipe it made and `INODE` that pipe's inode. The constructor then
+/// writes one line to `FD`:
+///
+/// ```text
+/// buddyslab-announce <pid> bound
+/// buddyslab-announce <pid> unbound <symbol> <object that defines it>
+/// ```
+///
+/// "bound" means `malloc`, `free`, `calloc` and `realloc`, looked up the
+/// way the dynamic loader binds every other object's calls (the global
+/// scope: the executable first, then the preloaded libraries), all resolve
+/// into this library. A program that defines its own `malloc` resolves to
+/// itself instead, and the line names it. A process that never loaded the
+/// library (static, set-uid, or refused by the loader) writes nothing.
+///
+/// The inode check makes sure `FD` is still the tool's pipe: a descendant
+/// inherits the variable, but its `FD` may since name some other file,
+/// which must never receive this line. The tool sets the pipe non-blocking,
+/// so a full pipe drops lines instead of stalling a process.
+pub mod announce {
+    use buddyslab::stats::FixedBuf;
+    use buddyslab::{options, os};
+    use core::ffi::{c_void, CStr};
+    use core::fmt::Write;
+
+    const SYMBOLS: [&CStr; 4] = [c"malloc", c"free", c"calloc", c"realloc"];
+
+    /// Writes the line described above, if the tool asked for it.
+    pub fn report() {
+        let Some((fd, inode)) = options::variable(b"BUDDYSLAB_ANNOUNCE").and_then(parse) else {
+            return;
+        };
+        if os::pipe_inode(fd) != Some(inode) {
+            return;
+        }
+        // Room for a PATH_MAX path: the line is never cut.
+        let mut line = FixedBuf::<4200>::new();
+        let pid = os::getpid();
+        let _ = match first_foreign_symbol() {
+            None => writeln!(line, "buddyslab-announce {pid} bound"),
+            Some((symbol, object)) => writeln!(
+                line,
+                "buddyslab-announce {pid} unbound {} {}",
+                symbol.to_str().unwrap_or("?"),
+                core::str::from_utf8(object).unwrap_or("?")
+            ),
+        };
+        line.flush_to(fd);
+    }
+
+    /// `FD:INODE` as two decimal numbers.
+    fn parse(value: &[u8]) -> Option<(i32, u64)> {
+        let colon = value.iter().position(|&b| b == b':')?;
+        let fd = i32::try_from(decimal(&value[..colon])?).ok()?;
+        Some((fd, decimal(&value[colon + 1..])?))
+    }
+
+    fn decimal(digits: &[u8]) -> Option<u64> {
+        if digits.is_empty() {
+            return None;
+        }
+        digits.iter().try_fold(0u64, |v, &d| {
+            d.is_ascii_digit().then_some(())?;
+            v.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })
+    }
+
+    /// The first of [`SYMBOLS`] that the global scope resolves outside this
+    /// library, with the path of the object defining it (`-` if none does).
+    fn first_foreign_symbol() -> Option<(&'static CStr, &'static [u8])> {
+        let ours = object_base(report as *const c_void)?;
+        for symbol in SYMBOLS {
+            // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name has no
+            // other precondition; it may call malloc, which is re-entrant here.
+            let address = unsafe { libc::dlsym(libc::RTLD_DEFAULT, symbol.as_ptr()) };
+            if address.is_null() {
+                return Some((symbol, b"-"));
+            }
+            if object_base(address) != Some(ours) {
+                return Some((symbol, object_name(address)));
+            }
+        }
+        None
+    }
+
+    /// Load address of the object containing `address`.
+    fn object_base(address: *const c_void) -> Option<usize> {
+        // SAFETY: Dl_info is pointers only; all zeros is a valid value.
+        let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
+        // SAFETY: dladdr only reads the loader's tables and fills `info`,
+        // a live, writable Dl_info.
+        (unsafe { libc::dladdr(address, &mut info) } != 0).then_some(info.dli_fbase as usize)
+    }
+
+    /// Path of the object containing `address`, as the loader knows it.
+    fn object_name(address: *const c_void) -> &'static [u8] {
+        // SAFETY: Dl_info is pointers only; all zeros is a valid value.
+        let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
+        // SAFETY: `info` is a live, writable Dl_info; a non-null dli_fname is
+        // a NUL-terminated string owned by the loader for as long as the
+        // object stays loaded (a symbol the global scope resolves to is in
+        // an object that is never unloaded before this returns).
+        unsafe {
+            if libc::dladdr(address, &mut info) == 0 || info.dli_fname.is_null() {
+                return b"?";
+            }
+            CStr::from_ptr(info.dli_fname).to_bytes()
+        }
+    }
+}
 
 #[inline]
 fn set_errno(e: c_int) {
