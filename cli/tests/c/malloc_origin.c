@@ -1,0 +1,24 @@
+/*
+ * malloc_origin.c - prints the file name of the object that defines the
+ * malloc this process calls ("libc.so.6", "libbuddyslab.so", ...): output
+ * that depends on the malloc by design, for the check in
+ * `buddyslab compare` that the output is the same under every malloc.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int main(void)
+{
+    void *(*volatile m)(size_t) = malloc;
+    Dl_info info;
+    const char *name = "?";
+    if (dladdr((void *)m, &info) && info.dli_fname) {
+        const char *slash = strrchr(info.dli_fname, '/');
+        name = slash ? slash + 1 : info.dli_fname;
+    }
+    printf("malloc from %s\n", name);
+    return 0;
+}
