@@ -28,11 +28,23 @@ struct Malloc {
     samples: Vec<Sample>,
 }
 
-/// One run's measurements and what it printed.
+/// One run's measurements. Its output is compared with the reference
+/// as soon as the run ends and kept only when a report will show it, so a
+/// program with a large output is not held in memory once per run.
 struct Sample {
     finished: Finished,
+    /// Same stdout and exit as the [`Reference`].
+    matches: bool,
+    /// For a malloc's first run that does not match: its stdout and the
+    /// end of its stderr.
+    kept: Option<(Vec<u8>, String)>,
+}
+
+/// The first run of the first malloc (glibc's), which every run is
+/// compared with.
+struct Reference {
     stdout: Vec<u8>,
-    stderr: Vec<u8>,
+    ended: Ended,
 }
 
 /// The medians of one malloc.
@@ -70,6 +82,7 @@ pub fn compare(options: CompareOptions) -> Result<u8, Failure> {
     let scratch = Scratch::new()?;
     let total = options.runs * mallocs.len();
     let mut done = 0;
+    let mut reference: Option<Reference> = None;
     for round in 0..options.runs {
         let count = mallocs.len();
         for k in 0..count {
@@ -82,18 +95,30 @@ pub fn compare(options: CompareOptions) -> Result<u8, Failure> {
                 malloc.name,
                 w = total.to_string().len()
             );
-            let sample = run_once(&options, &path, malloc, &scratch)?;
+            let (finished, stdout, stderr) = run_once(&options, &path, malloc, &scratch)?;
             eprintln!(
                 "{:.3} s, {}",
-                sample.finished.wall.as_secs_f64(),
-                sample.finished.ended.describe()
+                finished.wall.as_secs_f64(),
+                finished.ended.describe()
             );
-            malloc.samples.push(sample);
+            let reference = reference.get_or_insert_with(|| Reference {
+                stdout: stdout.clone(),
+                ended: finished.ended,
+            });
+            let matches = stdout == reference.stdout && finished.ended == reference.ended;
+            let first_mismatch = !matches && malloc.samples.iter().all(|s| s.matches);
+            let kept = first_mismatch.then(|| (stdout, stderr_tail(&stderr)));
+            malloc.samples.push(Sample {
+                finished,
+                matches,
+                kept,
+            });
         }
     }
 
     let rows: Vec<Row> = mallocs.iter().map(medians).collect();
-    let (verdict, differs) = output_check(&mallocs);
+    let reference = reference.expect("at least one run");
+    let (verdict, differs) = output_check(&mallocs, &reference);
     print!("{}", table(&shown, options.runs, &rows, &verdict));
     if let Some(chart_path) = &options.chart {
         std::fs::write(chart_path, chart::svg(&shown, &rows))
@@ -177,13 +202,14 @@ fn find_peer(file: &str) -> Option<PathBuf> {
     .find(|p| p.is_file())
 }
 
-/// One run of the program under `malloc`, its output in scratch files.
+/// One run of the program under `malloc`: how it went, its stdout and its
+/// stderr (through scratch files, so no pipe can fill up).
 fn run_once(
     options: &CompareOptions,
     path: &Path,
     malloc: &Malloc,
     scratch: &Scratch,
-) -> Result<Sample, Failure> {
+) -> Result<(Finished, Vec<u8>, Vec<u8>), Failure> {
     let is_buddyslab = malloc.name == "buddyslab";
     let no_env = [];
     let launch = Launch {
@@ -202,23 +228,19 @@ fn run_once(
     let (out, err) = (scratch.create("stdout")?, scratch.create("stderr")?);
     let finished = child::start(&launch, stdin, Stdio::from(out), Stdio::from(err))
         .map_err(|e| cannot_start(&options.program.name.to_string_lossy(), &e))?;
-    let sample = Sample {
-        finished,
-        stdout: scratch.read("stdout")?,
-        stderr: scratch.read("stderr")?,
-    };
+    let (stdout, stderr) = (scratch.read("stdout")?, scratch.read("stderr")?);
 
     // The loader runs the program even when it refuses a preload, so a
     // refusal must be caught here or glibc would be measured under the
     // other name.
-    let stderr = String::from_utf8_lossy(&sample.stderr);
-    if let Some(line) = stderr.lines().find(|l| l.contains("cannot be preloaded")) {
+    let text = String::from_utf8_lossy(&stderr);
+    if let Some(line) = text.lines().find(|l| l.contains("cannot be preloaded")) {
         return Err(Failure::tool(format!(
             "{}: the dynamic loader refused the library, so the program would run on glibc:\n  {line}",
             malloc.name
         )));
     }
-    if let (Some(said), Some(lib)) = (&sample.finished.announcements, &malloc.lib) {
+    if let (Some(said), Some(lib)) = (&finished.announcements, &malloc.lib) {
         if said.child != Binding::Bound {
             let program = options.program.name.to_string_lossy();
             return Err(Failure::tool(format!(
@@ -227,7 +249,18 @@ fn run_once(
             )));
         }
     }
-    Ok(sample)
+    Ok((finished, stdout, stderr))
+}
+
+/// The last lines of a run's stderr, for a report.
+fn stderr_tail(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let lines: Vec<_> = text.lines().rev().take(5).collect();
+    lines
+        .iter()
+        .rev()
+        .map(|l| format!("  stderr| {l}\n"))
+        .collect()
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -251,32 +284,33 @@ fn medians(malloc: &Malloc) -> Row {
     }
 }
 
-/// Compares every run's stdout and exit with the first malloc's first run.
-/// Returns the verdict lines and whether a malloc changed the outcome.
-fn output_check(mallocs: &[Malloc]) -> (String, bool) {
-    let reference = &mallocs[0];
-    let first = &reference.samples[0];
-    let same = |s: &Sample| s.stdout == first.stdout && s.finished.ended == first.finished.ended;
+/// The verdict on the outputs: every run against the reference. Returns
+/// the lines to print and whether a malloc changed the outcome.
+fn output_check(mallocs: &[Malloc], reference: &Reference) -> (String, bool) {
+    let first = &mallocs[0];
     let mut verdict = String::new();
-    if first.finished.ended != Ended::Exited(0) {
+    if reference.ended != Ended::Exited(0) {
         let _ = writeln!(
             verdict,
             "note: the program ends with {} under {} too",
-            first.finished.ended.describe(),
-            reference.name
+            reference.ended.describe(),
+            first.name
         );
     }
-    if !reference.samples.iter().all(same) {
+    if !first.samples.iter().all(|s| s.matches) {
         let _ = writeln!(
             verdict,
             "output: varies from run to run under {} itself, so it is not compared",
-            reference.name
+            first.name
         );
         return (verdict, false);
     }
     let mut differs = false;
     for malloc in &mallocs[1..] {
-        let Some((k, sample)) = malloc.samples.iter().enumerate().find(|(_, s)| !same(s)) else {
+        let Some((k, sample)) = malloc.samples.iter().enumerate().find(|(_, s)| !s.matches) else {
+            continue;
+        };
+        let Some((stdout, stderr)) = &sample.kept else {
             continue;
         };
         differs = true;
@@ -286,27 +320,24 @@ fn output_check(mallocs: &[Malloc]) -> (String, bool) {
             malloc.name,
             k + 1
         );
-        if sample.finished.ended != first.finished.ended {
+        if sample.finished.ended != reference.ended {
             let _ = writeln!(
                 verdict,
                 "  {}: {}\n  {}: {}",
-                reference.name,
-                first.finished.ended.describe(),
+                first.name,
+                reference.ended.describe(),
                 malloc.name,
                 sample.finished.ended.describe()
             );
-            let tail = String::from_utf8_lossy(&sample.stderr);
-            let tail: Vec<_> = tail.lines().rev().take(5).collect();
-            for line in tail.iter().rev() {
-                let _ = writeln!(verdict, "  stderr| {line}");
-            }
+            verdict.push_str(stderr);
         }
-        if sample.stdout != first.stdout {
-            let _ = write!(
-                verdict,
-                "{}",
-                first_difference(&reference.name, &first.stdout, &malloc.name, &sample.stdout)
-            );
+        if *stdout != reference.stdout {
+            verdict.push_str(&first_difference(
+                &first.name,
+                &reference.stdout,
+                &malloc.name,
+                stdout,
+            ));
         }
     }
     if !differs {

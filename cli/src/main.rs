@@ -118,9 +118,11 @@ DESCRIPTION
     output and exit status must be the same under every malloc, since a
     malloc that changes what a program prints is broken; a difference is
     reported with the first line that differs. (If the output already
-    varies between runs on glibc alone, it is not compared.) Progress goes
-    to stderr, the table to stdout. Standard input is empty unless --input
-    is given.
+    varies between runs on glibc alone, it is not compared.) A library
+    the loader refuses, or a buddyslab that is not bound in the program,
+    stops the comparison, since it would measure glibc under another
+    name. Progress goes to stderr, the table to stdout. Standard input is
+    empty unless --input is given.
 
 OPTIONS
   Common
@@ -141,12 +143,13 @@ OPTIONS
 
   run only
     --stats, --stats=json
-        Print the allocator's statistics (buddyinfo, slabinfo, maps,
-        faults) at exit, as text or JSON. Sets BUDDYSLAB_STATS=1 or
-        BUDDYSLAB_STATS=json.
+        Have the library print its statistics (the heap views) on the
+        program's stderr at exit, as text or as JSON. Sets
+        BUDDYSLAB_STATS=1 or BUDDYSLAB_STATS=json.
     --heapmap FILE.svg
-        Draw a map of the heap into FILE.svg at exit. Sets
-        BUDDYSLAB_HEAPMAP.
+        Have the library draw a map of the heap into FILE.svg at exit;
+        the summary says whether it did. Sets BUDDYSLAB_HEAPMAP (to the
+        absolute path).
     --no-summary
         Do not print the summary at the end (the binding warning still
         appears).

@@ -561,8 +561,33 @@ fn compare_reports_output_that_depends_on_the_malloc() {
     assert_eq!(exit_code(&outcome), Some(1), "{}", outcome.report());
     assert!(
         outcome.stdout.contains("OUTPUT DIFFERS under buddyslab")
-            && outcome.stdout.contains("libbuddyslab.so"),
+            && outcome.stdout.contains("libbuddyslab.so")
+            && outcome.stdout.contains("buddyslab: exit status 3"),
         "the difference is not reported:\n{}",
+        outcome.report()
+    );
+}
+
+#[test]
+fn compare_leaves_output_that_varies_on_glibc_alone() {
+    find_program("sh", "dash");
+    let outcome = run_tool(&[
+        "compare",
+        "--runs",
+        "2",
+        "--only",
+        "glibc,buddyslab",
+        "--",
+        "sh",
+        "-c",
+        "echo $$",
+    ]);
+    assert!(outcome.success(), "{}", outcome.report());
+    assert!(
+        outcome
+            .stdout
+            .contains("varies from run to run under glibc itself"),
+        "{}",
         outcome.report()
     );
 }

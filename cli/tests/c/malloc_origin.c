@@ -3,6 +3,8 @@
  * malloc this process calls ("libc.so.6", "libbuddyslab.so", ...): output
  * that depends on the malloc by design, for the check in
  * `buddyslab compare` that the output is the same under every malloc.
+ * It also exits with status 3 when that object is libbuddyslab.so, so the
+ * exit status differs as well.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -20,5 +22,5 @@ int main(void)
         name = slash ? slash + 1 : info.dli_fname;
     }
     printf("malloc from %s\n", name);
-    return 0;
+    return strcmp(name, "libbuddyslab.so") == 0 ? 3 : 0;
 }
