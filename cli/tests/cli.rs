@@ -293,29 +293,53 @@ fn run_reports_a_program_with_its_own_malloc() {
     );
 }
 
-/// `churn` linked statically (glibc's static libraries come with libc6-dev).
-fn static_churn() -> PathBuf {
+/// Compiles `tests/c/<source>.c` with extra flags (for linking options
+/// `compile_c` does not take) into `target/tmp/c-programs/<output>`.
+fn compile_with(source: &str, output: &str, flags: &[&str]) -> PathBuf {
     let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/churn.c");
-    let exe = scratch_dir("c-programs").join("churn-static");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/c")
+        .join(format!("{source}.c"));
+    let exe = scratch_dir("c-programs").join(output);
     let mut cmd = Command::new(&cc);
-    cmd.args(["-O1", "-static", "-o"])
+    cmd.args(["-O1"])
+        .args(flags)
+        .arg("-o")
         .arg(&exe)
         .arg(&src)
         .env_remove("LD_PRELOAD");
     let outcome = run(cmd, HANG_GUARD);
     assert!(
         outcome.success(),
-        "cannot link a static program (glibc's static libraries come with libc6-dev, \
+        "cannot build {output} (glibc's static libraries come with libc6-dev, \
          which build-essential installs):\n{}",
         outcome.report()
     );
     exe
 }
 
+/// A non-PIE executable that takes the addresses of `malloc` and `free`
+/// gets canonical PLT entries for them: the global scope then names the
+/// executable for both, although its calls still reach the preload. That
+/// is bound, not a program with its own malloc (Debian's python3 is such
+/// an executable).
+#[test]
+fn run_a_non_pie_program_that_takes_malloc_and_free_addresses() {
+    let exe = compile_with(
+        "malloc_origin",
+        "malloc_origin-no-pie",
+        &["-no-pie", "-fno-pie"],
+    );
+    let outcome = run_tool(&["run", "--", path_str(&exe)]);
+    assert!(outcome.success(), "{}", outcome.report());
+    // The program itself sees its malloc in the executable: the case holds.
+    assert_eq!(outcome.stdout, "malloc from malloc_origin-no-pie\n");
+    assert_bound(&outcome);
+}
+
 #[test]
 fn a_static_program_is_refused() {
-    let exe = static_churn();
+    let exe = compile_with("churn", "churn-static", &["-static"]);
     for command in ["run", "compare"] {
         let outcome = run_tool(&[command, "--", path_str(&exe)]);
         assert_eq!(exit_code(&outcome), Some(125), "{}", outcome.report());

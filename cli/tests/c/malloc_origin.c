@@ -14,7 +14,11 @@
 
 int main(void)
 {
+    /* Taking the addresses makes a non-PIE build give malloc and free
+     * canonical PLT entries in the executable. */
     void *(*volatile m)(size_t) = malloc;
+    void (*volatile f)(void *) = free;
+    f(m(24));
     Dl_info info;
     const char *name = "?";
     if (dladdr((void *)m, &info) && info.dli_fname) {
