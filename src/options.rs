@@ -8,6 +8,7 @@
 //! | `BUDDYSLAB_LARGE_CACHE`    | bytes; cap on released large mappings kept for reuse (default 64 MiB, also bounded by the trim threshold; 0 turns the cache off) |
 //! | `BUDDYSLAB_LARGE_CACHE_MS` | milliseconds a released mapping stays cached (default 1000) |
 //! | `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_` | glibc's names, honoured as glibc does (bytes; setting either stops the adaptation) |
+//! | `BUDDYSLAB_ANNOUNCE`       | `FD:INODE`, set by the `buddyslab` tool: libbuddyslab.so's constructor reports on that pipe whether its `malloc` is the one bound (read there, through [`variable`]) |
 //!
 //! Every other `BUDDYSLAB_*` variable, and a malformed value, is reported on
 //! stderr (one line) and otherwise ignored: a typo should not pass silently.
@@ -84,6 +85,26 @@ pub fn read_environment() {
     }
 }
 
+/// The value of environment variable `name` (without the `=`), if set.
+pub fn variable(name: &[u8]) -> Option<&'static [u8]> {
+    // SAFETY: as in `read_environment`. glibc never frees an environment
+    // string that setenv/putenv replaced, so the slice stays readable.
+    unsafe {
+        let mut e = environ;
+        if e.is_null() {
+            return None;
+        }
+        while !(*e).is_null() {
+            let entry = CStr::from_ptr(*e).to_bytes();
+            if entry.len() > name.len() && entry.starts_with(name) && entry[name.len()] == b'=' {
+                return Some(&entry[name.len() + 1..]);
+            }
+            e = e.add(1);
+        }
+    }
+    None
+}
+
 fn apply(entry: &[u8]) {
     let Some(eq) = entry.iter().position(|&b| b == b'=') else { return };
     let (name, value) = (&entry[..eq], &entry[eq + 1..]);
@@ -123,6 +144,7 @@ fn apply(entry: &[u8]) {
             }
             _ => os::write_all(2, b"buddyslab: BUDDYSLAB_LARGE_CACHE_MS must be milliseconds (e.g. 1000); ignored\n"),
         },
+        b"BUDDYSLAB_ANNOUNCE" => {}
         _ => {
             os::write_all(2, b"buddyslab: unknown variable ");
             os::write_all(2, name);

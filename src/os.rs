@@ -317,6 +317,30 @@ pub fn write_all(fd: i32, mut buf: &[u8]) {
     }
 }
 
+/// The calling process's id.
+pub fn getpid() -> i32 {
+    // SAFETY: getpid(2) takes no arguments and cannot fail.
+    unsafe { raw::syscall6(libc::SYS_getpid as usize, [0; 6]) as i32 }
+}
+
+/// The inode number of the pipe open on `fd`, or `None` when `fd` is not
+/// open or is not a pipe (a FIFO).
+pub fn pipe_inode(fd: i32) -> Option<u64> {
+    let mut st = core::mem::MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: fstat(2) writes one `struct stat` into the buffer, which is
+    // live and large enough; a bad descriptor only makes it fail.
+    let r = unsafe {
+        raw::syscall6(
+            libc::SYS_fstat as usize,
+            [fd as usize, st.as_mut_ptr() as usize, 0, 0, 0, 0],
+        )
+    };
+    check(r).ok()?;
+    // SAFETY: zero-initialised, and filled in by the successful fstat.
+    let st = unsafe { st.assume_init() };
+    (st.st_mode & libc::S_IFMT == libc::S_IFIFO).then_some(st.st_ino)
+}
+
 /// Prints `msg` to stderr and aborts the process. Used when continuing would
 /// corrupt memory (a double free, a pointer that is not ours, broken
 /// metadata); never allocates.

@@ -1,0 +1,639 @@
+//! The `buddyslab` command driven as a user would: `run` and `compare` on
+//! a C program, python3 and sort, and the ways they must fail (missing
+//! program, static binary, a program with its own malloc, bad option,
+//! missing or unloadable library).
+//!
+//! The tool preloads `libbuddyslab.so` from its own directory, so the
+//! release build comes first: `cargo build --release && cargo test
+//! --release --workspace`.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use common::{
+    clean_malloc_env, compile_c, find_program, fresh_dir, library, run, scratch_dir, Outcome,
+};
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{mpsc, OnceLock};
+use std::time::Duration;
+
+/// Far above any normal run; only stops a hang.
+const HANG_GUARD: Duration = Duration::from_secs(300);
+
+/// The tool, with the environment cleaned of preloads and malloc settings.
+fn tool(args: &[&str]) -> Command {
+    library(); // a clear message if the release build is missing
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_buddyslab"));
+    clean_malloc_env(&mut cmd);
+    cmd.args(args);
+    cmd
+}
+
+fn run_tool(args: &[&str]) -> Outcome {
+    run(tool(args), HANG_GUARD)
+}
+
+fn exit_code(outcome: &Outcome) -> Option<i32> {
+    outcome.status.and_then(|s| s.code())
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("test paths are UTF-8")
+}
+
+/// Runs `program args` on plain glibc and returns its stdout.
+fn plain_stdout(program: &Path, args: &[&str]) -> String {
+    let mut plain = Command::new(program);
+    clean_malloc_env(&mut plain);
+    plain.args(args);
+    let plain = run(plain, HANG_GUARD);
+    assert!(plain.success(), "fails on plain glibc:\n{}", plain.report());
+    plain.stdout
+}
+
+/// The C program `churn` (compiled once: the tests run in parallel), and
+/// its output on plain glibc.
+fn churn() -> (PathBuf, String) {
+    static CHURN: OnceLock<(PathBuf, String)> = OnceLock::new();
+    CHURN
+        .get_or_init(|| {
+            let exe = compile_c("churn", "churn");
+            let stdout = plain_stdout(&exe, &[]);
+            (exe, stdout)
+        })
+        .clone()
+}
+
+/// The summary says buddyslab was bound in the child.
+fn assert_bound(outcome: &Outcome) {
+    assert!(
+        outcome.stderr.contains("malloc        buddyslab, bound"),
+        "the summary does not report buddyslab bound:\n{}",
+        outcome.report()
+    );
+    assert!(
+        !outcome.stderr.contains("WARNING"),
+        "unexpected warning:\n{}",
+        outcome.report()
+    );
+}
+
+#[test]
+fn run_a_c_program() {
+    let (exe, expected) = churn();
+    let outcome = run_tool(&["run", "--", path_str(&exe)]);
+    assert!(outcome.success(), "{}", outcome.report());
+    assert_eq!(
+        outcome.stdout, expected,
+        "churn printed something else under buddyslab"
+    );
+    assert_bound(&outcome);
+    for line in [
+        "ended         exit status 0",
+        "time ",
+        "peak RSS ",
+        "page faults ",
+    ] {
+        assert!(
+            outcome.stderr.contains(line),
+            "summary lacks `{line}`:\n{}",
+            outcome.report()
+        );
+    }
+
+    // The program's exit status is the tool's.
+    let outcome = run_tool(&["run", "--no-summary", path_str(&exe), "7"]);
+    assert_eq!(exit_code(&outcome), Some(7), "{}", outcome.report());
+    assert_eq!(outcome.stdout, expected);
+    assert!(
+        !outcome.stderr.contains("peak RSS"),
+        "--no-summary printed a summary:\n{}",
+        outcome.report()
+    );
+}
+
+#[test]
+fn run_python3() {
+    let python = find_program("python3", "python3");
+    let script = "import json, zlib\n\
+                  d = {str(i): [i] * (i % 7) for i in range(30000)}\n\
+                  text = json.dumps(sorted(d.items()))\n\
+                  print(len(text), zlib.crc32(text.encode()))";
+    let expected = plain_stdout(&python, &["-c", script]);
+    let outcome = run_tool(&["run", "--", "python3", "-c", script]);
+    assert!(outcome.success(), "{}", outcome.report());
+    assert_eq!(
+        outcome.stdout, expected,
+        "python3 printed something else under buddyslab"
+    );
+    assert_bound(&outcome);
+}
+
+#[test]
+fn run_sort() {
+    find_program("sort", "coreutils");
+    let dir = fresh_dir("cli", "sort");
+    let input = dir.join("words.txt");
+    let mut words: Vec<String> = (0..20000u64)
+        .map(|i| format!("{:x}", i.wrapping_mul(2654435761) % 1000003))
+        .collect();
+    std::fs::write(&input, words.join("\n") + "\n").unwrap();
+    words.sort();
+    let mut cmd = tool(&["run", "--", "sort", path_str(&input)]);
+    cmd.env("LC_ALL", "C");
+    let outcome = run(cmd, HANG_GUARD);
+    assert!(outcome.success(), "{}", outcome.report());
+    assert_eq!(
+        outcome.stdout,
+        words.join("\n") + "\n",
+        "sort's output under buddyslab is wrong"
+    );
+    assert_bound(&outcome);
+}
+
+#[test]
+fn run_passes_options_as_variables() {
+    find_program("printenv", "coreutils");
+    let dir = fresh_dir("cli", "variables");
+    let map = dir.join("heap.svg");
+    let outcome = run_tool(&[
+        "run",
+        "--stats=json",
+        "--mmap-threshold",
+        "256k",
+        "--decay-ms=50",
+        "--heapmap",
+        path_str(&map),
+        "--",
+        "printenv",
+        "BUDDYSLAB_STATS",
+        "BUDDYSLAB_MMAP_THRESHOLD",
+        "BUDDYSLAB_DECAY_MS",
+        "BUDDYSLAB_HEAPMAP",
+        "LD_PRELOAD",
+    ]);
+    assert!(outcome.success(), "{}", outcome.report());
+    let lines: Vec<&str> = outcome.stdout.lines().collect();
+    assert_eq!(
+        lines[..4],
+        ["json", "256k", "50", path_str(&map)],
+        "{}",
+        outcome.report()
+    );
+    assert_eq!(lines[4], path_str(&library()));
+    assert!(outcome.stderr.contains("heap map"), "{}", outcome.report());
+
+    let outcome = run_tool(&["run", "--stats", "--", "printenv", "BUDDYSLAB_STATS"]);
+    assert_eq!(outcome.stdout, "1\n", "{}", outcome.report());
+}
+
+#[test]
+fn run_forwards_death_by_signal() {
+    find_program("sh", "dash");
+    let outcome = run_tool(&["run", "--", "sh", "-c", "kill -TERM $$"]);
+    let status = outcome.status.expect("hang guard");
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{}", outcome.report());
+    assert!(
+        outcome.stderr.contains("killed by signal 15 (SIGTERM)"),
+        "{}",
+        outcome.report()
+    );
+}
+
+#[test]
+fn run_passes_signals_on() {
+    find_program("sh", "dash");
+    // The program says "ready" once its trap is set; the test then sends
+    // SIGTERM to the tool only, and the program must get it.
+    let script = "trap 'echo got TERM; exit 7' TERM; echo ready; while :; do sleep 0.05; done";
+    let mut cmd = tool(&["run", "--", "sh", "-c", script]);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("start buddyslab");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = rx.recv_timeout(HANG_GUARD);
+    if first.as_deref() != Ok("ready") {
+        let _ = child.kill();
+        panic!("the program did not start under buddyslab run: {first:?}");
+    }
+    // SAFETY: kill(2) takes no pointers; the pid is our live child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let got = rx.recv_timeout(HANG_GUARD);
+    let deadline = std::time::Instant::now() + HANG_GUARD;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("buddyslab run did not end after the program got SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        got.as_deref(),
+        Ok("got TERM"),
+        "the program did not get the SIGTERM sent to the tool"
+    );
+    assert_eq!(
+        status.code(),
+        Some(7),
+        "the tool did not leave with the program's status: {status}"
+    );
+}
+
+#[test]
+fn run_reports_a_program_with_its_own_malloc() {
+    let exe = compile_c("own_malloc", "own_malloc");
+    let outcome = run_tool(&["run", "--", path_str(&exe)]);
+    assert!(outcome.success(), "{}", outcome.report());
+    assert_eq!(outcome.stdout, "own malloc in use\n");
+    assert!(
+        outcome.stderr.contains("WARNING")
+            && outcome.stderr.contains("did not run on buddyslab")
+            && outcome.stderr.contains("own_malloc"),
+        "the tool did not say that the program's own malloc was used:\n{}",
+        outcome.report()
+    );
+    assert!(
+        outcome.stderr.contains("NOT buddyslab"),
+        "{}",
+        outcome.report()
+    );
+
+    let outcome = run_tool(&[
+        "compare",
+        "--runs",
+        "1",
+        "--only",
+        "glibc,buddyslab",
+        "--",
+        path_str(&exe),
+    ]);
+    assert_eq!(exit_code(&outcome), Some(125), "{}", outcome.report());
+    assert!(
+        outcome
+            .stderr
+            .contains("cannot replace this program's malloc"),
+        "{}",
+        outcome.report()
+    );
+}
+
+/// Compiles `tests/c/<source>.c` with extra flags (for linking options
+/// `compile_c` does not take) into `target/tmp/c-programs/<output>`.
+fn compile_with(source: &str, output: &str, flags: &[&str]) -> PathBuf {
+    let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/c")
+        .join(format!("{source}.c"));
+    let exe = scratch_dir("c-programs").join(output);
+    let mut cmd = Command::new(&cc);
+    cmd.args(["-O1"])
+        .args(flags)
+        .arg("-o")
+        .arg(&exe)
+        .arg(&src)
+        .env_remove("LD_PRELOAD");
+    let outcome = run(cmd, HANG_GUARD);
+    assert!(
+        outcome.success(),
+        "cannot build {output} (glibc's static libraries come with libc6-dev, \
+         which build-essential installs):\n{}",
+        outcome.report()
+    );
+    exe
+}
+
+/// A non-PIE executable that takes the addresses of `malloc` and `free`
+/// gets canonical PLT entries for them: the global scope then names the
+/// executable for both, although its calls still reach the preload. That
+/// is bound, not a program with its own malloc (Debian's python3 is such
+/// an executable).
+#[test]
+fn run_a_non_pie_program_that_takes_malloc_and_free_addresses() {
+    let exe = compile_with(
+        "malloc_origin",
+        "malloc_origin-no-pie",
+        &["-no-pie", "-fno-pie"],
+    );
+    let outcome = run_tool(&["run", "--", path_str(&exe)]);
+    assert!(outcome.success(), "{}", outcome.report());
+    // The program itself sees its malloc in the executable: the case holds.
+    assert_eq!(outcome.stdout, "malloc from malloc_origin-no-pie\n");
+    assert_bound(&outcome);
+}
+
+#[test]
+fn a_static_program_is_refused() {
+    let exe = compile_with("churn", "churn-static", &["-static"]);
+    for command in ["run", "compare"] {
+        let outcome = run_tool(&[command, "--", path_str(&exe)]);
+        assert_eq!(exit_code(&outcome), Some(125), "{}", outcome.report());
+        assert!(
+            outcome.stderr.contains("statically linked"),
+            "{}",
+            outcome.report()
+        );
+        assert!(
+            outcome.stdout.is_empty(),
+            "the static program ran:\n{}",
+            outcome.report()
+        );
+    }
+}
+
+#[test]
+fn a_missing_program_is_reported() {
+    for command in ["run", "compare"] {
+        let outcome = run_tool(&[command, "--", "no-such-program-buddyslab-test"]);
+        assert_eq!(exit_code(&outcome), Some(127), "{}", outcome.report());
+        assert!(
+            outcome.stderr.contains("command not found"),
+            "{}",
+            outcome.report()
+        );
+
+        let outcome = run_tool(&[command, "./no/such/file"]);
+        assert_eq!(exit_code(&outcome), Some(127), "{}", outcome.report());
+    }
+    // There, but not executable.
+    let dir = fresh_dir("cli", "not-executable");
+    let file = dir.join("prog");
+    std::fs::write(&file, "#!/bin/sh\necho hi\n").unwrap();
+    let outcome = run_tool(&["run", path_str(&file)]);
+    assert_eq!(exit_code(&outcome), Some(126), "{}", outcome.report());
+}
+
+#[test]
+fn bad_options_are_reported() {
+    for args in [
+        &["run", "--bogus", "--", "true"][..],
+        &["run", "--mmap-threshold", "lots", "--", "true"],
+        &["run", "--stats=xml", "--", "true"],
+        &["compare", "--runs", "zero", "--", "true"],
+        &["compare", "--only", "glibc,nosuchmalloc", "--", "true"],
+        &["run"],
+        &["explode"],
+    ] {
+        let outcome = run_tool(args);
+        assert_eq!(
+            exit_code(&outcome),
+            Some(125),
+            "{args:?}:\n{}",
+            outcome.report()
+        );
+        assert!(
+            outcome.stderr.contains("--help"),
+            "{args:?} does not point to --help:\n{}",
+            outcome.report()
+        );
+        assert!(
+            outcome.stdout.is_empty(),
+            "{args:?} ran something:\n{}",
+            outcome.report()
+        );
+    }
+}
+
+#[test]
+fn a_missing_or_unloadable_library_is_reported() {
+    let dir = fresh_dir("cli", "libraries");
+    let missing = dir.join("libmissing.so");
+    let text = dir.join("libtext.so");
+    std::fs::write(&text, "not a library\n").unwrap();
+    for lib in [&missing, &text] {
+        let outcome = run_tool(&["run", "--lib", path_str(lib), "--", "true"]);
+        assert_eq!(exit_code(&outcome), Some(125), "{}", outcome.report());
+        assert!(
+            outcome.stderr.contains(path_str(lib)),
+            "{}",
+            outcome.report()
+        );
+        let outcome = run_tool(&[
+            "compare",
+            "--with",
+            &format!("x={}", path_str(lib)),
+            "--",
+            "true",
+        ]);
+        assert_eq!(exit_code(&outcome), Some(125), "{}", outcome.report());
+    }
+
+    // A real ELF object that the loader refuses to preload: an executable
+    // (position-independent, so it passes as ET_DYN) is not a library.
+    let (exe, expected) = churn();
+    let outcome = run_tool(&["run", "--lib", path_str(&exe), "--", path_str(&exe)]);
+    assert!(outcome.success(), "{}", outcome.report());
+    assert_eq!(outcome.stdout, expected);
+    assert!(
+        outcome.stderr.contains("cannot be preloaded")
+            && outcome.stderr.contains("was never loaded"),
+        "the refused preload is not reported:\n{}",
+        outcome.report()
+    );
+    let outcome = run_tool(&[
+        "compare",
+        "--runs",
+        "1",
+        "--only",
+        "glibc,buddyslab",
+        "--lib",
+        path_str(&exe),
+        "--",
+        path_str(&exe),
+    ]);
+    assert_eq!(exit_code(&outcome), Some(125), "{}", outcome.report());
+    assert!(
+        outcome.stderr.contains("refused the library"),
+        "{}",
+        outcome.report()
+    );
+}
+
+#[test]
+fn compare_a_small_program() {
+    let (exe, _) = churn();
+    let dir = fresh_dir("cli", "compare");
+    let chart = dir.join("chart.svg");
+    // buddyslab a second time under another name exercises --with.
+    let with = format!("again={}", path_str(&library()));
+    let outcome = run_tool(&[
+        "compare",
+        "--runs",
+        "2",
+        "--only",
+        "glibc,buddyslab,again",
+        "--with",
+        &with,
+        "--chart",
+        path_str(&chart),
+        "--",
+        path_str(&exe),
+    ]);
+    assert!(outcome.success(), "{}", outcome.report());
+    let rows: Vec<&str> = outcome
+        .stdout
+        .lines()
+        .filter(|l| l.contains(" s "))
+        .collect();
+    assert_eq!(
+        rows.len(),
+        3,
+        "expected a row per malloc:\n{}",
+        outcome.stdout
+    );
+    for (row, name) in rows.iter().zip(["glibc", "buddyslab", "again"]) {
+        assert!(row.starts_with(name), "row `{row}` is not {name}'s");
+        assert!(row.contains("MiB"), "row `{row}` has no peak RSS");
+    }
+    assert!(
+        rows[0].contains(" 1.00 "),
+        "glibc's ratios are not 1:\n{}",
+        outcome.stdout
+    );
+    assert!(
+        outcome
+            .stdout
+            .contains("output: identical under every malloc (6 runs)"),
+        "{}",
+        outcome.stdout
+    );
+    for k in 1..=6 {
+        assert!(
+            outcome.stderr.contains(&format!("[{k}/6]")),
+            "no progress for run {k}:\n{}",
+            outcome.stderr
+        );
+    }
+    let svg = std::fs::read_to_string(&chart).expect("--chart wrote no file");
+    assert!(
+        svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+        "{svg}"
+    );
+    for name in [
+        "glibc",
+        "buddyslab",
+        "again",
+        "wall time",
+        "peak RSS",
+        "minor faults",
+    ] {
+        assert!(svg.contains(name), "the chart lacks `{name}`");
+    }
+}
+
+#[test]
+fn compare_sort_with_input() {
+    find_program("sort", "coreutils");
+    let dir = fresh_dir("cli", "compare-sort");
+    let input = dir.join("numbers.txt");
+    let numbers: Vec<String> = (0..5000u64)
+        .map(|i| (i * 7919 % 5003).to_string())
+        .collect();
+    std::fs::write(&input, numbers.join("\n")).unwrap();
+    let outcome = run_tool(&[
+        "compare",
+        "--runs",
+        "1",
+        "--only",
+        "buddyslab,glibc",
+        "--input",
+        path_str(&input),
+        "--",
+        "sort",
+        "-n",
+    ]);
+    assert!(outcome.success(), "{}", outcome.report());
+    assert!(
+        outcome.stdout.contains("ratios to buddyslab"),
+        "--only did not set the order:\n{}",
+        outcome.stdout
+    );
+    assert!(
+        outcome.stdout.contains("output: identical"),
+        "{}",
+        outcome.stdout
+    );
+}
+
+#[test]
+fn compare_reports_output_that_depends_on_the_malloc() {
+    let exe = compile_c("malloc_origin", "malloc_origin");
+    let outcome = run_tool(&[
+        "compare",
+        "--runs",
+        "1",
+        "--only",
+        "glibc,buddyslab",
+        "--",
+        path_str(&exe),
+    ]);
+    assert_eq!(exit_code(&outcome), Some(1), "{}", outcome.report());
+    assert!(
+        outcome.stdout.contains("OUTPUT DIFFERS under buddyslab")
+            && outcome.stdout.contains("libbuddyslab.so")
+            && outcome.stdout.contains("buddyslab: exit status 3"),
+        "the difference is not reported:\n{}",
+        outcome.report()
+    );
+}
+
+#[test]
+fn compare_leaves_output_that_varies_on_glibc_alone() {
+    find_program("sh", "dash");
+    let outcome = run_tool(&[
+        "compare",
+        "--runs",
+        "2",
+        "--only",
+        "glibc,buddyslab",
+        "--",
+        "sh",
+        "-c",
+        "echo $$",
+    ]);
+    assert!(outcome.success(), "{}", outcome.report());
+    assert!(
+        outcome
+            .stdout
+            .contains("varies from run to run under glibc itself"),
+        "{}",
+        outcome.report()
+    );
+}
+
+#[test]
+fn help_reads_like_a_manual() {
+    for args in [&["--help"][..], &["run", "--help"], &["compare", "-h"]] {
+        let outcome = run_tool(args);
+        assert!(outcome.success(), "{}", outcome.report());
+        for section in [
+            "NAME",
+            "SYNOPSIS",
+            "DESCRIPTION",
+            "OPTIONS",
+            "EXIT STATUS",
+            "EXAMPLES",
+        ] {
+            assert!(
+                outcome.stdout.lines().any(|l| l == section),
+                "{args:?}: no {section} section:\n{}",
+                outcome.stdout
+            );
+        }
+    }
+}
