@@ -8,6 +8,7 @@
 //! | `BUDDYSLAB_LARGE_CACHE`    | bytes; cap on released large mappings kept for reuse (default 64 MiB, also bounded by the trim threshold; 0 turns the cache off) |
 //! | `BUDDYSLAB_LARGE_CACHE_MS` | milliseconds a released mapping stays cached (default 1000) |
 //! | `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_` | glibc's names, honoured as glibc does (bytes; setting either stops the adaptation) |
+//! | `BUDDYSLAB_STATS_PPID`    | a process id: with `BUDDYSLAB_STATS`, only a process whose parent it is prints the views (set by the `buddyslab` tool, so a program's own children stay quiet) |
 //! | `BUDDYSLAB_ANNOUNCE`       | `FD:INODE`, set by the `buddyslab` tool: libbuddyslab.so's constructor reports on that pipe whether its `malloc` is the one bound (read there, through [`variable`]) |
 //!
 //! Every other `BUDDYSLAB_*` variable, and a malformed value, is reported on
@@ -16,7 +17,7 @@
 use crate::large::{self, CACHE_MAX, CACHE_MAX_AGE_NS};
 use crate::os;
 use core::ffi::CStr;
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicI32, AtomicU8, Ordering};
 
 /// What to print at exit ([`STATS_AT_EXIT`]): nothing.
 pub const STATS_OFF: u8 = 0;
@@ -26,6 +27,9 @@ pub const STATS_TEXT: u8 = 1;
 pub const STATS_JSON: u8 = 2;
 /// `BUDDYSLAB_STATS`: one of `STATS_*`.
 pub static STATS_AT_EXIT: AtomicU8 = AtomicU8::new(STATS_OFF);
+/// `BUDDYSLAB_STATS_PPID`: when non-zero, the views are printed only by a
+/// process whose parent has this id.
+pub static STATS_PPID: AtomicI32 = AtomicI32::new(0);
 
 const PREFIX: &[u8] = b"BUDDYSLAB_";
 const GLIBC_MMAP_THRESHOLD: &[u8] = b"MALLOC_MMAP_THRESHOLD_";
@@ -133,6 +137,12 @@ fn apply(entry: &[u8]) {
             b"json" => STATS_AT_EXIT.store(STATS_JSON, Ordering::Relaxed),
             b"0" | b"" => STATS_AT_EXIT.store(STATS_OFF, Ordering::Relaxed),
             _ => os::write_all(2, b"buddyslab: BUDDYSLAB_STATS must be 1, text, json or 0; ignored\n"),
+        },
+        b"BUDDYSLAB_STATS_PPID" => match parse_size(value) {
+            Some(pid) if pid <= i32::MAX as usize && value.iter().all(u8::is_ascii_digit) => {
+                STATS_PPID.store(pid as i32, Ordering::Relaxed)
+            }
+            _ => os::write_all(2, b"buddyslab: BUDDYSLAB_STATS_PPID must be a process id; ignored\n"),
         },
         b"BUDDYSLAB_LARGE_CACHE" => match parse_size(value) {
             Some(v) => CACHE_MAX.store(v, Ordering::Relaxed),

@@ -323,6 +323,12 @@ pub fn getpid() -> i32 {
     unsafe { raw::syscall6(libc::SYS_getpid as usize, [0; 6]) as i32 }
 }
 
+/// The parent's process id (`getppid(2)`).
+pub fn getppid() -> i32 {
+    // SAFETY: getppid(2) takes no arguments and cannot fail.
+    unsafe { raw::syscall6(libc::SYS_getppid as usize, [0; 6]) as i32 }
+}
+
 /// The inode number of the pipe open on `fd`, or `None` when `fd` is not
 /// open or is not a pipe (a FIFO).
 pub fn pipe_inode(fd: i32) -> Option<u64> {

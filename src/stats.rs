@@ -528,6 +528,10 @@ const _: () = assert!(NR_TIERS == Tier::ALL.len());
 /// Prints the views `BUDDYSLAB_STATS` asked for to stderr. Registered with
 /// `atexit` by the heap's set-up when the variable is set.
 pub extern "C" fn print_at_exit() {
+    let parent = crate::options::STATS_PPID.load(Ordering::Relaxed);
+    if parent != 0 && os::getppid() != parent {
+        return;
+    }
     let mut w = FdWriter::new(2);
     let _ = match crate::options::STATS_AT_EXIT.load(Ordering::Relaxed) {
         crate::options::STATS_TEXT => write_views(&mut w),

@@ -208,6 +208,12 @@ pub fn start(launch: &Launch, stdin: Stdio, stdout: Stdio, stderr: Stdio) -> io:
     }
     for (name, value) in launch.env {
         command.env(name, value);
+        if *name == "BUDDYSLAB_STATS" {
+            // The views are for the program asked about, not for every
+            // process it starts: only a process whose parent is this tool
+            // (the child, through any exec chain) prints them.
+            command.env("BUDDYSLAB_STATS_PPID", std::process::id().to_string());
+        }
     }
 
     let pipe = if launch.announce {

@@ -190,6 +190,16 @@ fn run_passes_options_as_variables() {
     assert_eq!(outcome.stdout, "1\n", "{}", outcome.report());
 }
 
+/// `--stats` is about the program run, not every process it starts: a
+/// shell that runs two commands prints the views once, not three times
+/// (bash, since dash leaves with `_exit`, past the exit handlers).
+#[test]
+fn run_stats_come_from_the_program_only() {
+    let outcome = run_tool(&["run", "--stats", "--no-summary", "--", "bash", "-c", "/bin/true; /bin/true; exit 0"]);
+    assert!(outcome.success(), "{}", outcome.report());
+    assert_eq!(outcome.stderr.matches("== buddyinfo").count(), 1, "{}", outcome.report());
+}
+
 #[test]
 fn run_forwards_death_by_signal() {
     find_program("sh", "dash");
