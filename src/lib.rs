@@ -22,6 +22,7 @@
 //! the code keeps (above all: the allocator never allocates from itself).
 
 pub mod buddy;
+pub mod frag;
 pub mod global;
 pub mod heap;
 pub mod large;
