@@ -21,6 +21,7 @@
 //! See `DESIGN.md` in the repository for the architecture and the rules
 //! the code keeps (above all: the allocator never allocates from itself).
 
+pub mod addrspace;
 pub mod buddy;
 pub mod frag;
 pub mod global;

@@ -472,7 +472,9 @@ pub fn write_views_of(out: &mut dyn Write, s: &Snapshot) -> fmt::Result {
     writeln!(out, "== faults")?;
     write_faults(out, s)?;
     writeln!(out, "== extfrag")?;
-    crate::frag::write_extfrag(out, s)
+    crate::frag::write_extfrag(out, s)?;
+    writeln!(out, "== address_space")?;
+    crate::addrspace::write_address_space(out)
 }
 
 /// Writes the four text views of a fresh snapshot.
@@ -537,6 +539,8 @@ pub fn write_json(out: &mut dyn Write) -> fmt::Result {
     }
     write!(out, "}},\"table_pages\":{},\"released_bytes\":{}}},\"extfrag\":", s.faults.table_pages, s.released_bytes)?;
     crate::frag::write_extfrag_json(out, &s)?;
+    write!(out, ",\"address_space\":")?;
+    crate::addrspace::write_address_space_json(out)?;
     writeln!(out, "}}")
 }
 
@@ -580,7 +584,7 @@ mod tests {
         write_malloc_stats(&mut t).unwrap();
         assert!(t.starts_with("Arena 0:\nsystem bytes     = "));
         assert!(t.contains("Total (incl. mmap):"));
-        for view in ["== buddyinfo\nNode 0, zone buddyslab", "== slabinfo\nslabinfo - version: 2.1", "== maps", "== faults", "== extfrag\nunusable_index"] {
+        for view in ["== buddyinfo\nNode 0, zone buddyslab", "== slabinfo\nslabinfo - version: 2.1", "== maps", "== faults", "== extfrag\nunusable_index", "== address_space\naddress space"] {
             assert!(t.contains(view), "{view} missing from:\n{t}");
         }
     }
@@ -609,6 +613,7 @@ mod tests {
         assert_eq!(extfrag["internal"]["slab"]["exact"], false);
         // 1000 bytes asked of the slab tier is at least one page-less object.
         assert!(extfrag["internal"]["slab"]["held"].as_u64().unwrap() >= 1008);
+        assert!(v["address_space"].as_array().unwrap().iter().any(|m| m["segment"] == "[stack]"));
         // SAFETY: allocated above.
         unsafe { crate::heap::free(p) };
     }
