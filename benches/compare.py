@@ -432,6 +432,184 @@ def report(args, workloads, allocators, runs, problems, details, scale):
     print("\n".join(out).rstrip())
 
 
+# ---------------------------------------------------------------- charts
+#
+# One SVG per metric (time ratio, peak RSS ratio), drawn by this script:
+# a group of bars per workload, one bar per allocator, a line at 1.0 (the
+# baseline), and the date, machine and versions under the title. Made from
+# the --json output, so a finished run can be charted again with
+# --charts-from without running anything.
+
+BAR_COLOURS = ["#7f7f7f", "#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2"]
+
+
+def machine_description():
+    """'CPU model, N cores' from /proc/cpuinfo (platform's name elsewhere)."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def package_version(package):
+    try:
+        r = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", package],
+                           capture_output=True, text=True, check=False)
+        return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else None
+    except FileNotFoundError:
+        return None
+
+
+def allocator_versions(names):
+    """name -> version text: Debian package versions, buddyslab's commit."""
+    versions = {}
+    for name in names:
+        if name == "glibc":
+            versions[name] = package_version("libc6")
+        elif name in PEERS:
+            versions[name] = package_version(PEERS[name][0])
+        elif name.startswith("buddyslab"):
+            r = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+                               capture_output=True, text=True, check=False)
+            versions[name] = r.stdout.strip() or None
+    return {k: v for k, v in versions.items() if v}
+
+
+def run_metadata(allocator_names):
+    import datetime
+    return {"date": datetime.date.today().isoformat(), "machine": machine_description(),
+            "versions": allocator_versions(allocator_names)}
+
+
+def chart_ratios(data, baseline):
+    """From --json data: workloads in order, allocators in order, and
+    {metric: {(workload, allocator): median / baseline median}}."""
+    workloads, allocators = [], []
+    samples = {}
+    for r in data["results"]:
+        if r["workload"] not in workloads:
+            workloads.append(r["workload"])
+        if r["allocator"] not in allocators:
+            allocators.append(r["allocator"])
+        if r["exit"] == 0 and not r["timed_out"]:
+            cell = samples.setdefault((r["workload"], r["allocator"]), ([], []))
+            cell[0].append(r["wall_s"])
+            cell[1].append(r["maxrss_kib"])
+    ratios = {"time": {}, "rss": {}}
+    for w in workloads:
+        base = samples.get((w, baseline))
+        if not base:
+            continue
+        for a in allocators:
+            cell = samples.get((w, a))
+            if not cell:
+                continue
+            for metric, i in (("time", 0), ("rss", 1)):
+                b = median(base[i])
+                if b:
+                    ratios[metric][(w, a)] = median(cell[i]) / b
+    return workloads, allocators, ratios
+
+
+def svg_text(x, y, text, size=12, anchor="start", extra=""):
+    text = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return (f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}" text-anchor="{anchor}" '
+            f'font-family="sans-serif"{extra}>{text}</text>')
+
+
+def svg_bar_chart(title, ylabel, workloads, allocators, values, meta, baseline):
+    """A grouped bar chart as SVG text; `values` maps (workload, allocator)
+    to a ratio. Bars taller than the axis are cut and labelled."""
+    bar_w, gap, left, top, plot_h = 14, 18, 60, 96, 260
+    group_w = bar_w * len(allocators) + gap
+    width = max(left + group_w * len(workloads) + 20, 640)
+    height = top + plot_h + 70 + 18 * ((len(allocators) + 3) // 4)
+    present = [v for v in values.values() if v]
+    y_max = max(1.5, min(max(present, default=1.0) * 1.1, 5.0))
+    step = 0.25 if y_max <= 2 else 0.5 if y_max <= 4 else 1.0
+
+    def y_of(v):
+        return top + plot_h - min(v, y_max) / y_max * plot_h
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}">',
+           f'<rect width="{width}" height="{height}" fill="white"/>',
+           svg_text(left, 24, title, 16, extra=' font-weight="bold"'),
+           svg_text(left, 44, f"{meta.get('date', '?')} on {meta.get('machine', '?')}", 11),
+           svg_text(left, 60, "versions: " + ", ".join(
+               f"{k} {v}" for k, v in meta.get("versions", {}).items()), 11),
+           svg_text(left, 76, f"{ylabel}; lower is better; 1.0 = {baseline}", 11)]
+    tick = 0.0
+    while tick <= y_max + 1e-9:
+        y = y_of(tick)
+        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - 10}" y2="{y:.1f}" stroke="#e0e0e0"/>')
+        out.append(svg_text(left - 6, y + 4, f"{tick:.2f}", 10, "end"))
+        tick += step
+    for gi, w in enumerate(workloads):
+        x0 = left + gi * group_w + gap / 2
+        for ai, a in enumerate(allocators):
+            v = values.get((w, a))
+            if v is None:
+                continue
+            x = x0 + ai * bar_w
+            y = y_of(v)
+            colour = BAR_COLOURS[ai % len(BAR_COLOURS)]
+            out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w - 2}" height="{top + plot_h - y:.1f}" '
+                       f'fill="{colour}"><title>{w} {a}: {v:.2f}</title></rect>')
+            if v > y_max:
+                out.append(svg_text(x + bar_w / 2, y - 3, f"{v:.1f}", 9, "middle"))
+        out.append(svg_text(x0 + bar_w * len(allocators) / 2, top + plot_h + 16, w, 11, "middle"))
+    y1 = y_of(1.0)
+    out.append(f'<line x1="{left}" y1="{y1:.1f}" x2="{width - 10}" y2="{y1:.1f}" stroke="black" '
+               'stroke-dasharray="4 3"/>')
+    out.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="black"/>')
+    for ai, a in enumerate(allocators):
+        lx = left + (ai % 4) * 150
+        ly = top + plot_h + 40 + 18 * (ai // 4)
+        out.append(f'<rect x="{lx}" y="{ly - 10}" width="12" height="12" '
+                   f'fill="{BAR_COLOURS[ai % len(BAR_COLOURS)]}"/>')
+        out.append(svg_text(lx + 18, ly, a, 11))
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def write_charts(data, baseline, directory, meta):
+    """Writes compare-time.svg and compare-rss.svg into `directory`."""
+    workloads, allocators, ratios = chart_ratios(data, baseline)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for metric, title, ylabel in (
+            ("time", "Wall time relative to " + baseline, "median wall time / baseline's"),
+            ("rss", "Peak RSS relative to " + baseline, "median peak RSS (ru_maxrss) / baseline's")):
+        path = directory / f"compare-{metric}.svg"
+        path.write_text(svg_bar_chart(title, ylabel, workloads, allocators, ratios[metric], meta, baseline))
+        paths.append(path)
+    return paths
+
+
+def charts_from(args):
+    """--charts-from: charts from a previous run's --json file. Date,
+    machine and versions come from the file when it has them; otherwise
+    the file's date and this machine (said so on stderr)."""
+    import datetime
+    path = Path(args.charts_from)
+    data = json.loads(path.read_text())
+    meta = dict(data.get("meta") or {})
+    if not meta:
+        note(f"{path}: no date/machine/versions recorded; using the file's date and this machine")
+        meta = run_metadata(list(data.get("allocators", {})))
+        meta["date"] = datetime.date.fromtimestamp(path.stat().st_mtime).isoformat()
+    for chart in write_charts(data, args.baseline, args.charts_dir or REPO / "docs", meta):
+        print(chart)
+    return 0
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -455,6 +633,10 @@ def parse_args():
     p.add_argument("--markdown", action="store_true", help="print the report as markdown")
     p.add_argument("--json", metavar="FILE", help="also write every run's numbers to FILE")
     p.add_argument("--list", action="store_true", help="list workloads and allocators, then exit")
+    p.add_argument("--charts-dir", metavar="DIR",
+                   help="where the SVG charts go (default docs/; benches/out/ with --quick)")
+    p.add_argument("--charts-from", metavar="FILE.json",
+                   help="only draw the charts from a previous run's --json output, then exit")
     args = p.parse_args()
     if args.runs is None:
         args.runs = 1 if args.quick else 5
@@ -465,6 +647,8 @@ def parse_args():
 
 def main():
     args = parse_args()
+    if args.charts_from:
+        return charts_from(args)
     scale = args.scale if args.scale is not None else (QUICK_SCALE if args.quick else 1.0)
 
     all_workloads, sources = discover_workloads()
@@ -553,19 +737,24 @@ def main():
                             ["$ " + ref_cmd] + ref_out.strip().splitlines()[-3:]
                             + ["$ " + run.command] + run.stdout.strip().splitlines()[-3:])
 
+    data = {
+        "scale": scale, "runs": args.runs,
+        "meta": run_metadata([a for a, _ in allocators]),
+        "allocators": dict(allocators),
+        "results": [
+            {"workload": r.workload, "allocator": r.allocator, "command": r.command,
+             "wall_s": r.wall, "maxrss_kib": r.maxrss_kib, "minflt": r.minflt,
+             "utime_s": r.utime, "stime_s": r.stime, "exit": r.exit,
+             "timed_out": r.timed_out, "stdout": r.stdout,
+             "rss_phases": r.rss_phases()}
+            for key in runs for r in runs[key]],
+    }
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({
-                "scale": scale, "runs": args.runs,
-                "allocators": dict(allocators),
-                "results": [
-                    {"workload": r.workload, "allocator": r.allocator, "command": r.command,
-                     "wall_s": r.wall, "maxrss_kib": r.maxrss_kib, "minflt": r.minflt,
-                     "utime_s": r.utime, "stime_s": r.stime, "exit": r.exit,
-                     "timed_out": r.timed_out, "stdout": r.stdout,
-                     "rss_phases": r.rss_phases()}
-                    for key in runs for r in runs[key]],
-            }, f, indent=1)
+            json.dump(data, f, indent=1)
+    charts_dir = args.charts_dir or (OUT if args.quick else REPO / "docs")
+    for chart in write_charts(data, args.baseline, charts_dir, data["meta"]):
+        note(f"chart: {chart}")
 
     shutil.rmtree(scratch, ignore_errors=True)
     report(args, workloads, allocators, runs, problems, details, scale)

@@ -82,13 +82,17 @@ fn alloc_big_known_zero(size: usize, align: usize) -> (*mut u8, bool) {
         let npages = pages_for(size.max(1));
         let align_order = order_for_pages(align.max(PAGE_SIZE) >> PAGE_SHIFT);
         return match buddy::alloc_pages_exact(npages, align_order) {
-            Some((head, zero)) => (page::page_address(head) as *mut u8, zero),
+            Some((head, zero)) => {
+                crate::frag::PAGE_TIER.add(size, npages << PAGE_SHIFT);
+                (page::page_address(head) as *mut u8, zero)
+            }
             None => (ptr::null_mut(), false),
         };
     }
     let (p, zero) = large::alloc(size, align);
     if !p.is_null() {
         if let Ok(len) = large::usable_size(p) {
+            crate::frag::LARGE_TIER.add(size, len);
             pagetable::map(p as usize, len);
             pagetable::hand_out(p as usize, len, pagetable::Tier::Large);
         }

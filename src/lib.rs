@@ -21,7 +21,9 @@
 //! See `DESIGN.md` in the repository for the architecture and the rules
 //! the code keeps (above all: the allocator never allocates from itself).
 
+pub mod addrspace;
 pub mod buddy;
+pub mod frag;
 pub mod global;
 pub mod heap;
 pub mod large;

@@ -317,6 +317,38 @@ pub fn write_all(fd: i32, mut buf: &[u8]) {
     }
 }
 
+/// Opens the file at `path` (NUL-terminated) read-only (`openat(2)` from
+/// the working directory, close-on-exec). Returns the descriptor.
+pub fn open_read(path: &core::ffi::CStr) -> Result<i32, Errno> {
+    // SAFETY: `path` is a live NUL-terminated string the kernel only reads.
+    let r = unsafe {
+        raw::syscall6(
+            libc::SYS_openat as usize,
+            [libc::AT_FDCWD as usize, path.as_ptr() as usize, (libc::O_RDONLY | libc::O_CLOEXEC) as usize, 0, 0, 0],
+        )
+    };
+    check(r).map(|fd| fd as i32)
+}
+
+/// Reads up to `buf.len()` bytes from `fd`, retrying `EINTR`. 0 at end of
+/// file.
+pub fn read(fd: i32, buf: &mut [u8]) -> Result<usize, Errno> {
+    loop {
+        // SAFETY: `buf` is live and writable for its length.
+        let r = unsafe { raw::syscall6(libc::SYS_read as usize, [fd as usize, buf.as_mut_ptr() as usize, buf.len(), 0, 0, 0]) };
+        match check(r) {
+            Err(Errno(libc::EINTR)) => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Closes `fd`; errors are dropped (nothing useful can follow them).
+pub fn close(fd: i32) {
+    // SAFETY: close(2) on a descriptor the caller owns.
+    unsafe { raw::syscall6(libc::SYS_close as usize, [fd as usize, 0, 0, 0, 0, 0]) };
+}
+
 /// The calling process's id.
 pub fn getpid() -> i32 {
     // SAFETY: getpid(2) takes no arguments and cannot fail.

@@ -143,6 +143,10 @@ pub struct Snapshot {
     pub minflt: u64,
     /// Bytes given back to the kernel so far (decay, growth, trim).
     pub released_bytes: usize,
+    /// Page-tier requests and pages handed out, exact, since the start.
+    pub page_tier: crate::frag::TierWaste,
+    /// Large-tier requests and mapping lengths, exact, since the start.
+    pub large_tier: crate::frag::TierWaste,
 }
 
 impl Snapshot {
@@ -162,6 +166,17 @@ impl Snapshot {
     /// `active_objs`): handed out by the slabs, less those cached in front.
     pub fn active_objs(&self, index: usize) -> usize {
         self.caches[index].active_objs.saturating_sub(self.cached_objs[index])
+    }
+
+    /// The buddy zone's unusable free space index of `order`, in
+    /// thousandths (see [`crate::frag`]).
+    pub fn unusable_index(&self, order: usize) -> u32 {
+        crate::frag::unusable_index(&self.buddy_free, order)
+    }
+
+    /// Slab memory in partially used slabs and in all slabs, in bytes.
+    pub fn slab_partial_bytes(&self) -> (usize, usize) {
+        crate::frag::slab_partial_bytes(&self.caches)
     }
 }
 
@@ -183,6 +198,8 @@ pub fn snapshot() -> Snapshot {
         faults: pagetable::counts(),
         minflt: 0,
         released_bytes: buddy::RELEASED_BYTES.load(Ordering::Relaxed),
+        page_tier: crate::frag::PAGE_TIER.read(),
+        large_tier: crate::frag::LARGE_TIER.read(),
     };
     {
         let zone = ZONE.lock();
@@ -453,7 +470,11 @@ pub fn write_views_of(out: &mut dyn Write, s: &Snapshot) -> fmt::Result {
     writeln!(out, "== maps")?;
     write_maps(out)?;
     writeln!(out, "== faults")?;
-    write_faults(out, s)
+    write_faults(out, s)?;
+    writeln!(out, "== extfrag")?;
+    crate::frag::write_extfrag(out, s)?;
+    writeln!(out, "== address_space")?;
+    crate::addrspace::write_address_space(out)
 }
 
 /// Writes the four text views of a fresh snapshot.
@@ -516,11 +537,11 @@ pub fn write_json(out: &mut dyn Write) -> fmt::Result {
     for (i, (kind, n)) in VMA_KINDS.iter().zip(resident_by_kind()).enumerate() {
         write!(out, "{}\"{}\":{}", if i > 0 { "," } else { "" }, kind.name(), n)?;
     }
-    writeln!(
-        out,
-        "}},\"table_pages\":{},\"released_bytes\":{}}}}}",
-        s.faults.table_pages, s.released_bytes
-    )
+    write!(out, "}},\"table_pages\":{},\"released_bytes\":{}}},\"extfrag\":", s.faults.table_pages, s.released_bytes)?;
+    crate::frag::write_extfrag_json(out, &s)?;
+    write!(out, ",\"address_space\":")?;
+    crate::addrspace::write_address_space_json(out)?;
+    writeln!(out, "}}")
 }
 
 const _: () = assert!(NR_TIERS == Tier::ALL.len());
@@ -563,7 +584,7 @@ mod tests {
         write_malloc_stats(&mut t).unwrap();
         assert!(t.starts_with("Arena 0:\nsystem bytes     = "));
         assert!(t.contains("Total (incl. mmap):"));
-        for view in ["== buddyinfo\nNode 0, zone buddyslab", "== slabinfo\nslabinfo - version: 2.1", "== maps", "== faults"] {
+        for view in ["== buddyinfo\nNode 0, zone buddyslab", "== slabinfo\nslabinfo - version: 2.1", "== maps", "== faults", "== extfrag\nunusable_index", "== address_space\naddress space"] {
             assert!(t.contains(view), "{view} missing from:\n{t}");
         }
     }
@@ -583,6 +604,16 @@ mod tests {
         assert!(v["maps"].as_array().unwrap().iter().any(|r| r["name"] == "[buddyslab:chunk]"));
         assert!(v["faults"]["predicted"].as_u64().unwrap() > 0);
         assert!(v["faults"]["minflt"].as_u64().unwrap() > 0);
+        let extfrag = &v["extfrag"];
+        let index = extfrag["unusable_index"].as_array().unwrap();
+        assert_eq!(index.len(), NR_ORDERS);
+        assert!(index.iter().all(|x| (0.0..=1.0).contains(&x.as_f64().unwrap())));
+        assert!(extfrag["slab_partial_bytes"].as_u64().unwrap() <= extfrag["slab_bytes"].as_u64().unwrap());
+        assert_eq!(extfrag["internal"]["pages"]["exact"], true);
+        assert_eq!(extfrag["internal"]["slab"]["exact"], false);
+        // 1000 bytes asked of the slab tier is at least one page-less object.
+        assert!(extfrag["internal"]["slab"]["held"].as_u64().unwrap() >= 1008);
+        assert!(v["address_space"].as_array().unwrap().iter().any(|m| m["segment"] == "[stack]"));
         // SAFETY: allocated above.
         unsafe { crate::heap::free(p) };
     }

@@ -83,6 +83,8 @@ pub struct CacheStats {
     pub active_slabs: usize,
     /// All slabs.
     pub num_slabs: usize,
+    /// Slabs with some but not all objects in use (`slabs_partial`).
+    pub partial_slabs: usize,
 }
 
 impl KmemCache {
@@ -310,6 +312,7 @@ impl KmemCache {
             pagesperslab: 1 << self.info.order,
             active_slabs: self.slabs_full.len() + self.slabs_partial.len(),
             num_slabs: self.nr_slabs,
+            partial_slabs: self.slabs_partial.len(),
         }
     }
 

@@ -154,6 +154,7 @@ pub fn cache_stats(index: usize) -> CacheStats {
         sum.num_objs += s.num_objs;
         sum.active_slabs += s.active_slabs;
         sum.num_slabs += s.num_slabs;
+        sum.partial_slabs += s.partial_slabs;
     }
     sum
 }
