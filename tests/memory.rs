@@ -209,11 +209,9 @@ fn parse_heapmap(svg: &str) -> HeapMap {
             row = Some(Vec::new());
         } else if line == "</g>" {
             rows.push(row.take().expect("</g> closes a row"));
-        } else if line.starts_with("<rect ") && row.is_some() {
+        } else if let (true, Some(cells)) = (line.starts_with("<rect "), row.as_mut()) {
             let pages = attribute(line, "width").parse().unwrap();
-            row.as_mut()
-                .unwrap()
-                .push((attribute(line, "class").to_string(), pages));
+            cells.push((attribute(line, "class").to_string(), pages));
         } else if line.starts_with("<g class=\"legend\">") {
             let text = &line[line.find("\">").unwrap()..];
             let text = &text[text.rfind("\">").unwrap() + 2..text.find("</text>").unwrap()];
