@@ -26,6 +26,7 @@ pub mod buddy;
 pub mod frag;
 pub mod global;
 pub mod heap;
+pub mod heapmap;
 pub mod large;
 pub mod options;
 pub mod os;

@@ -5,10 +5,11 @@
 //! | `BUDDYSLAB_MMAP_THRESHOLD` | bytes; requests at or above get a large block (default 128 KiB and adaptive, at most 32 MiB; `k`/`m` suffixes); setting it stops the adaptation |
 //! | `BUDDYSLAB_DECAY_MS`       | milliseconds free memory stays resident before going back to the OS (default 1000; 0 = at the next slow path) |
 //! | `BUDDYSLAB_STATS`          | `1`: the text views on stderr at exit; `json`: one JSON object on stderr at exit |
+//! | `BUDDYSLAB_HEAPMAP`        | a file path: an SVG heap map (one row per chunk, one cell per page) is written there at exit (see [`crate::heapmap`]) |
 //! | `BUDDYSLAB_LARGE_CACHE`    | bytes; cap on released large mappings kept for reuse (default 64 MiB, also bounded by the trim threshold; 0 turns the cache off) |
 //! | `BUDDYSLAB_LARGE_CACHE_MS` | milliseconds a released mapping stays cached (default 1000) |
 //! | `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_` | glibc's names, honoured as glibc does (bytes; setting either stops the adaptation) |
-//! | `BUDDYSLAB_STATS_PPID`    | a process id: with `BUDDYSLAB_STATS`, only a process whose parent it is prints the views (set by the `buddyslab` tool, so a program's own children stay quiet) |
+//! | `BUDDYSLAB_STATS_PPID`    | a process id: with `BUDDYSLAB_STATS` or `BUDDYSLAB_HEAPMAP`, only a process whose parent it is prints the views (set by the `buddyslab` tool, so a program's own children stay quiet) |
 //! | `BUDDYSLAB_ANNOUNCE`       | `FD:INODE`, set by the `buddyslab` tool: libbuddyslab.so's constructor reports on that pipe whether its `malloc` is the one bound (read there, through [`variable`]) |
 //!
 //! Every other `BUDDYSLAB_*` variable, and a malformed value, is reported on
@@ -109,7 +110,7 @@ pub fn variable(name: &[u8]) -> Option<&'static [u8]> {
     None
 }
 
-fn apply(entry: &[u8]) {
+fn apply(entry: &'static [u8]) {
     let Some(eq) = entry.iter().position(|&b| b == b'=') else { return };
     let (name, value) = (&entry[..eq], &entry[eq + 1..]);
     if name == GLIBC_MMAP_THRESHOLD || name == GLIBC_TRIM_THRESHOLD {
@@ -138,6 +139,7 @@ fn apply(entry: &[u8]) {
             b"0" | b"" => STATS_AT_EXIT.store(STATS_OFF, Ordering::Relaxed),
             _ => os::write_all(2, b"buddyslab: BUDDYSLAB_STATS must be 1, text, json or 0; ignored\n"),
         },
+        b"BUDDYSLAB_HEAPMAP" => crate::heapmap::set_path(value),
         b"BUDDYSLAB_STATS_PPID" => match parse_size(value) {
             Some(pid) if pid <= i32::MAX as usize && value.iter().all(u8::is_ascii_digit) => {
                 STATS_PPID.store(pid as i32, Ordering::Relaxed)

@@ -330,6 +330,22 @@ pub fn open_read(path: &core::ffi::CStr) -> Result<i32, Errno> {
     check(r).map(|fd| fd as i32)
 }
 
+/// Opens `path` for writing, creating it (mode 0644 before the umask) or
+/// truncating it: `openat(AT_FDCWD, path, O_WRONLY|O_CREAT|O_TRUNC|O_CLOEXEC)`.
+/// Returns the file descriptor.
+pub fn create_file(path: &core::ffi::CStr) -> Result<i32, Errno> {
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC;
+    // SAFETY: `path` is a live NUL-terminated string that openat(2) only
+    // reads; opening a file touches no memory of ours.
+    let r = unsafe {
+        raw::syscall6(
+            libc::SYS_openat as usize,
+            [libc::AT_FDCWD as usize, path.as_ptr() as usize, flags as usize, 0o644, 0, 0],
+        )
+    };
+    check(r).map(|fd| fd as i32)
+}
+
 /// Reads up to `buf.len()` bytes from `fd`, retrying `EINTR`. 0 at end of
 /// file.
 pub fn read(fd: i32, buf: &mut [u8]) -> Result<usize, Errno> {

@@ -546,8 +546,9 @@ pub fn write_json(out: &mut dyn Write) -> fmt::Result {
 
 const _: () = assert!(NR_TIERS == Tier::ALL.len());
 
-/// Prints the views `BUDDYSLAB_STATS` asked for to stderr. Registered with
-/// `atexit` by the heap's set-up when the variable is set.
+/// Prints the views `BUDDYSLAB_STATS` asked for to stderr and writes the
+/// heap map `BUDDYSLAB_HEAPMAP` asked for. Registered with `atexit` by the
+/// heap's set-up when either variable is set.
 pub extern "C" fn print_at_exit() {
     let parent = crate::options::STATS_PPID.load(Ordering::Relaxed);
     if parent != 0 && os::getppid() != parent {
@@ -560,6 +561,7 @@ pub extern "C" fn print_at_exit() {
         _ => Ok(()),
     };
     w.flush();
+    crate::heapmap::write_requested();
 }
 
 #[cfg(test)]

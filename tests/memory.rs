@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{clean_malloc_env, compile_c, library, run, Outcome};
+use common::{clean_malloc_env, compile_c, fresh_dir, library, run, Outcome};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::process::Command;
@@ -175,4 +175,140 @@ fn fault_prediction_is_within_ten_percent_of_the_kernel() {
     eprintln!("predicted {predicted}, ru_minflt {minflt}, error {:.2} %", error * 100.0);
     assert!(error <= 0.10, "prediction {predicted} is {:.1} % off ru_minflt {minflt}", error * 100.0);
     assert!(int(&faults["by_tier"]["large"]) >= 64 * 1024);
+}
+
+/// What the heap map says: the chunk rows (each the list of its runs as
+/// `(class, pages)`) and the legend (label to class and page count).
+struct HeapMap {
+    rows: Vec<Vec<(String, usize)>>,
+    legend: HashMap<String, (String, usize)>,
+}
+
+fn attribute<'a>(line: &'a str, name: &str) -> &'a str {
+    let start = line
+        .find(&format!(" {name}=\""))
+        .unwrap_or_else(|| panic!("no {name} in {line}"))
+        + name.len()
+        + 3;
+    &line[start..start + line[start..].find('"').unwrap()]
+}
+
+fn parse_heapmap(svg: &str) -> HeapMap {
+    assert!(
+        svg.starts_with("<svg "),
+        "not an SVG document:\n{}",
+        &svg[..svg.len().min(200)]
+    );
+    assert!(svg.trim_end().ends_with("</svg>"), "SVG not closed");
+    assert_eq!(svg.matches("<svg ").count(), 1);
+    let (mut rows, mut legend, mut row) =
+        (Vec::new(), HashMap::new(), None::<Vec<(String, usize)>>);
+    for line in svg.lines() {
+        if line.starts_with("<g class=\"chunk\"") {
+            assert!(row.is_none(), "row inside a row");
+            row = Some(Vec::new());
+        } else if line == "</g>" {
+            rows.push(row.take().expect("</g> closes a row"));
+        } else if let (true, Some(cells)) = (line.starts_with("<rect "), row.as_mut()) {
+            let pages = attribute(line, "width").parse().unwrap();
+            cells.push((attribute(line, "class").to_string(), pages));
+        } else if line.starts_with("<g class=\"legend\">") {
+            let text = &line[line.find("\">").unwrap()..];
+            let text = &text[text.rfind("\">").unwrap() + 2..text.find("</text>").unwrap()];
+            let (label, count) = text.rsplit_once(": ").unwrap();
+            let pages = count.trim_end_matches(" pages").parse().unwrap();
+            let swatch = &line[line.find("<rect ").unwrap()..];
+            legend.insert(
+                label.to_string(),
+                (attribute(swatch, "class").to_string(), pages),
+            );
+        }
+    }
+    assert!(row.is_none(), "a row was left open");
+    HeapMap { rows, legend }
+}
+
+/// `BUDDYSLAB_HEAPMAP` writes an SVG at exit: one row per chunk the maps
+/// view lists, 1024 pages each, and the pages of a slab cache the program
+/// filled are there in that cache's colour, as many as the cache's slabs.
+#[test]
+fn heap_map_shows_every_chunk_and_the_slabs_a_program_fills() {
+    let dir = fresh_dir("heapmap", "objects");
+    let map_of = |n: &str| {
+        let path = dir.join(format!("map-{n}.svg"));
+        let out = run_memory(
+            &["objects", "100", n],
+            &[
+                ("BUDDYSLAB_STATS", "json"),
+                ("BUDDYSLAB_HEAPMAP", path.to_str().unwrap()),
+            ],
+        );
+        let svg = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("no heap map ({e}):\n{}", out.report()));
+        (stats_json(&out), parse_heapmap(&svg))
+    };
+    let (stats_none, none) = map_of("0");
+    let (stats, some) = map_of("20000");
+    for (stats, map) in [(&stats_none, &none), (&stats, &some)] {
+        let chunk_kib: i64 = stats["maps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["name"] == "[heap]" || r["name"] == "[buddyslab:chunk]")
+            .map(|r| int(&r["kb"]))
+            .sum();
+        assert_eq!(map.rows.len() as i64, chunk_kib / 4096, "one row per chunk");
+        for row in &map.rows {
+            assert_eq!(
+                row.iter().map(|(_, n)| n).sum::<usize>(),
+                1024,
+                "a row covers its chunk's pages"
+            );
+        }
+        // The legend's counts are the cells' counts.
+        for (label, (class, pages)) in &map.legend {
+            let cells: usize = map
+                .rows
+                .iter()
+                .flatten()
+                .filter(|(c, _)| c == class)
+                .map(|(_, n)| n)
+                .sum();
+            assert_eq!(cells, *pages, "legend {label}");
+        }
+        // The free cells are the free pages buddyinfo counts.
+        let free_pages: i64 = stats["buddyinfo"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .map(|(o, n)| int(n) << o)
+            .sum();
+        let free_cells: usize = map
+            .legend
+            .iter()
+            .filter(|(l, _)| l.starts_with("free, order"))
+            .map(|(_, (_, n))| n)
+            .sum();
+        assert_eq!(
+            free_cells as i64, free_pages,
+            "free cells against buddyinfo"
+        );
+    }
+    let slab_pages = |stats: &Value, map: &HeapMap| {
+        let row = slab_row(stats, "kmalloc-112");
+        let pages = map.legend.get("slab kmalloc-112").map_or(0, |(_, n)| *n) as i64;
+        (pages, int(&row["num_slabs"]) * int(&row["pagesperslab"]))
+    };
+    let (before, slabs_before) = slab_pages(&stats_none, &none);
+    let (after, slabs_after) = slab_pages(&stats, &some);
+    assert_eq!(
+        before, slabs_before,
+        "kmalloc-112 cells are its slabs' pages"
+    );
+    assert_eq!(after, slabs_after, "kmalloc-112 cells are its slabs' pages");
+    assert!(
+        after - before >= 20000 * 112 / 4096,
+        "20000 objects of 112 B need more pages: {before} -> {after}"
+    );
 }

@@ -208,7 +208,7 @@ pub fn start(launch: &Launch, stdin: Stdio, stdout: Stdio, stderr: Stdio) -> io:
     }
     for (name, value) in launch.env {
         command.env(name, value);
-        if *name == "BUDDYSLAB_STATS" {
+        if *name == "BUDDYSLAB_STATS" || *name == "BUDDYSLAB_HEAPMAP" {
             // The views are for the program asked about, not for every
             // process it starts: only a process whose parent is this tool
             // (the child, through any exec chain) prints them.

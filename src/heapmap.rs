@@ -1,0 +1,384 @@
+//! The heap map: an SVG picture of every chunk, one row per chunk and one
+//! cell per page, coloured by what the page is doing, so fragmentation can
+//! be seen at a glance.
+//!
+//! Cell states, read from the page descriptors ([`crate::page`]):
+//!
+//! - free, by the buddy order of the block it lies in (pale to deep blue;
+//!   a wholly free chunk is one order-10 block);
+//! - slab, by the cache that owns it (a warm ramp by size class; the region
+//!   tree's `vm_area_struct` cache in violet);
+//! - a run handed out whole by the page tier (green);
+//! - a page-table shadow page (purple, from [`crate::pagetable`]'s owner
+//!   tier);
+//! - other (grey): pages on a per-CPU list ([`crate::pcp`]), the shadow's
+//!   spare table pages, blocks being released, or a block between the zone
+//!   and its tier.
+//!
+//! A run of neighbouring pages in the same state is drawn as one `<rect>`
+//! whose width is its page count (one unit per page), so a row always
+//! spans 1024 units and the file stays small. Each row is a
+//! `<g class="chunk">` group; the legend lists every state present with
+//! its page count.
+//!
+//! Written without allocating: `BUDDYSLAB_HEAPMAP=path.svg` makes the
+//! exit hook ([`crate::stats::print_at_exit`]) open the file with a raw
+//! `openat` and write through [`FdWriter`]; from Rust, [`write_svg`]
+//! writes to any `fmt::Write`. The zone lock is held only while one
+//! chunk's descriptors are copied into a 1 KiB stack array, never while
+//! the writer runs.
+
+use crate::buddy::ZONE;
+use crate::os;
+use crate::page::{self, Chunk, CHUNK_PAGES, CHUNK_SIZE, MAX_ORDER, PG_FREE, PG_NONE, PG_PAGES, PG_SLAB};
+use crate::pagetable::{self, Tier};
+use crate::slab::NR_CACHES;
+use crate::stats::{self, CacheName, FdWriter};
+use crate::vma::VmaKind;
+use core::fmt::{self, Write};
+use core::ptr;
+use core::sync::atomic::{AtomicPtr, Ordering};
+
+/// Cell state: free, order `k`, is `FREE + k`.
+const FREE: u8 = 0;
+/// Cell state: slab of cache `c` is `SLAB + c`.
+const SLAB: u8 = 16;
+/// Cell state: a page-tier run.
+const RUN: u8 = SLAB + NR_CACHES as u8;
+/// Cell state: a page of the page-table shadow.
+const TABLE: u8 = RUN + 1;
+/// Cell state: anything else (per-CPU lists, isolated, in transit).
+const OTHER: u8 = RUN + 2;
+/// Number of cell states.
+const STATES: usize = OTHER as usize + 1;
+
+/// Width of the address column, in SVG units.
+const LABEL: usize = 120;
+/// Height of one chunk row.
+const ROW: usize = 10;
+/// Vertical distance between rows.
+const PITCH: usize = 12;
+/// Top margin (title line).
+const TOP: usize = 28;
+/// Height of one legend line and the width of one legend column.
+const LEGEND_LINE: usize = 16;
+const LEGEND_COLUMN: usize = 286;
+const LEGEND_COLUMNS: usize = 4;
+/// Total width.
+const WIDTH: usize = LABEL + CHUNK_PAGES + 10;
+
+/// `BUDDYSLAB_HEAPMAP`: the path (a NUL-terminated environment string), or
+/// null when no map was asked for.
+static PATH: AtomicPtr<libc::c_char> = AtomicPtr::new(ptr::null_mut());
+
+/// Records the path `BUDDYSLAB_HEAPMAP` names. `value` must be followed in
+/// memory by a NUL (an environment entry is), and live for the process.
+pub fn set_path(value: &'static [u8]) {
+    let p = if value.is_empty() { ptr::null_mut() } else { value.as_ptr() as *mut libc::c_char };
+    PATH.store(p, Ordering::Relaxed);
+}
+
+/// Whether a heap map is to be written at exit.
+pub fn requested() -> bool {
+    !PATH.load(Ordering::Relaxed).is_null()
+}
+
+/// Writes the map to the file `BUDDYSLAB_HEAPMAP` names, if any. Called by
+/// the exit hook; reports a file that cannot be opened on stderr.
+pub fn write_requested() {
+    let p = PATH.load(Ordering::Relaxed);
+    if p.is_null() {
+        return;
+    }
+    // SAFETY: `p` points at an environment string, NUL-terminated and
+    // never freed (see `set_path`).
+    let path = unsafe { core::ffi::CStr::from_ptr(p) };
+    match os::create_file(path) {
+        Ok(fd) => {
+            let mut w = FdWriter::new(fd);
+            let _ = write_svg(&mut w);
+            w.flush();
+            os::close(fd);
+        }
+        Err(os::Errno(e)) => {
+            let mut w = FdWriter::new(2);
+            let _ = writeln!(w, "buddyslab: cannot write the heap map to {} (errno {e})", path.to_string_lossy_fixed());
+            w.flush();
+        }
+    }
+}
+
+/// `CStr` to text without allocating: invalid UTF-8 shows as `?`.
+trait LossyFixed {
+    fn to_string_lossy_fixed(&self) -> Lossy<'_>;
+}
+
+struct Lossy<'a>(&'a [u8]);
+
+impl LossyFixed for core::ffi::CStr {
+    fn to_string_lossy_fixed(&self) -> Lossy<'_> {
+        Lossy(self.to_bytes())
+    }
+}
+
+impl fmt::Display for Lossy<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for chunk in self.0.utf8_chunks() {
+            f.write_str(chunk.valid())?;
+            if !chunk.invalid().is_empty() {
+                f.write_str("?")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Calls `f` with the base of every chunk the region tree lists, in
+/// address order (no lock held while `f` runs).
+fn for_each_chunk(mut f: impl FnMut(usize) -> fmt::Result) -> fmt::Result {
+    stats::for_each_region(|r| {
+        if r.kind != VmaKind::Heap && r.kind != VmaKind::Chunk {
+            return Ok(());
+        }
+        let mut base = (r.start + CHUNK_SIZE - 1) & !(CHUNK_SIZE - 1);
+        while base + CHUNK_SIZE <= r.end {
+            if !page::chunk_of(base).is_null() {
+                f(base)?;
+            }
+            base += CHUNK_SIZE;
+        }
+        Ok(())
+    })
+}
+
+/// The state of every page of the chunk at `base`, or `None` when no chunk
+/// is registered there. Takes the zone lock while reading descriptors.
+fn read_chunk(base: usize, cells: &mut [u8; CHUNK_PAGES]) -> bool {
+    let chunk = page::chunk_of(base);
+    if chunk.is_null() {
+        return false;
+    }
+    {
+        let _zone = ZONE.lock();
+        // SAFETY: a registered chunk descriptor is live. Free blocks'
+        // descriptors are stable under the zone lock; slab and run heads
+        // may be changing under their own locks, so their fields are read
+        // volatile and every step is clamped to the chunk: a stale value
+        // can only miscolour a cell, never read out of bounds.
+        unsafe {
+            if (*chunk).descriptors_released {
+                cells.fill(FREE + MAX_ORDER as u8);
+            } else {
+                let mut i = 0;
+                while i < CHUNK_PAGES {
+                    let p = Chunk::page(chunk, i);
+                    let order = ptr::read_volatile(ptr::addr_of!((*p).order)) as usize;
+                    let (state, n) = match (*p).kind() {
+                        PG_FREE if order <= MAX_ORDER && i & ((1 << order) - 1) == 0 => {
+                            (FREE + order as u8, 1 << order)
+                        }
+                        PG_SLAB if order <= MAX_ORDER => {
+                            let class = ptr::read_volatile(ptr::addr_of!((*p).class)) as usize;
+                            (if class < NR_CACHES { SLAB + class as u8 } else { OTHER }, 1 << order)
+                        }
+                        PG_PAGES => (RUN, ptr::read_volatile(ptr::addr_of!((*p).span)).max(1) as usize),
+                        // A block off the zone that no tier has marked (a
+                        // per-CPU list's, the shadow's table pool, one being
+                        // released): the zone left its order in the head and
+                        // its tails unmarked, so they are skipped with it.
+                        PG_NONE if order <= MAX_ORDER && i & ((1 << order) - 1) == 0 => (OTHER, 1 << order),
+                        _ => (OTHER, 1),
+                    };
+                    let end = (i + n).min(CHUNK_PAGES);
+                    cells[i..end].fill(state);
+                    i = end;
+                }
+            }
+        }
+    }
+    // The shadow's own tables are zone pages no tier marks; its owner
+    // tier tells them apart (lock-free reads).
+    for (i, cell) in cells.iter_mut().enumerate() {
+        if *cell == OTHER && pagetable::tier_of(pagetable::entry(base + (i << os::PAGE_SHIFT))) == Tier::PageTable {
+            *cell = TABLE;
+        }
+    }
+    true
+}
+
+/// The CSS fill of a state.
+struct Fill(u8);
+
+impl fmt::Display for Fill {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.0;
+        if s <= FREE + MAX_ORDER as u8 {
+            // Pale for small free blocks, deeper for large ones.
+            write!(f, "hsl(210,65%,{}%)", 90 - 3 * (s - FREE) as usize)
+        } else if s == SLAB + crate::slab::VM_AREA_CACHE as u8 {
+            f.write_str("hsl(285,45%,55%)")
+        } else if (SLAB..RUN).contains(&s) {
+            // Yellow (small objects) through orange and red to magenta.
+            let class = (s - SLAB) as usize;
+            let hue = (360 + 50 - class * 90 / crate::slab::NR_CLASSES) % 360;
+            write!(f, "hsl({hue},80%,50%)")
+        } else if s == RUN {
+            f.write_str("hsl(130,50%,38%)")
+        } else if s == TABLE {
+            f.write_str("hsl(265,55%,35%)")
+        } else {
+            f.write_str("#9a9a9a")
+        }
+    }
+}
+
+/// The CSS class name of a state.
+struct Class(u8);
+
+impl fmt::Display for Class {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.0;
+        if s <= FREE + MAX_ORDER as u8 {
+            write!(f, "f{}", s - FREE)
+        } else if (SLAB..RUN).contains(&s) {
+            write!(f, "s{}", s - SLAB)
+        } else if s == RUN {
+            f.write_str("run")
+        } else if s == TABLE {
+            f.write_str("pt")
+        } else {
+            f.write_str("other")
+        }
+    }
+}
+
+/// What the legend calls a state.
+struct Label(u8);
+
+impl fmt::Display for Label {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.0;
+        if s <= FREE + MAX_ORDER as u8 {
+            write!(f, "free, order {}", s - FREE)
+        } else if (SLAB..RUN).contains(&s) {
+            write!(f, "slab {}", CacheName((s - SLAB) as usize))
+        } else if s == RUN {
+            f.write_str("page-tier run")
+        } else if s == TABLE {
+            f.write_str("page-table shadow")
+        } else {
+            f.write_str("per-CPU lists, table pool, in transit")
+        }
+    }
+}
+
+/// Writes the heap map as one SVG document: a title line, one
+/// `<g class="chunk">` row per chunk (its address, then runs of cells),
+/// and a legend of the states present with their page counts.
+pub fn write_svg(out: &mut dyn Write) -> fmt::Result {
+    let mut cells = [0u8; CHUNK_PAGES];
+    // First pass: how many rows and legend lines the picture needs.
+    let (mut chunks, mut counts) = (0usize, [0usize; STATES]);
+    for_each_chunk(|base| {
+        if read_chunk(base, &mut cells) {
+            chunks += 1;
+            cells.iter().for_each(|&c| counts[c as usize] += 1);
+        }
+        Ok(())
+    })?;
+    let states = counts.iter().filter(|&&n| n > 0).count();
+    // Room for a few states that may appear between the passes.
+    let legend_lines = (states + 4).div_ceil(LEGEND_COLUMNS);
+    let legend_top = TOP + chunks * PITCH + 14;
+    let height = legend_top + legend_lines * LEGEND_LINE + 8;
+    writeln!(
+        out,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{height}\" viewBox=\"0 0 {WIDTH} {height}\" font-family=\"monospace\" font-size=\"11\">"
+    )?;
+    writeln!(out, "<style>")?;
+    for s in 0..STATES as u8 {
+        if s > FREE + MAX_ORDER as u8 && s < SLAB {
+            continue;
+        }
+        writeln!(out, ".{}{{fill:{}}}", Class(s), Fill(s))?;
+    }
+    writeln!(out, "</style>")?;
+    writeln!(out, "<rect width=\"{WIDTH}\" height=\"{height}\" fill=\"white\"/>")?;
+    writeln!(
+        out,
+        "<text x=\"4\" y=\"16\">buddyslab heap map: {chunks} chunks of {CHUNK_PAGES} pages, one cell per 4 KiB page</text>"
+    )?;
+
+    // Second pass: the rows, with the counts the legend shows.
+    let mut counts = [0usize; STATES];
+    let mut row = 0usize;
+    for_each_chunk(|base| {
+        if !read_chunk(base, &mut cells) {
+            return Ok(());
+        }
+        let y = TOP + row * PITCH;
+        writeln!(out, "<g class=\"chunk\" data-base=\"{base:#x}\">")?;
+        writeln!(out, "<text x=\"4\" y=\"{}\">{base:#014x}</text>", y + ROW - 1)?;
+        let mut i = 0;
+        while i < CHUNK_PAGES {
+            let state = cells[i];
+            let run = cells[i..].iter().take_while(|&&c| c == state).count();
+            counts[state as usize] += run;
+            writeln!(out, "<rect x=\"{}\" y=\"{y}\" width=\"{run}\" height=\"{ROW}\" class=\"{}\"/>", LABEL + i, Class(state))?;
+            i += run;
+        }
+        writeln!(out, "</g>")?;
+        row += 1;
+        Ok(())
+    })?;
+
+    for (item, (s, &n)) in counts.iter().enumerate().filter(|(_, &n)| n > 0).enumerate() {
+        let x = 4 + (item % LEGEND_COLUMNS) * LEGEND_COLUMN;
+        let y = legend_top + (item / LEGEND_COLUMNS) * LEGEND_LINE;
+        writeln!(
+            out,
+            "<g class=\"legend\"><rect x=\"{x}\" y=\"{y}\" width=\"12\" height=\"12\" class=\"{}\"/><text x=\"{}\" y=\"{}\">{}: {n} pages</text></g>",
+            Class(s as u8),
+            x + 16,
+            y + 10,
+            Label(s as u8)
+        )?;
+    }
+    writeln!(out, "</svg>")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_have_distinct_classes_and_the_map_is_a_document() {
+        let mut seen = [const { stats::FixedBuf::<16>::new() }; STATES];
+        for s in 0..STATES as u8 {
+            let _ = write!(seen[s as usize], "{}", Class(s));
+        }
+        for (a, x) in seen.iter().enumerate() {
+            for y in &seen[a + 1..] {
+                let (x, y) = (x.as_str(), y.as_str());
+                assert!(x != y || x == "other", "two states share class {x}");
+            }
+        }
+        // The test binary's heap is not buddyslab's, but boxes made here
+        // through the tiers directly do show up.
+        let p = crate::heap::malloc(100);
+        assert!(!p.is_null());
+        let mut text = String::new();
+        write_svg(&mut text).unwrap();
+        // SAFETY: `p` came from `heap::malloc` above and is freed once.
+        unsafe { crate::heap::free(p) };
+        assert!(text.starts_with("<svg ") && text.trim_end().ends_with("</svg>"));
+        let rows = text.matches("<g class=\"chunk\"").count();
+        assert!(rows >= 1, "{text}");
+        let widths: usize = text
+            .lines()
+            .filter(|l| l.starts_with("<rect x=") && l.contains("height=\"10\""))
+            .map(|l| l.split("width=\"").nth(1).unwrap().split('"').next().unwrap().parse::<usize>().unwrap())
+            .sum();
+        assert_eq!(widths, rows * CHUNK_PAGES);
+    }
+}
