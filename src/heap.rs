@@ -78,17 +78,41 @@ fn alloc_big_known_zero(size: usize, align: usize) -> (*mut u8, bool) {
     if size > MAX_REQUEST || align > MAX_REQUEST / 2 {
         return (ptr::null_mut(), false);
     }
-    if size < MMAP_THRESHOLD.load(Ordering::Relaxed) && size <= CHUNK_SIZE && align <= CHUNK_SIZE {
-        let npages = pages_for(size.max(1));
-        let align_order = order_for_pages(align.max(PAGE_SIZE) >> PAGE_SHIFT);
-        return match buddy::alloc_pages_exact(npages, align_order) {
-            Some((head, zero)) => {
-                crate::frag::PAGE_TIER.add(size, npages << PAGE_SHIFT);
-                (page::page_address(head) as *mut u8, zero)
-            }
-            None => (ptr::null_mut(), false),
-        };
+    let fits_chunk = size <= CHUNK_SIZE && align <= CHUNK_SIZE;
+    // When the system refuses the tier's own source (no room for another
+    // 4 MiB chunk, or for a new mapping, under RLIMIT_AS or the map count
+    // limit), the other tier may still have room: free chunks keep their
+    // address space, and a small mapping may fit where a chunk does not.
+    if size < MMAP_THRESHOLD.load(Ordering::Relaxed) && fits_chunk {
+        match page_run(size, align) {
+            (p, _) if p.is_null() => large_block(size, align),
+            found => found,
+        }
+    } else {
+        match large_block(size, align) {
+            (p, _) if p.is_null() && fits_chunk => page_run(size, align),
+            found => found,
+        }
     }
+}
+
+/// An exact run of buddy pages for `size` bytes aligned to `align` (both
+/// at most a chunk), and whether it reads as zero.
+fn page_run(size: usize, align: usize) -> (*mut u8, bool) {
+    let npages = pages_for(size.max(1));
+    let align_order = order_for_pages(align.max(PAGE_SIZE) >> PAGE_SHIFT);
+    match buddy::alloc_pages_exact(npages, align_order) {
+        Some((head, zero)) => {
+            crate::frag::PAGE_TIER.add(size, npages << PAGE_SHIFT);
+            (page::page_address(head) as *mut u8, zero)
+        }
+        None => (ptr::null_mut(), false),
+    }
+}
+
+/// A large block of its own mapping, recorded in the page-table shadow,
+/// and whether it reads as zero.
+fn large_block(size: usize, align: usize) -> (*mut u8, bool) {
     let (p, zero) = large::alloc(size, align);
     if !p.is_null() {
         if let Ok(len) = large::usable_size(p) {
