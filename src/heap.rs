@@ -79,11 +79,17 @@ fn alloc_big_known_zero(size: usize, align: usize) -> (*mut u8, bool) {
         return (ptr::null_mut(), false);
     }
     let fits_chunk = size <= CHUNK_SIZE && align <= CHUNK_SIZE;
+    // An alignment that needs a bigger buddy block than the size does
+    // would leave the rest of that block as fragments around a pinned run:
+    // slabs settle in them and the aligned block never coalesces again, so
+    // the zone grows by a chunk for every few such requests (measured with
+    // examples/soak.rs). A mapping of its own trims its slack exactly.
+    let over_aligned = align > PAGE_SIZE && align > pages_for(size.max(1)).next_power_of_two() << PAGE_SHIFT;
     // When the system refuses the tier's own source (no room for another
     // 4 MiB chunk, or for a new mapping, under RLIMIT_AS or the map count
     // limit), the other tier may still have room: free chunks keep their
     // address space, and a small mapping may fit where a chunk does not.
-    if size < MMAP_THRESHOLD.load(Ordering::Relaxed) && fits_chunk {
+    if size < MMAP_THRESHOLD.load(Ordering::Relaxed) && fits_chunk && !over_aligned {
         match page_run(size, align) {
             (p, _) if p.is_null() => large_block(size, align),
             found => found,
