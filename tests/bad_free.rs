@@ -117,13 +117,11 @@ const LARGE_FREED: &str = "double free or invalid pointer (memory is free)|inval
 // ----------------------------------------------------------------- free
 
 #[test]
-#[ignore = "small double free: thread-cache detection pending"]
 fn c_free_small_double() {
     c_case("free-small-double", "double free");
 }
 
 #[test]
-#[ignore = "small double free: thread-cache detection pending"]
 fn c_free_small_double_with_frees_between() {
     c_case("free-small-double-between", "double free");
 }
@@ -227,14 +225,14 @@ fn rust_child() {
     unsafe {
         match case.as_str() {
             "small-double" => {
-                let p = GLOBAL.alloc(small);
+                let p = announce(GLOBAL.alloc(small));
                 GLOBAL.dealloc(p, small);
-                GLOBAL.dealloc(announce(p), small);
+                GLOBAL.dealloc(std::hint::black_box(p), small);
             }
             "large-double" => {
-                let p = GLOBAL.alloc(large);
+                let p = announce(GLOBAL.alloc(large));
                 GLOBAL.dealloc(p, large);
-                GLOBAL.dealloc(announce(p), large);
+                GLOBAL.dealloc(std::hint::black_box(p), large);
             }
             "stack" => {
                 let mut local = [0u8; 64];
@@ -261,7 +259,6 @@ fn rust_child() {
 }
 
 #[test]
-#[ignore = "small double free: thread-cache detection pending"]
 fn rust_dealloc_small_double() {
     rust_case("small-double", "free()", "double free");
 }

@@ -37,11 +37,19 @@
 
 enum call { CALL_FREE, CALL_REALLOC, CALL_USABLE };
 
-/* Says which address is coming, then makes the bad call. */
-static void bad_call(enum call call, void *p)
+/* Says which address the bad call will pass. Printed before any block of
+ * the case is freed: stdio's first output allocates its buffer, which must
+ * not land in the block just freed (the bad call would then hit a live
+ * block). */
+static void announce(void *p)
 {
     printf("addr=%p\n", p);
     fflush(stdout);
+}
+
+/* Makes the bad call; the address was announced already. */
+static void call_only(enum call call, void *p)
+{
     p = hidep(p);
     switch (call) {
     case CALL_FREE:
@@ -56,6 +64,12 @@ static void bad_call(enum call call, void *p)
         printf("usable=%zu\n", malloc_usable_size(p));
         break;
     }
+}
+
+static void bad_call(enum call call, void *p)
+{
+    announce(p);
+    call_only(call, p);
 }
 
 static void *filled(size_t size)
@@ -116,30 +130,35 @@ int main(int argc, char **argv)
 
     if (call == CALL_FREE && !strcmp(rest, "small-double")) {
         void *p = filled(64), *alias = hidep(p);
+        announce(p);
         free(p);
-        bad_call(call, alias);
+        call_only(call, alias);
     } else if (call == CALL_FREE && !strcmp(rest, "small-double-between")) {
         void *p = filled(64), *alias = hidep(p);
         void *q = filled(64);
         void *r = filled(64);
         void *s = filled(1000);
+        announce(p);
         free(p);
         free(q);
         free(s);
         free(r);
-        bad_call(call, alias);
+        call_only(call, alias);
     } else if (call == CALL_FREE && !strcmp(rest, "pages-double")) {
         void *p = filled(64 << 10), *alias = hidep(p);
+        announce(p);
         free(p);
-        bad_call(call, alias);
+        call_only(call, alias);
     } else if (call == CALL_FREE && !strcmp(rest, "large-double")) {
         void *p = filled(1 << 20), *alias = hidep(p);
+        announce(p);
         free(p);
-        bad_call(call, alias);
+        call_only(call, alias);
     } else if (call != CALL_FREE && !strcmp(rest, "large-freed")) {
         void *p = filled(1 << 20), *alias = hidep(p);
+        announce(p);
         free(p);
-        bad_call(call, alias);
+        call_only(call, alias);
     } else if (!strcmp(rest, "stack")) {
         bad_call(call, (char *)local + 16);
     } else if (!strcmp(rest, "interior-small")) {
