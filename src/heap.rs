@@ -28,7 +28,7 @@ use crate::pagetable;
 use crate::slab::{self, cache, class_of, magazine, size_of_class, CLASSES, NR_CLASSES, SLAB_MAX};
 use crate::stats;
 use core::ptr;
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 /// Alignment every block gets without asking (glibc's on x86-64).
 pub const MIN_ALIGN: usize = 16;
@@ -78,17 +78,47 @@ fn alloc_big_known_zero(size: usize, align: usize) -> (*mut u8, bool) {
     if size > MAX_REQUEST || align > MAX_REQUEST / 2 {
         return (ptr::null_mut(), false);
     }
-    if size < MMAP_THRESHOLD.load(Ordering::Relaxed) && size <= CHUNK_SIZE && align <= CHUNK_SIZE {
-        let npages = pages_for(size.max(1));
-        let align_order = order_for_pages(align.max(PAGE_SIZE) >> PAGE_SHIFT);
-        return match buddy::alloc_pages_exact(npages, align_order) {
-            Some((head, zero)) => {
-                crate::frag::PAGE_TIER.add(size, npages << PAGE_SHIFT);
-                (page::page_address(head) as *mut u8, zero)
-            }
-            None => (ptr::null_mut(), false),
-        };
+    let fits_chunk = size <= CHUNK_SIZE && align <= CHUNK_SIZE;
+    // An alignment that needs a bigger buddy block than the size does
+    // would leave the rest of that block as fragments around a pinned run:
+    // slabs settle in them and the aligned block never coalesces again, so
+    // the zone grows by a chunk for every few such requests (measured with
+    // examples/soak.rs). A mapping of its own trims its slack exactly.
+    let over_aligned = align > PAGE_SIZE && align > pages_for(size.max(1)).next_power_of_two() << PAGE_SHIFT;
+    // When the system refuses the tier's own source (no room for another
+    // 4 MiB chunk, or for a new mapping, under RLIMIT_AS or the map count
+    // limit), the other tier may still have room: free chunks keep their
+    // address space, and a small mapping may fit where a chunk does not.
+    if size < MMAP_THRESHOLD.load(Ordering::Relaxed) && fits_chunk && !over_aligned {
+        match page_run(size, align) {
+            (p, _) if p.is_null() => large_block(size, align),
+            found => found,
+        }
+    } else {
+        match large_block(size, align) {
+            (p, _) if p.is_null() && fits_chunk => page_run(size, align),
+            found => found,
+        }
     }
+}
+
+/// An exact run of buddy pages for `size` bytes aligned to `align` (both
+/// at most a chunk), and whether it reads as zero.
+fn page_run(size: usize, align: usize) -> (*mut u8, bool) {
+    let npages = pages_for(size.max(1));
+    let align_order = order_for_pages(align.max(PAGE_SIZE) >> PAGE_SHIFT);
+    match buddy::alloc_pages_exact(npages, align_order) {
+        Some((head, zero)) => {
+            crate::frag::PAGE_TIER.add(size, npages << PAGE_SHIFT);
+            (page::page_address(head) as *mut u8, zero)
+        }
+        None => (ptr::null_mut(), false),
+    }
+}
+
+/// A large block of its own mapping, recorded in the page-table shadow,
+/// and whether it reads as zero.
+fn large_block(size: usize, align: usize) -> (*mut u8, bool) {
     let (p, zero) = large::alloc(size, align);
     if !p.is_null() {
         if let Ok(len) = large::usable_size(p) {
@@ -159,7 +189,13 @@ fn owner_of(p: *mut u8, what: &'static [u8]) -> Owner {
             }
         }
         match kind {
-            PG_SLAB if ((*head).class as usize) < NR_CLASSES => Owner::Slab(head, (*head).class as usize),
+            PG_SLAB if ((*head).class as usize) < NR_CLASSES => {
+                let class = (*head).class as usize;
+                if !CLASSES[class].is_object_start(p as usize) {
+                    bad_pointer(what, b"invalid pointer (inside an object)", p);
+                }
+                Owner::Slab(head, class)
+            }
             PG_PAGES if page::page_address(head) == p as usize => Owner::Pages(head),
             PG_PAGES => bad_pointer(what, b"invalid pointer (inside a block)", p),
             page::PG_FREE => bad_pointer(what, b"double free or invalid pointer (memory is free)", p),
@@ -231,8 +267,49 @@ fn free_outside(p: *mut u8) {
     }
     // SAFETY: given up by the caller if it is a large block.
     if let Err(why) = unsafe { large::free(p) } {
-        bad_pointer(b"free()", why, p);
+        bad_outside(b"free()", why, p);
     }
+    remember_freed_large(p);
+}
+
+/// How many recently freed large blocks are remembered (see
+/// [`FREED_LARGE`]).
+const FREED_LARGE_SLOTS: usize = 64;
+
+/// Starts of the last large blocks unmapped. Their regions are gone, so
+/// nothing else remembers them; a second `free` of one finds no region and
+/// would otherwise be reported as a foreign pointer. A slot is only read
+/// when a pointer has already turned out to be bad, so a stale or racing
+/// entry can at worst change the wording of the message, never let a bad
+/// pointer through. (A block kept in the mapping cache is still in the
+/// region tree, and [`large`] names its second free itself.)
+static FREED_LARGE: [AtomicUsize; FREED_LARGE_SLOTS] = [const { AtomicUsize::new(0) }; FREED_LARGE_SLOTS];
+/// Next slot of [`FREED_LARGE`] to overwrite.
+static FREED_LARGE_NEXT: AtomicUsize = AtomicUsize::new(0);
+
+fn remember_freed_large(p: *mut u8) {
+    let slot = FREED_LARGE_NEXT.fetch_add(1, Ordering::Relaxed) % FREED_LARGE_SLOTS;
+    FREED_LARGE[slot].store(p as usize, Ordering::Relaxed);
+}
+
+/// Stops the process for `p`, a pointer in no chunk that is not the start
+/// of a live large block, for the reason [`large`] gave, made precise when
+/// `p` is a large block freed (and unmapped) a short while ago. `p` is
+/// never dereferenced: it may point at the program's own mappings, a
+/// stack, or nothing at all.
+#[cold]
+#[inline(never)]
+fn bad_outside(what: &'static [u8], why: large::NotLarge, p: *mut u8) -> ! {
+    // Only a pointer in no region at all (large's "not allocated" reason)
+    // may be a block unmapped since; a cached one is named by `large`.
+    let recently_freed = why == b"invalid pointer (not allocated by buddyslab)"
+        && FREED_LARGE.iter().any(|a| a.load(Ordering::Relaxed) == p as usize);
+    let why: &[u8] = match (recently_freed, what) {
+        (true, b"free()") => b"double free (large block already unmapped)",
+        (true, _) => b"invalid pointer (large block already freed)",
+        (false, _) => why,
+    };
+    bad_pointer(what, why, p)
 }
 
 /// Usable bytes of the block at `p` (0 for null).
@@ -246,7 +323,7 @@ pub fn usable_size(p: *mut u8) -> usize {
         Owner::Pages(head) => (unsafe { (*head).span } as usize) << PAGE_SHIFT,
         Owner::Outside => match large::usable_size(p) {
             Ok(n) => n,
-            Err(why) => bad_pointer(b"malloc_usable_size()", why, p),
+            Err(why) => bad_outside(b"malloc_usable_size()", why, p),
         },
     }
 }
@@ -306,7 +383,7 @@ pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 
         Owner::Outside => {
             let usable = match large::usable_size(p) {
                 Ok(n) => n,
-                Err(why) => bad_pointer(b"realloc()", why, p),
+                Err(why) => bad_outside(b"realloc()", why, p),
             };
             // A block stays large while the new size is one the slabs and
             // page runs would not take.
@@ -318,6 +395,9 @@ pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 
                 if !q.is_null() {
                     if let Ok(new_len) = large::usable_size(q) {
                         pagetable::remapped(p as usize, usable, q as usize, new_len, pagetable::Tier::Large);
+                    }
+                    if q != p {
+                        remember_freed_large(p);
                     }
                     return q;
                 }
