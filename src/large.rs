@@ -137,9 +137,20 @@ fn adapt_on_free(len: usize) {
     }
 }
 
-/// The cache's bounds as the options stand now.
+/// The cache's bound in bytes as the options stand now:
+/// `BUDDYSLAB_LARGE_CACHE`, and also the trim threshold when the program
+/// set one (or any other setting that stops the adaptation). While the
+/// threshold adapts, the trim threshold is only twice the largest block
+/// freed, far too little to keep a working set of medium blocks resident
+/// (glibc keeps freed chunks in its heap without such a bound); the cache
+/// is bounded by its own cap and by age instead.
 fn max_cached_bytes() -> usize {
-    CACHE_MAX.load(Ordering::Relaxed).min(TRIM_THRESHOLD.load(Ordering::Relaxed))
+    let cap = CACHE_MAX.load(Ordering::Relaxed);
+    if DYNAMIC_THRESHOLD.load(Ordering::Relaxed) {
+        cap
+    } else {
+        cap.min(TRIM_THRESHOLD.load(Ordering::Relaxed))
+    }
 }
 
 // ---------------------------------------------------------------------------

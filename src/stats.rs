@@ -261,15 +261,28 @@ pub fn mallinfo2() -> MallInfo2 {
     let free_objects: usize = s.caches[..slab::NR_CLASSES].iter().map(|c| c.num_objs - c.active_objs).sum();
     let free_object_bytes: usize =
         s.caches[..slab::NR_CLASSES].iter().map(|c| (c.num_objs - c.active_objs) * c.objsize).sum();
+    // glibc counts as mmapped only chunks at or above the threshold; a
+    // large block below it (served from the cache of released mappings
+    // while the threshold adapts) counts as heap, as it would there.
+    let threshold = crate::large::MMAP_THRESHOLD.load(Ordering::Relaxed);
+    let (mut hblks, mut hblkhd) = (0, 0);
+    let _ = for_each_region(|r| {
+        if r.kind == VmaKind::Large && r.end - r.start >= threshold {
+            hblks += 1;
+            hblkhd += r.end - r.start;
+        }
+        Ok(())
+    });
+    let hblkhd = hblkhd.min(s.large_bytes);
     MallInfo2 {
         arena: s.chunk_bytes(),
         ordblks: s.buddy_free.iter().sum(),
         smblks: free_objects,
-        hblks: s.nr_large,
-        hblkhd: s.large_bytes,
+        hblks,
+        hblkhd,
         usmblks: 0,
         fsmblks: free_object_bytes,
-        uordblks: s.in_use_bytes() - s.large_bytes,
+        uordblks: s.in_use_bytes() - hblkhd,
         fordblks: s.free_pages * PAGE_SIZE + free_object_bytes,
         keepcost: s.buddy_free[NR_ORDERS - 1] * crate::page::CHUNK_SIZE,
     }
