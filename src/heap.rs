@@ -4,7 +4,7 @@
 //! | request                                     | tier                         |
 //! |---------------------------------------------|------------------------------|
 //! | ≤ 32 KiB (alignment ≤ 4 KiB, a fitting class)| slab cache of its class      |
-//! | below the mmap threshold, ≤ 4 MiB            | page tier: exact buddy run   |
+//! | below the mmap threshold, ≤ 256 KiB          | page tier: exact buddy run   |
 //! | otherwise                                    | large: own or cached mapping |
 //!
 //! The mmap threshold applies above 32 KiB; smaller requests always use

@@ -15,8 +15,9 @@
 //! mapping is longer than the threshold and at most 32 MiB
 //! ([`MAX_MMAP_THRESHOLD`], glibc's cap on 64-bit) raises the threshold to
 //! that length and the trim threshold to twice it: a program that frees
-//! 1 MiB blocks then gets them from buddy runs, one that frees 20 MiB
-//! blocks gets them from this cache. Setting either threshold explicitly
+//! 1 MiB or 20 MiB blocks then gets them back from this cache, resident.
+//! (The heap sends only requests up to 256 KiB to buddy page runs,
+//! whatever the threshold: see `heap::PAGE_TIER_MAX`.) Setting either threshold explicitly
 //! (`mallopt(M_MMAP_THRESHOLD / M_TRIM_THRESHOLD)`,
 //! `BUDDYSLAB_MMAP_THRESHOLD`, glibc's `MALLOC_MMAP_THRESHOLD_` /
 //! `MALLOC_TRIM_THRESHOLD_`) turns the adaptation off for good.
@@ -37,14 +38,14 @@
 //!   growth faults). With nothing cached, a fresh mapping.
 //! - **free** merges the block with cached extents that touch it (the
 //!   pieces of one earlier split come back together).
-//! - **bounds**: the cached total stays at most
-//!   `min(BUDDYSLAB_LARGE_CACHE, trim threshold)` (64 MiB and 128 KiB by
-//!   default: nothing is cached until the threshold has adapted), and an
+//! - **bounds**: the cached total stays at most `BUDDYSLAB_LARGE_CACHE`
+//!   (64 MiB), and at most the trim threshold too once the adaptation is
+//!   off (the program set a threshold); only blocks no longer than the mmap
+//!   threshold are kept, so nothing is cached until it has adapted. An
 //!   extent is unmapped once it has been cached for
-//!   `BUDDYSLAB_LARGE_CACHE_MS` (1000 ms) — checked on every large
-//!   allocation and free, and by the memory-return decay through
-//!   [`release_cached`]. The oldest extents go first. `malloc_trim(0)`
-//!   unmaps them all.
+//!   `BUDDYSLAB_LARGE_CACHE_MS` (1000 ms), checked on every large
+//!   allocation and free ([`release_cached`]). The oldest extents go
+//!   first. `malloc_trim(0)` unmaps them all.
 //! - `realloc` grows a block into a cached extent right after it (no
 //!   system call), otherwise with `mremap` (no copy); shrinking unmaps the
 //!   tail.
