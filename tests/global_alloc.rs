@@ -17,20 +17,9 @@ static GLOBAL: BuddySlab = BuddySlab;
 /// underneath the reader.
 static COUNTERS: Mutex<()> = Mutex::new(());
 
-/// A small deterministic generator (xorshift64*), so runs repeat.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+#[path = "common/rng.rs"]
+mod rng;
+use rng::Rng;
 
 #[test]
 fn allocations_really_come_from_buddyslab() {

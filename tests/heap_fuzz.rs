@@ -49,18 +49,17 @@ const EDGES: &[usize] = &[
     32767, 32768, 32769, 65536, 131071, 131072, 131073, 1 << 20, (4 << 20) - 1, 4 << 20, (4 << 20) + 1, 8 << 20,
 ];
 
-struct Rng(u64);
+#[path = "common/rng.rs"]
+mod rng;
+use rng::Rng;
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
+/// What the fuzz target draws, on top of the shared generator.
+trait Draw {
+    fn size(&mut self) -> usize;
+    fn op(&mut self) -> Op;
+}
+
+impl Draw for Rng {
     fn size(&mut self) -> usize {
         match self.below(10) {
             0..=2 => EDGES[self.below(EDGES.len() as u64) as usize],
