@@ -232,6 +232,17 @@ fn python_suite(preload: Option<&Path>) -> Outcome {
     if let Some(lib) = preload {
         cmd.env("LD_PRELOAD", lib);
     }
+    // Python installs its SIGINT handler only when SIGINT is not ignored,
+    // and a test run started in the background of a shell inherits it
+    // ignored: test_threading's interrupt_main cases then fail on any
+    // malloc. Give the suite the default disposition.
+    // SAFETY: signal(2) is async-signal-safe; the closure touches nothing else.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
     run(cmd, HANG_GUARD)
 }
 
