@@ -363,7 +363,7 @@ unsafe fn send_home(bin: &mut Bin, n: usize) {
         }
         bin.head = rest;
         bin.count -= n as u32;
-        cache::free_bulk_by(list, n, |slab| super::cache_of_slab(slab));
+        super::free_home(list, n);
     }
 }
 

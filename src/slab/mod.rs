@@ -142,6 +142,16 @@ pub fn node_of(p: *const u8) -> Option<usize> {
     (!desc.is_null() && unsafe { (*desc).user_class } != 0).then(|| unsafe { (*desc).node } as usize)
 }
 
+/// Returns `count` free objects (a list linked through their first word,
+/// of any classes and nodes) each to the cache that owns its slab.
+///
+/// # Safety
+/// Every object on the list is a free object of a user slab, given up.
+pub unsafe fn free_home(list: *mut u8, count: usize) {
+    // SAFETY: per the caller; `cache_of_slab` names each slab's owner.
+    unsafe { cache::free_bulk_by(list, count, |slab| cache_of_slab(slab)) }
+}
+
 /// Figures of cache `index`, summed over every node.
 pub fn cache_stats(index: usize) -> CacheStats {
     let mut sum = CacheStats::default();

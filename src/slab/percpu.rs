@@ -124,7 +124,7 @@ pub unsafe fn free_batch(class: usize, list: *mut u8, count: usize) {
         }
     }
     // SAFETY: per the caller.
-    unsafe { cache::free_bulk_by(list, count, |slab| super::cache_of_slab(slab)) }
+    unsafe { super::free_home(list, count) }
 }
 
 /// Empties every CPU's depots into the shared caches (for `malloc_trim`).
@@ -146,7 +146,7 @@ pub fn drain_all() {
                 let (list, n) = depot.lists[depot.nr];
                 drop(depot);
                 // SAFETY: `n` free objects of this depot's class.
-                unsafe { cache::free_bulk_by(list, n, |slab| super::cache_of_slab(slab)) };
+                unsafe { super::free_home(list, n) };
             }
         }
     }
