@@ -242,13 +242,16 @@ impl KmemCache {
     ///
     /// # Safety
     /// `slab` heads a slab of this cache.
-    #[inline]
+    #[inline(always)]
     unsafe fn free_locked(&mut self, slab: *mut Page, object: *mut u8) -> *mut Page {
         // SAFETY: the slab is ours, under our lock.
         let s = unsafe { &mut *slab };
-        let offset = object as usize - page::page_address(slab);
-        let index = ((offset as u64 * self.info.magic) >> 48) as usize;
-        if index * self.info.size as usize != offset || index >= s.bump as usize {
+        // Slabs are naturally aligned, so the mask gives the offset. Every
+        // caller has checked that `object` starts a slot (`free`'s fast
+        // path, `owner_of`, or the cache's own metadata objects); what is
+        // left to check is that the slot was ever handed out.
+        let offset = object as usize & self.info.slab_mask as usize;
+        if offset >= s.bump as usize * self.info.size as usize {
             invalid_free(b"free(): invalid pointer (not the start of an object) ", object);
         }
         if s.inuse == 0 {
@@ -453,31 +456,51 @@ pub unsafe fn free_bulk_by<'a>(mut list: *mut u8, count: usize, cache_of: impl F
     let mut n_release = 0;
     let mut order = 0;
     let mut locked: Option<(&Mutex<KmemCache>, crate::sync::MutexGuard<'_, KmemCache>)> = None;
+    // The slab of the previous object and its first byte: objects freed
+    // together mostly come from the slab the previous one came from (they
+    // were carved from it together), and then neither the chunk map nor
+    // the node table is read again. `usize::MAX` matches no object.
+    let mut last_slab = ptr::null_mut::<Page>();
+    let mut last_base = usize::MAX;
+    let mut slab_mask = 0usize;
     for _ in 0..count {
         let object = list;
         // SAFETY: per the caller, a live object of a cache; its first word
         // is the list link.
         unsafe {
             list = link::next(object);
-            let slab = slab_of(object);
-            let cache = cache_of(slab);
             let c = match &mut locked {
-                Some((held, guard)) if ptr::eq(*held, cache) => guard,
+                Some((_, guard)) if object as usize & !slab_mask == last_base => guard,
                 _ => {
-                    locked = None;
-                    if n_release > 0 {
-                        for &s in &release[..n_release] {
-                            buddy::free_pages(s, order);
+                    let slab = slab_of(object);
+                    let cache = cache_of(slab);
+                    let c = match &mut locked {
+                        Some((held, guard)) if ptr::eq(*held, cache) => guard,
+                        _ => {
+                            locked = None;
+                            if n_release > 0 {
+                                for &s in &release[..n_release] {
+                                    buddy::free_pages(s, order);
+                                }
+                                n_release = 0;
+                            }
+                            let guard = cache.lock();
+                            order = guard.info.order as usize;
+                            slab_mask = guard.info.slab_mask as usize;
+                            &mut locked.insert((cache, guard)).1
                         }
-                        n_release = 0;
-                    }
-                    let guard = cache.lock();
-                    order = guard.info.order as usize;
-                    &mut locked.insert((cache, guard)).1
+                    };
+                    last_slab = slab;
+                    last_base = object as usize & !slab_mask;
+                    c
                 }
             };
-            let empty = c.free_locked(slab, object);
+            let empty = c.free_locked(last_slab, object);
             if !empty.is_null() {
+                // No object of an empty slab is left on the list (another
+                // would be a double free, which `free_locked` catches while
+                // the slab is still a slab); forget it before it is freed.
+                last_base = usize::MAX;
                 release[n_release] = empty;
                 n_release += 1;
                 if n_release == release.len() {
@@ -642,11 +665,11 @@ mod tests {
         /// objects; `free_bulk` of any split of them keeps the lists and
         /// counts consistent, and everything comes back.
         #[test]
-        fn model_bulk_lists(class in 0usize..CLASSES.len(), ops in prop::collection::vec(any::<(bool, u8)>(), 1..80)) {
+        fn model_bulk_lists(class in 0usize..CLASSES.len(), ops in prop::collection::vec(any::<(bool, u8, u64)>(), 1..80)) {
             let info = CLASSES[class];
             let cache = Mutex::new(KmemCache::new(202, info));
             let mut live: Vec<*mut u8> = Vec::new();
-            for (is_alloc, amount) in ops {
+            for (is_alloc, amount, shuffle) in ops {
                 if is_alloc || live.is_empty() {
                     let (mut list, n) = alloc_bulk(&cache, amount as usize % 40 + 1);
                     prop_assert!(n >= 1);
@@ -659,8 +682,18 @@ mod tests {
                     prop_assert!(list.is_null(), "list longer than reported");
                 } else {
                     let n = (amount as usize % live.len()) + 1;
+                    let mut batch: Vec<*mut u8> = live.drain(live.len() - n..).collect();
+                    // Shuffled, so runs from one slab alternate with others
+                    // (`free_bulk_by` remembers the last object's slab).
+                    let mut x = shuffle | 1;
+                    for i in (1..batch.len()).rev() {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        batch.swap(i, (x % (i as u64 + 1)) as usize);
+                    }
                     let mut list: *mut u8 = ptr::null_mut();
-                    for p in live.drain(live.len() - n..) {
+                    for p in batch {
                         // SAFETY: a live object of this cache, ours to link.
                         unsafe { link::set_next(p, list) };
                         list = p;
