@@ -44,10 +44,23 @@ const MAX_REQUEST: usize = isize::MAX as usize - CHUNK_SIZE;
 /// symbol, which the linker resolves in any crate linked into the same
 /// binary or shared object (not across shared objects, which is the point
 /// of hiding it).
+///
+/// Sets `errno` to `ENOMEM` when it returns null, so the C face returns
+/// the answer as it is.
 #[inline]
 pub fn malloc(size: usize) -> *mut u8 {
+    if size <= slab::TABLE_MAX {
+        return magazine::alloc_small(size);
+    }
+    malloc_medium(size)
+}
+
+/// [`malloc`] above the class table's range: a slab class found by
+/// arithmetic, or a big block.
+#[inline(never)]
+fn malloc_medium(size: usize) -> *mut u8 {
     if size <= SLAB_MAX {
-        return magazine::alloc(class_of(size));
+        return magazine::alloc(class_of(size), size);
     }
     alloc_big(size, MIN_ALIGN)
 }
@@ -60,7 +73,7 @@ pub fn aligned_alloc(align: usize, size: usize) -> *mut u8 {
         return malloc(size);
     }
     if let Some(class) = slab::class_for_aligned(size, align) {
-        return magazine::alloc(class);
+        return magazine::alloc(class, size);
     }
     alloc_big(size, align)
 }
@@ -69,7 +82,11 @@ pub fn aligned_alloc(align: usize, size: usize) -> *mut u8 {
 #[cold]
 #[inline(never)]
 fn alloc_big(size: usize, align: usize) -> *mut u8 {
-    alloc_big_known_zero(size, align).0
+    let p = alloc_big_known_zero(size, align).0;
+    if p.is_null() {
+        os::set_errno(libc::ENOMEM);
+    }
+    p
 }
 
 /// [`alloc_big`], also saying whether the memory is known to read as zero
@@ -159,7 +176,7 @@ pub fn zeroed_alloc(size: usize, align: usize) -> *mut u8 {
     };
     let (p, zero) = match small_class {
         // Slab objects are recycled: always clear them.
-        Some(class) => (magazine::alloc(class), false),
+        Some(class) => (magazine::alloc(class, size), false),
         None => alloc_big_known_zero(size, align),
     };
     if !p.is_null() && !zero {
@@ -224,9 +241,12 @@ fn bad_pointer(what: &[u8], why: &[u8], p: *mut u8) -> ! {
 /// Frees `p` (null is a no-op). Stops the process with a message for a
 /// pointer that is not a live block of this allocator.
 ///
-/// The fast path: the page descriptor's `user_class` says "slab object of
-/// class c" in one load; the offset inside the (naturally aligned) slab
-/// must be a whole number of objects, or `p` points inside an object.
+/// The fast path: the page descriptor's class-and-node tag, XORed with the
+/// thread's node, is "slab object of class c on my node" exactly when it
+/// lands in `1..=NR_CLASSES`; the offset inside the (naturally aligned)
+/// slab must be a whole number of objects, or `p` points inside an object.
+/// Objects of other nodes, page runs, large blocks and bad pointers take
+/// [`free_other`].
 ///
 /// `#[inline]`, as [`malloc`].
 ///
@@ -236,8 +256,35 @@ fn bad_pointer(what: &[u8], why: &[u8], p: *mut u8) -> ! {
 pub unsafe fn free(p: *mut u8) {
     let desc = page::page_of(p as usize);
     if !desc.is_null() {
+        let tc = magazine::current();
+        // SAFETY: descriptors of published chunks are live; the thread
+        // cache is this thread's.
+        let local_class = unsafe { ((*desc).class_and_node() ^ (*tc).node_tag()) as usize };
+        if local_class.wrapping_sub(1) < NR_CLASSES {
+            // SAFETY: local_class - 1 < NR_CLASSES, checked above. (Written
+            // as add-then-sub so the scaled index is shared with the bin's.)
+            let info = unsafe { &*CLASSES.as_ptr().add(local_class).sub(1) };
+            if !info.is_object_start(p as usize) {
+                bad_pointer(b"free()", b"invalid pointer (inside an object)", p);
+            }
+            // SAFETY: a slab object of this class on this thread's node,
+            // given up by the caller.
+            unsafe { magazine::free_local(tc, p, local_class) };
+            return;
+        }
+    }
+    free_other(p, desc)
+}
+
+/// [`free`] of anything but an object of the thread's own node: an object
+/// of another node (to the magazine's remote bins), a page run, a large
+/// block, null, or a bad pointer.
+#[cold]
+#[inline(never)]
+fn free_other(p: *mut u8, desc: *mut Page) {
+    if !desc.is_null() {
         // SAFETY: descriptors of published chunks are live.
-        let (user_class, node) = unsafe { ((*desc).user_class as usize, (*desc).node) };
+        let user_class = unsafe { (*desc).user_class as usize };
         if user_class != 0 {
             // SAFETY: user_class - 1 < NR_CLASSES by construction.
             let info = unsafe { CLASSES.get_unchecked(user_class - 1) };
@@ -245,7 +292,7 @@ pub unsafe fn free(p: *mut u8) {
                 bad_pointer(b"free()", b"invalid pointer (inside an object)", p);
             }
             // SAFETY: a slab object of this class, given up by the caller.
-            unsafe { magazine::free(p, user_class, node) };
+            unsafe { magazine::free_slow(p, user_class) };
             return;
         }
     }

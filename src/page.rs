@@ -84,6 +84,16 @@ pub struct Page {
 }
 
 impl Page {
+    /// `user_class | node << 8`, read at once: the two bytes `free` needs
+    /// (adjacent fields, see the assertion below).
+    #[inline(always)]
+    pub fn class_and_node(&self) -> u32 {
+        // SAFETY: `user_class` and `node` are adjacent bytes at an even
+        // offset of a `repr(C)` struct; reading them as one u16 reads
+        // exactly those two fields.
+        u16::from_le(unsafe { ptr::addr_of!(self.user_class).cast::<u16>().read() }) as u32
+    }
+
     /// The page's state.
     #[inline]
     pub fn kind(&self) -> u8 {
@@ -96,6 +106,11 @@ impl Page {
         self.kind.store(k, Ordering::Relaxed)
     }
 }
+
+const _: () = assert!(
+    core::mem::offset_of!(Page, user_class) % 2 == 0
+        && core::mem::offset_of!(Page, node) == core::mem::offset_of!(Page, user_class) + 1
+);
 
 /// Where a chunk's address space came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -17,7 +17,9 @@
 //! thread does not hand out again, and write to, cache lines that a thread
 //! on another CPU is using (the passive false sharing Hoard describes), and
 //! memory freed far from where it was allocated returns to where it is
-//! reused. The check costs the fast path one byte compare.
+//! reused. The check costs the fast path nothing of its own: `free` reads
+the page's class and node as one 16-bit tag and XORs it with the thread's
+node, and only an object of this node lands in `1..=NR_CLASSES`.
 //!
 //! Double frees: a freed object carries the process's secret key in its
 //! second word (every class is at least 16 bytes), and handing an object
@@ -63,19 +65,49 @@ const ACTIVE: u32 = 1;
 const DEAD: u32 = 2;
 const BUSY: u32 = 3;
 
-/// One thread's bins. `bins[0]` is never used (its limit stays 0); the bin
-/// of class `c` is `bins[c + 1]`, indexed by a page's `user_class`.
+/// A class's two bins: its own objects, and objects of other nodes on
+/// their way home. 32 bytes, the class table's stride, so `free` reaches
+/// a class's geometry and its bin with one scaled index.
+#[repr(C)]
+pub struct Slot {
+    bin: Bin,
+    remote: Bin,
+}
+
+/// One thread's bins. `slots[0]` is never used (its limits stay 0); the
+/// bins of class `c` are in `slots[c + 1]`, indexed by a page's
+/// `user_class`.
 #[repr(C)]
 pub struct ThreadCache {
     /// [`SECRET`], copied on activation (0 before: such a cache has no
     /// room, so every free takes the slow path, which reads `SECRET`).
     key: usize,
-    bins: [Bin; NR_CLASSES + 1],
-    /// Objects of other nodes, on their way home; indexed as `bins`.
-    remote: [Bin; NR_CLASSES + 1],
-    /// The node this thread refills from (its CPU's, when last looked at).
-    node: u8,
+    slots: [Slot; NR_CLASSES + 1],
+    /// The node this thread refills from (its CPU's, when last looked at),
+    /// shifted to where [`crate::page::Page::class_and_node`] has it: a
+    /// page's tag XOR this is the page's `user_class` exactly when the
+    /// page is a slab of this node, so `free` tells "local object of class
+    /// c" from everything else with one compare.
+    node_tag: u32,
     state: u32,
+}
+
+impl ThreadCache {
+    /// The node this thread refills from.
+    #[inline(always)]
+    pub fn node(&self) -> u8 {
+        (self.node_tag >> 8) as u8
+    }
+
+    /// See [`ThreadCache::node_tag`].
+    #[inline(always)]
+    pub fn node_tag(&self) -> u32 {
+        self.node_tag
+    }
+
+    fn set_node(&mut self, node: u8) {
+        self.node_tag = (node as u32) << 8;
+    }
 }
 
 /// The key a freed object carries in its second word. Fixed until
@@ -165,14 +197,15 @@ mod tls {
 
 pub use tls::current;
 
-/// Allocates an object of `class` from the calling thread's bin.
+/// Allocates an object of `class` from the calling thread's bin, for a
+/// request of `size` bytes (which only the refill path looks at).
 #[inline(always)]
-pub fn alloc(class: usize) -> *mut u8 {
+pub fn alloc(class: usize, size: usize) -> *mut u8 {
     // SAFETY: the thread cache is this thread's alone; `class + 1` is a
     // valid bin index; objects on a bin are free objects of that class
     // whose first word links the bin.
     unsafe {
-        let bin = &mut *(*current()).bins.as_mut_ptr().add(class + 1);
+        let bin = &mut (*(*current()).slots.as_mut_ptr().add(class + 1)).bin;
         let object = bin.head;
         if !object.is_null() {
             let next = link::next(object);
@@ -183,22 +216,58 @@ pub fn alloc(class: usize) -> *mut u8 {
             return object;
         }
     }
-    alloc_slow(class)
+    alloc_slow(class, size)
 }
 
-/// Frees `object`, whose page has `user_class` (class + 1, non-zero) and
-/// `node`, into the calling thread's bin.
+/// Byte offset of the bin serving a request of `16 * i` bytes (rounded
+/// up) inside [`ThreadCache::slots`], for requests up to
+/// [`super::TABLE_MAX`]: the class table and the bin address folded into
+/// one load.
+static SMALL_BINS: [u16; super::TABLE_MAX / 16 + 1] = {
+    let mut t = [0u16; super::TABLE_MAX / 16 + 1];
+    let mut i = 0;
+    while i < t.len() {
+        t[i] = ((super::size_class::class_of_const(i * 16) + 1) * core::mem::size_of::<Slot>()) as u16;
+        i += 1;
+    }
+    t
+};
+
+/// [`alloc`] for a request of `size <= TABLE_MAX` bytes.
+#[inline(always)]
+pub fn alloc_small(size: usize) -> *mut u8 {
+    debug_assert!(size <= super::TABLE_MAX);
+    // SAFETY: (size + 15) >> 4 <= 64, the table's last index.
+    let offset = unsafe { *SMALL_BINS.get_unchecked((size + 15) >> 4) } as usize;
+    // SAFETY: as in `alloc`; `offset` is the byte offset of a bin.
+    unsafe {
+        let bin = &mut *(*current()).slots.as_mut_ptr().cast::<u8>().add(offset).cast::<Bin>();
+        let object = bin.head;
+        if !object.is_null() {
+            let next = link::next(object);
+            link::check_popped(next, offset / core::mem::size_of::<Slot>() - 1);
+            bin.head = next;
+            bin.count -= 1;
+            key_slot(object).write(0);
+            return object;
+        }
+    }
+    alloc_slow(offset / core::mem::size_of::<Slot>() - 1, size)
+}
+
+/// Frees `object`, a slab object of class `user_class - 1` on the calling
+/// thread's node, into the thread's bin.
 ///
 /// # Safety
-/// `object` is a live object of class `user_class - 1` on `node`, given up.
+/// `tc` is [`current`]; `object` is a live object of that class and node,
+/// given up.
 #[inline(always)]
-pub unsafe fn free(object: *mut u8, user_class: usize, node: u8) {
+pub unsafe fn free_local(tc: *mut ThreadCache, object: *mut u8, user_class: usize) {
     // SAFETY: as in `alloc`; the object is ours to link.
     unsafe {
-        let tc = current();
-        let bin = &mut *(*tc).bins.as_mut_ptr().add(user_class);
+        let bin = &mut (*(*tc).slots.as_mut_ptr().add(user_class)).bin;
         let key = (*tc).key;
-        if bin.count < bin.limit && node == (*tc).node && key_slot(object).read() != key {
+        if bin.count < bin.limit && key_slot(object).read() != key {
             key_slot(object).write(key);
             link::set_next(object, bin.head);
             bin.head = object;
@@ -250,10 +319,10 @@ fn activate(tc: *mut ThreadCache) -> bool {
         return false;
     }
     for class in 0..NR_CLASSES {
-        tc.bins[class + 1].limit = bin_limit(class);
-        tc.remote[class + 1].limit = bin_limit(class);
+        tc.slots[class + 1].bin.limit = bin_limit(class);
+        tc.slots[class + 1].remote.limit = bin_limit(class);
     }
-    tc.node = super::home_node() as u8;
+    tc.set_node(super::home_node() as u8);
     tc.key = SECRET.load(Ordering::Relaxed);
     tc.state = ACTIVE;
     true
@@ -261,11 +330,14 @@ fn activate(tc: *mut ThreadCache) -> bool {
 
 #[cold]
 #[inline(never)]
-fn alloc_slow(class: usize) -> *mut u8 {
+fn alloc_slow(class: usize, size: usize) -> *mut u8 {
+    let _ = size;
     let tc = current();
     if !activate(tc) {
         let object = cache::alloc(&super::home_caches()[class]);
-        if !object.is_null() {
+        if object.is_null() {
+            crate::os::set_errno(libc::ENOMEM);
+        } else {
             // SAFETY: a fresh object of at least 16 bytes.
             unsafe { key_slot(object).write(0) };
         }
@@ -273,12 +345,13 @@ fn alloc_slow(class: usize) -> *mut u8 {
     }
     // SAFETY: this thread's cache, active.
     let bin = unsafe {
-        (*tc).node = super::home_node() as u8;
-        &mut (*tc).bins[class + 1]
+        (*tc).set_node(super::home_node() as u8);
+        &mut (*tc).slots[class + 1].bin
     };
     let want = (bin.limit as usize / 2).max(1);
     let (list, n) = percpu::alloc_batch(class, want);
     if n == 0 {
+        crate::os::set_errno(libc::ENOMEM);
         return ptr::null_mut();
     }
     // Hand out the first; the rest become the bin.
@@ -291,11 +364,15 @@ fn alloc_slow(class: usize) -> *mut u8 {
     list
 }
 
+/// Frees a slab object that [`free_local`] could not take: a full bin, an
+/// object of another node (it goes to a remote bin), a thread whose cache
+/// is not active, or a double free.
+///
 /// # Safety
-/// As [`free`].
+/// `object` is a live object of class `user_class - 1`, given up.
 #[cold]
 #[inline(never)]
-unsafe fn free_slow(object: *mut u8, user_class: usize) {
+pub unsafe fn free_slow(object: *mut u8, user_class: usize) {
     let class = user_class - 1;
     // SAFETY: a slab object of at least 16 bytes, given up by the caller.
     unsafe {
@@ -316,10 +393,10 @@ unsafe fn free_slow(object: *mut u8, user_class: usize) {
     }
     // SAFETY: this thread's cache, active; the object is ours.
     unsafe {
-        (*tc).node = super::home_node() as u8;
+        (*tc).set_node(super::home_node() as u8);
         let slab = cache::slab_of(object);
-        if (*slab).node != (*tc).node {
-            let remote = &mut (*tc).remote[user_class];
+        if (*slab).node != (*tc).node() {
+            let remote = &mut (*tc).slots[user_class].remote;
             if remote.count >= remote.limit {
                 send_home(remote, remote.count as usize);
             }
@@ -328,7 +405,7 @@ unsafe fn free_slow(object: *mut u8, user_class: usize) {
             remote.count += 1;
             return;
         }
-        let bin = &mut (*tc).bins[user_class];
+        let bin = &mut (*tc).slots[user_class].bin;
         if bin.count >= bin.limit {
             flush(bin, class, bin.count as usize / 2 + 1);
         }
@@ -409,12 +486,12 @@ extern "C" fn thread_exit(arg: *mut libc::c_void) {
 /// `tc` is the calling thread's cache.
 unsafe fn drain(tc: &mut ThreadCache) {
     for class in 0..NR_CLASSES {
-        let bin = &mut tc.bins[class + 1];
+        let bin = &mut tc.slots[class + 1].bin;
         bin.limit = 0;
         let n = bin.count as usize;
         // SAFETY: the bin holds `n` objects of `class`.
         unsafe { flush(bin, class, n) };
-        let remote = &mut tc.remote[class + 1];
+        let remote = &mut tc.slots[class + 1].remote;
         remote.limit = 0;
         let n = remote.count as usize;
         // SAFETY: the remote bin holds `n` objects.
@@ -433,8 +510,8 @@ pub fn flush_current() {
         }
         drain(&mut *tc);
         for class in 0..NR_CLASSES {
-            (*tc).bins[class + 1].limit = bin_limit(class);
-            (*tc).remote[class + 1].limit = bin_limit(class);
+            (*tc).slots[class + 1].bin.limit = bin_limit(class);
+            (*tc).slots[class + 1].remote.limit = bin_limit(class);
         }
     }
 }
@@ -444,12 +521,12 @@ pub fn cached_objects() -> usize {
     // SAFETY: this thread's cache.
     unsafe {
         let tc = &*current();
-        tc.bins.iter().chain(tc.remote.iter()).map(|b| b.count as usize).sum()
+        tc.slots.iter().map(|s| (s.bin.count + s.remote.count) as usize).sum()
     }
 }
 
 /// Objects of `class` cached in the calling thread's bin (for the views).
 pub fn cached_in_class(class: usize) -> usize {
     // SAFETY: this thread's cache; `class + 1` is a valid bin index.
-    unsafe { (*current()).bins[class + 1].count as usize }
+    unsafe { (*current()).slots[class + 1].bin.count as usize }
 }

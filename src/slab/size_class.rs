@@ -33,31 +33,38 @@ pub const NR_CLASSES: usize = 72;
 /// Largest request served by a slab.
 pub const SLAB_MAX: usize = 32 * 1024;
 /// Requests up to this size use the lookup table.
-const TABLE_MAX: usize = 1024;
+pub const TABLE_MAX: usize = 1024;
 
 /// Geometry of one slab cache.
+#[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClassInfo {
     /// Object size in bytes (a multiple of 16).
     pub size: u32,
     /// Buddy order of a slab.
     pub order: u8,
+    /// Trailing zero bits of `size`: `size = odd << shift`.
+    pub shift: u8,
     /// Objects per slab.
     pub objects: u16,
-    /// `ceil(2^48 / size)`: `offset * magic >> 48` is `offset / size` for
-    /// every offset inside a slab, without a division.
-    pub magic: u64,
-    /// `ceil(2^64 / size)`: `offset` is a multiple of `size` exactly when
-    /// `offset * divides` (wrapping) is below `divides` (Lemire's
-    /// divisibility test, exact for offsets under 2^32). One multiply on
-    /// `free`'s fast path.
-    pub divides: u64,
+    /// `objects` again, as wide as the value `free` compares it with.
+    pub slots: u64,
+    /// The inverse of `size`'s odd part modulo 2^64. For an offset inside
+    /// a slab, `(offset * inverse).rotate_right(shift)` is `offset / size`
+    /// when `size` divides `offset`, and at least `2^64 / size` when it
+    /// does not (Granlund and Montgomery's divisibility test): one
+    /// multiply, one rotate and one compare with `objects` tell a slot's
+    /// start from anything else on `free`'s fast path.
+    pub inverse: u64,
     /// Slab size in bytes minus one: slabs are naturally aligned buddy
     /// blocks, so `address & slab_mask` is the offset inside the slab.
     pub slab_mask: u32,
     /// `objects * size`: offsets at or past it are the slab's unused tail.
     pub objects_end: u32,
 }
+
+// `free` indexes the table with a shift.
+const _: () = assert!(core::mem::size_of::<ClassInfo>() == 32);
 
 impl ClassInfo {
     /// Whether `addr` is the start of an object slot of this class in the
@@ -66,8 +73,20 @@ impl ClassInfo {
     #[inline(always)]
     pub fn is_object_start(&self, addr: usize) -> bool {
         let offset = (addr & self.slab_mask as usize) as u64;
-        offset.wrapping_mul(self.divides) < self.divides && offset < self.objects_end as u64
+        offset.wrapping_mul(self.inverse).rotate_right(self.shift as u32) < self.slots
     }
+}
+
+/// The inverse of odd `d` modulo 2^64, by Newton's iteration: `d` is its
+/// own inverse modulo 8, and each step doubles the bits that are right.
+const fn odd_inverse(d: u64) -> u64 {
+    let mut x = d;
+    let mut i = 0;
+    while i < 5 {
+        x = x.wrapping_mul(2u64.wrapping_sub(d.wrapping_mul(x)));
+        i += 1;
+    }
+    x
 }
 
 pub(crate) const fn class_size(index: usize) -> usize {
@@ -94,8 +113,9 @@ pub const fn geometry(size: usize) -> ClassInfo {
                 size: size as u32,
                 order: order as u8,
                 objects: objects as u16,
-                magic: (1u64 << 48).div_ceil(size as u64),
-                divides: u64::MAX / size as u64 + 1,
+                shift: size.trailing_zeros() as u8,
+                slots: objects as u64,
+                inverse: odd_inverse((size >> size.trailing_zeros()) as u64),
                 slab_mask: (slab - 1) as u32,
                 objects_end: (objects * size) as u32,
             };
@@ -105,7 +125,7 @@ pub const fn geometry(size: usize) -> ClassInfo {
 }
 
 const fn build_classes() -> [ClassInfo; NR_CLASSES] {
-    let mut out = [ClassInfo { size: 0, order: 0, objects: 0, magic: 0, divides: 0, slab_mask: 0, objects_end: 0 }; NR_CLASSES];
+    let mut out = [ClassInfo { size: 0, order: 0, shift: 0, objects: 0, slots: 0, inverse: 0, slab_mask: 0, objects_end: 0 }; NR_CLASSES];
     let mut i = 0;
     while i < NR_CLASSES {
         out[i] = geometry(class_size(i));
@@ -116,6 +136,11 @@ const fn build_classes() -> [ClassInfo; NR_CLASSES] {
 
 /// The class table.
 pub static CLASSES: [ClassInfo; NR_CLASSES] = build_classes();
+
+/// [`class_of`] for tables built at compile time.
+pub(crate) const fn class_of_const(size: usize) -> usize {
+    slow_class_of(size)
+}
 
 const fn slow_class_of(size: usize) -> usize {
     if size <= 128 {
@@ -149,6 +174,15 @@ pub fn class_of(size: usize) -> usize {
     } else {
         slow_class_of(size)
     }
+}
+
+/// The class serving a request of `size` bytes, `size <= TABLE_MAX`: one
+/// table load.
+#[inline(always)]
+pub fn small_class_of(size: usize) -> usize {
+    debug_assert!(size <= TABLE_MAX);
+    // SAFETY: (size + 15) >> 4 <= 64 for size <= 1024, the table's last index.
+    unsafe { *SMALL_TABLE.get_unchecked((size + 15) >> 4) as usize }
 }
 
 /// Object size of class `class`.
@@ -201,17 +235,14 @@ mod tests {
     }
 
     #[test]
-    fn slab_geometry_and_magic_division() {
+    fn slab_geometry_and_slot_test() {
         for (i, c) in CLASSES.iter().enumerate() {
             let slab = 4096usize << c.order;
             assert!(c.objects >= 1, "class {i}");
+            assert_eq!(c.slots, c.objects as u64);
+            assert_eq!(c.size as u64 >> c.shift << c.shift, c.size as u64);
+            assert_eq!((c.size as u64 >> c.shift).wrapping_mul(c.inverse), 1, "class {i}: not the odd part's inverse");
             assert!((slab - c.objects as usize * c.size as usize) * 8 <= slab, "class {i} wastes > 1/8");
-            for obj in 0..c.objects as u64 {
-                for delta in [0u64, 1, c.size as u64 - 1] {
-                    let offset = obj * c.size as u64 + delta;
-                    assert_eq!((offset * c.magic) >> 48, obj, "class {i} offset {offset}");
-                }
-            }
             // The fast divisibility test, for every offset of the slab and
             // at two slab bases.
             for base in [0usize, 7 * slab] {
