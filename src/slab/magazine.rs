@@ -18,8 +18,8 @@
 //! on another CPU is using (the passive false sharing Hoard describes), and
 //! memory freed far from where it was allocated returns to where it is
 //! reused. The check costs the fast path nothing of its own: `free` reads
-the page's class and node as one 16-bit tag and XORs it with the thread's
-node, and only an object of this node lands in `1..=NR_CLASSES`.
+//! the page's class and node as one 16-bit tag and XORs it with the thread's
+//! node, and only an object of this node lands in `1..=NR_CLASSES`.
 //!
 //! Double frees: a freed object carries the process's secret key in its
 //! second word (every class is at least 16 bytes), and handing an object
