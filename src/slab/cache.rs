@@ -241,30 +241,51 @@ impl KmemCache {
     /// object of this slab.
     ///
     /// # Safety
-    /// `slab` heads a slab of this cache.
-    #[inline(always)]
+    /// `slab` heads a slab of this cache; `object` starts a slot of it.
+    #[inline]
     unsafe fn free_locked(&mut self, slab: *mut Page, object: *mut u8) -> *mut Page {
-        // SAFETY: the slab is ours, under our lock.
-        let s = unsafe { &mut *slab };
-        // Slabs are naturally aligned, so the mask gives the offset. Every
-        // caller has checked that `object` starts a slot (`free`'s fast
-        // path, `owner_of`, or the cache's own metadata objects); what is
-        // left to check is that the slot was ever handed out.
+        self.check_handed_out(slab, object);
+        // SAFETY: per the caller; a run of one object.
+        unsafe { self.free_run_locked(slab, object, object, 1) }
+    }
+
+    /// Aborts unless `object`, which starts a slot of `slab`, lies below
+    /// the slab's bump: a slot never handed out cannot be freed. Slabs are
+    /// naturally aligned, so the mask gives the offset. Every caller has
+    /// checked that `object` starts a slot (`free`'s fast path, `owner_of`,
+    /// or the cache's own metadata objects).
+    #[inline(always)]
+    fn check_handed_out(&self, slab: *mut Page, object: *mut u8) {
         let offset = object as usize & self.info.slab_mask as usize;
-        if offset >= s.bump as usize * self.info.size as usize {
+        // SAFETY: the slab is ours, under our lock.
+        if offset >= unsafe { (*slab).bump } as usize * self.info.size as usize {
             invalid_free(b"free(): invalid pointer (not the start of an object) ", object);
         }
-        if s.inuse == 0 {
-            invalid_free(b"free(): double free detected ", object);
+    }
+
+    /// Returns a run of `n` objects of `slab`, already linked from `first`
+    /// to `last` through their first words, in one splice: the slab's
+    /// counts and lists change once per run, not once per object. Returns
+    /// a slab to give back to the buddy allocator, or null.
+    ///
+    /// # Safety
+    /// `slab` heads a slab of this cache; the run's objects are distinct
+    /// handed-out objects of it ([`Self::check_handed_out`]), given up.
+    #[inline(always)]
+    unsafe fn free_run_locked(&mut self, slab: *mut Page, first: *mut u8, last: *mut u8, n: usize) -> *mut Page {
+        // SAFETY: the slab is ours, under our lock.
+        let s = unsafe { &mut *slab };
+        if (s.inuse as usize) < n {
+            invalid_free(b"free(): double free detected ", first);
         }
         let was_full = s.inuse == self.info.objects;
-        // SAFETY: the object lies inside the slab and is ours to link.
-        unsafe { link::set_next(object, s.freelist) };
-        s.freelist = object;
-        s.nr_free += 1;
-        s.inuse -= 1;
-        self.active_objs -= 1;
-        self.frees += 1;
+        // SAFETY: the objects lie inside the slab and are ours to link.
+        unsafe { link::set_next(last, s.freelist) };
+        s.freelist = first;
+        s.nr_free += n as u16;
+        s.inuse -= n as u16;
+        self.active_objs -= n;
+        self.frees += n as u64;
         // SAFETY: list moves of a slab that is on the list its old state says.
         unsafe {
             if was_full {
@@ -456,51 +477,50 @@ pub unsafe fn free_bulk_by<'a>(mut list: *mut u8, count: usize, cache_of: impl F
     let mut n_release = 0;
     let mut order = 0;
     let mut locked: Option<(&Mutex<KmemCache>, crate::sync::MutexGuard<'_, KmemCache>)> = None;
-    // The slab of the previous object and its first byte: objects freed
-    // together mostly come from the slab the previous one came from (they
-    // were carved from it together), and then neither the chunk map nor
-    // the node table is read again. `usize::MAX` matches no object.
-    let mut last_slab = ptr::null_mut::<Page>();
-    let mut last_base = usize::MAX;
-    let mut slab_mask = 0usize;
-    for _ in 0..count {
-        let object = list;
-        // SAFETY: per the caller, a live object of a cache; its first word
-        // is the list link.
+    let mut remaining = count;
+    // The list is cut into runs of objects of one slab (objects freed
+    // together were mostly carved from one slab together), and each run is
+    // spliced into its slab's free list at once, as SLUB's detached free
+    // lists are: the chunk map and the node table are read once per run,
+    // and per object only its link and its offset are.
+    while remaining > 0 {
+        let first = list;
+        // SAFETY: per the caller, `first` is a live object of a cache; the
+        // first word of each object links the list.
         unsafe {
-            list = link::next(object);
+            let slab = slab_of(first);
+            let cache = cache_of(slab);
             let c = match &mut locked {
-                Some((_, guard)) if object as usize & !slab_mask == last_base => guard,
+                Some((held, guard)) if ptr::eq(*held, cache) => guard,
                 _ => {
-                    let slab = slab_of(object);
-                    let cache = cache_of(slab);
-                    let c = match &mut locked {
-                        Some((held, guard)) if ptr::eq(*held, cache) => guard,
-                        _ => {
-                            locked = None;
-                            if n_release > 0 {
-                                for &s in &release[..n_release] {
-                                    buddy::free_pages(s, order);
-                                }
-                                n_release = 0;
-                            }
-                            let guard = cache.lock();
-                            order = guard.info.order as usize;
-                            slab_mask = guard.info.slab_mask as usize;
-                            &mut locked.insert((cache, guard)).1
+                    locked = None;
+                    if n_release > 0 {
+                        for &s in &release[..n_release] {
+                            buddy::free_pages(s, order);
                         }
-                    };
-                    last_slab = slab;
-                    last_base = object as usize & !slab_mask;
-                    c
+                        n_release = 0;
+                    }
+                    let guard = cache.lock();
+                    order = guard.info.order as usize;
+                    &mut locked.insert((cache, guard)).1
                 }
             };
-            let empty = c.free_locked(last_slab, object);
+            let slab_mask = c.info.slab_mask as usize;
+            let base = first as usize & !slab_mask;
+            c.check_handed_out(slab, first);
+            let mut last = first;
+            let mut n = 1;
+            list = link::next(first);
+            remaining -= 1;
+            while remaining > 0 && list as usize & !slab_mask == base {
+                c.check_handed_out(slab, list);
+                last = list;
+                list = link::next(list);
+                n += 1;
+                remaining -= 1;
+            }
+            let empty = c.free_run_locked(slab, first, last, n);
             if !empty.is_null() {
-                // No object of an empty slab is left on the list (another
-                // would be a double free, which `free_locked` catches while
-                // the slab is still a slab); forget it before it is freed.
-                last_base = usize::MAX;
                 release[n_release] = empty;
                 n_release += 1;
                 if n_release == release.len() {
