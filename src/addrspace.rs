@@ -613,13 +613,14 @@ pub fn write_address_space_svg(out: &mut dyn Write) -> fmt::Result {
             let bottom = bands[..=i].iter().rev().take_while(|x| x.group == b.group).last().map_or(top, |x| x.y as usize + x.h as usize);
             writeln!(
                 out,
-                "<g class=\"segment\" data-segment=\"{}\"><rect class=\"box\" x=\"{SVG_BOX_X}\" y=\"{top}\" width=\"{SVG_BOX_W}\" height=\"{}\" fill=\"{}\"/><text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{} {} ({})</text></g>",
+                "<g class=\"segment\" data-segment=\"{}\"><rect class=\"box\" x=\"{SVG_BOX_X}\" y=\"{top}\" width=\"{SVG_BOX_W}\" height=\"{}\" fill=\"{}\"/><text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}{}{} ({})</text></g>",
                 group.segment.name(),
                 bottom - top,
                 segment_fill(group.segment),
                 SVG_BOX_X + (SVG_BOX_W - SVG_MARK_W) / 2,
                 (top + bottom) / 2 + 4,
                 group.segment.name(),
+                if group.label().is_empty() { "" } else { " " },
                 XmlText(group.label()),
                 Size(group.end - group.start)
             )?;
