@@ -7,7 +7,9 @@ allocators rotates every round), so machine noise lands on all of them
 alike and the ratios come from one run of this script. Per run it records
 wall time, peak RSS (ru_maxrss) and minor faults (ru_minflt) from wait4(2),
 and checks that the workload's stdout (its checksum) is the same under every
-allocator.
+allocator. buddyslab's runs also set BUDDYSLAB_STATS=json: the views go to
+the run's stderr at exit, and a fragmentation table per workload follows
+the main one (--no-frag leaves that out).
 
 Allocators: glibc (no preload), buddyslab (target/release/libbuddyslab.so,
 built with `cargo build --release` if missing), and jemalloc, mimalloc and
@@ -188,11 +190,12 @@ def discover_allocators(args):
     return allocators
 
 
-def environment(library):
+def environment(library, extra=None):
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)
     if library:
         env["LD_PRELOAD"] = library
+    env.update(extra or {})
     return env
 
 
@@ -263,6 +266,17 @@ class Run:
             return "timed out"
         return ("crashed: " if self.exit < 0 else "failed: ") + describe_exit(self.exit)
 
+    def frag(self):
+        """Fragmentation figures from the BUDDYSLAB_STATS=json line on stderr
+        (the last one, should the workload have started other processes), or None."""
+        for line in reversed(self.stderr.splitlines()):
+            if line.startswith('{"buddyinfo"'):
+                try:
+                    return frag_figures(json.loads(line))
+                except (ValueError, KeyError, TypeError):
+                    return None
+        return None
+
     def rss_phases(self):
         phases = {}
         for line in self.stderr.splitlines():
@@ -272,7 +286,31 @@ class Run:
         return phases
 
 
-def execute(workload, allocator, argv, library, timeout, measure_binary, scratch):
+FRAG_ORDERS = (0, 3, 9)
+
+
+def frag_figures(views):
+    """The fragmentation figures of one run, from buddyslab's JSON views."""
+    e = views["extfrag"]
+    internal = e["internal"]
+    sampled = internal["slab"].get("sampled") or {}
+    return {
+        "unusable_index": {str(o): e["unusable_index"][o] for o in FRAG_ORDERS},
+        "slab_partial_bytes": e["slab_partial_bytes"],
+        "slab_bytes": e["slab_bytes"],
+        "pages_waste": internal["pages"]["handed_out"] - internal["pages"]["requested"],
+        "pages_handed": internal["pages"]["handed_out"],
+        "large_waste": internal["large"]["handed_out"] - internal["large"]["requested"],
+        "large_handed": internal["large"]["handed_out"],
+        "slab_samples": sampled.get("samples", 0),
+        "slab_est_waste": sampled.get("est_live_waste") if sampled.get("samples") else None,
+        "slab_waste_fraction": sampled.get("waste_fraction"),
+        "slab_held": internal["slab"]["held"],
+        "slab_worst_waste": internal["slab"]["worst_waste"],
+    }
+
+
+def execute(workload, allocator, argv, library, timeout, measure_binary, scratch, extra_env=None):
     """Runs argv under `measure` (see measure.c), which reports the child's rusage."""
     run = Run(workload, allocator, argv, library)
     result_path = scratch / "result"
@@ -281,7 +319,7 @@ def execute(workload, allocator, argv, library, timeout, measure_binary, scratch
         cmd = [str(measure_binary), str(result_path), str(math.ceil(timeout)), library or ""]
         try:
             launcher = subprocess.run(cmd + argv, stdin=subprocess.DEVNULL, stdout=out,
-                                      stderr=err, env=environment(None), timeout=timeout + 30)
+                                      stderr=err, env=environment(None, extra_env), timeout=timeout + 30)
             launcher_exit = launcher.returncode
         except subprocess.TimeoutExpired:
             launcher_exit = None
@@ -419,6 +457,9 @@ def report(args, workloads, allocators, runs, problems, details, scale):
         out.append(render(["allocator"] + phases, "l" + "r" * len(phases), rows, md))
         out.append("")
 
+    if not args.no_frag:
+        frag_report(workloads, runs, heading, out, md)
+
     if problems:
         heading("Problems")
         for (w, a), what in problems.items():
@@ -430,6 +471,63 @@ def report(args, workloads, allocators, runs, problems, details, scale):
                     out += ["    " + line for line in lines]
         out.append("")
     print("\n".join(out).rstrip())
+
+
+def frag_summary(workloads, runs):
+    """Per workload: glibc's and buddyslab's median peak RSS and the median of
+    each of buddyslab's fragmentation figures over its runs."""
+    summary = {}
+    for w in workloads:
+        figures = [f for r in runs.get((w, "buddyslab"), []) if r.ok for f in [r.frag()] if f]
+        if not figures:
+            continue
+
+        def med(key, sub=None):
+            values = [f[key][sub] if sub is not None else f[key] for f in figures]
+            values = [v for v in values if v is not None]
+            return median(values) if values else None
+        rss = {a: median([r.maxrss_kib / 1024 for r in runs.get((w, a), []) if r.ok])
+               for a in ("glibc", "buddyslab")}
+        summary[w] = {
+            "runs": len(figures),
+            "glibc_peak_rss_mib": rss["glibc"], "buddyslab_peak_rss_mib": rss["buddyslab"],
+            "unusable_index": {str(o): med("unusable_index", str(o)) for o in FRAG_ORDERS},
+            **{k: med(k) for k in ("slab_partial_bytes", "slab_bytes", "pages_waste", "pages_handed",
+                                   "large_waste", "large_handed", "slab_samples", "slab_est_waste",
+                                   "slab_waste_fraction", "slab_held", "slab_worst_waste")},
+        }
+    return summary
+
+
+def frag_report(workloads, runs, heading, out, md):
+    summary = frag_summary(workloads, runs)
+    if not summary:
+        return
+    kib = lambda v: fmt(v / 1024 if v is not None else None, ".0f")
+    headers = ["workload", "glibc RSS MiB", "buddyslab RSS MiB"] + \
+        [f"unusable o{o}" for o in FRAG_ORDERS] + \
+        ["slab partial", "pages waste KiB", "large waste KiB", "slab waste KiB", "slab bound KiB"]
+    rows = []
+    for w, f in summary.items():
+        share = f["slab_partial_bytes"] / f["slab_bytes"] if f["slab_bytes"] else None
+        partial = (f"{share:.3f} ({kib(f['slab_partial_bytes'])} KiB)" if share is not None else "-")
+        if f["slab_samples"]:
+            slab = f"{kib(f['slab_est_waste'])} ({f['slab_waste_fraction']:.3f}, {f['slab_samples']:.0f} samples)"
+        else:
+            slab = "no samples"
+        rows.append([w, fmt(f["glibc_peak_rss_mib"], ".1f"), fmt(f["buddyslab_peak_rss_mib"], ".1f")]
+                    + [fmt(f["unusable_index"][str(o)], ".3f") for o in FRAG_ORDERS]
+                    + [partial, kib(f["pages_waste"]), kib(f["large_waste"]), slab,
+                       kib(f["slab_worst_waste"])])
+    heading("Fragmentation under buddyslab at exit (BUDDYSLAB_STATS=json; medians over its runs)")
+    out.append(render(headers, "lrr" + "r" * len(FRAG_ORDERS) + "rrrrr", rows, md))
+    note = ("unusable oN: the zone's unusable free space index for order N (kernel format); "
+            "slab partial: share of slab memory in partially used slabs; pages/large waste: bytes "
+            "handed out beyond the requests, exact, summed since the start; slab waste: estimated "
+            "from sampled request sizes over the live objects (fraction of the object size); slab "
+            "bound: the class table's worst case over the live objects")
+    out.append(("- " if md else "") + note)
+    out.append("")
 
 
 # ---------------------------------------------------------------- charts
@@ -632,6 +730,8 @@ def parse_args():
     p.add_argument("--timeout", type=float, default=120, help="seconds per run (default 120)")
     p.add_argument("--markdown", action="store_true", help="print the report as markdown")
     p.add_argument("--json", metavar="FILE", help="also write every run's numbers to FILE")
+    p.add_argument("--no-frag", action="store_true",
+                   help="do not set BUDDYSLAB_STATS=json on buddyslab's runs (no fragmentation table)")
     p.add_argument("--list", action="store_true", help="list workloads and allocators, then exit")
     p.add_argument("--charts-dir", metavar="DIR",
                    help="where the SVG charts go (default docs/; benches/out/ with --quick)")
@@ -705,7 +805,8 @@ def main():
                     continue
                 argv = [str(binaries[w])] + workload_args(w)
                 note(f"[{round_number + 1}/{args.runs}] {w:<13} {a:<10}", end="")
-                run = execute(w, a, argv, library, args.timeout, measure_binary, scratch)
+                extra = {"BUDDYSLAB_STATS": "json"} if a == "buddyslab" and not args.no_frag else None
+                run = execute(w, a, argv, library, args.timeout, measure_binary, scratch, extra)
                 runs[(w, a)].append(run)
                 if not run.ok:
                     note(f" FAILED ({run.failure()})")
@@ -746,9 +847,12 @@ def main():
              "wall_s": r.wall, "maxrss_kib": r.maxrss_kib, "minflt": r.minflt,
              "utime_s": r.utime, "stime_s": r.stime, "exit": r.exit,
              "timed_out": r.timed_out, "stdout": r.stdout,
-             "rss_phases": r.rss_phases()}
+             "rss_phases": r.rss_phases(),
+             **({"frag": r.frag()} if r.allocator == "buddyslab" and not args.no_frag else {})}
             for key in runs for r in runs[key]],
     }
+    if not args.no_frag:
+        data["fragmentation"] = frag_summary(workloads, runs)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(data, f, indent=1)

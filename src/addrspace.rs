@@ -15,10 +15,21 @@
 //!
 //! Consecutive lines of one segment and one file are drawn as one row, up
 //! to [`MAX_ROWS`] rows; the rest are counted.
+//!
+//! The drawn form ([`write_address_space_svg`], or
+//! `BUDDYSLAB_ADDRSPACE_SVG=path.svg` at exit): one band per line of the
+//! maps file, highest address at the top, its height growing with the
+//! logarithm of its size; bands of one segment and file share a box
+//! coloured by segment; gaps are cut to a fixed-height break labelled with
+//! their size; buddyslab's regions are marked (red) inside the bands that
+//! hold them, with their kind, count and size. It is written through
+//! fixed stack arrays (up to [`SVG_MAX_LINES`] lines), without allocating.
 
 use crate::os;
 use crate::vma::{Region, VmaKind};
 use core::fmt::{self, Write};
+use core::ptr;
+use core::sync::atomic::{AtomicPtr, Ordering};
 
 /// What a line of `/proc/self/maps` is, in the diagram's words.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -209,6 +220,38 @@ struct Row {
     name_hash: u64,
 }
 
+impl Row {
+    /// A row of one mapping, named by the last component of its path.
+    fn of(m: &Mapping<'_>) -> Row {
+        let base = match m.name.iter().rposition(|&c| c == b'/') {
+            Some(i) => &m.name[i + 1..],
+            None => m.name,
+        };
+        let n = base.len().min(NAME_MAX);
+        let mut row =
+            Row { start: m.start, end: m.end, segment: m.segment, name: [0; NAME_MAX], name_len: n, name_hash: hash(m.name) };
+        row.name[..n].copy_from_slice(&base[..n]);
+        row
+    }
+
+    /// Whether mapping `m` continues this row (same segment and file, no gap).
+    fn continued_by(&self, m: &Mapping<'_>) -> bool {
+        self.segment == m.segment && self.name_hash == hash(m.name) && self.end == m.start
+    }
+
+    /// The file's name, or empty when it is the segment's own (`[stack]`).
+    fn label(&self) -> &[u8] {
+        let name = &self.name[..self.name_len];
+        if name == self.segment.name().as_bytes() {
+            &[]
+        } else {
+            name
+        }
+    }
+}
+
+const EMPTY_ROW: Row = Row { start: 0, end: 0, segment: Segment::Mmap, name: [0; NAME_MAX], name_len: 0, name_hash: 0 };
+
 fn hash(name: &[u8]) -> u64 {
     name.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &c| (h ^ c as u64).wrapping_mul(0x100_0000_01b3))
 }
@@ -236,31 +279,19 @@ impl fmt::Display for Size {
 /// regions inside it (up to four one by one, then a count and total per
 /// kind).
 pub fn write_address_space(out: &mut dyn Write) -> fmt::Result {
-    let empty = Row { start: 0, end: 0, segment: Segment::Mmap, name: [0; NAME_MAX], name_len: 0, name_hash: 0 };
-    let mut rows = [empty; MAX_ROWS];
+    let mut rows = [EMPTY_ROW; MAX_ROWS];
     let mut nr_rows = 0;
     let mut dropped = 0usize;
     for_each_mapping(|m| {
-        let h = hash(m.name);
-        if nr_rows > 0 {
-            let last = &mut rows[nr_rows - 1];
-            if last.segment == m.segment && last.name_hash == h && last.end == m.start {
-                last.end = m.end;
-                return Ok(());
-            }
+        if nr_rows > 0 && rows[nr_rows - 1].continued_by(m) {
+            rows[nr_rows - 1].end = m.end;
+            return Ok(());
         }
         if nr_rows == MAX_ROWS {
             dropped += 1;
             return Ok(());
         }
-        let base = match m.name.iter().rposition(|&c| c == b'/') {
-            Some(i) => &m.name[i + 1..],
-            None => m.name,
-        };
-        let n = base.len().min(NAME_MAX);
-        let row = &mut rows[nr_rows];
-        *row = Row { start: m.start, end: m.end, segment: m.segment, name: [0; NAME_MAX], name_len: n, name_hash: h };
-        row.name[..n].copy_from_slice(&base[..n]);
+        rows[nr_rows] = Row::of(m);
         nr_rows += 1;
         Ok(())
     })?;
@@ -277,10 +308,7 @@ pub fn write_address_space(out: &mut dyn Write) -> fmt::Result {
             writeln!(out, "{:>16x} +{:-<42}+", row.end, "")?;
         }
         below_top = Some(row.start);
-        let mut name = core::str::from_utf8(&row.name[..row.name_len]).unwrap_or("?");
-        if name == row.segment.name() {
-            name = "";
-        }
+        let name = core::str::from_utf8(row.label()).unwrap_or("?");
         writeln!(out, "{:>16} | {:<8} {:<31} | {}", "", row.segment.name(), name, Size(row.end - row.start))?;
         write_regions_inside(out, row.start, row.end)?;
         writeln!(out, "{:>16x} +{:-<42}+", row.start, "")?;
@@ -383,6 +411,357 @@ fn write_json_str(out: &mut dyn Write, bytes: &[u8]) -> fmt::Result {
     Ok(())
 }
 
+// ---- The drawn form ----
+
+/// Lines of `/proc/self/maps` the SVG keeps (lowest first); the rest, at
+/// the highest addresses, are counted in a note.
+pub const SVG_MAX_LINES: usize = 1024;
+/// Boxes (runs of lines of one segment and file) the SVG keeps.
+const SVG_MAX_GROUPS: usize = 256;
+
+/// Width of the address column, where the box starts, its width, and
+/// where the marks' labels start; the total width.
+const SVG_BOX_X: usize = 330;
+const SVG_BOX_W: usize = 300;
+const SVG_NOTE_X: usize = SVG_BOX_X + SVG_BOX_W + 12;
+const SVG_WIDTH: usize = SVG_NOTE_X + 250;
+/// Top margin (two title lines), height of a gap's break, of a legend line.
+const SVG_TOP: usize = 44;
+const SVG_GAP: usize = 24;
+const SVG_LEGEND_LINE: usize = 16;
+/// Width of the marks of buddyslab's regions, at the box's right edge.
+const SVG_MARK_W: usize = 70;
+
+/// One line of the maps file as the drawing keeps it.
+#[derive(Clone, Copy)]
+struct Band {
+    start: usize,
+    end: usize,
+    perms: [u8; 4],
+    group: u16,
+    /// buddyslab's regions inside, per kind ([`KINDS`] order): count and KiB.
+    count: [u16; KINDS.len()],
+    kib: [u32; KINDS.len()],
+    /// Top and height in the drawing.
+    y: u32,
+    h: u16,
+}
+
+const EMPTY_BAND: Band =
+    Band { start: 0, end: 0, perms: [0; 4], group: 0, count: [0; KINDS.len()], kib: [0; KINDS.len()], y: 0, h: 0 };
+
+impl Band {
+    fn kinds_present(&self) -> usize {
+        self.count.iter().filter(|&&n| n > 0).count()
+    }
+
+    /// A band's height: grows with log2 of its pages, and holds a label
+    /// line per kind of buddyslab region inside.
+    fn height(&self) -> usize {
+        let pages = ((self.end - self.start) >> os::PAGE_SHIFT).max(1);
+        (16 + 2 * (pages.ilog2() as usize).min(12)).max(12 * self.kinds_present() + 4)
+    }
+
+    /// The drawing's y of address `addr` inside the band (higher is up).
+    fn y_of(&self, addr: usize) -> usize {
+        let len = (self.end - self.start) as u128;
+        let from_top = (self.end - addr.clamp(self.start, self.end)) as u128;
+        self.y as usize + (from_top * self.h as u128 / len) as usize
+    }
+}
+
+/// The fill of a segment's box.
+fn segment_fill(segment: Segment) -> &'static str {
+    match segment {
+        Segment::Text => "#f2c879",
+        Segment::Data => "#f6dc9c",
+        Segment::Bss => "#faedc8",
+        Segment::Heap => "#a6d8a0",
+        Segment::Mmap => "#bcd5ee",
+        Segment::Library => "#d9c8ec",
+        Segment::Stack => "#f0aaa6",
+        Segment::Vdso => "#d0d0d0",
+    }
+}
+
+const SEGMENTS: [Segment; 8] = [
+    Segment::Stack,
+    Segment::Vdso,
+    Segment::Library,
+    Segment::Mmap,
+    Segment::Heap,
+    Segment::Bss,
+    Segment::Data,
+    Segment::Text,
+];
+
+/// Bytes as XML text: markup characters escaped, anything not printable
+/// ASCII as `?` (so any path gives a well-formed document).
+struct XmlText<'a>(&'a [u8]);
+
+impl fmt::Display for XmlText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for &c in self.0 {
+            match c {
+                b'&' => f.write_str("&amp;")?,
+                b'<' => f.write_str("&lt;")?,
+                b'>' => f.write_str("&gt;")?,
+                b'"' => f.write_str("&quot;")?,
+                0x20..=0x7e => f.write_char(c as char)?,
+                _ => f.write_char('?')?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes the address space as an SVG document: one `<g class="map">`
+/// band per line of `/proc/self/maps` (`data-start`, `data-end`,
+/// `data-perms`; its range, permissions and size as text), highest address
+/// first, inside one `<g class="segment">` box per run of lines of one
+/// segment and file; `<g class="gap">` breaks labelled with the size of the
+/// hole; buddyslab's regions as `<rect class="ours">` marks with `<text
+/// class="ours">` labels (kind, count, size); a legend. Nothing is
+/// allocated: the lines are kept in stack arrays.
+pub fn write_address_space_svg(out: &mut dyn Write) -> fmt::Result {
+    let mut bands = [EMPTY_BAND; SVG_MAX_LINES];
+    let mut groups = [EMPTY_ROW; SVG_MAX_GROUPS];
+    let (mut nr_bands, mut nr_groups, mut dropped) = (0usize, 0usize, 0usize);
+    for_each_mapping(|m| {
+        if nr_bands == SVG_MAX_LINES || dropped > 0 {
+            dropped += 1;
+            return Ok(());
+        }
+        if nr_groups > 0 && groups[nr_groups - 1].continued_by(m) {
+            groups[nr_groups - 1].end = m.end;
+        } else if nr_groups == SVG_MAX_GROUPS {
+            dropped += 1;
+            return Ok(());
+        } else {
+            groups[nr_groups] = Row::of(m);
+            nr_groups += 1;
+        }
+        bands[nr_bands] = Band { start: m.start, end: m.end, perms: m.perms, group: (nr_groups - 1) as u16, ..EMPTY_BAND };
+        nr_bands += 1;
+        Ok(())
+    })?;
+    let bands = &mut bands[..nr_bands];
+    let groups = &groups[..nr_groups];
+
+    // buddyslab's regions, per band and kind.
+    crate::stats::for_each_region(|r| {
+        let first = bands.partition_point(|b| b.end <= r.start);
+        for b in bands[first..].iter_mut().take_while(|b| b.start < r.end) {
+            let k = r.kind as usize;
+            b.count[k] = b.count[k].saturating_add(1);
+            let bytes = r.end.min(b.end) - r.start.max(b.start);
+            b.kib[k] = b.kib[k].saturating_add((bytes / 1024) as u32);
+        }
+        Ok(())
+    })?;
+
+    // Layout, top down.
+    let mut y = SVG_TOP;
+    for i in (0..bands.len()).rev() {
+        if i + 1 < bands.len() && bands[i + 1].start > bands[i].end {
+            y += SVG_GAP;
+        }
+        bands[i].y = y as u32;
+        bands[i].h = bands[i].height() as u16;
+        y += bands[i].h as usize;
+    }
+    let legend_top = y + 16 + if dropped > 0 { SVG_LEGEND_LINE } else { 0 };
+    let height = legend_top + 2 * SVG_LEGEND_LINE + 8;
+
+    writeln!(
+        out,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{SVG_WIDTH}\" height=\"{height}\" viewBox=\"0 0 {SVG_WIDTH} {height}\" font-family=\"monospace\" font-size=\"11\">"
+    )?;
+    writeln!(out, "<style>.sep{{stroke:#555;stroke-width:0.5}} .box{{stroke:#333;stroke-width:1}} .ours{{fill:#d62828;fill-opacity:0.55;stroke:#8b0000}} text.ours{{fill:#8b0000;stroke:none;fill-opacity:1}} .cut{{fill:none;stroke:#666}}</style>")?;
+    writeln!(out, "<rect width=\"{SVG_WIDTH}\" height=\"{height}\" fill=\"white\"/>")?;
+    writeln!(out, "<text x=\"4\" y=\"16\" font-size=\"13\">process address space (/proc/self/maps), highest address at the top</text>")?;
+    writeln!(
+        out,
+        "<text x=\"4\" y=\"32\">one band per mapping, height growing with log2 of its size; gaps cut short and labelled; red: buddyslab's regions</text>"
+    )?;
+
+    for i in (0..bands.len()).rev() {
+        let b = bands[i];
+        let top = b.y as usize;
+        // A gap above this band.
+        if i + 1 < bands.len() && bands[i + 1].start > b.end {
+            let gap_top = top - SVG_GAP;
+            write!(out, "<g class=\"gap\" data-bytes=\"{}\">", bands[i + 1].start - b.end)?;
+            for edge in [gap_top + 5, top - 5] {
+                write!(out, "<polyline class=\"cut\" points=\"")?;
+                for step in 0..=SVG_BOX_W / 10 {
+                    write!(out, "{},{} ", SVG_BOX_X + step * 10, edge + if step % 2 == 1 { 3 } else { 0 })?;
+                }
+                write!(out, "\"/>")?;
+            }
+            writeln!(
+                out,
+                "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">gap {}</text></g>",
+                SVG_BOX_X + SVG_BOX_W / 2,
+                gap_top + SVG_GAP / 2 + 5,
+                Size(bands[i + 1].start - b.end)
+            )?;
+        }
+        // The box of this band's group, opened at its highest band.
+        let group = &groups[b.group as usize];
+        if b.end == group.end {
+            let bottom = bands[..=i].iter().rev().take_while(|x| x.group == b.group).last().map_or(top, |x| x.y as usize + x.h as usize);
+            writeln!(
+                out,
+                "<g class=\"segment\" data-segment=\"{}\"><rect class=\"box\" x=\"{SVG_BOX_X}\" y=\"{top}\" width=\"{SVG_BOX_W}\" height=\"{}\" fill=\"{}\"/><text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}{}{} ({})</text></g>",
+                group.segment.name(),
+                bottom - top,
+                segment_fill(group.segment),
+                SVG_BOX_X + (SVG_BOX_W - SVG_MARK_W) / 2,
+                (top + bottom) / 2 + 4,
+                group.segment.name(),
+                if group.label().is_empty() { "" } else { " " },
+                XmlText(group.label()),
+                Size(group.end - group.start)
+            )?;
+        }
+        write!(
+            out,
+            "<g class=\"map\" data-start=\"{:#x}\" data-end=\"{:#x}\" data-perms=\"{}\">",
+            b.start,
+            b.end,
+            XmlText(&b.perms)
+        )?;
+        if b.end != group.end {
+            write!(out, "<line class=\"sep\" x1=\"{SVG_BOX_X}\" y1=\"{top}\" x2=\"{}\" y2=\"{top}\"/>", SVG_BOX_X + SVG_BOX_W)?;
+        }
+        write!(
+            out,
+            "<text x=\"4\" y=\"{}\">{:#x}-{:#x} {} {}</text>",
+            top + b.h as usize / 2 + 4,
+            b.start,
+            b.end,
+            XmlText(&b.perms),
+            Size(b.end - b.start)
+        )?;
+        let mut label_y = top + 12;
+        for (k, kind) in KINDS.iter().enumerate() {
+            if b.count[k] > 0 {
+                write!(
+                    out,
+                    "<text class=\"ours\" x=\"{SVG_NOTE_X}\" y=\"{label_y}\">{} x{} {}</text>",
+                    kind.name(),
+                    b.count[k],
+                    Size(b.kib[k] as usize * 1024)
+                )?;
+                label_y += 12;
+            }
+        }
+        writeln!(out, "</g>")?;
+    }
+
+    // The marks, on top of the boxes: neighbouring regions of one kind
+    // in one band are one rectangle.
+    let mut pending: Option<(usize, VmaKind, usize, usize)> = None;
+    let mark = |out: &mut dyn Write, (i, kind, lo, hi): (usize, VmaKind, usize, usize)| -> fmt::Result {
+        let b: &Band = &bands[i];
+        let (top, bottom) = (b.y_of(hi), b.y_of(lo));
+        writeln!(
+            out,
+            "<rect class=\"ours\" data-kind=\"{}\" x=\"{}\" y=\"{top}\" width=\"{SVG_MARK_W}\" height=\"{}\"/>",
+            kind.name(),
+            SVG_BOX_X + SVG_BOX_W - SVG_MARK_W,
+            (bottom - top).max(2)
+        )
+    };
+    crate::stats::for_each_region(|r| {
+        let first = bands.partition_point(|b| b.end <= r.start);
+        for (i, b) in bands.iter().enumerate().skip(first).take_while(|(_, b)| b.start < r.end) {
+            let (lo, hi) = (r.start.max(b.start), r.end.min(b.end));
+            match pending {
+                Some((pi, pk, plo, phi)) if pi == i && pk == r.kind && phi == lo => pending = Some((pi, pk, plo, hi)),
+                _ => {
+                    if let Some(p) = pending {
+                        mark(out, p)?;
+                    }
+                    pending = Some((i, r.kind, lo, hi));
+                }
+            }
+        }
+        Ok(())
+    })?;
+    if let Some(p) = pending {
+        mark(out, p)?;
+    }
+
+    if dropped > 0 {
+        writeln!(out, "<text x=\"4\" y=\"{}\">{} more mappings above the top band not drawn</text>", legend_top - SVG_LEGEND_LINE, dropped)?;
+    }
+    for (i, segment) in SEGMENTS.iter().enumerate() {
+        let x = 4 + i * 100;
+        writeln!(
+            out,
+            "<g class=\"legend\"><rect x=\"{x}\" y=\"{legend_top}\" width=\"12\" height=\"12\" fill=\"{}\" class=\"box\"/><text x=\"{}\" y=\"{}\">{}</text></g>",
+            segment_fill(*segment),
+            x + 16,
+            legend_top + 10,
+            segment.name()
+        )?;
+    }
+    let y = legend_top + SVG_LEGEND_LINE;
+    writeln!(
+        out,
+        "<g class=\"legend\"><rect class=\"ours\" x=\"4\" y=\"{y}\" width=\"12\" height=\"12\"/><text x=\"20\" y=\"{}\">buddyslab's regions (its VMA tree): kind x count, size</text></g>",
+        y + 10
+    )?;
+    writeln!(out, "</svg>")
+}
+
+/// `BUDDYSLAB_ADDRSPACE_SVG`: the path (a NUL-terminated environment
+/// string), or null when no drawing was asked for.
+static SVG_PATH: AtomicPtr<libc::c_char> = AtomicPtr::new(ptr::null_mut());
+
+/// Records the path `BUDDYSLAB_ADDRSPACE_SVG` names. `value` must be
+/// followed in memory by a NUL (an environment entry is) and live for the
+/// process.
+pub fn set_svg_path(value: &'static [u8]) {
+    let p = if value.is_empty() { ptr::null_mut() } else { value.as_ptr() as *mut libc::c_char };
+    SVG_PATH.store(p, Ordering::Relaxed);
+}
+
+/// Whether the drawing is to be written at exit.
+pub fn svg_requested() -> bool {
+    !SVG_PATH.load(Ordering::Relaxed).is_null()
+}
+
+/// Writes the drawing to the file `BUDDYSLAB_ADDRSPACE_SVG` names, if any.
+/// Called by the exit hook; reports a file that cannot be opened on stderr.
+pub fn write_svg_requested() {
+    let p = SVG_PATH.load(Ordering::Relaxed);
+    if p.is_null() {
+        return;
+    }
+    // SAFETY: `p` points at an environment string, NUL-terminated and
+    // never freed (see `set_svg_path`).
+    let path = unsafe { core::ffi::CStr::from_ptr(p) };
+    match os::create_file(path) {
+        Ok(fd) => {
+            let mut w = crate::stats::FdWriter::new(fd);
+            let _ = write_address_space_svg(&mut w);
+            w.flush();
+            os::close(fd);
+        }
+        Err(os::Errno(e)) => {
+            let mut w = crate::stats::FdWriter::new(2);
+            let _ = write!(w, "buddyslab: cannot write the address-space drawing to ");
+            w.flush();
+            os::write_all(2, path.to_bytes());
+            let _ = writeln!(w, " (errno {e})");
+            w.flush();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -477,5 +856,175 @@ mod tests {
         assert!(rows.iter().any(|r| r["buddyslab_kb"].as_u64().unwrap() > 0));
         // SAFETY: allocated above.
         unsafe { crate::heap::free(p) };
+    }
+
+    /// A minimal XML well-formedness check: tags nest and close, attribute
+    /// values are quoted, `&` only starts an entity, one root element.
+    fn check_xml(doc: &str) -> Result<(), String> {
+        let mut stack: Vec<&str> = Vec::new();
+        let mut roots = 0;
+        let mut rest = doc;
+        let check_text = |t: &str| -> Result<(), String> {
+            for (i, _) in t.match_indices('&') {
+                let entity = &t[i..t[i..].find(';').map_or(t.len(), |e| i + e + 1)];
+                if !["&amp;", "&lt;", "&gt;", "&quot;", "&apos;"].contains(&entity) {
+                    return Err(format!("bad entity {entity:?}"));
+                }
+            }
+            Ok(())
+        };
+        while let Some(open) = rest.find('<') {
+            check_text(&rest[..open])?;
+            if !rest[..open].trim().is_empty() && stack.is_empty() {
+                return Err("text outside the root".into());
+            }
+            let close = rest[open..].find('>').ok_or("unclosed tag")? + open;
+            let tag = &rest[open + 1..close];
+            rest = &rest[close + 1..];
+            if let Some(name) = tag.strip_prefix('/') {
+                if stack.pop() != Some(name.trim()) {
+                    return Err(format!("</{name}> closes nothing open"));
+                }
+                continue;
+            }
+            let empty = tag.ends_with('/');
+            let body = tag.trim_end_matches('/');
+            let name_end = body.find(char::is_whitespace).unwrap_or(body.len());
+            let (name, mut attrs) = (&body[..name_end], body[name_end..].trim());
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == ':') {
+                return Err(format!("bad tag name in <{tag}>"));
+            }
+            while !attrs.is_empty() {
+                let (key, value) = attrs.split_once("=\"").ok_or(format!("unquoted attribute in <{tag}>"))?;
+                if key.trim().is_empty() || key.contains(char::is_whitespace) {
+                    return Err(format!("bad attribute name {key:?}"));
+                }
+                let end = value.find('"').ok_or("unterminated attribute")?;
+                if value[..end].contains('<') {
+                    return Err(format!("'<' in an attribute of <{tag}>"));
+                }
+                check_text(&value[..end])?;
+                attrs = value[end + 1..].trim_start();
+            }
+            if stack.is_empty() {
+                roots += 1;
+            }
+            if !empty {
+                stack.push(name);
+            }
+        }
+        if !stack.is_empty() || roots != 1 || !rest.trim().is_empty() {
+            return Err(format!("{} open at the end, {roots} roots", stack.len()));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_xml_check_can_fail() {
+        assert!(check_xml("<a><b x=\"1\"/>t &amp; u</a>").is_ok());
+        for bad in ["<a><b></a></b>", "<a x=1></a>", "<a>&</a>", "<a></a><b/>", "<a>", "<a x=\"<\"/>"] {
+            assert!(check_xml(bad).is_err(), "{bad}");
+        }
+        assert_eq!(XmlText(b"a<b>&\"c\xff").to_string(), "a&lt;b&gt;&amp;&quot;c?");
+    }
+
+    /// Every line of /proc/self/maps is a band, highest first, with its
+    /// start address as text; buddyslab's regions are marked inside the
+    /// bands that hold them; the document is well-formed XML.
+    #[test]
+    fn svg_draws_every_mapping_and_marks_our_regions() {
+        let p = crate::heap::malloc(100);
+        let q = crate::heap::malloc(300_000);
+        assert!(!p.is_null() && !q.is_null());
+        let mut ours = Vec::with_capacity(256);
+        crate::stats::for_each_region(|r| {
+            // Only the regions holding our two blocks: other tests' may come and go.
+            if [p as usize, q as usize].iter().any(|&a| r.start <= a && a < r.end) {
+                ours.push(*r);
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(ours.len(), 2);
+        assert!(ours.iter().any(|r| r.kind == VmaKind::Large));
+        // Other test threads map and unmap memory: an attempt counts when
+        // the maps read with std before and after the drawing agree; the
+        // drawing must match them in one of 100 attempts.
+        let read_std = || {
+            use std::io::Read;
+            let mut text = String::with_capacity(4 << 20);
+            std::fs::File::open("/proc/self/maps").unwrap().read_to_string(&mut text).unwrap();
+            text
+        };
+        let mut svg = String::with_capacity(4 << 20);
+        let mut passed = false;
+        let mut last_error = String::from("/proc/self/maps never held still for one drawing");
+        for _ in 0..100 {
+            svg.clear();
+            let before = read_std();
+            write_address_space_svg(&mut svg).unwrap();
+            let after = read_std();
+            if before != after {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                continue;
+            }
+            let theirs: Vec<usize> =
+                after.lines().rev().map(|l| usize::from_str_radix(l.split('-').next().unwrap(), 16).unwrap()).collect();
+            let bands: Vec<&str> = svg.lines().filter(|l| l.starts_with("<g class=\"map\"")).collect();
+            let starts: Vec<usize> = bands
+                .iter()
+                .map(|l| {
+                    let v = l.split("data-start=\"0x").nth(1).unwrap().split('"').next().unwrap();
+                    usize::from_str_radix(v, 16).unwrap()
+                })
+                .collect();
+            if starts != theirs {
+                // A mapping can also come and go between the two reads
+                // (a block freed and mapped again at the same address).
+                last_error = format!("bands {starts:x?}\nagainst /proc/self/maps, highest first: {theirs:x?}");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                continue;
+            }
+            for (band, start) in bands.iter().zip(&starts) {
+                assert!(band.contains(&format!("\">{start:#x}-")), "start not shown as text: {band}");
+            }
+            passed = true;
+            break;
+        }
+        assert!(passed, "{last_error}");
+        // Every region of ours is named in the band holding its start.
+        for r in &ours {
+            let band = svg
+                .lines()
+                .filter(|l| l.starts_with("<g class=\"map\""))
+                .find(|l| {
+                    let field = |key: &str| {
+                        usize::from_str_radix(l.split(key).nth(1).unwrap().split('"').next().unwrap(), 16).unwrap()
+                    };
+                    field("data-start=\"0x") <= r.start && r.start < field("data-end=\"0x")
+                })
+                .unwrap_or_else(|| panic!("no band holds {:#x}", r.start));
+            assert!(band.contains(&format!("<text class=\"ours\" x=\"{SVG_NOTE_X}\"")), "{band}");
+            assert!(band.contains(&format!(">{} x", r.kind.name())), "{} not named in {band}", r.kind.name());
+        }
+        assert!(svg.contains("<rect class=\"ours\" data-kind=\"[buddyslab:large]\""), "{svg}");
+        assert!(svg.contains("<g class=\"segment\" data-segment=\"[stack]\""));
+        assert!(svg.contains("<g class=\"gap\" data-bytes=\""));
+        check_xml(&svg).unwrap_or_else(|e| panic!("{e}\n{svg}"));
+        // A second opinion where python3 is installed.
+        if let Ok(mut child) = std::process::Command::new("python3")
+            .args(["-c", "import sys, xml.dom.minidom as m; m.parseString(sys.stdin.buffer.read())"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+        {
+            use std::io::Write as _;
+            child.stdin.take().unwrap().write_all(svg.as_bytes()).unwrap();
+            assert!(child.wait().unwrap().success(), "python3's XML parser rejects the SVG");
+        }
+        // SAFETY: allocated above, freed once each.
+        unsafe {
+            crate::heap::free(p);
+            crate::heap::free(q);
+        }
     }
 }

@@ -19,11 +19,18 @@
 //!   handed out (whole pages; for large blocks the mapping's length), summed
 //!   over every allocation since the start;
 //! - the slab tier's small-object fast path counts nothing per object (it
-//!   must stay a handful of instructions), so its figure is a bound from the
-//!   class table: an object of class `c` serves requests from
-//!   `size(c - 1) + 1` to `size(c)` bytes, so at most
-//!   `size(c) - size(c - 1) - 1` bytes of it are waste
-//!   ([`slab_worst_waste`]), and at least none.
+//!   must stay a handful of instructions). Two figures stand in:
+//!   - a bound from the class table: an object of class `c` serves
+//!     requests from `size(c - 1) + 1` to `size(c)` bytes, so at most
+//!     `size(c) - size(c - 1) - 1` bytes of it are waste
+//!     ([`slab_worst_waste`]), and at least none;
+//!   - a sample: [`sample_request`] records one request's size, called
+//!     from the magazine's refill slow path (one request per bin refill).
+//!     Per class it keeps `samples` and `requested_sum`; from them come
+//!     the mean request, the sampled waste fraction
+//!     `(size(c) - mean) / size(c)`, and the estimated live waste
+//!     `active_objs(c) * (size(c) - mean)` ([`SampledWaste`]). A class
+//!     with no sample has no estimate and the views say so.
 
 use crate::buddy::NR_ORDERS;
 use crate::os::PAGE_SIZE;
@@ -139,6 +146,135 @@ pub static PAGE_TIER: TierCounter = TierCounter::new();
 /// Large blocks: requests and mapping lengths.
 pub static LARGE_TIER: TierCounter = TierCounter::new();
 
+/// Per size class: sampled requests and the sum of their sizes.
+pub struct SlabSampler {
+    samples: [AtomicUsize; NR_CLASSES],
+    requested_sum: [AtomicUsize; NR_CLASSES],
+}
+
+/// A plain copy of one class's samples.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlabSample {
+    /// Requests sampled.
+    pub samples: usize,
+    /// Their sizes, summed.
+    pub requested_sum: usize,
+}
+
+impl SlabSampler {
+    /// No samples.
+    pub const fn new() -> Self {
+        SlabSampler {
+            samples: [const { AtomicUsize::new(0) }; NR_CLASSES],
+            requested_sum: [const { AtomicUsize::new(0) }; NR_CLASSES],
+        }
+    }
+
+    /// Records one request of `size` bytes served by class `class`
+    /// (ignored when `class` is not a size class).
+    pub fn record(&self, class: usize, size: usize) {
+        if class < NR_CLASSES {
+            self.samples[class].fetch_add(1, Ordering::Relaxed);
+            self.requested_sum[class].fetch_add(size, Ordering::Relaxed);
+        }
+    }
+
+    /// The samples now, per class.
+    pub fn read(&self) -> [SlabSample; NR_CLASSES] {
+        core::array::from_fn(|c| SlabSample {
+            samples: self.samples[c].load(Ordering::Relaxed),
+            requested_sum: self.requested_sum[c].load(Ordering::Relaxed),
+        })
+    }
+}
+
+impl Default for SlabSampler {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The slab tier's request samples.
+pub static SLAB_SAMPLES: SlabSampler = SlabSampler::new();
+
+/// Records one sampled request of `size` bytes served by size class
+/// `class`. Cold and lock-free (two relaxed additions), allocates nothing;
+/// meant for the magazine's refill slow path, never the fast path.
+#[cold]
+#[inline(never)]
+pub fn sample_request(class: usize, size: usize) {
+    SLAB_SAMPLES.record(class, size);
+}
+
+/// The sampled internal fragmentation of a size class, or of all of them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SampledWaste {
+    /// Requests sampled.
+    pub samples: usize,
+    /// Their sizes, summed.
+    pub requested_sum: usize,
+    /// The object sizes that served them, summed (`samples * size(c)`).
+    pub handed_sum: usize,
+    /// Live objects of the sampled classes.
+    pub active_objs: usize,
+    /// Estimated bytes wasted in them: `active_objs * (size - mean)`, the
+    /// mean kept as the fraction `requested_sum / samples` (rounded down
+    /// once, at the end).
+    pub est_live_waste: usize,
+}
+
+impl SampledWaste {
+    /// The mean request in bytes, rounded down; `None` with no sample.
+    pub fn mean_request(&self) -> Option<usize> {
+        (self.samples > 0).then(|| self.requested_sum / self.samples)
+    }
+
+    /// `(size - mean) / size` over the samples, in thousandths (rounded
+    /// down); `None` with no sample.
+    pub fn waste_fraction(&self) -> Option<Thousandths> {
+        (self.samples > 0).then(|| thousandths(self.handed_sum.saturating_sub(self.requested_sum), self.handed_sum))
+    }
+}
+
+/// The sampled figures of class `class` with `active_objs` live objects.
+pub fn slab_sampled(sample: SlabSample, class: usize, active_objs: usize) -> SampledWaste {
+    let handed_sum = sample.samples * size_of_class(class);
+    let waste_sum = handed_sum.saturating_sub(sample.requested_sum);
+    let est_live_waste = if sample.samples == 0 {
+        0
+    } else {
+        (active_objs as u128 * waste_sum as u128 / sample.samples as u128) as usize
+    };
+    SampledWaste {
+        samples: sample.samples,
+        requested_sum: sample.requested_sum,
+        handed_sum,
+        active_objs: if sample.samples == 0 { 0 } else { active_objs },
+        est_live_waste,
+    }
+}
+
+/// The sampled figures summed over the classes with samples, and the live
+/// objects of classes without one (not estimated).
+pub fn slab_sampled_total(samples: &[SlabSample; NR_CLASSES], active_objs: impl Fn(usize) -> usize) -> (SampledWaste, usize) {
+    let mut total = SampledWaste::default();
+    let mut unsampled = 0;
+    for (class, &sample) in samples.iter().enumerate() {
+        let n = active_objs(class);
+        if sample.samples == 0 {
+            unsampled += n;
+            continue;
+        }
+        let w = slab_sampled(sample, class, n);
+        total.samples += w.samples;
+        total.requested_sum += w.requested_sum;
+        total.handed_sum += w.handed_sum;
+        total.active_objs += w.active_objs;
+        total.est_live_waste += w.est_live_waste;
+    }
+    (total, unsampled)
+}
+
 /// The slab tier's bound: bytes in objects the program holds, and the most
 /// of them that can be waste, summed over the size classes from their
 /// `active_objs` (as [`crate::stats::Snapshot::active_objs`] counts them).
@@ -187,30 +323,78 @@ pub fn write_extfrag(out: &mut dyn Write, s: &Snapshot) -> fmt::Result {
     }
     let (held, worst) = slab_bound(|c| s.active_objs(c));
     writeln!(out, "{:<17} {:>14} {:>14} {:>12} {:>10}  bound from the class table, live objects", "slab", "-", held, worst, "-")?;
-    writeln!(out, "{:<17} {:>10} {:>12} {:>12} {:>8}", "# cache", "active", "held_bytes", "worst_waste", "partial")?;
-    for class in 0..NR_CLASSES {
-        let n = s.active_objs(class);
-        if n == 0 && s.caches[class].num_slabs == 0 {
-            continue;
-        }
+    let (sampled, unsampled) = s.slab_sampled_total();
+    if sampled.samples == 0 {
+        writeln!(out, "{:<17} {:>14} {:>14} {:>12} {:>10}  sampled: no samples", "slab", "-", "-", "-", "-")?;
+    } else {
         writeln!(
             out,
-            "{:<17} {:>10} {:>12} {:>12} {:>8}",
+            "{:<17} {:>14} {:>14} {:>12} {:>10}  sampled: {} requests, waste fraction {}; {} live objects in classes without samples not estimated",
+            "slab",
+            "-",
+            sampled_held(s),
+            sampled.est_live_waste,
+            "-",
+            sampled.samples,
+            sampled.waste_fraction().unwrap_or(Thousandths(0)),
+            unsampled
+        )?;
+    }
+    writeln!(
+        out,
+        "{:<17} {:>10} {:>12} {:>12} {:>8} {:>8} {:>6} {:>12} {:>8}",
+        "# cache", "active", "held_bytes", "worst_waste", "samples", "mean_req", "frac", "est_waste", "partial"
+    )?;
+    for class in 0..NR_CLASSES {
+        let n = s.active_objs(class);
+        let w = s.slab_sampled(class);
+        if n == 0 && s.caches[class].num_slabs == 0 && w.samples == 0 {
+            continue;
+        }
+        write!(
+            out,
+            "{:<17} {:>10} {:>12} {:>12} {:>8} ",
             crate::stats::CacheName(class),
             n,
             n * size_of_class(class),
             n * slab_worst_waste(class),
-            s.caches[class].partial_slabs
+            w.samples
         )?;
+        match (w.mean_request(), w.waste_fraction()) {
+            (Some(mean), Some(fraction)) => write!(out, "{:>8} {:>6} {:>12}", mean, fraction, w.est_live_waste)?,
+            _ => write!(out, "{:>8} {:>6} {:>12}", "-", "-", "no sample")?,
+        }
+        writeln!(out, " {:>8}", s.caches[class].partial_slabs)?;
     }
     Ok(())
 }
 
+/// Bytes held in live objects of the classes that have samples.
+fn sampled_held(s: &Snapshot) -> usize {
+    (0..NR_CLASSES).filter(|&c| s.slab_samples[c].samples > 0).map(|c| s.active_objs(c) * size_of_class(c)).sum()
+}
+
+/// Writes `null` or the value.
+struct OrNull<T>(Option<T>);
+
+impl<T: fmt::Display> fmt::Display for OrNull<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => f.write_str("null"),
+        }
+    }
+}
+
 /// Writes the `extfrag` JSON object of `s`: `unusable_index` (numbers
 /// 0..1 with three decimals, per order), `slab_partial_bytes`,
-/// `slab_bytes`, and `internal` with `pages` and `large` (exact:
+/// `slab_bytes`, `internal` with `pages` and `large` (exact:
 /// `requested`, `handed_out`, `allocs`) and `slab` (`held`, `worst_waste`:
-/// a bound, `exact` false).
+/// a bound, `exact` false; `sampled`: `samples`, `requested_sum`,
+/// `handed_sum`, `waste_fraction`, `active_objs` and `est_live_waste` of
+/// the classes with samples, `unsampled_active_objs`), and `slab_classes`,
+/// one object per class in use or sampled (`mean_request`,
+/// `waste_fraction`, `est_live_waste` are `null` without a sample).
 pub fn write_extfrag_json(out: &mut dyn Write, s: &Snapshot) -> fmt::Result {
     write!(out, "{{\"unusable_index\":[")?;
     for order in 0..NR_ORDERS {
@@ -226,7 +410,47 @@ pub fn write_extfrag_json(out: &mut dyn Write, s: &Snapshot) -> fmt::Result {
         )?;
     }
     let (held, worst) = slab_bound(|c| s.active_objs(c));
-    write!(out, "\"slab\":{{\"held\":{},\"worst_waste\":{},\"exact\":false}}}}}}", held, worst)
+    let (sampled, unsampled) = s.slab_sampled_total();
+    write!(
+        out,
+        "\"slab\":{{\"held\":{},\"worst_waste\":{},\"exact\":false,\"sampled\":{{\"samples\":{},\"requested_sum\":{},\"handed_sum\":{},\"waste_fraction\":{},\"held\":{},\"active_objs\":{},\"est_live_waste\":{},\"unsampled_active_objs\":{}}}}}}},\"slab_classes\":[",
+        held,
+        worst,
+        sampled.samples,
+        sampled.requested_sum,
+        sampled.handed_sum,
+        OrNull(sampled.waste_fraction()),
+        sampled_held(s),
+        sampled.active_objs,
+        sampled.est_live_waste,
+        unsampled
+    )?;
+    let mut first = true;
+    for class in 0..NR_CLASSES {
+        let n = s.active_objs(class);
+        let w = s.slab_sampled(class);
+        if n == 0 && s.caches[class].num_slabs == 0 && w.samples == 0 {
+            continue;
+        }
+        let sampled = w.samples > 0;
+        write!(
+            out,
+            "{}{{\"name\":\"{}\",\"size\":{},\"active_objs\":{},\"worst_waste\":{},\"samples\":{},\"requested_sum\":{},\"mean_request\":{},\"waste_fraction\":{},\"est_live_waste\":{},\"partial_slabs\":{}}}",
+            if first { "" } else { "," },
+            crate::stats::CacheName(class),
+            size_of_class(class),
+            n,
+            n * slab_worst_waste(class),
+            w.samples,
+            w.requested_sum,
+            OrNull(w.mean_request()),
+            OrNull(w.waste_fraction()),
+            OrNull(sampled.then_some(w.est_live_waste)),
+            s.caches[class].partial_slabs
+        )?;
+        first = false;
+    }
+    write!(out, "]}}")
 }
 
 #[cfg(test)]
@@ -329,5 +553,94 @@ mod tests {
         t.add(4096, 4096);
         assert_eq!(t.read(), TierWaste { requested: 9096, handed: 12288, count: 2 });
         assert_eq!(t.read().waste(), 3192);
+    }
+
+    /// Known requests recorded through a private sampler: the figures
+    /// derived from them, in the snapshot's methods and in both views.
+    #[test]
+    fn sampled_slab_waste_from_known_requests() {
+        let class = crate::slab::class_of(33);
+        assert_eq!(size_of_class(class), 48);
+        let sampler = SlabSampler::new();
+        for _ in 0..100 {
+            sampler.record(class, 33);
+        }
+        sampler.record(NR_CLASSES, 1); // not a size class: ignored
+        let samples = sampler.read();
+        assert_eq!(samples[class], SlabSample { samples: 100, requested_sum: 3300 });
+        assert_eq!(samples.iter().map(|s| s.samples).sum::<usize>(), 100);
+        let w = slab_sampled(samples[class], class, 10);
+        assert_eq!(w.mean_request(), Some(33));
+        assert_eq!(w.waste_fraction(), Some(Thousandths(312)));
+        assert_eq!(w.est_live_waste, 150);
+        assert_eq!(slab_sampled(SlabSample::default(), class, 10).mean_request(), None);
+
+        // A mean that is not whole: 50 of 17 B and 50 of 48 B, mean 32.5.
+        let mixed = SlabSample { samples: 100, requested_sum: 50 * 17 + 50 * 48 };
+        let m = slab_sampled(mixed, class, 10);
+        assert_eq!(m.mean_request(), Some(32));
+        assert_eq!(m.waste_fraction(), Some(Thousandths(1550 * 1000 / 4800)));
+        assert_eq!(m.est_live_waste, 155, "10 * 15.5, not 10 * (48 - 32)");
+
+        // The views, over a snapshot given these samples and live counts.
+        let other = crate::slab::class_of(1000);
+        let mut s = crate::stats::snapshot();
+        s.slab_samples = samples;
+        for c in 0..NR_CLASSES {
+            s.caches[c].active_objs = s.cached_objs[c];
+        }
+        s.caches[class].active_objs += 10;
+        s.caches[other].active_objs += 7;
+        s.caches[class].partial_slabs = 0;
+        assert_eq!(s.slab_sampled(class), w);
+        let (total, unsampled) = s.slab_sampled_total();
+        assert_eq!((total.samples, total.est_live_waste, unsampled), (100, 150, 7));
+
+        let mut text = String::new();
+        write_extfrag(&mut text, &s).unwrap();
+        let row = |name: &str| -> Vec<String> {
+            let line = text.lines().find(|l| l.split_whitespace().next() == Some(name)).unwrap_or_else(|| panic!("{name}:\n{text}"));
+            line.split_whitespace().map(str::to_string).collect()
+        };
+        let worst = (10 * slab_worst_waste(class)).to_string();
+        assert_eq!(row("kmalloc-48"), ["kmalloc-48", "10", "480", &worst, "100", "33", "0.312", "150", "0"]);
+        let big = row(&crate::stats::CacheName(other).to_string());
+        assert_eq!(big[4..8], ["0", "-", "-", "no"], "{text}");
+        assert!(
+            text.contains("sampled: 100 requests, waste fraction 0.312; 7 live objects in classes without samples not estimated"),
+            "{text}"
+        );
+
+        let mut json = String::new();
+        write_extfrag_json(&mut json, &s).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+        let sampled = &v["internal"]["slab"]["sampled"];
+        assert_eq!(sampled["samples"], 100);
+        assert_eq!(sampled["waste_fraction"].as_f64(), Some(0.312));
+        assert_eq!(sampled["est_live_waste"], 150);
+        assert_eq!(sampled["held"], 480);
+        assert_eq!(sampled["unsampled_active_objs"], 7);
+        let classes = v["slab_classes"].as_array().unwrap();
+        let c48 = classes.iter().find(|c| c["name"] == "kmalloc-48").unwrap();
+        assert_eq!((c48["mean_request"].as_u64(), c48["est_live_waste"].as_u64()), (Some(33), Some(150)));
+        assert_eq!(c48["waste_fraction"].as_f64(), Some(0.312));
+        let cbig = classes.iter().find(|c| c["size"] == size_of_class(other)).unwrap();
+        assert!(cbig["mean_request"].is_null() && cbig["waste_fraction"].is_null() && cbig["est_live_waste"].is_null());
+        assert_eq!(cbig["samples"], 0);
+    }
+
+    /// The public entry point feeds the snapshot. Other threads may sample
+    /// too, so the counts grow by at least what was recorded here.
+    #[test]
+    fn sample_request_reaches_the_snapshot() {
+        let class = crate::slab::class_of(3000);
+        let before = crate::stats::snapshot().slab_samples[class];
+        for _ in 0..3 {
+            sample_request(class, 2900);
+        }
+        sample_request(usize::MAX, 5);
+        let after = crate::stats::snapshot().slab_samples[class];
+        assert!(after.samples >= before.samples + 3);
+        assert!(after.requested_sum >= before.requested_sum + 3 * 2900);
     }
 }

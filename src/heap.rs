@@ -520,7 +520,10 @@ fn init_slow() {
     magazine::init_secret();
     crate::options::read_environment();
     buddy::register_shrinker(cache::shrink_idle);
-    if crate::options::STATS_AT_EXIT.load(Ordering::Relaxed) != crate::options::STATS_OFF || crate::heapmap::requested() {
+    if crate::options::STATS_AT_EXIT.load(Ordering::Relaxed) != crate::options::STATS_OFF
+        || crate::heapmap::requested()
+        || crate::addrspace::svg_requested()
+    {
         // SAFETY: a plain function with no preconditions; atexit may
         // allocate, which is fine: no allocator lock is held here.
         unsafe { libc::atexit(stats::print_at_exit) };

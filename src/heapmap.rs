@@ -274,8 +274,18 @@ impl fmt::Display for Label {
 
 /// Writes the heap map as one SVG document: a title line, one
 /// `<g class="chunk">` row per chunk (its address, then runs of cells),
-/// and a legend of the states present with their page counts.
+/// a legend of the states present with their page counts, and the
+/// fragmentation figures of a fresh [`stats::snapshot`].
 pub fn write_svg(out: &mut dyn Write) -> fmt::Result {
+    write_svg_of(out, &stats::snapshot())
+}
+
+/// Lines of fragmentation figures under the legend ([`write_frag_legend`]).
+const FRAG_LINES: usize = 6;
+
+/// [`write_svg`] with the fragmentation figures of `s` (the cells are
+/// read fresh).
+pub fn write_svg_of(out: &mut dyn Write, s: &stats::Snapshot) -> fmt::Result {
     let mut cells = [0u8; CHUNK_PAGES];
     // First pass: how many rows and legend lines the picture needs.
     let (mut chunks, mut counts) = (0usize, [0usize; STATES]);
@@ -290,7 +300,8 @@ pub fn write_svg(out: &mut dyn Write) -> fmt::Result {
     // Room for a few states that may appear between the passes.
     let legend_lines = (states + 4).div_ceil(LEGEND_COLUMNS);
     let legend_top = TOP + chunks * PITCH + 14;
-    let height = legend_top + legend_lines * LEGEND_LINE + 8;
+    let frag_top = legend_top + legend_lines * LEGEND_LINE + 10;
+    let height = frag_top + FRAG_LINES * LEGEND_LINE + 8;
     writeln!(
         out,
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{height}\" viewBox=\"0 0 {WIDTH} {height}\" font-family=\"monospace\" font-size=\"11\">"
@@ -344,7 +355,61 @@ pub fn write_svg(out: &mut dyn Write) -> fmt::Result {
             Label(s as u8)
         )?;
     }
+    write_frag_legend(out, s, frag_top)?;
     writeln!(out, "</svg>")
+}
+
+/// Writes the fragmentation figures of `s` as [`FRAG_LINES`] `<text
+/// class="frag">` lines from `top`, labelled as the views label them:
+/// the unusable free space index per order (the kernel's format), the
+/// partial-slab share, and internal waste per tier (pages and large exact,
+/// slab sampled and bounded).
+fn write_frag_legend(out: &mut dyn Write, s: &stats::Snapshot, top: usize) -> fmt::Result {
+    use crate::frag::{self, Thousandths};
+    let line = |i: usize| top + i * LEGEND_LINE + 10;
+    write!(out, "<text class=\"frag\" data-figure=\"unusable_index\" x=\"4\" y=\"{}\">unusable free space index, orders 0..{} (buddy, exact):", line(0), MAX_ORDER)?;
+    for order in 0..=MAX_ORDER {
+        write!(out, " {}", Thousandths(s.unusable_index(order)))?;
+    }
+    writeln!(out, "</text>")?;
+    let (partial, all) = s.slab_partial_bytes();
+    writeln!(
+        out,
+        "<text class=\"frag\" data-figure=\"slab_partial\" x=\"4\" y=\"{}\">slab memory in partial slabs (exact): {} of it, {} of {} KiB</text>",
+        line(1),
+        frag::thousandths(partial, all),
+        partial / 1024,
+        all / 1024
+    )?;
+    for (i, (name, t)) in [("pages", s.page_tier), ("large", s.large_tier)].into_iter().enumerate() {
+        writeln!(
+            out,
+            "<text class=\"frag\" data-figure=\"internal_{name}\" x=\"4\" y=\"{}\">internal waste, {name} (exact, since start): {} B beyond {} B requested, {} B handed out, {} allocations</text>",
+            line(2 + i),
+            t.waste(),
+            t.requested,
+            t.handed,
+            t.count
+        )?;
+    }
+    let (sampled, unsampled) = s.slab_sampled_total();
+    write!(out, "<text class=\"frag\" data-figure=\"internal_slab_sampled\" x=\"4\" y=\"{}\">internal waste, slab (sampled", line(4))?;
+    match sampled.waste_fraction() {
+        Some(fraction) => writeln!(
+            out,
+            ", {} requests): est. {} B in {} live objects, waste fraction {}; {} live objects of unsampled classes</text>",
+            sampled.samples, sampled.est_live_waste, sampled.active_objs, fraction, unsampled
+        )?,
+        None => writeln!(out, "): no samples</text>")?,
+    }
+    let (held, worst) = frag::slab_bound(|c| s.active_objs(c));
+    writeln!(
+        out,
+        "<text class=\"frag\" data-figure=\"internal_slab_bound\" x=\"4\" y=\"{}\">internal waste, slab (bound from the class table): at most {} B of {} B in live objects</text>",
+        line(5),
+        worst,
+        held
+    )
 }
 
 #[cfg(test)]
@@ -380,5 +445,61 @@ mod tests {
             .map(|l| l.split("width=\"").nth(1).unwrap().split('"').next().unwrap().parse::<usize>().unwrap())
             .sum();
         assert_eq!(widths, rows * CHUNK_PAGES);
+    }
+
+    /// The numbers of a `<text class="frag">` line.
+    fn numbers(svg: &str, figure: &str) -> Vec<f64> {
+        let key = format!("data-figure=\"{figure}\"");
+        let line = svg.lines().find(|l| l.contains(&key)).unwrap_or_else(|| panic!("{figure} missing:\n{svg}"));
+        let text = &line[line.find('>').unwrap() + 1..line.rfind("</text>").unwrap()];
+        // The label's own digits ("orders 0..10") come before the colon.
+        let figures = text.split_once(':').unwrap().1;
+        figures
+            .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .map(|t| t.trim_end_matches('.'))
+            .filter(|t| !t.is_empty())
+            .map(|t| t.parse().unwrap())
+            .collect()
+    }
+
+    /// The legend's fragmentation figures are the snapshot's, exactly.
+    #[test]
+    fn legend_carries_the_snapshot_figures() {
+        let p = crate::heap::malloc(5000);
+        assert!(!p.is_null());
+        let mut s = stats::snapshot();
+        // Samples in one class, so the sampled line has figures.
+        let class = crate::slab::class_of(33);
+        s.slab_samples = [crate::frag::SlabSample::default(); crate::slab::NR_CLASSES];
+        s.slab_samples[class] = crate::frag::SlabSample { samples: 100, requested_sum: 3300 };
+        let mut svg = String::new();
+        write_svg_of(&mut svg, &s).unwrap();
+        // SAFETY: allocated above, freed once.
+        unsafe { crate::heap::free(p) };
+
+        let index: Vec<f64> = (0..=MAX_ORDER).map(|o| s.unusable_index(o) as f64 / 1000.0).collect();
+        assert_eq!(numbers(&svg, "unusable_index"), index);
+        let (partial, all) = s.slab_partial_bytes();
+        let share = crate::frag::thousandths(partial, all).0 as f64 / 1000.0;
+        assert_eq!(numbers(&svg, "slab_partial"), [share, (partial / 1024) as f64, (all / 1024) as f64]);
+        for (name, t) in [("pages", s.page_tier), ("large", s.large_tier)] {
+            let want = [t.waste(), t.requested, t.handed, t.count].map(|n| n as f64);
+            assert_eq!(numbers(&svg, &format!("internal_{name}")), want, "{name}");
+        }
+        assert!(s.page_tier.count > 0, "the 5000-byte request went to the page tier");
+        let (sampled, unsampled) = s.slab_sampled_total();
+        assert_eq!(sampled.samples, 100);
+        let fraction = sampled.waste_fraction().unwrap().0 as f64 / 1000.0;
+        assert!(svg.contains("internal waste, slab (sampled, 100 requests): est. "), "{svg}");
+        let want = [sampled.est_live_waste as f64, sampled.active_objs as f64, fraction, unsampled as f64];
+        assert_eq!(numbers(&svg, "internal_slab_sampled"), want);
+        let (held, worst) = crate::frag::slab_bound(|c| s.active_objs(c));
+        assert_eq!(numbers(&svg, "internal_slab_bound"), [worst as f64, held as f64]);
+
+        // Without samples the line says so.
+        s.slab_samples = [crate::frag::SlabSample::default(); crate::slab::NR_CLASSES];
+        let mut svg = String::new();
+        write_svg_of(&mut svg, &s).unwrap();
+        assert!(svg.contains("internal waste, slab (sampled): no samples</text>"), "{svg}");
     }
 }

@@ -6,10 +6,11 @@
 //! | `BUDDYSLAB_DECAY_MS`       | milliseconds free memory stays resident before going back to the OS (default 1000; 0 = at the next slow path) |
 //! | `BUDDYSLAB_STATS`          | `1`: the text views on stderr at exit; `json`: one JSON object on stderr at exit |
 //! | `BUDDYSLAB_HEAPMAP`        | a file path: an SVG heap map (one row per chunk, one cell per page) is written there at exit (see [`crate::heapmap`]) |
+//! | `BUDDYSLAB_ADDRSPACE_SVG`  | a file path: the process address space drawn as SVG (segments, gaps, buddyslab's regions) is written there at exit (see [`crate::addrspace`]) |
 //! | `BUDDYSLAB_LARGE_CACHE`    | bytes; cap on released large mappings kept for reuse (default 64 MiB, also bounded by the trim threshold; 0 turns the cache off) |
 //! | `BUDDYSLAB_LARGE_CACHE_MS` | milliseconds a released mapping stays cached (default 1000) |
 //! | `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_` | glibc's names, honoured as glibc does (bytes; setting either stops the adaptation) |
-//! | `BUDDYSLAB_STATS_PPID`    | a process id: with `BUDDYSLAB_STATS` or `BUDDYSLAB_HEAPMAP`, only a process whose parent it is prints the views (set by the `buddyslab` tool, so a program's own children stay quiet) |
+//! | `BUDDYSLAB_STATS_PPID`    | a process id: with `BUDDYSLAB_STATS`, `BUDDYSLAB_HEAPMAP` or `BUDDYSLAB_ADDRSPACE_SVG`, only a process whose parent it is prints the views (set by the `buddyslab` tool, so a program's own children stay quiet) |
 //! | `BUDDYSLAB_ANNOUNCE`       | `FD:INODE`, set by the `buddyslab` tool: libbuddyslab.so's constructor reports on that pipe whether its `malloc` is the one bound (read there, through [`variable`]) |
 //!
 //! Every other `BUDDYSLAB_*` variable, and a malformed value, is reported on
@@ -140,6 +141,7 @@ fn apply(entry: &'static [u8]) {
             _ => os::write_all(2, b"buddyslab: BUDDYSLAB_STATS must be 1, text, json or 0; ignored\n"),
         },
         b"BUDDYSLAB_HEAPMAP" => crate::heapmap::set_path(value),
+        b"BUDDYSLAB_ADDRSPACE_SVG" => crate::addrspace::set_svg_path(value),
         b"BUDDYSLAB_STATS_PPID" => match parse_size(value) {
             Some(pid) if pid <= i32::MAX as usize && value.iter().all(u8::is_ascii_digit) => {
                 STATS_PPID.store(pid as i32, Ordering::Relaxed)

@@ -147,6 +147,8 @@ pub struct Snapshot {
     pub page_tier: crate::frag::TierWaste,
     /// Large-tier requests and mapping lengths, exact, since the start.
     pub large_tier: crate::frag::TierWaste,
+    /// Slab request samples per size class (see [`crate::frag::sample_request`]).
+    pub slab_samples: [crate::frag::SlabSample; slab::NR_CLASSES],
 }
 
 impl Snapshot {
@@ -178,6 +180,18 @@ impl Snapshot {
     pub fn slab_partial_bytes(&self) -> (usize, usize) {
         crate::frag::slab_partial_bytes(&self.caches)
     }
+
+    /// The sampled internal fragmentation of size class `class` (see
+    /// [`crate::frag::slab_sampled`]).
+    pub fn slab_sampled(&self, class: usize) -> crate::frag::SampledWaste {
+        crate::frag::slab_sampled(self.slab_samples[class], class, self.active_objs(class))
+    }
+
+    /// The sampled figures over all classes with samples, and the live
+    /// objects of classes without one.
+    pub fn slab_sampled_total(&self) -> (crate::frag::SampledWaste, usize) {
+        crate::frag::slab_sampled_total(&self.slab_samples, |c| self.active_objs(c))
+    }
 }
 
 /// Takes a snapshot of every counter.
@@ -200,6 +214,7 @@ pub fn snapshot() -> Snapshot {
         released_bytes: buddy::RELEASED_BYTES.load(Ordering::Relaxed),
         page_tier: crate::frag::PAGE_TIER.read(),
         large_tier: crate::frag::LARGE_TIER.read(),
+        slab_samples: crate::frag::SLAB_SAMPLES.read(),
     };
     {
         let zone = ZONE.lock();
@@ -560,8 +575,9 @@ pub fn write_json(out: &mut dyn Write) -> fmt::Result {
 const _: () = assert!(NR_TIERS == Tier::ALL.len());
 
 /// Prints the views `BUDDYSLAB_STATS` asked for to stderr and writes the
-/// heap map `BUDDYSLAB_HEAPMAP` asked for. Registered with `atexit` by the
-/// heap's set-up when either variable is set.
+/// heap map `BUDDYSLAB_HEAPMAP` and the address-space drawing
+/// `BUDDYSLAB_ADDRSPACE_SVG` asked for. Registered with `atexit` by the
+/// heap's set-up when any of them is set.
 pub extern "C" fn print_at_exit() {
     let parent = crate::options::STATS_PPID.load(Ordering::Relaxed);
     if parent != 0 && os::getppid() != parent {
@@ -575,6 +591,7 @@ pub extern "C" fn print_at_exit() {
     };
     w.flush();
     crate::heapmap::write_requested();
+    crate::addrspace::write_svg_requested();
 }
 
 #[cfg(test)]
