@@ -400,43 +400,65 @@ fn alloc_refill(cache: &Mutex<KmemCache>, order: usize) -> *mut u8 {
 }
 
 /// Takes objects from `cache` for a thread's bin, linked through their
-/// first word into a null-terminated list: one slab's whole free list
-/// (however long; bins allow it) or up to `max` (≥ 1) never-used objects,
-/// with one lock acquisition (two when a new slab is needed). Returns the
-/// list head and its length; `(null, 0)` when memory is exhausted.
+/// first word into a null-terminated list: slab by slab, each slab's
+/// whole free list (however long; bins allow it) or never-used objects,
+/// until at least `max` (≥ 1) are taken, new slabs included, under one
+/// lock acquisition per new slab. So a class of few objects per slab
+/// (one 4 KiB object per page) still refills a bin in one call. Returns
+/// the list head and its length; `(null, 0)` when memory is exhausted
+/// before anything was taken.
 pub fn alloc_bulk(cache: &Mutex<KmemCache>, max: usize) -> (*mut u8, usize) {
+    let mut head: *mut u8 = ptr::null_mut();
+    let mut got = 0;
     let mut c = cache.lock();
-    let taken = match c.take_locked(max) {
-        Some(t) => t,
-        None => {
-            let order = c.info.order as usize;
-            drop(c);
-            let Some((slab, _)) = buddy::alloc_pages(order) else { return (ptr::null_mut(), 0) };
-            c = cache.lock();
-            // SAFETY: a fresh block of this cache's order.
-            unsafe { c.add_slab(slab) };
-            match c.take_locked(max) {
-                Some(t) => t,
-                None => return (ptr::null_mut(), 0),
-            }
-        }
-    };
     let size = c.info.size as usize;
-    drop(c);
-    match taken {
-        Taken::List(head, n) => (head, n),
-        Taken::Run(first, n) => {
-            // Link the run back to front, so the list starts at `first`.
-            let mut head: *mut u8 = ptr::null_mut();
-            for i in (0..n).rev() {
-                let object = (first + i * size) as *mut u8;
-                // SAFETY: never-used objects of a slab we took them from.
-                unsafe { link::set_next(object, head) };
-                head = object;
+    while got < max {
+        let taken = match c.take_locked(max - got) {
+            Some(t) => t,
+            None => {
+                let order = c.info.order as usize;
+                drop(c);
+                let Some((slab, _)) = buddy::alloc_pages(order) else { return (head, got) };
+                c = cache.lock();
+                // SAFETY: a fresh block of this cache's order.
+                unsafe { c.add_slab(slab) };
+                match c.take_locked(max - got) {
+                    Some(t) => t,
+                    None => break,
+                }
             }
-            (head, n)
+        };
+        // Put the piece in front of what was taken before: its last
+        // object links to the old head.
+        match taken {
+            Taken::List(list, n) => {
+                if !head.is_null() {
+                    let mut last = list;
+                    // SAFETY: the slab's free list, `n` objects linked
+                    // through their first word; ours now.
+                    unsafe {
+                        for _ in 1..n {
+                            last = link::next(last);
+                        }
+                        link::set_next(last, head);
+                    }
+                }
+                head = list;
+                got += n;
+            }
+            Taken::Run(first, n) => {
+                for i in (0..n).rev() {
+                    let object = (first + i * size) as *mut u8;
+                    // SAFETY: never-used objects of a slab we took them from.
+                    unsafe { link::set_next(object, head) };
+                    head = object;
+                }
+                got += n;
+            }
         }
     }
+    drop(c);
+    (head, got)
 }
 
 /// The head page of the slab holding `object`.
