@@ -321,3 +321,39 @@ fn remote_frees_go_home() {
         None => eprintln!("remote_frees_go_home: cannot pin to CPU 1, skipped"),
     }
 }
+
+/// The slab tier's internal-fragmentation sample (one request per bin
+/// refill, with a jittered refill count) follows the requests: requests
+/// alternating between 2050 and 2300 bytes, all served by the 2304-byte
+/// class, sample to a mean near 2175, not to one of the two sizes, which an
+/// even refill count would pick every time.
+#[test]
+fn slab_waste_samples_follow_the_requests() {
+    let _guard = COUNTERS.lock().unwrap();
+    let class = buddyslab::slab::class_of(4090);
+    assert_eq!(buddyslab::slab::class_of(3900), class);
+    assert_eq!(buddyslab::slab::size_of_class(class), 4096);
+    let before = buddyslab::stats::snapshot().slab_samples[class];
+    let rounds = 200;
+    let per_round = 256;
+    let mut held = Vec::with_capacity(per_round);
+    for _ in 0..rounds {
+        for i in 0..per_round {
+            let layout = Layout::from_size_align(if i % 2 == 0 { 3900 } else { 4090 }, 8).unwrap();
+            // SAFETY: a non-zero size.
+            let p = unsafe { GLOBAL.alloc(layout) };
+            assert!(!p.is_null());
+            held.push((p, layout));
+        }
+        for (p, layout) in held.drain(..) {
+            // SAFETY: allocated above with this layout.
+            unsafe { GLOBAL.dealloc(p, layout) };
+        }
+    }
+    let after = buddyslab::stats::snapshot().slab_samples[class];
+    let samples = after.samples - before.samples;
+    let mean = (after.requested_sum - before.requested_sum) / samples.max(1);
+    // 51200 requests and bins of 8 objects: thousands of refills.
+    assert!(samples >= 500, "only {samples} samples");
+    assert!((3950..=4040).contains(&mean), "sampled mean {mean} over {samples} samples, want about 3995");
+}

@@ -90,6 +90,8 @@ pub struct ThreadCache {
     /// c" from everything else with one compare.
     node_tag: u32,
     state: u32,
+    /// A xorshift state for the refill count's jitter (see `alloc_slow`).
+    rng: u32,
 }
 
 impl ThreadCache {
@@ -323,6 +325,7 @@ fn activate(tc: *mut ThreadCache) -> bool {
         tc.slots[class + 1].remote.limit = bin_limit(class);
     }
     tc.set_node(super::home_node() as u8);
+    tc.rng = (SECRET.load(Ordering::Relaxed) ^ (tc as *mut ThreadCache as usize)) as u32 | 1;
     tc.key = SECRET.load(Ordering::Relaxed);
     tc.state = ACTIVE;
     true
@@ -331,7 +334,9 @@ fn activate(tc: *mut ThreadCache) -> bool {
 #[cold]
 #[inline(never)]
 fn alloc_slow(class: usize, size: usize) -> *mut u8 {
-    let _ = size;
+    // One request per refill is the slab tier's internal-fragmentation
+    // sample: the fast path counts nothing.
+    crate::frag::sample_request(class, size);
     let tc = current();
     if !activate(tc) {
         let object = cache::alloc(&super::home_caches()[class]);
@@ -348,7 +353,23 @@ fn alloc_slow(class: usize, size: usize) -> *mut u8 {
         (*tc).set_node(super::home_node() as u8);
         &mut (*tc).slots[class + 1].bin
     };
-    let want = (bin.limit as usize / 2).max(1);
+    // Half a bin, give or take up to a quarter of that (at most 4): the
+    // request that finds the bin empty is the one sampled, and a refill
+    // count that varies keeps that choice from following a period of the
+    // program's requests (every other request 33 B, the rest 48 B, and an
+    // even count would sample only one of them).
+    let half = (bin.limit as usize / 2).max(1);
+    let span = (half / 2).min(8);
+    // SAFETY: this thread's cache.
+    let roll = unsafe {
+        let mut x = (*tc).rng;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        (*tc).rng = x;
+        x as usize
+    };
+    let want = half - span / 2 + roll % (span + 1);
     let (list, n) = percpu::alloc_batch(class, want);
     if n == 0 {
         crate::os::set_errno(libc::ENOMEM);
