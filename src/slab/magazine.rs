@@ -586,7 +586,7 @@ mod tests {
     fn bin_limits_start_small_and_grow_with_refills_only() {
         std::thread::spawn(|| {
             let class = class_of(64);
-            let p = alloc(class);
+            let p = alloc(class, 64);
             assert!(!p.is_null());
             assert!(limit_now(class) <= 2 * start_limit(class), "a first refill should not fill the bin");
             // A thread that only frees stays at a quarter of the full limit.
