@@ -21,6 +21,14 @@
 //! See `DESIGN.md` in the repository for the architecture and the rules
 //! the code keeps (above all: the allocator never allocates from itself).
 
+// No `std` outside tests: the preloaded library then carries no std
+// runtime (argument capture at load, backtrace symbolisation, libgcc_s
+// for unwinding), whose code and data every process would map and touch.
+#![cfg_attr(not(test), no_std)]
+
+#[cfg(all(not(test), not(target_arch = "x86_64")))]
+extern crate std;
+
 pub mod addrspace;
 pub mod buddy;
 pub mod frag;

@@ -34,15 +34,17 @@ pub struct PerCpuPages {
 static PCP: [Mutex<PerCpuPages>; MAX_PCP] =
     [const { Mutex::new(PerCpuPages { lists: [const { PageList::new() }; PCP_MAX_ORDER + 1] }) }; MAX_PCP];
 
-/// Blocks moved between a list and the zone at once: 16 pages' worth.
+/// Blocks moved between a list and the zone at once: 8 pages' worth.
 const fn batch(order: usize) -> usize {
-    16 >> order
+    8 >> order
 }
 
-/// Blocks a list may hold before a batch goes back to the zone: 64 pages'
-/// worth per order, 256 KiB.
+/// Blocks a list may hold before a batch goes back to the zone: 16 pages'
+/// worth per order, 64 KiB. Freed pages are resident; while they wait on
+/// one CPU's list, another CPU touches fresh pages, so a high mark is
+/// memory held per CPU (at 64 pages per order it was 1 MiB).
 const fn high(order: usize) -> usize {
-    4 * batch(order)
+    2 * batch(order)
 }
 
 /// Takes a block of `order` (≤ [`PCP_MAX_ORDER`]) from this CPU's list,

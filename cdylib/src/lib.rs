@@ -15,6 +15,17 @@
 //! `buddyslab` tool's question whether this library's `malloc` is the one
 //! the process uses (see [`announce`]).
 
+// No `std` where panics abort (the release profile): see the root crate.
+// A panic (a broken invariant; the allocator returns errors, it does not
+// panic) then prints its message and aborts. Unwinding builds (the dev
+// profile) need std's unwinder and keep it.
+#![cfg_attr(panic = "abort", no_std)]
+
+// Without std nothing names libc, whose functions (pthread keys, abort,
+// sched_getcpu) the allocator calls: record the dependency.
+#[link(name = "c")]
+extern "C" {}
+
 use buddyslab::heap;
 use buddyslab::stats::{self, MallInfo2};
 use core::ffi::{c_int, c_void};
@@ -462,4 +473,38 @@ pub extern "C" fn mallinfo() -> MallInfo {
 #[no_mangle]
 pub extern "C" fn malloc_stats() {
     stats::print_malloc_stats();
+}
+
+/// A panic inside the allocator: print where and why to stderr, without
+/// allocating, and abort (the release profile's `panic = "abort"`).
+#[cfg(panic = "abort")]
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    use core::fmt::Write;
+    let mut buf = stats::FixedBuf::<512>::new();
+    let _ = write!(buf, "buddyslab: panic: {info}");
+    buddyslab::os::fatal(&[buf.as_bytes()])
+}
+
+// The unwinding personality routine that the prebuilt `core` names in its
+// unwind tables. Nothing unwinds here (panics abort, and C callers do not
+// unwind through malloc), so it is never called: it traps. It is hidden,
+// so it cannot stand in for the real one of a Rust program that preloads
+// this library.
+#[cfg(all(panic = "abort", target_arch = "x86_64"))]
+core::arch::global_asm!(
+    ".text",
+    ".globl rust_eh_personality",
+    ".hidden rust_eh_personality",
+    ".type rust_eh_personality,@function",
+    "rust_eh_personality:",
+    "ud2",
+    ".size rust_eh_personality, . - rust_eh_personality",
+);
+
+/// As above, for other architectures (exported there).
+#[cfg(all(panic = "abort", not(target_arch = "x86_64")))]
+#[no_mangle]
+extern "C" fn rust_eh_personality() {
+    buddyslab::os::fatal(&[b"buddyslab: unwinding through the allocator"])
 }

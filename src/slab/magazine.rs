@@ -4,10 +4,12 @@
 //! singly linked list of free objects (linked through their first word)
 //! with a count and a limit. `malloc` pops from the bin, `free` pushes to
 //! the bin of the object's class; neither takes a lock nor does an atomic
-//! read-modify-write. An empty bin is refilled with half a bin's worth of
-//! objects from the CPU's array cache ([`percpu::alloc_batch`]), which in
+//! read-modify-write. An empty bin is refilled with half its limit's worth
+//! of objects from the CPU's array cache ([`percpu::alloc_batch`]), which in
 //! turn refills from the [`KmemCache`](super::KmemCache) of the CPU's node;
 //! a full bin gives half back the same way ([`percpu::free_batch`]).
+//! Limits start small and grow with use (see [`START_OBJECTS`]), so
+//! memory sits in a thread's bins only for the classes it keeps cycling.
 //!
 //! Remote frees: the thread remembers its node (the CPU it last refilled
 //! on). An object whose slab belongs to another node — allocated on
@@ -139,6 +141,43 @@ const MAX_OBJECTS: usize = 64;
 pub fn bin_limit(class: usize) -> u32 {
     let n = BIN_BYTES / CLASSES[class].size as usize;
     n.clamp(2, MAX_OBJECTS) as u32
+}
+
+/// Objects a bin has room for when its thread starts: its limit begins
+/// here and doubles, up to [`bin_limit`], each time the bin runs empty (a
+/// refill a larger bin would have saved), as the kernel's per-CPU page
+/// lists raise their high mark under load; overflowing grows it only a
+/// little (see [`grow_on_free`]). So a
+/// thread caches a full bin's worth only of the classes it keeps cycling:
+/// with 72 classes at 32 KiB, fixed limits let every thread (and every CPU
+/// depot behind it) sit on far more memory than a small program uses.
+const START_OBJECTS: u32 = 4;
+
+/// The limit a bin of `class` starts with.
+pub fn start_limit(class: usize) -> u32 {
+    bin_limit(class).min(START_OBJECTS)
+}
+
+/// Grows a full bin (of `class`) on a free, up to a quarter of
+/// [`bin_limit`]: batching frees saves locks, but a thread that only
+/// frees a class (a consumer, or the thread that reaps others' results)
+/// never takes the objects back, so a large bin would only sit on them.
+fn grow_on_free(bin: &mut Bin, class: usize) -> bool {
+    if bin.limit >= (bin_limit(class) / 4).max(START_OBJECTS) {
+        return false;
+    }
+    grow(bin, class)
+}
+
+/// Doubles the limit of `bin` (of `class`) up to [`bin_limit`]; false
+/// when it is there already.
+fn grow(bin: &mut Bin, class: usize) -> bool {
+    let max = bin_limit(class);
+    if bin.limit >= max {
+        return false;
+    }
+    bin.limit = (bin.limit * 2).min(max);
+    true
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -321,8 +360,8 @@ fn activate(tc: *mut ThreadCache) -> bool {
         return false;
     }
     for class in 0..NR_CLASSES {
-        tc.slots[class + 1].bin.limit = bin_limit(class);
-        tc.slots[class + 1].remote.limit = bin_limit(class);
+        tc.slots[class + 1].bin.limit = start_limit(class);
+        tc.slots[class + 1].remote.limit = start_limit(class);
     }
     tc.set_node(super::home_node() as u8);
     tc.rng = (SECRET.load(Ordering::Relaxed) ^ (tc as *mut ThreadCache as usize)) as u32 | 1;
@@ -353,6 +392,7 @@ fn alloc_slow(class: usize, size: usize) -> *mut u8 {
         (*tc).set_node(super::home_node() as u8);
         &mut (*tc).slots[class + 1].bin
     };
+    grow(bin, class);
     // Half a bin, give or take up to a quarter of that (at most 4): the
     // request that finds the bin empty is the one sampled, and a refill
     // count that varies keeps that choice from following a period of the
@@ -418,7 +458,7 @@ pub unsafe fn free_slow(object: *mut u8, user_class: usize) {
         let slab = cache::slab_of(object);
         if (*slab).node != (*tc).node() {
             let remote = &mut (*tc).slots[user_class].remote;
-            if remote.count >= remote.limit {
+            if remote.count >= remote.limit && !grow_on_free(remote, class) {
                 send_home(remote, remote.count as usize);
             }
             link::set_next(object, remote.head);
@@ -427,7 +467,7 @@ pub unsafe fn free_slow(object: *mut u8, user_class: usize) {
             return;
         }
         let bin = &mut (*tc).slots[user_class].bin;
-        if bin.count >= bin.limit {
+        if bin.count >= bin.limit && !grow_on_free(bin, class) {
             flush(bin, class, bin.count as usize / 2 + 1);
         }
         link::set_next(object, bin.head);
@@ -531,8 +571,8 @@ pub fn flush_current() {
         }
         drain(&mut *tc);
         for class in 0..NR_CLASSES {
-            (*tc).slots[class + 1].bin.limit = bin_limit(class);
-            (*tc).slots[class + 1].remote.limit = bin_limit(class);
+            (*tc).slots[class + 1].bin.limit = start_limit(class);
+            (*tc).slots[class + 1].remote.limit = start_limit(class);
         }
     }
 }
@@ -550,4 +590,56 @@ pub fn cached_objects() -> usize {
 pub fn cached_in_class(class: usize) -> usize {
     // SAFETY: this thread's cache; `class + 1` is a valid bin index.
     unsafe { (*current()).slots[class + 1].bin.count as usize }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::slab::class_of;
+
+    /// The calling thread's limit for `class`.
+    fn limit_now(class: usize) -> u32 {
+        // SAFETY: this thread's cache; `class + 1` is a valid bin index.
+        unsafe { (*current()).slots[class + 1].bin.limit }
+    }
+
+    #[test]
+    fn bin_limits_start_small_and_grow_with_refills_only() {
+        std::thread::spawn(|| {
+            let class = class_of(64);
+            let p = alloc(class, 64);
+            assert!(!p.is_null());
+            assert!(limit_now(class) <= 2 * start_limit(class), "a first refill should not fill the bin");
+            // A thread that only frees stays at a quarter of the full limit.
+            let mut held: std::vec::Vec<*mut u8> = (0..200).map(|_| crate::heap::malloc(64)).collect();
+            let free_class = class_of(1024);
+            let others: std::vec::Vec<usize> = std::thread::spawn(|| {
+                (0..200).map(|_| crate::heap::malloc(1024) as usize).collect()
+            })
+            .join()
+            .unwrap();
+            for &q in &others {
+                // SAFETY: live blocks from the heap, given up.
+                unsafe { crate::heap::free(q as *mut u8) };
+            }
+            assert!(limit_now(free_class) <= (bin_limit(free_class) / 4).max(START_OBJECTS));
+            // Cycling a class that keeps running dry raises its limit to the full one.
+            for q in held.drain(..) {
+                // SAFETY: as above.
+                unsafe { crate::heap::free(q) };
+            }
+            for _ in 0..20 {
+                let batch: std::vec::Vec<*mut u8> = (0..200).map(|_| crate::heap::malloc(64)).collect();
+                for q in batch {
+                    // SAFETY: as above.
+                    unsafe { crate::heap::free(q) };
+                }
+            }
+            assert_eq!(limit_now(class), bin_limit(class));
+            // SAFETY: `p` is a live slab object, given up.
+            unsafe { crate::heap::free(p) };
+        })
+        .join()
+        .unwrap();
+    }
 }

@@ -31,8 +31,10 @@ use crate::sync::Mutex;
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, Ordering};
 
-/// Lists one CPU's depot holds for one class.
-pub const DEPOT_LISTS: usize = 4;
+/// Lists one CPU's depot holds for one class: two, so a bin that
+/// overflows and one that runs dry on the same CPU meet here without the
+/// cache lock; every further list is memory held per CPU and class.
+pub const DEPOT_LISTS: usize = 2;
 /// CPUs with their own depots; higher CPU numbers share by modulo.
 pub const MAX_CPUS: usize = 256;
 
