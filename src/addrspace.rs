@@ -28,8 +28,6 @@
 use crate::os;
 use crate::vma::{Region, VmaKind};
 use core::fmt::{self, Write};
-use core::ptr;
-use core::sync::atomic::{AtomicPtr, Ordering};
 
 /// What a line of `/proc/self/maps` is, in the diagram's words.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -717,49 +715,24 @@ pub fn write_address_space_svg(out: &mut dyn Write) -> fmt::Result {
     writeln!(out, "</svg>")
 }
 
-/// `BUDDYSLAB_ADDRSPACE_SVG`: the path (a NUL-terminated environment
-/// string), or null when no drawing was asked for.
-static SVG_PATH: AtomicPtr<libc::c_char> = AtomicPtr::new(ptr::null_mut());
+/// `BUDDYSLAB_ADDRSPACE_SVG`: where the drawing goes at exit.
+pub static SVG_FILE: crate::stats::ExitFile = crate::stats::ExitFile::new("address-space drawing");
 
-/// Records the path `BUDDYSLAB_ADDRSPACE_SVG` names. `value` must be
-/// followed in memory by a NUL (an environment entry is) and live for the
-/// process.
+/// Records the path `BUDDYSLAB_ADDRSPACE_SVG` names (see
+/// [`crate::stats::ExitFile::set`]).
 pub fn set_svg_path(value: &'static [u8]) {
-    let p = if value.is_empty() { ptr::null_mut() } else { value.as_ptr() as *mut libc::c_char };
-    SVG_PATH.store(p, Ordering::Relaxed);
+    SVG_FILE.set(value)
 }
 
 /// Whether the drawing is to be written at exit.
 pub fn svg_requested() -> bool {
-    !SVG_PATH.load(Ordering::Relaxed).is_null()
+    SVG_FILE.requested()
 }
 
 /// Writes the drawing to the file `BUDDYSLAB_ADDRSPACE_SVG` names, if any.
 /// Called by the exit hook; reports a file that cannot be opened on stderr.
 pub fn write_svg_requested() {
-    let p = SVG_PATH.load(Ordering::Relaxed);
-    if p.is_null() {
-        return;
-    }
-    // SAFETY: `p` points at an environment string, NUL-terminated and
-    // never freed (see `set_svg_path`).
-    let path = unsafe { core::ffi::CStr::from_ptr(p) };
-    match os::create_file(path) {
-        Ok(fd) => {
-            let mut w = crate::stats::FdWriter::new(fd);
-            let _ = write_address_space_svg(&mut w);
-            w.flush();
-            os::close(fd);
-        }
-        Err(os::Errno(e)) => {
-            let mut w = crate::stats::FdWriter::new(2);
-            let _ = write!(w, "buddyslab: cannot write the address-space drawing to ");
-            w.flush();
-            os::write_all(2, path.to_bytes());
-            let _ = writeln!(w, " (errno {e})");
-            w.flush();
-        }
-    }
+    SVG_FILE.write(|w| write_address_space_svg(w))
 }
 
 #[cfg(test)]

@@ -33,11 +33,10 @@ use crate::os;
 use crate::page::{self, Chunk, CHUNK_PAGES, CHUNK_SIZE, MAX_ORDER, PG_FREE, PG_NONE, PG_PAGES, PG_SLAB};
 use crate::pagetable::{self, Tier};
 use crate::slab::NR_CACHES;
-use crate::stats::{self, CacheName, FdWriter};
+use crate::stats::{self, CacheName};
 use crate::vma::VmaKind;
 use core::fmt::{self, Write};
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, Ordering};
 
 /// Cell state: free, order `k`, is `FREE + k`.
 const FREE: u8 = 0;
@@ -67,70 +66,23 @@ const LEGEND_COLUMNS: usize = 4;
 /// Total width.
 const WIDTH: usize = LABEL + CHUNK_PAGES + 10;
 
-/// `BUDDYSLAB_HEAPMAP`: the path (a NUL-terminated environment string), or
-/// null when no map was asked for.
-static PATH: AtomicPtr<libc::c_char> = AtomicPtr::new(ptr::null_mut());
+/// `BUDDYSLAB_HEAPMAP`: where the map goes at exit.
+pub static FILE: stats::ExitFile = stats::ExitFile::new("heap map");
 
-/// Records the path `BUDDYSLAB_HEAPMAP` names. `value` must be followed in
-/// memory by a NUL (an environment entry is), and live for the process.
+/// Records the path `BUDDYSLAB_HEAPMAP` names (see [`stats::ExitFile::set`]).
 pub fn set_path(value: &'static [u8]) {
-    let p = if value.is_empty() { ptr::null_mut() } else { value.as_ptr() as *mut libc::c_char };
-    PATH.store(p, Ordering::Relaxed);
+    FILE.set(value)
 }
 
 /// Whether a heap map is to be written at exit.
 pub fn requested() -> bool {
-    !PATH.load(Ordering::Relaxed).is_null()
+    FILE.requested()
 }
 
 /// Writes the map to the file `BUDDYSLAB_HEAPMAP` names, if any. Called by
 /// the exit hook; reports a file that cannot be opened on stderr.
 pub fn write_requested() {
-    let p = PATH.load(Ordering::Relaxed);
-    if p.is_null() {
-        return;
-    }
-    // SAFETY: `p` points at an environment string, NUL-terminated and
-    // never freed (see `set_path`).
-    let path = unsafe { core::ffi::CStr::from_ptr(p) };
-    match os::create_file(path) {
-        Ok(fd) => {
-            let mut w = FdWriter::new(fd);
-            let _ = write_svg(&mut w);
-            w.flush();
-            os::close(fd);
-        }
-        Err(os::Errno(e)) => {
-            let mut w = FdWriter::new(2);
-            let _ = writeln!(w, "buddyslab: cannot write the heap map to {} (errno {e})", path.to_string_lossy_fixed());
-            w.flush();
-        }
-    }
-}
-
-/// `CStr` to text without allocating: invalid UTF-8 shows as `?`.
-trait LossyFixed {
-    fn to_string_lossy_fixed(&self) -> Lossy<'_>;
-}
-
-struct Lossy<'a>(&'a [u8]);
-
-impl LossyFixed for core::ffi::CStr {
-    fn to_string_lossy_fixed(&self) -> Lossy<'_> {
-        Lossy(self.to_bytes())
-    }
-}
-
-impl fmt::Display for Lossy<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for chunk in self.0.utf8_chunks() {
-            f.write_str(chunk.valid())?;
-            if !chunk.invalid().is_empty() {
-                f.write_str("?")?;
-            }
-        }
-        Ok(())
-    }
+    FILE.write(|w| write_svg(w))
 }
 
 /// Calls `f` with the base of every chunk the region tree lists, in

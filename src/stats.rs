@@ -326,6 +326,63 @@ pub fn print_malloc_stats() {
     w.flush();
 }
 
+/// A file a drawing is written to at exit, named by an environment
+/// variable (`BUDDYSLAB_HEAPMAP`, `BUDDYSLAB_ADDRSPACE_SVG`).
+pub struct ExitFile {
+    /// The path (a NUL-terminated environment string), or null when no
+    /// file was asked for.
+    path: core::sync::atomic::AtomicPtr<libc::c_char>,
+    /// What is written, for the error message.
+    what: &'static str,
+}
+
+impl ExitFile {
+    /// No file asked for yet; `what` names the drawing in messages.
+    pub const fn new(what: &'static str) -> Self {
+        ExitFile { path: core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()), what }
+    }
+
+    /// Records the path. `value` must be followed in memory by a NUL (an
+    /// environment entry is) and live for the process.
+    pub fn set(&self, value: &'static [u8]) {
+        let p = if value.is_empty() { core::ptr::null_mut() } else { value.as_ptr() as *mut libc::c_char };
+        self.path.store(p, Ordering::Relaxed);
+    }
+
+    /// Whether a file is to be written at exit.
+    pub fn requested(&self) -> bool {
+        !self.path.load(Ordering::Relaxed).is_null()
+    }
+
+    /// Creates the file, if one was asked for, and lets `draw` write it;
+    /// reports a file that cannot be created on stderr.
+    pub fn write(&self, draw: impl FnOnce(&mut FdWriter) -> fmt::Result) {
+        let p = self.path.load(Ordering::Relaxed);
+        if p.is_null() {
+            return;
+        }
+        // SAFETY: `p` points at an environment string, NUL-terminated and
+        // never freed (see `set`).
+        let path = unsafe { core::ffi::CStr::from_ptr(p) };
+        match os::create_file(path) {
+            Ok(fd) => {
+                let mut w = FdWriter::new(fd);
+                let _ = draw(&mut w);
+                w.flush();
+                os::close(fd);
+            }
+            Err(os::Errno(e)) => {
+                let mut w = FdWriter::new(2);
+                let _ = write!(w, "buddyslab: cannot write the {} to ", self.what);
+                w.flush();
+                os::write_all(2, path.to_bytes());
+                let _ = writeln!(w, " (errno {e})");
+                w.flush();
+            }
+        }
+    }
+}
+
 /// A `fmt::Write` to a file descriptor through a 4 KiB stack buffer,
 /// flushed with `write(2)` when full and by [`FdWriter::flush`].
 pub struct FdWriter {
