@@ -264,26 +264,57 @@ fn walk(start: usize, len: usize, create: bool, mut f: impl FnMut(Option<&Atomic
 /// not handed out. Creates the tables the range needs, so later updates of
 /// it never allocate.
 pub fn map(start: usize, len: usize) {
+    let mut tally = Tally::new();
     walk(start, len, true, |e| {
         if let Some(e) = e {
-            let old = e.swap(PTE_PRESENT, Ordering::Relaxed);
-            forget_handed(old);
+            tally.forget(e.swap(PTE_PRESENT, Ordering::Relaxed));
         }
     });
+    tally.apply();
 }
 
 /// Records `[start, start + len)` as unmapped.
 pub fn unmap(start: usize, len: usize) {
+    let mut tally = Tally::new();
     walk(start, len, false, |e| {
         if let Some(e) = e {
-            forget_handed(e.swap(0, Ordering::Relaxed));
+            tally.forget(e.swap(0, Ordering::Relaxed));
         }
     });
+    tally.apply();
 }
 
-fn forget_handed(old: u64) {
-    if old & PTE_HANDED != 0 {
-        HANDED[Tier::from_entry(old) as usize].fetch_sub(1, Ordering::Relaxed);
+/// Changes to the handed-out page counts ([`HANDED`]) gathered over one
+/// walk and applied at its end: one atomic add per tier that changed
+/// instead of one or two per page, on counters every thread updates.
+struct Tally([usize; NR_TIERS]);
+
+impl Tally {
+    fn new() -> Self {
+        Tally([0; NR_TIERS])
+    }
+
+    /// A page whose entry was `old` is handed out no longer (if it was).
+    fn forget(&mut self, old: u64) {
+        if old & PTE_HANDED != 0 {
+            let t = Tier::from_entry(old) as usize;
+            self.0[t] = self.0[t].wrapping_sub(1);
+        }
+    }
+
+    /// One more page handed out to `tier`.
+    fn add(&mut self, tier: Tier) {
+        let t = tier as usize;
+        self.0[t] = self.0[t].wrapping_add(1);
+    }
+
+    /// Adds the net changes (two's complement, so a fall wraps back).
+    fn apply(self) {
+        for (counter, &delta) in HANDED.iter().zip(&self.0) {
+            if delta != 0 {
+                counter.fetch_add(delta, Ordering::Relaxed);
+            }
+        }
     }
 }
 
@@ -292,12 +323,13 @@ fn forget_handed(old: u64) {
 /// faults predicted by this call.
 pub fn hand_out(start: usize, len: usize, tier: Tier) -> usize {
     let mut faults = 0;
+    let mut tally = Tally::new();
     let bits = PTE_PRESENT | PTE_HANDED | PTE_TOUCHED | ((tier as u64) << PTE_TIER_SHIFT);
     walk(start, len, false, |e| match e {
         Some(e) => {
             let old = e.swap(bits, Ordering::Relaxed);
-            forget_handed(old);
-            HANDED[tier as usize].fetch_add(1, Ordering::Relaxed);
+            tally.forget(old);
+            tally.add(tier);
             if old & PTE_TOUCHED == 0 {
                 faults += 1;
             }
@@ -305,6 +337,7 @@ pub fn hand_out(start: usize, len: usize, tier: Tier) -> usize {
         // A page whose table could not be made: still a fault to predict.
         None => faults += 1,
     });
+    tally.apply();
     PREDICTED[tier as usize].fetch_add(faults as u64, Ordering::Relaxed);
     faults
 }
@@ -312,12 +345,13 @@ pub fn hand_out(start: usize, len: usize, tier: Tier) -> usize {
 /// Records pages going back to the buddy allocator: no longer handed out,
 /// still resident.
 pub fn give_back(start: usize, len: usize) {
+    let mut tally = Tally::new();
     walk(start, len, false, |e| {
         if let Some(e) = e {
-            let old = e.fetch_and(!(PTE_HANDED | PTE_TIER_MASK), Ordering::Relaxed);
-            forget_handed(old);
+            tally.forget(e.fetch_and(!(PTE_HANDED | PTE_TIER_MASK), Ordering::Relaxed));
         }
     });
+    tally.apply();
 }
 
 /// Records `madvise(MADV_DONTNEED)` on `[start, start + len)`: the next
@@ -345,22 +379,23 @@ pub fn remapped(old: usize, old_len: usize, new: usize, new_len: usize, tier: Ti
         return;
     }
     map(new, new_len);
+    let mut tally = Tally::new();
     let mut offset = 0;
     while offset < keep {
         let state = entry(old + offset);
         if state & PTE_PRESENT != 0 {
             walk(new + offset, PAGE_SIZE, false, |e| {
                 if let Some(e) = e {
-                    let old_bits = e.swap(state, Ordering::Relaxed);
-                    forget_handed(old_bits);
+                    tally.forget(e.swap(state, Ordering::Relaxed));
                     if state & PTE_HANDED != 0 {
-                        HANDED[Tier::from_entry(state) as usize].fetch_add(1, Ordering::Relaxed);
+                        tally.add(Tier::from_entry(state));
                     }
                 }
             });
         }
         offset += PAGE_SIZE;
     }
+    tally.apply();
     unmap(old, old_len);
     if new_len > keep {
         hand_out(new + keep, new_len - keep, tier);
