@@ -444,7 +444,7 @@ pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 
             };
             // A block stays large while the new size is one the slabs and
             // page runs would not take.
-            let stays_large = size >= MMAP_THRESHOLD.load(Ordering::Relaxed) || size > CHUNK_SIZE;
+            let stays_large = size >= MMAP_THRESHOLD.load(Ordering::Relaxed).min(PAGE_TIER_MAX) || size > CHUNK_SIZE;
             // mremap keeps page alignment only; bigger alignments move by copy.
             if stays_large && align <= PAGE_SIZE {
                 // SAFETY: `p` is a live large block.

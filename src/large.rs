@@ -47,8 +47,13 @@
 //!   allocation and free ([`release_cached`]). The oldest extents go
 //!   first. `malloc_trim(0)` unmaps them all.
 //! - `realloc` grows a block into a cached extent right after it (no
-//!   system call), otherwise with `mremap` (no copy); shrinking unmaps the
-//!   tail.
+//!   system call). Otherwise, a block the cache would keep is copied into
+//!   cached memory while the cache holds enough: a copied page costs a
+//!   fraction of the page fault a fresh one costs, and the old block goes
+//!   back to the cache resident. A bigger block, or one the cache cannot
+//!   serve, grows with `mremap` (no copy; the growth faults). Shrinking
+//!   gives the tail to the cache (a tail of at most 1/8 of a cacheable
+//!   block just stays with it).
 //!
 //! An extent or block can span two kernel mappings that happen to be
 //! neighbours; `mremap` refuses such a range (`EFAULT`), and every caller
@@ -610,10 +615,12 @@ pub fn usable_size(p: *mut u8) -> Result<usize, NotLarge> {
 }
 
 /// Resizes the live large block at `p` to hold `new_size` bytes without
-/// copying: a shrink unmaps the tail pages; a growth takes the head of a
-/// cached extent right after the block, or else `mremap`s it (moving it if
-/// need be). Null when that is not possible (the block is then unchanged,
-/// and the caller copies).
+/// copying: a shrink gives the tail pages to the cache (see [`shrink`]); a
+/// growth takes the head of a cached extent right after the block, or else
+/// `mremap`s it (moving it if need be) when the block is too big for the
+/// cache or the cache holds less than the new length. Null when none of
+/// that applies (the block is then unchanged, and the caller copies into
+/// a block the cache gives).
 ///
 /// # Safety
 /// `p` is a live large block; after a non-null return that differs from
@@ -629,14 +636,17 @@ pub unsafe fn resize(p: *mut u8, new_size: usize) -> *mut u8 {
         let Ok(r) = classify(p as usize, vma::lookup(p as usize)) else { return ptr::null_mut() };
         let old_len = r.end - r.start;
         let resized = if new_len <= old_len {
-            let resized = vma::remap(r.start, VmaKind::Large, |r| Some((r.start, r.start + new_len, new_size, VmaKind::Large)));
-            if new_len < old_len {
-                unmaps.push(r.start + new_len, old_len - new_len);
-            }
-            resized
+            let bounds = (MMAP_THRESHOLD.load(Ordering::Relaxed), max_cached_bytes());
+            shrink(&mut cache, r, new_len, new_size, bounds, &mut unmaps)
         } else if let Some(i) = cache.starting_at(r.end).filter(|&i| cache.extents[i].len >= new_len - old_len) {
             grow_into(&mut cache, i, r, new_len, new_size, &mut unmaps)
-        } else {
+        } else if new_len > MMAP_THRESHOLD.load(Ordering::Relaxed) || cache.bytes < new_len {
+            // A block the cache would not keep, or more than it holds:
+            // mremap moves the pages without copying (only the growth
+            // faults). Otherwise the caller copies into cached memory,
+            // which is cheaper than faulting the growth in: a copied page
+            // costs a fraction of a fresh one, and the old block goes back
+            // to the cache resident.
             vma::remap(r.start, VmaKind::Large, |r| {
                 // SAFETY: a live block of ours, recorded as one region; the
                 // tree lock is held, so its record moves with it. A block
@@ -644,9 +654,11 @@ pub unsafe fn resize(p: *mut u8, new_size: usize) -> *mut u8 {
                 let new = unsafe { os::mremap_maymove(r.start, old_len, new_len) }.ok()?;
                 Some((new, new + new_len, new_size, VmaKind::Large))
             })
+        } else {
+            None
         };
-        if resized.is_some() {
-            LARGE_BYTES.fetch_add(new_len, Ordering::Relaxed);
+        if let Some(r) = resized {
+            LARGE_BYTES.fetch_add(r.end - r.start, Ordering::Relaxed);
             LARGE_BYTES.fetch_sub(old_len, Ordering::Relaxed);
         }
         CACHED_BYTES.store(cache.bytes, Ordering::Relaxed);
@@ -654,6 +666,41 @@ pub unsafe fn resize(p: *mut u8, new_size: usize) -> *mut u8 {
     };
     unmaps.run();
     result.map_or(ptr::null_mut(), |r| r.start as *mut u8)
+}
+
+/// Shrinks block `block` to `new_len` (at most its length) bytes in
+/// place. In a block the cache would keep, a tail of at most 1/8 of it
+/// stays with it (as when a cached extent is handed out whole); otherwise
+/// the tail is cached as a released mapping when it fits the cache's
+/// bounds, resident for the next request (unmapping it would cost a page
+/// fault per page when the memory is wanted again), and unmapped when it
+/// does not.
+/// `threshold` and `max_bytes` are the mmap threshold and the cache's
+/// bound as they stand.
+fn shrink(
+    cache: &mut MappingCache,
+    block: vma::Region,
+    new_len: usize,
+    new_size: usize,
+    (threshold, max_bytes): (usize, usize),
+    unmaps: &mut Unmaps,
+) -> Option<vma::Region> {
+    let old_len = block.end - block.start;
+    let tail = old_len - new_len;
+    if old_len <= threshold && tail <= old_len / 8 {
+        return vma::remap(block.start, VmaKind::Large, |r| Some((r.start, r.end, new_size, VmaKind::Large)));
+    }
+    let shrunk = vma::remap(block.start, VmaKind::Large, |r| Some((r.start, r.start + new_len, new_size, VmaKind::Large)));
+    if tail == 0 {
+        return shrunk;
+    }
+    let tail_start = block.start + new_len;
+    if tail <= threshold && tail <= max_bytes && vma::record_sized(tail_start, block.end, VmaKind::Large, 0) {
+        cache.put(tail_start, tail, os::monotonic_ns(), max_bytes, unmaps);
+    } else {
+        unmaps.push(tail_start, tail);
+    }
+    shrunk
 }
 
 /// Grows block `block` to `new_len` bytes over the head of cached extent
@@ -760,6 +807,44 @@ mod tests {
         assert_eq!(cache.bytes(), 0);
         assert!(vma::lookup(b).is_none() && vma::lookup(c).is_none());
         assert_eq!(unmaps.run(), 16 * MIB);
+    }
+
+    #[test]
+    fn shrinking_caches_the_tail_keeps_a_short_one_and_unmaps_a_big_one() {
+        let a = fresh(4 * MIB);
+        stamp_pages(a, 4 * MIB, 7);
+        let mut cache = MappingCache::new();
+        let mut unmaps = Unmaps::new();
+        let bounds = (8 * MIB, 64 * MIB);
+        let block = vma::lookup(a).unwrap();
+
+        // To a quarter: the tail goes to the cache, resident, and the block
+        // keeps its first MiB and its record.
+        let r = shrink(&mut cache, block, MIB, MIB, bounds, &mut unmaps).unwrap();
+        assert_eq!((r.start, r.end, r.kind), (a, a + MIB, VmaKind::Large));
+        assert_eq!(cache.extents(), &[Extent { start: a + MIB, len: 3 * MIB, freed_at: cache.extents()[0].freed_at }]);
+        assert_eq!(page_byte(a + MIB + PAGE_SIZE), 7u8.wrapping_add(257u32 as u8), "cached pages keep their contents (page 257)");
+        assert_eq!(classify(a + MIB, vma::lookup(a + MIB)), Err(&b"double free or invalid pointer (memory is free)"[..]));
+        cache.check();
+
+        // By one page of 256: the page stays with the block.
+        let r = shrink(&mut cache, r, MIB - PAGE_SIZE, MIB - PAGE_SIZE, bounds, &mut unmaps).unwrap();
+        assert_eq!((r.start, r.end, r.requested), (a, a + MIB, MIB - PAGE_SIZE));
+        assert_eq!(cache.bytes(), 3 * MIB);
+
+        // A tail above the threshold is unmapped, not cached.
+        let r = shrink(&mut cache, r, PAGE_SIZE, PAGE_SIZE, (PAGE_SIZE, 64 * MIB), &mut unmaps).unwrap();
+        assert_eq!((r.start, r.end), (a, a + PAGE_SIZE));
+        assert_eq!(cache.bytes(), 3 * MIB);
+        assert!(vma::lookup(a + PAGE_SIZE).is_none());
+        assert!((0..PAGE_SIZE).step_by(512).all(|k| page_byte(a + k) == if k == 0 { 7 } else { 0 }));
+        assert_eq!(unmaps.run(), MIB - PAGE_SIZE);
+
+        let mut unmaps = Unmaps::new();
+        cache.put(a, PAGE_SIZE, 0, 64 * MIB, &mut unmaps);
+        cache.check();
+        cache.release(true, 0, u64::MAX, &mut unmaps);
+        assert_eq!(unmaps.run(), 4 * MIB - (MIB - PAGE_SIZE));
     }
 
     /// Writes `tag + page index` into every page of `[start, start + len)`.
