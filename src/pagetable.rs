@@ -318,6 +318,24 @@ impl Tally {
     }
 }
 
+/// [`map`] then [`hand_out`] in one walk, for a large block handed out as
+/// soon as it is mapped: every page counts one predicted fault. Returns
+/// the faults predicted.
+pub fn map_and_hand_out(start: usize, len: usize, tier: Tier) -> usize {
+    let mut tally = Tally::new();
+    let bits = PTE_PRESENT | PTE_HANDED | PTE_TOUCHED | ((tier as u64) << PTE_TIER_SHIFT);
+    walk(start, len, true, |e| {
+        if let Some(e) = e {
+            tally.forget(e.swap(bits, Ordering::Relaxed));
+            tally.add(tier);
+        }
+    });
+    tally.apply();
+    let faults = len / PAGE_SIZE;
+    PREDICTED[tier as usize].fetch_add(faults as u64, Ordering::Relaxed);
+    faults
+}
+
 /// Records pages handed out to `tier`; every page not touched since it was
 /// mapped or advised away counts one predicted minor fault. Returns the
 /// faults predicted by this call.
@@ -507,6 +525,7 @@ mod tests {
         Map(usize, usize),
         Unmap(usize, usize),
         HandOut(usize, usize, u8),
+        MapHandOut(usize, usize, u8),
         GiveBack(usize, usize),
         Advise(usize, usize),
     }
@@ -520,6 +539,7 @@ mod tests {
             range().prop_map(|(s, l)| Op::Map(s, l)),
             range().prop_map(|(s, l)| Op::Unmap(s, l)),
             (range(), 1u8..5).prop_map(|((s, l), t)| Op::HandOut(s, l, t)),
+            (range(), 1u8..5).prop_map(|((s, l), t)| Op::MapHandOut(s, l, t)),
             range().prop_map(|(s, l)| Op::GiveBack(s, l)),
             range().prop_map(|(s, l)| Op::Advise(s, l)),
         ]
@@ -550,6 +570,12 @@ mod tests {
                         let tier = Tier::ALL[t as usize];
                         let want = model[s..s + l].iter().filter(|&&e| e & PTE_TOUCHED == 0).count();
                         prop_assert_eq!(hand_out(base + s * PAGE_SIZE, l * PAGE_SIZE, tier), want);
+                        let bits = PTE_PRESENT | PTE_HANDED | PTE_TOUCHED | ((t as u64) << PTE_TIER_SHIFT);
+                        model[s..s + l].iter_mut().for_each(|e| *e = bits);
+                    }
+                    Op::MapHandOut(s, l, t) => {
+                        let tier = Tier::ALL[t as usize];
+                        prop_assert_eq!(map_and_hand_out(base + s * PAGE_SIZE, l * PAGE_SIZE, tier), l);
                         let bits = PTE_PRESENT | PTE_HANDED | PTE_TOUCHED | ((t as u64) << PTE_TIER_SHIFT);
                         model[s..s + l].iter_mut().for_each(|e| *e = bits);
                     }
