@@ -238,24 +238,36 @@ mod tls {
 
 pub use tls::current;
 
-/// Allocates an object of `class` from the calling thread's bin, for a
-/// request of `size` bytes (which only the refill path looks at).
+/// Pops an object of `class` off `bin`, or null when the bin is empty.
+///
+/// # Safety
+/// `bin` is the calling thread's bin of `class`.
 #[inline(always)]
-pub fn alloc(class: usize, size: usize) -> *mut u8 {
-    // SAFETY: the thread cache is this thread's alone; `class + 1` is a
-    // valid bin index; objects on a bin are free objects of that class
-    // whose first word links the bin.
-    unsafe {
-        let bin = &mut (*(*current()).slots.as_mut_ptr().add(class + 1)).bin;
-        let object = bin.head;
-        if !object.is_null() {
+unsafe fn pop(bin: &mut Bin, class: usize) -> *mut u8 {
+    let object = bin.head;
+    if !object.is_null() {
+        // SAFETY: objects on a bin are free objects of its class whose
+        // first word links the bin.
+        unsafe {
             let next = link::next(object);
             link::check_popped(next, class);
             bin.head = next;
             bin.count -= 1;
             key_slot(object).write(0);
-            return object;
         }
+    }
+    object
+}
+
+/// Allocates an object of `class` from the calling thread's bin, for a
+/// request of `size` bytes (which only the refill path looks at).
+#[inline(always)]
+pub fn alloc(class: usize, size: usize) -> *mut u8 {
+    // SAFETY: the thread cache is this thread's alone; `class + 1` is a
+    // valid bin index.
+    let object = unsafe { pop(&mut (*(*current()).slots.as_mut_ptr().add(class + 1)).bin, class) };
+    if !object.is_null() {
+        return object;
     }
     alloc_slow(class, size)
 }
@@ -268,7 +280,7 @@ static SMALL_BINS: [u16; super::TABLE_MAX / 16 + 1] = {
     let mut t = [0u16; super::TABLE_MAX / 16 + 1];
     let mut i = 0;
     while i < t.len() {
-        t[i] = ((super::size_class::class_of_const(i * 16) + 1) * core::mem::size_of::<Slot>()) as u16;
+        t[i] = ((super::size_class::slow_class_of(i * 16) + 1) * core::mem::size_of::<Slot>()) as u16;
         i += 1;
     }
     t
@@ -280,20 +292,14 @@ pub fn alloc_small(size: usize) -> *mut u8 {
     debug_assert!(size <= super::TABLE_MAX);
     // SAFETY: (size + 15) >> 4 <= 64, the table's last index.
     let offset = unsafe { *SMALL_BINS.get_unchecked((size + 15) >> 4) } as usize;
-    // SAFETY: as in `alloc`; `offset` is the byte offset of a bin.
-    unsafe {
-        let bin = &mut *(*current()).slots.as_mut_ptr().cast::<u8>().add(offset).cast::<Bin>();
-        let object = bin.head;
-        if !object.is_null() {
-            let next = link::next(object);
-            link::check_popped(next, offset / core::mem::size_of::<Slot>() - 1);
-            bin.head = next;
-            bin.count -= 1;
-            key_slot(object).write(0);
-            return object;
-        }
+    let class = offset / core::mem::size_of::<Slot>() - 1;
+    // SAFETY: the thread cache is this thread's alone; `offset` is the
+    // byte offset of the bin of `class`.
+    let object = unsafe { pop(&mut *(*current()).slots.as_mut_ptr().cast::<u8>().add(offset).cast::<Bin>(), class) };
+    if !object.is_null() {
+        return object;
     }
-    alloc_slow(offset / core::mem::size_of::<Slot>() - 1, size)
+    alloc_slow(class, size)
 }
 
 /// Frees `object`, a slab object of class `user_class - 1` on the calling

@@ -59,8 +59,6 @@ pub struct ClassInfo {
     /// Slab size in bytes minus one: slabs are naturally aligned buddy
     /// blocks, so `address & slab_mask` is the offset inside the slab.
     pub slab_mask: u32,
-    /// `objects * size`: offsets at or past it are the slab's unused tail.
-    pub objects_end: u32,
 }
 
 // `free` indexes the table with a shift.
@@ -117,7 +115,6 @@ pub const fn geometry(size: usize) -> ClassInfo {
                 slots: objects as u64,
                 inverse: odd_inverse((size >> size.trailing_zeros()) as u64),
                 slab_mask: (slab - 1) as u32,
-                objects_end: (objects * size) as u32,
             };
         }
         order += 1;
@@ -125,7 +122,7 @@ pub const fn geometry(size: usize) -> ClassInfo {
 }
 
 const fn build_classes() -> [ClassInfo; NR_CLASSES] {
-    let mut out = [ClassInfo { size: 0, order: 0, shift: 0, objects: 0, slots: 0, inverse: 0, slab_mask: 0, objects_end: 0 }; NR_CLASSES];
+    let mut out = [ClassInfo { size: 0, order: 0, shift: 0, objects: 0, slots: 0, inverse: 0, slab_mask: 0 }; NR_CLASSES];
     let mut i = 0;
     while i < NR_CLASSES {
         out[i] = geometry(class_size(i));
@@ -137,12 +134,8 @@ const fn build_classes() -> [ClassInfo; NR_CLASSES] {
 /// The class table.
 pub static CLASSES: [ClassInfo; NR_CLASSES] = build_classes();
 
-/// [`class_of`] for tables built at compile time.
-pub(crate) const fn class_of_const(size: usize) -> usize {
-    slow_class_of(size)
-}
-
-const fn slow_class_of(size: usize) -> usize {
+/// [`class_of`] by arithmetic, also for tables built at compile time.
+pub(crate) const fn slow_class_of(size: usize) -> usize {
     if size <= 128 {
         return if size == 0 { 0 } else { (size - 1) >> 4 };
     }
@@ -174,15 +167,6 @@ pub fn class_of(size: usize) -> usize {
     } else {
         slow_class_of(size)
     }
-}
-
-/// The class serving a request of `size` bytes, `size <= TABLE_MAX`: one
-/// table load.
-#[inline(always)]
-pub fn small_class_of(size: usize) -> usize {
-    debug_assert!(size <= TABLE_MAX);
-    // SAFETY: (size + 15) >> 4 <= 64 for size <= 1024, the table's last index.
-    unsafe { *SMALL_TABLE.get_unchecked((size + 15) >> 4) as usize }
 }
 
 /// Object size of class `class`.
