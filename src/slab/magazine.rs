@@ -109,6 +109,15 @@ impl ThreadCache {
         self.node_tag
     }
 
+    /// Gives every bin its starting limit (activation, and after a trim
+    /// emptied them).
+    fn reset_limits(&mut self) {
+        for class in 0..NR_CLASSES {
+            self.slots[class + 1].bin.limit = start_limit(class);
+            self.slots[class + 1].remote.limit = start_limit(class);
+        }
+    }
+
     fn set_node(&mut self, node: u8) {
         self.node_tag = (node as u32) << 8;
     }
@@ -365,10 +374,7 @@ fn activate(tc: *mut ThreadCache) -> bool {
         tc.state = UNINIT;
         return false;
     }
-    for class in 0..NR_CLASSES {
-        tc.slots[class + 1].bin.limit = start_limit(class);
-        tc.slots[class + 1].remote.limit = start_limit(class);
-    }
+    tc.reset_limits();
     tc.set_node(super::home_node() as u8);
     tc.rng = (SECRET.load(Ordering::Relaxed) ^ (tc as *mut ThreadCache as usize)) as u32 | 1;
     tc.key = SECRET.load(Ordering::Relaxed);
@@ -576,10 +582,7 @@ pub fn flush_current() {
             return;
         }
         drain(&mut *tc);
-        for class in 0..NR_CLASSES {
-            (*tc).slots[class + 1].bin.limit = start_limit(class);
-            (*tc).slots[class + 1].remote.limit = start_limit(class);
-        }
+        (*tc).reset_limits();
     }
 }
 
