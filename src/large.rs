@@ -165,6 +165,17 @@ fn max_cached_bytes() -> usize {
 /// Most extents cached at once; more evict the oldest.
 pub const CACHE_SLOTS: usize = 32;
 
+/// Fewest resident bytes worth an `mremap` when the cache gathers pages
+/// for a block no extent holds alone. Moving pages makes the kernel shoot
+/// down the old range's TLB entries on every CPU running this process: an
+/// interrupt each, and in a virtual machine an exit on both sides, which
+/// costs as much as tens of page faults and more when the other CPU is
+/// descheduled. A megabyte (256 faults saved) pays for it; smaller extents
+/// stay cached for requests they fit, and the block maps afresh. (The
+/// `mixed` benchmark on two threads: 1,100 moves of mostly small extents
+/// made it slower than glibc.)
+pub const MOVE_MIN: usize = 1 << 20;
+
 /// One cached range: mapped, resident, recorded as `LargeCached`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Extent {
@@ -365,7 +376,9 @@ impl MappingCache {
         // pages stay; in place or moved, never copied) or, if it cannot
         // grow, map afresh; then move the pages of other extents into the
         // growth, so that only what the whole cache cannot cover faults.
-        let i = largest?;
+        // Moving pages costs the other CPUs a TLB shootdown each time;
+        // only an extent holding enough pages is worth it (see MOVE_MIN).
+        let i = largest.filter(|&i| self.extents[i].len >= MOVE_MIN)?;
         let e = self.extents[i];
         let grown = vma::remap(e.start, VmaKind::LargeCached, |r| {
             // SAFETY: the extent is a range of ours nobody uses, recorded
@@ -395,13 +408,16 @@ impl MappingCache {
 
     /// Moves pages of cached extents (largest first, each one's tail) into
     /// `[block + filled, block + len)`, a part of a block being handed out
-    /// that holds no pages yet. An extent the kernel will not move (it
-    /// spans two mappings) stays cached.
+    /// that holds no pages yet, while the part left is at least
+    /// [`MOVE_MIN`], from extents of at least that much; what is left
+    /// faults in. An extent the kernel will not move (it spans two
+    /// mappings) stays cached.
     fn fill(&mut self, block: usize, mut filled: usize, len: usize, unmaps: &mut Unmaps) {
         let mut refused = [0usize; CACHE_SLOTS];
         let mut nr_refused = 0;
-        while filled < len {
-            let candidates = (0..self.nr).filter(|&i| !refused[..nr_refused].contains(&self.extents[i].start));
+        while len - filled >= MOVE_MIN {
+            let candidates = (0..self.nr)
+                .filter(|&i| self.extents[i].len >= MOVE_MIN && !refused[..nr_refused].contains(&self.extents[i].start));
             let Some(i) = candidates.max_by_key(|&i| self.extents[i].len) else { break };
             let e = self.extents[i];
             let part = e.len.min(len - filled);
