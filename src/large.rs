@@ -913,6 +913,35 @@ mod tests {
         assert_eq!(unmaps.run(), 8 * MIB);
     }
 
+    #[test]
+    fn extents_under_a_megabyte_are_not_moved() {
+        // Two 512 KiB extents with a hole between them: a 768 KiB request
+        // fits neither, and moving them would cost a TLB shootdown each for
+        // 128 faults saved, so the cache declines and both stay cached.
+        let base = os::mmap_anonymous(2 * MIB, false).unwrap();
+        // SAFETY: the middle of our fresh mapping, never used.
+        unsafe { unmap(base + MIB / 2, MIB / 2) };
+        let (a, b) = (base, base + MIB);
+        let mut cache = MappingCache::new();
+        let mut unmaps = Unmaps::new();
+        for (i, start) in [a, b].into_iter().enumerate() {
+            assert!(vma::record_sized(start, start + MIB / 2, VmaKind::Large, MIB / 2));
+            stamp_pages(start, MIB / 2, 7);
+            cache.put(start, MIB / 2, i as u64, 64 * MIB, &mut unmaps);
+        }
+        assert!(MIB / 2 < MOVE_MIN);
+        assert_eq!(cache.take(3 * MIB / 4, 3 * MIB / 4, &mut unmaps), None);
+        cache.check();
+        assert_eq!(cache.bytes(), MIB, "both extents stay cached");
+        // They still serve requests they fit, with their pages.
+        let (block, len) = cache.take(MIB / 2, MIB / 2, &mut unmaps).unwrap();
+        assert_eq!(len, MIB / 2);
+        assert_eq!(page_byte(block + PAGE_SIZE), 8);
+        cache.put(block, len, 2, 64 * MIB, &mut unmaps);
+        cache.release(true, 0, u64::MAX, &mut unmaps);
+        assert_eq!(unmaps.run(), MIB);
+    }
+
     #[derive(Clone, Debug)]
     enum Op {
         Alloc(usize),
