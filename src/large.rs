@@ -35,7 +35,9 @@
 //!   otherwise splits it: the head becomes the block, the tail stays
 //!   cached. When no extent is big enough, the largest one grows with
 //!   `mremap` (its pages move without copying and stay resident; only the
-//!   growth faults). With nothing cached, a fresh mapping.
+//!   growth faults), if it holds at least [`MOVE_MIN`]: each move shoots
+//!   down TLB entries on the other CPUs. Otherwise, or with nothing
+//!   cached, a fresh mapping.
 //! - **free** merges the block with cached extents that touch it (the
 //!   pieces of one earlier split come back together).
 //! - **bounds**: the cached total stays at most `BUDDYSLAB_LARGE_CACHE`
