@@ -39,8 +39,9 @@
 //! released. Never per object. Entries and table pointers are atomics: a
 //! missing table is installed with a compare-and-swap, and the loser gives
 //! its page back; an entry, which has one writer at a time (the page's
-//! owner), is updated with a plain load and store (see `replace`). The only lock is [`TABLE_POOL`]'s, a leaf (last in the
-//! global lock order), held for a few instructions.
+//! owner), is updated with a plain load and store (see `replace`). The
+//! only lock is [`TABLE_POOL`]'s, a leaf (last in the global lock order),
+//! held for a few instructions.
 //!
 //! Where the prediction is blind: the CPU depots' pages (taken from the
 //! buddy by `slab::percpu`, a few per CPU) are not recorded.
@@ -382,7 +383,7 @@ pub fn give_back(start: usize, len: usize) {
     walk(start, len, false, |e| {
         if let Some(e) = e {
             let old = e.load(Ordering::Relaxed);
-            replace(e, old & !(PTE_HANDED | PTE_TIER_MASK));
+            e.store(old & !(PTE_HANDED | PTE_TIER_MASK), Ordering::Relaxed);
             tally.forget(old);
         }
     });
@@ -394,7 +395,7 @@ pub fn give_back(start: usize, len: usize) {
 pub fn advised(start: usize, len: usize) {
     walk(start, len, false, |e| {
         if let Some(e) = e {
-            replace(e, e.load(Ordering::Relaxed) & !PTE_TOUCHED);
+            e.store(e.load(Ordering::Relaxed) & !PTE_TOUCHED, Ordering::Relaxed);
         }
     });
 }
