@@ -170,23 +170,12 @@ pub unsafe fn mremap_maymove(addr: usize, old_len: usize, new_len: usize) -> Res
     })
 }
 
-/// Milliseconds on `CLOCK_MONOTONIC`, truncated to 32 bits (wraps every
-/// 49 days; compare with `wrapping_sub`). A real system call, not the
-/// vDSO: callers read it on slow paths only, a few times per thousand
-/// page-level operations (see `buddy::decay_tick`).
+/// Milliseconds on the coarse monotonic clock ([`monotonic_ns`]: a vDSO
+/// read, no system call), truncated to 32 bits (wraps every 49 days;
+/// compare with `wrapping_sub`). Read on slow paths, a few times per
+/// thousand page-level operations (see `buddy::decay_tick`).
 pub fn monotonic_ms() -> u32 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a live, writable timespec.
-    let r = unsafe {
-        raw::syscall6(
-            libc::SYS_clock_gettime as usize,
-            [libc::CLOCK_MONOTONIC as usize, &mut ts as *mut libc::timespec as usize, 0, 0, 0, 0],
-        )
-    };
-    if r != 0 {
-        return 0;
-    }
-    (ts.tv_sec as u64).wrapping_mul(1000).wrapping_add(ts.tv_nsec as u64 / 1_000_000) as u32
+    (monotonic_ns() / 1_000_000) as u32
 }
 
 /// The calling process's minor page faults so far (`getrusage(RUSAGE_SELF)`
