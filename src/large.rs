@@ -53,7 +53,8 @@
 //!   cached memory while the cache holds enough: a copied page costs a
 //!   fraction of the page fault a fresh one costs, and the old block goes
 //!   back to the cache resident. A bigger block, or one the cache cannot
-//!   serve, grows with `mremap` (no copy; the growth faults). Shrinking
+//!   serve, grows with `mremap` (no copy; the growth faults, in huge
+//!   pages from 2 MiB on: see [`resize`]). Shrinking
 //!   gives the tail to the cache (a tail of at most 1/8 of a cacheable
 //!   block just stays with it).
 //!
@@ -632,6 +633,10 @@ pub fn usable_size(p: *mut u8) -> Result<usize, NotLarge> {
     classify(p as usize, vma::lookup(p as usize)).map(|r| r.end - r.start)
 }
 
+/// Smallest block that `realloc` growth advises for transparent huge
+/// pages: one huge page.
+pub const HUGE_GROW_MIN: usize = 2 << 20;
+
 /// Resizes the live large block at `p` to hold `new_size` bytes without
 /// copying: a shrink gives the tail pages to the cache (see [`shrink`]); a
 /// growth takes the head of a cached extent right after the block, or else
@@ -640,18 +645,29 @@ pub fn usable_size(p: *mut u8) -> Result<usize, NotLarge> {
 /// that applies (the block is then unchanged, and the caller copies into
 /// a block the cache gives).
 ///
+/// A block grown by `mremap` to [`HUGE_GROW_MIN`] or more is advised for
+/// transparent huge pages, whole (advice on part of a mapping would split
+/// it), when the kernel would heed the advice
+/// ([`os::huge_advice_heeded`]). A buffer that a program grows with
+/// `realloc` is one it fills, and its growth then costs one page fault per
+/// 2 MiB instead of 512. Blocks from `malloc` are not advised: a big table
+/// touched here and there would become resident 2 MiB at a time. The
+/// second value says whether the block was advised now (its growth is
+/// predicted at 2 MiB per fault, see [`crate::pagetable::remapped`]).
+///
 /// # Safety
 /// `p` is a live large block; after a non-null return that differs from
 /// `p`, the old address must not be used.
-pub unsafe fn resize(p: *mut u8, new_size: usize) -> *mut u8 {
+pub unsafe fn resize(p: *mut u8, new_size: usize) -> (*mut u8, bool) {
     if new_size > MAX_SIZE {
-        return ptr::null_mut();
+        return (ptr::null_mut(), false);
     }
     let new_len = align_up(new_size.max(1), PAGE_SIZE);
     let mut unmaps = Unmaps::new();
+    let mut huge = false;
     let result = {
         let mut cache = CACHE.lock();
-        let Ok(r) = classify(p as usize, vma::lookup(p as usize)) else { return ptr::null_mut() };
+        let Ok(r) = classify(p as usize, vma::lookup(p as usize)) else { return (ptr::null_mut(), false) };
         let old_len = r.end - r.start;
         let resized = if new_len <= old_len {
             let bounds = (MMAP_THRESHOLD.load(Ordering::Relaxed), max_cached_bytes());
@@ -670,6 +686,7 @@ pub unsafe fn resize(p: *mut u8, new_size: usize) -> *mut u8 {
                 // tree lock is held, so its record moves with it. A block
                 // spanning two kernel mappings fails (EFAULT), unchanged.
                 let new = unsafe { os::mremap_maymove(r.start, old_len, new_len) }.ok()?;
+                huge = new_len >= HUGE_GROW_MIN && os::huge_advice_heeded() && os::madvise_hugepage(new, new_len).is_ok();
                 Some((new, new + new_len, new_size, VmaKind::Large))
             })
         } else {
@@ -683,7 +700,7 @@ pub unsafe fn resize(p: *mut u8, new_size: usize) -> *mut u8 {
         resized
     };
     unmaps.run();
-    result.map_or(ptr::null_mut(), |r| r.start as *mut u8)
+    (result.map_or(ptr::null_mut(), |r| r.start as *mut u8), huge)
 }
 
 /// Shrinks block `block` to `new_len` (at most its length) bytes in

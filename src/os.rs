@@ -138,6 +138,53 @@ pub unsafe fn madvise_dontneed(addr: usize, len: usize) -> Result<(), Errno> {
     .map(|_| ())
 }
 
+/// `madvise(addr, len, MADV_HUGEPAGE)`: asks the kernel to back the 2 MiB
+/// aligned extents of the range with transparent huge pages, so that one
+/// fault maps 2 MiB. Advice on part of a mapping splits it in two, so
+/// callers advise whole mappings. Page-aligned, `len` non-zero.
+pub fn madvise_hugepage(addr: usize, len: usize) -> Result<(), Errno> {
+    debug_assert!(addr % PAGE_SIZE == 0 && len % PAGE_SIZE == 0 && len != 0);
+    // SAFETY: advice about pages the caller has mapped; contents stay.
+    check(unsafe { raw::syscall6(libc::SYS_madvise as usize, [addr, len, libc::MADV_HUGEPAGE as usize, 0, 0, 0]) })
+        .map(|_| ())
+}
+
+/// The system's transparent huge page mode, read once: 1 when
+/// `MADV_HUGEPAGE` advice is heeded (`always` or `madvise`), 2 when it is
+/// not (`never`, or a kernel without THP), 0 before the first read.
+static THP_MODE: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+
+/// Whether `MADV_HUGEPAGE` advice given now would be heeded: the system's
+/// mode (`/sys/kernel/mm/transparent_hugepage/enabled`, read on the first
+/// call) is `always` or `madvise`, and the process has not turned THP off
+/// with `prctl(PR_SET_THP_DISABLE)` (asked on every call: the program may
+/// change it). Never allocates.
+pub fn huge_advice_heeded() -> bool {
+    use core::sync::atomic::Ordering;
+    let mut mode = THP_MODE.load(Ordering::Relaxed);
+    if mode == 0 {
+        mode = if thp_mode_heeds_advice() { 1 } else { 2 };
+        THP_MODE.store(mode, Ordering::Relaxed);
+    }
+    if mode != 1 {
+        return false;
+    }
+    // SAFETY: PR_GET_THP_DISABLE takes no pointers; it returns 0 or 1.
+    let disabled = unsafe { raw::syscall6(libc::SYS_prctl as usize, [libc::PR_GET_THP_DISABLE as usize, 0, 0, 0, 0, 0]) };
+    disabled == 0
+}
+
+/// Reads the THP mode file: the selected word is in brackets, as in
+/// `always [madvise] never`.
+fn thp_mode_heeds_advice() -> bool {
+    let Ok(fd) = open_read(c"/sys/kernel/mm/transparent_hugepage/enabled") else { return false };
+    let mut buf = [0u8; 64];
+    let n = read(fd, &mut buf).unwrap_or(0);
+    close(fd);
+    let text = &buf[..n];
+    [&b"[always]"[..], b"[madvise]"].iter().any(|word| text.windows(word.len()).any(|w| w == *word))
+}
+
 /// Eight random bytes from the kernel (`getrandom(2)`, non-blocking); `None`
 /// when it has none to give.
 pub fn random_u64() -> Option<u64> {

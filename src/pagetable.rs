@@ -27,12 +27,18 @@
 //! process faults outside buddyslab (loader, libc, stack, its own data) plus
 //! memory handed out and never touched.
 //!
-//! Transparent huge pages: the prediction counts 4 KiB faults. With THP in
-//! `madvise` mode (the default on the machines this project targets)
-//! anonymous memory faults 4 KiB at a time, because buddyslab never asks
-//! for huge pages. With THP `always`, one fault can map a whole 2 MiB
-//! aligned extent (every chunk is two of them), so the kernel's count falls
-//! by up to 512 times and the prediction becomes an upper bound.
+//! Transparent huge pages: the prediction counts 4 KiB faults, except in
+//! large blocks grown by `realloc` past 2 MiB, which buddyslab advises
+//! with `MADV_HUGEPAGE` when the kernel heeds it (see `large::resize`):
+//! there a 2 MiB aligned extent of the growth with no page touched counts
+//! one fault ([`hand_out_huge`]), as the kernel maps it in one huge page.
+//! That assumes the kernel has a huge page to give; when memory is too
+//! fragmented the fault maps 4 KiB and the prediction falls short. With
+//! THP in `madvise` mode (the default on the machines this project
+//! targets) all other memory faults 4 KiB at a time. With THP `always`,
+//! one fault can map any whole 2 MiB aligned extent (every chunk is two of
+//! them), so the kernel's count falls by up to 512 times and the
+//! prediction becomes an upper bound.
 //!
 //! Updates happen on slow paths only: a chunk or large block is mapped or
 //! unmapped, pages go from the buddy to a tier or back, free memory is
@@ -356,21 +362,43 @@ pub fn map_and_hand_out(start: usize, len: usize, tier: Tier) -> usize {
 /// mapped or advised away counts one predicted minor fault. Returns the
 /// faults predicted by this call.
 pub fn hand_out(start: usize, len: usize, tier: Tier) -> usize {
+    hand_out_pages(start, len, tier, false)
+}
+
+/// [`hand_out`] for a range the kernel backs with transparent huge pages
+/// (advised with `MADV_HUGEPAGE`, and the advice heeded): a 2 MiB aligned
+/// extent wholly in the range with no page touched yet faults once, as
+/// one huge page. Any other untouched page faults alone: the extent around
+/// it already has 4 KiB pages, or is not wholly the block's.
+pub fn hand_out_huge(start: usize, len: usize, tier: Tier) -> usize {
+    hand_out_pages(start, len, tier, true)
+}
+
+fn hand_out_pages(start: usize, len: usize, tier: Tier, huge: bool) -> usize {
     let mut faults = 0;
     let mut tally = Tally::new();
     let bits = PTE_PRESENT | PTE_HANDED | PTE_TOUCHED | ((tier as u64) << PTE_TIER_SHIFT);
-    walk(start, len, false, |e| match e {
-        Some(e) => {
-            let old = replace(e, bits);
-            tally.forget(old);
-            tally.add(tier);
-            if old & PTE_TOUCHED == 0 {
-                faults += 1;
+    let end = start + len;
+    let mut addr = start;
+    // One pte table (one 2 MiB extent) at a time.
+    while addr < end {
+        let stop = ((addr / PTE_TABLE_SPAN + 1) * PTE_TABLE_SPAN).min(end);
+        let mut untouched = 0;
+        walk(addr, stop - addr, false, |e| match e {
+            Some(e) => {
+                let old = replace(e, bits);
+                tally.forget(old);
+                tally.add(tier);
+                if old & PTE_TOUCHED == 0 {
+                    untouched += 1;
+                }
             }
-        }
-        // A page whose table could not be made: still a fault to predict.
-        None => faults += 1,
-    });
+            // A page whose table could not be made: still a fault to predict.
+            None => untouched += 1,
+        });
+        faults += if huge && stop - addr == PTE_TABLE_SPAN && untouched == ENTRIES { 1 } else { untouched };
+        addr = stop;
+    }
     tally.apply();
     PREDICTED[tier as usize].fetch_add(faults as u64, Ordering::Relaxed);
     faults
@@ -402,17 +430,19 @@ pub fn advised(start: usize, len: usize) {
 
 /// Records a large block moved or resized by `mremap`: the pages the old
 /// and new ranges share keep their state (the kernel moves page-table
-/// entries, not pages); pages past the old length are handed out fresh.
-pub fn remapped(old: usize, old_len: usize, new: usize, new_len: usize, tier: Tier) {
+/// entries, not pages); pages past the old length are handed out fresh,
+/// in huge pages where they can be with `huge` (the block is advised for
+/// them: see [`hand_out_huge`]). Returns the faults predicted for them.
+pub fn remapped(old: usize, old_len: usize, new: usize, new_len: usize, tier: Tier, huge: bool) -> usize {
     let keep = old_len.min(new_len);
     if new == old {
         if new_len > old_len {
             map(old + old_len, new_len - old_len);
-            hand_out(old + old_len, new_len - old_len, tier);
+            return hand_out_pages(old + old_len, new_len - old_len, tier, huge);
         } else if old_len > new_len {
             unmap(old + new_len, old_len - new_len);
         }
-        return;
+        return 0;
     }
     map(new, new_len);
     let mut tally = Tally::new();
@@ -434,8 +464,9 @@ pub fn remapped(old: usize, old_len: usize, new: usize, new_len: usize, tier: Ti
     tally.apply();
     unmap(old, old_len);
     if new_len > keep {
-        hand_out(new + keep, new_len - keep, tier);
+        return hand_out_pages(new + keep, new_len - keep, tier, huge);
     }
+    0
 }
 
 /// The entry for the page holding `addr` (0 when nothing is recorded).
@@ -527,15 +558,36 @@ mod tests {
         let (a, b) = (region(2), region(3));
         map(a, 8 * PAGE_SIZE);
         hand_out(a, 8 * PAGE_SIZE, Tier::Large);
-        remapped(a, 8 * PAGE_SIZE, b, 12 * PAGE_SIZE, Tier::Large);
+        remapped(a, 8 * PAGE_SIZE, b, 12 * PAGE_SIZE, Tier::Large, false);
         assert_eq!(entry(a), 0);
         assert_ne!(entry(b + 7 * PAGE_SIZE) & PTE_TOUCHED, 0);
         assert_eq!(tier_of(entry(b + 11 * PAGE_SIZE)), Tier::Large);
         // In place: a shrink unmaps the tail.
-        remapped(b, 12 * PAGE_SIZE, b, 4 * PAGE_SIZE, Tier::Large);
+        remapped(b, 12 * PAGE_SIZE, b, 4 * PAGE_SIZE, Tier::Large, false);
         assert_eq!(entry(b + 4 * PAGE_SIZE), 0);
         assert_ne!(entry(b + 3 * PAGE_SIZE), 0);
         unmap(b, 4 * PAGE_SIZE);
+    }
+
+    #[test]
+    fn huge_growth_faults_once_per_whole_extent() {
+        const MIB: usize = 1 << 20;
+        let (a, b) = (region(4), region(5));
+        map_and_hand_out(a, MIB, Tier::Large);
+        // 1 MiB grown to 5 MiB at a new (2 MiB aligned) address: the rest
+        // of the first extent faults by pages (the kept megabyte has 4 KiB
+        // pages), the second extent once, the last megabyte (half an
+        // extent) by pages.
+        assert_eq!(remapped(a, MIB, b, 5 * MIB, Tier::Large, true), 256 + 1 + 256);
+        assert_eq!(entry(a), 0);
+        assert_ne!(entry(b + 3 * MIB) & PTE_TOUCHED, 0);
+        // Grown in place to 9 MiB: the other half of the third extent
+        // faults by pages, the fourth extent once, the first half of the
+        // fifth by pages.
+        assert_eq!(remapped(b, 5 * MIB, b, 9 * MIB, Tier::Large, true), 256 + 1 + 256);
+        // Without the advice, every page.
+        assert_eq!(remapped(b, 9 * MIB, a, 13 * MIB, Tier::Large, false), 4 * MIB / PAGE_SIZE);
+        unmap(a, 13 * MIB);
     }
 
     #[derive(Clone, Debug)]
@@ -543,13 +595,15 @@ mod tests {
         Map(usize, usize),
         Unmap(usize, usize),
         HandOut(usize, usize, u8),
+        HandOutHuge(usize, usize, u8),
         MapHandOut(usize, usize, u8),
         GiveBack(usize, usize),
         Advise(usize, usize),
     }
 
     fn range() -> impl Strategy<Value = (usize, usize)> {
-        (0usize..1500, 1usize..700)
+        // Up to 1200 pages: some ranges cover a whole 2 MiB extent.
+        (0usize..1000, 1usize..1200)
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -557,6 +611,7 @@ mod tests {
             range().prop_map(|(s, l)| Op::Map(s, l)),
             range().prop_map(|(s, l)| Op::Unmap(s, l)),
             (range(), 1u8..5).prop_map(|((s, l), t)| Op::HandOut(s, l, t)),
+            (range(), 1u8..5).prop_map(|((s, l), t)| Op::HandOutHuge(s, l, t)),
             (range(), 1u8..5).prop_map(|((s, l), t)| Op::MapHandOut(s, l, t)),
             range().prop_map(|(s, l)| Op::GiveBack(s, l)),
             range().prop_map(|(s, l)| Op::Advise(s, l)),
@@ -588,6 +643,22 @@ mod tests {
                         let tier = Tier::ALL[t as usize];
                         let want = model[s..s + l].iter().filter(|&&e| e & PTE_TOUCHED == 0).count();
                         prop_assert_eq!(hand_out(base + s * PAGE_SIZE, l * PAGE_SIZE, tier), want);
+                        let bits = PTE_PRESENT | PTE_HANDED | PTE_TOUCHED | ((t as u64) << PTE_TIER_SHIFT);
+                        model[s..s + l].iter_mut().for_each(|e| *e = bits);
+                    }
+                    Op::HandOutHuge(s, l, t) => {
+                        // Per 2 MiB extent (the region is aligned): one
+                        // fault when the range covers it all untouched.
+                        let tier = Tier::ALL[t as usize];
+                        let mut want = 0;
+                        let mut i = s;
+                        while i < s + l {
+                            let stop = ((i / ENTRIES + 1) * ENTRIES).min(s + l);
+                            let untouched = model[i..stop].iter().filter(|&&e| e & PTE_TOUCHED == 0).count();
+                            want += if stop - i == ENTRIES && untouched == ENTRIES { 1 } else { untouched };
+                            i = stop;
+                        }
+                        prop_assert_eq!(hand_out_huge(base + s * PAGE_SIZE, l * PAGE_SIZE, tier), want);
                         let bits = PTE_PRESENT | PTE_HANDED | PTE_TOUCHED | ((t as u64) << PTE_TIER_SHIFT);
                         model[s..s + l].iter_mut().for_each(|e| *e = bits);
                     }

@@ -14,6 +14,13 @@
  *                           decay), then RSS again
  *   memory trim             the same, then malloc_trim(0) instead of the
  *                           pause; prints what malloc_trim returned
+ *   memory regrow [nothp]   a buffer grown by realloc from 1 MiB to
+ *                           128 MiB, each new page written; prints the
+ *                           minor faults that took, whether the buffer's
+ *                           mapping is advised for huge pages and how much
+ *                           of it the kernel backs with them (from
+ *                           /proc/self/smaps). `nothp` first turns THP off
+ *                           for the process (PR_SET_THP_DISABLE).
  *
  * RSS lines are in KiB, from /proc/self/statm.
  */
@@ -23,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <time.h>
 #include "common.h"
 
@@ -52,6 +60,31 @@ static void fill_and_free(size_t size, size_t total)
     for (size_t i = 0; i < n; i++)
         free(objects[i]);
     printf("rss_freed %ld\n", rss_kib());
+}
+
+/* For the mapping of /proc/self/smaps that holds `p`: whether its VmFlags
+ * has `hg` (MADV_HUGEPAGE), and its AnonHugePages in KiB. */
+static void smaps_of(const void *p, int *advised, long *anon_huge_kib)
+{
+    char line[512];
+    int inside = 0;
+    *advised = 0;
+    *anon_huge_kib = 0;
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (!f)
+        return;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long lo, hi;
+        char dash;
+        if (sscanf(line, "%lx%c%lx ", &lo, &dash, &hi) == 3 && dash == '-') {
+            inside = (unsigned long)p >= lo && (unsigned long)p < hi;
+        } else if (inside && !strncmp(line, "AnonHugePages:", 14)) {
+            *anon_huge_kib = strtol(line + 14, NULL, 10);
+        } else if (inside && !strncmp(line, "VmFlags:", 8)) {
+            *advised = strstr(line, " hg") != NULL;
+        }
+    }
+    fclose(f);
 }
 
 int main(int argc, char **argv)
@@ -94,8 +127,35 @@ int main(int argc, char **argv)
         printf("trim_returned %d\n", first);
         printf("trim_again %d\n", again);
         printf("rss_after %ld\n", rss_kib());
+    } else if (!strcmp(mode, "regrow")) {
+        if (argc > 2 && !strcmp(argv[2], "nothp"))
+            prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0);
+        struct rusage before, after;
+        getrusage(RUSAGE_SELF, &before);
+        size_t size = 1 << 20;
+        unsigned char *p = malloc(hide(size));
+        memset(p, 4, size);
+        while (size < ((size_t)128 << 20)) {
+            p = realloc(p, size * 2);
+            if (!p)
+                return 66;
+            for (size_t i = size; i < size * 2; i += 4096)
+                p[i] = 5;
+            size *= 2;
+        }
+        getrusage(RUSAGE_SELF, &after);
+        int advised;
+        long anon_huge_kib;
+        smaps_of(p, &advised, &anon_huge_kib);
+        for (size_t i = 0; i < size; i += 4096)
+            if (p[i] != (i < (1 << 20) ? 4 : 5))
+                return 65;
+        objects[0] = p;
+        printf("regrow_minflt %ld\n", after.ru_minflt - before.ru_minflt);
+        printf("huge_advised %d\n", advised);
+        printf("anon_huge_kib %ld\n", anon_huge_kib);
     } else {
-        fprintf(stderr, "usage: memory objects SIZE N | faults | decay | trim\n");
+        fprintf(stderr, "usage: memory objects SIZE N | faults | decay | trim | regrow [nothp]\n");
         return 64;
     }
     return 0;
