@@ -9,7 +9,11 @@
 //! turn refills from the [`KmemCache`](super::KmemCache) of the CPU's node;
 //! a full bin gives half back the same way ([`percpu::free_batch`]).
 //! Limits start small and grow with use (see [`START_OBJECTS`]), so
-//! memory sits in a thread's bins only for the classes it keeps cycling.
+//! memory sits in a thread's bins only for the classes it keeps cycling,
+//! and all of a thread's bins together grow by at most
+//! [`GROWTH_BUDGET`] (256 KiB); when refills keep finding it spent,
+//! [`rebalance`] halves every grown bin, and the classes that run dry
+//! most often take the room back.
 //!
 //! Remote frees: the thread remembers its node (the CPU it last refilled
 //! on). An object whose slab belongs to another node — allocated on
@@ -94,6 +98,12 @@ pub struct ThreadCache {
     state: u32,
     /// A xorshift state for the refill count's jitter (see `alloc_slow`).
     rng: u32,
+    /// Bytes the bins' limits have grown by since they were last reset:
+    /// growth stops at [`GROWTH_BUDGET`].
+    grown: usize,
+    /// Refills that found the budget spent and their bin short of its
+    /// full limit, since the last [`rebalance`].
+    refused: u32,
 }
 
 impl ThreadCache {
@@ -112,6 +122,8 @@ impl ThreadCache {
     /// Gives every bin its starting limit (activation, and after a trim
     /// emptied them).
     fn reset_limits(&mut self) {
+        self.grown = 0;
+        self.refused = 0;
         for class in 0..NR_CLASSES {
             self.slots[class + 1].bin.limit = start_limit(class);
             self.slots[class + 1].remote.limit = start_limit(class);
@@ -152,6 +164,9 @@ const BIN_BYTES: usize = 32 * 1024;
 /// there (2.06 G instructions in all, 1.79 G at 1024). A bin only grows
 /// this far in a thread that keeps emptying it.
 const MAX_OBJECTS: usize = 1024;
+/// Bytes one thread's bins may grow by, over all classes together.
+const GROWTH_BUDGET: usize = BUDGET_KIB * 1024;
+const BUDGET_KIB: usize = 512;
 /// Most objects a bin grows to on frees alone ([`grow_on_free`]).
 const FREE_GROWTH_MAX: u32 = 16;
 
@@ -186,6 +201,59 @@ fn grow_on_free(bin: &mut Bin, class: usize) -> bool {
         return false;
     }
     grow(bin, class)
+}
+
+/// Grows `bin`, one of a thread's bins, of `class`: as [`grow_on_free`]
+/// does with `on_free`, as [`grow`] does without, while the thread's
+/// bins have grown by less than [`GROWTH_BUDGET`] (`grown`, which this
+/// adds to). False when the bin did not grow.
+fn grow_budgeted(grown: &mut usize, bin: &mut Bin, class: usize, on_free: bool) -> bool {
+    if *grown >= GROWTH_BUDGET {
+        return false;
+    }
+    let before = bin.limit;
+    let grew = if on_free { grow_on_free(bin, class) } else { grow(bin, class) };
+    if grew {
+        *grown += (bin.limit - before) as usize * CLASSES[class].size as usize;
+    }
+    grew
+}
+
+/// Refills turned down by the spent budget before [`rebalance`] runs.
+const REBALANCE_AFTER: u32 = 256;
+
+/// Halves the room of every bin of `tc` grown past its start (objects
+/// that no longer fit go to the shared caches) and recounts the growth:
+/// run when the budget is spent and refills keep finding bins that would
+/// grow. The classes that run dry most often grow back first, so a thread
+/// whose hot classes change (a program moving to its next phase) does not
+/// keep the room its first classes took.
+///
+/// # Safety
+/// `tc` is the calling thread's cache, active.
+unsafe fn rebalance(tc: &mut ThreadCache) {
+    tc.refused = 0;
+    let mut grown = 0;
+    for class in 0..NR_CLASSES {
+        let start = start_limit(class);
+        let slot = &mut tc.slots[class + 1];
+        for (bin, remote) in [(&mut slot.bin, false), (&mut slot.remote, true)] {
+            if bin.limit > start {
+                bin.limit = (bin.limit / 2).max(start);
+                let excess = bin.count.saturating_sub(bin.limit) as usize;
+                // SAFETY: the bin holds `count` objects of `class`.
+                unsafe {
+                    if remote {
+                        send_home(bin, excess);
+                    } else {
+                        flush(bin, class, excess);
+                    }
+                }
+            }
+            grown += bin.limit.saturating_sub(start) as usize * CLASSES[class].size as usize;
+        }
+    }
+    tc.grown = grown;
 }
 
 /// Doubles the limit of `bin` (of `class`) up to [`bin_limit`]; false
@@ -412,9 +480,16 @@ fn alloc_slow(class: usize, size: usize) -> *mut u8 {
     // SAFETY: this thread's cache, active.
     let bin = unsafe {
         (*tc).set_node(super::home_node() as u8);
+        if (*tc).grown >= GROWTH_BUDGET && (*tc).slots[class + 1].bin.limit < bin_limit(class) {
+            (*tc).refused += 1;
+            if (*tc).refused >= REBALANCE_AFTER {
+                rebalance(&mut *tc);
+            }
+        }
         &mut (*tc).slots[class + 1].bin
     };
-    grow(bin, class);
+    // SAFETY: this thread's cache.
+    grow_budgeted(unsafe { &mut (*tc).grown }, bin, class, false);
     // Half a bin, give or take up to a quarter of that (at most 4): the
     // request that finds the bin empty is the one sampled, and a refill
     // count that varies keeps that choice from following a period of the
@@ -480,7 +555,7 @@ pub unsafe fn free_slow(object: *mut u8, user_class: usize) {
         let slab = cache::slab_of(object);
         if (*slab).node != (*tc).node() {
             let remote = &mut (*tc).slots[user_class].remote;
-            if remote.count >= remote.limit && !grow_on_free(remote, class) {
+            if remote.count >= remote.limit && !grow_budgeted(&mut (*tc).grown, remote, class, true) {
                 send_home(remote, remote.count as usize);
             }
             link::set_next(object, remote.head);
@@ -489,7 +564,7 @@ pub unsafe fn free_slow(object: *mut u8, user_class: usize) {
             return;
         }
         let bin = &mut (*tc).slots[user_class].bin;
-        if bin.count >= bin.limit && !grow_on_free(bin, class) {
+        if bin.count >= bin.limit && !grow_budgeted(&mut (*tc).grown, bin, class, true) {
             flush(bin, class, bin.count as usize / 2 + 1);
         }
         link::set_next(object, bin.head);
@@ -620,6 +695,44 @@ mod tests {
     fn limit_now(class: usize) -> u32 {
         // SAFETY: this thread's cache; `class + 1` is a valid bin index.
         unsafe { (*current()).slots[class + 1].bin.limit }
+    }
+
+    #[test]
+    fn bins_of_all_classes_grow_within_the_thread_budget() {
+        std::thread::spawn(|| {
+            let sizes: std::vec::Vec<usize> = (1..=64).map(|k| k * 16).collect();
+            for &size in &sizes {
+                let class = class_of(size);
+                for _ in 0..12 {
+                    let batch: std::vec::Vec<*mut u8> = (0..2 * bin_limit(class)).map(|_| crate::heap::malloc(size)).collect();
+                    for q in batch {
+                        // SAFETY: live blocks from the heap, given up.
+                        unsafe { crate::heap::free(q) };
+                    }
+                }
+            }
+            let grown: usize = (0..NR_CLASSES)
+                .map(|c| (limit_now(c).saturating_sub(start_limit(c))) as usize * CLASSES[c].size as usize)
+                .sum();
+            // The last growth allowed may take it past the budget by one
+            // doubling, at most half a full bin.
+            assert!(grown <= GROWTH_BUDGET + BIN_BYTES / 2, "bins grew by {grown} bytes");
+            // The budget was reached.
+            assert!(grown >= GROWTH_BUDGET / 2, "bins grew by {grown} bytes only");
+            // A class that turns hot later still grows to its full limit:
+            // refills turned down make the others give room back.
+            let late = class_of(2048);
+            for _ in 0..2000 {
+                let batch: std::vec::Vec<*mut u8> = (0..2 * bin_limit(late)).map(|_| crate::heap::malloc(2048)).collect();
+                for q in batch {
+                    // SAFETY: as above.
+                    unsafe { crate::heap::free(q) };
+                }
+            }
+            assert_eq!(limit_now(late), bin_limit(late));
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
