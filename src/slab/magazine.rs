@@ -706,19 +706,24 @@ mod tests {
         unsafe { (*current()).slots[class + 1].bin.limit }
     }
 
+    /// `rounds` times, allocates twice the full bin's worth of `size`
+    /// bytes and frees it all: the bin runs dry on every round.
+    fn cycle(size: usize, rounds: usize) {
+        let class = class_of(size);
+        for _ in 0..rounds {
+            let batch: std::vec::Vec<*mut u8> = (0..2 * bin_limit(class)).map(|_| crate::heap::malloc(size)).collect();
+            for q in batch {
+                // SAFETY: live blocks from the heap, given up.
+                unsafe { crate::heap::free(q) };
+            }
+        }
+    }
+
     #[test]
     fn bins_of_all_classes_grow_within_the_thread_budget() {
         std::thread::spawn(|| {
-            let sizes: std::vec::Vec<usize> = (1..=64).map(|k| k * 16).collect();
-            for &size in &sizes {
-                let class = class_of(size);
-                for _ in 0..12 {
-                    let batch: std::vec::Vec<*mut u8> = (0..2 * bin_limit(class)).map(|_| crate::heap::malloc(size)).collect();
-                    for q in batch {
-                        // SAFETY: live blocks from the heap, given up.
-                        unsafe { crate::heap::free(q) };
-                    }
-                }
+            for size in (1..=64).map(|k| k * 16) {
+                cycle(size, 12);
             }
             let grown: usize = (0..NR_CLASSES)
                 .map(|c| (limit_now(c).saturating_sub(start_limit(c))) as usize * CLASSES[c].size as usize)
@@ -732,13 +737,7 @@ mod tests {
             // A class that turns hot later still grows to its full limit:
             // refills turned down make the others give room back.
             let late = class_of(2048);
-            for _ in 0..2000 {
-                let batch: std::vec::Vec<*mut u8> = (0..2 * bin_limit(late)).map(|_| crate::heap::malloc(2048)).collect();
-                for q in batch {
-                    // SAFETY: as above.
-                    unsafe { crate::heap::free(q) };
-                }
-            }
+            cycle(2048, 2000);
             assert_eq!(limit_now(late), bin_limit(late));
         })
         .join()
@@ -770,13 +769,7 @@ mod tests {
                 // SAFETY: as above.
                 unsafe { crate::heap::free(q) };
             }
-            for _ in 0..20 {
-                let batch: std::vec::Vec<*mut u8> = (0..2 * bin_limit(class)).map(|_| crate::heap::malloc(64)).collect();
-                for q in batch {
-                    // SAFETY: as above.
-                    unsafe { crate::heap::free(q) };
-                }
-            }
+            cycle(64, 20);
             assert_eq!(limit_now(class), bin_limit(class));
             // SAFETY: `p` is a live slab object, given up.
             unsafe { crate::heap::free(p) };
