@@ -85,10 +85,12 @@ pub struct Slot {
 /// `user_class`.
 #[repr(C)]
 pub struct ThreadCache {
+    /// First, so a bin's address is the thread cache's plus a scaled
+    /// index, with no constant to add on `free`'s fast path.
+    slots: [Slot; NR_CLASSES + 1],
     /// [`SECRET`], copied on activation (0 before: such a cache has no
     /// room, so every free takes the slow path, which reads `SECRET`).
     key: usize,
-    slots: [Slot; NR_CLASSES + 1],
     /// The node this thread refills from (its CPU's, when last looked at),
     /// shifted to where [`crate::page::Page::class_and_node`] has it: a
     /// page's tag XOR this is the page's `user_class` exactly when the

@@ -43,19 +43,19 @@ pub struct ClassInfo {
     pub size: u32,
     /// Buddy order of a slab.
     pub order: u8,
-    /// Trailing zero bits of `size`: `size = odd << shift`.
-    pub shift: u8,
     /// Objects per slab.
     pub objects: u16,
-    /// `objects` again, as wide as the value `free` compares it with.
-    pub slots: u64,
-    /// The inverse of `size`'s odd part modulo 2^64. For an offset inside
-    /// a slab, `(offset * inverse).rotate_right(shift)` is `offset / size`
-    /// when `size` divides `offset`, and at least `2^64 / size` when it
-    /// does not (Granlund and Montgomery's divisibility test): one
-    /// multiply, one rotate and one compare with `objects` tell a slot's
+    /// `ceil(2^64 / size)`. For an offset `n < 2^32` inside a slab,
+    /// `n * magic` modulo 2^64 is `(n / size) * e` when `size` divides `n`
+    /// (`e = size * magic - 2^64`, less than `size`), and at least `magic`
+    /// when it does not (Lemire, Kaser and Kurz's divisibility test): one
+    /// multiply and one compare with [`ClassInfo::bound`] tell a slot's
     /// start from anything else on `free`'s fast path.
-    pub inverse: u64,
+    pub magic: u64,
+    /// `objects * e`, or 1 when `e` is 0 (a power-of-two size, whose slots
+    /// fill the slab): the products of the slot starts are exactly the
+    /// values below it.
+    pub bound: u64,
     /// Slab size in bytes minus one: slabs are naturally aligned buddy
     /// blocks, so `address & slab_mask` is the offset inside the slab.
     pub slab_mask: u32,
@@ -71,20 +71,22 @@ impl ClassInfo {
     #[inline(always)]
     pub fn is_object_start(&self, addr: usize) -> bool {
         let offset = (addr & self.slab_mask as usize) as u64;
-        offset.wrapping_mul(self.inverse).rotate_right(self.shift as u32) < self.slots
+        offset.wrapping_mul(self.magic) < self.bound
     }
 }
 
-/// The inverse of odd `d` modulo 2^64, by Newton's iteration: `d` is its
-/// own inverse modulo 8, and each step doubles the bits that are right.
-const fn odd_inverse(d: u64) -> u64 {
-    let mut x = d;
-    let mut i = 0;
-    while i < 5 {
-        x = x.wrapping_mul(2u64.wrapping_sub(d.wrapping_mul(x)));
-        i += 1;
+/// [`ClassInfo::magic`] and [`ClassInfo::bound`] for `objects` slots of
+/// `size` bytes in a slab of `slab` bytes.
+const fn slot_test(size: usize, objects: usize, slab: usize) -> (u64, u64) {
+    let magic = u64::MAX / size as u64 + 1;
+    let e = (size as u64).wrapping_mul(magic);
+    if e == 0 {
+        // A power of two: every multiple inside the slab is a slot.
+        assert!(objects * size == slab);
+        (magic, 1)
+    } else {
+        (magic, objects as u64 * e)
     }
-    x
 }
 
 pub(crate) const fn class_size(index: usize) -> usize {
@@ -111,9 +113,8 @@ pub const fn geometry(size: usize) -> ClassInfo {
                 size: size as u32,
                 order: order as u8,
                 objects: objects as u16,
-                shift: size.trailing_zeros() as u8,
-                slots: objects as u64,
-                inverse: odd_inverse((size >> size.trailing_zeros()) as u64),
+                magic: slot_test(size, objects, slab).0,
+                bound: slot_test(size, objects, slab).1,
                 slab_mask: (slab - 1) as u32,
             };
         }
@@ -122,7 +123,7 @@ pub const fn geometry(size: usize) -> ClassInfo {
 }
 
 const fn build_classes() -> [ClassInfo; NR_CLASSES] {
-    let mut out = [ClassInfo { size: 0, order: 0, shift: 0, objects: 0, slots: 0, inverse: 0, slab_mask: 0 }; NR_CLASSES];
+    let mut out = [ClassInfo { size: 0, order: 0, objects: 0, magic: 0, bound: 0, slab_mask: 0 }; NR_CLASSES];
     let mut i = 0;
     while i < NR_CLASSES {
         out[i] = geometry(class_size(i));
@@ -223,9 +224,7 @@ mod tests {
         for (i, c) in CLASSES.iter().enumerate() {
             let slab = 4096usize << c.order;
             assert!(c.objects >= 1, "class {i}");
-            assert_eq!(c.slots, c.objects as u64);
-            assert_eq!(c.size as u64 >> c.shift << c.shift, c.size as u64);
-            assert_eq!((c.size as u64 >> c.shift).wrapping_mul(c.inverse), 1, "class {i}: not the odd part's inverse");
+            assert_eq!(c.magic, (((1u128 << 64) + c.size as u128 - 1) / c.size as u128) as u64, "class {i}: magic");
             assert!((slab - c.objects as usize * c.size as usize) * 8 <= slab, "class {i} wastes > 1/8");
             // The fast divisibility test, for every offset of the slab and
             // at two slab bases.
