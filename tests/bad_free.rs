@@ -251,6 +251,25 @@ fn rust_child() {
                 let q = GLOBAL.realloc(announce(p.add(64)), small, 32);
                 std::hint::black_box(q);
             }
+            "home-never-handed-out" => {
+                // A live 16-byte object, linked to the first slot of its
+                // slab that was never handed out, sent home as one batch
+                // (as a flush sends a bin's objects): the batch free stops
+                // at the second one. Objects come from the slab being
+                // carved, so its bump is soon below the slab's 256 slots.
+                let tiny = Layout::from_size_align(16, 8).unwrap();
+                loop {
+                    let p = GLOBAL.alloc(tiny);
+                    let slab = buddyslab::slab::cache::slab_of(p);
+                    let bump = (*slab).bump as usize;
+                    if bump < 4096 / 16 {
+                        let q = ((p as usize & !4095) + bump * 16) as *mut u8;
+                        buddyslab::slab::link::set_next(p, announce(q));
+                        buddyslab::slab::free_home(p, 2);
+                        break;
+                    }
+                }
+            }
             other => panic!("unknown {CHILD_VAR} case {other}"),
         }
     }
@@ -282,4 +301,11 @@ fn rust_dealloc_interior() {
 #[test]
 fn rust_realloc_interior() {
     rust_case("realloc-interior-small", "realloc()", INSIDE_OBJECT);
+}
+
+/// A slot never handed out, reaching its slab in a batch (a bin's flush):
+/// the batch free checks every object, not just the first of each slab.
+#[test]
+fn batch_free_of_a_slot_never_handed_out() {
+    rust_case("home-never-handed-out", "free()", "invalid pointer (slot never handed out)");
 }

@@ -257,10 +257,16 @@ impl KmemCache {
     #[inline(always)]
     fn check_handed_out(&self, slab: *mut Page, object: *mut u8) {
         let offset = object as usize & self.info.slab_mask as usize;
-        // SAFETY: the slab is ours, under our lock.
-        if offset >= unsafe { (*slab).bump } as usize * self.info.size as usize {
-            invalid_free(b"free(): invalid pointer (not the start of an object) ", object);
+        if offset >= self.handed_out_bytes(slab) {
+            invalid_free(b"free(): invalid pointer (slot never handed out): ", object);
         }
+    }
+
+    /// Bytes from the start of `slab` that its handed-out slots cover.
+    #[inline(always)]
+    fn handed_out_bytes(&self, slab: *mut Page) -> usize {
+        // SAFETY: the slab is ours, under our lock.
+        (unsafe { (*slab).bump }) as usize * self.info.size as usize
     }
 
     /// Returns a run of `n` objects of `slab`, already linked from `first`
@@ -276,7 +282,7 @@ impl KmemCache {
         // SAFETY: the slab is ours, under our lock.
         let s = unsafe { &mut *slab };
         if (s.inuse as usize) < n {
-            invalid_free(b"free(): double free detected ", first);
+            invalid_free(b"free(): double free detected: ", first);
         }
         let was_full = s.inuse == self.info.objects;
         // SAFETY: the objects lie inside the slab and are ours to link.
@@ -527,15 +533,17 @@ pub unsafe fn free_bulk_by<'a>(mut list: *mut u8, count: usize, cache_of: impl F
                     &mut locked.insert((cache, guard)).1
                 }
             };
-            let slab_mask = c.info.slab_mask as usize;
-            let base = first as usize & !slab_mask;
             c.check_handed_out(slab, first);
+            // The slab's handed-out slots are `base..base + handed`: one
+            // compare tells "same slab, handed out" (the run goes on) from
+            // anything else, which starts the next run and is checked there.
+            let base = first as usize & !(c.info.slab_mask as usize);
+            let handed = c.handed_out_bytes(slab);
             let mut last = first;
             let mut n = 1;
             list = link::next(first);
             remaining -= 1;
-            while remaining > 0 && list as usize & !slab_mask == base {
-                c.check_handed_out(slab, list);
+            while remaining > 0 && (list as usize).wrapping_sub(base) < handed {
                 last = list;
                 list = link::next(list);
                 n += 1;
