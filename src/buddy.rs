@@ -327,6 +327,9 @@ impl Zone {
                     assert_eq!((*p).order as usize, order, "free block on the wrong list");
                     let index = Chunk::index_of(p);
                     assert_eq!(index & ((1 << order) - 1), 0, "free block misaligned");
+                    for i in 0..1usize << order {
+                        assert_eq!(page::tag(p.add(i)), 0, "page {i} of a free block of order {order}: fast-path tag");
+                    }
                     if order < MAX_ORDER {
                         let buddy = Chunk::page(Chunk::of_page(p), index ^ (1 << order));
                         assert!(
@@ -378,6 +381,8 @@ pub unsafe fn mark(first: *mut Page, npages: usize, kind: u8) {
             (*p).set_kind(kind);
         }
     }
+    // SAFETY: as above.
+    unsafe { page::set_tags(first, npages, 0) };
 }
 
 /// Marks a run handed out whole: the head gets `head_kind`, every other
@@ -398,6 +403,8 @@ pub unsafe fn mark_run(first: *mut Page, npages: usize, head_kind: u8, user_clas
         }
         (*first).user_class = user_class;
         (*first).set_kind(head_kind);
+        // A slab's pages get their tag once its node is set (`add_slab`).
+        page::set_tags(first, npages, 0);
     }
 }
 

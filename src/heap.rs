@@ -250,8 +250,9 @@ fn bad_pointer(what: &[u8], why: &[u8], p: *mut u8) -> ! {
 /// Frees `p` (null is a no-op). Stops the process with a message for a
 /// pointer that is not a live block of this allocator.
 ///
-/// The fast path: the page descriptor's class-and-node tag, XORed with the
-/// thread's node, is "slab object of class c on my node" exactly when it
+/// The fast path: the page's class-and-node tag (kept beside the page
+/// descriptors, see [`page::Chunk::tags`]), XORed with the thread's node,
+/// is "slab object of class c on my node" exactly when it
 /// lands in `1..=NR_CLASSES`; the offset inside the (naturally aligned)
 /// slab must be a whole number of objects, or `p` points inside an object.
 /// Objects of other nodes, page runs, large blocks and bad pointers take
@@ -263,12 +264,10 @@ fn bad_pointer(what: &[u8], why: &[u8], p: *mut u8) -> ! {
 /// If `p` is a live block, nothing uses it afterwards.
 #[inline]
 pub unsafe fn free(p: *mut u8) {
-    let desc = page::page_of(p as usize);
-    if !desc.is_null() {
+    if let Some(tag) = page::tag_of(p as usize) {
         let tc = magazine::current();
-        // SAFETY: descriptors of published chunks are live; the thread
-        // cache is this thread's.
-        let local_class = unsafe { ((*desc).class_and_node() ^ (*tc).node_tag()) as usize };
+        // SAFETY: the thread cache is this thread's.
+        let local_class = unsafe { (tag as u32 ^ (*tc).node_tag()) as usize };
         if local_class.wrapping_sub(1) < NR_CLASSES {
             // [`check_slot_start`] written out: through the helper the
             // compiler adds a zero-extension here (callgrind: one more
@@ -285,7 +284,7 @@ pub unsafe fn free(p: *mut u8) {
             return;
         }
     }
-    free_other(p, desc)
+    free_other(p)
 }
 
 /// [`free`] of anything but an object of the thread's own node: an object
@@ -293,7 +292,8 @@ pub unsafe fn free(p: *mut u8) {
 /// block, null, or a bad pointer.
 #[cold]
 #[inline(never)]
-fn free_other(p: *mut u8, desc: *mut Page) {
+fn free_other(p: *mut u8) {
+    let desc = page::page_of(p as usize);
     if !desc.is_null() {
         // SAFETY: descriptors of published chunks are live.
         let user_class = unsafe { (*desc).user_class as usize };

@@ -69,8 +69,9 @@ pub struct Page {
     /// Slab: objects on `freelist`.
     pub nr_free: u16,
     /// Every page of a user slab: its size class + 1; 0 for any other
-    /// page. Lets `free` find an object's class from the page it lies in
-    /// with one load, without going to the slab's head.
+    /// page. Lets `free`'s slow paths find an object's class from the page
+    /// it lies in with one load, without going to the slab's head (the
+    /// fast path reads the same from [`Chunk::tags`]).
     pub user_class: u8,
     /// Slab: the node ([`crate::slab`]) whose cache owns it.
     pub node: u8,
@@ -84,8 +85,8 @@ pub struct Page {
 }
 
 impl Page {
-    /// `user_class | node << 8`, read at once: the two bytes `free` needs
-    /// (adjacent fields, see the assertion below).
+    /// `user_class | node << 8`, read at once (adjacent fields, see the
+    /// assertion below): a slab page's tag in [`Chunk::tags`].
     #[inline(always)]
     pub fn class_and_node(&self) -> u32 {
         // SAFETY: `user_class` and `node` are adjacent bytes at an even
@@ -133,9 +134,21 @@ pub struct Chunk {
     /// the kernel (the chunk is one free block; see `buddy`'s release).
     /// Cleared when the chunk is split again.
     pub descriptors_released: bool,
+    /// Per page, what `free`'s fast path reads: `user_class | node << 8`
+    /// for a page of a user slab, 0 for any other page. A copy of those
+    /// two fields of the page's descriptor ([`Page::class_and_node`]),
+    /// kept apart from the descriptors because they change on every slab
+    /// refill and flush (`inuse`, `freelist`), and a free on one CPU
+    /// reading the tag from the cache line another CPU is writing to waits
+    /// for the line to come over. Written only when a page becomes, or
+    /// stops being, a slab page ([`set_tags`]). 2 KiB, in the descriptor's
+    /// first page, which is never released.
+    pub tags: [u16; CHUNK_PAGES],
     /// One descriptor per page, indexed by `(addr - base) >> PAGE_SHIFT`.
     pub pages: [Page; CHUNK_PAGES],
 }
+
+const _: () = assert!(core::mem::offset_of!(Chunk, pages) <= PAGE_SIZE);
 
 /// Chunk descriptors are allocated at this alignment so a page descriptor
 /// pointer leads back to its chunk by masking.
@@ -188,6 +201,45 @@ impl Chunk {
         // SAFETY: in bounds by the caller's promise.
         unsafe { ptr::addr_of_mut!((*chunk).pages).cast::<Page>().add(index) }
     }
+}
+
+/// Sets the fast-path tag ([`Chunk::tags`]) of `npages` pages from
+/// `first`, which lie in one chunk, to `tag`.
+///
+/// # Safety
+/// The pages lie in one live chunk and belong to the caller.
+pub unsafe fn set_tags(first: *mut Page, npages: usize, tag: u16) {
+    let chunk = Chunk::of_page(first);
+    let index = Chunk::index_of(first);
+    debug_assert!(index + npages <= CHUNK_PAGES);
+    // SAFETY: in the chunk's tag array by the caller's promise.
+    unsafe {
+        let tags = ptr::addr_of_mut!((*chunk).tags).cast::<u16>().add(index);
+        for i in 0..npages {
+            tags.add(i).write(tag);
+        }
+    }
+}
+
+/// The fast-path tag ([`Chunk::tags`]) of the page `page` describes.
+///
+/// # Safety
+/// `page` is a descriptor in a live chunk descriptor.
+pub unsafe fn tag(page: *const Page) -> u16 {
+    // SAFETY: per the caller; the index is < CHUNK_PAGES.
+    unsafe { *ptr::addr_of!((*Chunk::of_page(page)).tags).cast::<u16>().add(Chunk::index_of(page)) }
+}
+
+/// The fast-path tag of the page holding `addr` (see [`Chunk::tags`]), or
+/// `None` when no chunk holds it.
+#[inline(always)]
+pub fn tag_of(addr: usize) -> Option<u16> {
+    let chunk = chunk_of(addr);
+    if chunk.is_null() {
+        return None;
+    }
+    // SAFETY: a published chunk descriptor is live; the index is < 1024.
+    Some(unsafe { *ptr::addr_of!((*chunk).tags).cast::<u16>().add((addr >> PAGE_SHIFT) & (CHUNK_PAGES - 1)) })
 }
 
 /// Address of the memory a page descriptor describes.

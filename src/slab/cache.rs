@@ -222,6 +222,8 @@ impl KmemCache {
             for i in 0..1usize << self.info.order {
                 (*head.add(i)).node = self.node;
             }
+            let tag = if user_class != 0 { (*head).class_and_node() as u16 } else { 0 };
+            page::set_tags(head, 1 << self.info.order, tag);
             let tier = if user_class != 0 { Tier::Slab } else { Tier::Meta };
             pagetable::hand_out(page::page_address(head), os::PAGE_SIZE << self.info.order, tier);
             let s = &mut *head;
@@ -373,6 +375,12 @@ impl KmemCache {
                     }
                     assert_eq!(n, s.nr_free, "free list length");
                     assert_eq!(s.inuse, s.bump - s.nr_free, "inuse != bump - nr_free");
+                    let user_class = if (self.index as usize) < super::NR_CLASSES { self.index as u16 + 1 } else { 0 };
+                    let tag = if user_class != 0 { user_class | (s.node as u16) << 8 } else { 0 };
+                    for i in 0..1usize << self.info.order {
+                        assert_eq!(page::tag(p.add(i)), tag, "page {i} of a {name} slab: fast-path tag");
+                        assert_eq!((*p.add(i)).class_and_node() as u16 & 0xff, user_class, "page {i} of a {name} slab: user_class");
+                    }
                     active += s.inuse as usize;
                 });
             }

@@ -92,8 +92,8 @@ pub struct ThreadCache {
     /// room, so every free takes the slow path, which reads `SECRET`).
     key: usize,
     /// The node this thread refills from (its CPU's, when last looked at),
-    /// shifted to where [`crate::page::Page::class_and_node`] has it: a
-    /// page's tag XOR this is the page's `user_class` exactly when the
+    /// shifted to where a page's tag ([`crate::page::Chunk::tags`]) has
+    /// it: a page's tag XOR this is the page's `user_class` exactly when the
     /// page is a slab of this node, so `free` tells "local object of class
     /// c" from everything else with one compare.
     node_tag: u32,

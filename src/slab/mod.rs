@@ -196,3 +196,39 @@ pub fn cache_name(index: usize) -> &'static str {
         "kmalloc"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Checks every cache of every node and the zone: between them they
+    /// look at the fast-path tag of every slab page and every free page.
+    fn check_everything() {
+        for node in nodes() {
+            node.iter().for_each(|c| c.lock().check());
+        }
+        crate::buddy::ZONE.lock().check();
+    }
+
+    /// `free`'s fast path reads a page's tag, not its descriptor: objects
+    /// of several classes (slabs of orders 0 to 3) come from the heap and
+    /// go back, and a trim gives their slabs back to the buddy allocator;
+    /// every slab page must carry its class and node, and every page of a
+    /// free block no tag, all along.
+    #[test]
+    fn fast_path_tags_follow_slabs_into_and_out_of_use() {
+        let sizes = [16, 100, 700, 3000, 9000, 30000];
+        let mut held: std::vec::Vec<*mut u8> = std::vec::Vec::new();
+        for &size in &sizes {
+            held.extend((0..300).map(|_| crate::heap::malloc(size)));
+        }
+        assert!(held.iter().all(|p| !p.is_null()));
+        check_everything();
+        for p in held.drain(..) {
+            // SAFETY: allocated above, freed once.
+            unsafe { crate::heap::free(p) };
+        }
+        crate::heap::trim();
+        check_everything();
+    }
+}
