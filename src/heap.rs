@@ -264,10 +264,12 @@ fn bad_pointer(what: &[u8], why: &[u8], p: *mut u8) -> ! {
 /// If `p` is a live block, nothing uses it afterwards.
 #[inline]
 pub unsafe fn free(p: *mut u8) {
-    if let Some(tag) = page::tag_of(p as usize) {
-        let tc = magazine::current();
-        // SAFETY: the thread cache is this thread's.
-        let local_class = unsafe { (tag as u32 ^ (*tc).node_tag()) as usize };
+    let tc = magazine::current();
+    // SAFETY: the thread cache is this thread's.
+    let chunk = unsafe { (*tc).chunk_of(p as usize) };
+    if !chunk.is_null() {
+        // SAFETY: a published chunk; the thread cache is this thread's.
+        let local_class = unsafe { (page::Chunk::tag(chunk, p as usize) as u32 ^ (*tc).node_tag()) as usize };
         if local_class.wrapping_sub(1) < NR_CLASSES {
             // [`check_slot_start`] written out: through the helper the
             // compiler adds a zero-extension here (callgrind: one more

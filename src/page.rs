@@ -191,6 +191,17 @@ impl Chunk {
         (page as usize - first) / core::mem::size_of::<Page>()
     }
 
+    /// The fast-path tag ([`Chunk::tags`]) of the page of `chunk` that
+    /// holds `addr`.
+    ///
+    /// # Safety
+    /// `chunk` is a live chunk descriptor and holds `addr`.
+    #[inline(always)]
+    pub unsafe fn tag(chunk: *mut Chunk, addr: usize) -> u16 {
+        // SAFETY: per the caller; the index is < CHUNK_PAGES.
+        unsafe { *ptr::addr_of!((*chunk).tags).cast::<u16>().add((addr >> PAGE_SHIFT) & (CHUNK_PAGES - 1)) }
+    }
+
     /// Descriptor of page `index` of `chunk`.
     ///
     /// # Safety
@@ -228,18 +239,6 @@ pub unsafe fn set_tags(first: *mut Page, npages: usize, tag: u16) {
 pub unsafe fn tag(page: *const Page) -> u16 {
     // SAFETY: per the caller; the index is < CHUNK_PAGES.
     unsafe { *ptr::addr_of!((*Chunk::of_page(page)).tags).cast::<u16>().add(Chunk::index_of(page)) }
-}
-
-/// The fast-path tag of the page holding `addr` (see [`Chunk::tags`]), or
-/// `None` when no chunk holds it.
-#[inline(always)]
-pub fn tag_of(addr: usize) -> Option<u16> {
-    let chunk = chunk_of(addr);
-    if chunk.is_null() {
-        return None;
-    }
-    // SAFETY: a published chunk descriptor is live; the index is < 1024.
-    Some(unsafe { *ptr::addr_of!((*chunk).tags).cast::<u16>().add((addr >> PAGE_SHIFT) & (CHUNK_PAGES - 1)) })
 }
 
 /// Address of the memory a page descriptor describes.
