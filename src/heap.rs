@@ -270,18 +270,24 @@ pub unsafe fn free(p: *mut u8) {
     if !chunk.is_null() {
         // SAFETY: a published chunk; the thread cache is this thread's.
         let local_class = unsafe { (page::Chunk::tag(chunk, p as usize) as u32 ^ (*tc).node_tag()) as usize };
-        if local_class.wrapping_sub(1) < NR_CLASSES {
+        // 1..=NR_CLASSES for an object of this node; 0 for any page but
+        // a slab's, whose bin (`slots[0]`) never has room, so it fails the
+        // room test before the class table is read.
+        // SAFETY: the thread cache is this thread's; the index is in its
+        // bins, checked first.
+        if local_class <= NR_CLASSES && unsafe { magazine::has_room(tc, local_class) } {
             // [`check_slot_start`] written out: through the helper the
             // compiler adds a zero-extension here (callgrind: one more
             // instruction per pair).
-            // SAFETY: local_class - 1 < NR_CLASSES, checked above. (Written
-            // as add-then-sub so the scaled index is shared with the bin's.)
+            // SAFETY: 1 <= local_class <= NR_CLASSES: slot 0 has no room.
+            // (Written as add-then-sub so the scaled index is shared with
+            // the bin's.)
             let info = unsafe { &*CLASSES.as_ptr().add(local_class).sub(1) };
             if !info.is_object_start(p as usize) {
                 bad_pointer(b"free()", b"invalid pointer (inside an object)", p);
             }
             // SAFETY: a slab object of this class on this thread's node,
-            // given up by the caller.
+            // given up by the caller, and its bin has room.
             unsafe { magazine::free_local(tc, p, local_class) };
             return;
         }

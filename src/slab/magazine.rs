@@ -91,12 +91,12 @@ pub struct ThreadCache {
     /// [`SECRET`], copied on activation (0 before: such a cache has no
     /// room, so every free takes the slow path, which reads `SECRET`).
     key: usize,
-    /// The chunk this thread last freed into, and its number (address
-    /// `>> CHUNK_SHIFT`): `free` skips the chunk map while objects keep
-    /// coming from one chunk (see [`ThreadCache::chunk_of`]). Chunks are
-    /// never unregistered, so the pair stays true. Zero at first: number 0
-    /// with a null chunk, which `free` treats as a miss.
-    last_chunk_nr: usize,
+    /// The chunk this thread last freed into, and the address of its
+    /// last byte: `free` skips the chunk map while objects keep coming
+    /// from one chunk (see [`ThreadCache::chunk_of`]). Chunks are never
+    /// unregistered, so the pair stays true. Zero at first, which no
+    /// chunk's last byte is, so no null test is needed on a hit.
+    last_chunk_end: usize,
     last_chunk: *mut crate::page::Chunk,
     /// The node this thread refills from (its CPU's, when last looked at),
     /// shifted to where a page's tag ([`crate::page::Chunk::tags`]) has
@@ -149,13 +149,19 @@ impl ThreadCache {
     /// five instructions against the map's sixteen.
     #[inline(always)]
     pub fn chunk_of(&mut self, addr: usize) -> *mut crate::page::Chunk {
-        let nr = addr >> crate::page::CHUNK_SHIFT;
-        if nr == self.last_chunk_nr && !self.last_chunk.is_null() {
+        let end = addr | (crate::page::CHUNK_SIZE - 1);
+        if end == self.last_chunk_end {
+            if self.last_chunk.is_null() {
+                // SAFETY: `last_chunk_end` is only ever set (non-zero)
+                // together with a non-null `last_chunk`. Saying so spares
+                // the caller's null test on a hit.
+                unsafe { core::hint::unreachable_unchecked() }
+            }
             return self.last_chunk;
         }
         let chunk = crate::page::chunk_of(addr);
         if !chunk.is_null() {
-            self.last_chunk_nr = nr;
+            self.last_chunk_end = end;
             self.last_chunk = chunk;
         }
         chunk
@@ -425,8 +431,22 @@ pub fn alloc_small(size: usize) -> *mut u8 {
     alloc_slow(class, size)
 }
 
+/// Whether bin `user_class` (0..=NR_CLASSES; 0 is the unused one, which
+/// never has room) of the thread cache `tc` has room for one more object.
+///
+/// # Safety
+/// `tc` is [`current`]; `user_class <= NR_CLASSES`.
+#[inline(always)]
+pub unsafe fn has_room(tc: *mut ThreadCache, user_class: usize) -> bool {
+    // SAFETY: per the caller.
+    unsafe {
+        let bin = &(*(*tc).slots.as_ptr().add(user_class)).bin;
+        bin.count < bin.limit
+    }
+}
+
 /// Frees `object`, a slab object of class `user_class - 1` on the calling
-/// thread's node, into the thread's bin.
+/// thread's node, into the thread's bin, which has room ([`has_room`]).
 ///
 /// # Safety
 /// `tc` is [`current`]; `object` is a live object of that class and node,
@@ -437,7 +457,8 @@ pub unsafe fn free_local(tc: *mut ThreadCache, object: *mut u8, user_class: usiz
     unsafe {
         let bin = &mut (*(*tc).slots.as_mut_ptr().add(user_class)).bin;
         let key = (*tc).key;
-        if bin.count < bin.limit && key_slot(object).read() != key {
+        debug_assert!(bin.count < bin.limit, "free_local without room");
+        if key_slot(object).read() != key {
             key_slot(object).write(key);
             link::set_next(object, bin.head);
             bin.head = object;
@@ -766,6 +787,10 @@ mod tests {
             let late = class_of(2048);
             cycle(2048, 2000);
             assert_eq!(limit_now(late), bin_limit(late));
+            // The unused bin never gets room: `free` sends a page that is
+            // not a slab's (tag 0) to its slow path by that alone.
+            // SAFETY: this thread's cache.
+            assert!(!unsafe { has_room(current(), 0) }, "slots[0] has room");
         })
         .join()
         .unwrap();
