@@ -199,7 +199,19 @@ impl Chunk {
     #[inline(always)]
     pub unsafe fn tag(chunk: *mut Chunk, addr: usize) -> u16 {
         // SAFETY: per the caller; the index is < CHUNK_PAGES.
-        unsafe { *ptr::addr_of!((*chunk).tags).cast::<u16>().add((addr >> PAGE_SHIFT) & (CHUNK_PAGES - 1)) }
+        unsafe { *Self::tag_slot(chunk, (addr >> PAGE_SHIFT) & (CHUNK_PAGES - 1)) }
+    }
+
+    /// Where the tag of page `index` of `chunk` is kept.
+    ///
+    /// # Safety
+    /// `chunk` is a live chunk descriptor and `index < CHUNK_PAGES`.
+    #[inline(always)]
+    unsafe fn tag_slot(chunk: *mut Chunk, index: usize) -> *mut u16 {
+        debug_assert!(index < CHUNK_PAGES);
+        // SAFETY: in bounds by the caller's promise; only the address is
+        // computed.
+        unsafe { ptr::addr_of_mut!((*chunk).tags).cast::<u16>().add(index) }
     }
 
     /// Descriptor of page `index` of `chunk`.
@@ -225,7 +237,7 @@ pub unsafe fn set_tags(first: *mut Page, npages: usize, tag: u16) {
     debug_assert!(index + npages <= CHUNK_PAGES);
     // SAFETY: in the chunk's tag array by the caller's promise.
     unsafe {
-        let tags = ptr::addr_of_mut!((*chunk).tags).cast::<u16>().add(index);
+        let tags = Chunk::tag_slot(chunk, index);
         for i in 0..npages {
             tags.add(i).write(tag);
         }
@@ -238,7 +250,7 @@ pub unsafe fn set_tags(first: *mut Page, npages: usize, tag: u16) {
 /// `page` is a descriptor in a live chunk descriptor.
 pub unsafe fn tag(page: *const Page) -> u16 {
     // SAFETY: per the caller; the index is < CHUNK_PAGES.
-    unsafe { *ptr::addr_of!((*Chunk::of_page(page)).tags).cast::<u16>().add(Chunk::index_of(page)) }
+    unsafe { *Chunk::tag_slot(Chunk::of_page(page), Chunk::index_of(page)) }
 }
 
 /// Address of the memory a page descriptor describes.
