@@ -240,6 +240,19 @@ fn check_slot_start(what: &'static [u8], p: *mut u8, user_class: usize) {
     }
 }
 
+/// Stops the process when the slab object `p` is free (it carries the
+/// free mark): `realloc` or `malloc_usable_size` of a freed object would
+/// otherwise hand back, or size, an object that is on a free list and will
+/// be handed out again.
+#[inline]
+fn check_not_freed(what: &'static [u8], p: *mut u8) {
+    // SAFETY: `p` starts a slot of a slab (checked by `owner_of`), at
+    // least 16 bytes.
+    if unsafe { slab::link::is_marked_free(p) } {
+        bad_pointer(what, b"double free detected (the block is free)", p);
+    }
+}
+
 #[cold]
 #[inline(never)]
 fn bad_pointer(what: &[u8], why: &[u8], p: *mut u8) -> ! {
@@ -391,7 +404,10 @@ pub fn usable_size(p: *mut u8) -> usize {
         return 0;
     }
     match owner_of(p, b"malloc_usable_size()") {
-        Owner::Slab(_, class) => size_of_class(class),
+        Owner::Slab(_, class) => {
+            check_not_freed(b"malloc_usable_size()", p);
+            size_of_class(class)
+        }
         // SAFETY: a live run's head.
         Owner::Pages(head) => (unsafe { (*head).span } as usize) << PAGE_SHIFT,
         Owner::Outside => match large::usable_size(p) {
@@ -432,6 +448,7 @@ pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 
     }
     let old_usable = match owner_of(p, b"realloc()") {
         Owner::Slab(_, class) => {
+            check_not_freed(b"realloc()", p);
             let usable = size_of_class(class);
             // Stay when the new size fits and would not fit a class half
             // the size or less (no point moving to save a little).
@@ -533,7 +550,7 @@ fn init_slow() {
         return;
     }
     os::check_page_size();
-    magazine::init_secret();
+    slab::link::init_keys();
     crate::options::read_environment();
     buddy::register_shrinker(cache::shrink_idle);
     if crate::options::STATS_AT_EXIT.load(Ordering::Relaxed) != crate::options::STATS_OFF

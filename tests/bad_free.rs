@@ -112,6 +112,8 @@ const INSIDE_BLOCK: &str = "invalid pointer (inside a block)";
 /// A freed large block is either kept in the mapping cache (its region
 /// says so) or unmapped (the heap remembers recent starts).
 const LARGE_DOUBLE: &str = "double free or invalid pointer (memory is free)|double free (large block already unmapped)";
+/// A freed slab object carries the free mark.
+const SMALL_FREED: &str = "double free detected";
 const LARGE_FREED: &str = "double free or invalid pointer (memory is free)|invalid pointer (large block already freed)";
 
 // ----------------------------------------------------------------- free
@@ -179,6 +181,8 @@ fn c_realloc_bad_pointers() {
     c_case("realloc-mmapped", NOT_OURS);
     c_case("realloc-mmapped-interior", NOT_OURS);
     c_case("realloc-large-freed", LARGE_FREED);
+    // Still on a free list: realloc must not hand it back alive.
+    c_case("realloc-small-freed", SMALL_FREED);
 }
 
 // --------------------------------------------------- malloc_usable_size
@@ -192,6 +196,7 @@ fn c_usable_size_bad_pointers() {
     c_case("usable-mmapped", NOT_OURS);
     c_case("usable-mmapped-interior", NOT_OURS);
     c_case("usable-large-freed", LARGE_FREED);
+    c_case("usable-small-freed", SMALL_FREED);
 }
 
 // ------------------------------------------------------ via GlobalAlloc
@@ -251,6 +256,21 @@ fn rust_child() {
                 let q = GLOBAL.realloc(announce(p.add(64)), small, 32);
                 std::hint::black_box(q);
             }
+            "free-neighbour" => {
+                // Two 16-byte requests whose blocks are adjacent, and a
+                // free of the second one less 16 (a pointer adjusted for a
+                // header, as glibc's chunks have).
+                let tiny = Layout::from_size_align(16, 8).unwrap();
+                let mut prev = GLOBAL.alloc(tiny);
+                loop {
+                    let p = GLOBAL.alloc(tiny);
+                    if p as usize == prev as usize + buddyslab::slab::size_of_class(buddyslab::slab::class_of(16)) {
+                        GLOBAL.dealloc(announce(p.sub(16)), tiny);
+                        break;
+                    }
+                    prev = p;
+                }
+            }
             "home-never-handed-out" => {
                 // A live 16-byte object, linked to the first slot of its
                 // slab that was never handed out, sent home as one batch
@@ -308,4 +328,15 @@ fn rust_realloc_interior() {
 #[test]
 fn batch_free_of_a_slot_never_handed_out() {
     rust_case("home-never-handed-out", "free()", "invalid pointer (slot never handed out)");
+}
+
+/// `free(p - 16)` with `p`'s neighbour live 16 bytes below. The default
+/// build has 16-byte slots, where that address is the neighbour's own
+/// start and its free cannot be told from a legitimate one (no header per
+/// object); `hardened` has no 16-byte slots, so the address is inside an
+/// object.
+#[cfg(feature = "hardened")]
+#[test]
+fn hardened_free_of_a_live_neighbour_at_minus_16() {
+    rust_case("free-neighbour", "free()", INSIDE_OBJECT);
 }

@@ -160,7 +160,7 @@ impl KmemCache {
             let s = &mut *slab;
             let object = if !s.freelist.is_null() {
                 let object = s.freelist;
-                s.freelist = link::next(object);
+                s.freelist = link::next(object, self.index as usize);
                 s.nr_free -= 1;
                 object
             } else {
@@ -371,7 +371,7 @@ impl KmemCache {
                     let mut f = s.freelist;
                     while !f.is_null() {
                         n += 1;
-                        f = link::next(f);
+                        f = link::next(f, self.index as usize);
                     }
                     assert_eq!(n, s.nr_free, "free list length");
                     assert_eq!(s.inuse, s.bump - s.nr_free, "inuse != bump - nr_free");
@@ -424,8 +424,10 @@ fn alloc_refill(cache: &Mutex<KmemCache>, order: usize) -> *mut u8 {
 pub fn alloc_bulk(cache: &Mutex<KmemCache>, max: usize) -> (*mut u8, usize) {
     let mut head: *mut u8 = ptr::null_mut();
     let mut got = 0;
+    let mark = link::FREE_MARK.load(core::sync::atomic::Ordering::Relaxed);
     let mut c = cache.lock();
     let size = c.info.size as usize;
+    let class = c.index as usize;
     while got < max {
         let taken = match c.take_locked(max - got) {
             Some(t) => t,
@@ -452,7 +454,7 @@ pub fn alloc_bulk(cache: &Mutex<KmemCache>, max: usize) -> (*mut u8, usize) {
                     // through their first word; ours now.
                     unsafe {
                         for _ in 1..n {
-                            last = link::next(last);
+                            last = link::next(last, class);
                         }
                         link::set_next(last, head);
                     }
@@ -463,8 +465,14 @@ pub fn alloc_bulk(cache: &Mutex<KmemCache>, max: usize) -> (*mut u8, usize) {
             Taken::Run(first, n) => {
                 for i in (0..n).rev() {
                     let object = (first + i * size) as *mut u8;
-                    // SAFETY: never-used objects of a slab we took them from.
-                    unsafe { link::set_next(object, head) };
+                    // SAFETY: never-used objects of a slab we took them
+                    // from. They carry the free mark from here on, as
+                    // every free object does: the hardened link check
+                    // wants it of every link's target.
+                    unsafe {
+                        link::set_next(object, head);
+                        link::mark_slot(object).write(mark);
+                    }
                     head = object;
                 }
                 got += n;
@@ -549,11 +557,12 @@ pub unsafe fn free_bulk_by<'a>(mut list: *mut u8, count: usize, cache_of: impl F
             let handed = c.handed_out_bytes(slab);
             let mut last = first;
             let mut n = 1;
-            list = link::next(first);
+            let class = c.index as usize;
+            list = if remaining > 1 { link::next(first, class) } else { ptr::null_mut() };
             remaining -= 1;
             while remaining > 0 && (list as usize).wrapping_sub(base) < handed {
                 last = list;
-                list = link::next(list);
+                list = if remaining > 1 { link::next(list, class) } else { ptr::null_mut() };
                 n += 1;
                 remaining -= 1;
             }
@@ -735,7 +744,7 @@ mod tests {
                         prop_assert!(!list.is_null(), "list shorter than reported");
                         live.push(list);
                         // SAFETY: objects on the list are ours; first word links.
-                        list = unsafe { link::next(list) };
+                        list = unsafe { link::next(list, 202) };
                     }
                     prop_assert!(list.is_null(), "list longer than reported");
                 } else {

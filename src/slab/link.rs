@@ -1,24 +1,133 @@
-//! The link a free object keeps in its first word: the next object of the
-//! list it is on (a thread's bin, a depot batch, its slab's free list).
+//! What a free object keeps in its first two words: the link to the next
+//! object of the list it is on (a thread's bin, a depot batch, its slab's
+//! free list), and the free mark.
 //!
-//! Plain by default. With the `hardened` feature the link is stored
-//! encoded, as Linux's `CONFIG_SLAB_FREELIST_HARDENED` does: XORed with a
-//! random per-process key and with the address of the word holding it, so
-//! a heap overflow or a use-after-free write into a free object cannot
-//! plant a pointer the allocator will follow, and a copied link is wrong in
-//! its new place. Popping from a bin then also checks that the decoded next
-//! object lies in a slab of the same class, and stops the process with
-//! "corrupted free list" when it does not.
+//! # The link
+//!
+//! A link is never stored in the clear. The classic heap attack writes a
+//! chosen address into the first word of a freed object (through a
+//! dangling pointer or an overflow from the neighbour) and waits for
+//! `malloc` to return that address. Here the stored word is the next
+//! object's address XORed with a random per-process key ([`key`]), and
+//! every link the allocator follows is decoded and checked before it is
+//! used:
+//!
+//! - Default build: the decoded address must be null or a plausible
+//!   object: 16-byte aligned and below 2^47, the top of the user address
+//!   space the kernel hands out without being asked for more (buddyslab
+//!   never asks). A word written without the key decodes to a random
+//!   value, which passes with a chance of 2^-21; anything else stops the
+//!   process with "corrupted free list" before the address is used.
+//!   Cost on the fast path: a load of the key (from the thread cache), an
+//!   XOR each way, a test with a constant on `malloc`. glibc's safe-linking
+//!   XORs with the slot's address shifted by 12, which is no secret; a
+//!   link here cannot be forged without the key.
+//! - `hardened`: the key is also mixed with the byte-swapped address of
+//!   the word holding the link, as Linux's `CONFIG_SLAB_FREELIST_HARDENED`
+//!   does, so a link copied to another object decodes to garbage there; and
+//!   the decoded address must be a *free slot* of the expected class: in a
+//!   slab of that class, at a slot boundary, among the slots the slab has
+//!   handed out, and carrying the free mark.
+//!
+//! Every object handed out has both words cleared ([`clear`]), on every
+//! path, so the encoded link (from which two `malloc` calls would reveal
+//! the key) never reaches the program.
+//!
+//! # The free mark
+//!
+//! A freed object carries the process's secret [`FREE_MARK`] in its second
+//! word (every class is at least 16 bytes), as glibc's tcache carries its
+//! `key`: `free` of an object that already holds it is a double free,
+//! wherever the first free left the object. The mark is random per process
+//! and independent of the link key, so reading one does not reveal the
+//! other.
 
-/// The object after `object` on its list.
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+/// The free mark (see the module doc). Fixed until [`init_keys`] draws a
+/// random one; never zero.
+pub static FREE_MARK: AtomicUsize = AtomicUsize::new(0x9e37_79b9_7f4a_7c15);
+
+/// The link key; 0 until drawn ([`key`]).
+static KEY: AtomicUsize = AtomicUsize::new(0);
+
+/// Bits a decoded link may not have: not 16-byte aligned, or above the
+/// 47-bit user address space.
+pub const IMPLAUSIBLE: usize = !((1usize << 47) - 1) | 15;
+
+/// Draws the process's random free mark and link key (called once, early
+/// in set-up, before any thread cache is active).
+pub fn init_keys() {
+    if let Some(r) = crate::os::random_u64() {
+        FREE_MARK.store(r as usize | 1, Ordering::Relaxed);
+    }
+    key();
+}
+
+/// The link key: drawn on first use (before the first link is written),
+/// never zero, fixed for the life of the process.
+#[inline(always)]
+pub fn key() -> usize {
+    let k = KEY.load(Ordering::Relaxed);
+    if k != 0 {
+        return k;
+    }
+    draw_key()
+}
+
+#[cold]
+#[inline(never)]
+fn draw_key() -> usize {
+    let fresh = crate::os::random_u64().unwrap_or(0x6a09_e667_f3bc_c909 ^ crate::os::monotonic_ns() as u64) as usize | 1;
+    match KEY.compare_exchange(0, fresh, Ordering::Relaxed, Ordering::Relaxed) {
+        Ok(_) => fresh,
+        Err(won) => won,
+    }
+}
+
+/// The word stored for a link from `slot` to `next` (and, XOR being its
+/// own inverse, the link decoded from a stored word).
+#[inline(always)]
+fn code(slot: *mut u8, word: usize, key: usize) -> usize {
+    #[cfg(feature = "hardened")]
+    return word ^ key ^ (slot as usize).swap_bytes();
+    #[cfg(not(feature = "hardened"))]
+    {
+        let _ = slot;
+        word ^ key
+    }
+}
+
+/// The object after `object` on its list of objects of cache `class`,
+/// checked (see the module doc); stops the process when the link was
+/// tampered with.
 ///
 /// # Safety
 /// `object` is a free object on a list, linked by [`set_next`].
 #[inline(always)]
-pub unsafe fn next(object: *mut u8) -> *mut u8 {
+pub unsafe fn next(object: *mut u8, class: usize) -> *mut u8 {
+    // SAFETY: per the caller.
+    unsafe { next_keyed(object, class, key(), IMPLAUSIBLE) }
+}
+
+/// [`next`] with the key and [`IMPLAUSIBLE`] already at hand (the thread
+/// cache keeps copies beside each other, so the test reads the mask from
+/// memory instead of building a 64-bit constant: one instruction less).
+///
+/// # Safety
+/// As [`next`]; `key` is [`key()`], `implausible` is [`IMPLAUSIBLE`].
+#[inline(always)]
+pub unsafe fn next_keyed(object: *mut u8, class: usize, key: usize, implausible: usize) -> *mut u8 {
     // SAFETY: per the caller, the first word holds a link.
-    let raw = unsafe { object.cast::<usize>().read() };
-    decode(object, raw) as *mut u8
+    let next = code(object, unsafe { object.cast::<usize>().read() }, key);
+    if next & implausible != 0 {
+        corrupted(object, next);
+    }
+    #[cfg(feature = "hardened")]
+    check_free_slot(object, next, class);
+    #[cfg(not(feature = "hardened"))]
+    let _ = class;
+    next as *mut u8
 }
 
 /// Links `next` after `object`.
@@ -28,99 +137,137 @@ pub unsafe fn next(object: *mut u8) -> *mut u8 {
 #[inline(always)]
 pub unsafe fn set_next(object: *mut u8, next: *mut u8) {
     // SAFETY: per the caller.
-    unsafe { object.cast::<usize>().write(decode(object, next as usize)) }
+    unsafe { set_next_keyed(object, next, key()) }
 }
 
-#[cfg(not(feature = "hardened"))]
+/// [`set_next`] with the key already at hand.
+///
+/// # Safety
+/// As [`set_next`]; `key` is [`key()`].
 #[inline(always)]
-fn decode(_slot: *mut u8, raw: usize) -> usize {
-    raw
+pub unsafe fn set_next_keyed(object: *mut u8, next: *mut u8, key: usize) {
+    // SAFETY: per the caller.
+    unsafe { object.cast::<usize>().write(code(object, next as usize, key)) }
 }
 
+/// The second word of an object: where a freed object keeps the mark.
+#[inline(always)]
+pub fn mark_slot(object: *mut u8) -> *mut usize {
+    object.wrapping_add(core::mem::size_of::<usize>()).cast()
+}
+
+/// Whether `object` carries the free mark: it is free (or the program
+/// copied the mark out of freed memory, which it cannot learn otherwise).
+///
+/// # Safety
+/// `object` is a slab object of at least 16 bytes.
+#[inline]
+pub unsafe fn is_marked_free(object: *mut u8) -> bool {
+    // SAFETY: per the caller.
+    unsafe { mark_slot(object).read() == FREE_MARK.load(Ordering::Relaxed) }
+}
+
+/// Clears what a free object kept (link and mark): the object is being
+/// handed out.
+///
+/// # Safety
+/// `object` is an object of at least 16 bytes, ours to write.
+#[inline(always)]
+pub unsafe fn clear(object: *mut u8) {
+    // SAFETY: per the caller.
+    unsafe { object.cast::<[usize; 2]>().write([0, 0]) }
+}
+
+/// Checks that `next`, read from the free object `object` of cache
+/// `class`, is null or a free slot of a slab of that class.
 #[cfg(feature = "hardened")]
-#[inline(always)]
-fn decode(slot: *mut u8, raw: usize) -> usize {
-    // XOR is its own inverse: the same function encodes.
-    raw ^ hardened::key() ^ (slot as usize).swap_bytes()
-}
-
-#[cfg(feature = "hardened")]
-mod hardened {
-    use core::sync::atomic::{AtomicUsize, Ordering};
-
-    static KEY: AtomicUsize = AtomicUsize::new(0);
-
-    /// The link key: drawn on first use (before the first link is
-    /// written), never zero, fixed for the life of the process.
-    #[inline(always)]
-    pub fn key() -> usize {
-        let k = KEY.load(Ordering::Relaxed);
-        if k != 0 {
-            return k;
-        }
-        draw()
+#[inline(never)]
+fn check_free_slot(object: *mut u8, next: usize, class: usize) {
+    use crate::page::{self, PG_SLAB, PG_TAIL};
+    if next == 0 {
+        return;
     }
-
-    #[cold]
-    #[inline(never)]
-    fn draw() -> usize {
-        let fresh = crate::os::random_u64().unwrap_or(0x6a09_e667_f3bc_c909) as usize | 1;
-        match KEY.compare_exchange(0, fresh, Ordering::Relaxed, Ordering::Relaxed) {
-            Ok(_) => fresh,
-            Err(won) => won,
-        }
+    let desc = page::page_of(next);
+    if desc.is_null() {
+        corrupted(object, next);
     }
-}
-
-/// Checks, in `hardened` builds, that `next` (just read from a bin of
-/// `class`) is null or an object of a slab of that class.
-#[inline(always)]
-pub fn check_popped(next: *mut u8, class: usize) {
-    #[cfg(feature = "hardened")]
-    {
-        if !next.is_null() {
-            let desc = crate::page::page_of(next as usize);
-            // SAFETY: descriptors of published chunks are live.
-            if desc.is_null() || unsafe { (*desc).user_class } as usize != class + 1 {
-                corrupted(next);
+    // SAFETY: descriptors of published chunks are live; a slab's head
+    // fields read here (kind, class, bump) change only under its cache's
+    // lock, and a stale `bump` is smaller, which errs towards stopping.
+    unsafe {
+        let head = if (*desc).kind() == PG_TAIL { desc.sub((*desc).span as usize) } else { desc };
+        if (*head).kind() != PG_SLAB || (*head).class as usize != class {
+            corrupted(object, next);
+        }
+        if class < super::NR_CLASSES {
+            let info = &super::CLASSES[class];
+            let offset = next - page::page_address(head);
+            let bump = core::ptr::addr_of!((*head).bump).read_volatile() as usize;
+            if !info.is_object_start(next) || offset / info.size as usize >= bump {
+                corrupted(object, next);
+            }
+            if !is_marked_free(next as *mut u8) {
+                corrupted(object, next);
             }
         }
     }
-    #[cfg(not(feature = "hardened"))]
-    let _ = (next, class);
 }
 
-#[cfg(feature = "hardened")]
 #[cold]
 #[inline(never)]
-fn corrupted(next: *mut u8) -> ! {
+fn corrupted(object: *mut u8, next: usize) -> ! {
+    let _ = next;
     let mut buf = [0u8; 32];
-    crate::os::fatal(&[b"buddyslab: malloc(): corrupted free list: ", crate::stats::fmt_hex(&mut buf, next as usize)])
+    crate::os::fatal(&[b"buddyslab: malloc(): corrupted free list: ", crate::stats::fmt_hex(&mut buf, object as usize)])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    #[repr(align(16))]
+    struct Words([usize; 4]);
+
     #[test]
-    fn links_round_trip_in_place() {
-        let mut words = [0usize; 4];
-        let a = words.as_mut_ptr().cast::<u8>();
-        let b = words.as_mut_ptr().wrapping_add(2).cast::<u8>();
-        // SAFETY: both point into `words`.
+    fn links_round_trip_in_place_and_are_never_stored_in_the_clear() {
+        let mut words = Words([0usize; 4]);
+        let a = words.0.as_mut_ptr().cast::<u8>();
+        let b = words.0.as_mut_ptr().wrapping_add(2).cast::<u8>();
+        // SAFETY: both point into `words`, 16-byte aligned.
         unsafe {
             set_next(a, b);
             set_next(b, core::ptr::null_mut());
-            assert_eq!(next(a), b);
-            assert!(next(b).is_null());
+            assert_ne!(a.cast::<usize>().read(), b as usize, "a link is stored in the clear");
+            assert_ne!(b.cast::<usize>().read(), 0, "a null link is stored in the clear");
+            #[cfg(not(feature = "hardened"))]
+            {
+                // The hardened check wants real slab slots; plain decoding
+                // is what the default build does.
+                assert_eq!(next(a, 0), b);
+                assert!(next(b, 0).is_null());
+            }
+            clear(a);
+            assert_eq!(a.cast::<[usize; 2]>().read(), [0, 0]);
         }
         #[cfg(feature = "hardened")]
         // SAFETY: as above.
         unsafe {
-            assert_ne!(a.cast::<usize>().read(), b as usize, "a hardened link is stored in the clear");
             // A link copied to another slot no longer decodes to its target.
+            set_next(a, b);
             b.cast::<usize>().write(a.cast::<usize>().read());
-            assert_ne!(next(b), b);
+            assert_ne!(code(b, b.cast::<usize>().read(), key()), b as usize);
         }
+    }
+
+    #[test]
+    fn a_word_written_without_the_key_is_implausible() {
+        // What an attacker writes: a plain address (of a global, a stack,
+        // or another heap object). The key's low bit is set, so any
+        // 16-byte-aligned word decodes misaligned: caught every time.
+        let k = key();
+        let base = &FREE_MARK as *const _ as usize & !15;
+        let passed = (0..4096usize).filter(|i| ((base + i * 16) ^ k) & IMPLAUSIBLE == 0).count();
+        assert_eq!(passed, 0, "key {k:#x} lets plain addresses through");
+        assert_ne!(k & IMPLAUSIBLE, 0, "a key that decodes null to a plausible address");
     }
 }

@@ -56,7 +56,7 @@
 
 use super::{cache, link, percpu, size_class::CLASSES, NR_CLASSES};
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 /// A bin: free objects of one class, cached for one thread.
 #[repr(C)]
@@ -88,9 +88,15 @@ pub struct ThreadCache {
     /// First, so a bin's address is the thread cache's plus a scaled
     /// index, with no constant to add on `free`'s fast path.
     slots: [Slot; NR_CLASSES + 1],
-    /// [`SECRET`], copied on activation (0 before: such a cache has no
-    /// room, so every free takes the slow path, which reads `SECRET`).
+    /// [`link::FREE_MARK`], copied on activation (0 before: such a cache
+    /// has no room, so every free takes the slow path, which reads the
+    /// mark itself).
     key: usize,
+    /// [`link::key`], copied on activation, beside `key`: the fast paths
+    /// encode and decode links with it without a load of their own.
+    link_key: usize,
+    /// [`link::IMPLAUSIBLE`], copied on activation.
+    link_mask: usize,
     /// The chunk this thread last freed into, and the address of its
     /// last byte: `free` skips the chunk map while objects keep coming
     /// from one chunk (see [`ThreadCache::chunk_of`]). Chunks are never
@@ -168,22 +174,11 @@ impl ThreadCache {
     }
 }
 
-/// The key a freed object carries in its second word. Fixed until
-/// [`init_secret`] draws a random one; never zero.
-pub static SECRET: AtomicUsize = AtomicUsize::new(0x9e37_79b9_7f4a_7c15);
-
-/// Draws the process's random key (called once, early in set-up, before
-/// any thread cache is active).
-pub fn init_secret() {
-    if let Some(r) = crate::os::random_u64() {
-        SECRET.store(r as usize | 1, Ordering::Relaxed);
-    }
-}
-
-/// The second word of an object: where a freed object keeps the key.
+/// The second word of an object: where a freed object keeps the free
+/// mark ([`link::FREE_MARK`]).
 #[inline(always)]
 fn key_slot(object: *mut u8) -> *mut usize {
-    object.wrapping_add(core::mem::size_of::<usize>()).cast()
+    link::mark_slot(object)
 }
 
 /// Bytes a full bin may hold; the limit is this over the object size,
@@ -286,7 +281,7 @@ unsafe fn rebalance(tc: &mut ThreadCache) {
                 // SAFETY: the bin holds `count` objects of `class`.
                 unsafe {
                     if remote {
-                        send_home(bin, excess);
+                        send_home(bin, class, excess);
                     } else {
                         flush(bin, class, excess);
                     }
@@ -368,21 +363,23 @@ mod tls {
 pub use tls::current;
 
 /// Pops an object of `class` off `bin`, or null when the bin is empty.
+/// The link is checked ([`link::next_keyed`]) and both of the object's
+/// first words are cleared, so the program never sees the encoded link.
 ///
 /// # Safety
-/// `bin` is the calling thread's bin of `class`.
+/// `bin` is the bin of `class` of `tc`, the calling thread's cache.
 #[inline(always)]
-unsafe fn pop(bin: &mut Bin, class: usize) -> *mut u8 {
+unsafe fn pop(tc: *mut ThreadCache, bin: &mut Bin, class: usize) -> *mut u8 {
     let object = bin.head;
     if !object.is_null() {
         // SAFETY: objects on a bin are free objects of its class whose
-        // first word links the bin.
+        // first word links the bin; `link_key` is the link key or, in a
+        // cache not yet active, 0 with every bin empty (never reached).
         unsafe {
-            let next = link::next(object);
-            link::check_popped(next, class);
+            let next = link::next_keyed(object, class, (*tc).link_key, (*tc).link_mask);
             bin.head = next;
             bin.count -= 1;
-            key_slot(object).write(0);
+            link::clear(object);
         }
     }
     object
@@ -394,7 +391,10 @@ unsafe fn pop(bin: &mut Bin, class: usize) -> *mut u8 {
 pub fn alloc(class: usize, size: usize) -> *mut u8 {
     // SAFETY: the thread cache is this thread's alone; `class + 1` is a
     // valid bin index.
-    let object = unsafe { pop(&mut (*(*current()).slots.as_mut_ptr().add(class + 1)).bin, class) };
+    let object = unsafe {
+        let tc = current();
+        pop(tc, &mut (*(*tc).slots.as_mut_ptr().add(class + 1)).bin, class)
+    };
     if !object.is_null() {
         return object;
     }
@@ -424,7 +424,10 @@ pub fn alloc_small(size: usize) -> *mut u8 {
     let class = offset / core::mem::size_of::<Slot>() - 1;
     // SAFETY: the thread cache is this thread's alone; `offset` is the
     // byte offset of the bin of `class`.
-    let object = unsafe { pop(&mut *(*current()).slots.as_mut_ptr().cast::<u8>().add(offset).cast::<Bin>(), class) };
+    let object = unsafe {
+        let tc = current();
+        pop(tc, &mut *(*tc).slots.as_mut_ptr().cast::<u8>().add(offset).cast::<Bin>(), class)
+    };
     if !object.is_null() {
         return object;
     }
@@ -460,7 +463,7 @@ pub unsafe fn free_local(tc: *mut ThreadCache, object: *mut u8, user_class: usiz
         debug_assert!(bin.count < bin.limit, "free_local without room");
         if key_slot(object).read() != key {
             key_slot(object).write(key);
-            link::set_next(object, bin.head);
+            link::set_next_keyed(object, bin.head, (*tc).link_key);
             bin.head = object;
             bin.count += 1;
             return;
@@ -511,8 +514,10 @@ fn activate(tc: *mut ThreadCache) -> bool {
     }
     tc.reset_limits();
     tc.set_node(super::home_node() as u8);
-    tc.rng = (SECRET.load(Ordering::Relaxed) ^ (tc as *mut ThreadCache as usize)) as u32 | 1;
-    tc.key = SECRET.load(Ordering::Relaxed);
+    tc.rng = (link::FREE_MARK.load(Ordering::Relaxed) ^ (tc as *mut ThreadCache as usize)) as u32 | 1;
+    tc.key = link::FREE_MARK.load(Ordering::Relaxed);
+    tc.link_key = link::key();
+    tc.link_mask = link::IMPLAUSIBLE;
     tc.state = ACTIVE;
     true
 }
@@ -529,8 +534,8 @@ fn alloc_slow(class: usize, size: usize) -> *mut u8 {
         if object.is_null() {
             crate::os::set_errno(libc::ENOMEM);
         } else {
-            // SAFETY: a fresh object of at least 16 bytes.
-            unsafe { key_slot(object).write(0) };
+            // SAFETY: an object of at least 16 bytes, ours.
+            unsafe { link::clear(object) };
         }
         return object;
     }
@@ -572,8 +577,8 @@ fn alloc_slow(class: usize, size: usize) -> *mut u8 {
     // Hand out the first; the rest become the bin.
     // SAFETY: `list` heads `n` fresh objects linked through their first word.
     unsafe {
-        bin.head = link::next(list);
-        key_slot(list).write(0);
+        bin.head = link::next(list, class);
+        link::clear(list);
     }
     bin.count = n as u32 - 1;
     list
@@ -591,7 +596,7 @@ pub unsafe fn free_slow(object: *mut u8, user_class: usize) {
     let class = user_class - 1;
     // SAFETY: a slab object of at least 16 bytes, given up by the caller.
     unsafe {
-        let key = SECRET.load(Ordering::Relaxed);
+        let key = link::FREE_MARK.load(Ordering::Relaxed);
         if key_slot(object).read() == key {
             double_free(object);
         }
@@ -613,7 +618,7 @@ pub unsafe fn free_slow(object: *mut u8, user_class: usize) {
         if (*slab).node != (*tc).node() {
             let remote = &mut (*tc).slots[user_class].remote;
             if remote.count >= remote.limit && !grow_budgeted(&mut (*tc).grown, remote, class, true) {
-                send_home(remote, remote.count as usize);
+                send_home(remote, class, remote.count as usize);
             }
             link::set_next(object, remote.head);
             remote.head = object;
@@ -640,8 +645,9 @@ fn double_free(object: *mut u8) -> ! {
 /// Returns the first `n` objects of a remote bin to their slabs' caches.
 ///
 /// # Safety
-/// `bin` is one of this thread's remote bins and holds at least `n` objects.
-unsafe fn send_home(bin: &mut Bin, n: usize) {
+/// `bin` is one of this thread's remote bins, of `class`, and holds at
+/// least `n` objects.
+unsafe fn send_home(bin: &mut Bin, class: usize, n: usize) {
     if n == 0 {
         return;
     }
@@ -651,7 +657,7 @@ unsafe fn send_home(bin: &mut Bin, n: usize) {
     unsafe {
         let mut rest = list;
         for _ in 0..n {
-            rest = link::next(rest);
+            rest = link::next(rest, class);
         }
         bin.head = rest;
         bin.count -= n as u32;
@@ -675,9 +681,9 @@ unsafe fn flush(bin: &mut Bin, class: usize, n: usize) {
     // which pops until null).
     unsafe {
         for _ in 1..n {
-            last = link::next(last);
+            last = link::next(last, class);
         }
-        bin.head = link::next(last);
+        bin.head = link::next(last, class);
         link::set_next(last, ptr::null_mut());
         bin.count -= n as u32;
         percpu::free_batch(class, list, n);
@@ -710,7 +716,7 @@ unsafe fn drain(tc: &mut ThreadCache) {
         remote.limit = 0;
         let n = remote.count as usize;
         // SAFETY: the remote bin holds `n` objects.
-        unsafe { send_home(remote, n) };
+        unsafe { send_home(remote, class, n) };
     }
 }
 

@@ -137,6 +137,16 @@ pub static CLASSES: [ClassInfo; NR_CLASSES] = build_classes();
 
 /// [`class_of`] by arithmetic, also for tables built at compile time.
 pub(crate) const fn slow_class_of(size: usize) -> usize {
+    // `hardened` serves no request from the 16-byte class: there two
+    // objects sit 16 bytes apart, so `free(p - 16)` (a pointer adjusted
+    // for a header the program expects, glibc's chunk header) lands on the
+    // live neighbour's slot and frees it. With 32-byte slots it lands
+    // inside an object, which `free` stops. The default build keeps the
+    // 16-byte class: a free of a neighbour at a slot boundary cannot be
+    // told from the neighbour's own free without a header per object.
+    if cfg!(feature = "hardened") && size <= 16 {
+        return 1;
+    }
     if size <= 128 {
         return if size == 0 { 0 } else { (size - 1) >> 4 };
     }
@@ -208,13 +218,15 @@ mod tests {
             let c = class_of(size);
             let cs = size_of_class(c);
             assert!(cs >= size, "size {size} -> class {cs}");
-            if c > 0 {
+            // `hardened` has no 16-byte slots (see `slow_class_of`).
+            let smallest = if cfg!(feature = "hardened") { 32 } else { 16 };
+            if c > 0 && cs > smallest {
                 assert!(size_of_class(c - 1) < size, "size {size} not in the smallest class");
             }
             if size > 128 {
                 assert!((cs - size) * 8 < size, "size {size} wastes {} in class {cs}", cs - size);
             } else {
-                assert_eq!(cs, (size.max(1) + 15) & !15);
+                assert_eq!(cs, ((size.max(1) + 15) & !15).max(smallest));
             }
         }
     }

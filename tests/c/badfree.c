@@ -23,6 +23,7 @@
  *   CALL-mmapped                 the start of memory the program mapped
  *   CALL-mmapped-interior        p + 64 inside memory the program mapped
  *   CALL-large-freed             (realloc, usable) a freed 1 MiB block
+ *   CALL-small-freed             (realloc, usable) a freed 64-byte object
  *   free-wild                    an address nothing is mapped at
  */
 #define _GNU_SOURCE
@@ -151,6 +152,14 @@ int main(int argc, char **argv)
         call_only(call, alias);
     } else if (call == CALL_FREE && !strcmp(rest, "large-double")) {
         void *p = filled(1 << 20), *alias = hidep(p);
+        announce(p);
+        free(p);
+        call_only(call, alias);
+    } else if (call != CALL_FREE && !strcmp(rest, "small-freed")) {
+        /* A freed 64-byte object, still on a free list: a realloc that
+         * stayed in place would hand it back alive while the next malloc
+         * hands it out again. */
+        void *p = filled(64), *alias = hidep(p);
         announce(p);
         free(p);
         call_only(call, alias);
