@@ -28,7 +28,7 @@ use crate::pagetable;
 use crate::slab::{self, cache, class_of, magazine, size_of_class, CLASSES, NR_CLASSES, SLAB_MAX};
 use crate::stats;
 use core::ptr;
-use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 
 /// Alignment every block gets without asking (glibc's on x86-64).
 pub const MIN_ALIGN: usize = 16;
@@ -578,8 +578,73 @@ pub fn set_process_malloc() {
     ensure_init();
 }
 
-/// Takes every allocator lock in the lock order (see [`crate::buddy`]).
+// fork: why the locks are taken where they are.
+//
+// The child of a multi-threaded process gets a copy of memory in which
+// other threads may have been half-way through changing the allocator's
+// structures; the prepare handler therefore takes every allocator lock,
+// so the copy is consistent, and the handlers after `fork` release them.
+// Where it takes them decides whether `fork` can deadlock:
+//
+// - glibc's `fork` runs the atfork prepare handlers first and only then
+//   takes stdio's list lock (`_IO_list_lock`, held across the system call
+//   so the child's `FILE` list is consistent). A prepare handler that
+//   takes allocator locks therefore holds them while it waits for the
+//   stdio lock, and the holder of the stdio lock may be waiting (through
+//   a `FILE` lock) for a thread that is inside `malloc` waiting for an
+//   allocator lock: a cycle (glibc bug 19431; glibc's own test
+//   `tst-malloc-fork-deadlock`). glibc's malloc avoids it by taking its
+//   locks inside `fork`, after the stdio lock. An interposed malloc
+//   cannot run there, so buddyslab's prepare handler takes the stdio
+//   list lock itself, first, and its own locks after it: glibc's order.
+//   The list lock is recursive, so `fork`'s own `_IO_list_lock` then
+//   only counts up; in the parent `fork` counts it down once and our
+//   parent handler once more; in the child `fork` resets it
+//   (`_IO_list_resetlock`) before the child handlers run, so ours leaves
+//   it alone. Nothing in buddyslab takes a stdio lock while it holds an
+//   allocator lock, so the stdio lock is always first.
+// - The other known answer, mimalloc's (no lock held across `fork`, the
+//   child repairs what it finds), needs every shared structure to be
+//   repairable from any half-done change; buddyslab's zone, slab lists
+//   and region tree are not, so the locks stay.
+// - A single-threaded process (glibc's `__libc_single_threaded`, the
+//   flag `fork` itself tests) takes no lock at all, as glibc does: no
+//   other thread can hold one, and when `fork` runs in a signal handler
+//   that interrupted `malloc` in this very thread (glibc's
+//   `tst-mallocfork2`), taking the lock the interrupted code holds would
+//   wait forever. The child then continues, as the parent does, with the
+//   interrupted call when the handler returns.
+//
+// Our handlers are registered when the allocator starts, before the
+// program's own (registration allocates), and prepare handlers run in
+// the reverse order of registration: ours runs last, after any handler
+// of the program's that allocates.
+
+extern "C" {
+    /// glibc's stdio list lock (recursive), exported since 2.2.5.
+    fn _IO_list_lock();
+    /// Releases one level of [`_IO_list_lock`].
+    fn _IO_list_unlock();
+    /// Non-zero while the process has never had a second thread (glibc
+    /// 2.32 and later); `fork` decides on it whether to take locks.
+    static __libc_single_threaded: u8;
+}
+
+/// Whether the running `fork`'s prepare handler took the locks. Forks of a
+/// multi-threaded process are serialised by glibc from the prepare handlers
+/// to the parent and child handlers, so one flag serves.
+static FORK_LOCKED: AtomicBool = AtomicBool::new(false);
+
+/// Takes the stdio list lock, then every allocator lock in the lock order
+/// (see [`crate::buddy`]); nothing in a single-threaded process.
 extern "C" fn fork_prepare() {
+    // SAFETY: a byte glibc keeps for exactly this question.
+    if unsafe { ptr::read_volatile(&raw const __libc_single_threaded) } != 0 {
+        return;
+    }
+    // SAFETY: a recursive lock; released by fork_parent, reset by glibc in
+    // the child.
+    unsafe { _IO_list_lock() };
     large::CACHE.lock_for_fork();
     slab::percpu::lock_all_for_fork();
     slab::NODES_GROW.lock_for_fork();
@@ -589,6 +654,7 @@ extern "C" fn fork_prepare() {
     buddy::ZONE.lock_for_fork();
     crate::vma::TREE.lock_for_fork();
     pagetable::TABLE_POOL.lock_for_fork();
+    FORK_LOCKED.store(true, Ordering::Relaxed);
 }
 
 fn fork_release(in_child: bool) {
@@ -608,11 +674,17 @@ fn fork_release(in_child: bool) {
 }
 
 extern "C" fn fork_parent() {
-    fork_release(false)
+    if FORK_LOCKED.swap(false, Ordering::Relaxed) {
+        fork_release(false);
+        // SAFETY: the level fork_prepare took; fork released its own.
+        unsafe { _IO_list_unlock() };
+    }
 }
 
 extern "C" fn fork_child() {
-    fork_release(true)
+    if FORK_LOCKED.swap(false, Ordering::Relaxed) {
+        fork_release(true);
+    }
 }
 
 /// Rounds `size` up to whole pages (`pvalloc`); `None` on overflow.
