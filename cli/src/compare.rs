@@ -4,6 +4,7 @@
 
 use crate::args::CompareOptions;
 use crate::child::{self, Binding, Ended, Finished, Launch};
+use crate::out::{say, sayln, show};
 use crate::run::{binding_warning, cannot_start, library_path, mib, thousands};
 use crate::{chart, program, Failure};
 use std::fmt::Write as _;
@@ -88,7 +89,7 @@ pub fn compare(options: CompareOptions) -> Result<u8, Failure> {
         for k in 0..count {
             let malloc = &mut mallocs[(round + k) % count];
             done += 1;
-            eprint!(
+            say!(
                 "[{done:>w$}/{total}] round {}/{}: {:<10} ",
                 round + 1,
                 options.runs,
@@ -96,7 +97,7 @@ pub fn compare(options: CompareOptions) -> Result<u8, Failure> {
                 w = total.to_string().len()
             );
             let (finished, stdout, stderr) = run_once(&options, &path, malloc, &scratch)?;
-            eprintln!(
+            sayln!(
                 "{:.3} s, {}",
                 finished.wall.as_secs_f64(),
                 finished.ended.describe()
@@ -119,11 +120,11 @@ pub fn compare(options: CompareOptions) -> Result<u8, Failure> {
     let rows: Vec<Row> = mallocs.iter().map(medians).collect();
     let reference = reference.expect("at least one run");
     let (verdict, differs) = output_check(&mallocs, &reference);
-    print!("{}", table(&shown, options.runs, &rows, &verdict));
+    show!("{}", table(&shown, options.runs, &rows, &verdict));
     if let Some(chart_path) = &options.chart {
         std::fs::write(chart_path, chart::svg(&shown, &rows))
             .map_err(|e| Failure::tool(format!("--chart {}: {e}", chart_path.display())))?;
-        eprintln!("chart written to {}", chart_path.display());
+        sayln!("chart written to {}", chart_path.display());
     }
     Ok(u8::from(differs))
 }

@@ -12,13 +12,17 @@
 //!   with `wait4` (wall time, peak RSS, faults), the binding handshake with
 //!   the library, and forwarding signals
 //! - `run` and `compare`: the two subcommands; `chart`: the SVG chart
+//! - `out`: printing that survives a closed stdout or stderr
 
 mod args;
 mod chart;
 mod child;
 mod compare;
+mod out;
 mod program;
 mod run;
+
+use out::{sayln, show, showln};
 
 use std::fmt;
 use std::process::ExitCode;
@@ -60,11 +64,11 @@ fn main() -> ExitCode {
     let argv: Vec<_> = std::env::args_os().skip(1).collect();
     let outcome = args::parse(argv).and_then(|command| match command {
         args::Command::Help => {
-            print!("{MANUAL}");
+            show!("{MANUAL}");
             Ok(0)
         }
         args::Command::Version => {
-            println!("buddyslab {}", env!("CARGO_PKG_VERSION"));
+            showln!("buddyslab {}", env!("CARGO_PKG_VERSION"));
             Ok(0)
         }
         args::Command::Run(options) => run::run(options),
@@ -73,7 +77,7 @@ fn main() -> ExitCode {
     match outcome {
         Ok(status) => ExitCode::from(status),
         Err(failure) => {
-            eprintln!("buddyslab: {}", failure.message);
+            sayln!("buddyslab: {}", failure.message);
             ExitCode::from(failure.status)
         }
     }

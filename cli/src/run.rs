@@ -2,6 +2,7 @@
 
 use crate::args::RunOptions;
 use crate::child::{self, Announcements, Binding, Ended, Finished, Launch};
+use crate::out::{say, sayln};
 use crate::program;
 use crate::{Failure, EXIT_CANNOT_RUN};
 use std::path::{Path, PathBuf};
@@ -41,10 +42,10 @@ pub fn run(options: RunOptions) -> Result<u8, Failure> {
         .clone()
         .expect("announce was asked for");
     if let Some(warning) = binding_warning(&shown, &lib, &announcements) {
-        eprintln!("buddyslab: {warning}");
+        sayln!("buddyslab: {warning}");
     }
     if options.summary {
-        eprint!(
+        say!(
             "{}",
             summary(&shown, &lib, &finished, options.heapmap.as_deref(), started)
         );

@@ -195,9 +195,22 @@ fn run_passes_options_as_variables() {
 /// (bash, since dash leaves with `_exit`, past the exit handlers).
 #[test]
 fn run_stats_come_from_the_program_only() {
-    let outcome = run_tool(&["run", "--stats", "--no-summary", "--", "bash", "-c", "/bin/true; /bin/true; exit 0"]);
+    let outcome = run_tool(&[
+        "run",
+        "--stats",
+        "--no-summary",
+        "--",
+        "bash",
+        "-c",
+        "/bin/true; /bin/true; exit 0",
+    ]);
     assert!(outcome.success(), "{}", outcome.report());
-    assert_eq!(outcome.stderr.matches("== buddyinfo").count(), 1, "{}", outcome.report());
+    assert_eq!(
+        outcome.stderr.matches("== buddyinfo").count(),
+        1,
+        "{}",
+        outcome.report()
+    );
 }
 
 #[test]
@@ -645,5 +658,103 @@ fn help_reads_like_a_manual() {
                 outcome.stdout
             );
         }
+    }
+}
+
+/// Runs the tool with stdout and stderr on a pipe whose reader is already
+/// gone (as `buddyslab ... 2>&1 | true` when `true` has finished), and
+/// returns how it ended.
+fn run_into_closed_pipe(args: &[&str]) -> std::process::ExitStatus {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two fresh descriptors into the array.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both descriptors are fresh and owned by nobody else.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read_end);
+    let mut cmd = tool(args);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(write_end.try_clone().unwrap()))
+        .stderr(Stdio::from(write_end));
+    let mut child = cmd.spawn().expect("start buddyslab");
+    drop(cmd);
+    let deadline = std::time::Instant::now() + HANG_GUARD;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{args:?} did not end");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A closed stdout or stderr does not stop the tool: the summary, the
+/// progress lines and the table are dropped, and the program's exit status
+/// still passes through (it used to abort with 134).
+#[test]
+fn a_closed_pipe_does_not_change_the_exit_status() {
+    find_program("sh", "dash");
+    find_program("true", "coreutils");
+    for (args, expected) in [
+        (&["run", "--", "true"][..], 0),
+        (&["run", "--", "sh", "-c", "exit 3"], 3),
+        (
+            &[
+                "compare",
+                "--runs",
+                "1",
+                "--only",
+                "glibc,buddyslab",
+                "--",
+                "true",
+            ],
+            0,
+        ),
+        (&["--help"], 0),
+        (&["run", "--bogus", "--", "true"], 125),
+    ] {
+        let status = run_into_closed_pipe(args);
+        assert_eq!(status.code(), Some(expected), "{args:?}: {status}");
+    }
+}
+
+/// The pipelines of the report, through a real shell: `| true` and
+/// `| head -3`. With `--stats` the program itself may die of SIGPIPE when
+/// `head` has gone before the library's last line, and then the tool dies
+/// of it too, as the program run alone would; it never aborts.
+#[test]
+fn pipelines_into_true_and_head() {
+    find_program("bash", "bash");
+    find_program("head", "coreutils");
+    let exe = env!("CARGO_BIN_EXE_buddyslab");
+    let mut cmd = Command::new("bash");
+    clean_malloc_env(&mut cmd);
+    cmd.args([
+        "-c",
+        "\"$0\" run -- true 2>&1 | true; exit ${PIPESTATUS[0]}",
+        exe,
+    ]);
+    let outcome = run(cmd, HANG_GUARD);
+    assert_eq!(exit_code(&outcome), Some(0), "{}", outcome.report());
+
+    for _ in 0..5 {
+        let mut cmd = Command::new("bash");
+        clean_malloc_env(&mut cmd);
+        cmd.args([
+            "-c",
+            "\"$0\" run --stats -- true 2>&1 | head -3 >/dev/null; exit ${PIPESTATUS[0]}",
+            exe,
+        ]);
+        let outcome = run(cmd, HANG_GUARD);
+        let code = exit_code(&outcome);
+        assert!(
+            code == Some(0) || code == Some(128 + libc::SIGPIPE),
+            "{}",
+            outcome.report()
+        );
     }
 }
