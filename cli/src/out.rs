@@ -38,9 +38,4 @@ macro_rules! show {
     ($($arg:tt)*) => { $crate::out::stdout(format_args!($($arg)*)) };
 }
 
-/// `println!` that never panics.
-macro_rules! showln {
-    ($($arg:tt)*) => { $crate::out::stdout(format_args!("{}\n", format_args!($($arg)*))) };
-}
-
-pub(crate) use {say, sayln, show, showln};
+pub(crate) use {say, sayln, show};

@@ -758,3 +758,102 @@ fn pipelines_into_true_and_head() {
         );
     }
 }
+
+/// `--heapmap --stats` used to write a map named `--stats` and drop
+/// `--stats`; `--heapmap --` one named `--`. Now both are usage errors,
+/// and nothing runs or is written.
+#[test]
+fn an_option_value_never_swallows_the_next_option() {
+    let dir = fresh_dir("cli", "swallow");
+    for args in [
+        &["run", "--heapmap", "--stats", "--", "true"][..],
+        &["run", "--heapmap", "--", "true"],
+        &["run", "--lib", "--", "true"],
+        &["compare", "--chart", "--runs", "1", "--", "true"],
+    ] {
+        let mut cmd = tool(args);
+        cmd.current_dir(&dir);
+        let outcome = run(cmd, HANG_GUARD);
+        assert_eq!(exit_code(&outcome), Some(125), "{}", outcome.report());
+        assert!(
+            outcome.stderr.contains("a value is required") && outcome.stderr.contains("--help"),
+            "{}",
+            outcome.report()
+        );
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert!(left.is_empty(), "{args:?} wrote {left:?}");
+    }
+}
+
+/// Every `BUDDYSLAB_*` variable the library reads (a byte-string literal
+/// that is exactly the name, in `src/` and `cdylib/src/`) is explained in
+/// `buddyslab --help` and `buddyslab run --help`.
+#[test]
+fn help_lists_every_variable_the_library_reads() {
+    fn scan(dir: &Path, names: &mut std::collections::BTreeSet<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                scan(&path, names);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                for (at, _) in text.match_indices("b\"BUDDYSLAB_") {
+                    let rest = &text[at + 2..];
+                    let end = rest
+                        .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+                        .unwrap_or(rest.len());
+                    if rest[end..].starts_with('"') && end > "BUDDYSLAB_".len() {
+                        names.insert(rest[..end].to_string());
+                    }
+                }
+            }
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    scan(&root.join("src"), &mut names);
+    scan(&root.join("cdylib/src"), &mut names);
+    for known in [
+        "BUDDYSLAB_MMAP_THRESHOLD",
+        "BUDDYSLAB_LARGE_CACHE",
+        "BUDDYSLAB_ANNOUNCE",
+    ] {
+        assert!(names.contains(known), "the scan missed {known}: {names:?}");
+    }
+    for args in [&["--help"][..], &["run", "--help"]] {
+        let outcome = run_tool(args);
+        assert!(outcome.success(), "{}", outcome.report());
+        for name in &names {
+            assert!(
+                outcome.stdout.contains(&format!("    {name}=")),
+                "{args:?} does not explain {name}:\n{}",
+                outcome.stdout
+            );
+        }
+    }
+}
+
+/// `completions SHELL` prints a script that knows the commands and the
+/// options; bash's parses.
+#[test]
+fn completions_for_bash_zsh_and_fish() {
+    for shell in ["bash", "zsh", "fish"] {
+        let outcome = run_tool(&["completions", shell]);
+        assert!(outcome.success(), "{}", outcome.report());
+        for word in ["compare", "heapmap", "only"] {
+            assert!(
+                outcome.stdout.contains(word),
+                "the {shell} script lacks `{word}`:\n{}",
+                outcome.stdout
+            );
+        }
+    }
+    find_program("bash", "bash");
+    let dir = fresh_dir("cli", "completions");
+    let script = dir.join("buddyslab.bash");
+    std::fs::write(&script, run_tool(&["completions", "bash"]).stdout).unwrap();
+    let mut cmd = Command::new("bash");
+    cmd.arg("-n").arg(&script);
+    let outcome = run(cmd, HANG_GUARD);
+    assert!(outcome.success(), "{}", outcome.report());
+}
