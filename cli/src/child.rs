@@ -182,6 +182,9 @@ pub fn start(launch: &Launch, stdin: Stdio, stdout: Stdio, stderr: Stdio) -> io:
         .stdout(stdout)
         .stderr(stderr);
 
+    // The tool's own variable is no concern of the library, which would
+    // report it as unknown.
+    command.env_remove(crate::run::LIB_VARIABLE);
     let inherited = if launch.inherit_preload {
         std::env::var_os("LD_PRELOAD").filter(|p| !p.is_empty())
     } else {

@@ -59,22 +59,45 @@ pub fn run(options: RunOptions) -> Result<u8, Failure> {
     }
 }
 
-/// The library to preload: `--lib`, or `libbuddyslab.so` next to this
-/// executable. Also the hint shown if it does not exist.
+/// The variable that names the library when `--lib` is not given.
+pub const LIB_VARIABLE: &str = "BUDDYSLAB_LIB";
+
+/// The library to preload, the first of: `--lib`, `BUDDYSLAB_LIB`,
+/// `libbuddyslab.so` next to this executable (a cargo build), in `../lib/`
+/// from it (an install under a prefix). Also the hint shown if it does not
+/// exist.
 pub fn library_path(given: Option<&Path>) -> Result<(PathBuf, String), Failure> {
     if let Some(lib) = given {
         return Ok((lib.to_path_buf(), String::new()));
     }
+    if let Some(lib) = std::env::var_os(LIB_VARIABLE).filter(|v| !v.is_empty()) {
+        return Ok((PathBuf::from(lib), format!(" (named by {LIB_VARIABLE})")));
+    }
     let exe = std::env::current_exe().map_err(|e| {
         Failure::tool(format!(
-            "cannot find my own executable: {e}; use --lib PATH"
+            "cannot find my own executable: {e}; use --lib PATH or {LIB_VARIABLE}"
         ))
     })?;
     let dir = exe.parent().unwrap_or(Path::new("/"));
+    let beside = dir.join("libbuddyslab.so");
+    let installed = dir
+        .parent()
+        .map(|prefix| prefix.join("lib/libbuddyslab.so"));
+    if let Some(found) = std::iter::once(&beside)
+        .chain(installed.as_ref())
+        .find(|candidate| candidate.is_file())
+    {
+        return Ok((found.clone(), String::new()));
+    }
+    let also = installed
+        .as_ref()
+        .map(|p| format!(" nor at {}", p.display()))
+        .unwrap_or_default();
     Ok((
-        dir.join("libbuddyslab.so"),
+        beside,
         format!(
-            " (looked next to {}): build it with `cargo build --release`, or name it with --lib PATH",
+            "{also} (the places next to {}): build it with `cargo build --release`, install \
+             both with scripts/install.sh, or name it with --lib PATH or {LIB_VARIABLE}",
             exe.display()
         ),
     ))

@@ -857,3 +857,152 @@ fn completions_for_bash_zsh_and_fish() {
     let outcome = run(cmd, HANG_GUARD);
     assert!(outcome.success(), "{}", outcome.report());
 }
+
+/// A copy of the tool at `dir/bin/buddyslab`, as an install puts it.
+fn tool_copy(dir: &Path) -> PathBuf {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let exe = bin.join("buddyslab");
+    std::fs::copy(env!("CARGO_BIN_EXE_buddyslab"), &exe).unwrap();
+    exe
+}
+
+/// `exe run [extra] -- printenv LD_PRELOAD`, with `BUDDYSLAB_LIB` set
+/// only when given: the program prints the library the tool preloaded.
+fn preloaded_by(exe: &Path, lib_variable: Option<&Path>, extra: &[&str]) -> Outcome {
+    let mut cmd = Command::new(exe);
+    clean_malloc_env(&mut cmd);
+    if let Some(lib) = lib_variable {
+        cmd.env("BUDDYSLAB_LIB", lib);
+    }
+    cmd.arg("run")
+        .args(extra)
+        .args(["--no-summary", "--", "printenv", "LD_PRELOAD"]);
+    run(cmd, HANG_GUARD)
+}
+
+fn same_file(a: &str, b: &Path) -> bool {
+    std::fs::canonicalize(a.trim()).ok() == std::fs::canonicalize(b).ok()
+}
+
+/// The tool preloads the first of: --lib, BUDDYSLAB_LIB, libbuddyslab.so
+/// next to its executable, in ../lib/ from it; and it says where it looked
+/// when there is none. BUDDYSLAB_LIB is not passed on to the program (the
+/// library would call it unknown).
+#[test]
+fn the_library_is_looked_for_in_order() {
+    find_program("printenv", "coreutils");
+    let dir = fresh_dir("cli", "lookup");
+    let exe = tool_copy(&dir);
+    let (installed, beside, named, given) = (
+        dir.join("lib/libbuddyslab.so"),
+        dir.join("bin/libbuddyslab.so"),
+        dir.join("named/libbuddyslab.so"),
+        dir.join("given/libbuddyslab.so"),
+    );
+    for lib in [&installed, &beside, &named, &given] {
+        std::fs::create_dir_all(lib.parent().unwrap()).unwrap();
+    }
+
+    // None anywhere.
+    let outcome = preloaded_by(&exe, None, &[]);
+    assert_eq!(exit_code(&outcome), Some(125), "{}", outcome.report());
+    assert!(
+        outcome.stderr.contains(path_str(&beside))
+            && outcome.stderr.contains("lib/libbuddyslab.so")
+            && outcome.stderr.contains("scripts/install.sh")
+            && outcome.stderr.contains("BUDDYSLAB_LIB"),
+        "{}",
+        outcome.report()
+    );
+
+    let expect = |outcome: Outcome, lib: &Path| {
+        assert!(outcome.success(), "{}", outcome.report());
+        assert!(
+            same_file(&outcome.stdout, lib),
+            "preloaded {} instead of {}",
+            outcome.stdout.trim(),
+            lib.display()
+        );
+    };
+    std::fs::copy(library(), &installed).unwrap();
+    expect(preloaded_by(&exe, None, &[]), &installed);
+    std::fs::copy(library(), &beside).unwrap();
+    expect(preloaded_by(&exe, None, &[]), &beside);
+    std::fs::copy(library(), &named).unwrap();
+    expect(preloaded_by(&exe, Some(&named), &[]), &named);
+    std::fs::copy(library(), &given).unwrap();
+    expect(
+        preloaded_by(&exe, Some(&named), &["--lib", path_str(&given)]),
+        &given,
+    );
+
+    // A BUDDYSLAB_LIB that names nothing is an error, not a fall-through.
+    let outcome = preloaded_by(&exe, Some(&dir.join("nothing.so")), &[]);
+    assert_eq!(exit_code(&outcome), Some(125), "{}", outcome.report());
+    assert!(
+        outcome.stderr.contains("named by BUDDYSLAB_LIB"),
+        "{}",
+        outcome.report()
+    );
+
+    let mut cmd = Command::new(&exe);
+    clean_malloc_env(&mut cmd);
+    cmd.env("BUDDYSLAB_LIB", &named).args([
+        "run",
+        "--no-summary",
+        "--",
+        "printenv",
+        "BUDDYSLAB_LIB",
+    ]);
+    let outcome = run(cmd, HANG_GUARD);
+    assert_eq!(exit_code(&outcome), Some(1), "{}", outcome.report());
+    assert!(
+        outcome.stdout.is_empty() && outcome.stderr.is_empty(),
+        "{}",
+        outcome.report()
+    );
+}
+
+/// `scripts/install.sh --no-build` with a PREFIX gives a tool that finds
+/// its library, and the completion scripts.
+#[test]
+fn the_install_script_gives_a_working_tool() {
+    find_program("sh", "dash");
+    find_program("install", "coreutils");
+    let prefix = fresh_dir("cli", "install");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let target = library().parent().unwrap().parent().unwrap().to_path_buf();
+    let mut cmd = Command::new("sh");
+    clean_malloc_env(&mut cmd);
+    cmd.arg(root.join("scripts/install.sh"))
+        .arg("--no-build")
+        .env("PREFIX", &prefix)
+        .env("CARGO_TARGET_DIR", &target)
+        .env_remove("DESTDIR");
+    let outcome = run(cmd, HANG_GUARD);
+    assert!(outcome.success(), "{}", outcome.report());
+    for file in [
+        "bin/buddyslab",
+        "lib/libbuddyslab.so",
+        "share/bash-completion/completions/buddyslab",
+        "share/zsh/site-functions/_buddyslab",
+        "share/fish/vendor_completions.d/buddyslab.fish",
+    ] {
+        assert!(prefix.join(file).is_file(), "{file} was not installed");
+    }
+
+    let mut cmd = Command::new(prefix.join("bin/buddyslab"));
+    clean_malloc_env(&mut cmd);
+    cmd.args(["run", "--", "true"]);
+    let outcome = run(cmd, HANG_GUARD);
+    assert!(outcome.success(), "{}", outcome.report());
+    assert_bound(&outcome);
+    assert!(
+        outcome
+            .stderr
+            .contains(path_str(&prefix.join("lib/libbuddyslab.so"))),
+        "{}",
+        outcome.report()
+    );
+}
