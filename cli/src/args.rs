@@ -151,8 +151,9 @@ struct RunArgs {
     )]
     stats: Option<String>,
     /// Have the library draw a map of the heap into FILE.svg at exit; the
-    /// summary says whether it did. Sets BUDDYSLAB_HEAPMAP (to the absolute
-    /// path).
+    /// summary says whether it did (a file already there is removed before
+    /// the run, so a map there afterwards is this run's). Sets
+    /// BUDDYSLAB_HEAPMAP (to the absolute path).
     #[arg(long, value_name = "FILE.svg", value_hint = ValueHint::FilePath)]
     heapmap: Option<PathBuf>,
     /// Do not print the summary at the end (the binding warning still

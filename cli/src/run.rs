@@ -5,9 +5,9 @@ use crate::child::{self, Announcements, Binding, Ended, Finished, Launch};
 use crate::out::{say, sayln};
 use crate::program;
 use crate::{Failure, EXIT_CANNOT_RUN};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::SystemTime;
 
 /// Runs the program and returns the exit status to leave with (a program
 /// killed by a signal kills us with it before this returns).
@@ -17,8 +17,12 @@ pub fn run(options: RunOptions) -> Result<u8, Failure> {
     let (lib, hint) = library_path(options.lib.as_deref())?;
     program::check_library(&lib, image.as_ref(), &hint)?;
 
+    let map_before = match &options.heapmap {
+        Some(map) => Some(clear_heapmap(map)?),
+        None => None,
+    };
+
     child::forward_signals();
-    let started = SystemTime::now();
     let launch = Launch {
         path: &path,
         argv0: &options.program.name,
@@ -47,7 +51,12 @@ pub fn run(options: RunOptions) -> Result<u8, Failure> {
     if options.summary {
         say!(
             "{}",
-            summary(&shown, &lib, &finished, options.heapmap.as_deref(), started)
+            summary(
+                &shown,
+                &lib,
+                &finished,
+                options.heapmap.as_deref().zip(map_before)
+            )
         );
     }
     match finished.ended {
@@ -146,8 +155,7 @@ fn summary(
     program: &str,
     lib: &Path,
     finished: &Finished,
-    heapmap: Option<&Path>,
-    started: SystemTime,
+    heapmap: Option<(&Path, MapBefore)>,
 ) -> String {
     let said = finished
         .announcements
@@ -182,11 +190,8 @@ fn summary(
         thousands(finished.minor_faults),
         thousands(finished.major_faults)
     ));
-    if let Some(map) = heapmap {
-        let fresh = std::fs::metadata(map)
-            .and_then(|m| m.modified())
-            .is_ok_and(|modified| modified >= started);
-        lines.push(if fresh {
+    if let Some((map, before)) = heapmap {
+        lines.push(if heapmap_written(map, &before) {
             format!("  heap map      {}", map.display())
         } else {
             format!(
@@ -198,6 +203,69 @@ fn summary(
     let mut text = lines.join("\n");
     text.push('\n');
     text
+}
+
+/// What `--heapmap` named before the run, so that afterwards a map there
+/// can be known to be this run's. A clock read before the run cannot tell:
+/// file times come from a coarse clock (a jiffy, or worse on some file
+/// systems), so a map written during the run may carry an earlier time.
+pub enum MapBefore {
+    /// Nothing is there now: a plain file that was there has been removed
+    /// (the library would truncate and rewrite it anyway), so whatever is
+    /// there after the run, this run wrote.
+    Absent,
+    /// Not a plain file (a symbolic link, a device): left alone, and its
+    /// identity, size and times (to the nanosecond) compared after the run.
+    Kept(Option<Stamp>),
+}
+
+/// A file's device, inode, size, and modification and change times.
+#[derive(PartialEq, Eq)]
+pub struct Stamp([i64; 7]);
+
+impl Stamp {
+    fn of(metadata: &std::fs::Metadata) -> Stamp {
+        Stamp([
+            metadata.dev() as i64,
+            metadata.ino() as i64,
+            metadata.size() as i64,
+            metadata.mtime(),
+            metadata.mtime_nsec(),
+            metadata.ctime(),
+            metadata.ctime_nsec(),
+        ])
+    }
+}
+
+/// Prepares `map` for the run (see [`MapBefore`]).
+fn clear_heapmap(map: &Path) -> Result<MapBefore, Failure> {
+    match std::fs::symlink_metadata(map) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(MapBefore::Absent),
+        Err(e) => Err(Failure::tool(format!("--heapmap {}: {e}", map.display()))),
+        Ok(m) if m.is_dir() => Err(Failure::usage(format!(
+            "--heapmap {} is a directory; name a file, e.g. heap.svg",
+            map.display()
+        ))),
+        Ok(m) if m.is_file() => match std::fs::remove_file(map) {
+            Ok(()) => Ok(MapBefore::Absent),
+            Err(e) => Err(Failure::tool(format!(
+                "--heapmap {}: cannot replace the map there: {e}",
+                map.display()
+            ))),
+        },
+        Ok(_) => Ok(MapBefore::Kept(
+            std::fs::metadata(map).ok().map(|m| Stamp::of(&m)),
+        )),
+    }
+}
+
+/// Whether the library wrote `map` during the run.
+fn heapmap_written(map: &Path, before: &MapBefore) -> bool {
+    let now = std::fs::metadata(map);
+    match before {
+        MapBefore::Absent => now.is_ok(),
+        MapBefore::Kept(stamp) => now.is_ok_and(|m| stamp.as_ref() != Some(&Stamp::of(&m))),
+    }
 }
 
 /// KiB as "12.3 MiB".

@@ -1006,3 +1006,48 @@ fn the_install_script_gives_a_working_tool() {
         outcome.report()
     );
 }
+
+/// The summary's heap-map line tells this run's map from an older one:
+/// the same run ten times over says each time that the map was written
+/// (comparing the file's time with a clock read before the run said "was
+/// not written" 8 times in 10), and a map left from before by a program
+/// that leaves past the exit handlers is not taken for this run's.
+#[test]
+fn the_heap_map_check_tells_this_run_s_map() {
+    find_program("true", "coreutils");
+    let dir = fresh_dir("cli", "heapmap-check");
+    let map = dir.join("y.svg");
+    for k in 0..10 {
+        let mut cmd = tool(&["run", "--heapmap", "y.svg", "--", "true"]);
+        cmd.current_dir(&dir);
+        let outcome = run(cmd, HANG_GUARD);
+        assert!(outcome.success(), "{}", outcome.report());
+        assert!(
+            outcome
+                .stderr
+                .contains(&format!("heap map      {}\n", path_str(&map))),
+            "run {k}:\n{}",
+            outcome.report()
+        );
+        let svg = std::fs::read_to_string(&map).expect("no map");
+        assert!(svg.starts_with("<svg"), "run {k}: {svg:.80}");
+    }
+
+    let python = find_program("python3", "python3");
+    std::fs::write(&map, "an old map\n").unwrap();
+    let mut cmd = tool(&["run", "--heapmap", "y.svg", "--"]);
+    cmd.arg(&python)
+        .args(["-c", "import os; os._exit(0)"])
+        .current_dir(&dir);
+    let outcome = run(cmd, HANG_GUARD);
+    assert!(outcome.success(), "{}", outcome.report());
+    assert!(
+        outcome.stderr.contains("was not written by the library"),
+        "{}",
+        outcome.report()
+    );
+    assert!(!map.exists(), "the old map is still there");
+
+    let outcome = run_tool(&["run", "--heapmap", path_str(&dir), "--", "true"]);
+    assert_eq!(exit_code(&outcome), Some(125), "{}", outcome.report());
+}
