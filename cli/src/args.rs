@@ -14,6 +14,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueHint};
 use clap_complete::Shell;
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// What the command line asks for.
 #[derive(Debug)]
@@ -57,6 +58,12 @@ pub struct CompareOptions {
     pub only: Option<Vec<String>>,
     pub input: Option<PathBuf>,
     pub chart: Option<PathBuf>,
+    /// `--json`: a JSON document on stdout instead of the table.
+    pub json: bool,
+    /// `--timeout`: a run still going after this long is killed.
+    pub timeout: Option<Duration>,
+    /// `--allow-output-diff`: stdout is not compared between mallocs.
+    pub allow_output_diff: bool,
     pub program: Program,
 }
 
@@ -168,8 +175,8 @@ struct RunArgs {
 struct CompareArgs {
     #[command(flatten)]
     library: LibraryArgs,
-    /// Runs per malloc (default 5, at most 1000); the medians are over
-    /// these.
+    /// Runs per malloc (default 5, at most 1000); the medians and spreads
+    /// are over these.
     #[arg(long, value_name = "N", default_value = "5", value_parser = runs)]
     runs: usize,
     /// Also compare the malloc in the shared library PATH, called NAME. May
@@ -188,6 +195,21 @@ struct CompareArgs {
     /// malloc).
     #[arg(long, value_name = "FILE.svg", value_hint = ValueHint::FilePath)]
     chart: Option<PathBuf>,
+    /// Print the results as one JSON document on stdout instead of the
+    /// table: every run's figures, each malloc's min, median, max and
+    /// median absolute deviation, the ratios and the output check.
+    #[arg(long)]
+    json: bool,
+    /// Kill a run still going after SECONDS (a decimal number) with SIGKILL
+    /// (the program, not the processes it started); that malloc gets no
+    /// more runs, and the comparison exits with 1.
+    #[arg(long, value_name = "SECONDS", value_parser = timeout)]
+    timeout: Option<Duration>,
+    /// The program's output may differ between mallocs (it prints
+    /// addresses, timings, ...): standard output is not compared, only the
+    /// exit status.
+    #[arg(long)]
+    allow_output_diff: bool,
     #[command(flatten)]
     program: ProgramArgs,
 }
@@ -293,6 +315,9 @@ impl CompareArgs {
             only,
             input: self.input,
             chart: self.chart,
+            json: self.json,
+            timeout: self.timeout,
+            allow_output_diff: self.allow_output_diff,
             program: self.program.into_program(),
         }
     }
@@ -335,6 +360,14 @@ fn with(value: &str) -> Result<(String, PathBuf), String> {
         return Err("glibc is the malloc without a preload; pick another NAME".into());
     }
     Ok((name.to_string(), PathBuf::from(path)))
+}
+
+/// `--timeout`: seconds, a positive decimal number.
+fn timeout(value: &str) -> Result<Duration, String> {
+    match value.parse::<f64>() {
+        Ok(s) if s > 0.0 && s.is_finite() && s <= 1e9 => Ok(Duration::from_secs_f64(s)),
+        _ => Err("a positive number of seconds is wanted (e.g. 30, 2.5)".into()),
+    }
 }
 
 /// Digits with an optional `k`, `m` or `g` suffix (powers of 1024), as the
@@ -471,6 +504,8 @@ mod tests {
             &["compare", "--with", "nopath", "ls"],
             &["compare", "--with", "glibc=/x.so", "ls"],
             &["compare", "--stats", "ls"],
+            &["compare", "--timeout", "0", "ls"],
+            &["compare", "--timeout", "soon", "ls"],
             &["completions", "tcsh"],
             &["frobnicate"],
             &[],
@@ -517,6 +552,10 @@ mod tests {
             "glibc, mine",
             "--chart",
             "c.svg",
+            "--json",
+            "--timeout",
+            "2.5",
+            "--allow-output-diff",
             "--",
             "true",
         ])) else {
@@ -532,11 +571,14 @@ mod tests {
         );
         assert_eq!(o.only, Some(vec!["glibc".to_string(), "mine".to_string()]));
         assert_eq!(o.chart, Some(PathBuf::from("c.svg")));
+        assert!(o.json && o.allow_output_diff);
+        assert_eq!(o.timeout, Some(Duration::from_millis(2500)));
 
         let Ok(Command::Compare(o)) = parse(args(&["compare", "true"])) else {
             panic!("not a compare")
         };
         assert_eq!(o.runs, 5);
+        assert!(!o.json && !o.allow_output_diff && o.timeout.is_none());
     }
 
     #[test]

@@ -108,8 +108,8 @@ DESCRIPTION
     buddyslab compare runs PROGRAM several times under glibc's own malloc,
     buddyslab, and each of jemalloc, mimalloc and tcmalloc installed, and
     prints the median time, peak RSS and minor faults of each with their
-    ratios to glibc; it also checks that the output does not depend on the
-    malloc.
+    spread and their ratios to glibc; it also checks that the output does
+    not depend on the malloc.
 
     `buddyslab help COMMAND` or `buddyslab COMMAND --help` is the manual of
     one command, with its options.
@@ -132,7 +132,8 @@ EXIT STATUS
     run: the program's exit status; if the program was killed by a signal,
     buddyslab kills itself with the same signal (a shell then shows 128 +
     the signal number). compare: 0 when every run exited as it did on
-    glibc and printed the same output; 1 when one did not.
+    glibc and printed the same output; 1 when one did not, or passed
+    --timeout.
 ",
     exit_common!(),
     "
@@ -219,16 +220,19 @@ DESCRIPTION
     interleaved: round 1 runs the program once under every malloc, then
     round 2, and so on, the order rotating each round, so that noise on the
     machine falls on all of them alike. It prints a table of the median
-    wall time, peak RSS and minor faults, each with its ratio to glibc (or
-    to the first malloc when glibc is left out). The program's standard
-    output and exit status must be the same under every malloc, since a
-    malloc that changes what a program prints is broken; a difference is
-    reported with the first line that differs. If the output already
-    varies between runs on glibc alone, it is not compared. A library the loader refuses, or a buddyslab that is not
+    wall time (with the fastest and slowest run), peak RSS and minor
+    faults, each with its ratio to glibc (or to the first malloc when glibc
+    is left out), and warns when the program runs too briefly (under 50 ms)
+    for its time to mean much. The program's standard output and exit
+    status must be the same under every malloc, since a malloc that changes
+    what a program prints is broken; a difference is reported with the
+    first line that differs (--allow-output-diff compares the exit status
+    only). If the output already varies between runs on glibc alone, it is
+    not compared. A library the loader refuses, or a buddyslab that is not
     bound in the program, stops the comparison, since it would measure
     glibc under another name. Every malloc runs in the same environment
     but for its preload: BUDDYSLAB_* variables are not passed on (use the
-    options). Progress goes to stderr, the table to stdout.
+    options). Progress goes to stderr, the table (or --json) to stdout.
     Standard input is empty unless --input is given.
 
 OPTIONS
@@ -241,7 +245,8 @@ OPTIONS
     "\
 EXIT STATUS
     0 when every run exited as it did on glibc and printed the same output;
-    1 when a run's output or exit status differed.
+    1 when a run's output or exit status differed, or a run passed
+    --timeout.
 ",
     exit_common!(),
     "
@@ -251,6 +256,9 @@ EXAMPLES
 
     buddyslab compare --only glibc,buddyslab --with mine=./libmine.so -- ./a.out
         Compare glibc, buddyslab and your own malloc on a program.
+
+    buddyslab compare --json --timeout 60 --allow-output-diff -- ./bench
+        A benchmark that prints its own timings, for a script to read.
 "
 );
 

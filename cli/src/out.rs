@@ -38,4 +38,9 @@ macro_rules! show {
     ($($arg:tt)*) => { $crate::out::stdout(format_args!($($arg)*)) };
 }
 
-pub(crate) use {say, sayln, show};
+/// `println!` that never panics.
+macro_rules! showln {
+    ($($arg:tt)*) => { $crate::out::stdout(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+pub(crate) use {say, sayln, show, showln};

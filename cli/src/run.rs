@@ -31,6 +31,7 @@ pub fn run(options: RunOptions) -> Result<u8, Failure> {
         inherit_preload: true,
         env: &options.env,
         announce: true,
+        timeout: None,
     };
     let finished = child::start(
         &launch,

@@ -840,7 +840,7 @@ fn completions_for_bash_zsh_and_fish() {
     for shell in ["bash", "zsh", "fish"] {
         let outcome = run_tool(&["completions", shell]);
         assert!(outcome.success(), "{}", outcome.report());
-        for word in ["compare", "heapmap", "only"] {
+        for word in ["compare", "heapmap", "allow-output-diff"] {
             assert!(
                 outcome.stdout.contains(word),
                 "the {shell} script lacks `{word}`:\n{}",
@@ -1050,4 +1050,170 @@ fn the_heap_map_check_tells_this_run_s_map() {
 
     let outcome = run_tool(&["run", "--heapmap", path_str(&dir), "--", "true"]);
     assert_eq!(exit_code(&outcome), Some(125), "{}", outcome.report());
+}
+
+/// `compare --json`: one document with every run and each malloc's min,
+/// median, max and MAD; the short-program warning is there exactly when
+/// glibc's median is under 50 ms. The scratch folder goes in TMPDIR and is
+/// gone afterwards.
+#[test]
+fn compare_json_has_every_run_and_the_spread() {
+    find_program("true", "coreutils");
+    let tmp = fresh_dir("cli", "compare-json-tmp");
+    let mut cmd = tool(&[
+        "compare",
+        "--runs",
+        "3",
+        "--only",
+        "glibc,buddyslab",
+        "--json",
+        "--",
+        "true",
+    ]);
+    cmd.env("TMPDIR", &tmp);
+    let outcome = run(cmd, HANG_GUARD);
+    assert!(outcome.success(), "{}", outcome.report());
+    let doc: serde_json::Value = serde_json::from_str(&outcome.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", outcome.report()));
+    assert_eq!(doc["reference"], "glibc");
+    assert_eq!(doc["differs"], false);
+    let mallocs = doc["mallocs"].as_array().expect("mallocs");
+    assert_eq!(mallocs.len(), 2);
+    for (malloc, name) in mallocs.iter().zip(["glibc", "buddyslab"]) {
+        assert_eq!(malloc["name"], name);
+        assert_eq!(malloc["runs"].as_array().map(Vec::len), Some(3), "{malloc}");
+        for figure in ["wall_s", "peak_rss_kib", "minor_faults"] {
+            let s = &malloc[figure];
+            let [min, median, max, mad] =
+                ["min", "median", "max", "mad"].map(|k| s[k].as_f64().expect("a number"));
+            assert!(
+                min <= median && median <= max && mad >= 0.0,
+                "{figure}: {s}"
+            );
+            assert!(malloc["ratio"][figure].is_number(), "{malloc}");
+        }
+    }
+    assert_eq!(mallocs[0]["ratio"]["wall_s"], 1.0);
+    let short = mallocs[0]["wall_s"]["median"].as_f64().unwrap() < 0.05;
+    let warned = doc["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|w| w.as_str().unwrap_or("").contains("under 50 ms"));
+    assert_eq!(short, warned, "{}", outcome.stdout);
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+    assert!(left.is_empty(), "the scratch folder is left: {left:?}");
+
+    // The table shows the spread beside each median.
+    let outcome = run_tool(&[
+        "compare",
+        "--runs",
+        "2",
+        "--only",
+        "glibc,buddyslab",
+        "--",
+        "true",
+    ]);
+    assert!(outcome.success(), "{}", outcome.report());
+    let rows: Vec<&str> = outcome
+        .stdout
+        .lines()
+        .filter(|l| l.contains(" s "))
+        .collect();
+    assert_eq!(rows.len(), 2, "{}", outcome.stdout);
+    for row in rows {
+        assert!(
+            row.contains("..") && row.contains('('),
+            "no spread in `{row}`"
+        );
+    }
+}
+
+/// `--timeout`: a run past it is killed, its malloc gets no more runs, and
+/// the comparison says so and exits with 1; a generous one changes nothing.
+#[test]
+fn compare_timeout_kills_a_run_that_hangs() {
+    find_program("sleep", "coreutils");
+    let outcome = run_tool(&[
+        "compare",
+        "--runs",
+        "2",
+        "--only",
+        "glibc,buddyslab",
+        "--timeout",
+        "0.5",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    assert_eq!(exit_code(&outcome), Some(1), "{}", outcome.report());
+    for line in [
+        "TIMED OUT under glibc (its run 1)",
+        "TIMED OUT under buddyslab (its run 1)",
+    ] {
+        assert!(outcome.stdout.contains(line), "{}", outcome.report());
+    }
+    assert_eq!(
+        outcome.stderr.matches("--timeout").count(),
+        2,
+        "a malloc ran again after timing out:\n{}",
+        outcome.report()
+    );
+
+    let outcome = run_tool(&[
+        "compare",
+        "--runs",
+        "1",
+        "--only",
+        "glibc,buddyslab",
+        "--timeout",
+        "300",
+        "--",
+        "true",
+    ]);
+    assert!(outcome.success(), "{}", outcome.report());
+    assert!(
+        !outcome.stdout.contains("TIMED OUT"),
+        "{}",
+        outcome.report()
+    );
+}
+
+/// `--allow-output-diff`: a program that prints something else under each
+/// malloc (here its LD_PRELOAD) fails the comparison without it and passes
+/// with it, the exit status still compared.
+#[test]
+fn compare_allow_output_diff() {
+    find_program("sh", "dash");
+    let base = ["compare", "--runs", "1", "--only", "glibc,buddyslab"];
+    let program = ["--", "sh", "-c", "echo \"$LD_PRELOAD\""];
+    let outcome = run_tool(&[&base[..], &program[..]].concat());
+    assert_eq!(exit_code(&outcome), Some(1), "{}", outcome.report());
+    assert!(
+        outcome.stdout.contains("OUTPUT DIFFERS under buddyslab"),
+        "{}",
+        outcome.report()
+    );
+
+    let outcome = run_tool(&[&base[..], &["--allow-output-diff"], &program[..]].concat());
+    assert!(outcome.success(), "{}", outcome.report());
+    assert!(
+        outcome
+            .stdout
+            .contains("exit status: the same under every malloc")
+            && outcome.stdout.contains("output not compared"),
+        "{}",
+        outcome.report()
+    );
+
+    let program = ["--", "sh", "-c", "test -z \"$LD_PRELOAD\""];
+    let outcome = run_tool(&[&base[..], &["--allow-output-diff"], &program[..]].concat());
+    assert_eq!(exit_code(&outcome), Some(1), "{}", outcome.report());
+    assert!(
+        outcome
+            .stdout
+            .contains("EXIT STATUS DIFFERS under buddyslab"),
+        "{}",
+        outcome.report()
+    );
 }
