@@ -1,22 +1,30 @@
-//! The command line, parsed by hand: the tool has a dozen options, all
-//! long, so a parser crate would add more than it saves.
+//! The command line, parsed by clap from the definitions below.
 //!
 //! Options come before the program: `--name VALUE` or `--name=VALUE`, then
 //! an optional `--`, then PROGRAM and its arguments, which are passed on
 //! untouched (an argument of the program that starts with `-` needs the
-//! `--` only if it comes first).
+//! `--` only if it comes first). An option that takes a value never takes
+//! the next option or `--` as its value. Each value is checked here, so a
+//! typo is a usage error rather than a line from the library in the
+//! program's stderr. Given twice, an option's last value counts.
 
-use crate::Failure;
+use crate::{help, Failure, EXIT_TOOL};
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueHint};
+use clap_complete::Shell;
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// What the command line asks for.
 #[derive(Debug)]
 pub enum Command {
-    Help,
-    Version,
+    /// `--help`, `--version`, `help`: clap's text, printed as it is.
+    Print(clap::Error),
     Run(RunOptions),
     Compare(CompareOptions),
+    /// `completions SHELL`: the script for that shell.
+    Completions(Shell),
 }
 
 /// The program to start: its name as typed and its arguments.
@@ -30,7 +38,7 @@ pub struct Program {
 #[derive(Debug)]
 pub struct RunOptions {
     pub lib: Option<PathBuf>,
-    /// `BUDDYSLAB_*` variables for the library, in option order.
+    /// `BUDDYSLAB_*` variables for the library, in the order of the manual.
     pub env: Vec<(&'static str, String)>,
     /// `--heapmap`: checked for after the run.
     pub heapmap: Option<PathBuf>,
@@ -50,141 +58,315 @@ pub struct CompareOptions {
     pub only: Option<Vec<String>>,
     pub input: Option<PathBuf>,
     pub chart: Option<PathBuf>,
+    /// `--json`: a JSON document on stdout instead of the table.
+    pub json: bool,
+    /// `--timeout`: a run still going after this long is killed.
+    pub timeout: Option<Duration>,
+    /// `--allow-output-diff`: stdout is not compared between mallocs.
+    pub allow_output_diff: bool,
     pub program: Program,
+}
+
+/// `buddyslab`: the commands.
+#[derive(Parser, Debug)]
+#[command(
+    name = "buddyslab",
+    version,
+    about = "Run a program on the buddyslab malloc, or compare mallocs",
+    subcommand_required = true,
+    arg_required_else_help = false,
+    args_override_self = true,
+    max_term_width = 80,
+    help_template = help::MAIN
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Sub,
+}
+
+#[derive(Subcommand, Debug)]
+enum Sub {
+    /// Run a program with libbuddyslab.so as its malloc, then summarise the run.
+    #[command(
+        help_template = help::RUN,
+        next_line_help = true,
+        override_usage = "buddyslab run [OPTIONS] [--] PROGRAM [ARGS...]"
+    )]
+    Run(RunArgs),
+    /// Run a program under glibc, buddyslab and the other mallocs on the machine, and compare.
+    #[command(
+        help_template = help::COMPARE,
+        next_line_help = true,
+        override_usage = "buddyslab compare [OPTIONS] [--] PROGRAM [ARGS...]"
+    )]
+    Compare(CompareArgs),
+    /// Print the completion script for a shell (bash, zsh, fish, elvish, powershell).
+    #[command(help_template = help::COMPLETIONS)]
+    Completions {
+        /// The shell to complete for.
+        shell: Shell,
+    },
+}
+
+/// The options both commands take: which library, and its settings.
+#[derive(Args, Debug)]
+struct LibraryArgs {
+    /// The buddyslab library to preload. Default: BUDDYSLAB_LIB, else
+    /// libbuddyslab.so next to the buddyslab executable, else in ../lib/
+    /// from it (see THE LIBRARY in `buddyslab --help`).
+    #[arg(long, value_name = "PATH", value_hint = ValueHint::FilePath)]
+    lib: Option<PathBuf>,
+    /// Requests of at least SIZE bytes get their own mmap (suffixes k, m;
+    /// at most 32m). Sets BUDDYSLAB_MMAP_THRESHOLD.
+    #[arg(long, value_name = "SIZE", value_parser = mmap_threshold)]
+    mmap_threshold: Option<String>,
+    /// How long freed memory stays before it goes back to the kernel, in
+    /// milliseconds. Sets BUDDYSLAB_DECAY_MS.
+    #[arg(long, value_name = "MS", value_parser = decay_ms)]
+    decay_ms: Option<String>,
+}
+
+/// PROGRAM and its arguments: everything from the first word that is not
+/// an option (or from after `--`) belongs to the program.
+#[derive(Args, Debug)]
+struct ProgramArgs {
+    /// The program to run and its arguments, passed on untouched.
+    #[arg(
+        value_name = "PROGRAM",
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true,
+        value_hint = ValueHint::CommandWithArguments
+    )]
+    program: Vec<OsString>,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    library: LibraryArgs,
+    /// Have the library print its statistics (the heap views) on the
+    /// program's stderr at exit, as text (--stats) or JSON (--stats=json).
+    /// Sets BUDDYSLAB_STATS.
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "text",
+        value_parser = ["text", "json"]
+    )]
+    stats: Option<String>,
+    /// Have the library draw a map of the heap into FILE.svg at exit; the
+    /// summary says whether it did (a file already there is removed before
+    /// the run, so a map there afterwards is this run's). Sets
+    /// BUDDYSLAB_HEAPMAP (to the absolute path).
+    #[arg(long, value_name = "FILE.svg", value_hint = ValueHint::FilePath)]
+    heapmap: Option<PathBuf>,
+    /// Do not print the summary at the end (the binding warning still
+    /// appears).
+    #[arg(long)]
+    no_summary: bool,
+    #[command(flatten)]
+    program: ProgramArgs,
+}
+
+#[derive(Args, Debug)]
+struct CompareArgs {
+    #[command(flatten)]
+    library: LibraryArgs,
+    /// Runs per malloc (default 5, at most 1000); the medians and spreads
+    /// are over these.
+    #[arg(long, value_name = "N", default_value = "5", value_parser = runs)]
+    runs: usize,
+    /// Also compare the malloc in the shared library PATH, called NAME. May
+    /// be repeated. A NAME already known (jemalloc, ...) replaces the
+    /// library found on the machine.
+    #[arg(long, value_name = "NAME=PATH", value_parser = with, action = clap::ArgAction::Append)]
+    with: Vec<(String, PathBuf)>,
+    /// Compare only these mallocs, in this order (names from the table:
+    /// glibc, buddyslab, jemalloc, mimalloc, tcmalloc, or a --with NAME).
+    #[arg(long, value_name = "NAME,NAME...")]
+    only: Option<String>,
+    /// Standard input of every run comes from FILE (default: empty).
+    #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
+    input: Option<PathBuf>,
+    /// Also write the table as an SVG bar chart (ratios to the first
+    /// malloc).
+    #[arg(long, value_name = "FILE.svg", value_hint = ValueHint::FilePath)]
+    chart: Option<PathBuf>,
+    /// Print the results as one JSON document on stdout instead of the
+    /// table: every run's figures, each malloc's min, median, max and
+    /// median absolute deviation, the ratios and the output check.
+    #[arg(long)]
+    json: bool,
+    /// Kill a run still going after SECONDS (a decimal number) with SIGKILL
+    /// (the program, not the processes it started); that malloc gets no
+    /// more runs, and the comparison exits with 1.
+    #[arg(long, value_name = "SECONDS", value_parser = timeout)]
+    timeout: Option<Duration>,
+    /// The program's output may differ between mallocs (it prints
+    /// addresses, timings, ...): standard output is not compared, only the
+    /// exit status.
+    #[arg(long)]
+    allow_output_diff: bool,
+    #[command(flatten)]
+    program: ProgramArgs,
 }
 
 /// Parses the arguments after the executable's name.
 pub fn parse(argv: Vec<OsString>) -> Result<Command, Failure> {
-    let mut argv = argv.into_iter();
-    let Some(first) = argv.next() else {
-        return Err(Failure::usage("missing command: `run` or `compare`"));
+    let argv = std::iter::once(OsString::from("buddyslab")).chain(argv);
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            return Ok(Command::Print(e))
+        }
+        Err(e) => return Err(usage_failure(&e)),
     };
-    match first.to_str() {
-        Some("run") => Ok(parse_run(argv)?.map_or(Command::Help, Command::Run)),
-        Some("compare") => Ok(parse_compare(argv)?.map_or(Command::Help, Command::Compare)),
-        Some("-h" | "--help" | "help") => Ok(Command::Help),
-        Some("--version" | "-V") => Ok(Command::Version),
-        _ => Err(Failure::usage(format!(
-            "unknown command `{}`: the commands are `run` and `compare`",
-            first.to_string_lossy()
-        ))),
+    Ok(match cli.command {
+        Sub::Run(run) => Command::Run(run.into_options()?),
+        Sub::Compare(compare) => Command::Compare(compare.into_options()),
+        Sub::Completions { shell } => Command::Completions(shell),
+    })
+}
+
+/// The definition of the whole command line, for the completion scripts.
+pub fn definition() -> clap::Command {
+    Cli::command()
+}
+
+/// clap's message for a usage error, without its `error: ` (the tool puts
+/// `buddyslab: ` in front); it ends by pointing to `--help`.
+fn usage_failure(error: &clap::Error) -> Failure {
+    let text = error.render().to_string();
+    let text = text.strip_prefix("error: ").unwrap_or(&text).trim_end();
+    Failure {
+        status: EXIT_TOOL,
+        message: text.to_string(),
     }
 }
 
-/// One option as written: `--name`, with its value if it has one.
-struct Parsed {
-    name: String,
-    value: Option<String>,
+impl LibraryArgs {
+    /// The variables the library options set.
+    fn variables(&self) -> Vec<(&'static str, String)> {
+        let mut env = Vec::new();
+        if let Some(size) = &self.mmap_threshold {
+            env.push(("BUDDYSLAB_MMAP_THRESHOLD", size.clone()));
+        }
+        if let Some(ms) = &self.decay_ms {
+            env.push(("BUDDYSLAB_DECAY_MS", ms.clone()));
+        }
+        env
+    }
 }
 
-/// Walks the arguments of one subcommand, one option at a time, until the
-/// program.
-struct Walker<I: Iterator<Item = OsString>> {
-    argv: I,
-    subcommand: &'static str,
-}
-
-enum Step {
-    Option(Parsed),
-    Help,
-    Program(Program),
-}
-
-impl<I: Iterator<Item = OsString>> Walker<I> {
-    /// The next step. `takes_value` says, for each option name the
-    /// subcommand knows, whether it needs a value (`None` for a name it does
-    /// not know). Only `--stats` has an optional `=VALUE`.
-    fn next(&mut self, takes_value: impl Fn(&str) -> Option<bool>) -> Result<Step, Failure> {
-        let Some(arg) = self.argv.next() else {
-            return Err(Failure::usage(format!(
-                "`buddyslab {}` needs a program to run: buddyslab {} [OPTIONS] -- PROGRAM [ARGS...]",
-                self.subcommand, self.subcommand
-            )));
-        };
-        let text = arg.to_string_lossy().into_owned();
-        if text == "--" {
-            let Some(name) = self.argv.next() else {
-                return Err(Failure::usage(format!(
-                    "nothing after `--`: `buddyslab {}` needs a program to run",
-                    self.subcommand
-                )));
-            };
-            return Ok(Step::Program(Program {
-                name,
-                args: self.argv.by_ref().collect(),
-            }));
-        }
-        if text == "-h" || text == "--help" {
-            return Ok(Step::Help);
-        }
-        if !text.starts_with('-') || text == "-" {
-            return Ok(Step::Program(Program {
-                name: arg,
-                args: self.argv.by_ref().collect(),
-            }));
-        }
-        let (name, inline) = match text.split_once('=') {
-            Some((n, v)) => (n.to_string(), Some(v.to_string())),
-            None => (text.clone(), None),
-        };
-        match takes_value(&name) {
-            None => Err(Failure::usage(format!(
-                "unknown option `{name}` for `buddyslab {}`",
-                self.subcommand
-            ))),
-            Some(false) => {
-                if name != "--stats" && inline.is_some() {
-                    return Err(Failure::usage(format!("option `{name}` takes no value")));
-                }
-                Ok(Step::Option(Parsed {
-                    name,
-                    value: inline,
-                }))
-            }
-            Some(true) => {
-                let value = match inline {
-                    Some(v) => v,
-                    None => match self.argv.next() {
-                        Some(v) => v.to_string_lossy().into_owned(),
-                        None => {
-                            return Err(Failure::usage(format!("option `{name}` needs a value")))
-                        }
-                    },
-                };
-                if value.is_empty() {
-                    return Err(Failure::usage(format!(
-                        "option `{name}` needs a non-empty value"
-                    )));
-                }
-                Ok(Step::Option(Parsed {
-                    name,
-                    value: Some(value),
-                }))
-            }
+impl ProgramArgs {
+    fn into_program(self) -> Program {
+        let mut words = self.program.into_iter();
+        let name = words.next().expect("clap requires PROGRAM");
+        Program {
+            name,
+            args: words.collect(),
         }
     }
 }
 
-/// `--mmap-threshold` and `--decay-ms`, shared by both subcommands: the
-/// variable to set, after checking the value here so that a typo is a
-/// usage error rather than a line from the library in the program's
-/// stderr.
-fn library_option(option: &Parsed) -> Result<Option<(&'static str, String)>, Failure> {
-    let value = option.value.clone().unwrap_or_default();
-    match option.name.as_str() {
-        "--mmap-threshold" => match parse_size(&value) {
-            Some(bytes) if bytes <= 32 << 20 => Ok(Some(("BUDDYSLAB_MMAP_THRESHOLD", value))),
-            _ => Err(Failure::usage(format!(
-                "--mmap-threshold wants a size up to 32m (e.g. 131072, 256k, 1m), not `{value}`"
-            ))),
-        },
-        "--decay-ms" => match value.parse::<u64>() {
-            Ok(_) => Ok(Some(("BUDDYSLAB_DECAY_MS", value))),
-            Err(_) => Err(Failure::usage(format!(
-                "--decay-ms wants a whole number of milliseconds, not `{value}`"
-            ))),
-        },
-        _ => Ok(None),
+impl RunArgs {
+    fn into_options(self) -> Result<RunOptions, Failure> {
+        let mut env = Vec::new();
+        if let Some(format) = &self.stats {
+            let setting = if format == "json" { "json" } else { "1" };
+            env.push(("BUDDYSLAB_STATS", setting.to_string()));
+        }
+        env.extend(self.library.variables());
+        let heapmap = match self.heapmap {
+            Some(path) => {
+                let path = absolute(path)?;
+                env.push(("BUDDYSLAB_HEAPMAP", path.to_string_lossy().into_owned()));
+                Some(path)
+            }
+            None => None,
+        };
+        Ok(RunOptions {
+            lib: self.library.lib,
+            env,
+            heapmap,
+            summary: !self.no_summary,
+            program: self.program.into_program(),
+        })
+    }
+}
+
+impl CompareArgs {
+    fn into_options(self) -> CompareOptions {
+        let only = self.only.map(|list| {
+            list.split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(String::from)
+                .collect()
+        });
+        CompareOptions {
+            env: self.library.variables(),
+            lib: self.library.lib,
+            runs: self.runs,
+            with: self.with,
+            only,
+            input: self.input,
+            chart: self.chart,
+            json: self.json,
+            timeout: self.timeout,
+            allow_output_diff: self.allow_output_diff,
+            program: self.program.into_program(),
+        }
+    }
+}
+
+/// `--mmap-threshold`: a size up to 32 MiB, kept as written (the library
+/// reads the suffixes itself).
+fn mmap_threshold(value: &str) -> Result<String, String> {
+    match parse_size(value) {
+        Some(bytes) if bytes <= 32 << 20 => Ok(value.to_string()),
+        _ => Err("a size up to 32m is wanted (e.g. 131072, 256k, 1m)".into()),
+    }
+}
+
+/// `--decay-ms`: whole milliseconds.
+fn decay_ms(value: &str) -> Result<String, String> {
+    match value.parse::<u64>() {
+        Ok(_) => Ok(value.to_string()),
+        Err(_) => Err("a whole number of milliseconds is wanted (e.g. 1000, 0)".into()),
+    }
+}
+
+/// `--runs`: 1 to 1000.
+fn runs(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if (1..=1000).contains(&n) => Ok(n),
+        _ => Err("a number from 1 to 1000 is wanted".into()),
+    }
+}
+
+/// `--with NAME=PATH`, NAME one word and not glibc.
+fn with(value: &str) -> Result<(String, PathBuf), String> {
+    let Some((name, path)) = value.split_once('=') else {
+        return Err("NAME=PATH is wanted (e.g. --with mine=./libmine.so)".into());
+    };
+    if name.is_empty() || path.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("NAME=PATH with a one-word NAME is wanted".into());
+    }
+    if name == "glibc" {
+        return Err("glibc is the malloc without a preload; pick another NAME".into());
+    }
+    Ok((name.to_string(), PathBuf::from(path)))
+}
+
+/// `--timeout`: seconds, a positive decimal number.
+fn timeout(value: &str) -> Result<Duration, String> {
+    match value.parse::<f64>() {
+        Ok(s) if s > 0.0 && s.is_finite() && s <= 1e9 => Ok(Duration::from_secs_f64(s)),
+        _ => Err("a positive number of seconds is wanted (e.g. 30, 2.5)".into()),
     }
 }
 
@@ -203,154 +385,6 @@ fn parse_size(text: &str) -> Option<u64> {
     digits.parse::<u64>().ok()?.checked_mul(1 << shift)
 }
 
-/// `None` for `--help`.
-fn parse_run(argv: impl Iterator<Item = OsString>) -> Result<Option<RunOptions>, Failure> {
-    let mut walker = Walker {
-        argv,
-        subcommand: "run",
-    };
-    let mut lib = None;
-    let mut env = Vec::new();
-    let mut heapmap = None;
-    let mut summary = true;
-    let takes_value = |name: &str| match name {
-        "--lib" | "--heapmap" | "--mmap-threshold" | "--decay-ms" => Some(true),
-        "--stats" | "--no-summary" => Some(false),
-        _ => None,
-    };
-    loop {
-        let option = match walker.next(takes_value)? {
-            Step::Program(program) => {
-                return Ok(Some(RunOptions {
-                    lib,
-                    env,
-                    heapmap,
-                    summary,
-                    program,
-                }));
-            }
-            Step::Help => return Ok(None),
-            Step::Option(option) => option,
-        };
-        if let Some(variable) = library_option(&option)? {
-            env.push(variable);
-            continue;
-        }
-        let value = option.value.unwrap_or_default();
-        match option.name.as_str() {
-            "--lib" => lib = Some(PathBuf::from(value)),
-            "--heapmap" => {
-                let path = absolute(PathBuf::from(value))?;
-                env.push(("BUDDYSLAB_HEAPMAP", path.to_string_lossy().into_owned()));
-                heapmap = Some(path);
-            }
-            "--stats" => {
-                let setting = match value.as_str() {
-                    "" => "1",
-                    "json" => "json",
-                    "text" => "1",
-                    other => {
-                        return Err(Failure::usage(format!(
-                            "--stats takes no value or `=json`, not `={other}`"
-                        )))
-                    }
-                };
-                env.push(("BUDDYSLAB_STATS", setting.to_string()));
-            }
-            "--no-summary" => summary = false,
-            _ => unreachable!("takes_value lists only the options handled here"),
-        }
-    }
-}
-
-/// `None` for `--help`.
-fn parse_compare(argv: impl Iterator<Item = OsString>) -> Result<Option<CompareOptions>, Failure> {
-    let mut walker = Walker {
-        argv,
-        subcommand: "compare",
-    };
-    let mut lib = None;
-    let mut env = Vec::new();
-    let mut runs = 5;
-    let mut with = Vec::new();
-    let mut only = None;
-    let mut input = None;
-    let mut chart = None;
-    let takes_value = |name: &str| match name {
-        "--lib" | "--mmap-threshold" | "--decay-ms" | "--runs" | "--with" | "--only"
-        | "--input" | "--chart" => Some(true),
-        _ => None,
-    };
-    loop {
-        let option = match walker.next(takes_value)? {
-            Step::Program(program) => {
-                return Ok(Some(CompareOptions {
-                    lib,
-                    env,
-                    runs,
-                    with,
-                    only,
-                    input,
-                    chart,
-                    program,
-                }));
-            }
-            Step::Help => return Ok(None),
-            Step::Option(option) => option,
-        };
-        if let Some(variable) = library_option(&option)? {
-            env.push(variable);
-            continue;
-        }
-        let value = option.value.unwrap_or_default();
-        match option.name.as_str() {
-            "--lib" => lib = Some(PathBuf::from(value)),
-            "--runs" => {
-                runs = match value.parse::<usize>() {
-                    Ok(n) if (1..=1000).contains(&n) => n,
-                    _ => {
-                        return Err(Failure::usage(format!(
-                            "--runs wants a number from 1 to 1000, not `{value}`"
-                        )))
-                    }
-                }
-            }
-            "--with" => {
-                let Some((name, path)) = value.split_once('=') else {
-                    return Err(Failure::usage(format!(
-                        "--with wants NAME=PATH (e.g. --with mine=./libmine.so), not `{value}`"
-                    )));
-                };
-                if name.is_empty() || path.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic())
-                {
-                    return Err(Failure::usage(format!(
-                        "--with wants NAME=PATH with a one-word NAME, not `{value}`"
-                    )));
-                }
-                if name == "glibc" {
-                    return Err(Failure::usage(
-                        "--with glibc=...: glibc is the malloc without a preload",
-                    ));
-                }
-                with.push((name.to_string(), PathBuf::from(path)));
-            }
-            "--only" => {
-                only = Some(
-                    value
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|n| !n.is_empty())
-                        .map(String::from)
-                        .collect(),
-                )
-            }
-            "--input" => input = Some(PathBuf::from(value)),
-            "--chart" => chart = Some(PathBuf::from(value)),
-            _ => unreachable!("takes_value lists only the options handled here"),
-        }
-    }
-}
-
 /// `path` made absolute against the current directory, so that the program
 /// may change directory without losing it.
 fn absolute(path: PathBuf) -> Result<PathBuf, Failure> {
@@ -366,9 +400,22 @@ mod tests {
         list.iter().map(OsString::from).collect()
     }
 
+    fn parse_run(list: &[&str]) -> RunOptions {
+        match parse(args(list)) {
+            Ok(Command::Run(o)) => o,
+            Ok(other) => panic!("{list:?}: not a run: {other:?}"),
+            Err(f) => panic!("{list:?}: {}", f.message),
+        }
+    }
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
     #[test]
     fn run_options_become_variables() {
-        let Ok(Command::Run(o)) = parse(args(&[
+        let o = parse_run(&[
             "run",
             "--stats=json",
             "--mmap-threshold",
@@ -377,9 +424,7 @@ mod tests {
             "--",
             "ls",
             "-l",
-        ])) else {
-            panic!("not a run")
-        };
+        ]);
         assert_eq!(
             o.env,
             vec![
@@ -394,12 +439,53 @@ mod tests {
 
     #[test]
     fn program_may_come_without_dashes_and_keeps_its_options() {
-        let Ok(Command::Run(o)) = parse(args(&["run", "--stats", "sort", "--stats"])) else {
-            panic!("not a run")
-        };
+        let o = parse_run(&["run", "--stats", "sort", "--stats"]);
         assert_eq!(o.env, vec![("BUDDYSLAB_STATS", "1".to_string())]);
         assert_eq!(o.program.name, "sort");
         assert_eq!(o.program.args, args(&["--stats"]));
+
+        // `--stats` takes its format only after `=`: a word after it is
+        // the program.
+        let o = parse_run(&["run", "--stats", "json", "-x"]);
+        assert_eq!(o.env, vec![("BUDDYSLAB_STATS", "1".to_string())]);
+        assert_eq!(o.program.name, "json");
+        assert_eq!(o.program.args, args(&["-x"]));
+
+        // After `--`, even a word like an option is the program's.
+        let o = parse_run(&["run", "--", "--weird", "--", "x"]);
+        assert_eq!(o.program.name, "--weird");
+        assert_eq!(o.program.args, args(&["--", "x"]));
+    }
+
+    /// The bug of the hand-written parser: `--heapmap --stats` wrote a
+    /// file named `--stats` and dropped `--stats`; `--heapmap --` one named
+    /// `--`.
+    #[test]
+    fn an_option_value_never_swallows_an_option_or_the_dashes() {
+        for bad in [
+            &["run", "--heapmap", "--stats", "--", "true"][..],
+            &["run", "--heapmap", "--", "true"],
+            &["run", "--lib", "--no-summary", "true"],
+            &["compare", "--chart", "--runs", "3", "true"],
+            &["compare", "--input", "--", "true"],
+        ] {
+            let failure = parse(args(bad)).expect_err(&format!("{bad:?} parsed"));
+            assert_eq!(failure.status, EXIT_TOOL, "{bad:?}");
+            assert!(
+                failure.message.contains("value is required"),
+                "{bad:?}: {}",
+                failure.message
+            );
+        }
+        // `=` is how a value that starts with `-` is given.
+        let o = parse_run(&["run", "--heapmap=--odd.svg", "--", "true"]);
+        assert!(o.heapmap.unwrap().ends_with("--odd.svg"));
+    }
+
+    #[test]
+    fn the_last_of_a_repeated_option_counts() {
+        let o = parse_run(&["run", "--decay-ms", "5", "--decay-ms=7", "true"]);
+        assert_eq!(o.env, vec![("BUDDYSLAB_DECAY_MS", "7".to_string())]);
     }
 
     #[test]
@@ -414,8 +500,13 @@ mod tests {
             &["run", "--"],
             &["run"],
             &["compare", "--runs", "0", "ls"],
+            &["compare", "--runs", "1001", "ls"],
             &["compare", "--with", "nopath", "ls"],
+            &["compare", "--with", "glibc=/x.so", "ls"],
             &["compare", "--stats", "ls"],
+            &["compare", "--timeout", "0", "ls"],
+            &["compare", "--timeout", "soon", "ls"],
+            &["completions", "tcsh"],
             &["frobnicate"],
             &[],
         ] {
@@ -430,16 +521,41 @@ mod tests {
     }
 
     #[test]
+    fn help_and_version_are_printed_not_failed() {
+        for list in [
+            &["--help"][..],
+            &["-h"],
+            &["help"],
+            &["help", "run"],
+            &["run", "--help"],
+            &["compare", "-h"],
+            &["completions", "--help"],
+            &["--version"],
+            &["-V"],
+        ] {
+            assert!(
+                matches!(parse(args(list)), Ok(Command::Print(_))),
+                "{list:?}"
+            );
+        }
+    }
+
+    #[test]
     fn compare_options() {
         let Ok(Command::Compare(o)) = parse(args(&[
             "compare",
             "--runs=3",
             "--with",
             "mine=/x/libmine.so",
+            "--with=other=/y.so",
             "--only",
             "glibc, mine",
             "--chart",
             "c.svg",
+            "--json",
+            "--timeout",
+            "2.5",
+            "--allow-output-diff",
             "--",
             "true",
         ])) else {
@@ -448,10 +564,21 @@ mod tests {
         assert_eq!(o.runs, 3);
         assert_eq!(
             o.with,
-            vec![("mine".to_string(), PathBuf::from("/x/libmine.so"))]
+            vec![
+                ("mine".to_string(), PathBuf::from("/x/libmine.so")),
+                ("other".to_string(), PathBuf::from("/y.so"))
+            ]
         );
         assert_eq!(o.only, Some(vec!["glibc".to_string(), "mine".to_string()]));
         assert_eq!(o.chart, Some(PathBuf::from("c.svg")));
+        assert!(o.json && o.allow_output_diff);
+        assert_eq!(o.timeout, Some(Duration::from_millis(2500)));
+
+        let Ok(Command::Compare(o)) = parse(args(&["compare", "true"])) else {
+            panic!("not a compare")
+        };
+        assert_eq!(o.runs, 5);
+        assert!(!o.json && !o.allow_output_diff && o.timeout.is_none());
     }
 
     #[test]

@@ -130,12 +130,18 @@ mod tests {
                 seconds: 1.0,
                 peak_rss_kib: 1024.0,
                 minor_faults: 100.0,
+                seconds_min: 1.0,
+                seconds_max: 1.0,
+                runs: 1,
             },
             Row {
                 name: "b<&>".into(),
                 seconds: 2.0,
                 peak_rss_kib: 512.0,
                 minor_faults: 100.0,
+                seconds_min: 2.0,
+                seconds_max: 2.0,
+                runs: 1,
             },
         ];
         let svg = svg("prog 'a b'", &rows);

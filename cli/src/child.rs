@@ -19,6 +19,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// What to start.
@@ -37,6 +38,9 @@ pub struct Launch<'a> {
     pub env: &'a [(&'static str, String)],
     /// Ask the preloaded library whether it is bound (buddyslab only).
     pub announce: bool,
+    /// Kill the program (SIGKILL; not what it started) if it is still
+    /// running after this long.
+    pub timeout: Option<Duration>,
 }
 
 /// How the child ended.
@@ -96,6 +100,8 @@ pub struct Finished {
     /// `Some` when [`Launch::announce`] was set.
     pub announcements: Option<Announcements>,
     pub pid: i32,
+    /// Killed for running past [`Launch::timeout`].
+    pub timed_out: bool,
 }
 
 /// The child being waited for, for the signal handler (0: none yet).
@@ -182,6 +188,9 @@ pub fn start(launch: &Launch, stdin: Stdio, stdout: Stdio, stderr: Stdio) -> io:
         .stdout(stdout)
         .stderr(stderr);
 
+    // The tool's own variable is no concern of the library, which would
+    // report it as unknown.
+    command.env_remove(crate::run::LIB_VARIABLE);
     let inherited = if launch.inherit_preload {
         std::env::var_os("LD_PRELOAD").filter(|p| !p.is_empty())
     } else {
@@ -254,8 +263,18 @@ pub fn start(launch: &Launch, stdin: Stdio, stdout: Stdio, stderr: Stdio) -> io:
     // `child` is reaped by wait4 below, not by std.
     drop(child);
 
-    let (status, usage) = wait4(pid)?;
+    let watchdog = launch.timeout.map(|limit| watch(pid, limit));
+    wait_exited(pid)?;
     let wall = begin.elapsed();
+    let timed_out = match watchdog {
+        Some((cancel, watcher)) => {
+            drop(cancel);
+            watcher.join().unwrap_or(false)
+        }
+        None => false,
+    };
+    // Reaped only now, when no watchdog can send it a signal any more.
+    let (status, usage) = wait4(pid)?;
     CHILD.store(0, Ordering::SeqCst);
 
     let ended = if libc::WIFSIGNALED(status) {
@@ -281,7 +300,50 @@ pub fn start(launch: &Launch, stdin: Stdio, stdout: Stdio, stderr: Stdio) -> io:
         major_faults: usage.ru_majflt as u64,
         announcements,
         pid,
+        timed_out,
     })
+}
+
+/// A thread that kills `pid` with SIGKILL when `limit` has passed, unless
+/// the sender it returns is dropped first; joined, it says whether it
+/// killed. The caller must not reap `pid` before joining it, so that the
+/// pid cannot have passed to another process when the signal goes.
+fn watch(pid: i32, limit: Duration) -> (mpsc::Sender<()>, std::thread::JoinHandle<bool>) {
+    let (cancel, cancelled) = mpsc::channel::<()>();
+    let watcher = std::thread::spawn(move || {
+        if cancelled.recv_timeout(limit) == Err(mpsc::RecvTimeoutError::Timeout) {
+            // SAFETY: kill(2) takes no pointers; `pid` is our unreaped
+            // child (see above), so it names no other process.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            return true;
+        }
+        false
+    });
+    (cancel, watcher)
+}
+
+/// Waits until `pid` has ended, leaving it unreaped (`WNOWAIT`).
+fn wait_exited(pid: i32) -> io::Result<()> {
+    loop {
+        // SAFETY: siginfo_t is plain data; zero is a valid value.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is live and writable; waitid only fills it.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
 }
 
 /// A pipe for the handshake: (read end, write end, the pipe's inode). Both

@@ -1,15 +1,23 @@
 //! `buddyslab compare`: the program under glibc, buddyslab and the other
-//! mallocs on the machine, interleaved, with a table of medians and a check
-//! that the output does not depend on the malloc.
+//! mallocs on the machine, interleaved, with a table of medians and their
+//! spread (or one JSON document) and a check that the output does not
+//! depend on the malloc.
 
 use crate::args::CompareOptions;
 use crate::child::{self, Binding, Ended, Finished, Launch};
+use crate::out::{say, sayln, show, showln};
 use crate::run::{binding_warning, cannot_start, library_path, mib, thousands};
 use crate::{chart, program, Failure};
+use serde_json::{json, Value};
 use std::fmt::Write as _;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Duration;
+
+/// Below this median wall time under the reference malloc, start-up and
+/// noise outweigh what the malloc does, and the table says so.
+const TOO_SHORT: Duration = Duration::from_millis(50);
 
 /// The other mallocs looked for: name and the Debian package's library.
 const PEERS: [(&str, &str); 3] = [
@@ -26,14 +34,18 @@ struct Malloc {
     /// Said when the library file is missing.
     missing_hint: String,
     samples: Vec<Sample>,
+    /// The run (from 1) that passed `--timeout`; the malloc gets no more.
+    timed_out: Option<usize>,
 }
 
-/// One run's measurements. Its output is compared with the reference
-/// as soon as the run ends and kept only when a report will show it, so a
-/// program with a large output is not held in memory once per run.
+/// One finished run's measurements. Its output is compared with the
+/// reference as soon as the run ends and kept only when a report will show
+/// it, so a program with a large output is not held in memory once per
+/// run.
 struct Sample {
     finished: Finished,
-    /// Same stdout and exit as the [`Reference`].
+    /// Same stdout (unless `--allow-output-diff`) and exit as the
+    /// [`Reference`]; true when there is no reference.
     matches: bool,
     /// For a malloc's first run that does not match: its stdout and the
     /// end of its stderr.
@@ -41,18 +53,32 @@ struct Sample {
 }
 
 /// The first run of the first malloc (glibc's), which every run is
-/// compared with.
+/// compared with. Its stdout is empty under `--allow-output-diff`.
 struct Reference {
     stdout: Vec<u8>,
     ended: Ended,
 }
 
-/// The medians of one malloc.
+/// The medians of one malloc, and the fastest and slowest run.
 pub struct Row {
     pub name: String,
     pub seconds: f64,
     pub peak_rss_kib: f64,
     pub minor_faults: f64,
+    pub seconds_min: f64,
+    pub seconds_max: f64,
+    /// Finished runs (0: the first passed `--timeout`; the figures are NaN).
+    pub runs: usize,
+}
+
+/// How a set of measurements spreads.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Spread {
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+    /// Median absolute deviation from the median.
+    pub mad: f64,
 }
 
 /// Runs the comparison; the exit status is 1 when the output or exit
@@ -86,9 +112,13 @@ pub fn compare(options: CompareOptions) -> Result<u8, Failure> {
     for round in 0..options.runs {
         let count = mallocs.len();
         for k in 0..count {
-            let malloc = &mut mallocs[(round + k) % count];
+            let index = (round + k) % count;
+            let malloc = &mut mallocs[index];
+            if malloc.timed_out.is_some() {
+                continue;
+            }
             done += 1;
-            eprint!(
+            say!(
                 "[{done:>w$}/{total}] round {}/{}: {:<10} ",
                 round + 1,
                 options.runs,
@@ -96,18 +126,44 @@ pub fn compare(options: CompareOptions) -> Result<u8, Failure> {
                 w = total.to_string().len()
             );
             let (finished, stdout, stderr) = run_once(&options, &path, malloc, &scratch)?;
-            eprintln!(
+            if finished.timed_out {
+                sayln!(
+                    "killed after {:.3} s (--timeout); no more runs for {}",
+                    finished.wall.as_secs_f64(),
+                    malloc.name
+                );
+                malloc.timed_out = Some(malloc.samples.len() + 1);
+                continue;
+            }
+            sayln!(
                 "{:.3} s, {}",
                 finished.wall.as_secs_f64(),
                 finished.ended.describe()
             );
-            let reference = reference.get_or_insert_with(|| Reference {
-                stdout: stdout.clone(),
-                ended: finished.ended,
+            // The first malloc runs first in round 1, so the reference is
+            // its first run, or there is none because that run timed out.
+            if index == 0 && reference.is_none() {
+                reference = Some(Reference {
+                    stdout: if options.allow_output_diff {
+                        Vec::new()
+                    } else {
+                        stdout.clone()
+                    },
+                    ended: finished.ended,
+                });
+            }
+            let matches = reference.as_ref().is_none_or(|r| {
+                finished.ended == r.ended && (options.allow_output_diff || stdout == r.stdout)
             });
-            let matches = stdout == reference.stdout && finished.ended == reference.ended;
             let first_mismatch = !matches && malloc.samples.iter().all(|s| s.matches);
-            let kept = first_mismatch.then(|| (stdout, stderr_tail(&stderr)));
+            let kept = first_mismatch.then(|| {
+                let stdout = if options.allow_output_diff {
+                    Vec::new()
+                } else {
+                    stdout
+                };
+                (stdout, stderr_tail(&stderr))
+            });
             malloc.samples.push(Sample {
                 finished,
                 matches,
@@ -117,13 +173,31 @@ pub fn compare(options: CompareOptions) -> Result<u8, Failure> {
     }
 
     let rows: Vec<Row> = mallocs.iter().map(medians).collect();
-    let reference = reference.expect("at least one run");
-    let (verdict, differs) = output_check(&mallocs, &reference);
-    print!("{}", table(&shown, options.runs, &rows, &verdict));
+    let (verdict, differs) = output_check(&mallocs, reference.as_ref(), &options);
+    let warnings = warnings(&rows);
+    if options.json {
+        let document = report_json(
+            &shown, &options, &mallocs, &rows, &verdict, &warnings, differs,
+        );
+        showln!(
+            "{}",
+            serde_json::to_string_pretty(&document).expect("a JSON value prints")
+        );
+    } else {
+        show!(
+            "{}",
+            table(&shown, options.runs, &rows, &verdict, &warnings)
+        );
+    }
     if let Some(chart_path) = &options.chart {
-        std::fs::write(chart_path, chart::svg(&shown, &rows))
-            .map_err(|e| Failure::tool(format!("--chart {}: {e}", chart_path.display())))?;
-        eprintln!("chart written to {}", chart_path.display());
+        let finished: Vec<Row> = rows.into_iter().filter(|r| r.runs > 0).collect();
+        if finished.is_empty() {
+            sayln!("no chart: no run finished");
+        } else {
+            std::fs::write(chart_path, chart::svg(&shown, &finished))
+                .map_err(|e| Failure::tool(format!("--chart {}: {e}", chart_path.display())))?;
+            sayln!("chart written to {}", chart_path.display());
+        }
     }
     Ok(u8::from(differs))
 }
@@ -138,12 +212,14 @@ fn choose_mallocs(options: &CompareOptions) -> Result<Vec<Malloc>, Failure> {
             lib: None,
             missing_hint: String::new(),
             samples: Vec::new(),
+            timed_out: None,
         },
         Malloc {
             name: "buddyslab".into(),
             lib: Some(lib),
             missing_hint: hint,
             samples: Vec::new(),
+            timed_out: None,
         },
     ];
     for (name, file) in PEERS {
@@ -153,6 +229,7 @@ fn choose_mallocs(options: &CompareOptions) -> Result<Vec<Malloc>, Failure> {
                 lib: Some(lib),
                 missing_hint: String::new(),
                 samples: Vec::new(),
+                timed_out: None,
             });
         }
     }
@@ -162,6 +239,7 @@ fn choose_mallocs(options: &CompareOptions) -> Result<Vec<Malloc>, Failure> {
             lib: Some(lib.clone()),
             missing_hint: String::new(),
             samples: Vec::new(),
+            timed_out: None,
         };
         match mallocs.iter_mut().find(|m| &m.name == name) {
             Some(existing) => *existing = malloc,
@@ -220,6 +298,7 @@ fn run_once(
         inherit_preload: false,
         env: if is_buddyslab { &options.env } else { &no_env },
         announce: is_buddyslab,
+        timeout: options.timeout,
     };
     let stdin = match &options.input {
         Some(input) => Stdio::from(scratch.open_input(input)?),
@@ -266,29 +345,98 @@ fn stderr_tail(stderr: &[u8]) -> String {
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let n = values.len();
-    if n % 2 == 1 {
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
         values[n / 2]
     } else {
         (values[n / 2 - 1] + values[n / 2]) / 2.0
     }
 }
 
-fn medians(malloc: &Malloc) -> Row {
-    let of =
-        |f: fn(&Finished) -> f64| median(malloc.samples.iter().map(|s| f(&s.finished)).collect());
-    Row {
-        name: malloc.name.clone(),
-        seconds: of(|f| f.wall.as_secs_f64()),
-        peak_rss_kib: of(|f| f.peak_rss_kib as f64),
-        minor_faults: of(|f| f.minor_faults as f64),
+/// The spread of `values` (all NaN when there are none).
+fn spread(values: &[f64]) -> Spread {
+    let middle = median(values.to_vec());
+    Spread {
+        min: values.iter().copied().reduce(f64::min).unwrap_or(f64::NAN),
+        median: middle,
+        max: values.iter().copied().reduce(f64::max).unwrap_or(f64::NAN),
+        mad: median(values.iter().map(|v| (v - middle).abs()).collect()),
     }
 }
 
+/// The three figures of every finished run, as compared.
+type Figure = (&'static str, fn(&Finished) -> f64);
+const FIGURES: [Figure; 3] = [
+    ("wall_s", |f| f.wall.as_secs_f64()),
+    ("peak_rss_kib", |f| f.peak_rss_kib as f64),
+    ("minor_faults", |f| f.minor_faults as f64),
+];
+
+fn figure(malloc: &Malloc, of: fn(&Finished) -> f64) -> Spread {
+    let values: Vec<f64> = malloc.samples.iter().map(|s| of(&s.finished)).collect();
+    spread(&values)
+}
+
+fn medians(malloc: &Malloc) -> Row {
+    let [time, rss, faults] = FIGURES.map(|(_, of)| figure(malloc, of));
+    Row {
+        name: malloc.name.clone(),
+        seconds: time.median,
+        peak_rss_kib: rss.median,
+        minor_faults: faults.median,
+        seconds_min: time.min,
+        seconds_max: time.max,
+        runs: malloc.samples.len(),
+    }
+}
+
+/// What the reader should know before trusting the figures.
+fn warnings(rows: &[Row]) -> Vec<String> {
+    let mut out = Vec::new();
+    let reference = &rows[0];
+    if reference.runs > 0 && reference.seconds < TOO_SHORT.as_secs_f64() {
+        out.push(format!(
+            "the program runs for {:.1} ms under {} (median), under {} ms: start-up and noise \
+             outweigh the malloc, so the time ratios mean little; give it more work",
+            reference.seconds * 1e3,
+            reference.name,
+            TOO_SHORT.as_millis()
+        ));
+    }
+    out
+}
+
 /// The verdict on the outputs: every run against the reference. Returns
-/// the lines to print and whether a malloc changed the outcome.
-fn output_check(mallocs: &[Malloc], reference: &Reference) -> (String, bool) {
+/// the lines to print and whether a malloc changed the outcome (or ran
+/// past `--timeout`).
+fn output_check(
+    mallocs: &[Malloc],
+    reference: Option<&Reference>,
+    options: &CompareOptions,
+) -> (String, bool) {
     let first = &mallocs[0];
     let mut verdict = String::new();
+    let mut differs = false;
+    for malloc in mallocs {
+        if let Some(run) = malloc.timed_out {
+            differs = true;
+            let _ = writeln!(
+                verdict,
+                "TIMED OUT under {} (its run {run}): killed after --timeout {}",
+                malloc.name,
+                seconds(options.timeout.unwrap_or_default())
+            );
+        }
+    }
+    let Some(reference) = reference else {
+        let _ = writeln!(
+            verdict,
+            "output: not compared, since {} has no finished run to compare with",
+            first.name
+        );
+        return (verdict, differs);
+    };
     if reference.ended != Ended::Exited(0) {
         let _ = writeln!(
             verdict,
@@ -297,15 +445,20 @@ fn output_check(mallocs: &[Malloc], reference: &Reference) -> (String, bool) {
             first.name
         );
     }
+    let what = if options.allow_output_diff {
+        "exit status"
+    } else {
+        "output"
+    };
     if !first.samples.iter().all(|s| s.matches) {
         let _ = writeln!(
             verdict,
-            "output: varies from run to run under {} itself, so it is not compared",
+            "{what}: varies from run to run under {} itself, so it is not compared",
             first.name
         );
-        return (verdict, false);
+        return (verdict, differs);
     }
-    let mut differs = false;
+    let mut mismatch = false;
     for malloc in &mallocs[1..] {
         let Some((k, sample)) = malloc.samples.iter().enumerate().find(|(_, s)| !s.matches) else {
             continue;
@@ -313,10 +466,11 @@ fn output_check(mallocs: &[Malloc], reference: &Reference) -> (String, bool) {
         let Some((stdout, stderr)) = &sample.kept else {
             continue;
         };
-        differs = true;
+        mismatch = true;
         let _ = writeln!(
             verdict,
-            "OUTPUT DIFFERS under {} (its run {}):",
+            "{} DIFFERS under {} (its run {}):",
+            what.to_uppercase(),
             malloc.name,
             k + 1
         );
@@ -340,14 +494,27 @@ fn output_check(mallocs: &[Malloc], reference: &Reference) -> (String, bool) {
             ));
         }
     }
-    if !differs {
-        let _ = writeln!(
-            verdict,
-            "output: identical under every malloc ({} runs)",
-            mallocs.iter().map(|m| m.samples.len()).sum::<usize>()
-        );
+    if !mismatch {
+        let runs = mallocs.iter().map(|m| m.samples.len()).sum::<usize>();
+        let _ = if options.allow_output_diff {
+            writeln!(
+                verdict,
+                "exit status: the same under every malloc ({runs} runs); output not compared \
+                 (--allow-output-diff)"
+            )
+        } else {
+            writeln!(
+                verdict,
+                "output: identical under every malloc ({runs} runs)"
+            )
+        };
     }
-    (verdict, differs)
+    (verdict, differs || mismatch)
+}
+
+/// "2.5 s", "30 s".
+fn seconds(d: Duration) -> String {
+    format!("{} s", d.as_secs_f64())
 }
 
 /// The first line where two outputs differ, with both versions.
@@ -382,12 +549,12 @@ fn first_difference(a_name: &str, a: &[u8], b_name: &str, b: &[u8]) -> String {
     }
 }
 
-/// The report: a header, one row per malloc, the verdict.
-fn table(command: &str, runs: usize, rows: &[Row], verdict: &str) -> String {
+/// The report: a header, one row per malloc, the warnings, the verdict.
+fn table(command: &str, runs: usize, rows: &[Row], verdict: &str, warnings: &[String]) -> String {
     let reference = &rows[0];
     let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(6).max(6);
     let ratio = |v: f64, base: f64| {
-        if base > 0.0 {
+        if base > 0.0 && v.is_finite() {
             format!("{:.2}", v / base)
         } else {
             "-".to_string()
@@ -397,22 +564,27 @@ fn table(command: &str, runs: usize, rows: &[Row], verdict: &str) -> String {
     let _ = writeln!(out, "buddyslab compare: {command}");
     let _ = writeln!(
         out,
-        "medians of {runs} run{} per malloc; ratios to {}",
+        "medians of {runs} run{} per malloc, with the fastest and slowest run; ratios to {}",
         if runs == 1 { "" } else { "s" },
         reference.name
     );
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<width$}  {:>10} {:>6}  {:>11} {:>6}  {:>12} {:>6}",
-        "malloc", "time", "ratio", "peak RSS", "ratio", "minor faults", "ratio"
+        "{:<width$}  {:>10} {:>17} {:>6}  {:>11} {:>6}  {:>12} {:>6}",
+        "malloc", "time", "(min..max)", "ratio", "peak RSS", "ratio", "minor faults", "ratio"
     );
     for row in rows {
+        if row.runs == 0 {
+            let _ = writeln!(out, "{:<width$}  {:>10}", row.name, "timed out");
+            continue;
+        }
         let _ = writeln!(
             out,
-            "{:<width$}  {:>10} {:>6}  {:>11} {:>6}  {:>12} {:>6}",
+            "{:<width$}  {:>10} {:>17} {:>6}  {:>11} {:>6}  {:>12} {:>6}",
             row.name,
             format!("{:.3} s", row.seconds),
+            format!("({:.3}..{:.3})", row.seconds_min, row.seconds_max),
             ratio(row.seconds, reference.seconds),
             mib(row.peak_rss_kib.round() as u64),
             ratio(row.peak_rss_kib, reference.peak_rss_kib),
@@ -421,8 +593,91 @@ fn table(command: &str, runs: usize, rows: &[Row], verdict: &str) -> String {
         );
     }
     let _ = writeln!(out);
+    for warning in warnings {
+        let _ = writeln!(out, "warning: {warning}");
+    }
     out.push_str(verdict);
     out
+}
+
+/// The whole comparison as one JSON document (`--json`): every run, and
+/// per malloc the spread of each figure and its ratio to the first.
+fn report_json(
+    command: &str,
+    options: &CompareOptions,
+    mallocs: &[Malloc],
+    rows: &[Row],
+    verdict: &str,
+    warnings: &[String],
+    differs: bool,
+) -> Value {
+    let number = |v: f64| if v.is_finite() { json!(v) } else { Value::Null };
+    let spread_json = |s: Spread| {
+        json!({
+            "min": number(s.min),
+            "median": number(s.median),
+            "max": number(s.max),
+            "mad": number(s.mad),
+        })
+    };
+    let reference: Vec<Spread> = FIGURES
+        .iter()
+        .map(|(_, of)| figure(&mallocs[0], *of))
+        .collect();
+    let entries: Vec<Value> = mallocs
+        .iter()
+        .map(|malloc| {
+            let runs: Vec<Value> = malloc
+                .samples
+                .iter()
+                .map(|s| {
+                    let f = &s.finished;
+                    let (exit_code, signal) = match f.ended {
+                        Ended::Exited(code) => (json!(code), Value::Null),
+                        Ended::Signaled { signal, .. } => (Value::Null, json!(signal)),
+                    };
+                    json!({
+                        "wall_s": f.wall.as_secs_f64(),
+                        "user_s": f.user.as_secs_f64(),
+                        "system_s": f.system.as_secs_f64(),
+                        "peak_rss_kib": f.peak_rss_kib,
+                        "minor_faults": f.minor_faults,
+                        "major_faults": f.major_faults,
+                        "exit_code": exit_code,
+                        "signal": signal,
+                        "matches_reference": s.matches,
+                    })
+                })
+                .collect();
+            let mut entry = json!({
+                "name": malloc.name,
+                "library": malloc.lib.as_ref().map(|l| l.to_string_lossy().into_owned()),
+                "runs": runs,
+                "timed_out_run": malloc.timed_out,
+            });
+            for ((key, of), base) in FIGURES.iter().zip(&reference) {
+                let s = figure(malloc, *of);
+                entry[*key] = spread_json(s);
+                entry["ratio"][*key] = if base.median > 0.0 {
+                    number(s.median / base.median)
+                } else {
+                    Value::Null
+                };
+            }
+            entry
+        })
+        .collect();
+    json!({
+        "command": command,
+        "runs_per_malloc": options.runs,
+        "timeout_s": options.timeout.map(|t| t.as_secs_f64()),
+        "output_compared": !options.allow_output_diff,
+        "reference": rows[0].name,
+        "mallocs": entries,
+        "warnings": warnings,
+        "verdict": verdict.lines().collect::<Vec<_>>(),
+        "differs": differs,
+    })
 }
 
 /// The command as a reader would type it.
@@ -440,40 +695,40 @@ fn command_line(options: &CompareOptions) -> String {
     words.join(" ")
 }
 
-/// A private directory for the runs' output, removed when dropped.
+/// A private directory for the runs' output (mode 0700, an unpredictable
+/// name, from the tempfile crate), removed when dropped.
 struct Scratch {
-    dir: PathBuf,
+    dir: tempfile::TempDir,
 }
 
 impl Scratch {
     fn new() -> Result<Scratch, Failure> {
-        let dir = std::env::temp_dir().join(format!("buddyslab-compare-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir(&dir)
-            .map_err(|e| Failure::tool(format!("cannot create {}: {e}", dir.display())))?;
+        let dir = tempfile::Builder::new()
+            .prefix("buddyslab-compare-")
+            .tempdir()
+            .map_err(|e| {
+                Failure::tool(format!(
+                    "cannot create a scratch folder in {}: {e}",
+                    std::env::temp_dir().display()
+                ))
+            })?;
         Ok(Scratch { dir })
     }
 
     fn create(&self, name: &str) -> Result<File, Failure> {
-        let path = self.dir.join(name);
+        let path = self.dir.path().join(name);
         File::create(&path)
             .map_err(|e| Failure::tool(format!("cannot create {}: {e}", path.display())))
     }
 
     fn read(&self, name: &str) -> Result<Vec<u8>, Failure> {
-        let path = self.dir.join(name);
+        let path = self.dir.path().join(name);
         std::fs::read(&path)
             .map_err(|e| Failure::tool(format!("cannot read {}: {e}", path.display())))
     }
 
     fn open_input(&self, input: &Path) -> Result<File, Failure> {
         File::open(input).map_err(|e| Failure::tool(format!("--input {}: {e}", input.display())))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -486,6 +741,54 @@ mod tests {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
         assert_eq!(median(vec![7.0]), 7.0);
+        assert!(median(vec![]).is_nan());
+    }
+
+    #[test]
+    fn spread_of_glibc_s_three_runs() {
+        // The report's example: 0.142, 0.267 and 0.153 s.
+        let s = spread(&[0.142, 0.267, 0.153]);
+        assert_eq!((s.min, s.median, s.max), (0.142, 0.153, 0.267));
+        assert!((s.mad - 0.011).abs() < 1e-9, "{s:?}");
+        assert!(spread(&[]).median.is_nan());
+    }
+
+    fn row(name: &str, seconds: f64, runs: usize) -> Row {
+        Row {
+            name: name.into(),
+            seconds,
+            peak_rss_kib: 1024.0,
+            minor_faults: 100.0,
+            seconds_min: seconds,
+            seconds_max: seconds,
+            runs,
+        }
+    }
+
+    #[test]
+    fn a_program_too_short_to_time_is_warned_about() {
+        let short = warnings(&[row("glibc", 0.012, 3), row("buddyslab", 0.2, 3)]);
+        assert_eq!(short.len(), 1, "{short:?}");
+        assert!(short[0].contains("12.0 ms under glibc") && short[0].contains("50 ms"));
+        assert!(warnings(&[row("glibc", 0.05, 3), row("buddyslab", 0.01, 3)]).is_empty());
+        assert!(warnings(&[row("glibc", f64::NAN, 0)]).is_empty());
+    }
+
+    #[test]
+    fn the_table_shows_the_spread_and_timed_out_mallocs() {
+        let mut rows = vec![row("glibc", 0.153, 3), row("buddyslab", 0.3, 3)];
+        rows[0].seconds_min = 0.142;
+        rows[0].seconds_max = 0.267;
+        rows.push(row("slow", f64::NAN, 0));
+        let text = table("prog", 3, &rows, "verdict\n", &["look out".into()]);
+        assert!(text.contains("0.153 s    (0.142..0.267)   1.00"), "{text}");
+        assert!(text.contains("1.96"), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("slow") && l.ends_with("timed out")),
+            "{text}"
+        );
+        assert!(text.ends_with("warning: look out\nverdict\n"), "{text}");
     }
 
     #[test]

@@ -2,11 +2,12 @@
 
 use crate::args::RunOptions;
 use crate::child::{self, Announcements, Binding, Ended, Finished, Launch};
+use crate::out::{say, sayln};
 use crate::program;
 use crate::{Failure, EXIT_CANNOT_RUN};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::SystemTime;
 
 /// Runs the program and returns the exit status to leave with (a program
 /// killed by a signal kills us with it before this returns).
@@ -16,8 +17,12 @@ pub fn run(options: RunOptions) -> Result<u8, Failure> {
     let (lib, hint) = library_path(options.lib.as_deref())?;
     program::check_library(&lib, image.as_ref(), &hint)?;
 
+    let map_before = match &options.heapmap {
+        Some(map) => Some(clear_heapmap(map)?),
+        None => None,
+    };
+
     child::forward_signals();
-    let started = SystemTime::now();
     let launch = Launch {
         path: &path,
         argv0: &options.program.name,
@@ -26,6 +31,7 @@ pub fn run(options: RunOptions) -> Result<u8, Failure> {
         inherit_preload: true,
         env: &options.env,
         announce: true,
+        timeout: None,
     };
     let finished = child::start(
         &launch,
@@ -41,12 +47,17 @@ pub fn run(options: RunOptions) -> Result<u8, Failure> {
         .clone()
         .expect("announce was asked for");
     if let Some(warning) = binding_warning(&shown, &lib, &announcements) {
-        eprintln!("buddyslab: {warning}");
+        sayln!("buddyslab: {warning}");
     }
     if options.summary {
-        eprint!(
+        say!(
             "{}",
-            summary(&shown, &lib, &finished, options.heapmap.as_deref(), started)
+            summary(
+                &shown,
+                &lib,
+                &finished,
+                options.heapmap.as_deref().zip(map_before)
+            )
         );
     }
     match finished.ended {
@@ -58,22 +69,45 @@ pub fn run(options: RunOptions) -> Result<u8, Failure> {
     }
 }
 
-/// The library to preload: `--lib`, or `libbuddyslab.so` next to this
-/// executable. Also the hint shown if it does not exist.
+/// The variable that names the library when `--lib` is not given.
+pub const LIB_VARIABLE: &str = "BUDDYSLAB_LIB";
+
+/// The library to preload, the first of: `--lib`, `BUDDYSLAB_LIB`,
+/// `libbuddyslab.so` next to this executable (a cargo build), in `../lib/`
+/// from it (an install under a prefix). Also the hint shown if it does not
+/// exist.
 pub fn library_path(given: Option<&Path>) -> Result<(PathBuf, String), Failure> {
     if let Some(lib) = given {
         return Ok((lib.to_path_buf(), String::new()));
     }
+    if let Some(lib) = std::env::var_os(LIB_VARIABLE).filter(|v| !v.is_empty()) {
+        return Ok((PathBuf::from(lib), format!(" (named by {LIB_VARIABLE})")));
+    }
     let exe = std::env::current_exe().map_err(|e| {
         Failure::tool(format!(
-            "cannot find my own executable: {e}; use --lib PATH"
+            "cannot find my own executable: {e}; use --lib PATH or {LIB_VARIABLE}"
         ))
     })?;
     let dir = exe.parent().unwrap_or(Path::new("/"));
+    let beside = dir.join("libbuddyslab.so");
+    let installed = dir
+        .parent()
+        .map(|prefix| prefix.join("lib/libbuddyslab.so"));
+    if let Some(found) = std::iter::once(&beside)
+        .chain(installed.as_ref())
+        .find(|candidate| candidate.is_file())
+    {
+        return Ok((found.clone(), String::new()));
+    }
+    let also = installed
+        .as_ref()
+        .map(|p| format!(" nor at {}", p.display()))
+        .unwrap_or_default();
     Ok((
-        dir.join("libbuddyslab.so"),
+        beside,
         format!(
-            " (looked next to {}): build it with `cargo build --release`, or name it with --lib PATH",
+            "{also} (the places next to {}): build it with `cargo build --release`, install \
+             both with scripts/install.sh, or name it with --lib PATH or {LIB_VARIABLE}",
             exe.display()
         ),
     ))
@@ -122,8 +156,7 @@ fn summary(
     program: &str,
     lib: &Path,
     finished: &Finished,
-    heapmap: Option<&Path>,
-    started: SystemTime,
+    heapmap: Option<(&Path, MapBefore)>,
 ) -> String {
     let said = finished
         .announcements
@@ -158,11 +191,8 @@ fn summary(
         thousands(finished.minor_faults),
         thousands(finished.major_faults)
     ));
-    if let Some(map) = heapmap {
-        let fresh = std::fs::metadata(map)
-            .and_then(|m| m.modified())
-            .is_ok_and(|modified| modified >= started);
-        lines.push(if fresh {
+    if let Some((map, before)) = heapmap {
+        lines.push(if heapmap_written(map, &before) {
             format!("  heap map      {}", map.display())
         } else {
             format!(
@@ -174,6 +204,69 @@ fn summary(
     let mut text = lines.join("\n");
     text.push('\n');
     text
+}
+
+/// What `--heapmap` named before the run, so that afterwards a map there
+/// can be known to be this run's. A clock read before the run cannot tell:
+/// file times come from a coarse clock (a jiffy, or worse on some file
+/// systems), so a map written during the run may carry an earlier time.
+pub enum MapBefore {
+    /// Nothing is there now: a plain file that was there has been removed
+    /// (the library would truncate and rewrite it anyway), so whatever is
+    /// there after the run, this run wrote.
+    Absent,
+    /// Not a plain file (a symbolic link, a device): left alone, and its
+    /// identity, size and times (to the nanosecond) compared after the run.
+    Kept(Option<Stamp>),
+}
+
+/// A file's device, inode, size, and modification and change times.
+#[derive(PartialEq, Eq)]
+pub struct Stamp([i64; 7]);
+
+impl Stamp {
+    fn of(metadata: &std::fs::Metadata) -> Stamp {
+        Stamp([
+            metadata.dev() as i64,
+            metadata.ino() as i64,
+            metadata.size() as i64,
+            metadata.mtime(),
+            metadata.mtime_nsec(),
+            metadata.ctime(),
+            metadata.ctime_nsec(),
+        ])
+    }
+}
+
+/// Prepares `map` for the run (see [`MapBefore`]).
+fn clear_heapmap(map: &Path) -> Result<MapBefore, Failure> {
+    match std::fs::symlink_metadata(map) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(MapBefore::Absent),
+        Err(e) => Err(Failure::tool(format!("--heapmap {}: {e}", map.display()))),
+        Ok(m) if m.is_dir() => Err(Failure::usage(format!(
+            "--heapmap {} is a directory; name a file, e.g. heap.svg",
+            map.display()
+        ))),
+        Ok(m) if m.is_file() => match std::fs::remove_file(map) {
+            Ok(()) => Ok(MapBefore::Absent),
+            Err(e) => Err(Failure::tool(format!(
+                "--heapmap {}: cannot replace the map there: {e}",
+                map.display()
+            ))),
+        },
+        Ok(_) => Ok(MapBefore::Kept(
+            std::fs::metadata(map).ok().map(|m| Stamp::of(&m)),
+        )),
+    }
+}
+
+/// Whether the library wrote `map` during the run.
+fn heapmap_written(map: &Path, before: &MapBefore) -> bool {
+    let now = std::fs::metadata(map);
+    match before {
+        MapBefore::Absent => now.is_ok(),
+        MapBefore::Kept(stamp) => now.is_ok_and(|m| stamp.as_ref() != Some(&Stamp::of(&m))),
+    }
 }
 
 /// KiB as "12.3 MiB".

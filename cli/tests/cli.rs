@@ -195,9 +195,22 @@ fn run_passes_options_as_variables() {
 /// (bash, since dash leaves with `_exit`, past the exit handlers).
 #[test]
 fn run_stats_come_from_the_program_only() {
-    let outcome = run_tool(&["run", "--stats", "--no-summary", "--", "bash", "-c", "/bin/true; /bin/true; exit 0"]);
+    let outcome = run_tool(&[
+        "run",
+        "--stats",
+        "--no-summary",
+        "--",
+        "bash",
+        "-c",
+        "/bin/true; /bin/true; exit 0",
+    ]);
     assert!(outcome.success(), "{}", outcome.report());
-    assert_eq!(outcome.stderr.matches("== buddyinfo").count(), 1, "{}", outcome.report());
+    assert_eq!(
+        outcome.stderr.matches("== buddyinfo").count(),
+        1,
+        "{}",
+        outcome.report()
+    );
 }
 
 #[test]
@@ -646,4 +659,561 @@ fn help_reads_like_a_manual() {
             );
         }
     }
+}
+
+/// Runs the tool with stdout and stderr on a pipe whose reader is already
+/// gone (as `buddyslab ... 2>&1 | true` when `true` has finished), and
+/// returns how it ended.
+fn run_into_closed_pipe(args: &[&str]) -> std::process::ExitStatus {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two fresh descriptors into the array.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both descriptors are fresh and owned by nobody else.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read_end);
+    let mut cmd = tool(args);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(write_end.try_clone().unwrap()))
+        .stderr(Stdio::from(write_end));
+    let mut child = cmd.spawn().expect("start buddyslab");
+    drop(cmd);
+    let deadline = std::time::Instant::now() + HANG_GUARD;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{args:?} did not end");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A closed stdout or stderr does not stop the tool: the summary, the
+/// progress lines and the table are dropped, and the program's exit status
+/// still passes through (it used to abort with 134).
+#[test]
+fn a_closed_pipe_does_not_change_the_exit_status() {
+    find_program("sh", "dash");
+    find_program("true", "coreutils");
+    for (args, expected) in [
+        (&["run", "--", "true"][..], 0),
+        (&["run", "--", "sh", "-c", "exit 3"], 3),
+        (
+            &[
+                "compare",
+                "--runs",
+                "1",
+                "--only",
+                "glibc,buddyslab",
+                "--",
+                "true",
+            ],
+            0,
+        ),
+        (&["--help"], 0),
+        (&["run", "--bogus", "--", "true"], 125),
+    ] {
+        let status = run_into_closed_pipe(args);
+        assert_eq!(status.code(), Some(expected), "{args:?}: {status}");
+    }
+}
+
+/// The pipelines of the report, through a real shell: `| true` and
+/// `| head -3`. With `--stats` the program itself may die of SIGPIPE when
+/// `head` has gone before the library's last line, and then the tool dies
+/// of it too, as the program run alone would; it never aborts.
+#[test]
+fn pipelines_into_true_and_head() {
+    find_program("bash", "bash");
+    find_program("head", "coreutils");
+    let exe = env!("CARGO_BIN_EXE_buddyslab");
+    let mut cmd = Command::new("bash");
+    clean_malloc_env(&mut cmd);
+    cmd.args([
+        "-c",
+        "\"$0\" run -- true 2>&1 | true; exit ${PIPESTATUS[0]}",
+        exe,
+    ]);
+    let outcome = run(cmd, HANG_GUARD);
+    assert_eq!(exit_code(&outcome), Some(0), "{}", outcome.report());
+
+    for _ in 0..5 {
+        let mut cmd = Command::new("bash");
+        clean_malloc_env(&mut cmd);
+        cmd.args([
+            "-c",
+            "\"$0\" run --stats -- true 2>&1 | head -3 >/dev/null; exit ${PIPESTATUS[0]}",
+            exe,
+        ]);
+        let outcome = run(cmd, HANG_GUARD);
+        let code = exit_code(&outcome);
+        assert!(
+            code == Some(0) || code == Some(128 + libc::SIGPIPE),
+            "{}",
+            outcome.report()
+        );
+    }
+}
+
+/// `--heapmap --stats` used to write a map named `--stats` and drop
+/// `--stats`; `--heapmap --` one named `--`. Now both are usage errors,
+/// and nothing runs or is written.
+#[test]
+fn an_option_value_never_swallows_the_next_option() {
+    let dir = fresh_dir("cli", "swallow");
+    for args in [
+        &["run", "--heapmap", "--stats", "--", "true"][..],
+        &["run", "--heapmap", "--", "true"],
+        &["run", "--lib", "--", "true"],
+        &["compare", "--chart", "--runs", "1", "--", "true"],
+    ] {
+        let mut cmd = tool(args);
+        cmd.current_dir(&dir);
+        let outcome = run(cmd, HANG_GUARD);
+        assert_eq!(exit_code(&outcome), Some(125), "{}", outcome.report());
+        assert!(
+            outcome.stderr.contains("a value is required") && outcome.stderr.contains("--help"),
+            "{}",
+            outcome.report()
+        );
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert!(left.is_empty(), "{args:?} wrote {left:?}");
+    }
+}
+
+/// Every `BUDDYSLAB_*` variable the library reads (a byte-string literal
+/// that is exactly the name, in `src/` and `cdylib/src/`) is explained in
+/// `buddyslab --help` and `buddyslab run --help`.
+#[test]
+fn help_lists_every_variable_the_library_reads() {
+    fn scan(dir: &Path, names: &mut std::collections::BTreeSet<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                scan(&path, names);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                for (at, _) in text.match_indices("b\"BUDDYSLAB_") {
+                    let rest = &text[at + 2..];
+                    let end = rest
+                        .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+                        .unwrap_or(rest.len());
+                    if rest[end..].starts_with('"') && end > "BUDDYSLAB_".len() {
+                        names.insert(rest[..end].to_string());
+                    }
+                }
+            }
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    scan(&root.join("src"), &mut names);
+    scan(&root.join("cdylib/src"), &mut names);
+    for known in [
+        "BUDDYSLAB_MMAP_THRESHOLD",
+        "BUDDYSLAB_LARGE_CACHE",
+        "BUDDYSLAB_ANNOUNCE",
+    ] {
+        assert!(names.contains(known), "the scan missed {known}: {names:?}");
+    }
+    for args in [&["--help"][..], &["run", "--help"]] {
+        let outcome = run_tool(args);
+        assert!(outcome.success(), "{}", outcome.report());
+        for name in &names {
+            assert!(
+                outcome.stdout.contains(&format!("    {name}=")),
+                "{args:?} does not explain {name}:\n{}",
+                outcome.stdout
+            );
+        }
+    }
+}
+
+/// `completions SHELL` prints a script that knows the commands and the
+/// options; bash's parses.
+#[test]
+fn completions_for_bash_zsh_and_fish() {
+    for shell in ["bash", "zsh", "fish"] {
+        let outcome = run_tool(&["completions", shell]);
+        assert!(outcome.success(), "{}", outcome.report());
+        for word in ["compare", "heapmap", "allow-output-diff"] {
+            assert!(
+                outcome.stdout.contains(word),
+                "the {shell} script lacks `{word}`:\n{}",
+                outcome.stdout
+            );
+        }
+    }
+    find_program("bash", "bash");
+    let dir = fresh_dir("cli", "completions");
+    let script = dir.join("buddyslab.bash");
+    std::fs::write(&script, run_tool(&["completions", "bash"]).stdout).unwrap();
+    let mut cmd = Command::new("bash");
+    cmd.arg("-n").arg(&script);
+    let outcome = run(cmd, HANG_GUARD);
+    assert!(outcome.success(), "{}", outcome.report());
+}
+
+/// A copy of the tool at `dir/bin/buddyslab`, as an install puts it.
+fn tool_copy(dir: &Path) -> PathBuf {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let exe = bin.join("buddyslab");
+    std::fs::copy(env!("CARGO_BIN_EXE_buddyslab"), &exe).unwrap();
+    exe
+}
+
+/// `exe run [extra] -- printenv LD_PRELOAD`, with `BUDDYSLAB_LIB` set
+/// only when given: the program prints the library the tool preloaded.
+fn preloaded_by(exe: &Path, lib_variable: Option<&Path>, extra: &[&str]) -> Outcome {
+    let mut cmd = Command::new(exe);
+    clean_malloc_env(&mut cmd);
+    if let Some(lib) = lib_variable {
+        cmd.env("BUDDYSLAB_LIB", lib);
+    }
+    cmd.arg("run")
+        .args(extra)
+        .args(["--no-summary", "--", "printenv", "LD_PRELOAD"]);
+    run(cmd, HANG_GUARD)
+}
+
+fn same_file(a: &str, b: &Path) -> bool {
+    std::fs::canonicalize(a.trim()).ok() == std::fs::canonicalize(b).ok()
+}
+
+/// The tool preloads the first of: --lib, BUDDYSLAB_LIB, libbuddyslab.so
+/// next to its executable, in ../lib/ from it; and it says where it looked
+/// when there is none. BUDDYSLAB_LIB is not passed on to the program (the
+/// library would call it unknown).
+#[test]
+fn the_library_is_looked_for_in_order() {
+    find_program("printenv", "coreutils");
+    let dir = fresh_dir("cli", "lookup");
+    let exe = tool_copy(&dir);
+    let (installed, beside, named, given) = (
+        dir.join("lib/libbuddyslab.so"),
+        dir.join("bin/libbuddyslab.so"),
+        dir.join("named/libbuddyslab.so"),
+        dir.join("given/libbuddyslab.so"),
+    );
+    for lib in [&installed, &beside, &named, &given] {
+        std::fs::create_dir_all(lib.parent().unwrap()).unwrap();
+    }
+
+    // None anywhere.
+    let outcome = preloaded_by(&exe, None, &[]);
+    assert_eq!(exit_code(&outcome), Some(125), "{}", outcome.report());
+    assert!(
+        outcome.stderr.contains(path_str(&beside))
+            && outcome.stderr.contains("lib/libbuddyslab.so")
+            && outcome.stderr.contains("scripts/install.sh")
+            && outcome.stderr.contains("BUDDYSLAB_LIB"),
+        "{}",
+        outcome.report()
+    );
+
+    let expect = |outcome: Outcome, lib: &Path| {
+        assert!(outcome.success(), "{}", outcome.report());
+        assert!(
+            same_file(&outcome.stdout, lib),
+            "preloaded {} instead of {}",
+            outcome.stdout.trim(),
+            lib.display()
+        );
+    };
+    std::fs::copy(library(), &installed).unwrap();
+    expect(preloaded_by(&exe, None, &[]), &installed);
+    std::fs::copy(library(), &beside).unwrap();
+    expect(preloaded_by(&exe, None, &[]), &beside);
+    std::fs::copy(library(), &named).unwrap();
+    expect(preloaded_by(&exe, Some(&named), &[]), &named);
+    std::fs::copy(library(), &given).unwrap();
+    expect(
+        preloaded_by(&exe, Some(&named), &["--lib", path_str(&given)]),
+        &given,
+    );
+
+    // A BUDDYSLAB_LIB that names nothing is an error, not a fall-through.
+    let outcome = preloaded_by(&exe, Some(&dir.join("nothing.so")), &[]);
+    assert_eq!(exit_code(&outcome), Some(125), "{}", outcome.report());
+    assert!(
+        outcome.stderr.contains("named by BUDDYSLAB_LIB"),
+        "{}",
+        outcome.report()
+    );
+
+    let mut cmd = Command::new(&exe);
+    clean_malloc_env(&mut cmd);
+    cmd.env("BUDDYSLAB_LIB", &named).args([
+        "run",
+        "--no-summary",
+        "--",
+        "printenv",
+        "BUDDYSLAB_LIB",
+    ]);
+    let outcome = run(cmd, HANG_GUARD);
+    assert_eq!(exit_code(&outcome), Some(1), "{}", outcome.report());
+    assert!(
+        outcome.stdout.is_empty() && outcome.stderr.is_empty(),
+        "{}",
+        outcome.report()
+    );
+}
+
+/// `scripts/install.sh --no-build` with a PREFIX gives a tool that finds
+/// its library, and the completion scripts.
+#[test]
+fn the_install_script_gives_a_working_tool() {
+    find_program("sh", "dash");
+    find_program("install", "coreutils");
+    let prefix = fresh_dir("cli", "install");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let target = library().parent().unwrap().parent().unwrap().to_path_buf();
+    let mut cmd = Command::new("sh");
+    clean_malloc_env(&mut cmd);
+    cmd.arg(root.join("scripts/install.sh"))
+        .arg("--no-build")
+        .env("PREFIX", &prefix)
+        .env("CARGO_TARGET_DIR", &target)
+        .env_remove("DESTDIR");
+    let outcome = run(cmd, HANG_GUARD);
+    assert!(outcome.success(), "{}", outcome.report());
+    for file in [
+        "bin/buddyslab",
+        "lib/libbuddyslab.so",
+        "share/bash-completion/completions/buddyslab",
+        "share/zsh/site-functions/_buddyslab",
+        "share/fish/vendor_completions.d/buddyslab.fish",
+    ] {
+        assert!(prefix.join(file).is_file(), "{file} was not installed");
+    }
+
+    let mut cmd = Command::new(prefix.join("bin/buddyslab"));
+    clean_malloc_env(&mut cmd);
+    cmd.args(["run", "--", "true"]);
+    let outcome = run(cmd, HANG_GUARD);
+    assert!(outcome.success(), "{}", outcome.report());
+    assert_bound(&outcome);
+    assert!(
+        outcome
+            .stderr
+            .contains(path_str(&prefix.join("lib/libbuddyslab.so"))),
+        "{}",
+        outcome.report()
+    );
+}
+
+/// The summary's heap-map line tells this run's map from an older one:
+/// the same run ten times over says each time that the map was written
+/// (comparing the file's time with a clock read before the run said "was
+/// not written" 8 times in 10), and a map left from before by a program
+/// that leaves past the exit handlers is not taken for this run's.
+#[test]
+fn the_heap_map_check_tells_this_run_s_map() {
+    find_program("true", "coreutils");
+    let dir = fresh_dir("cli", "heapmap-check");
+    let map = dir.join("y.svg");
+    for k in 0..10 {
+        let mut cmd = tool(&["run", "--heapmap", "y.svg", "--", "true"]);
+        cmd.current_dir(&dir);
+        let outcome = run(cmd, HANG_GUARD);
+        assert!(outcome.success(), "{}", outcome.report());
+        assert!(
+            outcome
+                .stderr
+                .contains(&format!("heap map      {}\n", path_str(&map))),
+            "run {k}:\n{}",
+            outcome.report()
+        );
+        let svg = std::fs::read_to_string(&map).expect("no map");
+        assert!(svg.starts_with("<svg"), "run {k}: {svg:.80}");
+    }
+
+    let python = find_program("python3", "python3");
+    std::fs::write(&map, "an old map\n").unwrap();
+    let mut cmd = tool(&["run", "--heapmap", "y.svg", "--"]);
+    cmd.arg(&python)
+        .args(["-c", "import os; os._exit(0)"])
+        .current_dir(&dir);
+    let outcome = run(cmd, HANG_GUARD);
+    assert!(outcome.success(), "{}", outcome.report());
+    assert!(
+        outcome.stderr.contains("was not written by the library"),
+        "{}",
+        outcome.report()
+    );
+    assert!(!map.exists(), "the old map is still there");
+
+    let outcome = run_tool(&["run", "--heapmap", path_str(&dir), "--", "true"]);
+    assert_eq!(exit_code(&outcome), Some(125), "{}", outcome.report());
+}
+
+/// `compare --json`: one document with every run and each malloc's min,
+/// median, max and MAD; the short-program warning is there exactly when
+/// glibc's median is under 50 ms. The scratch folder goes in TMPDIR and is
+/// gone afterwards.
+#[test]
+fn compare_json_has_every_run_and_the_spread() {
+    find_program("true", "coreutils");
+    let tmp = fresh_dir("cli", "compare-json-tmp");
+    let mut cmd = tool(&[
+        "compare",
+        "--runs",
+        "3",
+        "--only",
+        "glibc,buddyslab",
+        "--json",
+        "--",
+        "true",
+    ]);
+    cmd.env("TMPDIR", &tmp);
+    let outcome = run(cmd, HANG_GUARD);
+    assert!(outcome.success(), "{}", outcome.report());
+    let doc: serde_json::Value = serde_json::from_str(&outcome.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", outcome.report()));
+    assert_eq!(doc["reference"], "glibc");
+    assert_eq!(doc["differs"], false);
+    let mallocs = doc["mallocs"].as_array().expect("mallocs");
+    assert_eq!(mallocs.len(), 2);
+    for (malloc, name) in mallocs.iter().zip(["glibc", "buddyslab"]) {
+        assert_eq!(malloc["name"], name);
+        assert_eq!(malloc["runs"].as_array().map(Vec::len), Some(3), "{malloc}");
+        for figure in ["wall_s", "peak_rss_kib", "minor_faults"] {
+            let s = &malloc[figure];
+            let [min, median, max, mad] =
+                ["min", "median", "max", "mad"].map(|k| s[k].as_f64().expect("a number"));
+            assert!(
+                min <= median && median <= max && mad >= 0.0,
+                "{figure}: {s}"
+            );
+            assert!(malloc["ratio"][figure].is_number(), "{malloc}");
+        }
+    }
+    assert_eq!(mallocs[0]["ratio"]["wall_s"], 1.0);
+    let short = mallocs[0]["wall_s"]["median"].as_f64().unwrap() < 0.05;
+    let warned = doc["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|w| w.as_str().unwrap_or("").contains("under 50 ms"));
+    assert_eq!(short, warned, "{}", outcome.stdout);
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+    assert!(left.is_empty(), "the scratch folder is left: {left:?}");
+
+    // The table shows the spread beside each median.
+    let outcome = run_tool(&[
+        "compare",
+        "--runs",
+        "2",
+        "--only",
+        "glibc,buddyslab",
+        "--",
+        "true",
+    ]);
+    assert!(outcome.success(), "{}", outcome.report());
+    let rows: Vec<&str> = outcome
+        .stdout
+        .lines()
+        .filter(|l| l.contains(" s "))
+        .collect();
+    assert_eq!(rows.len(), 2, "{}", outcome.stdout);
+    for row in rows {
+        assert!(
+            row.contains("..") && row.contains('('),
+            "no spread in `{row}`"
+        );
+    }
+}
+
+/// `--timeout`: a run past it is killed, its malloc gets no more runs, and
+/// the comparison says so and exits with 1; a generous one changes nothing.
+#[test]
+fn compare_timeout_kills_a_run_that_hangs() {
+    find_program("sleep", "coreutils");
+    let outcome = run_tool(&[
+        "compare",
+        "--runs",
+        "2",
+        "--only",
+        "glibc,buddyslab",
+        "--timeout",
+        "0.5",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    assert_eq!(exit_code(&outcome), Some(1), "{}", outcome.report());
+    for line in [
+        "TIMED OUT under glibc (its run 1)",
+        "TIMED OUT under buddyslab (its run 1)",
+    ] {
+        assert!(outcome.stdout.contains(line), "{}", outcome.report());
+    }
+    assert_eq!(
+        outcome.stderr.matches("--timeout").count(),
+        2,
+        "a malloc ran again after timing out:\n{}",
+        outcome.report()
+    );
+
+    let outcome = run_tool(&[
+        "compare",
+        "--runs",
+        "1",
+        "--only",
+        "glibc,buddyslab",
+        "--timeout",
+        "300",
+        "--",
+        "true",
+    ]);
+    assert!(outcome.success(), "{}", outcome.report());
+    assert!(
+        !outcome.stdout.contains("TIMED OUT"),
+        "{}",
+        outcome.report()
+    );
+}
+
+/// `--allow-output-diff`: a program that prints something else under each
+/// malloc (here its LD_PRELOAD) fails the comparison without it and passes
+/// with it, the exit status still compared.
+#[test]
+fn compare_allow_output_diff() {
+    find_program("sh", "dash");
+    let base = ["compare", "--runs", "1", "--only", "glibc,buddyslab"];
+    let program = ["--", "sh", "-c", "echo \"$LD_PRELOAD\""];
+    let outcome = run_tool(&[&base[..], &program[..]].concat());
+    assert_eq!(exit_code(&outcome), Some(1), "{}", outcome.report());
+    assert!(
+        outcome.stdout.contains("OUTPUT DIFFERS under buddyslab"),
+        "{}",
+        outcome.report()
+    );
+
+    let outcome = run_tool(&[&base[..], &["--allow-output-diff"], &program[..]].concat());
+    assert!(outcome.success(), "{}", outcome.report());
+    assert!(
+        outcome
+            .stdout
+            .contains("exit status: the same under every malloc")
+            && outcome.stdout.contains("output not compared"),
+        "{}",
+        outcome.report()
+    );
+
+    let program = ["--", "sh", "-c", "test -z \"$LD_PRELOAD\""];
+    let outcome = run_tool(&[&base[..], &["--allow-output-diff"], &program[..]].concat());
+    assert_eq!(exit_code(&outcome), Some(1), "{}", outcome.report());
+    assert!(
+        outcome
+            .stdout
+            .contains("EXIT STATUS DIFFERS under buddyslab"),
+        "{}",
+        outcome.report()
+    );
 }

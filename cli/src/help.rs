@@ -1,0 +1,295 @@
+//! The help pages, laid out like manual pages: clap's templates, with the
+//! usage line and the options filled in by clap from the definitions in
+//! `args`. (No braces in the text: clap reads `{...}` as a tag.)
+//!
+//! ENVIRONMENT lists every variable the library reads (`src/options.rs`);
+//! a test in `cli/tests/cli.rs` checks that none is missing.
+
+/// The variables, shared by the three pages that list them.
+macro_rules! environment {
+    () => {
+        "\
+ENVIRONMENT
+    Read by the tool:
+
+    BUDDYSLAB_LIB=PATH
+        The library to preload when --lib is not given.
+
+    Read by the library (run passes them on to the program; its options
+    set the first four):
+
+    BUDDYSLAB_MMAP_THRESHOLD=SIZE
+        Requests of at least SIZE bytes get a large block of their own
+        (default 128k and adaptive, at most 32m; suffixes k, m, g); setting
+        it stops the adaptation.
+    BUDDYSLAB_DECAY_MS=MS
+        How long free memory stays resident before it goes back to the
+        kernel (default 1000; 0: at the next slow path).
+    BUDDYSLAB_STATS=1|text|json|0
+        The heap views on stderr at exit, as text or as one JSON object.
+    BUDDYSLAB_HEAPMAP=FILE.svg
+        An SVG map of the heap (one row per chunk, one cell per page),
+        written at exit.
+    BUDDYSLAB_ADDRSPACE_SVG=FILE.svg
+        The process address space (segments, gaps, buddyslab's regions)
+        drawn as SVG at exit.
+    BUDDYSLAB_LARGE_CACHE=SIZE
+        Cap on released large mappings kept for reuse (default 64m, also
+        bounded by the trim threshold; 0 turns the cache off).
+    BUDDYSLAB_LARGE_CACHE_MS=MS
+        How long a released mapping stays cached (default 1000).
+    MALLOC_MMAP_THRESHOLD_=BYTES, MALLOC_TRIM_THRESHOLD_=BYTES
+        glibc's names, honoured as glibc does; setting either stops the
+        adaptation.
+
+    Set by the tool, not by hand:
+
+    BUDDYSLAB_STATS_PPID=PID
+        With BUDDYSLAB_STATS, BUDDYSLAB_HEAPMAP or BUDDYSLAB_ADDRSPACE_SVG,
+        only a process whose parent is PID prints the views, so the
+        processes the program starts stay quiet.
+    BUDDYSLAB_ANNOUNCE=FD:INODE
+        The pipe on which the library says whether its malloc is the one
+        the process uses.
+
+    The library reports any other BUDDYSLAB_* variable, and a malformed
+    value, on stderr, and otherwise ignores it.
+
+"
+    };
+}
+
+/// Where the library is looked for, shared like [`environment`].
+macro_rules! the_library {
+    () => {
+        "\
+THE LIBRARY
+    run and compare preload the first of:
+      1. --lib PATH;
+      2. BUDDYSLAB_LIB;
+      3. libbuddyslab.so in the directory of the buddyslab executable
+         (target/release/ after `cargo build --release`);
+      4. libbuddyslab.so in ../lib/ from that directory (PREFIX/lib/ after
+         `scripts/install.sh`, which installs PREFIX/bin/buddyslab).
+
+"
+    };
+}
+
+/// The exit statuses the two commands share.
+macro_rules! exit_common {
+    () => {
+        "    125 for buddyslab's own errors (bad option, library missing or not
+    a shared library, statically linked program), 126 when PROGRAM cannot
+    be executed, 127 when it is not found.
+"
+    };
+}
+
+/// `buddyslab --help`.
+pub const MAIN: &str = concat!(
+    "\
+NAME
+    buddyslab - run a program on the buddyslab malloc, or compare mallocs
+
+SYNOPSIS
+    buddyslab run [OPTIONS] [--] PROGRAM [ARGS...]
+    buddyslab compare [OPTIONS] [--] PROGRAM [ARGS...]
+    buddyslab completions SHELL
+    buddyslab help [COMMAND] | --help | --version
+
+DESCRIPTION
+    buddyslab run starts PROGRAM with libbuddyslab.so preloaded
+    (LD_PRELOAD), so that every malloc, free, calloc, realloc and the rest
+    of glibc's malloc API in the program and in the libraries it uses go to
+    buddyslab, checks that they really did, and prints a summary of the run
+    (time, peak RSS, page faults).
+
+    buddyslab compare runs PROGRAM several times under glibc's own malloc,
+    buddyslab, and each of jemalloc, mimalloc and tcmalloc installed, and
+    prints the median time, peak RSS and minor faults of each with their
+    spread and their ratios to glibc; it also checks that the output does
+    not depend on the malloc.
+
+    `buddyslab help COMMAND` or `buddyslab COMMAND --help` is the manual of
+    one command, with its options.
+
+COMMANDS
+",
+    "{subcommands}",
+    "
+
+OPTIONS
+",
+    "{options}",
+    "
+
+",
+    environment!(),
+    the_library!(),
+    "\
+EXIT STATUS
+    run: the program's exit status; if the program was killed by a signal,
+    buddyslab kills itself with the same signal (a shell then shows 128 +
+    the signal number). compare: 0 when every run exited as it did on
+    glibc and printed the same output; 1 when one did not, or passed
+    --timeout.
+",
+    exit_common!(),
+    "
+EXAMPLES
+    buddyslab run --stats -- python3 -c 'print(sum(range(10**6)))'
+        Run Python on buddyslab and print the allocator's statistics.
+
+    buddyslab compare --runs 3 --chart sort.svg -- sort -n numbers.txt
+        Time sort under every malloc on the machine, three runs each.
+
+    buddyslab completions bash > /etc/bash_completion.d/buddyslab
+        Complete buddyslab's commands and options in bash.
+"
+);
+
+/// `buddyslab run --help`.
+pub const RUN: &str = concat!(
+    "\
+NAME
+    buddyslab run - run a program with libbuddyslab.so as its malloc
+
+SYNOPSIS
+    ",
+    "{usage}",
+    "
+
+DESCRIPTION
+    buddyslab run starts PROGRAM with libbuddyslab.so preloaded
+    (LD_PRELOAD), so that every malloc, free, calloc, realloc and the rest
+    of glibc's malloc API in the program and in the libraries it uses go to
+    buddyslab. The options become BUDDYSLAB_* environment variables, read by
+    the library. Before starting, the program is checked: a statically
+    linked program cannot have its malloc replaced and is refused. When the
+    program has started, the library reports whether its malloc is the one
+    the process really uses; if the program brings its own malloc (or the
+    loader refused the library), run says so. The program's standard
+    streams are its own. At the end a short summary goes to stderr: whether
+    buddyslab was bound, the exit status, wall time, user and system time,
+    peak resident set size and page faults (from wait4(2)); a closed
+    stderr drops it without changing the exit status. Signals sent to
+    buddyslab (kill, timeout) are passed on to the program.
+
+OPTIONS
+",
+    "{options}",
+    "
+
+",
+    environment!(),
+    the_library!(),
+    "\
+EXIT STATUS
+    The program's exit status; if the program was killed by a signal,
+    buddyslab kills itself with the same signal (a shell then shows 128 +
+    the signal number).
+",
+    exit_common!(),
+    "
+EXAMPLES
+    buddyslab run --stats -- python3 -c 'print(sum(range(10**6)))'
+        Run Python on buddyslab and print the allocator's statistics.
+
+    buddyslab run --heapmap heap.svg -- sort big.txt > sorted.txt
+        Sort a file, then look at heap.svg in a browser.
+"
+);
+
+/// `buddyslab compare --help`.
+pub const COMPARE: &str = concat!(
+    "\
+NAME
+    buddyslab compare - time a program under several mallocs
+
+SYNOPSIS
+    ",
+    "{usage}",
+    "
+
+DESCRIPTION
+    buddyslab compare runs PROGRAM under several mallocs: glibc's own (no
+    preload), buddyslab, and each of jemalloc, mimalloc and tcmalloc whose
+    Debian library is installed (libjemalloc.so.2, libmimalloc.so.2,
+    libtcmalloc_minimal.so.4), plus any given with --with. The runs are
+    interleaved: round 1 runs the program once under every malloc, then
+    round 2, and so on, the order rotating each round, so that noise on the
+    machine falls on all of them alike. It prints a table of the median
+    wall time (with the fastest and slowest run), peak RSS and minor
+    faults, each with its ratio to glibc (or to the first malloc when glibc
+    is left out), and warns when the program runs too briefly (under 50 ms)
+    for its time to mean much. The program's standard output and exit
+    status must be the same under every malloc, since a malloc that changes
+    what a program prints is broken; a difference is reported with the
+    first line that differs (--allow-output-diff compares the exit status
+    only). If the output already varies between runs on glibc alone, it is
+    not compared. A library the loader refuses, or a buddyslab that is not
+    bound in the program, stops the comparison, since it would measure
+    glibc under another name. Every malloc runs in the same environment
+    but for its preload: BUDDYSLAB_* variables are not passed on (use the
+    options). Progress goes to stderr, the table (or --json) to stdout.
+    Standard input is empty unless --input is given.
+
+OPTIONS
+",
+    "{options}",
+    "
+
+",
+    the_library!(),
+    "\
+EXIT STATUS
+    0 when every run exited as it did on glibc and printed the same output;
+    1 when a run's output or exit status differed, or a run passed
+    --timeout.
+",
+    exit_common!(),
+    "
+EXAMPLES
+    buddyslab compare --runs 3 --chart sort.svg -- sort -n numbers.txt
+        Time sort under every malloc on the machine, three runs each.
+
+    buddyslab compare --only glibc,buddyslab --with mine=./libmine.so -- ./a.out
+        Compare glibc, buddyslab and your own malloc on a program.
+
+    buddyslab compare --json --timeout 60 --allow-output-diff -- ./bench
+        A benchmark that prints its own timings, for a script to read.
+"
+);
+
+/// `buddyslab completions --help`.
+pub const COMPLETIONS: &str = concat!(
+    "\
+NAME
+    buddyslab completions - print a shell's completion script
+
+SYNOPSIS
+    ",
+    "{usage}",
+    "
+
+DESCRIPTION
+    Prints the script that teaches SHELL to complete buddyslab's commands,
+    options and file names, and the program after them.
+
+ARGUMENTS
+",
+    "{positionals}",
+    "
+
+OPTIONS
+",
+    "{options}",
+    "
+
+EXAMPLES
+    buddyslab completions bash > ~/.local/share/bash-completion/completions/buddyslab
+    buddyslab completions zsh > ~/.zfunc/_buddyslab
+    buddyslab completions fish > ~/.config/fish/completions/buddyslab.fish
+"
+);
