@@ -85,6 +85,13 @@ fn alloc_big(size: usize, align: usize) -> *mut u8 {
     let p = alloc_big_known_zero(size, align).0;
     if p.is_null() {
         os::set_errno(libc::ENOMEM);
+    } else {
+        let perturb = crate::options::perturb();
+        if perturb != 0 {
+            // glibc's alloc_perturb (calloc does not come here).
+            // SAFETY: `size` bytes are ours.
+            unsafe { ptr::write_bytes(p, perturb ^ 0xff, size) };
+        }
     }
     p
 }
@@ -338,7 +345,14 @@ fn free_slow(p: *mut u8) {
         // SAFETY: `head` heads a slab of cache `class`.
         Owner::Slab(head, _) => unsafe { cache::free(slab::cache_of_slab(head), head, p) },
         // SAFETY: a live run, given up by the caller.
-        Owner::Pages(head) => unsafe { buddy::free_pages_exact(head) },
+        Owner::Pages(head) => unsafe {
+            let perturb = crate::options::perturb();
+            if perturb != 0 {
+                // glibc's free_perturb (mapped blocks, as in glibc, are not).
+                ptr::write_bytes(p, perturb, ((*head).span as usize) << PAGE_SHIFT);
+            }
+            buddy::free_pages_exact(head)
+        },
         Owner::Outside => free_outside(p),
     }
 }

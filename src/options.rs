@@ -10,16 +10,23 @@
 //! | `BUDDYSLAB_LARGE_CACHE`    | bytes; cap on released large mappings kept for reuse (default 64 MiB, also bounded by the trim threshold; 0 turns the cache off) |
 //! | `BUDDYSLAB_LARGE_CACHE_MS` | milliseconds a released mapping stays cached (default 1000) |
 //! | `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_` | glibc's names, honoured as glibc does (bytes; setting either stops the adaptation) |
+//! | `MALLOC_PERTURB_`          | glibc's: a byte `p` (1..=255); `malloc` fills a new block with `p ^ 0xff` and `free` fills a freed one (past its first 16 bytes) with `p`, as glibc does; 0 turns it off. Thread caches stand aside while it is on, so every call takes the locked path (a debugging aid, as in glibc) |
+//! | `GLIBC_TUNABLES`           | glibc's `name=value:...` list: `glibc.malloc.mmap_threshold`, `trim_threshold`, `perturb` are honoured as the variables above; `mmap_max` and `top_pad` stop the thresholds' adaptation; the other `glibc.malloc.*` tunables (arenas, tcache, fastbins, mxfast, hugetlb, ...) have no meaning here and are reported once |
+//! | `BUDDYSLAB_VERBOSE`        | `1`: print the effective options on stderr at start-up |
 //! | `BUDDYSLAB_STATS_PPID`    | a process id: with `BUDDYSLAB_STATS`, `BUDDYSLAB_HEAPMAP` or `BUDDYSLAB_ADDRSPACE_SVG`, only a process whose parent it is prints the views (set by the `buddyslab` tool, so a program's own children stay quiet) |
 //! | `BUDDYSLAB_ANNOUNCE`       | `FD:INODE`, set by the `buddyslab` tool: libbuddyslab.so's constructor reports on that pipe whether its `malloc` is the one bound (read there, through [`variable`]) |
 //!
 //! Every other `BUDDYSLAB_*` variable, and a malformed value, is reported on
 //! stderr (one line) and otherwise ignored: a typo should not pass silently.
+//! Reported once per process tree: a process whose parent had the same
+//! entry in its environment (read from `/proc/<ppid>/environ`) and the
+//! same `LD_PRELOAD` stays quiet, since the parent said it already. Word
+//! values (`json`, `text`) are taken in any case.
 
 use crate::large::{self, CACHE_MAX, CACHE_MAX_AGE_NS};
 use crate::os;
 use core::ffi::CStr;
-use core::sync::atomic::{AtomicI32, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
 
 /// What to print at exit ([`STATS_AT_EXIT`]): nothing.
 pub const STATS_OFF: u8 = 0;
@@ -32,10 +39,29 @@ pub static STATS_AT_EXIT: AtomicU8 = AtomicU8::new(STATS_OFF);
 /// `BUDDYSLAB_STATS_PPID`: when non-zero, the views are printed only by a
 /// process whose parent has this id.
 pub static STATS_PPID: AtomicI32 = AtomicI32::new(0);
+/// The perturb byte (`MALLOC_PERTURB_`, `mallopt(M_PERTURB)`,
+/// `glibc.malloc.perturb`); 0 when off.
+pub static PERTURB: AtomicU8 = AtomicU8::new(0);
+/// `BUDDYSLAB_VERBOSE`: print the effective options at start-up.
+static VERBOSE: AtomicBool = AtomicBool::new(false);
+
+/// The perturb byte, 0 when off.
+#[inline]
+pub fn perturb() -> u8 {
+    PERTURB.load(Ordering::Relaxed)
+}
+
+/// Sets the perturb byte as glibc's `mallopt(M_PERTURB)` does (the low
+/// byte of `value`; 0 turns it off).
+pub fn set_perturb(value: usize) {
+    PERTURB.store(value as u8, Ordering::Relaxed);
+}
 
 const PREFIX: &[u8] = b"BUDDYSLAB_";
 const GLIBC_MMAP_THRESHOLD: &[u8] = b"MALLOC_MMAP_THRESHOLD_";
 const GLIBC_TRIM_THRESHOLD: &[u8] = b"MALLOC_TRIM_THRESHOLD_";
+const GLIBC_PERTURB: &[u8] = b"MALLOC_PERTURB_";
+const GLIBC_TUNABLES: &[u8] = b"GLIBC_TUNABLES";
 
 extern "C" {
     static environ: *const *const libc::c_char;
@@ -89,6 +115,36 @@ pub fn read_environment() {
             e = e.add(1);
         }
     }
+    if VERBOSE.load(Ordering::Relaxed) {
+        print_effective();
+    }
+}
+
+/// `BUDDYSLAB_VERBOSE=1`: one line per option, with the value in force.
+fn print_effective() {
+    let mut buf = crate::stats::FixedBuf::<1024>::new();
+    use core::fmt::Write as _;
+    let on = |b: bool| if b { "on" } else { "off" };
+    let stats = match STATS_AT_EXIT.load(Ordering::Relaxed) {
+        STATS_TEXT => "text",
+        STATS_JSON => "json",
+        _ => "off",
+    };
+    let _ = write!(
+        buf,
+        "buddyslab: options: mmap_threshold={} ({}) trim_threshold={} decay_ms={} large_cache={} large_cache_ms={} perturb={} stats={} heapmap={} addrspace_svg={}\n",
+        large::MMAP_THRESHOLD.load(Ordering::Relaxed),
+        if large::DYNAMIC_THRESHOLD.load(Ordering::Relaxed) { "adaptive" } else { "fixed" },
+        large::TRIM_THRESHOLD.load(Ordering::Relaxed),
+        crate::buddy::DECAY_MS.load(Ordering::Relaxed),
+        CACHE_MAX.load(Ordering::Relaxed),
+        CACHE_MAX_AGE_NS.load(Ordering::Relaxed) / 1_000_000,
+        perturb(),
+        stats,
+        on(crate::heapmap::requested()),
+        on(crate::addrspace::svg_requested()),
+    );
+    os::write_all(2, buf.as_bytes());
 }
 
 /// The value of environment variable `name` (without the `=`), if set.
@@ -114,8 +170,11 @@ pub fn variable(name: &[u8]) -> Option<&'static [u8]> {
 fn apply(entry: &'static [u8]) {
     let Some(eq) = entry.iter().position(|&b| b == b'=') else { return };
     let (name, value) = (&entry[..eq], &entry[eq + 1..]);
-    if name == GLIBC_MMAP_THRESHOLD || name == GLIBC_TRIM_THRESHOLD {
+    if name == GLIBC_MMAP_THRESHOLD || name == GLIBC_TRIM_THRESHOLD || name == GLIBC_PERTURB {
         return apply_glibc(name, value);
+    }
+    if name == GLIBC_TUNABLES {
+        return apply_tunables(entry, value);
     }
     if !name.starts_with(PREFIX) {
         return;
@@ -123,22 +182,25 @@ fn apply(entry: &'static [u8]) {
     match name {
         b"BUDDYSLAB_MMAP_THRESHOLD" => match parse_size(value) {
             Some(v) if set_mmap_threshold(v) => {}
-            _ => os::write_all(
-                2,
-                b"buddyslab: BUDDYSLAB_MMAP_THRESHOLD must be a size up to 32m (e.g. 131072, 256k); ignored\n",
-            ),
+            _ => report(entry, b"BUDDYSLAB_MMAP_THRESHOLD must be a size up to 32m (e.g. 131072, 256k); ignored"),
         },
         b"BUDDYSLAB_DECAY_MS" => match parse_size(value) {
             Some(v) if v <= u32::MAX as usize / 2 && value.iter().all(u8::is_ascii_digit) => {
                 crate::buddy::DECAY_MS.store(v as u32, Ordering::Relaxed);
             }
-            _ => os::write_all(2, b"buddyslab: BUDDYSLAB_DECAY_MS must be milliseconds (e.g. 1000, 0); ignored\n"),
+            _ => report(entry, b"BUDDYSLAB_DECAY_MS must be milliseconds (e.g. 1000, 0); ignored"),
         },
         b"BUDDYSLAB_STATS" => match value {
-            b"1" | b"text" => STATS_AT_EXIT.store(STATS_TEXT, Ordering::Relaxed),
-            b"json" => STATS_AT_EXIT.store(STATS_JSON, Ordering::Relaxed),
+            b"1" => STATS_AT_EXIT.store(STATS_TEXT, Ordering::Relaxed),
+            v if v.eq_ignore_ascii_case(b"text") => STATS_AT_EXIT.store(STATS_TEXT, Ordering::Relaxed),
+            v if v.eq_ignore_ascii_case(b"json") => STATS_AT_EXIT.store(STATS_JSON, Ordering::Relaxed),
             b"0" | b"" => STATS_AT_EXIT.store(STATS_OFF, Ordering::Relaxed),
-            _ => os::write_all(2, b"buddyslab: BUDDYSLAB_STATS must be 1, text, json or 0; ignored\n"),
+            _ => report(entry, b"BUDDYSLAB_STATS must be 1, text, json or 0; ignored"),
+        },
+        b"BUDDYSLAB_VERBOSE" => match value {
+            b"1" => VERBOSE.store(true, Ordering::Relaxed),
+            b"0" | b"" => VERBOSE.store(false, Ordering::Relaxed),
+            _ => report(entry, b"BUDDYSLAB_VERBOSE must be 1 or 0; ignored"),
         },
         b"BUDDYSLAB_HEAPMAP" => crate::heapmap::set_path(value),
         b"BUDDYSLAB_ADDRSPACE_SVG" => crate::addrspace::set_svg_path(value),
@@ -146,25 +208,86 @@ fn apply(entry: &'static [u8]) {
             Some(pid) if pid <= i32::MAX as usize && value.iter().all(u8::is_ascii_digit) => {
                 STATS_PPID.store(pid as i32, Ordering::Relaxed)
             }
-            _ => os::write_all(2, b"buddyslab: BUDDYSLAB_STATS_PPID must be a process id; ignored\n"),
+            _ => report(entry, b"BUDDYSLAB_STATS_PPID must be a process id; ignored"),
         },
         b"BUDDYSLAB_LARGE_CACHE" => match parse_size(value) {
             Some(v) => CACHE_MAX.store(v, Ordering::Relaxed),
-            None => os::write_all(2, b"buddyslab: BUDDYSLAB_LARGE_CACHE must be a size (e.g. 64m, 0); ignored\n"),
+            None => report(entry, b"BUDDYSLAB_LARGE_CACHE must be a size (e.g. 64m, 0); ignored"),
         },
         b"BUDDYSLAB_LARGE_CACHE_MS" => match parse_size(value) {
             Some(ms) if value.iter().all(u8::is_ascii_digit) => {
                 CACHE_MAX_AGE_NS.store((ms as u64).saturating_mul(1_000_000), Ordering::Relaxed)
             }
-            _ => os::write_all(2, b"buddyslab: BUDDYSLAB_LARGE_CACHE_MS must be milliseconds (e.g. 1000); ignored\n"),
+            _ => report(entry, b"BUDDYSLAB_LARGE_CACHE_MS must be milliseconds (e.g. 1000); ignored"),
         },
         b"BUDDYSLAB_ANNOUNCE" => {}
         _ => {
-            os::write_all(2, b"buddyslab: unknown variable ");
-            os::write_all(2, name);
-            os::write_all(2, b" ignored\n");
+            if !parent_had(entry) {
+                os::write_all(2, b"buddyslab: unknown variable ");
+                os::write_all(2, name);
+                os::write_all(2, b" ignored\n");
+            }
         }
     }
+}
+
+/// Reports a malformed `entry` (one line: `buddyslab: <why>`), unless the
+/// parent process had the same entry and so reported it already.
+fn report(entry: &[u8], why: &[u8]) {
+    if !parent_had(entry) {
+        os::write_all(2, b"buddyslab: ");
+        os::write_all(2, why);
+        os::write_all(2, b"\n");
+    }
+}
+
+/// Whether the parent process started with `entry` (`NAME=VALUE`) in its
+/// environment and with the same `LD_PRELOAD` (or none) as ours: then it
+/// ran this allocator with the same settings and has reported them; a
+/// process tree reports each problem once. Reads `/proc/<ppid>/environ`
+/// in pieces into a stack buffer: no allocation.
+fn parent_had(entry: &[u8]) -> bool {
+    let preload = variable(b"LD_PRELOAD");
+    let mut path = [0u8; 40];
+    let mut n = 0;
+    for &b in b"/proc/" {
+        path[n] = b;
+        n += 1;
+    }
+    let ppid = os::getppid();
+    let mut digits = [0u8; 12];
+    let mut d = 0;
+    let mut v = ppid as u32;
+    loop {
+        digits[d] = b'0' + (v % 10) as u8;
+        d += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    while d > 0 {
+        d -= 1;
+        path[n] = digits[d];
+        n += 1;
+    }
+    for &b in b"/environ\0" {
+        path[n] = b;
+        n += 1;
+    }
+    let mut found_entry = false;
+    let mut found_preload = preload.is_none();
+    let mut preload_matches = preload.is_none();
+    os::for_each_nul_entry(&path, |e| {
+        if e == entry {
+            found_entry = true;
+        }
+        if let Some(rest) = e.strip_prefix(b"LD_PRELOAD=") {
+            found_preload = true;
+            preload_matches = Some(rest) == preload;
+        }
+    });
+    found_entry && found_preload && preload_matches
 }
 
 /// glibc's own variables: a malformed value is ignored silently, as glibc
@@ -173,8 +296,39 @@ fn apply_glibc(name: &[u8], value: &[u8]) {
     let Some(v) = parse_size(value).filter(|_| value.iter().all(u8::is_ascii_digit)) else { return };
     if name == GLIBC_MMAP_THRESHOLD {
         set_mmap_threshold(v);
-    } else {
+    } else if name == GLIBC_TRIM_THRESHOLD {
         set_trim_threshold(v);
+    } else {
+        set_perturb(v);
+    }
+}
+
+/// `GLIBC_TUNABLES=name=value:name=value...`: the `glibc.malloc.*`
+/// tunables that mean something here are applied; the others are reported
+/// (once per process tree, see [`parent_had`]). Tunables of other glibc
+/// subsystems are glibc's business and left alone.
+fn apply_tunables(entry: &[u8], list: &[u8]) {
+    for item in list.split(|&b| b == b':') {
+        let Some(eq) = item.iter().position(|&b| b == b'=') else { continue };
+        let (name, value) = (&item[..eq], &item[eq + 1..]);
+        let Some(tunable) = name.strip_prefix(b"glibc.malloc.") else { continue };
+        let number = parse_size(value).filter(|_| value.iter().all(u8::is_ascii_digit));
+        match (tunable, number) {
+            (b"mmap_threshold", Some(v)) => {
+                set_mmap_threshold(v);
+            }
+            (b"trim_threshold", Some(v)) => set_trim_threshold(v),
+            (b"perturb", Some(v)) => set_perturb(v),
+            (b"mmap_max" | b"top_pad", Some(_)) => large::DYNAMIC_THRESHOLD.store(false, Ordering::Relaxed),
+            (b"mmap_threshold" | b"trim_threshold" | b"perturb" | b"mmap_max" | b"top_pad", None) => {}
+            _ => {
+                if !parent_had(entry) {
+                    os::write_all(2, b"buddyslab: GLIBC_TUNABLES: ");
+                    os::write_all(2, name);
+                    os::write_all(2, b" has no meaning in buddyslab; ignored\n");
+                }
+            }
+        }
     }
 }
 

@@ -404,6 +404,42 @@ pub fn read(fd: i32, buf: &mut [u8]) -> Result<usize, Errno> {
     }
 }
 
+/// Calls `f` with each NUL-terminated entry of the file at `path`
+/// (NUL-terminated itself; `/proc/<pid>/environ` is such a file), read in
+/// pieces into a stack buffer. An entry longer than 4 KiB is skipped. A
+/// file that cannot be opened has no entries.
+pub fn for_each_nul_entry(path: &[u8], mut f: impl FnMut(&[u8])) {
+    let Ok(path) = core::ffi::CStr::from_bytes_until_nul(path) else { return };
+    let Ok(fd) = open_read(path) else { return };
+    let mut buf = [0u8; 4096];
+    let mut filled = 0;
+    // An entry that did not fit: skip up to its terminating NUL.
+    let mut skipping = false;
+    loop {
+        let n = match read(fd, &mut buf[filled..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        filled += n;
+        let mut start = 0;
+        while let Some(end) = buf[start..filled].iter().position(|&b| b == 0) {
+            if !skipping {
+                f(&buf[start..start + end]);
+            }
+            skipping = false;
+            start += end + 1;
+        }
+        if start == 0 && filled == buf.len() {
+            skipping = true;
+            filled = 0;
+        } else {
+            buf.copy_within(start..filled, 0);
+            filled -= start;
+        }
+    }
+    close(fd);
+}
+
 /// Closes `fd`; errors are dropped (nothing useful can follow them).
 pub fn close(fd: i32) {
     // SAFETY: close(2) on a descriptor the caller owns.

@@ -326,6 +326,44 @@ pub fn print_malloc_stats() {
     w.flush();
 }
 
+/// `malloc_info(3)`'s XML, in glibc's shape (one `heap`, as glibc prints
+/// one per arena): the free slab objects by size class (`sizes`), the free
+/// bytes, mapped blocks, and the memory the allocator holds from the
+/// system. Tools that parse glibc's output (the `type` and `size`
+/// attributes of `total`, `system` and `aspace`) read it unchanged.
+pub fn write_malloc_info(w: &mut impl fmt::Write) -> fmt::Result {
+    let s = snapshot();
+    let m = mallinfo2();
+    writeln!(w, "<malloc version=\"1\">")?;
+    writeln!(w, "<heap nr=\"0\">")?;
+    writeln!(w, "<sizes>")?;
+    let mut from = 1;
+    for c in &s.caches[..slab::NR_CLASSES] {
+        let free = c.num_objs - c.active_objs;
+        if free > 0 {
+            writeln!(w, "  <size from=\"{from}\" to=\"{}\" total=\"{}\" count=\"{free}\"/>", c.objsize, free * c.objsize)?;
+        }
+        from = c.objsize + 1;
+    }
+    writeln!(w, "</sizes>")?;
+    let held = s.chunk_bytes();
+    writeln!(w, "<total type=\"fast\" count=\"0\" size=\"0\"/>")?;
+    writeln!(w, "<total type=\"rest\" count=\"{}\" size=\"{}\"/>", m.ordblks + m.smblks, m.fordblks)?;
+    writeln!(w, "<system type=\"current\" size=\"{held}\"/>")?;
+    writeln!(w, "<system type=\"max\" size=\"{held}\"/>")?;
+    writeln!(w, "<aspace type=\"total\" size=\"{held}\"/>")?;
+    writeln!(w, "<aspace type=\"mprotect\" size=\"{held}\"/>")?;
+    writeln!(w, "</heap>")?;
+    writeln!(w, "<total type=\"fast\" count=\"0\" size=\"0\"/>")?;
+    writeln!(w, "<total type=\"rest\" count=\"{}\" size=\"{}\"/>", m.ordblks + m.smblks, m.fordblks)?;
+    writeln!(w, "<total type=\"mmap\" count=\"{}\" size=\"{}\"/>", m.hblks, m.hblkhd)?;
+    writeln!(w, "<system type=\"current\" size=\"{}\"/>", held + m.hblkhd)?;
+    writeln!(w, "<system type=\"max\" size=\"{}\"/>", held + m.hblkhd)?;
+    writeln!(w, "<aspace type=\"total\" size=\"{held}\"/>")?;
+    writeln!(w, "<aspace type=\"mprotect\" size=\"{held}\"/>")?;
+    writeln!(w, "</malloc>")
+}
+
 /// A file a drawing is written to at exit, named by an environment
 /// variable (`BUDDYSLAB_HEAPMAP`, `BUDDYSLAB_ADDRSPACE_SVG`).
 pub struct ExitFile {

@@ -401,8 +401,8 @@ pub extern "C" fn malloc_trim(_pad: usize) -> c_int {
     heap::trim() as c_int
 }
 
-/// `mallopt(3)`. `M_MMAP_THRESHOLD` (0 above 32 MiB) and
-/// `M_TRIM_THRESHOLD` are honoured; setting either, `M_TOP_PAD` or
+/// `mallopt(3)`. `M_MMAP_THRESHOLD` (0 above 32 MiB),
+/// `M_TRIM_THRESHOLD` and `M_PERTURB` are honoured; setting either threshold, `M_TOP_PAD` or
 /// `M_MMAP_MAX` stops the thresholds' adaptation, as in glibc. The other
 /// glibc parameters are accepted and have no effect here (buddyslab has no
 /// arenas, fastbins or top pad); an unknown parameter returns 1, as
@@ -413,12 +413,17 @@ pub extern "C" fn mallopt(param: c_int, value: c_int) -> c_int {
     const M_TOP_PAD: c_int = -2;
     const M_MMAP_THRESHOLD: c_int = -3;
     const M_MMAP_MAX: c_int = -4;
+    const M_PERTURB: c_int = -6;
     heap::ensure_init();
     match param {
         // glibc takes both as unsigned: a negative int becomes huge.
         M_MMAP_THRESHOLD => buddyslab::options::set_mmap_threshold(value as usize) as c_int,
         M_TRIM_THRESHOLD => {
             buddyslab::options::set_trim_threshold(value as usize);
+            1
+        }
+        M_PERTURB => {
+            buddyslab::options::set_perturb(value as usize);
             1
         }
         M_TOP_PAD | M_MMAP_MAX => {
@@ -466,6 +471,35 @@ pub extern "C" fn mallinfo() -> MallInfo {
         uordblks: i(m.uordblks),
         fordblks: i(m.fordblks),
         keepcost: i(m.keepcost),
+    }
+}
+
+/// `malloc_info(3)`: glibc's XML description of the heap, written to
+/// `stream`. `options` must be 0: otherwise it returns `EINVAL` (the value,
+/// as glibc's does, not -1 with `errno`).
+///
+/// # Safety
+/// `stream` is an open, writable `FILE *`.
+#[no_mangle]
+pub unsafe extern "C" fn malloc_info(options: c_int, stream: *mut libc::FILE) -> c_int {
+    if options != 0 {
+        return libc::EINVAL;
+    }
+    heap::ensure_init();
+    // Formatted on the stack, then handed to stdio in one write: stdio may
+    // allocate its buffer, which is fine (no allocator lock is held here).
+    let mut buf = stats::FixedBuf::<16384>::new();
+    if stats::write_malloc_info(&mut buf).is_err() {
+        set_errno(libc::ENOMEM);
+        return -1;
+    }
+    let bytes = buf.as_bytes();
+    // SAFETY: per the caller, `stream` is a writable FILE; `bytes` is live.
+    let written = unsafe { libc::fwrite(bytes.as_ptr().cast(), 1, bytes.len(), stream) };
+    if written == bytes.len() {
+        0
+    } else {
+        -1
     }
 }
 

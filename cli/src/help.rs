@@ -38,9 +38,18 @@ ENVIRONMENT
         bounded by the trim threshold; 0 turns the cache off).
     BUDDYSLAB_LARGE_CACHE_MS=MS
         How long a released mapping stays cached (default 1000).
+    BUDDYSLAB_VERBOSE=1
+        Print the options in force on stderr at start-up.
     MALLOC_MMAP_THRESHOLD_=BYTES, MALLOC_TRIM_THRESHOLD_=BYTES
         glibc's names, honoured as glibc does; setting either stops the
         adaptation.
+    MALLOC_PERTURB_=BYTE
+        glibc's: new blocks are filled with BYTE^0xff and freed ones with
+        BYTE (calloc still zeroes); thread caches stand aside meanwhile.
+    GLIBC_TUNABLES=glibc.malloc.NAME=VALUE:...
+        mmap_threshold, trim_threshold and perturb as above; mmap_max and
+        top_pad stop the adaptation; other glibc.malloc tunables have no
+        meaning here and are reported.
 
     Set by the tool, not by hand:
 
@@ -53,7 +62,7 @@ ENVIRONMENT
         the process uses.
 
     The library reports any other BUDDYSLAB_* variable, and a malformed
-    value, on stderr, and otherwise ignores it.
+    value, on stderr (once per process tree), and otherwise ignores it.
 
 "
     };

@@ -70,6 +70,10 @@ const UNINIT: u32 = 0;
 const ACTIVE: u32 = 1;
 const DEAD: u32 = 2;
 const BUSY: u32 = 3;
+/// Stood aside while `MALLOC_PERTURB_` is on: every call takes the
+/// shared caches, where the perturb fill happens (the fast paths never
+/// look at it).
+const PAUSED: u32 = 4;
 
 /// A class's two bins: its own objects, and objects of other nodes on
 /// their way home. 32 bytes, the class table's stride, so `free` reaches
@@ -494,9 +498,24 @@ pub fn init_thread_exit_key() {
 fn activate(tc: *mut ThreadCache) -> bool {
     // SAFETY: the thread cache is this thread's alone.
     let tc = unsafe { &mut *tc };
+    if crate::options::perturb() != 0 {
+        if tc.state == ACTIVE {
+            // Empty the bins and leave the limits at 0: nothing is cached
+            // while perturbing, so every call comes here.
+            // SAFETY: this thread's cache.
+            unsafe { drain(tc) };
+            tc.state = PAUSED;
+        }
+        return false;
+    }
     match tc.state {
         ACTIVE => return true,
         UNINIT => {}
+        PAUSED => {
+            tc.reset_limits();
+            tc.state = ACTIVE;
+            return true;
+        }
         _ => return false,
     }
     crate::heap::ensure_init();
@@ -536,6 +555,12 @@ fn alloc_slow(class: usize, size: usize) -> *mut u8 {
         } else {
             // SAFETY: an object of at least 16 bytes, ours.
             unsafe { link::clear(object) };
+            let perturb = crate::options::perturb();
+            if perturb != 0 {
+                // glibc's alloc_perturb: the requested bytes.
+                // SAFETY: `size` bytes of the object are ours.
+                unsafe { ptr::write_bytes(object, perturb ^ 0xff, size) };
+            }
         }
         return object;
     }
@@ -604,6 +629,12 @@ pub unsafe fn free_slow(object: *mut u8, user_class: usize) {
     }
     let tc = current();
     if !activate(tc) {
+        let perturb = crate::options::perturb();
+        if perturb != 0 {
+            // glibc's free_perturb, past the link and the free mark.
+            // SAFETY: the object is ours, of its class's size (>= 16).
+            unsafe { ptr::write_bytes(object.add(16), perturb, CLASSES[class].size as usize - 16) };
+        }
         // SAFETY: a live object of this class, given up.
         unsafe {
             let slab = cache::slab_of(object);
