@@ -276,7 +276,7 @@ fn bad_pointer(what: &[u8], why: &[u8], p: *mut u8) -> ! {
 /// lands in `1..=NR_CLASSES`; the offset inside the (naturally aligned)
 /// slab must be a whole number of objects, or `p` points inside an object.
 /// Objects of other nodes, page runs, large blocks and bad pointers take
-/// [`free_other`].
+/// `free_other`.
 ///
 /// `#[inline]`, as [`malloc`].
 ///

@@ -23,7 +23,7 @@
 //!
 //! Written without allocating: `BUDDYSLAB_HEAPMAP=path.svg` makes the
 //! exit hook ([`crate::stats::print_at_exit`]) open the file with a raw
-//! `openat` and write through [`FdWriter`]; from Rust, [`write_svg`]
+//! `openat` and write through [`crate::stats::FdWriter`]; from Rust, [`write_svg`]
 //! writes to any `fmt::Write`. The zone lock is held only while one
 //! chunk's descriptors are copied into a 1 KiB stack array, never while
 //! the writer runs.

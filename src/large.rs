@@ -638,7 +638,7 @@ pub fn usable_size(p: *mut u8) -> Result<usize, NotLarge> {
 pub const HUGE_GROW_MIN: usize = 2 << 20;
 
 /// Resizes the live large block at `p` to hold `new_size` bytes without
-/// copying: a shrink gives the tail pages to the cache (see [`shrink`]); a
+/// copying: a shrink gives the tail pages to the cache (see `shrink`); a
 /// growth takes the head of a cached extent right after the block, or else
 /// `mremap`s it (moving it if need be) when the block is too big for the
 /// cache or the cache holds less than the new length. Null when none of

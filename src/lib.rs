@@ -16,10 +16,23 @@
 //!   os (system calls) + sync (futex mutex)
 //! ```
 //!
-//! Use it from Rust as `#[global_allocator] static A: buddyslab::BuddySlab =
-//! buddyslab::BuddySlab;`, or from C by preloading `libbuddyslab.so`.
-//! See `DESIGN.md` in the repository for the architecture and the rules
-//! the code keeps (above all: the allocator never allocates from itself).
+//! Use it from Rust as the global allocator:
+//!
+//! ```
+//! #[global_allocator]
+//! static A: buddyslab::BuddySlab = buddyslab::BuddySlab;
+//!
+//! fn main() {
+//!     let v: Vec<u64> = (0..1000).collect();
+//!     assert_eq!(v.iter().sum::<u64>(), 499_500);
+//!     // The block came from buddyslab's slab tier.
+//!     assert!(buddyslab::heap::is_slab_object(v.as_ptr() as *mut u8) || v.capacity() * 8 > 32 * 1024);
+//! }
+//! ```
+//!
+//! or from C by preloading `libbuddyslab.so`. The README's design section
+//! describes the architecture and the rules the code keeps (above all:
+//! the allocator never allocates from itself).
 
 // No `std` outside tests: the preloaded library then carries no std
 // runtime (argument capture at load, backtrace symbolisation, libgcc_s

@@ -8,11 +8,11 @@
 //! of objects from the CPU's array cache ([`percpu::alloc_batch`]), which in
 //! turn refills from the [`KmemCache`](super::KmemCache) of the CPU's node;
 //! a full bin gives half back the same way ([`percpu::free_batch`]).
-//! Limits start small and grow with use (see [`START_OBJECTS`]), so
+//! Limits start small and grow with use (see `START_OBJECTS`), so
 //! memory sits in a thread's bins only for the classes it keeps cycling,
 //! and all of a thread's bins together grow by at most
-//! [`GROWTH_BUDGET`] (512 KiB); when refills keep finding it spent,
-//! [`rebalance`] halves every grown bin, and the classes that run dry
+//! `GROWTH_BUDGET` (512 KiB); when refills keep finding it spent,
+//! `rebalance` halves every grown bin, and the classes that run dry
 //! most often take the room back.
 //!
 //! Remote frees: the thread remembers its node (the CPU it last refilled
@@ -49,7 +49,7 @@
 //!
 //! Life cycle: the cache is zero when a thread starts (limits 0, so the
 //! first `malloc`/`free` takes the slow path), is activated there (limits
-//! set, a pthread key registered so thread exit calls [`thread_exit`]),
+//! set, a pthread key registered so thread exit calls `thread_exit`),
 //! and at thread exit is emptied into the shared caches and marked dead:
 //! any later allocation in that thread's remaining destructors goes
 //! straight to the shared caches.
