@@ -277,13 +277,15 @@ fn rust_child() {
                 // (as a flush sends a bin's objects): the batch free stops
                 // at the second one. Objects come from the slab being
                 // carved, so its bump is soon below the slab's 256 slots.
+                // (16-byte slots by default, 32 under `hardened`.)
                 let tiny = Layout::from_size_align(16, 8).unwrap();
+                let slot = buddyslab::slab::size_of_class(buddyslab::slab::class_of(16));
                 loop {
                     let p = GLOBAL.alloc(tiny);
                     let slab = buddyslab::slab::cache::slab_of(p);
                     let bump = (*slab).bump as usize;
-                    if bump < 4096 / 16 {
-                        let q = ((p as usize & !4095) + bump * 16) as *mut u8;
+                    if bump < 4096 / slot {
+                        let q = ((p as usize & !4095) + bump * slot) as *mut u8;
                         // The default build names the slot when the batch
                         // reaches it; `hardened` refuses the link to it and
                         // names the object holding the link.

@@ -456,6 +456,7 @@ pub fn alloc_bulk(cache: &Mutex<KmemCache>, max: usize) -> (*mut u8, usize) {
                         for _ in 1..n {
                             last = link::next(last, class);
                         }
+                        link::expect_end(last, class);
                         link::set_next(last, head);
                     }
                 }

@@ -130,6 +130,22 @@ pub unsafe fn next_keyed(object: *mut u8, class: usize, key: usize, implausible:
     next as *mut u8
 }
 
+/// Checks that `object` ends its list (its link decodes to null): for a
+/// list about to be spliced in front of another, whose last link is then
+/// overwritten unread. A link written there by the program would
+/// otherwise vanish unnoticed instead of stopping the process.
+///
+/// # Safety
+/// As [`next`].
+#[inline]
+pub unsafe fn expect_end(object: *mut u8, class: usize) {
+    // SAFETY: per the caller.
+    let next = unsafe { next(object, class) };
+    if !next.is_null() {
+        corrupted(object, next as usize);
+    }
+}
+
 /// Links `next` after `object`.
 ///
 /// # Safety
@@ -181,7 +197,7 @@ pub unsafe fn clear(object: *mut u8) {
 /// Checks that `next`, read from the free object `object` of cache
 /// `class`, is null or a free slot of a slab of that class.
 #[cfg(feature = "hardened")]
-#[inline(never)]
+#[inline(always)]
 fn check_free_slot(object: *mut u8, next: usize, class: usize) {
     use crate::page::{self, PG_SLAB, PG_TAIL};
     if next == 0 {
