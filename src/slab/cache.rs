@@ -472,7 +472,7 @@ pub fn alloc_bulk(cache: &Mutex<KmemCache>, max: usize) -> (*mut u8, usize) {
                     // wants it of every link's target.
                     unsafe {
                         link::set_next(object, head);
-                        link::mark_slot(object).write(mark);
+                        link::mark_slot(object).write(link::mark_of(object, mark));
                     }
                     head = object;
                 }

@@ -35,12 +35,14 @@
 //!
 //! # The free mark
 //!
-//! A freed object carries the process's secret [`FREE_MARK`] in its second
-//! word (every class is at least 16 bytes), as glibc's tcache carries its
-//! `key`: `free` of an object that already holds it is a double free,
-//! wherever the first free left the object. The mark is random per process
-//! and independent of the link key, so reading one does not reveal the
-//! other.
+//! A freed object carries the process's secret [`FREE_MARK`], XORed with
+//! the object's address ([`mark_of`]), in its second word (every class is
+//! at least 16 bytes), as glibc's tcache carries its `key`: `free` of an
+//! object that already holds its mark is a double free, wherever the first
+//! free left the object. The mark is random per process and independent of
+//! the link key, so reading one does not reveal the other; and since it
+//! differs per object, a live object into which the program copied a
+//! freed one's bytes does not look free.
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 
@@ -172,15 +174,35 @@ pub fn mark_slot(object: *mut u8) -> *mut usize {
     object.wrapping_add(core::mem::size_of::<usize>()).cast()
 }
 
-/// Whether `object` carries the free mark: it is free (or the program
-/// copied the mark out of freed memory, which it cannot learn otherwise).
+/// The free mark of `object` under the key `key` ([`FREE_MARK`]): the key
+/// XORed with the object's address, so the bytes of one freed object
+/// copied into another live one (glibc's `tst-tcfree3` does that) do not
+/// make the live one look free.
+#[inline(always)]
+pub fn mark_of(object: *mut u8, key: usize) -> usize {
+    key ^ object as usize
+}
+
+/// Marks `object` free.
+///
+/// # Safety
+/// `object` is a slab object of at least 16 bytes, ours to write.
+#[inline]
+pub unsafe fn set_marked_free(object: *mut u8) {
+    // SAFETY: per the caller.
+    unsafe { mark_slot(object).write(mark_of(object, FREE_MARK.load(Ordering::Relaxed))) }
+}
+
+/// Whether `object` carries its free mark: it is free (or the program
+/// copied the mark out of the same object after it was freed, which it
+/// cannot learn otherwise).
 ///
 /// # Safety
 /// `object` is a slab object of at least 16 bytes.
 #[inline]
 pub unsafe fn is_marked_free(object: *mut u8) -> bool {
     // SAFETY: per the caller.
-    unsafe { mark_slot(object).read() == FREE_MARK.load(Ordering::Relaxed) }
+    unsafe { mark_slot(object).read() == mark_of(object, FREE_MARK.load(Ordering::Relaxed)) }
 }
 
 /// Clears what a free object kept (link and mark): the object is being

@@ -27,15 +27,16 @@
 //! the page's class and node as one 16-bit tag and XORs it with the thread's
 //! node, and only an object of this node lands in `1..=NR_CLASSES`.
 //!
-//! Double frees: a freed object carries the process's secret key in its
-//! second word (every class is at least 16 bytes), and handing an object
-//! out clears it, as glibc's tcache does with its `key`. `free` of an
-//! object whose second word already holds the key stops the process with
-//! "double free detected", wherever the first free left the object (a bin,
-//! a CPU depot, its slab's free list). The key is random per process
-//! (`getrandom`), so a live block holds it only if the program copied it
-//! out of freed memory. Cost: a load, a compare and a store in `free`, a
-//! store in `malloc`.
+//! Double frees: a freed object carries its free mark in its second word
+//! (the process's secret key XORed with the object's address, see
+//! [`link::mark_of`]), and handing an object out clears it, as glibc's
+//! tcache does with its `key`. `free` of an object whose second word
+//! already holds its mark stops the process with "double free detected",
+//! wherever the first free left the object (a bin, a CPU depot, its slab's
+//! free list). The key is random per process (`getrandom`), so a live
+//! block holds its mark only if the program copied it out of the same
+//! object after freeing it. Cost: an XOR, a load, a compare and a store in
+//! `free`, a store in `malloc`.
 //!
 //! Thread-local storage: on x86-64 the thread cache is a `.tbss` symbol
 //! reached with the initial-exec model (`symbol@GOTTPOFF` plus `%fs`), two
@@ -465,8 +466,9 @@ pub unsafe fn free_local(tc: *mut ThreadCache, object: *mut u8, user_class: usiz
         let bin = &mut (*(*tc).slots.as_mut_ptr().add(user_class)).bin;
         let key = (*tc).key;
         debug_assert!(bin.count < bin.limit, "free_local without room");
-        if key_slot(object).read() != key {
-            key_slot(object).write(key);
+        let mark = link::mark_of(object, key);
+        if key_slot(object).read() != mark {
+            key_slot(object).write(mark);
             link::set_next_keyed(object, bin.head, (*tc).link_key);
             bin.head = object;
             bin.count += 1;
@@ -621,7 +623,7 @@ pub unsafe fn free_slow(object: *mut u8, user_class: usize) {
     let class = user_class - 1;
     // SAFETY: a slab object of at least 16 bytes, given up by the caller.
     unsafe {
-        let key = link::FREE_MARK.load(Ordering::Relaxed);
+        let key = link::mark_of(object, link::FREE_MARK.load(Ordering::Relaxed));
         if key_slot(object).read() == key {
             double_free(object);
         }
