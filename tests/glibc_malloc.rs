@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 const SOURCES_VARIABLE: &str = "BUDDYSLAB_GLIBC_SRC";
 
 /// A test that is still running after this long is killed and reported as
-/// a hang. Far above the slowest normal run (about 15 s on a loaded
+/// a hang. Far above the slowest normal run (about 8 s on a loaded
 /// two-core machine); the driver's own timeout (the test's `TIMEOUT`,
 /// 20 s by default) usually fires first.
 const HANG_GUARD: Duration = Duration::from_secs(60);
@@ -49,9 +49,10 @@ const HANG_GUARD: Duration = Duration::from_secs(60);
 const FORK_RUN_GUARD: Duration = Duration::from_secs(30);
 
 /// The same for one run of tst-mallocfork2 or tst-mallocfork3, which
-/// take 6 to 15 s on glibc on a busy two-core machine (six processes
-/// meet at a barrier 20,000 times): a deadlock fails in under a minute,
-/// not after the tests' own 100 s, and a slow run is not called a hang.
+/// took 6 to 18 s on glibc on a busy two-core machine (six processes, or
+/// threads in tst-mallocfork3, meet at a barrier 20,000 times): a
+/// deadlock fails in under a minute, not after the tests' own 100 s, and
+/// a slow run is not called a hang.
 const SIGNAL_FORK_RUN_GUARD: Duration = Duration::from_secs(45);
 
 /// glibc tests that keep both cores busy for seconds. They and the fork
