@@ -33,9 +33,11 @@
 //! object whose second word already holds the key stops the process with
 //! "double free detected", wherever the first free left the object (a bin,
 //! a CPU depot, its slab's free list). The key is random per process
-//! (`getrandom`), so a live block holds it only if the program copied it
-//! out of freed memory. Cost: a load, a compare and a store in `free`, a
-//! store in `malloc`.
+//! (`getrandom`), and a slab going back to the buddy allocator clears it
+//! from its objects (memory handed out uninitialised never holds it), so
+//! a live block holds it only if the program copied it out of freed
+//! memory. Cost: a load, a compare and a store in `free`, a store in
+//! `malloc`.
 //!
 //! Thread-local storage: on x86-64 the thread cache is a `.tbss` symbol
 //! reached with the initial-exec model (`symbol@GOTTPOFF` plus `%fs`), two
