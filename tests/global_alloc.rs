@@ -220,6 +220,131 @@ fn stress_cross_thread_handoff_with_content_checks() {
     buddyslab::vma::TREE.lock().check();
 }
 
+/// Memory handed out uninitialised never carries the free mark. A slab
+/// that went back to the buddy allocator held the free mark in the second
+/// word of each of its objects; a page run that reused its pages handed
+/// those bytes to the program, and `realloc` copies a block's whole usable
+/// size, so shrinking a page run of which the program wrote only a header
+/// into a slab object put the mark into the second word of a live object,
+/// whose `free` then stopped the process with "double free detected".
+/// Threads churn small objects of many classes (slabs fill, empty and go
+/// back to the buddy) and one trims in a loop (bins flush, CPU depots
+/// drain, empty slabs go back); the checker churns a class itself, then
+/// takes page runs, scans them for the mark before writing anything,
+/// writes a header and shrinks them with `realloc`.
+#[test]
+fn uninitialised_memory_never_carries_the_free_mark() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const CHURNERS: usize = 3;
+    const ROUNDS: usize = 300;
+    const CHECKS_PER_ROUND: usize = 8;
+    let _serial = COUNTERS.lock().unwrap_or_else(|e| e.into_inner());
+    /// Fills a few slabs of one random class with tagged objects, checks
+    /// and frees them all.
+    fn churn(rng: &mut Rng, round: usize) {
+        let size = (rng.below(2048) + 1) as usize;
+        let layout = Layout::from_size_align(size, 8).unwrap();
+        let held: Vec<*mut u8> = (0..(128 << 10) / size + 1)
+            .map(|_| {
+                // SAFETY: a non-zero size.
+                let p = unsafe { GLOBAL.alloc(layout) };
+                assert!(!p.is_null());
+                // SAFETY: `size` fresh bytes.
+                unsafe { p.write_bytes(round as u8, size) };
+                p
+            })
+            .collect();
+        for p in held {
+            // SAFETY: allocated above with this layout and filled.
+            unsafe {
+                let s = std::slice::from_raw_parts(p, size);
+                assert!(s.iter().all(|&b| b == round as u8), "object contents corrupted");
+                GLOBAL.dealloc(p, layout);
+            }
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut helpers: Vec<_> = (0..CHURNERS)
+        .map(|t| {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let mut rng = Rng(0x5eed ^ ((t as u64 + 1) * 0x9e37_79b9));
+                let mut round = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    churn(&mut rng, round);
+                    round += 1;
+                }
+            })
+        })
+        .collect();
+    let trim_stop = stop.clone();
+    helpers.push(thread::spawn(move || {
+        while !trim_stop.load(Ordering::Relaxed) {
+            buddyslab::heap::trim();
+            thread::yield_now();
+        }
+    }));
+    // The checker runs on a thread of its own, which returns what it
+    // cached before the lock is released: objects left in this thread's
+    // bins would move the counters other tests read.
+    let failure = thread::spawn(|| {
+        let mark = buddyslab::slab::link::FREE_MARK.load(Ordering::Relaxed);
+        let mut rng = Rng(0xfeed_f00d);
+        for round in 0..ROUNDS {
+            churn(&mut rng, round);
+            for check in 0..CHECKS_PER_ROUND {
+                // A page run: above the largest slab class, below the mmap
+                // threshold.
+                let len = (33 << 10) + rng.below(64 << 10) as usize;
+                let layout = Layout::from_size_align(len, 8).unwrap();
+                // SAFETY: a non-zero size.
+                let p = unsafe { GLOBAL.alloc(layout) };
+                assert!(!p.is_null());
+                // SAFETY: `len` bytes, read before anything is written.
+                let words = unsafe { std::slice::from_raw_parts(p.cast::<usize>(), len / 8) };
+                // A mark is an object's: the word after an object start
+                // holding that object's mark.
+                let base = p as usize;
+                let marked = words
+                    .iter()
+                    .enumerate()
+                    .skip(1)
+                    .position(|(i, &w)| w == buddyslab::slab::link::mark_of((base + (i - 1) * 8) as *mut u8, mark));
+                if let Some(at) = marked {
+                    // Not freed: a block shrunk from it might stop the process.
+                    return Some(format!("round {round}: a fresh {len}-byte block holds a free mark at byte {}", (at + 1) * 8));
+                }
+                // SAFETY: a header in the block's first word; the block is
+                // then shrunk to a slab object, which keeps the header.
+                let q = unsafe {
+                    p.cast::<u64>().write(check as u64);
+                    GLOBAL.realloc(p, layout, 100)
+                };
+                assert!(!q.is_null());
+                // SAFETY: `q` is a live slab object of at least 16 bytes.
+                unsafe {
+                    assert_eq!(q.cast::<u64>().read(), check as u64);
+                    if buddyslab::slab::link::is_marked_free(q) {
+                        // Not freed: its free would stop the process.
+                        return Some(format!("round {round}: realloc made a live block that carries the free mark"));
+                    }
+                    GLOBAL.dealloc(q, Layout::from_size_align(100, 8).unwrap());
+                }
+            }
+        }
+        None
+    })
+    .join()
+    .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for h in helpers {
+        h.join().unwrap();
+    }
+    if let Some(why) = failure {
+        panic!("{why}");
+    }
+}
+
 /// A thread's magazine holds freed objects; when the thread exits they
 /// must go back to the shared cache, not be lost with the thread.
 #[test]

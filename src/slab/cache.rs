@@ -12,6 +12,8 @@
 //! - `slabs_empty`: `inuse == 0`, at most [`EMPTY_RESERVE`] kept; the rest go
 //!   back to the buddy allocator at once, and the reserve too once it has
 //!   sat unused for a decay period ([`shrink_idle`], a buddy shrinker).
+//!   A slab going back has its objects' link and free-mark words cleared
+//!   first ([`release_slab`]).
 //!
 //! Invariants (checked by [`KmemCache::check`]): every slab of the cache is
 //! on exactly the list its `inuse` says; `inuse == bump - nr_free`;
@@ -520,7 +522,8 @@ pub unsafe fn free_bulk(cache: &Mutex<KmemCache>, list: *mut u8, count: usize) {
 pub unsafe fn free_bulk_by<'a>(mut list: *mut u8, count: usize, cache_of: impl Fn(*mut Page) -> &'a Mutex<KmemCache>) {
     let mut release = [ptr::null_mut::<Page>(); 16];
     let mut n_release = 0;
-    let mut order = 0;
+    // Slab order and object size of the cache the slabs in `release` belong to.
+    let (mut order, mut size) = (0, 0);
     let mut locked: Option<(&Mutex<KmemCache>, crate::sync::MutexGuard<'_, KmemCache>)> = None;
     let mut remaining = count;
     // The list is cut into runs of objects of one slab (objects freed
@@ -541,12 +544,13 @@ pub unsafe fn free_bulk_by<'a>(mut list: *mut u8, count: usize, cache_of: impl F
                     locked = None;
                     if n_release > 0 {
                         for &s in &release[..n_release] {
-                            buddy::free_pages(s, order);
+                            release_slab(s, order, size);
                         }
                         n_release = 0;
                     }
                     let guard = cache.lock();
                     order = guard.info.order as usize;
+                    size = guard.info.size as usize;
                     &mut locked.insert((cache, guard)).1
                 }
             };
@@ -574,7 +578,7 @@ pub unsafe fn free_bulk_by<'a>(mut list: *mut u8, count: usize, cache_of: impl F
                 if n_release == release.len() {
                     locked = None;
                     for &s in &release {
-                        buddy::free_pages(s, order);
+                        release_slab(s, order, size);
                     }
                     n_release = 0;
                 }
@@ -583,8 +587,36 @@ pub unsafe fn free_bulk_by<'a>(mut list: *mut u8, count: usize, cache_of: impl F
     }
     drop(locked);
     for &s in &release[..n_release] {
-        // SAFETY: unlinked empty slabs with no live object.
-        unsafe { buddy::free_pages(s, order) };
+        // SAFETY: unlinked empty slabs of the cache `order` and `size`
+        // describe, no live object.
+        unsafe { release_slab(s, order, size) };
+    }
+}
+
+/// Gives `slab`, an empty slab of `order` pages with objects of `size`
+/// bytes, taken off its cache's lists, back to the buddy allocator, first
+/// clearing the two words each of its objects kept while free (the encoded
+/// link and the free mark, see [`link`]). The pages may next be handed
+/// out as they are (a page run), and what the program did not write there
+/// is the program's to read and copy: a free mark left there follows its
+/// data into a live block (`realloc` copies a block's whole usable size),
+/// whose `free` then stops the process as a double free, and a link gives
+/// away the link key. Cost: two word stores per object handed out since
+/// the slab was made, on a path that already takes the buddy's locks.
+///
+/// # Safety
+/// `slab` heads a slab of `order` pages with objects of `size` bytes, off
+/// every list, and none of its objects is live.
+unsafe fn release_slab(slab: *mut Page, order: usize, size: usize) {
+    // SAFETY: per the caller the slab and all its objects are ours; the
+    // objects below `bump` lie inside it, and every object that was ever
+    // free (the only ones holding anything) is among them.
+    unsafe {
+        let base = page::page_address(slab);
+        for i in 0..(*slab).bump as usize {
+            link::clear((base + i * size) as *mut u8);
+        }
+        buddy::free_pages(slab, order);
     }
 }
 
@@ -597,11 +629,11 @@ pub unsafe fn free(cache: &Mutex<KmemCache>, slab: *mut Page, object: *mut u8) {
     let mut c = cache.lock();
     // SAFETY: per the caller.
     let release = unsafe { c.free_locked(slab, object) };
-    let order = c.info.order as usize;
+    let (order, size) = (c.info.order as usize, c.info.size as usize);
     drop(c);
     if !release.is_null() {
         // SAFETY: the slab is off every list and has no live object.
-        unsafe { buddy::free_pages(release, order) };
+        unsafe { release_slab(release, order, size) };
     }
 }
 
@@ -613,11 +645,11 @@ pub fn shrink(cache: &Mutex<KmemCache>) -> usize {
         let mut batch = [ptr::null_mut(); 8];
         let mut c = cache.lock();
         let n = c.take_empty(&mut batch);
-        let order = c.info.order as usize;
+        let (order, size) = (c.info.order as usize, c.info.size as usize);
         drop(c);
         for &slab in &batch[..n] {
-            // SAFETY: unlinked empty slabs, no live objects.
-            unsafe { buddy::free_pages(slab, order) };
+            // SAFETY: unlinked empty slabs of this cache, no live objects.
+            unsafe { release_slab(slab, order, size) };
         }
         released += n << order;
         if n < batch.len() {
@@ -679,6 +711,54 @@ mod tests {
         let _ = slab;
         shrink(&cache);
         assert_eq!(cache.lock().nr_slabs, 0);
+    }
+
+    /// A slab going back to the buddy allocator leaves neither free marks
+    /// nor links in its pages: they may next be handed out uninitialised
+    /// (a page run), and a mark copied from there into a live block makes
+    /// its `free` look like a double free. For classes with slabs of
+    /// orders 0 to 3, a full slab's objects (every one marked, as bins get them) come back,
+    /// the empty slab goes back, and the block the buddy then hands out on
+    /// this CPU (that slab's, from this CPU's page list, unless the thread
+    /// moved or a drain came between) holds no mark.
+    #[test]
+    fn a_slab_given_back_leaves_no_free_mark_behind() {
+        // Set-up draws the process's mark.
+        crate::heap::ensure_init();
+        let mark = link::FREE_MARK.load(core::sync::atomic::Ordering::Relaxed);
+        for size in [16, 48, 700, 3000, 16 * 1024, 32 * 1024] {
+            let info = CLASSES[crate::slab::class_of(size)];
+            for _ in 0..4 {
+                let cache = Mutex::new(KmemCache::new(203, info));
+                let (list, n) = alloc_bulk(&cache, info.objects as usize);
+                assert_eq!(n, info.objects as usize, "one fresh slab's worth");
+                let slab = head_of(list);
+                // SAFETY: each object is a free object of its slab, listed
+                // once and marked, as bins hand them back.
+                unsafe {
+                    let mut p = list;
+                    while !p.is_null() {
+                        assert_eq!(link::mark_slot(p).read(), link::mark_of(p, mark), "a bin's object is marked");
+                        p = link::next(p, 203);
+                    }
+                    free_bulk(&cache, list, n);
+                }
+                assert_eq!(shrink(&cache), 1 << info.order);
+                let (block, _) = buddy::alloc_pages(info.order as usize).expect("memory");
+                let words = (os::PAGE_SIZE << info.order) / 8;
+                // SAFETY: the block is ours until freed below.
+                let base = page::page_address(block);
+                let held = unsafe { core::slice::from_raw_parts(base as *const usize, words) };
+                // A mark is an object's: the word after an object start
+                // holding that object's mark.
+                let marked = held.iter().enumerate().skip(1).position(|(i, &w)| w == link::mark_of((base + (i - 1) * 8) as *mut u8, mark));
+                if let Some(at) = marked {
+                    panic!("{size}-byte objects: the block holds a free mark at byte {} (its slab's: {})", (at + 1) * 8, block == slab);
+                }
+                // SAFETY: allocated above with this order, unused.
+                unsafe { buddy::free_pages(block, info.order as usize) };
+            }
+        }
     }
 
     fn head_of(object: *mut u8) -> *mut Page {

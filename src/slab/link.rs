@@ -30,8 +30,10 @@
 //!   handed out, and carrying the free mark.
 //!
 //! Every object handed out has both words cleared ([`clear`]), on every
-//! path, so the encoded link (from which two `malloc` calls would reveal
-//! the key) never reaches the program.
+//! path, and so has every object of a slab that goes back to the buddy
+//! allocator (whose pages may next be handed out uninitialised, as a page
+//! run), so neither the encoded link (from which two `malloc` calls would
+//! reveal the key) nor the free mark ever reaches the program.
 //!
 //! # The free mark
 //!

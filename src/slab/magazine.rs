@@ -33,7 +33,9 @@
 //! tcache does with its `key`. `free` of an object whose second word
 //! already holds its mark stops the process with "double free detected",
 //! wherever the first free left the object (a bin, a CPU depot, its slab's
-//! free list). The key is random per process (`getrandom`), so a live
+//! free list). The key is random per process (`getrandom`), and a slab
+//! going back to the buddy allocator clears the marks and links of its
+//! objects (memory handed out uninitialised never holds them), so a live
 //! block holds its mark only if the program copied it out of the same
 //! object after freeing it. Cost: an XOR, a load, a compare and a store in
 //! `free`, a store in `malloc`.
