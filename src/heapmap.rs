@@ -417,7 +417,8 @@ mod tests {
     /// The legend's fragmentation figures are the snapshot's, exactly.
     #[test]
     fn legend_carries_the_snapshot_figures() {
-        let p = crate::heap::malloc(5000);
+        // Over the largest slab class, so the page tier serves it.
+        let p = crate::heap::malloc(crate::slab::SLAB_MAX + 5000);
         assert!(!p.is_null());
         let mut s = stats::snapshot();
         // Samples in one class, so the sampled line has figures.
@@ -438,7 +439,7 @@ mod tests {
             let want = [t.waste(), t.requested, t.handed, t.count].map(|n| n as f64);
             assert_eq!(numbers(&svg, &format!("internal_{name}")), want, "{name}");
         }
-        assert!(s.page_tier.count > 0, "the 5000-byte request went to the page tier");
+        assert!(s.page_tier.count > 0, "the request over SLAB_MAX went to the page tier");
         let (sampled, unsampled) = s.slab_sampled_total();
         assert_eq!(sampled.samples, 100);
         let fraction = sampled.waste_fraction().unwrap().0 as f64 / 1000.0;
