@@ -736,7 +736,7 @@ pub fn write_svg_requested() {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Our reader sees the same lines as std, in the same order. The maps
@@ -829,6 +829,22 @@ mod tests {
         assert!(rows.iter().any(|r| r["buddyslab_kb"].as_u64().unwrap() > 0));
         // SAFETY: allocated above.
         unsafe { crate::heap::free(p) };
+    }
+
+    /// Panics unless `svg` is well-formed XML, by [`check_xml`] and, where
+    /// python3 is installed, by its parser (a second opinion). The views'
+    /// pictures share it.
+    pub(crate) fn assert_well_formed(svg: &str) {
+        check_xml(svg).unwrap_or_else(|e| panic!("{e}\n{svg}"));
+        if let Ok(mut child) = std::process::Command::new("python3")
+            .args(["-c", "import sys, xml.dom.minidom as m; m.parseString(sys.stdin.buffer.read())"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+        {
+            use std::io::Write as _;
+            child.stdin.take().unwrap().write_all(svg.as_bytes()).unwrap();
+            assert!(child.wait().unwrap().success(), "python3's XML parser rejects the SVG");
+        }
     }
 
     /// A minimal XML well-formedness check: tags nest and close, attribute
@@ -983,17 +999,7 @@ mod tests {
         assert!(svg.contains("<rect class=\"ours\" data-kind=\"[buddyslab:large]\""), "{svg}");
         assert!(svg.contains("<g class=\"segment\" data-segment=\"[stack]\""));
         assert!(svg.contains("<g class=\"gap\" data-bytes=\""));
-        check_xml(&svg).unwrap_or_else(|e| panic!("{e}\n{svg}"));
-        // A second opinion where python3 is installed.
-        if let Ok(mut child) = std::process::Command::new("python3")
-            .args(["-c", "import sys, xml.dom.minidom as m; m.parseString(sys.stdin.buffer.read())"])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-        {
-            use std::io::Write as _;
-            child.stdin.take().unwrap().write_all(svg.as_bytes()).unwrap();
-            assert!(child.wait().unwrap().success(), "python3's XML parser rejects the SVG");
-        }
+        assert_well_formed(&svg);
         // SAFETY: allocated above, freed once each.
         unsafe {
             crate::heap::free(p);
