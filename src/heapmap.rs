@@ -785,27 +785,6 @@ mod tests {
         svg.split(" width=\"").nth(1).unwrap().split('"').next().unwrap().parse().unwrap()
     }
 
-    /// Every `<text>`: its x and the text a reader sees (entities
-    /// replaced), in document order.
-    fn texts(svg: &str) -> Vec<(usize, String)> {
-        let mut out = Vec::new();
-        let mut rest = svg;
-        while let Some(open) = rest.find("<text ") {
-            let tag_end = open + rest[open..].find('>').unwrap();
-            let x = rest[open..tag_end].split(" x=\"").nth(1).unwrap().split('"').next().unwrap();
-            let close = tag_end + rest[tag_end..].find("</text>").unwrap();
-            let seen = rest[tag_end + 1..close]
-                .replace("&lt;", "<")
-                .replace("&gt;", ">")
-                .replace("&quot;", "\"")
-                .replace("&apos;", "'")
-                .replace("&amp;", "&");
-            out.push((x.parse::<f64>().unwrap() as usize, seen));
-            rest = &rest[close..];
-        }
-        out
-    }
-
     /// Every `<title>`'s text.
     fn titles(svg: &str) -> Vec<&str> {
         svg.split("<title>").skip(1).map(|t| &t[..t.find("</title>").unwrap()]).collect()
@@ -906,8 +885,12 @@ mod tests {
 
         let width = svg_width(&svg);
         assert!(width >= ROWS_WIDTH);
-        let texts = texts(&svg);
+        let texts = crate::addrspace::tests::svg_texts(&svg);
         assert!(texts.len() > 10, "{svg}");
+        for text in &texts {
+            assert!(!text.centred);
+        }
+        let texts: Vec<(usize, String)> = texts.into_iter().map(|t| (t.x, t.text)).collect();
         for (x, text) in &texts {
             let right = x + text.chars().count() * CHAR_W;
             assert!(right <= width, "{text:?} ends at {right}, past the width {width}");
