@@ -27,7 +27,7 @@
 //! stays small. Each row is a `<g class="chunk">` group whose title sums
 //! the chunk up; the legend lists every state present with its page
 //! count, in one section per colour family. Text widths are counted
-//! ([`TextWidth`], [`CHAR_W`] units per character) and the picture is made
+//! (`TextWidth`, seven units per character) and the picture is made
 //! wide enough for its longest line.
 //!
 //! Written without allocating: `BUDDYSLAB_HEAPMAP=path.svg` makes the
