@@ -25,6 +25,7 @@
 //! hold them, with their kind, count and size. It is written through
 //! fixed stack arrays (up to [`SVG_MAX_LINES`] lines), without allocating.
 
+use crate::heapmap::{Plural, TextWidth, CHAR_W};
 use crate::os;
 use crate::vma::{Region, VmaKind};
 use core::fmt::{self, Write};
@@ -214,6 +215,8 @@ struct Row {
     segment: Segment,
     name: [u8; NAME_MAX],
     name_len: usize,
+    /// Whether the name was longer than [`NAME_MAX`] and cut.
+    name_cut: bool,
     /// Hash of the whole name, to tell files with one base name apart.
     name_hash: u64,
 }
@@ -226,8 +229,15 @@ impl Row {
             None => m.name,
         };
         let n = base.len().min(NAME_MAX);
-        let mut row =
-            Row { start: m.start, end: m.end, segment: m.segment, name: [0; NAME_MAX], name_len: n, name_hash: hash(m.name) };
+        let mut row = Row {
+            start: m.start,
+            end: m.end,
+            segment: m.segment,
+            name: [0; NAME_MAX],
+            name_len: n,
+            name_cut: n < base.len(),
+            name_hash: hash(m.name),
+        };
         row.name[..n].copy_from_slice(&base[..n]);
         row
     }
@@ -248,7 +258,8 @@ impl Row {
     }
 }
 
-const EMPTY_ROW: Row = Row { start: 0, end: 0, segment: Segment::Mmap, name: [0; NAME_MAX], name_len: 0, name_hash: 0 };
+const EMPTY_ROW: Row =
+    Row { start: 0, end: 0, segment: Segment::Mmap, name: [0; NAME_MAX], name_len: 0, name_cut: false, name_hash: 0 };
 
 fn hash(name: &[u8]) -> u64 {
     name.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &c| (h ^ c as u64).wrapping_mul(0x100_0000_01b3))
@@ -312,7 +323,7 @@ pub fn write_address_space(out: &mut dyn Write) -> fmt::Result {
         writeln!(out, "{:>16x} +{:-<42}+", row.start, "")?;
     }
     if dropped > 0 {
-        writeln!(out, "({} more mappings below the lowest row not drawn)", dropped)?;
+        writeln!(out, "({} below the lowest row not drawn)", Plural(dropped, "more mapping"))?;
     }
     Ok(())
 }
@@ -417,12 +428,19 @@ pub const SVG_MAX_LINES: usize = 1024;
 /// Boxes (runs of lines of one segment and file) the SVG keeps.
 const SVG_MAX_GROUPS: usize = 256;
 
-/// Width of the address column, where the box starts, its width, and
-/// where the marks' labels start; the total width.
-const SVG_BOX_X: usize = 330;
+/// The widest text of the address column (a band's range, permissions and
+/// size: [`Size`] stays under five digits and a unit) and of a mark's
+/// label (the longest kind, the most regions a band counts, a size), in
+/// characters of [`CHAR_W`] units.
+const ADDRESS_CHARS: usize = "0xffffffffffffffff-0xffffffffffffffff rwxp 10239 KiB".len();
+const NOTE_CHARS: usize = "[buddyslab:large-cached] x65535 10239 KiB".len();
+/// Where the box starts (right of the widest address text), its width,
+/// and where the marks' labels start; the total width, which holds the
+/// widest label.
+const SVG_BOX_X: usize = 4 + ADDRESS_CHARS * CHAR_W + 12;
 const SVG_BOX_W: usize = 300;
 const SVG_NOTE_X: usize = SVG_BOX_X + SVG_BOX_W + 12;
-const SVG_WIDTH: usize = SVG_NOTE_X + 250;
+const SVG_WIDTH: usize = SVG_NOTE_X + NOTE_CHARS * CHAR_W + 8;
 /// Top margin (two title lines), height of a gap's break, of a legend line.
 const SVG_TOP: usize = 44;
 const SVG_GAP: usize = 24;
@@ -513,14 +531,35 @@ impl fmt::Display for XmlText<'_> {
     }
 }
 
+/// Writes a box's label, `segment name (size)`, in at most `chars`
+/// characters: a name too long is cut and ends with an ellipsis; with no
+/// room for any of it, the name is left out.
+fn write_box_label(out: &mut dyn Write, group: &Row, chars: usize) -> fmt::Result {
+    let segment = group.segment.name();
+    let size = Size(group.end - group.start);
+    let name = group.label();
+    // "segment " and " (size)" around the name.
+    let around = segment.len() + 1 + TextWidth::of(format_args!(" ({size})")) / CHAR_W;
+    if name.is_empty() || around + 2 > chars {
+        return write!(out, "{segment} ({size})");
+    }
+    if around + name.len() <= chars && !group.name_cut {
+        return write!(out, "{segment} {} ({size})", XmlText(name));
+    }
+    let kept = &name[..(chars - around - 1).min(name.len())];
+    write!(out, "{segment} {}\u{2026} ({size})", XmlText(kept))
+}
+
 /// Writes the address space as an SVG document: one `<g class="map">`
 /// band per line of `/proc/self/maps` (`data-start`, `data-end`,
 /// `data-perms`; its range, permissions and size as text), highest address
 /// first, inside one `<g class="segment">` box per run of lines of one
 /// segment and file; `<g class="gap">` breaks labelled with the size of the
 /// hole; buddyslab's regions as `<rect class="ours">` marks with `<text
-/// class="ours">` labels (kind, count, size); a legend. Nothing is
-/// allocated: the lines are kept in stack arrays.
+/// class="ours">` labels (kind, count, size); a legend. The columns are
+/// as wide as the widest text they can hold, a box's label is cut to fit
+/// the box, and each box has a hover title with the file's name and
+/// range. Nothing is allocated: the lines are kept in stack arrays.
 pub fn write_address_space_svg(out: &mut dyn Write) -> fmt::Result {
     let mut bands = [EMPTY_BAND; SVG_MAX_LINES];
     let mut groups = [EMPTY_ROW; SVG_MAX_GROUPS];
@@ -608,20 +647,29 @@ pub fn write_address_space_svg(out: &mut dyn Write) -> fmt::Result {
         // The box of this band's group, opened at its highest band.
         let group = &groups[b.group as usize];
         if b.end == group.end {
-            let bottom = bands[..=i].iter().rev().take_while(|x| x.group == b.group).last().map_or(top, |x| x.y as usize + x.h as usize);
-            writeln!(
+            let members = || bands[..=i].iter().rev().take_while(|x| x.group == b.group);
+            let bottom = members().last().map_or(top, |x| x.y as usize + x.h as usize);
+            // The label is centred in the room the marks leave, and a name
+            // too long for it is cut with an ellipsis (whole in the title).
+            let room = if members().any(|x| x.kinds_present() > 0) { SVG_BOX_W - SVG_MARK_W } else { SVG_BOX_W };
+            write!(
                 out,
-                "<g class=\"segment\" data-segment=\"{}\"><rect class=\"box\" x=\"{SVG_BOX_X}\" y=\"{top}\" width=\"{SVG_BOX_W}\" height=\"{}\" fill=\"{}\"/><text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}{}{} ({})</text></g>",
+                "<g class=\"segment\" data-segment=\"{}\"><title>{}{}{}{}: {:#x}-{:#x}, {}</title><rect class=\"box\" x=\"{SVG_BOX_X}\" y=\"{top}\" width=\"{SVG_BOX_W}\" height=\"{}\" fill=\"{}\"/><text x=\"{}\" y=\"{}\" text-anchor=\"middle\">",
                 group.segment.name(),
-                bottom - top,
-                segment_fill(group.segment),
-                SVG_BOX_X + (SVG_BOX_W - SVG_MARK_W) / 2,
-                (top + bottom) / 2 + 4,
                 group.segment.name(),
                 if group.label().is_empty() { "" } else { " " },
                 XmlText(group.label()),
-                Size(group.end - group.start)
+                if group.name_cut { "\u{2026}" } else { "" },
+                group.start,
+                group.end,
+                Size(group.end - group.start),
+                bottom - top,
+                segment_fill(group.segment),
+                SVG_BOX_X + room / 2,
+                (top + bottom) / 2 + 4,
             )?;
+            write_box_label(out, group, (room - 8) / CHAR_W)?;
+            writeln!(out, "</text></g>")?;
         }
         write!(
             out,
@@ -693,7 +741,7 @@ pub fn write_address_space_svg(out: &mut dyn Write) -> fmt::Result {
     }
 
     if dropped > 0 {
-        writeln!(out, "<text x=\"4\" y=\"{}\">{} more mappings above the top band not drawn</text>", legend_top - SVG_LEGEND_LINE, dropped)?;
+        writeln!(out, "<text x=\"4\" y=\"{}\">{} above the top band not drawn</text>", legend_top - SVG_LEGEND_LINE, Plural(dropped, "more mapping"))?;
     }
     for (i, segment) in SEGMENTS.iter().enumerate() {
         let x = 4 + i * 100;
@@ -736,7 +784,7 @@ pub fn write_svg_requested() {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Our reader sees the same lines as std, in the same order. The maps
@@ -831,6 +879,62 @@ mod tests {
         unsafe { crate::heap::free(p) };
     }
 
+    /// Panics unless `svg` is well-formed XML, by [`check_xml`] and, where
+    /// python3 is installed, by its parser (a second opinion). The views'
+    /// pictures share it.
+    pub(crate) fn assert_well_formed(svg: &str) {
+        check_xml(svg).unwrap_or_else(|e| panic!("{e}\n{svg}"));
+        if let Ok(mut child) = std::process::Command::new("python3")
+            .args(["-c", "import sys, xml.dom.minidom as m; m.parseString(sys.stdin.buffer.read())"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+        {
+            use std::io::Write as _;
+            child.stdin.take().unwrap().write_all(svg.as_bytes()).unwrap();
+            assert!(child.wait().unwrap().success(), "python3's XML parser rejects the SVG");
+        }
+    }
+
+    /// A `<text>` of a picture: where it is anchored and what a reader sees.
+    pub(crate) struct SvgText {
+        pub(crate) x: usize,
+        /// `text-anchor="middle"`: `x` is its centre.
+        pub(crate) centred: bool,
+        /// Entities replaced.
+        pub(crate) text: String,
+    }
+
+    impl SvgText {
+        /// Where it starts and ends, at [`CHAR_W`] units per character.
+        pub(crate) fn span(&self) -> (usize, usize) {
+            let w = self.text.chars().count() * CHAR_W;
+            let left = if self.centred { self.x - w / 2 } else { self.x };
+            (left, left + w)
+        }
+    }
+
+    /// Every `<text>` of `svg`, in document order.
+    pub(crate) fn svg_texts(svg: &str) -> Vec<SvgText> {
+        let mut out = Vec::new();
+        let mut rest = svg;
+        while let Some(open) = rest.find("<text ") {
+            let tag_end = open + rest[open..].find('>').unwrap();
+            let tag = &rest[open..tag_end];
+            let x = tag.split(" x=\"").nth(1).unwrap().split('"').next().unwrap();
+            let close = tag_end + rest[tag_end..].find("</text>").unwrap();
+            let text = rest[tag_end + 1..close]
+                .replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&quot;", "\"")
+                .replace("&apos;", "'")
+                .replace("&amp;", "&");
+            let centred = tag.contains("text-anchor=\"middle\"");
+            out.push(SvgText { x: x.parse::<f64>().unwrap() as usize, centred, text });
+            rest = &rest[close..];
+        }
+        out
+    }
+
     /// A minimal XML well-formedness check: tags nest and close, attribute
     /// values are quoted, `&` only starts an entity, one root element.
     fn check_xml(doc: &str) -> Result<(), String> {
@@ -899,6 +1003,77 @@ mod tests {
             assert!(check_xml(bad).is_err(), "{bad}");
         }
         assert_eq!(XmlText(b"a<b>&\"c\xff").to_string(), "a&lt;b&gt;&amp;&quot;c?");
+    }
+
+    /// A box's label is cut to its room with an ellipsis, never past it,
+    /// and stays XML text.
+    #[test]
+    fn long_names_are_cut_to_fit_the_box() {
+        let row = |name: &[u8], segment| {
+            let mut r = Row { start: 0x1000, end: 0x1000 + 212 * 1024, segment, ..EMPTY_ROW };
+            r.name_len = name.len().min(NAME_MAX);
+            r.name[..r.name_len].copy_from_slice(&name[..r.name_len]);
+            r
+        };
+        let label = |r: &Row, chars| {
+            let mut text = String::new();
+            write_box_label(&mut text, r, chars).unwrap();
+            text
+        };
+        let long = row(b"libLLVM-15-and-a-long-tail.so.1", Segment::Library);
+        assert_eq!(label(&long, 60), "library libLLVM-15-and-a-long-tail.so.1 (212 KiB)");
+        let cut = label(&long, 30);
+        assert_eq!(cut, "library libLLVM-15-\u{2026} (212 KiB)");
+        assert_eq!(cut.chars().count(), 30);
+        assert_eq!(label(&long, 18), "library (212 KiB)");
+        assert_eq!(label(&row(b"[stack]", Segment::Stack), 30), "[stack] (212 KiB)");
+        // A name already cut at NAME_MAX says so even where it would fit.
+        let mut kept = row(b"libshort.so", Segment::Library);
+        kept.name_cut = true;
+        assert_eq!(label(&kept, 60), "library libshort.so\u{2026} (212 KiB)");
+        let odd = label(&row(b"a<b>&c-and-a-long-tail.so", Segment::Library), 25);
+        assert!(odd.starts_with("library a&lt;b&gt;&amp;c") && odd.ends_with("\u{2026} (212 KiB)"), "{odd}");
+        assert_eq!(TextWidth::of(format_args!("{odd}")), 25 * CHAR_W);
+    }
+
+    /// Every text stays in its column: the addresses left of the boxes, a
+    /// box's label inside its box, the marks' labels and the rest inside
+    /// the picture; the columns hold their widest possible text.
+    #[test]
+    fn svg_text_stays_in_its_column() {
+        for kind in KINDS {
+            assert!(TextWidth::of(format_args!("{} x{} {}", kind.name(), u16::MAX, Size(10239 << 10))) <= NOTE_CHARS * CHAR_W);
+        }
+        let widest = TextWidth::of(format_args!("{:#x}-{:#x} rwxp {}", usize::MAX, usize::MAX, Size(10239 << 10)));
+        assert!(widest <= ADDRESS_CHARS * CHAR_W);
+        assert!(Size(usize::MAX).to_string().len() <= "10239 KiB".len());
+
+        let p = crate::heap::malloc(300_000);
+        assert!(!p.is_null());
+        let mut svg = String::with_capacity(4 << 20);
+        write_address_space_svg(&mut svg).unwrap();
+        // SAFETY: allocated above, freed once.
+        unsafe { crate::heap::free(p) };
+        assert_well_formed(&svg);
+        assert!(svg.starts_with(&format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{SVG_WIDTH}\"")));
+        let mut notes = 0;
+        for line in svg.lines() {
+            for t in svg_texts(line) {
+                let (left, right) = t.span();
+                assert!(right <= SVG_WIDTH, "{:?} ends at {right}, past {SVG_WIDTH}", t.text);
+                if line.starts_with("<g class=\"segment\"") {
+                    assert!(t.centred && left >= SVG_BOX_X && right <= SVG_BOX_X + SVG_BOX_W, "{:?} leaves its box", t.text);
+                } else if line.starts_with("<g class=\"map\"") && t.x < SVG_BOX_X {
+                    assert!(right + 8 <= SVG_BOX_X, "{:?} runs into the boxes", t.text);
+                } else if t.x >= SVG_NOTE_X {
+                    notes += 1;
+                }
+            }
+            if line.starts_with("<g class=\"segment\"") {
+                assert!(line.contains("<title>"), "{line}");
+            }
+        }
+        assert!(notes > 0, "{svg}");
     }
 
     /// Every line of /proc/self/maps is a band, highest first, with its
@@ -983,17 +1158,7 @@ mod tests {
         assert!(svg.contains("<rect class=\"ours\" data-kind=\"[buddyslab:large]\""), "{svg}");
         assert!(svg.contains("<g class=\"segment\" data-segment=\"[stack]\""));
         assert!(svg.contains("<g class=\"gap\" data-bytes=\""));
-        check_xml(&svg).unwrap_or_else(|e| panic!("{e}\n{svg}"));
-        // A second opinion where python3 is installed.
-        if let Ok(mut child) = std::process::Command::new("python3")
-            .args(["-c", "import sys, xml.dom.minidom as m; m.parseString(sys.stdin.buffer.read())"])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-        {
-            use std::io::Write as _;
-            child.stdin.take().unwrap().write_all(svg.as_bytes()).unwrap();
-            assert!(child.wait().unwrap().success(), "python3's XML parser rejects the SVG");
-        }
+        assert_well_formed(&svg);
         // SAFETY: allocated above, freed once each.
         unsafe {
             crate::heap::free(p);

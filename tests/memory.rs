@@ -251,14 +251,21 @@ fn parse_heapmap(svg: &str) -> HeapMap {
         } else if let (true, Some(cells)) = (line.starts_with("<rect "), row.as_mut()) {
             let pages = attribute(line, "width").parse().unwrap();
             cells.push((attribute(line, "class").to_string(), pages));
-        } else if line.starts_with("<g class=\"legend\">") {
+        } else if line.starts_with("<g class=\"legend\"") {
+            // The item shows a short name ("112 B") under its section's
+            // heading; `data-name` is the full one ("slab kmalloc-112").
             let text = &line[line.find("\">").unwrap()..];
             let text = &text[text.rfind("\">").unwrap() + 2..text.find("</text>").unwrap()];
-            let (label, count) = text.rsplit_once(": ").unwrap();
-            let pages = count.trim_end_matches(" pages").parse().unwrap();
+            let (_, count) = text.rsplit_once(": ").unwrap();
+            let pages = count
+                .strip_suffix(" pages")
+                .or_else(|| count.strip_suffix(" page"))
+                .unwrap()
+                .parse()
+                .unwrap();
             let swatch = &line[line.find("<rect ").unwrap()..];
             legend.insert(
-                label.to_string(),
+                attribute(line, "data-name").to_string(),
                 (attribute(swatch, "class").to_string(), pages),
             );
         }

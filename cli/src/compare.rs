@@ -194,7 +194,12 @@ pub fn compare(options: CompareOptions) -> Result<u8, Failure> {
         if finished.is_empty() {
             sayln!("no chart: no run finished");
         } else {
-            std::fs::write(chart_path, chart::svg(&shown, &finished))
+            let shown_mallocs: Vec<&Malloc> = mallocs
+                .iter()
+                .filter(|m| finished.iter().any(|r| r.name == m.name))
+                .collect();
+            let caption = caption(options.runs, &shown_mallocs);
+            std::fs::write(chart_path, chart::svg(&shown, &finished, &caption))
                 .map_err(|e| Failure::tool(format!("--chart {}: {e}", chart_path.display())))?;
             sayln!("chart written to {}", chart_path.display());
         }
@@ -264,6 +269,120 @@ fn choose_mallocs(options: &CompareOptions) -> Result<Vec<Malloc>, Failure> {
         return Err(Failure::usage("--only left nothing to compare"));
     }
     Ok(mallocs)
+}
+
+/// What a chart says of how it was measured: the machine, the runs per
+/// malloc, and each malloc's version and library as far as they can be
+/// found.
+fn caption(runs: usize, mallocs: &[&Malloc]) -> chart::Caption {
+    chart::Caption {
+        machine: machine(),
+        runs,
+        libraries: mallocs
+            .iter()
+            .map(|m| (m.name.clone(), about_library(m)))
+            .collect(),
+    }
+}
+
+/// `x86_64, 16 CPUs, Linux 6.1.0-18-amd64`: `uname -m`, the CPUs this
+/// process may run on (as its children inherit), `uname -sr`.
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpus = format!("{cpus} CPU{}", if cpus == 1 { "" } else { "s" });
+    // SAFETY: utsname is arrays of C chars, for which all zeroes is a
+    // valid value.
+    let mut names: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `names` is a valid, writable utsname that uname fills in.
+    if unsafe { libc::uname(&mut names) } != 0 {
+        return format!("{}, {cpus}", std::env::consts::ARCH);
+    }
+    let text = |field: &[libc::c_char]| {
+        let bytes: Vec<u8> = field
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    format!(
+        "{}, {cpus}, {} {}",
+        text(&names.machine),
+        text(&names.sysname),
+        text(&names.release)
+    )
+}
+
+/// A malloc's version and library: glibc's version (it is not preloaded);
+/// for a preloaded library, the version of the Debian package holding it
+/// where dpkg knows, then its path in brackets (relative to the current
+/// folder when under it).
+fn about_library(malloc: &Malloc) -> String {
+    let Some(lib) = &malloc.lib else {
+        return glibc_version().unwrap_or_default();
+    };
+    let shown = std::env::current_dir()
+        .ok()
+        .and_then(|dir| lib.strip_prefix(dir).ok().map(Path::to_path_buf))
+        .unwrap_or_else(|| lib.clone());
+    match package_version(lib) {
+        Some(version) => format!("{version} ({})", shown.display()),
+        None => format!("({})", shown.display()),
+    }
+}
+
+/// The C library's version, as `gnu_get_libc_version` gives it ("2.36").
+fn glibc_version() -> Option<String> {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: gnu_get_libc_version takes nothing and returns a static,
+        // NUL-terminated string.
+        let text = unsafe { std::ffi::CStr::from_ptr(libc::gnu_get_libc_version()) };
+        Some(text.to_string_lossy().into_owned())
+    }
+    #[cfg(not(target_env = "gnu"))]
+    None
+}
+
+/// The version of the Debian package that holds `lib`, where dpkg is
+/// installed and knows the file (as named, or as its links resolve; with
+/// a merged `/usr`, dpkg may list it under `/lib`).
+fn package_version(lib: &Path) -> Option<String> {
+    let mut names = vec![lib.to_path_buf()];
+    names.extend(std::fs::canonicalize(lib).ok());
+    let unmerged: Vec<PathBuf> = names
+        .iter()
+        .filter_map(|p| p.strip_prefix("/usr").ok().map(|p| Path::new("/").join(p)))
+        .collect();
+    names.extend(unmerged);
+    for name in names {
+        let owner = std::process::Command::new("dpkg-query")
+            .arg("-S")
+            .arg(&name)
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        if !owner.status.success() {
+            continue;
+        }
+        // "zlib1g:amd64: /lib/x86_64-linux-gnu/libz.so.1"
+        let text = String::from_utf8_lossy(&owner.stdout);
+        let package = text
+            .lines()
+            .next()?
+            .split(": ")
+            .next()?
+            .split(", ")
+            .next()?;
+        let version = std::process::Command::new("dpkg-query")
+            .args(["-W", "-f", "${Version}", package])
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
+        return (!version.is_empty()).then_some(version);
+    }
+    None
 }
 
 /// Where Debian puts a shared library, or `None`.
@@ -789,6 +908,48 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("warning: look out\nverdict\n"), "{text}");
+    }
+
+    /// The caption's facts: the machine and CPUs, glibc's version, and a
+    /// library's package version where dpkg knows the file.
+    #[test]
+    fn the_caption_names_machine_and_versions() {
+        let machine = machine();
+        assert!(machine.starts_with(std::env::consts::ARCH), "{machine}");
+        assert!(machine.contains(" CPU"), "{machine}");
+        let glibc = glibc_version().expect("a glibc build knows its version");
+        assert!(glibc.starts_with("2."), "{glibc}");
+        assert_eq!(
+            package_version(Path::new("/nonexistent/libnothing.so")),
+            None
+        );
+        // Where dpkg owns the C library, its package version is glibc's.
+        let libc = Path::new("/usr/lib")
+            .join(format!("{}-linux-gnu", std::env::consts::ARCH))
+            .join("libc.so.6");
+        let dpkg_knows = std::process::Command::new("dpkg-query")
+            .args(["-S", "libc.so.6"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if libc.is_file() && dpkg_knows {
+            let version = package_version(&libc).expect("dpkg knows libc.so.6");
+            assert!(
+                version.starts_with(&glibc),
+                "{version} is not glibc {glibc}"
+            );
+        }
+        let glibc_malloc = Malloc {
+            name: "glibc".into(),
+            lib: None,
+            missing_hint: String::new(),
+            samples: Vec::new(),
+            timed_out: None,
+        };
+        let caption = caption(3, &[&glibc_malloc]);
+        assert_eq!(caption.runs, 3);
+        assert_eq!(caption.libraries, [("glibc".to_string(), glibc)]);
     }
 
     #[test]
