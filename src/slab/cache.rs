@@ -13,7 +13,7 @@
 //!   back to the buddy allocator at once, and the reserve too once it has
 //!   sat unused for a decay period ([`shrink_idle`], a buddy shrinker).
 //!   A slab going back has its objects' link and free-mark words cleared
-//!   first ([`release_slab`]).
+//!   first (`release_slab`).
 //!
 //! Invariants (checked by [`KmemCache::check`]): every slab of the cache is
 //! on exactly the list its `inuse` says; `inuse == bump - nr_free`;
