@@ -42,21 +42,37 @@
 #[cfg(all(not(test), not(target_arch = "x86_64")))]
 extern crate std;
 
+// The public API: the global allocator and the views of the heap. The
+// tiers below are public only so that the C face (a separate crate), the
+// tool and the integration tests can reach them; they are hidden from the
+// documentation and carry no stability promise.
 pub mod addrspace;
-pub mod buddy;
 pub mod frag;
 pub mod global;
-pub mod heap;
 pub mod heapmap;
-pub mod large;
-pub mod options;
-pub mod os;
-pub mod page;
-pub mod pagetable;
-pub mod pcp;
-pub mod slab;
 pub mod stats;
+
+#[doc(hidden)]
+pub mod buddy;
+#[doc(hidden)]
+pub mod heap;
+#[doc(hidden)]
+pub mod large;
+#[doc(hidden)]
+pub mod options;
+#[doc(hidden)]
+pub mod os;
+#[doc(hidden)]
+pub mod page;
+#[doc(hidden)]
+pub mod pagetable;
+#[doc(hidden)]
+pub mod pcp;
+#[doc(hidden)]
+pub mod slab;
+#[doc(hidden)]
 pub mod sync;
+#[doc(hidden)]
 pub mod vma;
 
 pub use global::BuddySlab;
