@@ -348,9 +348,12 @@ pub unsafe fn unregister_chunk(base: usize) {
 // free areas and the slab lists.
 
 /// A doubly linked list of page descriptors through `Page::next/prev`,
-/// with a count. Not synchronised: the owner's lock protects it.
+/// with a count and its last entry, so an owner that pushes at the front can walk
+/// from the oldest entry (the buddy's decay does). Not synchronised: the
+/// owner's lock protects it.
 pub struct PageList {
     head: *mut Page,
+    last: *mut Page,
     len: usize,
 }
 
@@ -361,7 +364,7 @@ unsafe impl Send for PageList {}
 impl PageList {
     /// An empty list.
     pub const fn new() -> Self {
-        PageList { head: ptr::null_mut(), len: 0 }
+        PageList { head: ptr::null_mut(), last: ptr::null_mut(), len: 0 }
     }
 
     /// Number of entries.
@@ -382,6 +385,12 @@ impl PageList {
         self.head
     }
 
+    /// Last entry, or null: the one pushed at the front longest ago.
+    #[inline]
+    pub fn last(&self) -> *mut Page {
+        self.last
+    }
+
     /// Pushes `page` at the front.
     ///
     /// # Safety
@@ -392,7 +401,9 @@ impl PageList {
         unsafe {
             (*page).prev = ptr::null_mut();
             (*page).next = self.head;
-            if !self.head.is_null() {
+            if self.head.is_null() {
+                self.last = page;
+            } else {
                 (*self.head).prev = page;
             }
         }
@@ -415,7 +426,10 @@ impl PageList {
             } else {
                 (*prev).next = next;
             }
-            if !next.is_null() {
+            if next.is_null() {
+                debug_assert!(self.last == page);
+                self.last = prev;
+            } else {
                 (*next).prev = prev;
             }
             (*page).next = ptr::null_mut();
