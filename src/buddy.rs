@@ -8,12 +8,18 @@
 //! the two merge and the search repeats one order up, so a chunk whose pages
 //! are all free is always one order-10 block again.
 //!
+//! Each order keeps two lists: blocks whose memory may be resident
+//! (*dirty*) and blocks known to read as zero (*clean*); allocation takes
+//! a dirty block first (see "Giving memory back" below).
+//!
 //! Invariants (checked by [`Zone::check`]):
-//! - every free block is on exactly one list, `free_area[order]`, its head
-//!   descriptor has `kind == PG_FREE` and `order == order`, and its pages do
-//!   not overlap any other block;
+//! - every free block is on exactly one list, `free_area[order]`'s `clean`
+//!   list if its `zero` is set and its `dirty` list otherwise; its head
+//!   descriptor has `kind == PG_FREE` and `order == order`, and its pages
+//!   do not overlap any other block;
 //! - no two free buddies of the same order exist (they would have merged);
-//! - `free_pages == Σ nr_free[k] << k`.
+//! - `free_pages == Σ nr_free[k] << k`, `dirty_pages` likewise over the
+//!   dirty lists.
 //!
 //! The zone grows by whole chunks (4 MiB, aligned): from `brk` when
 //! buddyslab is the process's `malloc` (set by the C face), otherwise from
@@ -24,10 +30,12 @@
 //! class) → `slab::NODES_GROW` → `GROW` → slab cache locks (by node, then
 //! index) → per-CPU page lists (`pcp`, by CPU) → `ZONE` → `vma::TREE` →
 //! `pagetable::TABLE_POOL`.
-//! A CPU depot lock may be held while its slab cache is refilled (and so
-//! while the zone grows). No code holds a slab cache lock while calling
-//! into the buddy: slab refill and release drop the cache lock first, as
-//! SLUB does. The atfork handlers take every lock in this order.
+//! No code holds a CPU depot or slab cache lock while calling into the
+//! buddy: slab refill and release drop them first, as SLUB does. Code that
+//! calls into the buddy holding another lock allocation needs
+//! (`large::CACHE`, `CPUS_GROW`, `NODES_GROW`) holds a
+//! [`defer_decay`] guard, so no decay scan, and none of its system calls,
+//! runs under that lock. The atfork handlers take every lock in this order.
 
 use crate::os::{self, PAGE_SHIFT, PAGE_SIZE};
 use crate::pcp;
@@ -37,29 +45,81 @@ use crate::page::{
 };
 use crate::sync::Mutex;
 use crate::vma::{self, VmaKind};
+use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
 /// Number of orders, `MAX_ORDER + 1`.
 pub const NR_ORDERS: usize = MAX_ORDER + 1;
 
+/// One order's free blocks, kept apart by whether their memory may be
+/// resident, as jemalloc keeps dirty extents apart from purged ones.
+struct FreeArea {
+    /// Blocks whose pages may be resident (`zero == false`), pushed at the
+    /// front when freed: allocation takes the most recently freed, decay
+    /// releases from the back, where the blocks idle longest are.
+    dirty: PageList,
+    /// Blocks known to read as zero (`zero == true`: fresh from the
+    /// kernel, or released): handed out only when no dirty block of any
+    /// order serves, so released memory is not faulted in again while
+    /// resident free memory is at hand.
+    clean: PageList,
+}
+
+impl FreeArea {
+    const fn new() -> Self {
+        FreeArea { dirty: PageList::new(), clean: PageList::new() }
+    }
+
+    fn len(&self) -> usize {
+        self.dirty.len() + self.clean.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.dirty.is_empty() && self.clean.is_empty()
+    }
+
+    /// The list a free block belongs on, by its `zero` flag.
+    ///
+    /// # Safety
+    /// `head` is a live descriptor.
+    unsafe fn list_for(&mut self, head: *mut Page) -> &mut PageList {
+        // SAFETY: per the caller.
+        if unsafe { (*head).zero } {
+            &mut self.clean
+        } else {
+            &mut self.dirty
+        }
+    }
+}
+
 /// The free lists and page counts of all chunks.
 pub struct Zone {
-    free_area: [PageList; NR_ORDERS],
+    free_area: [FreeArea; NR_ORDERS],
     /// Pages in all chunks, free or not.
     pub managed_pages: usize,
     /// Pages in free blocks.
     pub free_pages: usize,
+    /// Pages in free blocks whose memory may be resident (dirty).
+    pub dirty_pages: usize,
     /// Chunks added.
     pub nr_chunks: usize,
+}
+
+/// Whether coarse time `a` is later than `b` (both from [`clock_ms`],
+/// which wraps after 49 days).
+#[inline]
+fn later(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
 }
 
 impl Zone {
     /// A zone with no memory.
     pub const fn new() -> Self {
         Zone {
-            free_area: [const { PageList::new() }; NR_ORDERS],
+            free_area: [const { FreeArea::new() }; NR_ORDERS],
             managed_pages: 0,
             free_pages: 0,
+            dirty_pages: 0,
             nr_chunks: 0,
         }
     }
@@ -69,9 +129,14 @@ impl Zone {
         self.free_area[order].len()
     }
 
+    /// Free blocks of order `order` whose memory may be resident.
+    pub fn nr_dirty(&self, order: usize) -> usize {
+        self.free_area[order].dirty.len()
+    }
+
     /// Whether a block of at least `order` is free.
     pub fn can_alloc(&self, order: usize) -> bool {
-        self.free_area[order..].iter().any(|l| !l.is_empty())
+        self.free_area[order..].iter().any(|a| !a.is_empty())
     }
 
     /// Adds a whole chunk as one free order-10 block.
@@ -85,6 +150,7 @@ impl Zone {
             let head = Chunk::page(chunk, 0);
             mark(head, CHUNK_PAGES, PG_FREE);
             (*head).zero = zero;
+            (*head).span = clock_ms();
             self.push_free(head, MAX_ORDER);
         }
         self.managed_pages += CHUNK_PAGES;
@@ -92,36 +158,56 @@ impl Zone {
     }
 
     /// # Safety
-    /// `head` heads a free block of `order` that is on no list.
+    /// `head` heads a free block of `order` that is on no list; its `zero`
+    /// and decay stamp (`span`) are set.
     unsafe fn push_free(&mut self, head: *mut Page, order: usize) {
         // SAFETY: per the caller.
         unsafe {
             (*head).order = order as u8;
             (*head).set_kind(PG_FREE);
-            self.free_area[order].push_front(head);
+            if !(*head).zero {
+                self.dirty_pages += 1 << order;
+            }
+            self.free_area[order].list_for(head).push_front(head);
         }
         self.free_pages += 1 << order;
+    }
+
+    /// # Safety
+    /// `head` heads a free block on `free_area[order]`.
+    unsafe fn unlink_free(&mut self, head: *mut Page, order: usize) {
+        // SAFETY: per the caller; `zero` says which list holds it.
+        unsafe {
+            if !(*head).zero {
+                self.dirty_pages -= 1 << order;
+            }
+            self.free_area[order].list_for(head).remove(head);
+        }
+        self.free_pages -= 1 << order;
     }
 
     /// Allocates a block of `order` pages. Returns its head descriptor and
     /// whether its memory is known to be zero. The head's `kind` is left
     /// `PG_NONE`; the caller marks the block for its tier.
     ///
+    /// A dirty block of any order (split if bigger) is taken before a
+    /// clean one: its pages are resident already, while each page of a
+    /// clean block faults when touched, and clean blocks are often memory
+    /// that decay gave back, which must not be faulted in again while
+    /// resident free memory is at hand.
+    ///
     /// # Safety
     /// The zone's descriptors are live (always true for the global zone).
     pub unsafe fn alloc(&mut self, order: usize) -> Option<(*mut Page, bool)> {
-        let mut current = order;
-        while current <= MAX_ORDER && self.free_area[current].is_empty() {
-            current += 1;
-        }
-        if current > MAX_ORDER {
-            return None;
-        }
-        // SAFETY: the list is non-empty and its entries are live.
-        unsafe {
-            let head = self.free_area[current].first();
-            Some(self.take(head, current, order))
-        }
+        let found = (order..NR_ORDERS)
+            .find(|&o| !self.free_area[o].dirty.is_empty())
+            .map(|o| (self.free_area[o].dirty.first(), o))
+            .or_else(|| {
+                (order..NR_ORDERS).find(|&o| !self.free_area[o].clean.is_empty()).map(|o| (self.free_area[o].clean.first(), o))
+            });
+        let (head, current) = found?;
+        // SAFETY: `head` heads a free block on free_area[current].
+        Some(unsafe { self.take(head, current, order) })
     }
 
     /// Allocates a block of `order` pages at the lowest address any free
@@ -135,14 +221,16 @@ impl Zone {
     pub unsafe fn alloc_lowest(&mut self, order: usize) -> Option<(*mut Page, bool)> {
         let mut best: Option<(usize, *mut Page, usize)> = None;
         for current in order..NR_ORDERS {
-            // SAFETY: entries of our lists are live.
-            unsafe {
-                self.free_area[current].for_each(|p| {
-                    let addr = page::page_address(p);
-                    if best.map_or(true, |(a, _, _)| addr < a) {
-                        best = Some((addr, p, current));
-                    }
-                });
+            for list in [&self.free_area[current].dirty, &self.free_area[current].clean] {
+                // SAFETY: entries of our lists are live.
+                unsafe {
+                    list.for_each(|p| {
+                        let addr = page::page_address(p);
+                        if best.map_or(true, |(a, _, _)| addr < a) {
+                            best = Some((addr, p, current));
+                        }
+                    });
+                }
             }
         }
         let (_, head, current) = best?;
@@ -157,8 +245,7 @@ impl Zone {
     /// `head` heads a free block on `free_area[current]`, `current >= order`.
     unsafe fn take(&mut self, head: *mut Page, mut current: usize, order: usize) -> (*mut Page, bool) {
         // SAFETY: per the caller.
-        unsafe { self.free_area[current].remove(head) };
-        self.free_pages -= 1 << current;
+        unsafe { self.unlink_free(head, current) };
         // SAFETY: `head` is the head of a free block we now own.
         let zero = unsafe { (*head).zero };
         let index = Chunk::index_of(head);
@@ -186,16 +273,31 @@ impl Zone {
     }
 
     /// Frees the block of `order` pages headed by `head`, merging with free
-    /// buddies.
+    /// buddies; `zero` says whether its memory reads as zero. A dirty block
+    /// is stamped free since now.
     ///
     /// # Safety
     /// The block was allocated from this zone with this order (or is a
     /// naturally aligned part of such a block) and is no longer used.
     pub unsafe fn free(&mut self, head: *mut Page, order: usize, zero: bool) {
+        // SAFETY: per the caller.
+        unsafe { self.free_stamped(head, order, zero, clock_ms()) }
+    }
+
+    /// [`Zone::free`] with the time the block's memory was last used: the
+    /// merged block keeps the latest stamp of its dirty parts (clean parts
+    /// hold nothing resident, so their age does not matter), so that a
+    /// released block put back beside an idle dirty buddy does not make the
+    /// buddy look freshly used.
+    ///
+    /// # Safety
+    /// As [`Zone::free`].
+    unsafe fn free_stamped(&mut self, head: *mut Page, order: usize, zero: bool, stamp: u32) {
         let chunk = Chunk::of_page(head);
         let mut index = Chunk::index_of(head);
         let mut order = order;
         let mut zero = zero;
+        let mut last_used = (!zero).then_some(stamp);
         debug_assert!(index & ((1 << order) - 1) == 0, "block not aligned to its order");
         // SAFETY: the block's pages are ours to mark.
         unsafe { mark(head, 1 << order, PG_FREE) };
@@ -211,10 +313,13 @@ impl Zone {
             // SAFETY: the buddy heads a free block of this order, so it is on
             // free_area[order].
             unsafe {
-                self.free_area[order].remove(buddy);
+                self.unlink_free(buddy, order);
+                if !(*buddy).zero {
+                    let b = (*buddy).span;
+                    last_used = Some(last_used.map_or(b, |s| if later(b, s) { b } else { s }));
+                }
                 zero &= (*buddy).zero;
             }
-            self.free_pages -= 1 << order;
             index &= !(1 << order);
             order += 1;
         }
@@ -222,7 +327,7 @@ impl Zone {
         unsafe {
             let merged = Chunk::page(chunk, index);
             (*merged).zero = zero;
-            (*merged).span = clock_ms(); // decay stamp: free since now
+            (*merged).span = last_used.unwrap_or(stamp); // decay stamp
             self.push_free(merged, order);
         }
     }
@@ -246,102 +351,143 @@ impl Zone {
         }
     }
 
-    /// Moves every wholly free chunk (order-10 block) off the free lists
-    /// onto `out`, so their memory can be released without holding the
-    /// zone lock; give each back with [`Zone::put_free_chunk`].
+    /// Puts back a whole free chunk taken by [`Zone::isolate_idle`].
     ///
     /// # Safety
-    /// The zone's descriptors are live; `out` is a list of the caller's.
-    pub unsafe fn take_free_chunks(&mut self, out: &mut PageList) {
-        loop {
-            // SAFETY: entries of free_area are live descriptors.
-            let head = unsafe { self.free_area[MAX_ORDER].pop_front() };
-            if head.is_null() {
-                return;
-            }
-            self.free_pages -= CHUNK_PAGES;
-            // SAFETY: just unlinked from our list.
-            unsafe { out.push_front(head) };
-        }
-    }
-
-    /// Puts back a whole free chunk taken by [`Zone::take_free_chunks`].
-    ///
-    /// # Safety
-    /// `head` came from `take_free_chunks` on this zone.
-    pub unsafe fn put_free_chunk(&mut self, head: *mut Page, zero: bool) {
+    /// `head` came from `isolate_idle` on this zone, as an order-10 block.
+    unsafe fn put_free_chunk(&mut self, head: *mut Page, zero: bool, stamp: u32) {
         // SAFETY: per the caller, a free order-10 block on no list.
         unsafe {
             (*head).zero = zero;
-            (*head).span = clock_ms();
+            (*head).span = stamp;
             self.push_free(head, MAX_ORDER);
         }
     }
 
-    /// Moves free blocks whose memory is dirty (not known zero) off the
-    /// free lists onto `out`, for release without the zone lock: only
-    /// blocks of orders below `below_order`, free since at least
-    /// `min_age_ms` before `now` (by their decay stamp), lowest orders
-    /// first, until `max_pages` pages are taken. An isolated block's head
-    /// is `PG_NONE`, so no buddy merges with it meanwhile; its `order`
-    /// stays. Give each back with [`Zone::free`] (or, for a whole chunk,
-    /// [`Zone::put_free_chunk`]). Returns the pages taken.
+    /// Takes free blocks that hold resident memory, as `filter` picks them,
+    /// off the free lists into `out`, for release without the zone lock;
+    /// returns how many. Each dirty list is walked from its back, where the
+    /// blocks idle longest are, and the walk stops at the first block used
+    /// too recently (the lists are in the order blocks were freed, so the
+    /// cost is the blocks taken, not the blocks free), or, with
+    /// `filter.cold_half`, once half the list is taken; when all orders are
+    /// asked for, a whole chunk that is clean but whose page descriptors
+    /// are still resident is taken too. Highest orders first, until
+    /// `filter.max_pages` are taken (the last block may pass it). An
+    /// isolated block's head is `PG_NONE`, so no buddy merges with it
+    /// meanwhile; its `order`, `zero` and stamp stay. Give each back with
+    /// [`Zone::put_back_released`].
     ///
     /// # Safety
-    /// The zone's descriptors are live; `out` is a list of the caller's.
-    pub unsafe fn isolate_dirty(&mut self, out: &mut PageList, filter: ReleaseFilter) -> usize {
-        let mut taken = 0;
-        for order in 0..filter.below_order.min(NR_ORDERS) {
-            let mut p = self.free_area[order].first();
-            while !p.is_null() && taken < filter.max_pages {
-                // SAFETY: entries of our lists are live; `next` is read
-                // before the entry is unlinked.
-                unsafe {
-                    let next = (*p).next;
-                    let old_enough = filter.now_ms.wrapping_sub((*p).span) >= filter.min_age_ms;
-                    let holds_resident = !(*p).zero
-                        || (order == MAX_ORDER && !(*Chunk::of_page(p)).descriptors_released);
-                    if holds_resident && old_enough {
-                        self.free_area[order].remove(p);
-                        self.free_pages -= 1 << order;
-                        (*p).set_kind(PG_NONE);
-                        out.push_front(p);
-                        taken += 1 << order;
-                    }
-                    p = next;
+    /// The zone's descriptors are live.
+    pub unsafe fn isolate_idle(&mut self, out: &mut [*mut Page], filter: ReleaseFilter) -> usize {
+        // SAFETY: entries of our lists are live.
+        let idle = |p: *mut Page| filter.idle(unsafe { (*p).span });
+        let mut n = 0;
+        let mut pages = 0;
+        for order in (0..filter.below_order.min(NR_ORDERS)).rev() {
+            let mut limit = self.free_area[order].dirty.len();
+            if filter.cold_half {
+                limit /= 2;
+            }
+            while n < out.len() && pages < filter.max_pages && limit > 0 {
+                let p = self.free_area[order].dirty.last();
+                if p.is_null() || !idle(p) {
+                    break;
                 }
+                // SAFETY: `p` heads a free block on free_area[order].
+                unsafe {
+                    self.unlink_free(p, order);
+                    (*p).set_kind(PG_NONE);
+                }
+                out[n] = p;
+                n += 1;
+                pages += 1 << order;
+                limit -= 1;
             }
         }
-        taken
+        if filter.below_order <= MAX_ORDER {
+            return n;
+        }
+        // Wholly free clean chunks with resident descriptors: few, walked whole.
+        let mut p = self.free_area[MAX_ORDER].clean.first();
+        while !p.is_null() && n < out.len() {
+            // SAFETY: entries of our lists are live; `next` is read before
+            // the entry is unlinked.
+            unsafe {
+                let next = (*p).next;
+                if !(*Chunk::of_page(p)).descriptors_released && idle(p) {
+                    self.unlink_free(p, MAX_ORDER);
+                    (*p).set_kind(PG_NONE);
+                    out[n] = p;
+                    n += 1;
+                }
+                p = next;
+            }
+        }
+        n
+    }
+
+    /// Puts back a block taken by [`Zone::isolate_idle`], its memory now
+    /// given back to the kernel (`zero`) or not (the `madvise` failed).
+    ///
+    /// # Safety
+    /// `head` came from `isolate_idle` on this zone and is on no list.
+    pub unsafe fn put_back_released(&mut self, head: *mut Page, zero: bool) {
+        // SAFETY: per the caller: an isolated free block of its recorded
+        // order. A whole chunk goes back by its head alone, so its released
+        // descriptors stay untouched.
+        unsafe {
+            let (order, stamp) = ((*head).order as usize, (*head).span);
+            if order == MAX_ORDER {
+                (*head).set_kind(PG_FREE);
+                self.put_free_chunk(head, zero, stamp);
+            } else {
+                self.free_stamped(head, order, zero, stamp);
+            }
+        }
     }
 
     /// Checks the invariants in the module comment; panics on a breach.
     /// For tests and debugging; walks every free list.
     pub fn check(&self) {
         let mut pages = 0usize;
-        for (order, list) in self.free_area.iter().enumerate() {
-            // SAFETY: entries of our lists are live.
-            unsafe {
-                list.for_each(|p| {
-                    assert_eq!((*p).kind(), PG_FREE, "free block head not PG_FREE");
-                    assert_eq!((*p).order as usize, order, "free block on the wrong list");
-                    let index = Chunk::index_of(p);
-                    assert_eq!(index & ((1 << order) - 1), 0, "free block misaligned");
-                    for i in 0..1usize << order {
-                        assert_eq!(page::tag(p.add(i)), 0, "page {i} of a free block of order {order}: fast-path tag");
-                    }
-                    if order < MAX_ORDER {
-                        let buddy = Chunk::page(Chunk::of_page(p), index ^ (1 << order));
-                        assert!(
-                            !((*buddy).kind() == PG_FREE && (*buddy).order as usize == order),
-                            "two free buddies of order {order} did not merge"
-                        );
-                    }
-                });
+        let mut dirty = 0usize;
+        for (order, area) in self.free_area.iter().enumerate() {
+            for (list, clean) in [(&area.dirty, false), (&area.clean, true)] {
+                // SAFETY: entries of our lists are live.
+                unsafe {
+                    list.for_each(|p| {
+                        assert_eq!((*p).kind(), PG_FREE, "free block head not PG_FREE");
+                        assert_eq!((*p).order as usize, order, "free block on the wrong list");
+                        assert_eq!((*p).zero, clean, "free block on the wrong one of dirty and clean");
+                        let index = Chunk::index_of(p);
+                        assert_eq!(index & ((1 << order) - 1), 0, "free block misaligned");
+                        for i in 0..1usize << order {
+                            assert_eq!(page::tag(p.add(i)), 0, "page {i} of a free block of order {order}: fast-path tag");
+                        }
+                        if order < MAX_ORDER {
+                            let buddy = Chunk::page(Chunk::of_page(p), index ^ (1 << order));
+                            assert!(
+                                !((*buddy).kind() == PG_FREE && (*buddy).order as usize == order),
+                                "two free buddies of order {order} did not merge"
+                            );
+                        }
+                    });
+                }
+                // The list's own count agrees with a walk.
+                let mut walked = 0;
+                // SAFETY: as above.
+                unsafe { list.for_each(|_| walked += 1) };
+                assert_eq!(walked, list.len(), "list length drifted");
+                if !clean {
+                    dirty += list.len() << order;
+                }
             }
-            pages += list.len() << order;
+            pages += area.len() << order;
         }
         assert_eq!(pages, self.free_pages, "free page count drifted");
+        assert_eq!(dirty, self.dirty_pages, "dirty page count drifted");
     }
 }
 
@@ -562,11 +708,7 @@ pub unsafe fn shrink_pages_exact(head: *mut Page, npages: usize) {
 #[inline(never)]
 fn grow(order: usize) -> bool {
     crate::heap::ensure_init();
-    // Growing adds up to 4 MiB of resident memory. If the zone holds much
-    // free memory it cannot use for this request (free blocks, all of
-    // them smaller than `order`), give back as much of it first, so that
-    // fragmentation does not make the resident set only grow.
-    release_for_growth(order);
+    release_before_growth(order);
     let mut growth = GROW.lock();
     if ZONE.lock().can_alloc(order) {
         return true; // another thread grew the zone while we waited
@@ -694,29 +836,38 @@ pub const fn pages_for(bytes: usize) -> usize {
 }
 
 // ---------------------------------------------------------------------------
-// Giving memory back: decay, growth and trim.
+// Giving memory back: decay and trim.
 //
 // A free block whose memory may be resident is *dirty*; one known to read
 // as zero (fresh from the kernel, or released with `MADV_DONTNEED`) is
-// clean (`Page::zero`). Every free block's head carries a decay stamp
-// (`Page::span`): the coarse time it became free. Memory goes back to the
-// kernel in three ways:
+// *clean* (`Page::zero`). The two are kept on separate lists per order
+// ([`FreeArea`]) and allocation takes a dirty block first, so memory that
+// went back to the kernel is the last to be faulted in again. Every dirty
+// block's head carries a decay stamp (`Page::span`): the coarse time its
+// memory was last in use. Memory goes back to the kernel in two ways:
 //
-// - decay: slow paths (page handout and return, growth) call
-//   [`decay_tick`]; a few times per decay period it runs the registered
-//   shrinkers (slab caches give back slabs empty for a whole period) and
-//   releases dirty free blocks free for at least the period;
-// - growth: before the zone grows for a request no free block can serve,
-//   up to a chunk's worth of dirty free blocks too small for it go back
-//   (see [`grow`]), so fragmentation does not ratchet the resident set;
-// - trim ([`release_free_memory`] with no age, from `malloc_trim`):
-//   everything free goes back at once.
+// - decay: slow paths (page handout and return) call [`decay_tick`]; a
+//   few times per decay period it runs the registered shrinkers (slab
+//   caches give back slabs empty for a whole period) and releases dirty
+//   free blocks idle for at least the period. Nothing used more recently
+//   goes back: a program that keeps reusing its free memory never sees it
+//   released and faulted in again. (Releasing young blocks, as a release
+//   before every growth of the zone once did, made a program churning
+//   400 MiB of mixed sizes on two threads fault in 470,000 pages where
+//   glibc faulted 133,000, with 148,000 `madvise` calls: issue 18.)
+// - trim ([`release_free_memory`], from `malloc_trim`): every dirty free
+//   block at once, whatever its age.
 //
 // Release takes the chosen blocks off the free lists under the zone lock
-// (isolated: no allocation or merge sees them), calls `madvise` without
-// the lock, and frees them again as clean blocks. A wholly free chunk also
-// gives back its page descriptors but the first page (which holds the
-// head's), so an idle chunk costs 4 KiB of metadata instead of 40.
+// (isolated: no allocation or merge sees them), a batch at a time, sorts
+// them by address and gives back each run of adjacent blocks with one
+// `madvise`, without the lock, then puts them back as clean. A wholly free
+// chunk also gives back its page descriptors but the first page (which
+// holds the head's), so an idle chunk costs 4 KiB of metadata instead of
+// 40. A scan never runs while some thread holds a lock that allocation
+// needs and that may be held across a call into the buddy (see
+// [`defer_decay`]): the scan's system calls would stall every thread that
+// waits for it.
 
 /// Default [`DECAY_MS`]: how long free memory stays resident, in
 /// milliseconds (`BUDDYSLAB_DECAY_MS`).
@@ -732,8 +883,14 @@ const TICK_EVERY: u32 = 8;
 static CLOCK_MS: AtomicU32 = AtomicU32::new(0);
 static EVENTS: AtomicU32 = AtomicU32::new(0);
 static LAST_SCAN_MS: AtomicU32 = AtomicU32::new(0);
-/// Bytes given back to the kernel so far, by decay, growth and trim.
+/// Bytes given back to the kernel so far, by decay and trim.
 pub static RELEASED_BYTES: AtomicUsize = AtomicUsize::new(0);
+/// `madvise` calls made so far to give free memory back (decay and trim).
+pub static RELEASE_CALLS: AtomicUsize = AtomicUsize::new(0);
+/// Decay scans run so far.
+pub static DECAY_SCANS: AtomicUsize = AtomicUsize::new(0);
+/// Guards from [`defer_decay`] alive now, in all threads.
+static DECAY_DEFERRED: AtomicUsize = AtomicUsize::new(0);
 
 /// The coarse clock in milliseconds (no system call: the value the last
 /// tick read).
@@ -742,17 +899,37 @@ pub fn clock_ms() -> u32 {
     CLOCK_MS.load(Ordering::Relaxed)
 }
 
-/// Which free blocks [`Zone::isolate_dirty`] takes.
+/// Which free blocks [`Zone::isolate_idle`] takes.
 #[derive(Clone, Copy, Debug)]
 pub struct ReleaseFilter {
-    /// Only orders below this.
-    pub below_order: usize,
-    /// Only blocks whose stamp is at least this old at `now_ms`.
-    pub min_age_ms: u32,
+    /// Only blocks idle for at least this long at `now_ms`; `None` for
+    /// every dirty block whatever its age.
+    pub min_age_ms: Option<u32>,
     /// The time the ages are measured at.
     pub now_ms: u32,
-    /// Stop after this many pages.
+    /// Only blocks of orders below this ([`NR_ORDERS`] for all).
+    pub below_order: usize,
+    /// Stop once this many pages are taken.
     pub max_pages: usize,
+    /// Take at most the older half of each dirty list: the blocks freed
+    /// most recently are the likeliest to be wanted again soon.
+    pub cold_half: bool,
+}
+
+impl ReleaseFilter {
+    /// Every dirty block idle for `min_age_ms` (`None`: every one).
+    pub const fn idle_for(min_age_ms: Option<u32>, now_ms: u32) -> Self {
+        ReleaseFilter { min_age_ms, now_ms, below_order: NR_ORDERS, max_pages: usize::MAX, cold_half: false }
+    }
+
+    /// Whether a block stamped `stamp` is idle long enough. A stamp later
+    /// than `now_ms` (another thread's tick moved the clock on) is young.
+    fn idle(&self, stamp: u32) -> bool {
+        match self.min_age_ms {
+            None => true,
+            Some(min) => (self.now_ms.wrapping_sub(stamp) as i32) >= min as i32,
+        }
+    }
 }
 
 /// What a shrinker is asked to do: give back what it holds that has been
@@ -802,11 +979,35 @@ fn run_shrinkers(control: ShrinkControl) -> usize {
     n
 }
 
+/// While one of these lives, no decay scan starts, in any thread. A tier
+/// takes one with a lock that allocation needs when, holding it, it may
+/// call into the buddy (the large tier's cache lock, held while the region
+/// tree takes a node from a slab cache): a scan started there would run
+/// its `madvise` calls with that lock held. A scan skipped runs at a later
+/// tick.
+#[must_use]
+pub struct DecayDeferred(());
+
+/// Defers decay scans until the returned guard is dropped.
+#[inline]
+pub fn defer_decay() -> DecayDeferred {
+    DECAY_DEFERRED.fetch_add(1, Ordering::Acquire);
+    DecayDeferred(())
+}
+
+impl Drop for DecayDeferred {
+    #[inline]
+    fn drop(&mut self) {
+        DECAY_DEFERRED.fetch_sub(1, Ordering::Release);
+    }
+}
+
 /// The decay hook: every tier calls it on its slow paths (never per
 /// object). Cheap: one atomic add, a clock read every few calls, and a
-/// scan at most four times per decay period, by one thread at a time.
-/// Must be called with no allocator lock held but (optionally) CPU depot
-/// locks and `CPUS_GROW`, which come first in the lock order.
+/// scan at most four times per decay period, by one thread at a time,
+/// whose cost is the blocks it releases (see [`Zone::isolate_idle`]).
+/// Must be called with no allocator lock held, or under a
+/// [`defer_decay`] guard.
 pub fn decay_tick() {
     if EVENTS.fetch_add(1, Ordering::Relaxed) % TICK_EVERY != 0 {
         return;
@@ -815,7 +1016,7 @@ pub fn decay_tick() {
     CLOCK_MS.store(now, Ordering::Relaxed);
     let period = DECAY_MS.load(Ordering::Relaxed);
     let last = LAST_SCAN_MS.load(Ordering::Relaxed);
-    if now.wrapping_sub(last) < period / 4 {
+    if now.wrapping_sub(last) < period / 4 || DECAY_DEFERRED.load(Ordering::Acquire) != 0 {
         return;
     }
     if LAST_SCAN_MS.compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed).is_err() {
@@ -825,16 +1026,16 @@ pub fn decay_tick() {
 }
 
 /// Runs one decay scan at `now_ms` (the shrinkers, then the buddy's dirty
-/// free blocks). Returns the pages given back. Tests and tiers that know
-/// the time may call it directly.
+/// free blocks idle for a decay period). Returns the pages given back.
+/// Tests and tiers that know the time may call it directly.
 pub fn decay_now(now_ms: u32) -> usize {
+    DECAY_SCANS.fetch_add(1, Ordering::Relaxed);
     let period = DECAY_MS.load(Ordering::Relaxed);
     let shrunk = run_shrinkers(ShrinkControl { now_ms, min_age_ms: Some(period) });
     // Blocks on the per-CPU page lists are invisible to the zone; back on
-    // its lists they are stamped now and go at the next scan if unused.
+    // its lists they keep the stamp of their free and go once idle.
     pcp::drain_all();
-    let filter = ReleaseFilter { below_order: NR_ORDERS, min_age_ms: period, now_ms, max_pages: usize::MAX };
-    shrunk + (release(filter) >> PAGE_SHIFT)
+    shrunk + (release(ReleaseFilter::idle_for(Some(period), now_ms)) >> PAGE_SHIFT)
 }
 
 /// Runs every shrinker for everything it holds (for `malloc_trim`).
@@ -846,82 +1047,168 @@ pub fn shrink_all() -> usize {
 /// Returns the bytes released.
 pub fn release_free_memory() -> usize {
     pcp::drain_all();
-    let filter = ReleaseFilter { below_order: NR_ORDERS, min_age_ms: 0, now_ms: clock_ms(), max_pages: usize::MAX };
-    release(filter)
+    release(ReleaseFilter::idle_for(None, clock_ms()))
 }
 
-/// Free memory held before the zone grows for a block of `order`: when
-/// the zone holds more than two chunks' worth of free pages but none in a
-/// block big enough, up to a chunk's worth of dirty blocks that are too
-/// small go back first (lowest orders first).
-fn release_for_growth(order: usize) {
-    let free = ZONE.lock().free_pages;
-    if free < 2 * CHUNK_PAGES {
+/// Before the zone grows for a block of `order` that no free block
+/// serves: when more than two chunks' worth of its free pages are dirty
+/// blocks too small for the request, the older half of each of those
+/// blocks' lists (one batch, up to a chunk's worth) goes back first, so
+/// that fragmentation does not make the resident set only grow. Only the
+/// older half, whatever its age: the blocks freed last are the ones a
+/// program cycling through its memory takes next (releasing those, with
+/// one `madvise` each, was the give-back/fault-in loop of issue 18), and
+/// released blocks are handed out only after every dirty one.
+fn release_before_growth(order: usize) {
+    if DECAY_DEFERRED.load(Ordering::Acquire) != 0 {
         return;
     }
-    release(ReleaseFilter { below_order: order, min_age_ms: 0, now_ms: clock_ms(), max_pages: CHUNK_PAGES });
+    let dirty_below: usize = {
+        let zone = ZONE.lock();
+        (0..order.min(NR_ORDERS)).map(|o| zone.nr_dirty(o) << o).sum()
+    };
+    if dirty_below < 2 * CHUNK_PAGES {
+        return;
+    }
+    release(ReleaseFilter { min_age_ms: None, now_ms: clock_ms(), below_order: order, max_pages: CHUNK_PAGES, cold_half: true });
 }
 
-/// Isolates the blocks `filter` picks, releases them with
-/// `MADV_DONTNEED`, and frees them again as clean. Returns bytes released.
-fn release(filter: ReleaseFilter) -> usize {
-    let mut taken = PageList::new();
-    {
-        let mut zone = ZONE.lock();
-        // SAFETY: the global zone's descriptors are live.
-        if unsafe { zone.isolate_dirty(&mut taken, filter) } == 0 {
-            return 0;
-        }
-    }
+/// Blocks isolated, released and put back at a time: the zone lock is
+/// held for this many at most, and one system call releases them.
+const RELEASE_BATCH: usize = 128;
+
+/// Isolates the blocks `filter` picks, a batch at a time, releases them
+/// with `MADV_DONTNEED`, and frees them again as clean. Returns bytes
+/// released.
+fn release(mut filter: ReleaseFilter) -> usize {
     let mut released = 0;
-    // SAFETY: the isolated blocks are on no zone list and no one else
-    // uses them until they are freed below.
-    unsafe {
-        taken.for_each(|head| {
-            let order = (*head).order as usize;
-            let (addr, len) = (page::page_address(head), PAGE_SIZE << order);
-            if !(*head).zero && os::madvise_dontneed(addr, len).is_ok() {
-                released += len;
-                (*head).zero = true;
-                crate::pagetable::advised(addr, len);
-            }
-            let chunk = Chunk::of_page(head);
-            if order == MAX_ORDER && !(*chunk).descriptors_released {
-                // The chunk is wholly free: its descriptors past the first
-                // page are all PG_FREE tails, and reading back zero
-                // (PG_NONE) serves them as well. They are written again
-                // when the chunk is split.
-                let (desc, len) = (chunk as usize + PAGE_SIZE, CHUNK_DESC_SIZE - PAGE_SIZE);
-                if os::madvise_dontneed(desc, len).is_ok() {
-                    released += len;
-                    (*chunk).descriptors_released = true;
-                    crate::pagetable::advised(desc, len);
-                }
-            }
-        });
-    }
-    let mut zone = ZONE.lock();
     loop {
-        // SAFETY: isolated from this zone above.
-        let head = unsafe { taken.pop_front() };
-        if head.is_null() {
+        let mut batch = [ptr::null_mut::<Page>(); RELEASE_BATCH];
+        // SAFETY: the global zone's descriptors are live.
+        let n = unsafe { ZONE.lock().isolate_idle(&mut batch, filter) };
+        if n == 0 {
             break;
         }
-        // SAFETY: an isolated free block of its recorded order. A whole
-        // chunk goes back by its head alone, so its released descriptors
-        // stay untouched.
+        let batch = &mut batch[..n];
+        // SAFETY: isolated blocks are ours.
+        let pages: usize = batch.iter().map(|&p| 1usize << unsafe { (*p).order }).sum();
+        filter.max_pages = filter.max_pages.saturating_sub(pages);
+        batch.sort_unstable_by_key(|&p| page::page_address(p));
+        // SAFETY: the isolated blocks are on no zone list and no one else
+        // uses them until they are put back below.
+        released += unsafe { release_isolated(batch) };
+        let mut zone = ZONE.lock();
+        for &head in batch.iter() {
+            // SAFETY: isolated from this zone above.
+            unsafe { zone.put_back_released(head, (*head).zero) };
+        }
+        drop(zone);
+        // A release of cold blocks only takes one batch: each batch would
+        // take half of what the one before left.
+        if n < RELEASE_BATCH || filter.max_pages == 0 || filter.cold_half {
+            break;
+        }
+    }
+    RELEASED_BYTES.fetch_add(released, Ordering::Relaxed);
+    released
+}
+
+/// Calls `f(start, len, blocks)` for each run of dirty blocks of `batch`
+/// (sorted by address) that lie next to each other in memory, `blocks`
+/// being their indices in `batch`: the range one `madvise` gives back.
+///
+/// # Safety
+/// Every block in `batch` was isolated by [`Zone::isolate_idle`].
+unsafe fn for_each_dirty_run(batch: &[*mut Page], mut f: impl FnMut(usize, usize, core::ops::Range<usize>)) {
+    let mut i = 0;
+    while i < batch.len() {
+        // SAFETY: isolated blocks are ours; their descriptors are live.
         unsafe {
-            let order = (*head).order as usize;
-            if order == MAX_ORDER {
-                (*head).set_kind(PG_FREE);
-                zone.put_free_chunk(head, (*head).zero);
-            } else {
-                zone.free(head, order, (*head).zero);
+            if (*batch[i]).zero {
+                i += 1; // a clean chunk, isolated for its descriptors only
+                continue;
+            }
+            let start = page::page_address(batch[i]);
+            let mut end = start + (PAGE_SIZE << (*batch[i]).order);
+            let mut j = i + 1;
+            while j < batch.len() && !(*batch[j]).zero && page::page_address(batch[j]) == end {
+                end += PAGE_SIZE << (*batch[j]).order;
+                j += 1;
+            }
+            f(start, end - start, i..j);
+            i = j;
+        }
+    }
+}
+
+/// Gives the memory of isolated free blocks back to the kernel: one range
+/// per run of dirty blocks adjacent in memory (`batch` is sorted by
+/// address), and one per wholly free chunk whose descriptors are still
+/// resident, all in as few system calls as the kernel allows (see
+/// [`os::madvise_dontneed_ranges`]). Marks the blocks released `zero`.
+/// Returns the bytes released.
+///
+/// # Safety
+/// Every block in `batch` was isolated by [`Zone::isolate_idle`] and is
+/// used by no one; `batch` holds at most [`RELEASE_BATCH`] blocks.
+unsafe fn release_isolated(batch: &[*mut Page]) -> usize {
+    const _: () = assert!(RELEASE_BATCH <= u8::MAX as usize);
+    let mut ranges = [os::Range::default(); RELEASE_BATCH];
+    // Per range: the blocks of `batch` it covers.
+    let mut covers = [(0u8, 0u8); RELEASE_BATCH];
+    let mut n = 0;
+    // SAFETY: per the caller.
+    unsafe {
+        for_each_dirty_run(batch, |start, len, blocks| {
+            ranges[n] = os::Range { start, len };
+            covers[n] = (blocks.start as u8, blocks.end as u8);
+            n += 1;
+        });
+    }
+    let mut done = [false; RELEASE_BATCH];
+    let mut released = 0;
+    if n > 0 {
+        // SAFETY: each range is memory of isolated blocks nobody uses.
+        let calls = unsafe { os::madvise_dontneed_ranges(&ranges[..n], &mut done) };
+        RELEASE_CALLS.fetch_add(calls, Ordering::Relaxed);
+    }
+    for i in (0..n).filter(|&i| done[i]) {
+        let os::Range { start, len } = ranges[i];
+        released += len;
+        // SAFETY: isolated blocks are ours.
+        batch[covers[i].0 as usize..covers[i].1 as usize].iter().for_each(|&p| unsafe { (*p).zero = true });
+        crate::pagetable::advised(start, len);
+    }
+    // Wholly free chunks, their memory released: their descriptors past
+    // the first page are all PG_FREE tails, and reading back zero
+    // (PG_NONE) serves them as well. They are written again when the
+    // chunk is split.
+    // Per range: the block of `batch` whose chunk it describes.
+    n = 0;
+    for (i, &head) in batch.iter().enumerate() {
+        // SAFETY: isolated blocks are ours; their descriptors are live.
+        unsafe {
+            let chunk = Chunk::of_page(head);
+            if (*head).order as usize == MAX_ORDER && (*head).zero && !(*chunk).descriptors_released {
+                ranges[n] = os::Range { start: chunk as usize + PAGE_SIZE, len: CHUNK_DESC_SIZE - PAGE_SIZE };
+                covers[n] = (i as u8, i as u8 + 1);
+                n += 1;
             }
         }
     }
-    drop(zone);
-    RELEASED_BYTES.fetch_add(released, Ordering::Relaxed);
+    if n > 0 {
+        done = [false; RELEASE_BATCH];
+        // SAFETY: the descriptors of wholly free, isolated chunks, which
+        // nobody reads until the chunk is put back and split.
+        let calls = unsafe { os::madvise_dontneed_ranges(&ranges[..n], &mut done) };
+        RELEASE_CALLS.fetch_add(calls, Ordering::Relaxed);
+        for i in (0..n).filter(|&i| done[i]) {
+            released += ranges[i].len;
+            // SAFETY: as above.
+            unsafe { (*Chunk::of_page(batch[covers[i].0 as usize])).descriptors_released = true };
+            crate::pagetable::advised(ranges[i].start, ranges[i].len);
+        }
+    }
     released
 }
 
@@ -991,56 +1278,167 @@ mod tests {
         assert!(idle >= 17, "only {idle} of 20 released chunks are non-resident");
     }
 
-    #[test]
-    fn isolate_dirty_takes_what_the_filter_says() {
-        let mut t = TestZone::new(1);
+    /// Hands out every page of the test zone's first chunk singly, then
+    /// frees pages `1`, `4..6`, `8..12` and `16..24` at coarse times 1000,
+    /// 1100, 1200 and 1300: a dirty free block of each order 0..=3 (their
+    /// buddies stay allocated), freed in that order.
+    ///
+    /// # Safety
+    /// `t` is fresh.
+    unsafe fn four_dirty_blocks(t: &mut TestZone) {
         // SAFETY: test zone descriptors are live; blocks are freed once.
         unsafe {
-            // Every page handed out singly, then a dirty free block of
-            // each order 0..=3 made by freeing neighbours: page 1, pages
-            // 4..6, 8..12, 16..24 (their buddies stay allocated).
             for _ in 0..CHUNK_PAGES {
                 t.zone.alloc(0).unwrap();
             }
             let chunk = t.chunks[0];
-            CLOCK_MS.store(1000, Ordering::Relaxed);
-            for index in [1].into_iter().chain(4..6).chain(8..12).chain(16..24) {
-                t.zone.free(Chunk::page(chunk, index), 0, false);
+            let groups: [(core::ops::Range<usize>, u32); 4] = [(1..2, 1000), (4..6, 1100), (8..12, 1200), (16..24, 1300)];
+            for (pages, stamp) in groups {
+                for index in pages {
+                    t.zone.free_stamped(Chunk::page(chunk, index), 0, false, stamp);
+                }
             }
             t.zone.check();
+        }
+    }
+
+    #[test]
+    fn isolate_idle_takes_only_blocks_idle_long_enough() {
+        let mut t = TestZone::new(1);
+        // SAFETY: test zone descriptors are live; isolated blocks go back once.
+        unsafe {
+            four_dirty_blocks(&mut t);
             for order in 0..4 {
-                assert_eq!(t.zone.nr_free(order), 1);
+                assert_eq!((t.zone.nr_free(order), t.zone.nr_dirty(order)), (1, 1), "order {order}");
             }
             let dirty_pages = 1 + 2 + 4 + 8;
+            assert_eq!(t.zone.dirty_pages, dirty_pages);
             let free_before = t.zone.free_pages;
-            let mut out = PageList::new();
-            // Too young: nothing.
-            let f = ReleaseFilter { below_order: NR_ORDERS, min_age_ms: 500, now_ms: 1200, max_pages: usize::MAX };
-            assert_eq!(t.zone.isolate_dirty(&mut out, f), 0);
-            // Orders below 2 only.
-            let f = ReleaseFilter { below_order: 2, min_age_ms: 500, now_ms: 1600, max_pages: usize::MAX };
-            assert_eq!(t.zone.isolate_dirty(&mut out, f), 3);
+            let mut out = [ptr::null_mut(); 8];
+            // Idle for 500 ms at 1600: the blocks freed at 1000 and 1100.
+            let f = ReleaseFilter::idle_for(Some(500), 1600);
+            assert_eq!(t.zone.isolate_idle(&mut out, f), 2);
+            assert_eq!(out[..2].iter().map(|&p| (*p).order).collect::<Vec<_>>(), [1, 0], "highest order first");
             assert_eq!(t.zone.free_pages, free_before - 3);
             t.zone.check();
-            // The rest, but at most 4 pages: order 2 fits, order 3 not.
-            let f = ReleaseFilter { below_order: NR_ORDERS, min_age_ms: 0, now_ms: 1600, max_pages: 4 };
-            assert_eq!(t.zone.isolate_dirty(&mut out, f), 4);
-            assert_eq!(out.len(), 3);
-            let f = ReleaseFilter { below_order: NR_ORDERS, min_age_ms: 0, now_ms: 1600, max_pages: usize::MAX };
-            assert_eq!(t.zone.isolate_dirty(&mut out, f), 8);
+            // A clock behind the stamps (another thread's tick) takes nothing.
+            let f = ReleaseFilter::idle_for(Some(0), 900);
+            assert_eq!(t.zone.isolate_idle(&mut out[2..], f), 0);
+            // Trim takes the rest, as far as `out` has room.
+            let f = ReleaseFilter::idle_for(None, 0);
+            assert_eq!(t.zone.isolate_idle(&mut out[2..3], f), 1);
+            assert_eq!((*out[2]).order, 3);
+            assert_eq!(t.zone.isolate_idle(&mut out[3..], f), 1);
             assert_eq!(t.zone.free_pages, free_before - dirty_pages);
-            // Back as clean blocks, on their lists again.
-            loop {
-                let h = out.pop_front();
-                if h.is_null() {
-                    break;
-                }
-                let order = (*h).order as usize;
-                t.zone.free(h, order, true);
+            assert_eq!(t.zone.dirty_pages, 0);
+            // Back as released: clean, on their lists again, never taken again.
+            for &p in &out[..4] {
+                t.zone.put_back_released(p, true);
             }
             t.zone.check();
             assert_eq!(t.zone.free_pages, free_before);
-            assert_eq!(t.zone.isolate_dirty(&mut out, f), 0, "released blocks are clean");
+            assert_eq!(t.zone.dirty_pages, 0);
+            assert_eq!(t.zone.isolate_idle(&mut out, f), 0, "released blocks are clean");
+        }
+    }
+
+    #[test]
+    fn before_growth_only_the_older_half_below_the_order_goes() {
+        let mut t = TestZone::new(1);
+        // SAFETY: test zone descriptors are live; isolated blocks go back once.
+        unsafe {
+            four_dirty_blocks(&mut t);
+            // Eight more single pages, none a buddy of another free one.
+            let chunk = t.chunks[0];
+            for (k, index) in (33..48).step_by(2).enumerate() {
+                t.zone.free_stamped(Chunk::page(chunk, index), 0, false, 2000 + k as u32);
+            }
+            t.zone.check();
+            let mut out = [ptr::null_mut(); 16];
+            let f = ReleaseFilter { min_age_ms: None, now_ms: 0, below_order: 1, max_pages: 100, cold_half: true };
+            // Nine order-0 blocks (page 1 and the eight): the four freed first.
+            assert_eq!(t.zone.isolate_idle(&mut out, f), 4);
+            let taken: Vec<usize> = out[..4].iter().map(|&p| Chunk::index_of(p)).collect();
+            assert_eq!(taken, [1, 33, 35, 37]);
+            assert_eq!((t.zone.nr_dirty(0), t.zone.nr_dirty(1), t.zone.nr_dirty(3)), (5, 1, 1), "the rest stay");
+            // A page budget stops it.
+            let f = ReleaseFilter { max_pages: 1, ..f };
+            assert_eq!(t.zone.isolate_idle(&mut out[4..], f), 1);
+            for &p in &out[..5] {
+                t.zone.put_back_released(p, true);
+            }
+            t.zone.check();
+        }
+    }
+
+    #[test]
+    fn a_released_block_put_back_keeps_its_dirty_buddy_s_age() {
+        let mut t = TestZone::new(1);
+        // SAFETY: test zone descriptors are live; blocks are freed once.
+        unsafe {
+            let (a, _) = t.zone.alloc(0).unwrap();
+            let (b, _) = t.zone.alloc(0).unwrap();
+            assert_eq!(Chunk::index_of(b), 1, "buddies");
+            t.zone.free_stamped(b, 0, false, 1000);
+            // `a` comes back released (clean) at 5000: the merged block is
+            // dirty and as idle as `b`, not freshly used.
+            t.zone.free_stamped(a, 0, true, 5000);
+            t.zone.check();
+            // It merges all the way up: the rest of the chunk is free and clean.
+            let merged = t.zone.free_area[MAX_ORDER].dirty.first();
+            assert_eq!((Chunk::index_of(merged), (*merged).span), (0, 1000));
+        }
+    }
+
+    #[test]
+    fn dirty_blocks_are_handed_out_before_clean_ones() {
+        let mut t = TestZone::new(2);
+        // SAFETY: test zone descriptors are live; blocks are freed once.
+        unsafe {
+            // Both chunks are clean. Dirty an order-5 block in the second.
+            let (first, _) = t.zone.alloc(MAX_ORDER).unwrap();
+            let (second, _) = t.zone.alloc(MAX_ORDER).unwrap();
+            t.zone.free(first, MAX_ORDER, true);
+            t.zone.free_range(second.add(32), CHUNK_PAGES - 32);
+            t.zone.free(second, 5, false);
+            t.zone.check();
+            assert_eq!(t.zone.dirty_pages, CHUNK_PAGES, "the second chunk merged dirty");
+            // Order-0 requests split the dirty chunk, not the clean one.
+            for _ in 0..4 {
+                let (p, zero) = t.zone.alloc(0).unwrap();
+                assert!(!zero && Chunk::of_page(p) == Chunk::of_page(second));
+            }
+            t.zone.check();
+        }
+    }
+
+    #[test]
+    fn adjacent_released_blocks_go_back_in_one_call() {
+        let mut t = TestZone::new(1);
+        // SAFETY: test zone descriptors are live; isolated blocks go back once.
+        unsafe {
+            four_dirty_blocks(&mut t);
+            // Pages 2 and 3 too: then pages 1..6 are free, in three blocks
+            // (1, 2..4, 4..6) none of which are buddies of each other.
+            let chunk = t.chunks[0];
+            t.zone.free(Chunk::page(chunk, 2), 0, false);
+            t.zone.free(Chunk::page(chunk, 3), 0, false);
+            t.zone.check();
+            let mut out = [ptr::null_mut(); 8];
+            let n = t.zone.isolate_idle(&mut out, ReleaseFilter::idle_for(None, 0));
+            assert_eq!(n, 5);
+            let batch = &mut out[..n];
+            batch.sort_unstable_by_key(|&p| page::page_address(p));
+            let mut runs = Vec::new();
+            for_each_dirty_run(batch, |start, len, blocks| runs.push((start, len, blocks.len())));
+            let base = page::page_address(Chunk::page(chunk, 0));
+            let page = |i: usize| base + i * PAGE_SIZE;
+            // 1..6 in one, 8..12 and 16..24 on their own.
+            assert_eq!(runs, [(page(1), 5 * PAGE_SIZE, 3), (page(8), 4 * PAGE_SIZE, 1), (page(16), 8 * PAGE_SIZE, 1)]);
+            for &p in batch.iter() {
+                t.zone.put_back_released(p, true);
+            }
+            t.zone.check();
         }
     }
 
@@ -1083,6 +1481,9 @@ mod tests {
         // SAFETY: test zone descriptors are live.
         unsafe {
             let (head, _) = t.zone.alloc(3).unwrap();
+            // Handed out, as `alloc_pages_exact` marks a run: no page of it
+            // may look like a free buddy while part of it is freed.
+            mark(head, 8, PG_NONE);
             // Keep 5 of 8 pages, give the other 3 back, then the 5.
             t.zone.free_range(head.add(5), 3);
             t.zone.check();
