@@ -238,6 +238,100 @@ impl Zone {
         Some(unsafe { self.take(head, current, order) })
     }
 
+    /// Allocates exactly `npages` pages (page-aligned, any count) from free
+    /// blocks that lie next to each other in memory though they are not
+    /// buddies, as an allocator with address-ordered coalescing (glibc's,
+    /// jemalloc's extents) would: the pieces a buddy allocator cannot merge
+    /// (an exact run's freed tail beside a block freed later) serve runs
+    /// instead of piling up while bigger blocks are split for every run.
+    /// Looks at a few dirty blocks of the two orders below the run's and
+    /// walks forward from each over free blocks (a free page right after a
+    /// free block heads the next free block: blocks do not overlap). The
+    /// pages past the run in its last block go back to the free lists.
+    /// Returns the run's head (marked `PG_NONE`, as all its pages are) and
+    /// whether all of it reads as zero; `None` when no candidate has room.
+    ///
+    /// # Safety
+    /// The zone's descriptors are live.
+    pub unsafe fn alloc_from_fragments(&mut self, npages: usize) -> Option<(*mut Page, bool)> {
+        const CANDIDATES: usize = 4;
+        let order = order_for_pages(npages);
+        if order == 0 || order > MAX_ORDER {
+            return None;
+        }
+        for candidate_order in (order.saturating_sub(2)..order).rev() {
+            let mut p = self.free_area[candidate_order].dirty.first();
+            for _ in 0..CANDIDATES {
+                if p.is_null() {
+                    break;
+                }
+                // SAFETY: entries of our lists are live; the walk stays in
+                // the candidate's chunk.
+                unsafe {
+                    let chunk = Chunk::of_page(p);
+                    let start = Chunk::index_of(p);
+                    let mut end = start + (1 << candidate_order);
+                    while end - start < npages && end < CHUNK_PAGES {
+                        let next = Chunk::page(chunk, end);
+                        if (*next).kind() != PG_FREE {
+                            break;
+                        }
+                        end += 1 << (*next).order;
+                    }
+                    if end - start >= npages {
+                        return Some(self.take_range(chunk, start, npages));
+                    }
+                    p = (*p).next;
+                }
+            }
+        }
+        None
+    }
+
+    /// Takes pages `[start, start + npages)` of `chunk`, which free blocks
+    /// starting at `start` cover, off the free lists; the rest of the last
+    /// block goes back.
+    ///
+    /// # Safety
+    /// Free blocks of this zone start at `start` and cover the range.
+    unsafe fn take_range(&mut self, chunk: *mut Chunk, start: usize, npages: usize) -> (*mut Page, bool) {
+        let end = start + npages;
+        let mut index = start;
+        let mut zero = true;
+        let mut spare = None;
+        while index < end {
+            // SAFETY: per the caller, `index` heads a free block.
+            unsafe {
+                let p = Chunk::page(chunk, index);
+                let order = (*p).order as usize;
+                debug_assert!((*p).kind() == PG_FREE && order < MAX_ORDER);
+                self.unlink_free(p, order);
+                zero &= (*p).zero;
+                let block_end = index + (1 << order);
+                if block_end > end {
+                    spare = Some((block_end, (*p).zero, (*p).span));
+                }
+                index = block_end;
+            }
+        }
+        // SAFETY: the run is ours: marked before the spare pages go back,
+        // so none of them merges with a page of it.
+        unsafe {
+            let head = Chunk::page(chunk, start);
+            mark(head, npages, PG_NONE);
+            (*head).order = order_for_pages(npages) as u8;
+            if let Some((block_end, spare_zero, stamp)) = spare {
+                let mut i = end;
+                while i < block_end {
+                    let o = largest_block(i, block_end - i);
+                    self.free_stamped(Chunk::page(chunk, i), o, spare_zero, stamp);
+                    i += 1 << o;
+                }
+            }
+            (head, zero)
+        }
+    }
+
     /// Takes the free block `head` of order `current` off its list and
     /// splits it down to `order`, the upper halves going back to the lists.
     ///
@@ -653,19 +747,42 @@ pub static NR_PAGE_RUNS: AtomicUsize = AtomicUsize::new(0);
 pub static PAGE_RUN_PAGES: AtomicUsize = AtomicUsize::new(0);
 
 /// Allocates exactly `npages` pages aligned to `2^align_order` pages, as
-/// the kernel's `alloc_pages_exact`: a block of the covering order is taken
-/// and the pages past `npages` go straight back to the free lists. The run
+/// the kernel's `alloc_pages_exact`: from free blocks next to each other
+/// when page alignment is enough and some are at hand (see
+/// [`Zone::alloc_from_fragments`]), otherwise a block of the covering
+/// order is taken and the pages past `npages` go straight back to the
+/// free lists. The run
 /// is marked `PG_PAGES` with `span == npages`. Returns the head and whether
 /// the memory is known zero.
 pub fn alloc_pages_exact(npages: usize, align_order: usize) -> Option<(*mut Page, bool)> {
     debug_assert!((1..=CHUNK_PAGES).contains(&npages) && align_order <= MAX_ORDER);
     let order = order_for_pages(npages).max(align_order);
-    let (head, zero) = alloc_pages(order)?;
-    // SAFETY: the block is ours; the tail pages go back unused.
+    let fragments = if align_order == 0 {
+        // SAFETY: the global zone's descriptors are live.
+        unsafe { ZONE.lock().alloc_from_fragments(npages) }
+    } else {
+        None
+    };
+    let (head, zero) = match fragments {
+        Some(run) => {
+            decay_tick();
+            run
+        }
+        None => {
+            let (head, zero) = alloc_pages(order)?;
+            // SAFETY: the block is ours; the run is marked before its tail
+            // goes back, so no tail page merges with a page of it.
+            unsafe {
+                mark_run(head, npages, crate::page::PG_PAGES, 0);
+                free_page_range(head.add(npages), (1 << order) - npages);
+            }
+            (head, zero)
+        }
+    };
+    // SAFETY: the run is ours.
     unsafe {
         mark_run(head, npages, crate::page::PG_PAGES, 0);
         (*head).span = npages as u32;
-        free_page_range(head.add(npages), (1 << order) - npages);
     }
     NR_PAGE_RUNS.fetch_add(1, Ordering::Relaxed);
     PAGE_RUN_PAGES.fetch_add(npages, Ordering::Relaxed);
@@ -1497,74 +1614,128 @@ mod tests {
     #[derive(Clone, Debug)]
     enum Op {
         Alloc(usize),
+        /// An exact run of this many pages from adjacent free blocks.
+        Run(usize),
         Free(usize),
+        /// Release every dirty block (as trim does, without the system call).
+        Release,
     }
 
     fn ops() -> impl Strategy<Value = Vec<Op>> {
         prop::collection::vec(
             prop_oneof![
                 3 => (0usize..=MAX_ORDER).prop_map(Op::Alloc),
-                2 => any::<usize>().prop_map(Op::Free),
+                2 => (2usize..80).prop_map(Op::Run),
+                3 => any::<usize>().prop_map(Op::Free),
+                1 => Just(Op::Release),
             ],
             1..400,
         )
     }
 
     proptest! {
-        /// Random alloc/free sequences against a model of live blocks: no
-        /// two live blocks overlap, blocks are aligned to their order, the
-        /// page counts match, and freeing everything coalesces back to whole
-        /// chunks.
+        /// Random alloc/free sequences against a model of live blocks and
+        /// runs: no two live ones overlap, blocks are aligned to their
+        /// order, the page counts match, and freeing everything coalesces
+        /// back to whole chunks.
         #[test]
         fn model_no_overlap_and_full_coalescing(ops in ops()) {
             let mut t = TestZone::new(3);
-            // (chunk index, first page) -> (order, head)
+            // (chunk index, first page) -> (pages, head)
             let mut live: BTreeMap<(usize, usize), (usize, *mut Page)> = BTreeMap::new();
             let mut live_pages = 0usize;
             for op in ops {
-                match op {
-                    Op::Alloc(order) => {
-                        // SAFETY: test zone descriptors are live.
-                        match unsafe { t.zone.alloc(order) } {
-                            Some((head, _)) => {
-                                let chunk = Chunk::of_page(head);
-                                let ci = t.chunks.iter().position(|&c| c == chunk).unwrap();
-                                let index = Chunk::index_of(head);
-                                prop_assert_eq!(index % (1 << order), 0);
-                                let end = index + (1 << order);
-                                for (&(c, start), &(o, _)) in &live {
-                                    if c == ci {
-                                        prop_assert!(end <= start || start + (1 << o) <= index,
-                                            "overlap: new [{index},{end}) with [{start},{})", start + (1 << o));
-                                    }
-                                }
-                                live.insert((ci, index), (order, head));
-                                live_pages += 1 << order;
-                            }
-                            None => prop_assert!(t.zone.free_pages < 3 * CHUNK_PAGES),
-                        }
-                    }
+                let got = match op {
+                    // SAFETY: test zone descriptors are live.
+                    Op::Alloc(order) => unsafe { t.zone.alloc(order) }.map(|(head, _)| (head, 1 << order, order)),
+                    // SAFETY: as above.
+                    Op::Run(n) => unsafe { t.zone.alloc_from_fragments(n) }.map(|(head, _)| (head, n, 0)),
                     Op::Free(pick) => {
                         if live.is_empty() { continue; }
                         let key = *live.keys().nth(pick % live.len()).unwrap();
-                        let (order, head) = live.remove(&key).unwrap();
-                        // SAFETY: allocated above with this order, unused.
-                        unsafe { t.zone.free(head, order, false) };
-                        live_pages -= 1 << order;
+                        let (npages, head) = live.remove(&key).unwrap();
+                        // SAFETY: allocated above with these pages, unused.
+                        unsafe { t.zone.free_range(head, npages) };
+                        live_pages -= npages;
+                        None
                     }
+                    Op::Release => {
+                        let mut out = [ptr::null_mut(); 16];
+                        let f = ReleaseFilter::idle_for(None, 0);
+                        // SAFETY: test zone descriptors are live; the
+                        // isolated blocks go back at once.
+                        unsafe {
+                            let n = t.zone.isolate_idle(&mut out, f);
+                            t.zone.check();
+                            for &p in &out[..n] {
+                                t.zone.put_back_released(p, true);
+                            }
+                        }
+                        None
+                    }
+                };
+                if let Some((head, npages, align_order)) = got {
+                    // Handed out, as the tiers mark what they take.
+                    // SAFETY: the pages are ours.
+                    unsafe { mark(head, npages, PG_NONE) };
+                    let chunk = Chunk::of_page(head);
+                    let ci = t.chunks.iter().position(|&c| c == chunk).unwrap();
+                    let index = Chunk::index_of(head);
+                    prop_assert_eq!(index % (1 << align_order), 0);
+                    let end = index + npages;
+                    prop_assert!(end <= CHUNK_PAGES);
+                    for (&(c, start), &(n, _)) in &live {
+                        if c == ci {
+                            prop_assert!(end <= start || start + n <= index,
+                                "overlap: new [{index},{end}) with [{start},{})", start + n);
+                        }
+                    }
+                    live.insert((ci, index), (npages, head));
+                    live_pages += npages;
+                } else if let Op::Alloc(_) = op {
+                    prop_assert!(t.zone.free_pages < 3 * CHUNK_PAGES);
                 }
                 t.zone.check();
                 prop_assert_eq!(t.zone.free_pages + live_pages, 3 * CHUNK_PAGES);
             }
-            for (_, (order, head)) in std::mem::take(&mut live) {
+            for (_, (npages, head)) in std::mem::take(&mut live) {
                 // SAFETY: as above.
-                unsafe { t.zone.free(head, order, false) };
+                unsafe { t.zone.free_range(head, npages) };
             }
             t.zone.check();
             prop_assert_eq!(t.zone.nr_free(MAX_ORDER), 3);
             for order in 0..MAX_ORDER {
                 prop_assert_eq!(t.zone.nr_free(order), 0);
             }
+        }
+    }
+
+    #[test]
+    fn a_run_is_cut_from_free_blocks_that_are_not_buddies() {
+        let mut t = TestZone::new(1);
+        // SAFETY: test zone descriptors are live; blocks are freed once.
+        unsafe {
+            four_dirty_blocks(&mut t);
+            // Free pages 6..8 and 12..16 too: pages 4..24 are free, as the
+            // blocks 4..8, 8..16 and 16..24, none of them buddies.
+            let chunk = t.chunks[0];
+            for index in (6..8).chain(12..16) {
+                t.zone.free(Chunk::page(chunk, index), 0, false);
+            }
+            t.zone.check();
+            // 12 pages: no free block of order 4, but 8..16 and 16..24 lie
+            // side by side.
+            let (head, zero) = t.zone.alloc_from_fragments(12).expect("a run of fragments");
+            assert!(!zero);
+            assert_eq!(Chunk::index_of(head), 8, "from the order-3 block freed last");
+            // The rest of the last block goes back: 20..24, beside 4..8.
+            t.zone.check();
+            assert_eq!(t.zone.nr_free(2), 2);
+            assert_eq!(t.zone.nr_free(3), 0);
+            assert!(t.zone.alloc_from_fragments(30).is_none(), "no 30 free pages side by side among dirty blocks");
+            mark(head, 12, PG_NONE);
+            t.zone.free_range(head, 12);
+            t.zone.check();
         }
     }
 }
