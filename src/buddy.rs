@@ -8,15 +8,17 @@
 //! the two merge and the search repeats one order up, so a chunk whose pages
 //! are all free is always one order-10 block again.
 //!
-//! Each order keeps two lists: blocks whose memory may be resident
-//! (*dirty*) and blocks known to read as zero (*clean*); allocation takes
-//! a dirty block first (see "Giving memory back" below).
+//! Each order keeps its free blocks on lists by the group of their chunk
+//! (slabs, or exact page runs; a wholly free chunk is of no group) and by
+//! whether their memory may be resident (*dirty*) or is known to read as
+//! zero (*clean*); allocation takes a dirty block of its own group first
+//! (see [`FreeArea`] and "Giving memory back" below).
 //!
 //! Invariants (checked by [`Zone::check`]):
-//! - every free block is on exactly one list, `free_area[order]`'s `clean`
-//!   list if its `zero` is set and its `dirty` list otherwise; its head
-//!   descriptor has `kind == PG_FREE` and `order == order`, and its pages
-//!   do not overlap any other block;
+//! - every free block is on exactly one list, `free_area[order]`'s list
+//!   for its chunk's group (no group for order 10, and only there) and its
+//!   `zero` flag; its head descriptor has `kind == PG_FREE` and
+//!   `order == order`, and its pages do not overlap any other block;
 //! - no two free buddies of the same order exist (they would have merged);
 //! - `free_pages == Σ nr_free[k] << k`, `dirty_pages` likewise over the
 //!   dirty lists.
@@ -41,7 +43,8 @@ use crate::os::{self, PAGE_SHIFT, PAGE_SIZE};
 use crate::pcp;
 use crate::page::{
     self, Chunk, ChunkSource, Page, PageList, CHUNK_DESC_ALIGN, CHUNK_DESC_SIZE, CHUNK_PAGES,
-    CHUNK_SHIFT, CHUNK_SIZE, MAX_ORDER, PG_FREE, PG_NONE, PG_TAIL,
+    CHUNK_SHIFT, CHUNK_SIZE, GROUP_FREE, GROUP_RUNS, GROUP_SLABS, MAX_ORDER, NR_GROUPS, PG_FREE,
+    PG_NONE, PG_TAIL,
 };
 use crate::sync::Mutex;
 use crate::vma::{self, VmaKind};
@@ -51,44 +54,75 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 /// Number of orders, `MAX_ORDER + 1`.
 pub const NR_ORDERS: usize = MAX_ORDER + 1;
 
-/// One order's free blocks, kept apart by whether their memory may be
-/// resident, as jemalloc keeps dirty extents apart from purged ones.
+/// Index, in [`FreeArea::lists`], of the list of blocks whose memory may
+/// be resident.
+const DIRTY: usize = 0;
+/// Index, in [`FreeArea::lists`], of the list of blocks that read as zero.
+const CLEAN: usize = 1;
+
+/// One order's free blocks, kept apart twice.
+///
+/// By whether their memory may be resident, as jemalloc keeps dirty
+/// extents apart from purged ones. Dirty blocks (`zero == false`) are
+/// pushed at the front when freed: allocation takes the most recently
+/// freed, decay releases from the back, where the blocks idle longest
+/// are. Clean blocks (`zero == true`: fresh from the kernel, or released)
+/// are handed out only when no dirty block serves, so released memory is
+/// not faulted in again while resident free memory is at hand.
+///
+/// And by their chunk's group ([`Chunk::group`]), as the kernel keeps the
+/// pageblocks of each migrate type apart. Slabs take naturally aligned
+/// blocks of a power-of-two size; exact page runs take any number of
+/// pages and leave odd pieces behind. In chunks of their own, the runs'
+/// pieces serve other runs (see [`Zone::alloc_from_fragments`]) instead of
+/// being taken by slabs that then keep the runs' pages from merging, and
+/// slabs keep finding aligned blocks. A wholly free chunk (order 10)
+/// belongs to no group; a group takes another's blocks only before the
+/// zone would grow.
 struct FreeArea {
-    /// Blocks whose pages may be resident (`zero == false`), pushed at the
-    /// front when freed: allocation takes the most recently freed, decay
-    /// releases from the back, where the blocks idle longest are.
-    dirty: PageList,
-    /// Blocks known to read as zero (`zero == true`: fresh from the
-    /// kernel, or released): handed out only when no dirty block of any
-    /// order serves, so released memory is not faulted in again while
-    /// resident free memory is at hand.
-    clean: PageList,
+    /// `[group][DIRTY or CLEAN]`.
+    lists: [[PageList; 2]; NR_GROUPS],
 }
 
 impl FreeArea {
     const fn new() -> Self {
-        FreeArea { dirty: PageList::new(), clean: PageList::new() }
+        FreeArea { lists: [const { [const { PageList::new() }; 2] }; NR_GROUPS] }
     }
 
     fn len(&self) -> usize {
-        self.dirty.len() + self.clean.len()
+        self.lists.iter().flatten().map(PageList::len).sum()
+    }
+
+    fn dirty_len(&self) -> usize {
+        self.lists.iter().map(|l| l[DIRTY].len()).sum()
     }
 
     fn is_empty(&self) -> bool {
-        self.dirty.is_empty() && self.clean.is_empty()
+        self.lists.iter().flatten().all(PageList::is_empty)
     }
 
-    /// The list a free block belongs on, by its `zero` flag.
+    /// The list a free block of `order` belongs on, by its chunk's group
+    /// and its `zero` flag.
     ///
     /// # Safety
-    /// `head` is a live descriptor.
-    unsafe fn list_for(&mut self, head: *mut Page) -> &mut PageList {
+    /// `head` is a live descriptor in a live chunk.
+    unsafe fn list_for(&mut self, head: *mut Page, order: usize) -> &mut PageList {
         // SAFETY: per the caller.
-        if unsafe { (*head).zero } {
-            &mut self.clean
-        } else {
-            &mut self.dirty
-        }
+        unsafe { &mut self.lists[group_of(head, order) as usize][(*head).zero as usize] }
+    }
+}
+
+/// The group whose lists hold a free block of `order` headed by `head`.
+///
+/// # Safety
+/// `head` is a live descriptor in a live chunk.
+#[inline]
+unsafe fn group_of(head: *mut Page, order: usize) -> u8 {
+    if order == MAX_ORDER {
+        GROUP_FREE
+    } else {
+        // SAFETY: per the caller.
+        unsafe { (*Chunk::of_page(head)).group }
     }
 }
 
@@ -131,7 +165,7 @@ impl Zone {
 
     /// Free blocks of order `order` whose memory may be resident.
     pub fn nr_dirty(&self, order: usize) -> usize {
-        self.free_area[order].dirty.len()
+        self.free_area[order].dirty_len()
     }
 
     /// Whether a block of at least `order` is free.
@@ -148,6 +182,7 @@ impl Zone {
         // SAFETY: the caller hands over the chunk's pages.
         unsafe {
             let head = Chunk::page(chunk, 0);
+            (*chunk).group = GROUP_FREE;
             mark(head, CHUNK_PAGES, PG_FREE);
             (*head).zero = zero;
             (*head).span = clock_ms();
@@ -168,7 +203,7 @@ impl Zone {
             if !(*head).zero {
                 self.dirty_pages += 1 << order;
             }
-            self.free_area[order].list_for(head).push_front(head);
+            self.free_area[order].list_for(head, order).push_front(head);
         }
         self.free_pages += 1 << order;
     }
@@ -181,33 +216,58 @@ impl Zone {
             if !(*head).zero {
                 self.dirty_pages -= 1 << order;
             }
-            self.free_area[order].list_for(head).remove(head);
+            self.free_area[order].list_for(head, order).remove(head);
         }
         self.free_pages -= 1 << order;
     }
 
-    /// Allocates a block of `order` pages. Returns its head descriptor and
-    /// whether its memory is known to be zero. The head's `kind` is left
-    /// `PG_NONE`; the caller marks the block for its tier.
-    ///
-    /// A dirty block of any order (split if bigger) is taken before a
-    /// clean one: its pages are resident already, while each page of a
-    /// clean block faults when touched, and clean blocks are often memory
-    /// that decay gave back, which must not be faulted in again while
-    /// resident free memory is at hand.
+    /// Allocates a block of `order` pages for a slab or the allocator's
+    /// metadata: [`Zone::alloc_in`] for [`GROUP_SLABS`].
     ///
     /// # Safety
     /// The zone's descriptors are live (always true for the global zone).
     pub unsafe fn alloc(&mut self, order: usize) -> Option<(*mut Page, bool)> {
-        let found = (order..NR_ORDERS)
-            .find(|&o| !self.free_area[o].dirty.is_empty())
-            .map(|o| (self.free_area[o].dirty.first(), o))
-            .or_else(|| {
-                (order..NR_ORDERS).find(|&o| !self.free_area[o].clean.is_empty()).map(|o| (self.free_area[o].clean.first(), o))
-            });
+        // SAFETY: per the caller.
+        unsafe { self.alloc_in(order, GROUP_SLABS) }
+    }
+
+    /// Allocates a block of `order` pages for chunk group `group`
+    /// ([`GROUP_SLABS`] or [`GROUP_RUNS`]). Returns its head descriptor and
+    /// whether its memory is known to be zero. The head's `kind` is left
+    /// `PG_NONE`; the caller marks the block for its tier.
+    ///
+    /// In this order: a dirty block of the group (split if bigger), a dirty
+    /// free chunk, a clean block of the group, a clean free chunk, and only
+    /// then a block of the other group, dirty before clean. Dirty first:
+    /// its pages are resident already, while each page of a clean block
+    /// faults when touched, and clean blocks are often memory that decay
+    /// gave back, which must not be faulted in again while resident free
+    /// memory is at hand.
+    ///
+    /// # Safety
+    /// The zone's descriptors are live (always true for the global zone).
+    pub unsafe fn alloc_in(&mut self, order: usize, group: u8) -> Option<(*mut Page, bool)> {
+        debug_assert!(group == GROUP_SLABS || group == GROUP_RUNS);
+        let other = if group == GROUP_SLABS { GROUP_RUNS } else { GROUP_SLABS };
+        let first_in = |zone: &Self, g: u8, zero: usize| {
+            (order..MAX_ORDER).find_map(|o| {
+                let p = zone.free_area[o].lists[g as usize][zero].first();
+                (!p.is_null()).then_some((p, o))
+            })
+        };
+        let free_chunk = |zone: &Self, zero: usize| {
+            let p = zone.free_area[MAX_ORDER].lists[GROUP_FREE as usize][zero].first();
+            (!p.is_null()).then_some((p, MAX_ORDER))
+        };
+        let found = first_in(self, group, DIRTY)
+            .or_else(|| free_chunk(self, DIRTY))
+            .or_else(|| first_in(self, group, CLEAN))
+            .or_else(|| free_chunk(self, CLEAN))
+            .or_else(|| first_in(self, other, DIRTY))
+            .or_else(|| first_in(self, other, CLEAN));
         let (head, current) = found?;
         // SAFETY: `head` heads a free block on free_area[current].
-        Some(unsafe { self.take(head, current, order) })
+        Some(unsafe { self.take(head, current, order, group) })
     }
 
     /// Allocates a block of `order` pages at the lowest address any free
@@ -221,7 +281,7 @@ impl Zone {
     pub unsafe fn alloc_lowest(&mut self, order: usize) -> Option<(*mut Page, bool)> {
         let mut best: Option<(usize, *mut Page, usize)> = None;
         for current in order..NR_ORDERS {
-            for list in [&self.free_area[current].dirty, &self.free_area[current].clean] {
+            for list in self.free_area[current].lists.iter().flatten() {
                 // SAFETY: entries of our lists are live.
                 unsafe {
                     list.for_each(|p| {
@@ -235,53 +295,56 @@ impl Zone {
         }
         let (_, head, current) = best?;
         // SAFETY: `head` heads a free block on free_area[current].
-        Some(unsafe { self.take(head, current, order) })
+        Some(unsafe { self.take(head, current, order, GROUP_SLABS) })
     }
 
     /// Allocates exactly `npages` pages (page-aligned, any count) from free
-    /// blocks that lie next to each other in memory though they are not
-    /// buddies, as an allocator with address-ordered coalescing (glibc's,
-    /// jemalloc's extents) would: the pieces a buddy allocator cannot merge
-    /// (an exact run's freed tail beside a block freed later) serve runs
-    /// instead of piling up while bigger blocks are split for every run.
-    /// Looks at a few dirty blocks of the two orders below the run's and
-    /// walks forward from each over free blocks (a free page right after a
-    /// free block heads the next free block: blocks do not overlap). The
-    /// pages past the run in its last block go back to the free lists.
-    /// Returns the run's head (marked `PG_NONE`, as all its pages are) and
-    /// whether all of it reads as zero; `None` when no candidate has room.
+    /// blocks of chunk group `group` that lie next to each other in memory
+    /// though they are not buddies, as an allocator with address-ordered
+    /// coalescing (glibc's heap, jemalloc's extents) would: the pieces a
+    /// buddy allocator cannot merge (an exact run's freed tail beside a
+    /// block freed later) serve runs instead of piling up while bigger
+    /// blocks are split for every run. Looks at a few blocks of the two
+    /// orders below the run's, dirty ones first, and walks forward from
+    /// each over free blocks (a free page right after a free block heads
+    /// the next free block: blocks do not overlap). The pages past the run
+    /// in its last block go back to the free lists. Returns the run's head
+    /// (marked `PG_NONE`, as all its pages are) and whether all of it reads
+    /// as zero; `None` when no candidate has room.
     ///
     /// # Safety
     /// The zone's descriptors are live.
-    pub unsafe fn alloc_from_fragments(&mut self, npages: usize) -> Option<(*mut Page, bool)> {
-        const CANDIDATES: usize = 4;
+    pub unsafe fn alloc_from_fragments(&mut self, npages: usize, group: u8) -> Option<(*mut Page, bool)> {
+        const CANDIDATES: usize = 8;
         let order = order_for_pages(npages);
-        if order == 0 || order > MAX_ORDER {
+        if order == 0 || order >= MAX_ORDER {
             return None;
         }
-        for candidate_order in (order.saturating_sub(2)..order).rev() {
-            let mut p = self.free_area[candidate_order].dirty.first();
-            for _ in 0..CANDIDATES {
-                if p.is_null() {
-                    break;
-                }
-                // SAFETY: entries of our lists are live; the walk stays in
-                // the candidate's chunk.
-                unsafe {
-                    let chunk = Chunk::of_page(p);
-                    let start = Chunk::index_of(p);
-                    let mut end = start + (1 << candidate_order);
-                    while end - start < npages && end < CHUNK_PAGES {
-                        let next = Chunk::page(chunk, end);
-                        if (*next).kind() != PG_FREE {
-                            break;
+        for zero in [DIRTY, CLEAN] {
+            for candidate_order in (order.saturating_sub(2)..order).rev() {
+                let mut p = self.free_area[candidate_order].lists[group as usize][zero].first();
+                for _ in 0..CANDIDATES {
+                    if p.is_null() {
+                        break;
+                    }
+                    // SAFETY: entries of our lists are live; the walk stays
+                    // in the candidate's chunk.
+                    unsafe {
+                        let chunk = Chunk::of_page(p);
+                        let start = Chunk::index_of(p);
+                        let mut end = start + (1 << candidate_order);
+                        while end - start < npages && end < CHUNK_PAGES {
+                            let next = Chunk::page(chunk, end);
+                            if (*next).kind() != PG_FREE {
+                                break;
+                            }
+                            end += 1 << (*next).order;
                         }
-                        end += 1 << (*next).order;
+                        if end - start >= npages {
+                            return Some(self.take_range(chunk, start, npages));
+                        }
+                        p = (*p).next;
                     }
-                    if end - start >= npages {
-                        return Some(self.take_range(chunk, start, npages));
-                    }
-                    p = (*p).next;
                 }
             }
         }
@@ -333,11 +396,12 @@ impl Zone {
     }
 
     /// Takes the free block `head` of order `current` off its list and
-    /// splits it down to `order`, the upper halves going back to the lists.
+    /// splits it down to `order`, the upper halves going back to the lists;
+    /// a whole chunk split joins `group`.
     ///
     /// # Safety
     /// `head` heads a free block on `free_area[current]`, `current >= order`.
-    unsafe fn take(&mut self, head: *mut Page, mut current: usize, order: usize) -> (*mut Page, bool) {
+    unsafe fn take(&mut self, head: *mut Page, mut current: usize, order: usize, group: u8) -> (*mut Page, bool) {
         // SAFETY: per the caller.
         unsafe { self.unlink_free(head, current) };
         // SAFETY: `head` is the head of a free block we now own.
@@ -346,7 +410,10 @@ impl Zone {
         let chunk = Chunk::of_page(head);
         if current == MAX_ORDER {
             // SAFETY: a live chunk; its descriptors are about to be written.
-            unsafe { (*chunk).descriptors_released = false };
+            unsafe {
+                (*chunk).descriptors_released = false;
+                (*chunk).group = group;
+            }
         }
         while current > order {
             current -= 1;
@@ -419,6 +486,9 @@ impl Zone {
         }
         // SAFETY: index is the head of the merged free block.
         unsafe {
+            if order == MAX_ORDER {
+                (*chunk).group = GROUP_FREE;
+            }
             let merged = Chunk::page(chunk, index);
             (*merged).zero = zero;
             (*merged).span = last_used.unwrap_or(stamp); // decay stamp
@@ -452,6 +522,7 @@ impl Zone {
     unsafe fn put_free_chunk(&mut self, head: *mut Page, zero: bool, stamp: u32) {
         // SAFETY: per the caller, a free order-10 block on no list.
         unsafe {
+            (*Chunk::of_page(head)).group = GROUP_FREE;
             (*head).zero = zero;
             (*head).span = stamp;
             self.push_free(head, MAX_ORDER);
@@ -480,31 +551,33 @@ impl Zone {
         let mut n = 0;
         let mut pages = 0;
         for order in (0..filter.below_order.min(NR_ORDERS)).rev() {
-            let mut limit = self.free_area[order].dirty.len();
-            if filter.cold_half {
-                limit /= 2;
-            }
-            while n < out.len() && pages < filter.max_pages && limit > 0 {
-                let p = self.free_area[order].dirty.last();
-                if p.is_null() || !idle(p) {
-                    break;
+            for group in 0..NR_GROUPS {
+                let mut limit = self.free_area[order].lists[group][DIRTY].len();
+                if filter.cold_half {
+                    limit /= 2;
                 }
-                // SAFETY: `p` heads a free block on free_area[order].
-                unsafe {
-                    self.unlink_free(p, order);
-                    (*p).set_kind(PG_NONE);
+                while n < out.len() && pages < filter.max_pages && limit > 0 {
+                    let p = self.free_area[order].lists[group][DIRTY].last();
+                    if p.is_null() || !idle(p) {
+                        break;
+                    }
+                    // SAFETY: `p` heads a free block on free_area[order].
+                    unsafe {
+                        self.unlink_free(p, order);
+                        (*p).set_kind(PG_NONE);
+                    }
+                    out[n] = p;
+                    n += 1;
+                    pages += 1 << order;
+                    limit -= 1;
                 }
-                out[n] = p;
-                n += 1;
-                pages += 1 << order;
-                limit -= 1;
             }
         }
         if filter.below_order <= MAX_ORDER {
             return n;
         }
         // Wholly free clean chunks with resident descriptors: few, walked whole.
-        let mut p = self.free_area[MAX_ORDER].clean.first();
+        let mut p = self.free_area[MAX_ORDER].lists[GROUP_FREE as usize][CLEAN].first();
         while !p.is_null() && n < out.len() {
             // SAFETY: entries of our lists are live; `next` is read before
             // the entry is unlinked.
@@ -548,13 +621,16 @@ impl Zone {
         let mut pages = 0usize;
         let mut dirty = 0usize;
         for (order, area) in self.free_area.iter().enumerate() {
-            for (list, clean) in [(&area.dirty, false), (&area.clean, true)] {
+            let lists = area.lists.iter().enumerate().flat_map(|(g, l)| [(g, &l[DIRTY], false), (g, &l[CLEAN], true)]);
+            for (group, list, clean) in lists {
+                assert!(list.is_empty() || (group == GROUP_FREE as usize) == (order == MAX_ORDER), "order {order} on group {group}'s lists");
                 // SAFETY: entries of our lists are live.
                 unsafe {
                     list.for_each(|p| {
                         assert_eq!((*p).kind(), PG_FREE, "free block head not PG_FREE");
                         assert_eq!((*p).order as usize, order, "free block on the wrong list");
                         assert_eq!((*p).zero, clean, "free block on the wrong one of dirty and clean");
+                        assert_eq!((*Chunk::of_page(p)).group as usize, group, "free block on another group's list");
                         let index = Chunk::index_of(p);
                         assert_eq!(index & ((1 << order) - 1), 0, "free block misaligned");
                         for i in 0..1usize << order {
@@ -747,36 +823,41 @@ pub static NR_PAGE_RUNS: AtomicUsize = AtomicUsize::new(0);
 pub static PAGE_RUN_PAGES: AtomicUsize = AtomicUsize::new(0);
 
 /// Allocates exactly `npages` pages aligned to `2^align_order` pages, as
-/// the kernel's `alloc_pages_exact`: from free blocks next to each other
-/// when page alignment is enough and some are at hand (see
-/// [`Zone::alloc_from_fragments`]), otherwise a block of the covering
-/// order is taken and the pages past `npages` go straight back to the
-/// free lists. The run
-/// is marked `PG_PAGES` with `span == npages`. Returns the head and whether
-/// the memory is known zero.
+/// the kernel's `alloc_pages_exact`, in chunks of the runs' group (see
+/// [`FreeArea`]): from free blocks next to each other when page alignment
+/// is enough and some are at hand (see [`Zone::alloc_from_fragments`]),
+/// otherwise from a block of the covering order whose pages past `npages`
+/// go straight back to the free lists; only before the zone would grow,
+/// from the slabs' group's neighbouring free blocks. The run is marked
+/// `PG_PAGES` with `span == npages`. Returns the head and whether the
+/// memory is known zero.
 pub fn alloc_pages_exact(npages: usize, align_order: usize) -> Option<(*mut Page, bool)> {
     debug_assert!((1..=CHUNK_PAGES).contains(&npages) && align_order <= MAX_ORDER);
     let order = order_for_pages(npages).max(align_order);
-    let fragments = if align_order == 0 {
-        // SAFETY: the global zone's descriptors are live.
-        unsafe { ZONE.lock().alloc_from_fragments(npages) }
-    } else {
-        None
-    };
-    let (head, zero) = match fragments {
-        Some(run) => {
-            decay_tick();
-            run
-        }
-        None => {
-            let (head, zero) = alloc_pages(order)?;
-            // SAFETY: the block is ours; the run is marked before its tail
-            // goes back, so no tail page merges with a page of it.
+    decay_tick();
+    let unaligned = align_order == 0;
+    let (head, zero) = loop {
+        {
+            let mut zone = ZONE.lock();
+            // SAFETY: the global zone's descriptors are live; a block taken
+            // is ours, and its run is marked before its tail goes back, so
+            // no tail page merges with a page of the run.
             unsafe {
-                mark_run(head, npages, crate::page::PG_PAGES, 0);
-                free_page_range(head.add(npages), (1 << order) - npages);
+                if let Some(run) = unaligned.then(|| zone.alloc_from_fragments(npages, GROUP_RUNS)).flatten() {
+                    break run;
+                }
+                if let Some((head, zero)) = zone.alloc_in(order, GROUP_RUNS) {
+                    mark_run(head, npages, crate::page::PG_PAGES, 0);
+                    zone.free_range(head.add(npages), (1 << order) - npages);
+                    break (head, zero);
+                }
+                if let Some(run) = unaligned.then(|| zone.alloc_from_fragments(npages, GROUP_SLABS)).flatten() {
+                    break run;
+                }
             }
-            (head, zero)
+        }
+        if !grow(order) {
+            return None;
         }
     };
     // SAFETY: the run is ours.
@@ -1502,7 +1583,7 @@ mod tests {
             t.zone.free_stamped(a, 0, true, 5000);
             t.zone.check();
             // It merges all the way up: the rest of the chunk is free and clean.
-            let merged = t.zone.free_area[MAX_ORDER].dirty.first();
+            let merged = t.zone.free_area[MAX_ORDER].lists[GROUP_FREE as usize][DIRTY].first();
             assert_eq!((Chunk::index_of(merged), (*merged).span), (0, 1000));
         }
     }
@@ -1525,6 +1606,40 @@ mod tests {
                 let (p, zero) = t.zone.alloc(0).unwrap();
                 assert!(!zero && Chunk::of_page(p) == Chunk::of_page(second));
             }
+            t.zone.check();
+        }
+    }
+
+    #[test]
+    fn runs_and_slabs_take_blocks_in_chunks_of_their_own() {
+        let mut t = TestZone::new(3);
+        // SAFETY: test zone descriptors are live; blocks are freed once.
+        unsafe {
+            let (slab, _) = t.zone.alloc_in(0, GROUP_SLABS).unwrap();
+            let (run, _) = t.zone.alloc_in(4, GROUP_RUNS).unwrap();
+            let (slab_chunk, run_chunk) = (Chunk::of_page(slab), Chunk::of_page(run));
+            assert!(slab_chunk != run_chunk);
+            assert_eq!(((*slab_chunk).group, (*run_chunk).group), (GROUP_SLABS, GROUP_RUNS));
+            // Later requests stay in their group's chunk while it has room.
+            for _ in 0..20 {
+                assert_eq!(Chunk::of_page(t.zone.alloc_in(2, GROUP_SLABS).unwrap().0), slab_chunk);
+                assert_eq!(Chunk::of_page(t.zone.alloc_in(3, GROUP_RUNS).unwrap().0), run_chunk);
+            }
+            t.zone.check();
+            // With no free chunk left and its own chunk full, a group takes
+            // the other's blocks rather than fail.
+            let (third, _) = t.zone.alloc_in(MAX_ORDER, GROUP_SLABS).unwrap();
+            assert_eq!((*Chunk::of_page(third)).group, GROUP_SLABS);
+            while let Some((p, _)) = t.zone.alloc_in(6, GROUP_SLABS) {
+                if Chunk::of_page(p) == run_chunk {
+                    break;
+                }
+                assert_eq!(Chunk::of_page(p), slab_chunk);
+            }
+            t.zone.check();
+            // A chunk whose blocks all come back is free again, of no group.
+            t.zone.free(third, MAX_ORDER, false);
+            assert_eq!((*Chunk::of_page(third)).group, GROUP_FREE);
             t.zone.check();
         }
     }
@@ -1614,6 +1729,8 @@ mod tests {
     #[derive(Clone, Debug)]
     enum Op {
         Alloc(usize),
+        /// A block of this order for the runs' group.
+        AllocRuns(usize),
         /// An exact run of this many pages from adjacent free blocks.
         Run(usize),
         Free(usize),
@@ -1625,6 +1742,7 @@ mod tests {
         prop::collection::vec(
             prop_oneof![
                 3 => (0usize..=MAX_ORDER).prop_map(Op::Alloc),
+                2 => (0usize..=MAX_ORDER).prop_map(Op::AllocRuns),
                 2 => (2usize..80).prop_map(Op::Run),
                 3 => any::<usize>().prop_map(Op::Free),
                 1 => Just(Op::Release),
@@ -1649,7 +1767,10 @@ mod tests {
                     // SAFETY: test zone descriptors are live.
                     Op::Alloc(order) => unsafe { t.zone.alloc(order) }.map(|(head, _)| (head, 1 << order, order)),
                     // SAFETY: as above.
-                    Op::Run(n) => unsafe { t.zone.alloc_from_fragments(n) }.map(|(head, _)| (head, n, 0)),
+                    Op::Run(n) => unsafe { t.zone.alloc_from_fragments(n, GROUP_RUNS).or_else(|| t.zone.alloc_from_fragments(n, GROUP_SLABS)) }
+                        .map(|(head, _)| (head, n, 0)),
+                    // SAFETY: as above.
+                    Op::AllocRuns(order) => unsafe { t.zone.alloc_in(order, GROUP_RUNS) }.map(|(head, _)| (head, 1 << order, order)),
                     Op::Free(pick) => {
                         if live.is_empty() { continue; }
                         let key = *live.keys().nth(pick % live.len()).unwrap();
@@ -1692,7 +1813,7 @@ mod tests {
                     }
                     live.insert((ci, index), (npages, head));
                     live_pages += npages;
-                } else if let Op::Alloc(_) = op {
+                } else if let Op::Alloc(_) | Op::AllocRuns(_) = op {
                     prop_assert!(t.zone.free_pages < 3 * CHUNK_PAGES);
                 }
                 t.zone.check();
@@ -1725,14 +1846,15 @@ mod tests {
             t.zone.check();
             // 12 pages: no free block of order 4, but 8..16 and 16..24 lie
             // side by side.
-            let (head, zero) = t.zone.alloc_from_fragments(12).expect("a run of fragments");
+            let (head, zero) = t.zone.alloc_from_fragments(12, GROUP_SLABS).expect("a run of fragments");
             assert!(!zero);
             assert_eq!(Chunk::index_of(head), 8, "from the order-3 block freed last");
             // The rest of the last block goes back: 20..24, beside 4..8.
             t.zone.check();
             assert_eq!(t.zone.nr_free(2), 2);
             assert_eq!(t.zone.nr_free(3), 0);
-            assert!(t.zone.alloc_from_fragments(30).is_none(), "no 30 free pages side by side among dirty blocks");
+            assert!(t.zone.alloc_from_fragments(30, GROUP_SLABS).is_none(), "no 30 free pages side by side");
+            assert!(t.zone.alloc_from_fragments(12, GROUP_RUNS).is_none(), "not from another group's blocks");
             mark(head, 12, PG_NONE);
             t.zone.free_range(head, 12);
             t.zone.check();

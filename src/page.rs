@@ -44,6 +44,17 @@ pub const PG_PAGES: u8 = 3;
 /// Tail page of a slab or page run: `head_offset` leads to the head.
 pub const PG_TAIL: u8 = 4;
 
+/// [`Chunk::group`] of a chunk that is one free block.
+pub const GROUP_FREE: u8 = 0;
+/// [`Chunk::group`] of a chunk split for slabs and the allocator's own
+/// metadata: blocks of a power-of-two size, naturally aligned.
+pub const GROUP_SLABS: u8 = 1;
+/// [`Chunk::group`] of a chunk split for exact page runs (the page tier):
+/// any number of pages, page-aligned.
+pub const GROUP_RUNS: u8 = 2;
+/// Number of chunk groups.
+pub const NR_GROUPS: usize = 3;
+
 /// The `struct page` analogue: one per 4 KiB page of a chunk.
 #[repr(C)]
 pub struct Page {
@@ -134,6 +145,11 @@ pub struct Chunk {
     /// the kernel (the chunk is one free block; see `buddy`'s release).
     /// Cleared when the chunk is split again.
     pub descriptors_released: bool,
+    /// What the chunk's blocks serve while it is split: [`GROUP_SLABS`]
+    /// or [`GROUP_RUNS`]; [`GROUP_FREE`] while it is one free block. The
+    /// buddy keeps free blocks of the two groups apart (see
+    /// `buddy::FreeArea`). Written under the zone lock.
+    pub group: u8,
     /// Per page, what `free`'s fast path reads: `user_class | node << 8`
     /// for a page of a user slab, 0 for any other page. A copy of those
     /// two fields of the page's descriptor ([`Page::class_and_node`]),
@@ -172,6 +188,7 @@ impl Chunk {
             ptr::addr_of_mut!((*desc).base).write(base);
             ptr::addr_of_mut!((*desc).source).write(source);
             ptr::addr_of_mut!((*desc).descriptors_released).write(false);
+            ptr::addr_of_mut!((*desc).group).write(GROUP_FREE);
             debug_assert!((*desc).pages[0].kind() == PG_NONE);
         }
     }
