@@ -529,18 +529,16 @@ impl Zone {
         }
     }
 
-    /// Takes free blocks that hold resident memory, as `filter` picks them,
-    /// off the free lists into `out`, for release without the zone lock;
-    /// returns how many. Each dirty list is walked from its back, where the
-    /// blocks idle longest are, and the walk stops at the first block used
-    /// too recently (the lists are in the order blocks were freed, so the
-    /// cost is the blocks taken, not the blocks free), or, with
-    /// `filter.cold_half`, once half the list is taken; when all orders are
-    /// asked for, a whole chunk that is clean but whose page descriptors
-    /// are still resident is taken too. Highest orders first, until
-    /// `filter.max_pages` are taken (the last block may pass it). An
-    /// isolated block's head is `PG_NONE`, so no buddy merges with it
-    /// meanwhile; its `order`, `zero` and stamp stay. Give each back with
+    /// Takes free blocks that hold resident memory idle for as long as
+    /// `filter` asks off the free lists into `out`, for release without
+    /// the zone lock; returns how many. Each dirty list is walked from its
+    /// back, where the blocks idle longest are, and the walk stops at the
+    /// first block used more recently (the lists are in the order blocks
+    /// were freed, so the cost is the blocks taken, not the blocks free); a
+    /// whole chunk that is clean but whose page descriptors are still
+    /// resident is taken too. Highest orders first. An isolated block's
+    /// head is `PG_NONE`, so no buddy merges with it meanwhile; its
+    /// `order`, `zero` and stamp stay. Give each back with
     /// [`Zone::put_back_released`].
     ///
     /// # Safety
@@ -549,14 +547,9 @@ impl Zone {
         // SAFETY: entries of our lists are live.
         let idle = |p: *mut Page| filter.idle(unsafe { (*p).span });
         let mut n = 0;
-        let mut pages = 0;
-        for order in (0..filter.below_order.min(NR_ORDERS)).rev() {
+        for order in (0..NR_ORDERS).rev() {
             for group in 0..NR_GROUPS {
-                let mut limit = self.free_area[order].lists[group][DIRTY].len();
-                if filter.cold_half {
-                    limit /= 2;
-                }
-                while n < out.len() && pages < filter.max_pages && limit > 0 {
+                while n < out.len() {
                     let p = self.free_area[order].lists[group][DIRTY].last();
                     if p.is_null() || !idle(p) {
                         break;
@@ -568,13 +561,8 @@ impl Zone {
                     }
                     out[n] = p;
                     n += 1;
-                    pages += 1 << order;
-                    limit -= 1;
                 }
             }
-        }
-        if filter.below_order <= MAX_ORDER {
-            return n;
         }
         // Wholly free clean chunks with resident descriptors: few, walked whole.
         let mut p = self.free_area[MAX_ORDER].lists[GROUP_FREE as usize][CLEAN].first();
@@ -906,7 +894,6 @@ pub unsafe fn shrink_pages_exact(head: *mut Page, npages: usize) {
 #[inline(never)]
 fn grow(order: usize) -> bool {
     crate::heap::ensure_init();
-    release_before_growth(order);
     let mut growth = GROW.lock();
     if ZONE.lock().can_alloc(order) {
         return true; // another thread grew the zone while we waited
@@ -1105,19 +1092,12 @@ pub struct ReleaseFilter {
     pub min_age_ms: Option<u32>,
     /// The time the ages are measured at.
     pub now_ms: u32,
-    /// Only blocks of orders below this ([`NR_ORDERS`] for all).
-    pub below_order: usize,
-    /// Stop once this many pages are taken.
-    pub max_pages: usize,
-    /// Take at most the older half of each dirty list: the blocks freed
-    /// most recently are the likeliest to be wanted again soon.
-    pub cold_half: bool,
 }
 
 impl ReleaseFilter {
     /// Every dirty block idle for `min_age_ms` (`None`: every one).
     pub const fn idle_for(min_age_ms: Option<u32>, now_ms: u32) -> Self {
-        ReleaseFilter { min_age_ms, now_ms, below_order: NR_ORDERS, max_pages: usize::MAX, cold_half: false }
+        ReleaseFilter { min_age_ms, now_ms }
     }
 
     /// Whether a block stamped `stamp` is idle long enough. A stamp later
@@ -1248,29 +1228,6 @@ pub fn release_free_memory() -> usize {
     release(ReleaseFilter::idle_for(None, clock_ms()))
 }
 
-/// Before the zone grows for a block of `order` that no free block
-/// serves: when more than two chunks' worth of its free pages are dirty
-/// blocks too small for the request, the older half of each of those
-/// blocks' lists (one batch, up to a chunk's worth) goes back first, so
-/// that fragmentation does not make the resident set only grow. Only the
-/// older half, whatever its age: the blocks freed last are the ones a
-/// program cycling through its memory takes next (releasing those, with
-/// one `madvise` each, was the give-back/fault-in loop of issue 18), and
-/// released blocks are handed out only after every dirty one.
-fn release_before_growth(order: usize) {
-    if DECAY_DEFERRED.load(Ordering::Acquire) != 0 {
-        return;
-    }
-    let dirty_below: usize = {
-        let zone = ZONE.lock();
-        (0..order.min(NR_ORDERS)).map(|o| zone.nr_dirty(o) << o).sum()
-    };
-    if dirty_below < 2 * CHUNK_PAGES {
-        return;
-    }
-    release(ReleaseFilter { min_age_ms: None, now_ms: clock_ms(), below_order: order, max_pages: CHUNK_PAGES, cold_half: true });
-}
-
 /// Blocks isolated, released and put back at a time: the zone lock is
 /// held for this many at most, and one system call releases them.
 const RELEASE_BATCH: usize = 128;
@@ -1278,7 +1235,7 @@ const RELEASE_BATCH: usize = 128;
 /// Isolates the blocks `filter` picks, a batch at a time, releases them
 /// with `MADV_DONTNEED`, and frees them again as clean. Returns bytes
 /// released.
-fn release(mut filter: ReleaseFilter) -> usize {
+fn release(filter: ReleaseFilter) -> usize {
     let mut released = 0;
     loop {
         let mut batch = [ptr::null_mut::<Page>(); RELEASE_BATCH];
@@ -1288,9 +1245,6 @@ fn release(mut filter: ReleaseFilter) -> usize {
             break;
         }
         let batch = &mut batch[..n];
-        // SAFETY: isolated blocks are ours.
-        let pages: usize = batch.iter().map(|&p| 1usize << unsafe { (*p).order }).sum();
-        filter.max_pages = filter.max_pages.saturating_sub(pages);
         batch.sort_unstable_by_key(|&p| page::page_address(p));
         // SAFETY: the isolated blocks are on no zone list and no one else
         // uses them until they are put back below.
@@ -1301,9 +1255,7 @@ fn release(mut filter: ReleaseFilter) -> usize {
             unsafe { zone.put_back_released(head, (*head).zero) };
         }
         drop(zone);
-        // A release of cold blocks only takes one batch: each batch would
-        // take half of what the one before left.
-        if n < RELEASE_BATCH || filter.max_pages == 0 || filter.cold_half {
+        if n < RELEASE_BATCH {
             break;
         }
     }
@@ -1537,35 +1489,6 @@ mod tests {
             assert_eq!(t.zone.free_pages, free_before);
             assert_eq!(t.zone.dirty_pages, 0);
             assert_eq!(t.zone.isolate_idle(&mut out, f), 0, "released blocks are clean");
-        }
-    }
-
-    #[test]
-    fn before_growth_only_the_older_half_below_the_order_goes() {
-        let mut t = TestZone::new(1);
-        // SAFETY: test zone descriptors are live; isolated blocks go back once.
-        unsafe {
-            four_dirty_blocks(&mut t);
-            // Eight more single pages, none a buddy of another free one.
-            let chunk = t.chunks[0];
-            for (k, index) in (33..48).step_by(2).enumerate() {
-                t.zone.free_stamped(Chunk::page(chunk, index), 0, false, 2000 + k as u32);
-            }
-            t.zone.check();
-            let mut out = [ptr::null_mut(); 16];
-            let f = ReleaseFilter { min_age_ms: None, now_ms: 0, below_order: 1, max_pages: 100, cold_half: true };
-            // Nine order-0 blocks (page 1 and the eight): the four freed first.
-            assert_eq!(t.zone.isolate_idle(&mut out, f), 4);
-            let taken: Vec<usize> = out[..4].iter().map(|&p| Chunk::index_of(p)).collect();
-            assert_eq!(taken, [1, 33, 35, 37]);
-            assert_eq!((t.zone.nr_dirty(0), t.zone.nr_dirty(1), t.zone.nr_dirty(3)), (5, 1, 1), "the rest stay");
-            // A page budget stops it.
-            let f = ReleaseFilter { max_pages: 1, ..f };
-            assert_eq!(t.zone.isolate_idle(&mut out[4..], f), 1);
-            for &p in &out[..5] {
-                t.zone.put_back_released(p, true);
-            }
-            t.zone.check();
         }
     }
 
