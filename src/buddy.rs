@@ -353,7 +353,10 @@ impl Zone {
 
     /// Takes pages `[start, start + npages)` of `chunk`, which free blocks
     /// starting at `start` cover, off the free lists; the rest of the last
-    /// block goes back.
+    /// block goes back (see [`Zone::push_spare`]). Each block taken has its
+    /// head marked `PG_NONE`, which is all a concurrent merge or walk can
+    /// look at (a buddy inside a free block is that block's head); the
+    /// caller marks the run's pages for its tier, after the zone lock.
     ///
     /// # Safety
     /// Free blocks of this zone start at `start` and cover the range.
@@ -369,6 +372,7 @@ impl Zone {
                 let order = (*p).order as usize;
                 debug_assert!((*p).kind() == PG_FREE && order < MAX_ORDER);
                 self.unlink_free(p, order);
+                (*p).set_kind(PG_NONE);
                 zero &= (*p).zero;
                 let block_end = index + (1 << order);
                 if block_end > end {
@@ -377,21 +381,42 @@ impl Zone {
                 index = block_end;
             }
         }
-        // SAFETY: the run is ours: marked before the spare pages go back,
-        // so none of them merges with a page of it.
+        // SAFETY: the run is ours; the spare pages are the rest of the last
+        // block taken.
         unsafe {
             let head = Chunk::page(chunk, start);
-            mark(head, npages, PG_NONE);
             (*head).order = order_for_pages(npages) as u8;
             if let Some((block_end, spare_zero, stamp)) = spare {
-                let mut i = end;
-                while i < block_end {
-                    let o = largest_block(i, block_end - i);
-                    self.free_stamped(Chunk::page(chunk, i), o, spare_zero, stamp);
-                    i += 1 << o;
-                }
+                self.push_spare(chunk, end, block_end, spare_zero, stamp);
             }
             (head, zero)
+        }
+    }
+
+    /// Puts back pages `[from, to)` of `chunk`, the end of a free block
+    /// taken whole (`to` is its end) whose first part became a run, as
+    /// naturally aligned free blocks with the block's `zero` and stamp.
+    /// They merge with nothing: cut from the front of the rest, each is
+    /// bigger than the ones before it, so its buddy lies in the run, never
+    /// among them or outside the block. So nothing is read from the run's
+    /// pages, which need not be marked yet, and the pieces' pages are
+    /// `PG_FREE` already, as every page of a free block is.
+    ///
+    /// # Safety
+    /// `[from, to)` is the end of a free block of this zone just taken off
+    /// its list, `to` the block's end, and `from` past its start.
+    unsafe fn push_spare(&mut self, chunk: *mut Chunk, from: usize, to: usize, zero: bool, stamp: u32) {
+        let mut i = from;
+        while i < to {
+            let order = largest_block(i, to - i);
+            // SAFETY: per the caller, a free piece of the block nobody has.
+            unsafe {
+                let piece = Chunk::page(chunk, i);
+                (*piece).zero = zero;
+                (*piece).span = stamp;
+                self.push_free(piece, order);
+            }
+            i += 1 << order;
         }
     }
 
@@ -835,8 +860,8 @@ pub fn alloc_pages_exact(npages: usize, align_order: usize) -> Option<(*mut Page
                     break run;
                 }
                 if let Some((head, zero)) = zone.alloc_in(order, GROUP_RUNS) {
-                    mark_run(head, npages, crate::page::PG_PAGES, 0);
-                    zone.free_range(head.add(npages), (1 << order) - npages);
+                    let index = Chunk::index_of(head);
+                    zone.push_spare(Chunk::of_page(head), index + npages, index + (1 << order), zero, (*head).span);
                     break (head, zero);
                 }
                 if let Some(run) = unaligned.then(|| zone.alloc_from_fragments(npages, GROUP_SLABS)).flatten() {
