@@ -211,7 +211,8 @@ impl Zone {
     /// # Safety
     /// `head` heads a free block on `free_area[order]`.
     unsafe fn unlink_free(&mut self, head: *mut Page, order: usize) {
-        // SAFETY: per the caller; `zero` says which list holds it.
+        // SAFETY: per the caller; `zero` and the chunk's group say which
+        // list holds it.
         unsafe {
             if !(*head).zero {
                 self.dirty_pages -= 1 << order;
@@ -398,8 +399,10 @@ impl Zone {
     /// naturally aligned free blocks with the block's `zero` and stamp.
     /// They merge with nothing: cut from the front of the rest, each is
     /// bigger than the ones before it, so its buddy lies in the run, never
-    /// among them or outside the block. So nothing is read from the run's
-    /// pages, which need not be marked yet, and the pieces' pages are
+    /// among them or outside the block. That buddy's first page, which may
+    /// still say `PG_FREE` from when the block was free, is marked
+    /// `PG_NONE`, so the zone never shows two free buddies; the run's other
+    /// pages need not be marked under the lock. The pieces' pages are
     /// `PG_FREE` already, as every page of a free block is.
     ///
     /// # Safety
@@ -409,8 +412,11 @@ impl Zone {
         let mut i = from;
         while i < to {
             let order = largest_block(i, to - i);
-            // SAFETY: per the caller, a free piece of the block nobody has.
+            // SAFETY: per the caller, a free piece of the block nobody has,
+            // and its buddy a page of the run.
             unsafe {
+                debug_assert!(i ^ (1 << order) < from);
+                (*Chunk::page(chunk, i ^ (1 << order))).set_kind(PG_NONE);
                 let piece = Chunk::page(chunk, i);
                 (*piece).zero = zero;
                 (*piece).span = stamp;
