@@ -31,7 +31,8 @@
 //! `large::CACHE` → `percpu::CPUS_GROW` → CPU depot locks (by CPU, then
 //! class) → `slab::NODES_GROW` → `GROW` → slab cache locks (by node, then
 //! index) → per-CPU page lists (`pcp`, by CPU) → `ZONE` → `vma::TREE` →
-//! `pagetable::TABLE_POOL`.
+//! `pagetable::TABLE_POOL`. (`GROW` is only ever tried, never waited
+//! for, outside the atfork handlers, and holds nothing else.)
 //! No code holds a CPU depot or slab cache lock while calling into the
 //! buddy: slab refill and release drop them first, as SLUB does. Code that
 //! calls into the buddy holding another lock allocation needs
@@ -173,21 +174,15 @@ impl Zone {
         self.free_area[order..].iter().any(|a| !a.is_empty())
     }
 
-    /// Adds a whole chunk as one free order-10 block.
+    /// Adds a whole chunk, made ready by [`prepare_chunk`], as one free
+    /// order-10 block.
     ///
     /// # Safety
-    /// `chunk` is an initialised descriptor whose pages are not in use and
-    /// not already in this or another zone.
-    pub unsafe fn add_chunk(&mut self, chunk: *mut Chunk, zero: bool) {
+    /// `chunk` went through [`prepare_chunk`], and its pages are not in use
+    /// and not already in this or another zone.
+    pub unsafe fn add_chunk(&mut self, chunk: *mut Chunk) {
         // SAFETY: the caller hands over the chunk's pages.
-        unsafe {
-            let head = Chunk::page(chunk, 0);
-            (*chunk).group = GROUP_FREE;
-            mark(head, CHUNK_PAGES, PG_FREE);
-            (*head).zero = zero;
-            (*head).span = clock_ms();
-            self.push_free(head, MAX_ORDER);
-        }
+        unsafe { self.push_free(Chunk::page(chunk, 0), MAX_ORDER) };
         self.managed_pages += CHUNK_PAGES;
         self.nr_chunks += 1;
     }
@@ -686,6 +681,26 @@ impl Default for Zone {
     }
 }
 
+/// Writes the descriptors of a new chunk as one free block, `zero` saying
+/// whether its memory reads as zero: every page `PG_FREE`, the head's
+/// flags and stamp. Done before the chunk joins a zone, so the zone lock
+/// is not held while a thousand descriptors (and the faults of their
+/// fresh pages) are written.
+///
+/// # Safety
+/// `chunk` is an initialised descriptor ([`Chunk::init`]) that no zone
+/// holds and no one else writes.
+pub unsafe fn prepare_chunk(chunk: *mut Chunk, zero: bool) {
+    // SAFETY: per the caller, the descriptors are ours to write.
+    unsafe {
+        let head = Chunk::page(chunk, 0);
+        (*chunk).group = GROUP_FREE;
+        mark(head, CHUNK_PAGES, PG_FREE);
+        (*head).zero = zero;
+        (*head).span = clock_ms();
+    }
+}
+
 /// Largest order of a naturally aligned block starting at page `index`
 /// that fits in `npages`.
 #[inline]
@@ -749,18 +764,17 @@ pub unsafe fn mark_run(first: *mut Page, npages: usize, head_kind: u8, user_clas
 /// The zone every tier draws pages from.
 pub static ZONE: Mutex<Zone> = Mutex::new(Zone::new());
 
-/// Growth state; its lock serialises chunk creation and chunk map updates.
-pub struct Growth {
-    /// Chunks obtained from `brk`.
-    pub brk_chunks: usize,
-    /// Chunks obtained from `mmap`.
-    pub mmap_chunks: usize,
-    /// `brk` refused at least once (another mapping, `RLIMIT_DATA`).
-    pub brk_refused: usize,
-}
+/// Chunks obtained from `brk`.
+pub static BRK_CHUNKS: AtomicUsize = AtomicUsize::new(0);
+/// Chunks obtained from `mmap`.
+pub static MMAP_CHUNKS: AtomicUsize = AtomicUsize::new(0);
+/// Times `brk` refused a chunk (another mapping in the way, `RLIMIT_DATA`).
+pub static BRK_REFUSED: AtomicUsize = AtomicUsize::new(0);
 
-/// Lock for chunk growth and release; first in the lock order.
-pub static GROW: Mutex<Growth> = Mutex::new(Growth { brk_chunks: 0, mmap_chunks: 0, brk_refused: 0 });
+/// Held while the program break moves, by one thread at a time; a thread
+/// that finds it held maps its chunk with `mmap` rather than wait for the
+/// other's system calls (see [`grow`]). Nothing else is done under it.
+pub static GROW: Mutex<()> = Mutex::new(());
 
 /// Whether chunks may come from `brk`. Set by the C face: only the
 /// process's `malloc` may own the program break.
@@ -920,26 +934,41 @@ pub unsafe fn shrink_pages_exact(head: *mut Page, npages: usize) {
     }
 }
 
-/// Adds one chunk to the zone. Returns false when no memory could be had.
+/// Adds one chunk to the zone for a block of `order`, unless one is free
+/// by now. Returns false when no memory could be had.
+///
+/// No lock is held across a system call that another allocation would
+/// wait for: the descriptors are mapped and written, the chunk mapped and
+/// published in the chunk map, before the zone lock is taken to add it.
+/// Threads that need to grow at once each add a chunk (address space,
+/// faulted in only when used) rather than queue behind one another's
+/// system calls, which on a machine with more threads than CPUs meant
+/// waiting for a thread that was not running.
 #[cold]
 #[inline(never)]
 fn grow(order: usize) -> bool {
     crate::heap::ensure_init();
-    let mut growth = GROW.lock();
     if ZONE.lock().can_alloc(order) {
-        return true; // another thread grew the zone while we waited
+        return true; // another thread grew the zone meanwhile
     }
-    let Some((base, source)) = map_chunk(&mut growth) else { return false };
-    let Ok(desc) = map_aligned(CHUNK_DESC_SIZE, CHUNK_DESC_ALIGN) else {
-        // SAFETY: the chunk was mapped just now and is unused.
-        unsafe { unmap_chunk(base, source) };
+    let Ok(desc) = map_aligned(CHUNK_DESC_SIZE, CHUNK_DESC_ALIGN) else { return false };
+    let Some((base, source)) = map_chunk() else {
+        // SAFETY: mapped just now, unused.
+        unsafe {
+            let _ = os::munmap(desc, CHUNK_DESC_SIZE);
+        }
         return false;
     };
     META_BYTES.fetch_add(CHUNK_DESC_SIZE, Ordering::Relaxed);
     let desc = desc as *mut Chunk;
-    // SAFETY: `desc` is fresh zeroed memory of the right size and alignment.
-    unsafe { Chunk::init(desc, base, source) };
-    // SAFETY: initialised, unpublished, registration serialised by GROW.
+    // SAFETY: `desc` is fresh zeroed memory of the right size and
+    // alignment, ours alone until published; fresh memory from the kernel
+    // reads as zero.
+    unsafe {
+        Chunk::init(desc, base, source);
+        prepare_chunk(desc, true);
+    }
+    // SAFETY: initialised and unpublished.
     let leaf = match unsafe { page::register_chunk(desc) } {
         Ok(leaf) => leaf,
         Err(_) => {
@@ -951,12 +980,10 @@ fn grow(order: usize) -> bool {
             return false;
         }
     };
-    // SAFETY: the chunk is published and its pages are unused; fresh memory
-    // from the kernel reads as zero.
-    unsafe { ZONE.lock().add_chunk(desc, true) };
-    drop(growth);
-    // Record the regions after releasing GROW: inserting may allocate a
-    // tree node, which may need pages, which may grow the zone again.
+    // SAFETY: the chunk is published, prepared, and its pages are unused.
+    unsafe { ZONE.lock().add_chunk(desc) };
+    // Record the regions with no lock held: inserting may allocate a tree
+    // node, which may need pages, which may grow the zone again.
     let kind = match source {
         ChunkSource::Brk => VmaKind::Heap,
         ChunkSource::Mmap => VmaKind::Chunk,
@@ -980,23 +1007,26 @@ fn grow(order: usize) -> bool {
     true
 }
 
-/// Gets 4 MiB of aligned address space: from `brk` if allowed and possible,
-/// otherwise from `mmap`.
-fn map_chunk(growth: &mut Growth) -> Option<(usize, ChunkSource)> {
+/// Gets 4 MiB of aligned address space: from `brk` if allowed, possible
+/// and no other thread is moving the break right now, otherwise from
+/// `mmap`.
+fn map_chunk() -> Option<(usize, ChunkSource)> {
     if USE_BRK.load(Ordering::Relaxed) {
-        let current = os::brk_current();
-        let start = align_up(current, CHUNK_SIZE);
-        if let Some(want) = start.checked_add(CHUNK_SIZE) {
-            // SAFETY: growing the break only adds fresh pages.
-            if unsafe { os::brk_set(want) } == want {
-                growth.brk_chunks += 1;
-                return Some((start, ChunkSource::Brk));
+        if let Some(_moving) = GROW.try_lock() {
+            let current = os::brk_current();
+            let start = align_up(current, CHUNK_SIZE);
+            if let Some(want) = start.checked_add(CHUNK_SIZE) {
+                // SAFETY: growing the break only adds fresh pages.
+                if unsafe { os::brk_set(want) } == want {
+                    BRK_CHUNKS.fetch_add(1, Ordering::Relaxed);
+                    return Some((start, ChunkSource::Brk));
+                }
             }
+            BRK_REFUSED.fetch_add(1, Ordering::Relaxed);
         }
-        growth.brk_refused += 1;
     }
     let base = map_aligned(CHUNK_SIZE, CHUNK_SIZE).ok()?;
-    growth.mmap_chunks += 1;
+    MMAP_CHUNKS.fetch_add(1, Ordering::Relaxed);
     Some((base, ChunkSource::Mmap))
 }
 
@@ -1416,7 +1446,8 @@ mod tests {
                 // SAFETY: fresh zeroed memory.
                 unsafe {
                     Chunk::init(desc, (i + 1) << 40, ChunkSource::Mmap);
-                    zone.add_chunk(desc, true);
+                    prepare_chunk(desc, true);
+                    zone.add_chunk(desc);
                 }
                 chunks.push(desc);
             }

@@ -325,11 +325,12 @@ pub fn page_of(addr: usize) -> *mut Page {
 
 /// Publishes `chunk` in the chunk map. Returns the address and length of a
 /// newly mapped leaf, if one was needed (the caller records it as
-/// metadata), or an error when no memory was left for the leaf.
+/// metadata), or an error when no memory was left for the leaf. Takes no
+/// lock: each chunk has a slot of its own, and of two threads that map a
+/// missing leaf at once, the one whose leaf is installed second unmaps it.
 ///
 /// # Safety
-/// `chunk` is a live, initialised descriptor for a chunk not yet published;
-/// callers serialise registration (the buddy's grow lock).
+/// `chunk` is a live, initialised descriptor for a chunk not yet published.
 pub unsafe fn register_chunk(chunk: *mut Chunk) -> Result<Option<(usize, usize)>, os::Errno> {
     // SAFETY: live descriptor by the caller's promise.
     let base = unsafe { (*chunk).base };
@@ -338,11 +339,21 @@ pub unsafe fn register_chunk(chunk: *mut Chunk) -> Result<Option<(usize, usize)>
     let mut leaf = CHUNK_MAP[root].load(Ordering::Acquire);
     if leaf.is_null() {
         let mem = os::mmap_anonymous(LEAF_BYTES, false)?;
-        leaf = mem as *mut Leaf;
-        CHUNK_MAP[root].store(leaf, Ordering::Release);
-        new_leaf = Some((mem, LEAF_BYTES));
+        match CHUNK_MAP[root].compare_exchange(ptr::null_mut(), mem as *mut Leaf, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {
+                leaf = mem as *mut Leaf;
+                new_leaf = Some((mem, LEAF_BYTES));
+            }
+            Err(installed) => {
+                // SAFETY: our fresh mapping, never published.
+                unsafe {
+                    let _ = os::munmap(mem, LEAF_BYTES);
+                }
+                leaf = installed;
+            }
+        }
     }
-    // SAFETY: leaves live forever; the slot is ours (registration is serialised).
+    // SAFETY: leaves live forever; the slot is this chunk's alone.
     unsafe { (*leaf)[(base >> CHUNK_SHIFT) & (LEAF_ENTRIES - 1)].store(chunk, Ordering::Release) };
     Ok(new_leaf)
 }
@@ -350,7 +361,7 @@ pub unsafe fn register_chunk(chunk: *mut Chunk) -> Result<Option<(usize, usize)>
 /// Removes the chunk at `base` from the chunk map.
 ///
 /// # Safety
-/// No page of the chunk is in use; callers serialise with registration.
+/// No page of the chunk is in use, and the chunk is not being registered.
 pub unsafe fn unregister_chunk(base: usize) {
     let root = base >> (CHUNK_SHIFT + LEAF_BITS);
     let leaf = CHUNK_MAP[root].load(Ordering::Acquire);

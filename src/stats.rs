@@ -227,11 +227,8 @@ pub fn snapshot() -> Snapshot {
         s.managed_pages = zone.managed_pages;
         s.free_pages = zone.free_pages;
     }
-    {
-        let g = buddy::GROW.lock();
-        s.brk_chunks = g.brk_chunks;
-        s.mmap_chunks = g.mmap_chunks;
-    }
+    s.brk_chunks = buddy::BRK_CHUNKS.load(Ordering::Relaxed);
+    s.mmap_chunks = buddy::MMAP_CHUNKS.load(Ordering::Relaxed);
     for (i, c) in s.caches.iter_mut().enumerate() {
         *c = slab::cache_stats(i);
         if i < slab::NR_CLASSES {
