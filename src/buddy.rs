@@ -347,6 +347,38 @@ impl Zone {
         None
     }
 
+    /// Takes the pages from `old` to `npages` after `head` off the free
+    /// lists, for the run `head` heads to grow into, if free blocks cover
+    /// them (and they stay in its chunk); false, with nothing changed,
+    /// otherwise. The caller marks the grown run.
+    ///
+    /// # Safety
+    /// `head` heads a run of `old` pages, fewer than `npages`, handed out
+    /// by this zone.
+    pub unsafe fn extend_run(&mut self, head: *mut Page, old: usize, npages: usize) -> bool {
+        let chunk = Chunk::of_page(head);
+        let start = Chunk::index_of(head);
+        if start + npages > CHUNK_PAGES {
+            return false;
+        }
+        let mut end = start + old;
+        while end < start + npages {
+            // SAFETY: a page of the run's chunk. The page right after a
+            // block heads the next block, so one that says PG_FREE heads a
+            // free block (a block just taken has its head marked first).
+            unsafe {
+                let p = Chunk::page(chunk, end);
+                if (*p).kind() != PG_FREE {
+                    return false;
+                }
+                end += 1 << (*p).order;
+            }
+        }
+        // SAFETY: free blocks start right after the run and cover the growth.
+        unsafe { self.take_range(chunk, start + old, npages - old) };
+        true
+    }
+
     /// Takes pages `[start, start + npages)` of `chunk`, which free blocks
     /// starting at `start` cover, off the free lists; the rest of the last
     /// block goes back (see [`Zone::push_spare`]). Each block taken has its
@@ -932,6 +964,36 @@ pub unsafe fn shrink_pages_exact(head: *mut Page, npages: usize) {
         PAGE_RUN_PAGES.fetch_sub(old - npages, Ordering::Relaxed);
         free_page_range(head.add(npages), old - npages);
     }
+}
+
+/// Grows a run from [`alloc_pages_exact`] in place to `npages` pages when
+/// the pages right after it are free blocks, as glibc's `realloc` grows a
+/// chunk into a free neighbour: a growth chain (a buffer grown by half,
+/// again and again) then copies nothing while its run has free pages
+/// behind it, which runs cut from neighbouring free blocks often do.
+/// Returns false, with nothing changed, when they are not free (or the
+/// run would leave its chunk).
+///
+/// # Safety
+/// `head` heads a live run of fewer than `npages` pages.
+pub unsafe fn grow_pages_exact(head: *mut Page, npages: usize) -> bool {
+    // SAFETY: per the caller.
+    let old = unsafe { (*head).span } as usize;
+    debug_assert!(npages > old);
+    // SAFETY: the global zone's descriptors are live; per the caller.
+    if !unsafe { ZONE.lock().extend_run(head, old, npages) } {
+        return false;
+    }
+    // SAFETY: the run and its growth are ours.
+    unsafe {
+        mark_run(head, npages, crate::page::PG_PAGES, 0);
+        (*head).span = npages as u32;
+    }
+    PAGE_RUN_PAGES.fetch_add(npages - old, Ordering::Relaxed);
+    let grown = page::page_address(head) + (old << PAGE_SHIFT);
+    crate::pagetable::hand_out(grown, (npages - old) << PAGE_SHIFT, crate::pagetable::Tier::Pages);
+    decay_tick();
+    true
 }
 
 /// Adds one chunk to the zone for a block of `order`, unless one is free
@@ -1626,6 +1688,37 @@ mod tests {
             t.zone.free(third, MAX_ORDER, false);
             assert_eq!((*Chunk::of_page(third)).group, GROUP_FREE);
             t.zone.check();
+        }
+    }
+
+    #[test]
+    fn a_run_grows_into_free_pages_after_it() {
+        let mut t = TestZone::new(1);
+        // SAFETY: test zone descriptors are live; blocks are freed once.
+        unsafe {
+            // A run of 9 pages from a fresh chunk: 7 free pages follow it
+            // in its order-4 block, then free blocks to the chunk's end.
+            let (head, _) = t.zone.alloc_in(4, GROUP_RUNS).unwrap();
+            let index = Chunk::index_of(head);
+            t.zone.push_spare(Chunk::of_page(head), index + 9, index + 16, true, 0);
+            mark(head, 9, PG_NONE);
+            t.zone.check();
+            assert!(t.zone.extend_run(head, 9, 14));
+            mark(head, 14, PG_NONE);
+            t.zone.check();
+            assert_eq!(t.zone.free_pages, CHUNK_PAGES - 14);
+            // Past the chunk's end: no.
+            assert!(!t.zone.extend_run(head, 14, CHUNK_PAGES + 1));
+            // Into a page in use: no, and nothing changes.
+            let (other, _) = t.zone.alloc_in(0, GROUP_RUNS).unwrap();
+            assert_eq!(Chunk::index_of(other), 14);
+            assert!(!t.zone.extend_run(head, 14, 20));
+            assert_eq!(t.zone.free_pages, CHUNK_PAGES - 15);
+            t.zone.check();
+            t.zone.free(other, 0, false);
+            t.zone.free_range(head, 14);
+            t.zone.check();
+            assert_eq!(t.zone.nr_free(MAX_ORDER), 1);
         }
     }
 
