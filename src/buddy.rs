@@ -8,12 +8,20 @@
 //! the two merge and the search repeats one order up, so a chunk whose pages
 //! are all free is always one order-10 block again.
 //!
+//! Each order keeps its free blocks on lists by the group of their chunk
+//! (slabs, or exact page runs; a wholly free chunk is of no group) and by
+//! whether their memory may be resident (*dirty*) or is known to read as
+//! zero (*clean*); allocation takes a dirty block of its own group first
+//! (see [`FreeArea`] and "Giving memory back" below).
+//!
 //! Invariants (checked by [`Zone::check`]):
-//! - every free block is on exactly one list, `free_area[order]`, its head
-//!   descriptor has `kind == PG_FREE` and `order == order`, and its pages do
-//!   not overlap any other block;
+//! - every free block is on exactly one list, `free_area[order]`'s list
+//!   for its chunk's group (no group for order 10, and only there) and its
+//!   `zero` flag; its head descriptor has `kind == PG_FREE` and
+//!   `order == order`, and its pages do not overlap any other block;
 //! - no two free buddies of the same order exist (they would have merged);
-//! - `free_pages == Σ nr_free[k] << k`.
+//! - `free_pages == Σ nr_free[k] << k`, `dirty_pages` likewise over the
+//!   dirty lists.
 //!
 //! The zone grows by whole chunks (4 MiB, aligned): from `brk` when
 //! buddyslab is the process's `malloc` (set by the C face), otherwise from
@@ -23,43 +31,130 @@
 //! `large::CACHE` → `percpu::CPUS_GROW` → CPU depot locks (by CPU, then
 //! class) → `slab::NODES_GROW` → `GROW` → slab cache locks (by node, then
 //! index) → per-CPU page lists (`pcp`, by CPU) → `ZONE` → `vma::TREE` →
-//! `pagetable::TABLE_POOL`.
-//! A CPU depot lock may be held while its slab cache is refilled (and so
-//! while the zone grows). No code holds a slab cache lock while calling
-//! into the buddy: slab refill and release drop the cache lock first, as
-//! SLUB does. The atfork handlers take every lock in this order.
+//! `pagetable::TABLE_POOL`. (`GROW` is only ever tried, never waited
+//! for, outside the atfork handlers, and holds nothing else.)
+//! No code holds a CPU depot or slab cache lock while calling into the
+//! buddy: slab refill and release drop them first, as SLUB does. Code that
+//! calls into the buddy holding another lock allocation needs
+//! (`large::CACHE`, `CPUS_GROW`, `NODES_GROW`) holds a
+//! [`defer_decay`] guard, so no decay scan, and none of its system calls,
+//! runs under that lock. The atfork handlers take every lock in this order.
 
 use crate::os::{self, PAGE_SHIFT, PAGE_SIZE};
 use crate::pcp;
 use crate::page::{
     self, Chunk, ChunkSource, Page, PageList, CHUNK_DESC_ALIGN, CHUNK_DESC_SIZE, CHUNK_PAGES,
-    CHUNK_SHIFT, CHUNK_SIZE, MAX_ORDER, PG_FREE, PG_NONE, PG_TAIL,
+    CHUNK_SHIFT, CHUNK_SIZE, GROUP_FREE, GROUP_RUNS, GROUP_SLABS, MAX_ORDER, NR_GROUPS, PG_FREE,
+    PG_NONE, PG_TAIL,
 };
 use crate::sync::Mutex;
 use crate::vma::{self, VmaKind};
+use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
 /// Number of orders, `MAX_ORDER + 1`.
 pub const NR_ORDERS: usize = MAX_ORDER + 1;
 
+/// Index, in [`FreeArea::lists`], of the list of blocks whose memory may
+/// be resident.
+const DIRTY: usize = 0;
+/// Index, in [`FreeArea::lists`], of the list of blocks that read as zero.
+const CLEAN: usize = 1;
+
+/// One order's free blocks, kept apart twice.
+///
+/// By whether their memory may be resident, as jemalloc keeps dirty
+/// extents apart from purged ones. Dirty blocks (`zero == false`) are
+/// pushed at the front when freed: allocation takes the most recently
+/// freed, decay releases from the back, where the blocks idle longest
+/// are. Clean blocks (`zero == true`: fresh from the kernel, or released)
+/// are handed out only when no dirty block serves, so released memory is
+/// not faulted in again while resident free memory is at hand.
+///
+/// And by their chunk's group ([`Chunk::group`]), as the kernel keeps the
+/// pageblocks of each migrate type apart. Slabs take naturally aligned
+/// blocks of a power-of-two size; exact page runs take any number of
+/// pages and leave odd pieces behind. In chunks of their own, the runs'
+/// pieces serve other runs (see [`Zone::alloc_from_fragments`]) instead of
+/// being taken by slabs that then keep the runs' pages from merging, and
+/// slabs keep finding aligned blocks. A wholly free chunk (order 10)
+/// belongs to no group; a group takes another's blocks only before the
+/// zone would grow.
+struct FreeArea {
+    /// `[group][DIRTY or CLEAN]`.
+    lists: [[PageList; 2]; NR_GROUPS],
+}
+
+impl FreeArea {
+    const fn new() -> Self {
+        FreeArea { lists: [const { [const { PageList::new() }; 2] }; NR_GROUPS] }
+    }
+
+    fn len(&self) -> usize {
+        self.lists.iter().flatten().map(PageList::len).sum()
+    }
+
+    fn dirty_len(&self) -> usize {
+        self.lists.iter().map(|l| l[DIRTY].len()).sum()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lists.iter().flatten().all(PageList::is_empty)
+    }
+
+    /// The list a free block of `order` belongs on, by its chunk's group
+    /// and its `zero` flag.
+    ///
+    /// # Safety
+    /// `head` is a live descriptor in a live chunk.
+    unsafe fn list_for(&mut self, head: *mut Page, order: usize) -> &mut PageList {
+        // SAFETY: per the caller.
+        unsafe { &mut self.lists[group_of(head, order) as usize][(*head).zero as usize] }
+    }
+}
+
+/// The group whose lists hold a free block of `order` headed by `head`.
+///
+/// # Safety
+/// `head` is a live descriptor in a live chunk.
+#[inline]
+unsafe fn group_of(head: *mut Page, order: usize) -> u8 {
+    if order == MAX_ORDER {
+        GROUP_FREE
+    } else {
+        // SAFETY: per the caller.
+        unsafe { (*Chunk::of_page(head)).group }
+    }
+}
+
 /// The free lists and page counts of all chunks.
 pub struct Zone {
-    free_area: [PageList; NR_ORDERS],
+    free_area: [FreeArea; NR_ORDERS],
     /// Pages in all chunks, free or not.
     pub managed_pages: usize,
     /// Pages in free blocks.
     pub free_pages: usize,
+    /// Pages in free blocks whose memory may be resident (dirty).
+    pub dirty_pages: usize,
     /// Chunks added.
     pub nr_chunks: usize,
+}
+
+/// Whether coarse time `a` is later than `b` (both from [`clock_ms`],
+/// which wraps after 49 days).
+#[inline]
+fn later(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
 }
 
 impl Zone {
     /// A zone with no memory.
     pub const fn new() -> Self {
         Zone {
-            free_area: [const { PageList::new() }; NR_ORDERS],
+            free_area: [const { FreeArea::new() }; NR_ORDERS],
             managed_pages: 0,
             free_pages: 0,
+            dirty_pages: 0,
             nr_chunks: 0,
         }
     }
@@ -69,59 +164,106 @@ impl Zone {
         self.free_area[order].len()
     }
 
-    /// Whether a block of at least `order` is free.
-    pub fn can_alloc(&self, order: usize) -> bool {
-        self.free_area[order..].iter().any(|l| !l.is_empty())
+    /// Free blocks of order `order` whose memory may be resident.
+    pub fn nr_dirty(&self, order: usize) -> usize {
+        self.free_area[order].dirty_len()
     }
 
-    /// Adds a whole chunk as one free order-10 block.
+    /// Whether a block of at least `order` is free.
+    pub fn can_alloc(&self, order: usize) -> bool {
+        self.free_area[order..].iter().any(|a| !a.is_empty())
+    }
+
+    /// Adds a whole chunk, made ready by [`prepare_chunk`], as one free
+    /// order-10 block.
     ///
     /// # Safety
-    /// `chunk` is an initialised descriptor whose pages are not in use and
-    /// not already in this or another zone.
-    pub unsafe fn add_chunk(&mut self, chunk: *mut Chunk, zero: bool) {
+    /// `chunk` went through [`prepare_chunk`], and its pages are not in use
+    /// and not already in this or another zone.
+    pub unsafe fn add_chunk(&mut self, chunk: *mut Chunk) {
         // SAFETY: the caller hands over the chunk's pages.
-        unsafe {
-            let head = Chunk::page(chunk, 0);
-            mark(head, CHUNK_PAGES, PG_FREE);
-            (*head).zero = zero;
-            self.push_free(head, MAX_ORDER);
-        }
+        unsafe { self.push_free(Chunk::page(chunk, 0), MAX_ORDER) };
         self.managed_pages += CHUNK_PAGES;
         self.nr_chunks += 1;
     }
 
     /// # Safety
-    /// `head` heads a free block of `order` that is on no list.
+    /// `head` heads a free block of `order` that is on no list; its `zero`
+    /// and decay stamp (`span`) are set.
     unsafe fn push_free(&mut self, head: *mut Page, order: usize) {
         // SAFETY: per the caller.
         unsafe {
             (*head).order = order as u8;
             (*head).set_kind(PG_FREE);
-            self.free_area[order].push_front(head);
+            if !(*head).zero {
+                self.dirty_pages += 1 << order;
+            }
+            self.free_area[order].list_for(head, order).push_front(head);
         }
         self.free_pages += 1 << order;
     }
 
-    /// Allocates a block of `order` pages. Returns its head descriptor and
-    /// whether its memory is known to be zero. The head's `kind` is left
-    /// `PG_NONE`; the caller marks the block for its tier.
+    /// # Safety
+    /// `head` heads a free block on `free_area[order]`.
+    unsafe fn unlink_free(&mut self, head: *mut Page, order: usize) {
+        // SAFETY: per the caller; `zero` and the chunk's group say which
+        // list holds it.
+        unsafe {
+            if !(*head).zero {
+                self.dirty_pages -= 1 << order;
+            }
+            self.free_area[order].list_for(head, order).remove(head);
+        }
+        self.free_pages -= 1 << order;
+    }
+
+    /// Allocates a block of `order` pages for a slab or the allocator's
+    /// metadata: [`Zone::alloc_in`] for [`GROUP_SLABS`].
     ///
     /// # Safety
     /// The zone's descriptors are live (always true for the global zone).
     pub unsafe fn alloc(&mut self, order: usize) -> Option<(*mut Page, bool)> {
-        let mut current = order;
-        while current <= MAX_ORDER && self.free_area[current].is_empty() {
-            current += 1;
-        }
-        if current > MAX_ORDER {
-            return None;
-        }
-        // SAFETY: the list is non-empty and its entries are live.
-        unsafe {
-            let head = self.free_area[current].first();
-            Some(self.take(head, current, order))
-        }
+        // SAFETY: per the caller.
+        unsafe { self.alloc_in(order, GROUP_SLABS) }
+    }
+
+    /// Allocates a block of `order` pages for chunk group `group`
+    /// ([`GROUP_SLABS`] or [`GROUP_RUNS`]). Returns its head descriptor and
+    /// whether its memory is known to be zero. The head's `kind` is left
+    /// `PG_NONE`; the caller marks the block for its tier.
+    ///
+    /// In this order: a dirty block of the group (split if bigger), a dirty
+    /// free chunk, a clean block of the group, a clean free chunk, and only
+    /// then a block of the other group, dirty before clean. Dirty first:
+    /// its pages are resident already, while each page of a clean block
+    /// faults when touched, and clean blocks are often memory that decay
+    /// gave back, which must not be faulted in again while resident free
+    /// memory is at hand.
+    ///
+    /// # Safety
+    /// The zone's descriptors are live (always true for the global zone).
+    pub unsafe fn alloc_in(&mut self, order: usize, group: u8) -> Option<(*mut Page, bool)> {
+        debug_assert!(group == GROUP_SLABS || group == GROUP_RUNS);
+        let other = if group == GROUP_SLABS { GROUP_RUNS } else { GROUP_SLABS };
+        let first_in = |zone: &Self, g: u8, zero: usize| {
+            (order..MAX_ORDER).find_map(|o| {
+                let p = zone.free_area[o].lists[g as usize][zero].first();
+                (!p.is_null()).then_some((p, o))
+            })
+        };
+        let free_chunk = |zone: &Self, zero: usize| {
+            let p = zone.free_area[MAX_ORDER].lists[GROUP_FREE as usize][zero].first();
+            (!p.is_null()).then_some((p, MAX_ORDER))
+        };
+        let found = first_in(self, group, DIRTY)
+            .or_else(|| free_chunk(self, DIRTY))
+            .or_else(|| first_in(self, group, CLEAN))
+            .or_else(|| free_chunk(self, CLEAN))
+            .or_else(|| first_in(self, other, DIRTY))
+            .or_else(|| first_in(self, other, CLEAN));
+        let (head, current) = found?;
+        // SAFETY: `head` heads a free block on free_area[current].
+        Some(unsafe { self.take(head, current, order, group) })
     }
 
     /// Allocates a block of `order` pages at the lowest address any free
@@ -135,37 +277,201 @@ impl Zone {
     pub unsafe fn alloc_lowest(&mut self, order: usize) -> Option<(*mut Page, bool)> {
         let mut best: Option<(usize, *mut Page, usize)> = None;
         for current in order..NR_ORDERS {
-            // SAFETY: entries of our lists are live.
-            unsafe {
-                self.free_area[current].for_each(|p| {
-                    let addr = page::page_address(p);
-                    if best.map_or(true, |(a, _, _)| addr < a) {
-                        best = Some((addr, p, current));
-                    }
-                });
+            for list in self.free_area[current].lists.iter().flatten() {
+                // SAFETY: entries of our lists are live.
+                unsafe {
+                    list.for_each(|p| {
+                        let addr = page::page_address(p);
+                        if best.map_or(true, |(a, _, _)| addr < a) {
+                            best = Some((addr, p, current));
+                        }
+                    });
+                }
             }
         }
         let (_, head, current) = best?;
         // SAFETY: `head` heads a free block on free_area[current].
-        Some(unsafe { self.take(head, current, order) })
+        Some(unsafe { self.take(head, current, order, GROUP_SLABS) })
+    }
+
+    /// Allocates exactly `npages` pages (page-aligned, any count) from free
+    /// blocks of chunk group `group` that lie next to each other in memory
+    /// though they are not buddies, as an allocator with address-ordered
+    /// coalescing (glibc's heap, jemalloc's extents) would: the pieces a
+    /// buddy allocator cannot merge (an exact run's freed tail beside a
+    /// block freed later) serve runs instead of piling up while bigger
+    /// blocks are split for every run. Looks at a few blocks of the two
+    /// orders below the run's, dirty ones first, and walks forward from
+    /// each over free blocks (a free page right after a free block heads
+    /// the next free block: blocks do not overlap). The pages past the run
+    /// in its last block go back to the free lists. Returns the run's head
+    /// (marked `PG_NONE`, as all its pages are) and whether all of it reads
+    /// as zero; `None` when no candidate has room.
+    ///
+    /// # Safety
+    /// The zone's descriptors are live.
+    pub unsafe fn alloc_from_fragments(&mut self, npages: usize, group: u8) -> Option<(*mut Page, bool)> {
+        const CANDIDATES: usize = 8;
+        let order = order_for_pages(npages);
+        if order == 0 || order >= MAX_ORDER {
+            return None;
+        }
+        for zero in [DIRTY, CLEAN] {
+            for candidate_order in (order.saturating_sub(2)..order).rev() {
+                let mut p = self.free_area[candidate_order].lists[group as usize][zero].first();
+                for _ in 0..CANDIDATES {
+                    if p.is_null() {
+                        break;
+                    }
+                    // SAFETY: entries of our lists are live; the walk stays
+                    // in the candidate's chunk.
+                    unsafe {
+                        let chunk = Chunk::of_page(p);
+                        let start = Chunk::index_of(p);
+                        let mut end = start + (1 << candidate_order);
+                        while end - start < npages && end < CHUNK_PAGES {
+                            let next = Chunk::page(chunk, end);
+                            if (*next).kind() != PG_FREE {
+                                break;
+                            }
+                            end += 1 << (*next).order;
+                        }
+                        if end - start >= npages {
+                            return Some(self.take_range(chunk, start, npages));
+                        }
+                        p = (*p).next;
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Takes the pages from `old` to `npages` after `head` off the free
+    /// lists, for the run `head` heads to grow into, if free blocks cover
+    /// them (and they stay in its chunk); false, with nothing changed,
+    /// otherwise. The caller marks the grown run.
+    ///
+    /// # Safety
+    /// `head` heads a run of `old` pages, fewer than `npages`, handed out
+    /// by this zone.
+    pub unsafe fn extend_run(&mut self, head: *mut Page, old: usize, npages: usize) -> bool {
+        let chunk = Chunk::of_page(head);
+        let start = Chunk::index_of(head);
+        if start + npages > CHUNK_PAGES {
+            return false;
+        }
+        let mut end = start + old;
+        while end < start + npages {
+            // SAFETY: a page of the run's chunk. The page right after a
+            // block heads the next block, so one that says PG_FREE heads a
+            // free block (a block just taken has its head marked first).
+            unsafe {
+                let p = Chunk::page(chunk, end);
+                if (*p).kind() != PG_FREE {
+                    return false;
+                }
+                end += 1 << (*p).order;
+            }
+        }
+        // SAFETY: free blocks start right after the run and cover the growth.
+        unsafe { self.take_range(chunk, start + old, npages - old) };
+        true
+    }
+
+    /// Takes pages `[start, start + npages)` of `chunk`, which free blocks
+    /// starting at `start` cover, off the free lists; the rest of the last
+    /// block goes back (see [`Zone::push_spare`]). Each block taken has its
+    /// head marked `PG_NONE`, which is all a concurrent merge or walk can
+    /// look at (a buddy inside a free block is that block's head); the
+    /// caller marks the run's pages for its tier, after the zone lock.
+    ///
+    /// # Safety
+    /// Free blocks of this zone start at `start` and cover the range.
+    unsafe fn take_range(&mut self, chunk: *mut Chunk, start: usize, npages: usize) -> (*mut Page, bool) {
+        let end = start + npages;
+        let mut index = start;
+        let mut zero = true;
+        let mut spare = None;
+        while index < end {
+            // SAFETY: per the caller, `index` heads a free block.
+            unsafe {
+                let p = Chunk::page(chunk, index);
+                let order = (*p).order as usize;
+                debug_assert!((*p).kind() == PG_FREE && order < MAX_ORDER);
+                self.unlink_free(p, order);
+                (*p).set_kind(PG_NONE);
+                zero &= (*p).zero;
+                let block_end = index + (1 << order);
+                if block_end > end {
+                    spare = Some((block_end, (*p).zero, (*p).span));
+                }
+                index = block_end;
+            }
+        }
+        // SAFETY: the run is ours; the spare pages are the rest of the last
+        // block taken.
+        unsafe {
+            let head = Chunk::page(chunk, start);
+            (*head).order = order_for_pages(npages) as u8;
+            if let Some((block_end, spare_zero, stamp)) = spare {
+                self.push_spare(chunk, end, block_end, spare_zero, stamp);
+            }
+            (head, zero)
+        }
+    }
+
+    /// Puts back pages `[from, to)` of `chunk`, the end of a free block
+    /// taken whole (`to` is its end) whose first part became a run, as
+    /// naturally aligned free blocks with the block's `zero` and stamp.
+    /// They merge with nothing: cut from the front of the rest, each is
+    /// bigger than the ones before it, so its buddy lies in the run, never
+    /// among them or outside the block. That buddy's first page, which may
+    /// still say `PG_FREE` from when the block was free, is marked
+    /// `PG_NONE`, so the zone never shows two free buddies; the run's other
+    /// pages need not be marked under the lock. The pieces' pages are
+    /// `PG_FREE` already, as every page of a free block is.
+    ///
+    /// # Safety
+    /// `[from, to)` is the end of a free block of this zone just taken off
+    /// its list, `to` the block's end, and `from` past its start.
+    unsafe fn push_spare(&mut self, chunk: *mut Chunk, from: usize, to: usize, zero: bool, stamp: u32) {
+        let mut i = from;
+        while i < to {
+            let order = largest_block(i, to - i);
+            // SAFETY: per the caller, a free piece of the block nobody has,
+            // and its buddy a page of the run.
+            unsafe {
+                debug_assert!(i ^ (1 << order) < from);
+                (*Chunk::page(chunk, i ^ (1 << order))).set_kind(PG_NONE);
+                let piece = Chunk::page(chunk, i);
+                (*piece).zero = zero;
+                (*piece).span = stamp;
+                self.push_free(piece, order);
+            }
+            i += 1 << order;
+        }
     }
 
     /// Takes the free block `head` of order `current` off its list and
-    /// splits it down to `order`, the upper halves going back to the lists.
+    /// splits it down to `order`, the upper halves going back to the lists;
+    /// a whole chunk split joins `group`.
     ///
     /// # Safety
     /// `head` heads a free block on `free_area[current]`, `current >= order`.
-    unsafe fn take(&mut self, head: *mut Page, mut current: usize, order: usize) -> (*mut Page, bool) {
+    unsafe fn take(&mut self, head: *mut Page, mut current: usize, order: usize, group: u8) -> (*mut Page, bool) {
         // SAFETY: per the caller.
-        unsafe { self.free_area[current].remove(head) };
-        self.free_pages -= 1 << current;
+        unsafe { self.unlink_free(head, current) };
         // SAFETY: `head` is the head of a free block we now own.
         let zero = unsafe { (*head).zero };
         let index = Chunk::index_of(head);
         let chunk = Chunk::of_page(head);
         if current == MAX_ORDER {
             // SAFETY: a live chunk; its descriptors are about to be written.
-            unsafe { (*chunk).descriptors_released = false };
+            unsafe {
+                (*chunk).descriptors_released = false;
+                (*chunk).group = group;
+            }
         }
         while current > order {
             current -= 1;
@@ -186,16 +492,31 @@ impl Zone {
     }
 
     /// Frees the block of `order` pages headed by `head`, merging with free
-    /// buddies.
+    /// buddies; `zero` says whether its memory reads as zero. A dirty block
+    /// is stamped free since now.
     ///
     /// # Safety
     /// The block was allocated from this zone with this order (or is a
     /// naturally aligned part of such a block) and is no longer used.
     pub unsafe fn free(&mut self, head: *mut Page, order: usize, zero: bool) {
+        // SAFETY: per the caller.
+        unsafe { self.free_stamped(head, order, zero, clock_ms()) }
+    }
+
+    /// [`Zone::free`] with the time the block's memory was last used: the
+    /// merged block keeps the latest stamp of its dirty parts (clean parts
+    /// hold nothing resident, so their age does not matter), so that a
+    /// released block put back beside an idle dirty buddy does not make the
+    /// buddy look freshly used.
+    ///
+    /// # Safety
+    /// As [`Zone::free`].
+    unsafe fn free_stamped(&mut self, head: *mut Page, order: usize, zero: bool, stamp: u32) {
         let chunk = Chunk::of_page(head);
         let mut index = Chunk::index_of(head);
         let mut order = order;
         let mut zero = zero;
+        let mut last_used = (!zero).then_some(stamp);
         debug_assert!(index & ((1 << order) - 1) == 0, "block not aligned to its order");
         // SAFETY: the block's pages are ours to mark.
         unsafe { mark(head, 1 << order, PG_FREE) };
@@ -211,18 +532,24 @@ impl Zone {
             // SAFETY: the buddy heads a free block of this order, so it is on
             // free_area[order].
             unsafe {
-                self.free_area[order].remove(buddy);
+                self.unlink_free(buddy, order);
+                if !(*buddy).zero {
+                    let b = (*buddy).span;
+                    last_used = Some(last_used.map_or(b, |s| if later(b, s) { b } else { s }));
+                }
                 zero &= (*buddy).zero;
             }
-            self.free_pages -= 1 << order;
             index &= !(1 << order);
             order += 1;
         }
         // SAFETY: index is the head of the merged free block.
         unsafe {
+            if order == MAX_ORDER {
+                (*chunk).group = GROUP_FREE;
+            }
             let merged = Chunk::page(chunk, index);
             (*merged).zero = zero;
-            (*merged).span = clock_ms(); // decay stamp: free since now
+            (*merged).span = last_used.unwrap_or(stamp); // decay stamp
             self.push_free(merged, order);
         }
     }
@@ -246,108 +573,163 @@ impl Zone {
         }
     }
 
-    /// Moves every wholly free chunk (order-10 block) off the free lists
-    /// onto `out`, so their memory can be released without holding the
-    /// zone lock; give each back with [`Zone::put_free_chunk`].
+    /// Puts back a whole free chunk taken by [`Zone::isolate_idle`].
     ///
     /// # Safety
-    /// The zone's descriptors are live; `out` is a list of the caller's.
-    pub unsafe fn take_free_chunks(&mut self, out: &mut PageList) {
-        loop {
-            // SAFETY: entries of free_area are live descriptors.
-            let head = unsafe { self.free_area[MAX_ORDER].pop_front() };
-            if head.is_null() {
-                return;
-            }
-            self.free_pages -= CHUNK_PAGES;
-            // SAFETY: just unlinked from our list.
-            unsafe { out.push_front(head) };
-        }
-    }
-
-    /// Puts back a whole free chunk taken by [`Zone::take_free_chunks`].
-    ///
-    /// # Safety
-    /// `head` came from `take_free_chunks` on this zone.
-    pub unsafe fn put_free_chunk(&mut self, head: *mut Page, zero: bool) {
+    /// `head` came from `isolate_idle` on this zone, as an order-10 block.
+    unsafe fn put_free_chunk(&mut self, head: *mut Page, zero: bool, stamp: u32) {
         // SAFETY: per the caller, a free order-10 block on no list.
         unsafe {
+            (*Chunk::of_page(head)).group = GROUP_FREE;
             (*head).zero = zero;
-            (*head).span = clock_ms();
+            (*head).span = stamp;
             self.push_free(head, MAX_ORDER);
         }
     }
 
-    /// Moves free blocks whose memory is dirty (not known zero) off the
-    /// free lists onto `out`, for release without the zone lock: only
-    /// blocks of orders below `below_order`, free since at least
-    /// `min_age_ms` before `now` (by their decay stamp), lowest orders
-    /// first, until `max_pages` pages are taken. An isolated block's head
-    /// is `PG_NONE`, so no buddy merges with it meanwhile; its `order`
-    /// stays. Give each back with [`Zone::free`] (or, for a whole chunk,
-    /// [`Zone::put_free_chunk`]). Returns the pages taken.
+    /// Takes free blocks that hold resident memory idle for as long as
+    /// `filter` asks off the free lists into `out`, for release without
+    /// the zone lock; returns how many. Each dirty list is walked from its
+    /// back, where the blocks idle longest are, and the walk stops at the
+    /// first block used more recently (the lists are in the order blocks
+    /// were freed, so the cost is the blocks taken, not the blocks free); a
+    /// whole chunk that is clean but whose page descriptors are still
+    /// resident is taken too. Highest orders first. An isolated block's
+    /// head is `PG_NONE`, so no buddy merges with it meanwhile; its
+    /// `order`, `zero` and stamp stay. Give each back with
+    /// [`Zone::put_back_released`].
     ///
     /// # Safety
-    /// The zone's descriptors are live; `out` is a list of the caller's.
-    pub unsafe fn isolate_dirty(&mut self, out: &mut PageList, filter: ReleaseFilter) -> usize {
-        let mut taken = 0;
-        for order in 0..filter.below_order.min(NR_ORDERS) {
-            let mut p = self.free_area[order].first();
-            while !p.is_null() && taken < filter.max_pages {
-                // SAFETY: entries of our lists are live; `next` is read
-                // before the entry is unlinked.
-                unsafe {
-                    let next = (*p).next;
-                    let old_enough = filter.now_ms.wrapping_sub((*p).span) >= filter.min_age_ms;
-                    let holds_resident = !(*p).zero
-                        || (order == MAX_ORDER && !(*Chunk::of_page(p)).descriptors_released);
-                    if holds_resident && old_enough {
-                        self.free_area[order].remove(p);
-                        self.free_pages -= 1 << order;
-                        (*p).set_kind(PG_NONE);
-                        out.push_front(p);
-                        taken += 1 << order;
+    /// The zone's descriptors are live.
+    pub unsafe fn isolate_idle(&mut self, out: &mut [*mut Page], filter: ReleaseFilter) -> usize {
+        // SAFETY: entries of our lists are live.
+        let idle = |p: *mut Page| filter.idle(unsafe { (*p).span });
+        let mut n = 0;
+        for order in (0..NR_ORDERS).rev() {
+            for group in 0..NR_GROUPS {
+                while n < out.len() {
+                    let p = self.free_area[order].lists[group][DIRTY].last();
+                    if p.is_null() || !idle(p) {
+                        break;
                     }
-                    p = next;
+                    // SAFETY: `p` heads a free block on free_area[order].
+                    unsafe {
+                        self.unlink_free(p, order);
+                        (*p).set_kind(PG_NONE);
+                    }
+                    out[n] = p;
+                    n += 1;
                 }
             }
         }
-        taken
+        // Wholly free clean chunks with resident descriptors: few, walked whole.
+        let mut p = self.free_area[MAX_ORDER].lists[GROUP_FREE as usize][CLEAN].first();
+        while !p.is_null() && n < out.len() {
+            // SAFETY: entries of our lists are live; `next` is read before
+            // the entry is unlinked.
+            unsafe {
+                let next = (*p).next;
+                if !(*Chunk::of_page(p)).descriptors_released && idle(p) {
+                    self.unlink_free(p, MAX_ORDER);
+                    (*p).set_kind(PG_NONE);
+                    out[n] = p;
+                    n += 1;
+                }
+                p = next;
+            }
+        }
+        n
+    }
+
+    /// Puts back a block taken by [`Zone::isolate_idle`], its memory now
+    /// given back to the kernel (`zero`) or not (the `madvise` failed).
+    ///
+    /// # Safety
+    /// `head` came from `isolate_idle` on this zone and is on no list.
+    pub unsafe fn put_back_released(&mut self, head: *mut Page, zero: bool) {
+        // SAFETY: per the caller: an isolated free block of its recorded
+        // order. A whole chunk goes back by its head alone, so its released
+        // descriptors stay untouched.
+        unsafe {
+            let (order, stamp) = ((*head).order as usize, (*head).span);
+            if order == MAX_ORDER {
+                (*head).set_kind(PG_FREE);
+                self.put_free_chunk(head, zero, stamp);
+            } else {
+                self.free_stamped(head, order, zero, stamp);
+            }
+        }
     }
 
     /// Checks the invariants in the module comment; panics on a breach.
     /// For tests and debugging; walks every free list.
     pub fn check(&self) {
         let mut pages = 0usize;
-        for (order, list) in self.free_area.iter().enumerate() {
-            // SAFETY: entries of our lists are live.
-            unsafe {
-                list.for_each(|p| {
-                    assert_eq!((*p).kind(), PG_FREE, "free block head not PG_FREE");
-                    assert_eq!((*p).order as usize, order, "free block on the wrong list");
-                    let index = Chunk::index_of(p);
-                    assert_eq!(index & ((1 << order) - 1), 0, "free block misaligned");
-                    for i in 0..1usize << order {
-                        assert_eq!(page::tag(p.add(i)), 0, "page {i} of a free block of order {order}: fast-path tag");
-                    }
-                    if order < MAX_ORDER {
-                        let buddy = Chunk::page(Chunk::of_page(p), index ^ (1 << order));
-                        assert!(
-                            !((*buddy).kind() == PG_FREE && (*buddy).order as usize == order),
-                            "two free buddies of order {order} did not merge"
-                        );
-                    }
-                });
+        let mut dirty = 0usize;
+        for (order, area) in self.free_area.iter().enumerate() {
+            let lists = area.lists.iter().enumerate().flat_map(|(g, l)| [(g, &l[DIRTY], false), (g, &l[CLEAN], true)]);
+            for (group, list, clean) in lists {
+                assert!(list.is_empty() || (group == GROUP_FREE as usize) == (order == MAX_ORDER), "order {order} on group {group}'s lists");
+                // SAFETY: entries of our lists are live.
+                unsafe {
+                    list.for_each(|p| {
+                        assert_eq!((*p).kind(), PG_FREE, "free block head not PG_FREE");
+                        assert_eq!((*p).order as usize, order, "free block on the wrong list");
+                        assert_eq!((*p).zero, clean, "free block on the wrong one of dirty and clean");
+                        assert_eq!((*Chunk::of_page(p)).group as usize, group, "free block on another group's list");
+                        let index = Chunk::index_of(p);
+                        assert_eq!(index & ((1 << order) - 1), 0, "free block misaligned");
+                        for i in 0..1usize << order {
+                            assert_eq!(page::tag(p.add(i)), 0, "page {i} of a free block of order {order}: fast-path tag");
+                        }
+                        if order < MAX_ORDER {
+                            let buddy = Chunk::page(Chunk::of_page(p), index ^ (1 << order));
+                            assert!(
+                                !((*buddy).kind() == PG_FREE && (*buddy).order as usize == order),
+                                "two free buddies of order {order} did not merge"
+                            );
+                        }
+                    });
+                }
+                // The list's own count agrees with a walk.
+                let mut walked = 0;
+                // SAFETY: as above.
+                unsafe { list.for_each(|_| walked += 1) };
+                assert_eq!(walked, list.len(), "list length drifted");
+                if !clean {
+                    dirty += list.len() << order;
+                }
             }
-            pages += list.len() << order;
+            pages += area.len() << order;
         }
         assert_eq!(pages, self.free_pages, "free page count drifted");
+        assert_eq!(dirty, self.dirty_pages, "dirty page count drifted");
     }
 }
 
 impl Default for Zone {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Writes the descriptors of a new chunk as one free block, `zero` saying
+/// whether its memory reads as zero: every page `PG_FREE`, the head's
+/// flags and stamp. Done before the chunk joins a zone, so the zone lock
+/// is not held while a thousand descriptors (and the faults of their
+/// fresh pages) are written.
+///
+/// # Safety
+/// `chunk` is an initialised descriptor ([`Chunk::init`]) that no zone
+/// holds and no one else writes.
+pub unsafe fn prepare_chunk(chunk: *mut Chunk, zero: bool) {
+    // SAFETY: per the caller, the descriptors are ours to write.
+    unsafe {
+        let head = Chunk::page(chunk, 0);
+        (*chunk).group = GROUP_FREE;
+        mark(head, CHUNK_PAGES, PG_FREE);
+        (*head).zero = zero;
+        (*head).span = clock_ms();
     }
 }
 
@@ -414,18 +796,17 @@ pub unsafe fn mark_run(first: *mut Page, npages: usize, head_kind: u8, user_clas
 /// The zone every tier draws pages from.
 pub static ZONE: Mutex<Zone> = Mutex::new(Zone::new());
 
-/// Growth state; its lock serialises chunk creation and chunk map updates.
-pub struct Growth {
-    /// Chunks obtained from `brk`.
-    pub brk_chunks: usize,
-    /// Chunks obtained from `mmap`.
-    pub mmap_chunks: usize,
-    /// `brk` refused at least once (another mapping, `RLIMIT_DATA`).
-    pub brk_refused: usize,
-}
+/// Chunks obtained from `brk`.
+pub static BRK_CHUNKS: AtomicUsize = AtomicUsize::new(0);
+/// Chunks obtained from `mmap`.
+pub static MMAP_CHUNKS: AtomicUsize = AtomicUsize::new(0);
+/// Times `brk` refused a chunk (another mapping in the way, `RLIMIT_DATA`).
+pub static BRK_REFUSED: AtomicUsize = AtomicUsize::new(0);
 
-/// Lock for chunk growth and release; first in the lock order.
-pub static GROW: Mutex<Growth> = Mutex::new(Growth { brk_chunks: 0, mmap_chunks: 0, brk_refused: 0 });
+/// Held while the program break moves, by one thread at a time; a thread
+/// that finds it held maps its chunk with `mmap` rather than wait for the
+/// other's system calls (see [`grow`]). Nothing else is done under it.
+pub static GROW: Mutex<()> = Mutex::new(());
 
 /// Whether chunks may come from `brk`. Set by the C face: only the
 /// process's `malloc` may own the program break.
@@ -507,19 +888,47 @@ pub static NR_PAGE_RUNS: AtomicUsize = AtomicUsize::new(0);
 pub static PAGE_RUN_PAGES: AtomicUsize = AtomicUsize::new(0);
 
 /// Allocates exactly `npages` pages aligned to `2^align_order` pages, as
-/// the kernel's `alloc_pages_exact`: a block of the covering order is taken
-/// and the pages past `npages` go straight back to the free lists. The run
-/// is marked `PG_PAGES` with `span == npages`. Returns the head and whether
-/// the memory is known zero.
+/// the kernel's `alloc_pages_exact`, in chunks of the runs' group (see
+/// [`FreeArea`]): from free blocks next to each other when page alignment
+/// is enough and some are at hand (see [`Zone::alloc_from_fragments`]),
+/// otherwise from a block of the covering order whose pages past `npages`
+/// go straight back to the free lists; only before the zone would grow,
+/// from the slabs' group's neighbouring free blocks. The run is marked
+/// `PG_PAGES` with `span == npages`. Returns the head and whether the
+/// memory is known zero.
 pub fn alloc_pages_exact(npages: usize, align_order: usize) -> Option<(*mut Page, bool)> {
     debug_assert!((1..=CHUNK_PAGES).contains(&npages) && align_order <= MAX_ORDER);
     let order = order_for_pages(npages).max(align_order);
-    let (head, zero) = alloc_pages(order)?;
-    // SAFETY: the block is ours; the tail pages go back unused.
+    decay_tick();
+    let unaligned = align_order == 0;
+    let (head, zero) = loop {
+        {
+            let mut zone = ZONE.lock();
+            // SAFETY: the global zone's descriptors are live; a block taken
+            // is ours, and its run is marked before its tail goes back, so
+            // no tail page merges with a page of the run.
+            unsafe {
+                if let Some(run) = unaligned.then(|| zone.alloc_from_fragments(npages, GROUP_RUNS)).flatten() {
+                    break run;
+                }
+                if let Some((head, zero)) = zone.alloc_in(order, GROUP_RUNS) {
+                    let index = Chunk::index_of(head);
+                    zone.push_spare(Chunk::of_page(head), index + npages, index + (1 << order), zero, (*head).span);
+                    break (head, zero);
+                }
+                if let Some(run) = unaligned.then(|| zone.alloc_from_fragments(npages, GROUP_SLABS)).flatten() {
+                    break run;
+                }
+            }
+        }
+        if !grow(order) {
+            return None;
+        }
+    };
+    // SAFETY: the run is ours.
     unsafe {
         mark_run(head, npages, crate::page::PG_PAGES, 0);
         (*head).span = npages as u32;
-        free_page_range(head.add(npages), (1 << order) - npages);
     }
     NR_PAGE_RUNS.fetch_add(1, Ordering::Relaxed);
     PAGE_RUN_PAGES.fetch_add(npages, Ordering::Relaxed);
@@ -557,31 +966,71 @@ pub unsafe fn shrink_pages_exact(head: *mut Page, npages: usize) {
     }
 }
 
-/// Adds one chunk to the zone. Returns false when no memory could be had.
+/// Grows a run from [`alloc_pages_exact`] in place to `npages` pages when
+/// the pages right after it are free blocks, as glibc's `realloc` grows a
+/// chunk into a free neighbour: a growth chain (a buffer grown by half,
+/// again and again) then copies nothing while its run has free pages
+/// behind it, which runs cut from neighbouring free blocks often do.
+/// Returns false, with nothing changed, when they are not free (or the
+/// run would leave its chunk).
+///
+/// # Safety
+/// `head` heads a live run of fewer than `npages` pages.
+pub unsafe fn grow_pages_exact(head: *mut Page, npages: usize) -> bool {
+    // SAFETY: per the caller.
+    let old = unsafe { (*head).span } as usize;
+    debug_assert!(npages > old);
+    // SAFETY: the global zone's descriptors are live; per the caller.
+    if !unsafe { ZONE.lock().extend_run(head, old, npages) } {
+        return false;
+    }
+    // SAFETY: the run and its growth are ours.
+    unsafe {
+        mark_run(head, npages, crate::page::PG_PAGES, 0);
+        (*head).span = npages as u32;
+    }
+    PAGE_RUN_PAGES.fetch_add(npages - old, Ordering::Relaxed);
+    let grown = page::page_address(head) + (old << PAGE_SHIFT);
+    crate::pagetable::hand_out(grown, (npages - old) << PAGE_SHIFT, crate::pagetable::Tier::Pages);
+    decay_tick();
+    true
+}
+
+/// Adds one chunk to the zone for a block of `order`, unless one is free
+/// by now. Returns false when no memory could be had.
+///
+/// No lock is held across a system call that another allocation would
+/// wait for: the descriptors are mapped and written, the chunk mapped and
+/// published in the chunk map, before the zone lock is taken to add it.
+/// Threads that need to grow at once each add a chunk (address space,
+/// faulted in only when used) rather than queue behind one another's
+/// system calls, which on a machine with more threads than CPUs meant
+/// waiting for a thread that was not running.
 #[cold]
 #[inline(never)]
 fn grow(order: usize) -> bool {
     crate::heap::ensure_init();
-    // Growing adds up to 4 MiB of resident memory. If the zone holds much
-    // free memory it cannot use for this request (free blocks, all of
-    // them smaller than `order`), give back as much of it first, so that
-    // fragmentation does not make the resident set only grow.
-    release_for_growth(order);
-    let mut growth = GROW.lock();
     if ZONE.lock().can_alloc(order) {
-        return true; // another thread grew the zone while we waited
+        return true; // another thread grew the zone meanwhile
     }
-    let Some((base, source)) = map_chunk(&mut growth) else { return false };
-    let Ok(desc) = map_aligned(CHUNK_DESC_SIZE, CHUNK_DESC_ALIGN) else {
-        // SAFETY: the chunk was mapped just now and is unused.
-        unsafe { unmap_chunk(base, source) };
+    let Ok(desc) = map_aligned(CHUNK_DESC_SIZE, CHUNK_DESC_ALIGN) else { return false };
+    let Some((base, source)) = map_chunk() else {
+        // SAFETY: mapped just now, unused.
+        unsafe {
+            let _ = os::munmap(desc, CHUNK_DESC_SIZE);
+        }
         return false;
     };
     META_BYTES.fetch_add(CHUNK_DESC_SIZE, Ordering::Relaxed);
     let desc = desc as *mut Chunk;
-    // SAFETY: `desc` is fresh zeroed memory of the right size and alignment.
-    unsafe { Chunk::init(desc, base, source) };
-    // SAFETY: initialised, unpublished, registration serialised by GROW.
+    // SAFETY: `desc` is fresh zeroed memory of the right size and
+    // alignment, ours alone until published; fresh memory from the kernel
+    // reads as zero.
+    unsafe {
+        Chunk::init(desc, base, source);
+        prepare_chunk(desc, true);
+    }
+    // SAFETY: initialised and unpublished.
     let leaf = match unsafe { page::register_chunk(desc) } {
         Ok(leaf) => leaf,
         Err(_) => {
@@ -593,12 +1042,10 @@ fn grow(order: usize) -> bool {
             return false;
         }
     };
-    // SAFETY: the chunk is published and its pages are unused; fresh memory
-    // from the kernel reads as zero.
-    unsafe { ZONE.lock().add_chunk(desc, true) };
-    drop(growth);
-    // Record the regions after releasing GROW: inserting may allocate a
-    // tree node, which may need pages, which may grow the zone again.
+    // SAFETY: the chunk is published, prepared, and its pages are unused.
+    unsafe { ZONE.lock().add_chunk(desc) };
+    // Record the regions with no lock held: inserting may allocate a tree
+    // node, which may need pages, which may grow the zone again.
     let kind = match source {
         ChunkSource::Brk => VmaKind::Heap,
         ChunkSource::Mmap => VmaKind::Chunk,
@@ -622,23 +1069,26 @@ fn grow(order: usize) -> bool {
     true
 }
 
-/// Gets 4 MiB of aligned address space: from `brk` if allowed and possible,
-/// otherwise from `mmap`.
-fn map_chunk(growth: &mut Growth) -> Option<(usize, ChunkSource)> {
+/// Gets 4 MiB of aligned address space: from `brk` if allowed, possible
+/// and no other thread is moving the break right now, otherwise from
+/// `mmap`.
+fn map_chunk() -> Option<(usize, ChunkSource)> {
     if USE_BRK.load(Ordering::Relaxed) {
-        let current = os::brk_current();
-        let start = align_up(current, CHUNK_SIZE);
-        if let Some(want) = start.checked_add(CHUNK_SIZE) {
-            // SAFETY: growing the break only adds fresh pages.
-            if unsafe { os::brk_set(want) } == want {
-                growth.brk_chunks += 1;
-                return Some((start, ChunkSource::Brk));
+        if let Some(_moving) = GROW.try_lock() {
+            let current = os::brk_current();
+            let start = align_up(current, CHUNK_SIZE);
+            if let Some(want) = start.checked_add(CHUNK_SIZE) {
+                // SAFETY: growing the break only adds fresh pages.
+                if unsafe { os::brk_set(want) } == want {
+                    BRK_CHUNKS.fetch_add(1, Ordering::Relaxed);
+                    return Some((start, ChunkSource::Brk));
+                }
             }
+            BRK_REFUSED.fetch_add(1, Ordering::Relaxed);
         }
-        growth.brk_refused += 1;
     }
     let base = map_aligned(CHUNK_SIZE, CHUNK_SIZE).ok()?;
-    growth.mmap_chunks += 1;
+    MMAP_CHUNKS.fetch_add(1, Ordering::Relaxed);
     Some((base, ChunkSource::Mmap))
 }
 
@@ -694,29 +1144,38 @@ pub const fn pages_for(bytes: usize) -> usize {
 }
 
 // ---------------------------------------------------------------------------
-// Giving memory back: decay, growth and trim.
+// Giving memory back: decay and trim.
 //
 // A free block whose memory may be resident is *dirty*; one known to read
 // as zero (fresh from the kernel, or released with `MADV_DONTNEED`) is
-// clean (`Page::zero`). Every free block's head carries a decay stamp
-// (`Page::span`): the coarse time it became free. Memory goes back to the
-// kernel in three ways:
+// *clean* (`Page::zero`). The two are kept on separate lists per order
+// ([`FreeArea`]) and allocation takes a dirty block first, so memory that
+// went back to the kernel is the last to be faulted in again. Every dirty
+// block's head carries a decay stamp (`Page::span`): the coarse time its
+// memory was last in use. Memory goes back to the kernel in two ways:
 //
-// - decay: slow paths (page handout and return, growth) call
-//   [`decay_tick`]; a few times per decay period it runs the registered
-//   shrinkers (slab caches give back slabs empty for a whole period) and
-//   releases dirty free blocks free for at least the period;
-// - growth: before the zone grows for a request no free block can serve,
-//   up to a chunk's worth of dirty free blocks too small for it go back
-//   (see [`grow`]), so fragmentation does not ratchet the resident set;
-// - trim ([`release_free_memory`] with no age, from `malloc_trim`):
-//   everything free goes back at once.
+// - decay: slow paths (page handout and return) call [`decay_tick`]; a
+//   few times per decay period it runs the registered shrinkers (slab
+//   caches give back slabs empty for a whole period) and releases dirty
+//   free blocks idle for at least the period. Nothing used more recently
+//   goes back: a program that keeps reusing its free memory never sees it
+//   released and faulted in again. (Releasing young blocks, as a release
+//   before every growth of the zone once did, made a program churning
+//   400 MiB of mixed sizes on two threads fault in 470,000 pages where
+//   glibc faulted 133,000, with 148,000 `madvise` calls: issue 18.)
+// - trim ([`release_free_memory`], from `malloc_trim`): every dirty free
+//   block at once, whatever its age.
 //
 // Release takes the chosen blocks off the free lists under the zone lock
-// (isolated: no allocation or merge sees them), calls `madvise` without
-// the lock, and frees them again as clean blocks. A wholly free chunk also
-// gives back its page descriptors but the first page (which holds the
-// head's), so an idle chunk costs 4 KiB of metadata instead of 40.
+// (isolated: no allocation or merge sees them), a batch at a time, sorts
+// them by address and gives back each run of adjacent blocks with one
+// `madvise`, without the lock, then puts them back as clean. A wholly free
+// chunk also gives back its page descriptors but the first page (which
+// holds the head's), so an idle chunk costs 4 KiB of metadata instead of
+// 40. A scan never runs while some thread holds a lock that allocation
+// needs and that may be held across a call into the buddy (see
+// [`defer_decay`]): the scan's system calls would stall every thread that
+// waits for it.
 
 /// Default [`DECAY_MS`]: how long free memory stays resident, in
 /// milliseconds (`BUDDYSLAB_DECAY_MS`).
@@ -732,8 +1191,14 @@ const TICK_EVERY: u32 = 8;
 static CLOCK_MS: AtomicU32 = AtomicU32::new(0);
 static EVENTS: AtomicU32 = AtomicU32::new(0);
 static LAST_SCAN_MS: AtomicU32 = AtomicU32::new(0);
-/// Bytes given back to the kernel so far, by decay, growth and trim.
+/// Bytes given back to the kernel so far, by decay and trim.
 pub static RELEASED_BYTES: AtomicUsize = AtomicUsize::new(0);
+/// `madvise` calls made so far to give free memory back (decay and trim).
+pub static RELEASE_CALLS: AtomicUsize = AtomicUsize::new(0);
+/// Decay scans run so far.
+pub static DECAY_SCANS: AtomicUsize = AtomicUsize::new(0);
+/// Guards from [`defer_decay`] alive now, in all threads.
+static DECAY_DEFERRED: AtomicUsize = AtomicUsize::new(0);
 
 /// The coarse clock in milliseconds (no system call: the value the last
 /// tick read).
@@ -742,17 +1207,30 @@ pub fn clock_ms() -> u32 {
     CLOCK_MS.load(Ordering::Relaxed)
 }
 
-/// Which free blocks [`Zone::isolate_dirty`] takes.
+/// Which free blocks [`Zone::isolate_idle`] takes.
 #[derive(Clone, Copy, Debug)]
 pub struct ReleaseFilter {
-    /// Only orders below this.
-    pub below_order: usize,
-    /// Only blocks whose stamp is at least this old at `now_ms`.
-    pub min_age_ms: u32,
+    /// Only blocks idle for at least this long at `now_ms`; `None` for
+    /// every dirty block whatever its age.
+    pub min_age_ms: Option<u32>,
     /// The time the ages are measured at.
     pub now_ms: u32,
-    /// Stop after this many pages.
-    pub max_pages: usize,
+}
+
+impl ReleaseFilter {
+    /// Every dirty block idle for `min_age_ms` (`None`: every one).
+    pub const fn idle_for(min_age_ms: Option<u32>, now_ms: u32) -> Self {
+        ReleaseFilter { min_age_ms, now_ms }
+    }
+
+    /// Whether a block stamped `stamp` is idle long enough. A stamp later
+    /// than `now_ms` (another thread's tick moved the clock on) is young.
+    fn idle(&self, stamp: u32) -> bool {
+        match self.min_age_ms {
+            None => true,
+            Some(min) => (self.now_ms.wrapping_sub(stamp) as i32) >= min as i32,
+        }
+    }
 }
 
 /// What a shrinker is asked to do: give back what it holds that has been
@@ -802,11 +1280,35 @@ fn run_shrinkers(control: ShrinkControl) -> usize {
     n
 }
 
+/// While one of these lives, no decay scan starts, in any thread. A tier
+/// takes one with a lock that allocation needs when, holding it, it may
+/// call into the buddy (the large tier's cache lock, held while the region
+/// tree takes a node from a slab cache): a scan started there would run
+/// its `madvise` calls with that lock held. A scan skipped runs at a later
+/// tick.
+#[must_use]
+pub struct DecayDeferred(());
+
+/// Defers decay scans until the returned guard is dropped.
+#[inline]
+pub fn defer_decay() -> DecayDeferred {
+    DECAY_DEFERRED.fetch_add(1, Ordering::Acquire);
+    DecayDeferred(())
+}
+
+impl Drop for DecayDeferred {
+    #[inline]
+    fn drop(&mut self) {
+        DECAY_DEFERRED.fetch_sub(1, Ordering::Release);
+    }
+}
+
 /// The decay hook: every tier calls it on its slow paths (never per
 /// object). Cheap: one atomic add, a clock read every few calls, and a
-/// scan at most four times per decay period, by one thread at a time.
-/// Must be called with no allocator lock held but (optionally) CPU depot
-/// locks and `CPUS_GROW`, which come first in the lock order.
+/// scan at most four times per decay period, by one thread at a time,
+/// whose cost is the blocks it releases (see [`Zone::isolate_idle`]).
+/// Must be called with no allocator lock held, or under a
+/// [`defer_decay`] guard.
 pub fn decay_tick() {
     if EVENTS.fetch_add(1, Ordering::Relaxed) % TICK_EVERY != 0 {
         return;
@@ -815,7 +1317,7 @@ pub fn decay_tick() {
     CLOCK_MS.store(now, Ordering::Relaxed);
     let period = DECAY_MS.load(Ordering::Relaxed);
     let last = LAST_SCAN_MS.load(Ordering::Relaxed);
-    if now.wrapping_sub(last) < period / 4 {
+    if now.wrapping_sub(last) < period / 4 || DECAY_DEFERRED.load(Ordering::Acquire) != 0 {
         return;
     }
     if LAST_SCAN_MS.compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed).is_err() {
@@ -825,16 +1327,16 @@ pub fn decay_tick() {
 }
 
 /// Runs one decay scan at `now_ms` (the shrinkers, then the buddy's dirty
-/// free blocks). Returns the pages given back. Tests and tiers that know
-/// the time may call it directly.
+/// free blocks idle for a decay period). Returns the pages given back.
+/// Tests and tiers that know the time may call it directly.
 pub fn decay_now(now_ms: u32) -> usize {
+    DECAY_SCANS.fetch_add(1, Ordering::Relaxed);
     let period = DECAY_MS.load(Ordering::Relaxed);
     let shrunk = run_shrinkers(ShrinkControl { now_ms, min_age_ms: Some(period) });
     // Blocks on the per-CPU page lists are invisible to the zone; back on
-    // its lists they are stamped now and go at the next scan if unused.
+    // its lists they keep the stamp of their free and go once idle.
     pcp::drain_all();
-    let filter = ReleaseFilter { below_order: NR_ORDERS, min_age_ms: period, now_ms, max_pages: usize::MAX };
-    shrunk + (release(filter) >> PAGE_SHIFT)
+    shrunk + (release(ReleaseFilter::idle_for(Some(period), now_ms)) >> PAGE_SHIFT)
 }
 
 /// Runs every shrinker for everything it holds (for `malloc_trim`).
@@ -846,82 +1348,140 @@ pub fn shrink_all() -> usize {
 /// Returns the bytes released.
 pub fn release_free_memory() -> usize {
     pcp::drain_all();
-    let filter = ReleaseFilter { below_order: NR_ORDERS, min_age_ms: 0, now_ms: clock_ms(), max_pages: usize::MAX };
-    release(filter)
+    release(ReleaseFilter::idle_for(None, clock_ms()))
 }
 
-/// Free memory held before the zone grows for a block of `order`: when
-/// the zone holds more than two chunks' worth of free pages but none in a
-/// block big enough, up to a chunk's worth of dirty blocks that are too
-/// small go back first (lowest orders first).
-fn release_for_growth(order: usize) {
-    let free = ZONE.lock().free_pages;
-    if free < 2 * CHUNK_PAGES {
-        return;
-    }
-    release(ReleaseFilter { below_order: order, min_age_ms: 0, now_ms: clock_ms(), max_pages: CHUNK_PAGES });
-}
+/// Blocks isolated, released and put back at a time: the zone lock is
+/// held for this many at most, and one system call releases them.
+const RELEASE_BATCH: usize = 128;
 
-/// Isolates the blocks `filter` picks, releases them with
-/// `MADV_DONTNEED`, and frees them again as clean. Returns bytes released.
+/// Isolates the blocks `filter` picks, a batch at a time, releases them
+/// with `MADV_DONTNEED`, and frees them again as clean. Returns bytes
+/// released.
 fn release(filter: ReleaseFilter) -> usize {
-    let mut taken = PageList::new();
-    {
-        let mut zone = ZONE.lock();
-        // SAFETY: the global zone's descriptors are live.
-        if unsafe { zone.isolate_dirty(&mut taken, filter) } == 0 {
-            return 0;
-        }
-    }
     let mut released = 0;
-    // SAFETY: the isolated blocks are on no zone list and no one else
-    // uses them until they are freed below.
-    unsafe {
-        taken.for_each(|head| {
-            let order = (*head).order as usize;
-            let (addr, len) = (page::page_address(head), PAGE_SIZE << order);
-            if !(*head).zero && os::madvise_dontneed(addr, len).is_ok() {
-                released += len;
-                (*head).zero = true;
-                crate::pagetable::advised(addr, len);
-            }
-            let chunk = Chunk::of_page(head);
-            if order == MAX_ORDER && !(*chunk).descriptors_released {
-                // The chunk is wholly free: its descriptors past the first
-                // page are all PG_FREE tails, and reading back zero
-                // (PG_NONE) serves them as well. They are written again
-                // when the chunk is split.
-                let (desc, len) = (chunk as usize + PAGE_SIZE, CHUNK_DESC_SIZE - PAGE_SIZE);
-                if os::madvise_dontneed(desc, len).is_ok() {
-                    released += len;
-                    (*chunk).descriptors_released = true;
-                    crate::pagetable::advised(desc, len);
-                }
-            }
-        });
-    }
-    let mut zone = ZONE.lock();
     loop {
-        // SAFETY: isolated from this zone above.
-        let head = unsafe { taken.pop_front() };
-        if head.is_null() {
+        let mut batch = [ptr::null_mut::<Page>(); RELEASE_BATCH];
+        // SAFETY: the global zone's descriptors are live.
+        let n = unsafe { ZONE.lock().isolate_idle(&mut batch, filter) };
+        if n == 0 {
             break;
         }
-        // SAFETY: an isolated free block of its recorded order. A whole
-        // chunk goes back by its head alone, so its released descriptors
-        // stay untouched.
+        let batch = &mut batch[..n];
+        batch.sort_unstable_by_key(|&p| page::page_address(p));
+        // SAFETY: the isolated blocks are on no zone list and no one else
+        // uses them until they are put back below.
+        released += unsafe { release_isolated(batch) };
+        let mut zone = ZONE.lock();
+        for &head in batch.iter() {
+            // SAFETY: isolated from this zone above.
+            unsafe { zone.put_back_released(head, (*head).zero) };
+        }
+        drop(zone);
+        if n < RELEASE_BATCH {
+            break;
+        }
+    }
+    RELEASED_BYTES.fetch_add(released, Ordering::Relaxed);
+    released
+}
+
+/// Calls `f(start, len, blocks)` for each run of dirty blocks of `batch`
+/// (sorted by address) that lie next to each other in memory, `blocks`
+/// being their indices in `batch`: the range one `madvise` gives back.
+///
+/// # Safety
+/// Every block in `batch` was isolated by [`Zone::isolate_idle`].
+unsafe fn for_each_dirty_run(batch: &[*mut Page], mut f: impl FnMut(usize, usize, core::ops::Range<usize>)) {
+    let mut i = 0;
+    while i < batch.len() {
+        // SAFETY: isolated blocks are ours; their descriptors are live.
         unsafe {
-            let order = (*head).order as usize;
-            if order == MAX_ORDER {
-                (*head).set_kind(PG_FREE);
-                zone.put_free_chunk(head, (*head).zero);
-            } else {
-                zone.free(head, order, (*head).zero);
+            if (*batch[i]).zero {
+                i += 1; // a clean chunk, isolated for its descriptors only
+                continue;
+            }
+            let start = page::page_address(batch[i]);
+            let mut end = start + (PAGE_SIZE << (*batch[i]).order);
+            let mut j = i + 1;
+            while j < batch.len() && !(*batch[j]).zero && page::page_address(batch[j]) == end {
+                end += PAGE_SIZE << (*batch[j]).order;
+                j += 1;
+            }
+            f(start, end - start, i..j);
+            i = j;
+        }
+    }
+}
+
+/// Gives the memory of isolated free blocks back to the kernel: one range
+/// per run of dirty blocks adjacent in memory (`batch` is sorted by
+/// address), and one per wholly free chunk whose descriptors are still
+/// resident, all in as few system calls as the kernel allows (see
+/// [`os::madvise_dontneed_ranges`]). Marks the blocks released `zero`.
+/// Returns the bytes released.
+///
+/// # Safety
+/// Every block in `batch` was isolated by [`Zone::isolate_idle`] and is
+/// used by no one; `batch` holds at most [`RELEASE_BATCH`] blocks.
+unsafe fn release_isolated(batch: &[*mut Page]) -> usize {
+    const _: () = assert!(RELEASE_BATCH <= u8::MAX as usize);
+    let mut ranges = [os::Range::default(); RELEASE_BATCH];
+    // Per range: the blocks of `batch` it covers.
+    let mut covers = [(0u8, 0u8); RELEASE_BATCH];
+    let mut n = 0;
+    // SAFETY: per the caller.
+    unsafe {
+        for_each_dirty_run(batch, |start, len, blocks| {
+            ranges[n] = os::Range { start, len };
+            covers[n] = (blocks.start as u8, blocks.end as u8);
+            n += 1;
+        });
+    }
+    let mut done = [false; RELEASE_BATCH];
+    let mut released = 0;
+    if n > 0 {
+        // SAFETY: each range is memory of isolated blocks nobody uses.
+        let calls = unsafe { os::madvise_dontneed_ranges(&ranges[..n], &mut done) };
+        RELEASE_CALLS.fetch_add(calls, Ordering::Relaxed);
+    }
+    for i in (0..n).filter(|&i| done[i]) {
+        let os::Range { start, len } = ranges[i];
+        released += len;
+        // SAFETY: isolated blocks are ours.
+        batch[covers[i].0 as usize..covers[i].1 as usize].iter().for_each(|&p| unsafe { (*p).zero = true });
+        crate::pagetable::advised(start, len);
+    }
+    // Wholly free chunks, their memory released: their descriptors past
+    // the first page are all PG_FREE tails, and reading back zero
+    // (PG_NONE) serves them as well. They are written again when the
+    // chunk is split.
+    // Per range: the block of `batch` whose chunk it describes.
+    n = 0;
+    for (i, &head) in batch.iter().enumerate() {
+        // SAFETY: isolated blocks are ours; their descriptors are live.
+        unsafe {
+            let chunk = Chunk::of_page(head);
+            if (*head).order as usize == MAX_ORDER && (*head).zero && !(*chunk).descriptors_released {
+                ranges[n] = os::Range { start: chunk as usize + PAGE_SIZE, len: CHUNK_DESC_SIZE - PAGE_SIZE };
+                covers[n] = (i as u8, i as u8 + 1);
+                n += 1;
             }
         }
     }
-    drop(zone);
-    RELEASED_BYTES.fetch_add(released, Ordering::Relaxed);
+    if n > 0 {
+        done = [false; RELEASE_BATCH];
+        // SAFETY: the descriptors of wholly free, isolated chunks, which
+        // nobody reads until the chunk is put back and split.
+        let calls = unsafe { os::madvise_dontneed_ranges(&ranges[..n], &mut done) };
+        RELEASE_CALLS.fetch_add(calls, Ordering::Relaxed);
+        for i in (0..n).filter(|&i| done[i]) {
+            released += ranges[i].len;
+            // SAFETY: as above.
+            unsafe { (*Chunk::of_page(batch[covers[i].0 as usize])).descriptors_released = true };
+            crate::pagetable::advised(ranges[i].start, ranges[i].len);
+        }
+    }
     released
 }
 
@@ -948,7 +1508,8 @@ mod tests {
                 // SAFETY: fresh zeroed memory.
                 unsafe {
                     Chunk::init(desc, (i + 1) << 40, ChunkSource::Mmap);
-                    zone.add_chunk(desc, true);
+                    prepare_chunk(desc, true);
+                    zone.add_chunk(desc);
                 }
                 chunks.push(desc);
             }
@@ -991,56 +1552,203 @@ mod tests {
         assert!(idle >= 17, "only {idle} of 20 released chunks are non-resident");
     }
 
-    #[test]
-    fn isolate_dirty_takes_what_the_filter_says() {
-        let mut t = TestZone::new(1);
+    /// Hands out every page of the test zone's first chunk singly, then
+    /// frees pages `1`, `4..6`, `8..12` and `16..24` at coarse times 1000,
+    /// 1100, 1200 and 1300: a dirty free block of each order 0..=3 (their
+    /// buddies stay allocated), freed in that order.
+    ///
+    /// # Safety
+    /// `t` is fresh.
+    unsafe fn four_dirty_blocks(t: &mut TestZone) {
         // SAFETY: test zone descriptors are live; blocks are freed once.
         unsafe {
-            // Every page handed out singly, then a dirty free block of
-            // each order 0..=3 made by freeing neighbours: page 1, pages
-            // 4..6, 8..12, 16..24 (their buddies stay allocated).
             for _ in 0..CHUNK_PAGES {
                 t.zone.alloc(0).unwrap();
             }
             let chunk = t.chunks[0];
-            CLOCK_MS.store(1000, Ordering::Relaxed);
-            for index in [1].into_iter().chain(4..6).chain(8..12).chain(16..24) {
-                t.zone.free(Chunk::page(chunk, index), 0, false);
+            let groups: [(core::ops::Range<usize>, u32); 4] = [(1..2, 1000), (4..6, 1100), (8..12, 1200), (16..24, 1300)];
+            for (pages, stamp) in groups {
+                for index in pages {
+                    t.zone.free_stamped(Chunk::page(chunk, index), 0, false, stamp);
+                }
             }
             t.zone.check();
+        }
+    }
+
+    #[test]
+    fn isolate_idle_takes_only_blocks_idle_long_enough() {
+        let mut t = TestZone::new(1);
+        // SAFETY: test zone descriptors are live; isolated blocks go back once.
+        unsafe {
+            four_dirty_blocks(&mut t);
             for order in 0..4 {
-                assert_eq!(t.zone.nr_free(order), 1);
+                assert_eq!((t.zone.nr_free(order), t.zone.nr_dirty(order)), (1, 1), "order {order}");
             }
             let dirty_pages = 1 + 2 + 4 + 8;
+            assert_eq!(t.zone.dirty_pages, dirty_pages);
             let free_before = t.zone.free_pages;
-            let mut out = PageList::new();
-            // Too young: nothing.
-            let f = ReleaseFilter { below_order: NR_ORDERS, min_age_ms: 500, now_ms: 1200, max_pages: usize::MAX };
-            assert_eq!(t.zone.isolate_dirty(&mut out, f), 0);
-            // Orders below 2 only.
-            let f = ReleaseFilter { below_order: 2, min_age_ms: 500, now_ms: 1600, max_pages: usize::MAX };
-            assert_eq!(t.zone.isolate_dirty(&mut out, f), 3);
+            let mut out = [ptr::null_mut(); 8];
+            // Idle for 500 ms at 1600: the blocks freed at 1000 and 1100.
+            let f = ReleaseFilter::idle_for(Some(500), 1600);
+            assert_eq!(t.zone.isolate_idle(&mut out, f), 2);
+            assert_eq!(out[..2].iter().map(|&p| (*p).order).collect::<Vec<_>>(), [1, 0], "highest order first");
             assert_eq!(t.zone.free_pages, free_before - 3);
             t.zone.check();
-            // The rest, but at most 4 pages: order 2 fits, order 3 not.
-            let f = ReleaseFilter { below_order: NR_ORDERS, min_age_ms: 0, now_ms: 1600, max_pages: 4 };
-            assert_eq!(t.zone.isolate_dirty(&mut out, f), 4);
-            assert_eq!(out.len(), 3);
-            let f = ReleaseFilter { below_order: NR_ORDERS, min_age_ms: 0, now_ms: 1600, max_pages: usize::MAX };
-            assert_eq!(t.zone.isolate_dirty(&mut out, f), 8);
+            // A clock behind the stamps (another thread's tick) takes nothing.
+            let f = ReleaseFilter::idle_for(Some(0), 900);
+            assert_eq!(t.zone.isolate_idle(&mut out[2..], f), 0);
+            // Trim takes the rest, as far as `out` has room.
+            let f = ReleaseFilter::idle_for(None, 0);
+            assert_eq!(t.zone.isolate_idle(&mut out[2..3], f), 1);
+            assert_eq!((*out[2]).order, 3);
+            assert_eq!(t.zone.isolate_idle(&mut out[3..], f), 1);
             assert_eq!(t.zone.free_pages, free_before - dirty_pages);
-            // Back as clean blocks, on their lists again.
-            loop {
-                let h = out.pop_front();
-                if h.is_null() {
-                    break;
-                }
-                let order = (*h).order as usize;
-                t.zone.free(h, order, true);
+            assert_eq!(t.zone.dirty_pages, 0);
+            // Back as released: clean, on their lists again, never taken again.
+            for &p in &out[..4] {
+                t.zone.put_back_released(p, true);
             }
             t.zone.check();
             assert_eq!(t.zone.free_pages, free_before);
-            assert_eq!(t.zone.isolate_dirty(&mut out, f), 0, "released blocks are clean");
+            assert_eq!(t.zone.dirty_pages, 0);
+            assert_eq!(t.zone.isolate_idle(&mut out, f), 0, "released blocks are clean");
+        }
+    }
+
+    #[test]
+    fn a_released_block_put_back_keeps_its_dirty_buddy_s_age() {
+        let mut t = TestZone::new(1);
+        // SAFETY: test zone descriptors are live; blocks are freed once.
+        unsafe {
+            let (a, _) = t.zone.alloc(0).unwrap();
+            let (b, _) = t.zone.alloc(0).unwrap();
+            assert_eq!(Chunk::index_of(b), 1, "buddies");
+            t.zone.free_stamped(b, 0, false, 1000);
+            // `a` comes back released (clean) at 5000: the merged block is
+            // dirty and as idle as `b`, not freshly used.
+            t.zone.free_stamped(a, 0, true, 5000);
+            t.zone.check();
+            // It merges all the way up: the rest of the chunk is free and clean.
+            let merged = t.zone.free_area[MAX_ORDER].lists[GROUP_FREE as usize][DIRTY].first();
+            assert_eq!((Chunk::index_of(merged), (*merged).span), (0, 1000));
+        }
+    }
+
+    #[test]
+    fn dirty_blocks_are_handed_out_before_clean_ones() {
+        let mut t = TestZone::new(2);
+        // SAFETY: test zone descriptors are live; blocks are freed once.
+        unsafe {
+            // Both chunks are clean. Dirty an order-5 block in the second.
+            let (first, _) = t.zone.alloc(MAX_ORDER).unwrap();
+            let (second, _) = t.zone.alloc(MAX_ORDER).unwrap();
+            t.zone.free(first, MAX_ORDER, true);
+            t.zone.free_range(second.add(32), CHUNK_PAGES - 32);
+            t.zone.free(second, 5, false);
+            t.zone.check();
+            assert_eq!(t.zone.dirty_pages, CHUNK_PAGES, "the second chunk merged dirty");
+            // Order-0 requests split the dirty chunk, not the clean one.
+            for _ in 0..4 {
+                let (p, zero) = t.zone.alloc(0).unwrap();
+                assert!(!zero && Chunk::of_page(p) == Chunk::of_page(second));
+            }
+            t.zone.check();
+        }
+    }
+
+    #[test]
+    fn runs_and_slabs_take_blocks_in_chunks_of_their_own() {
+        let mut t = TestZone::new(3);
+        // SAFETY: test zone descriptors are live; blocks are freed once.
+        unsafe {
+            let (slab, _) = t.zone.alloc_in(0, GROUP_SLABS).unwrap();
+            let (run, _) = t.zone.alloc_in(4, GROUP_RUNS).unwrap();
+            let (slab_chunk, run_chunk) = (Chunk::of_page(slab), Chunk::of_page(run));
+            assert!(slab_chunk != run_chunk);
+            assert_eq!(((*slab_chunk).group, (*run_chunk).group), (GROUP_SLABS, GROUP_RUNS));
+            // Later requests stay in their group's chunk while it has room.
+            for _ in 0..20 {
+                assert_eq!(Chunk::of_page(t.zone.alloc_in(2, GROUP_SLABS).unwrap().0), slab_chunk);
+                assert_eq!(Chunk::of_page(t.zone.alloc_in(3, GROUP_RUNS).unwrap().0), run_chunk);
+            }
+            t.zone.check();
+            // With no free chunk left and its own chunk full, a group takes
+            // the other's blocks rather than fail.
+            let (third, _) = t.zone.alloc_in(MAX_ORDER, GROUP_SLABS).unwrap();
+            assert_eq!((*Chunk::of_page(third)).group, GROUP_SLABS);
+            while let Some((p, _)) = t.zone.alloc_in(6, GROUP_SLABS) {
+                if Chunk::of_page(p) == run_chunk {
+                    break;
+                }
+                assert_eq!(Chunk::of_page(p), slab_chunk);
+            }
+            t.zone.check();
+            // A chunk whose blocks all come back is free again, of no group.
+            t.zone.free(third, MAX_ORDER, false);
+            assert_eq!((*Chunk::of_page(third)).group, GROUP_FREE);
+            t.zone.check();
+        }
+    }
+
+    #[test]
+    fn a_run_grows_into_free_pages_after_it() {
+        let mut t = TestZone::new(1);
+        // SAFETY: test zone descriptors are live; blocks are freed once.
+        unsafe {
+            // A run of 9 pages from a fresh chunk: 7 free pages follow it
+            // in its order-4 block, then free blocks to the chunk's end.
+            let (head, _) = t.zone.alloc_in(4, GROUP_RUNS).unwrap();
+            let index = Chunk::index_of(head);
+            t.zone.push_spare(Chunk::of_page(head), index + 9, index + 16, true, 0);
+            mark(head, 9, PG_NONE);
+            t.zone.check();
+            assert!(t.zone.extend_run(head, 9, 14));
+            mark(head, 14, PG_NONE);
+            t.zone.check();
+            assert_eq!(t.zone.free_pages, CHUNK_PAGES - 14);
+            // Past the chunk's end: no.
+            assert!(!t.zone.extend_run(head, 14, CHUNK_PAGES + 1));
+            // Into a page in use: no, and nothing changes.
+            let (other, _) = t.zone.alloc_in(0, GROUP_RUNS).unwrap();
+            assert_eq!(Chunk::index_of(other), 14);
+            assert!(!t.zone.extend_run(head, 14, 20));
+            assert_eq!(t.zone.free_pages, CHUNK_PAGES - 15);
+            t.zone.check();
+            t.zone.free(other, 0, false);
+            t.zone.free_range(head, 14);
+            t.zone.check();
+            assert_eq!(t.zone.nr_free(MAX_ORDER), 1);
+        }
+    }
+
+    #[test]
+    fn adjacent_released_blocks_go_back_in_one_call() {
+        let mut t = TestZone::new(1);
+        // SAFETY: test zone descriptors are live; isolated blocks go back once.
+        unsafe {
+            four_dirty_blocks(&mut t);
+            // Pages 2 and 3 too: then pages 1..6 are free, in three blocks
+            // (1, 2..4, 4..6) none of which are buddies of each other.
+            let chunk = t.chunks[0];
+            t.zone.free(Chunk::page(chunk, 2), 0, false);
+            t.zone.free(Chunk::page(chunk, 3), 0, false);
+            t.zone.check();
+            let mut out = [ptr::null_mut(); 8];
+            let n = t.zone.isolate_idle(&mut out, ReleaseFilter::idle_for(None, 0));
+            assert_eq!(n, 5);
+            let batch = &mut out[..n];
+            batch.sort_unstable_by_key(|&p| page::page_address(p));
+            let mut runs = Vec::new();
+            for_each_dirty_run(batch, |start, len, blocks| runs.push((start, len, blocks.len())));
+            let base = page::page_address(Chunk::page(chunk, 0));
+            let page = |i: usize| base + i * PAGE_SIZE;
+            // 1..6 in one, 8..12 and 16..24 on their own.
+            assert_eq!(runs, [(page(1), 5 * PAGE_SIZE, 3), (page(8), 4 * PAGE_SIZE, 1), (page(16), 8 * PAGE_SIZE, 1)]);
+            for &p in batch.iter() {
+                t.zone.put_back_released(p, true);
+            }
+            t.zone.check();
         }
     }
 
@@ -1083,6 +1791,9 @@ mod tests {
         // SAFETY: test zone descriptors are live.
         unsafe {
             let (head, _) = t.zone.alloc(3).unwrap();
+            // Handed out, as `alloc_pages_exact` marks a run: no page of it
+            // may look like a free buddy while part of it is freed.
+            mark(head, 8, PG_NONE);
             // Keep 5 of 8 pages, give the other 3 back, then the 5.
             t.zone.free_range(head.add(5), 3);
             t.zone.check();
@@ -1096,74 +1807,135 @@ mod tests {
     #[derive(Clone, Debug)]
     enum Op {
         Alloc(usize),
+        /// A block of this order for the runs' group.
+        AllocRuns(usize),
+        /// An exact run of this many pages from adjacent free blocks.
+        Run(usize),
         Free(usize),
+        /// Release every dirty block (as trim does, without the system call).
+        Release,
     }
 
     fn ops() -> impl Strategy<Value = Vec<Op>> {
         prop::collection::vec(
             prop_oneof![
                 3 => (0usize..=MAX_ORDER).prop_map(Op::Alloc),
-                2 => any::<usize>().prop_map(Op::Free),
+                2 => (0usize..=MAX_ORDER).prop_map(Op::AllocRuns),
+                2 => (2usize..80).prop_map(Op::Run),
+                3 => any::<usize>().prop_map(Op::Free),
+                1 => Just(Op::Release),
             ],
             1..400,
         )
     }
 
     proptest! {
-        /// Random alloc/free sequences against a model of live blocks: no
-        /// two live blocks overlap, blocks are aligned to their order, the
-        /// page counts match, and freeing everything coalesces back to whole
-        /// chunks.
+        /// Random alloc/free sequences against a model of live blocks and
+        /// runs: no two live ones overlap, blocks are aligned to their
+        /// order, the page counts match, and freeing everything coalesces
+        /// back to whole chunks.
         #[test]
         fn model_no_overlap_and_full_coalescing(ops in ops()) {
             let mut t = TestZone::new(3);
-            // (chunk index, first page) -> (order, head)
+            // (chunk index, first page) -> (pages, head)
             let mut live: BTreeMap<(usize, usize), (usize, *mut Page)> = BTreeMap::new();
             let mut live_pages = 0usize;
             for op in ops {
-                match op {
-                    Op::Alloc(order) => {
-                        // SAFETY: test zone descriptors are live.
-                        match unsafe { t.zone.alloc(order) } {
-                            Some((head, _)) => {
-                                let chunk = Chunk::of_page(head);
-                                let ci = t.chunks.iter().position(|&c| c == chunk).unwrap();
-                                let index = Chunk::index_of(head);
-                                prop_assert_eq!(index % (1 << order), 0);
-                                let end = index + (1 << order);
-                                for (&(c, start), &(o, _)) in &live {
-                                    if c == ci {
-                                        prop_assert!(end <= start || start + (1 << o) <= index,
-                                            "overlap: new [{index},{end}) with [{start},{})", start + (1 << o));
-                                    }
-                                }
-                                live.insert((ci, index), (order, head));
-                                live_pages += 1 << order;
-                            }
-                            None => prop_assert!(t.zone.free_pages < 3 * CHUNK_PAGES),
-                        }
-                    }
+                let got = match op {
+                    // SAFETY: test zone descriptors are live.
+                    Op::Alloc(order) => unsafe { t.zone.alloc(order) }.map(|(head, _)| (head, 1 << order, order)),
+                    // SAFETY: as above.
+                    Op::Run(n) => unsafe { t.zone.alloc_from_fragments(n, GROUP_RUNS).or_else(|| t.zone.alloc_from_fragments(n, GROUP_SLABS)) }
+                        .map(|(head, _)| (head, n, 0)),
+                    // SAFETY: as above.
+                    Op::AllocRuns(order) => unsafe { t.zone.alloc_in(order, GROUP_RUNS) }.map(|(head, _)| (head, 1 << order, order)),
                     Op::Free(pick) => {
                         if live.is_empty() { continue; }
                         let key = *live.keys().nth(pick % live.len()).unwrap();
-                        let (order, head) = live.remove(&key).unwrap();
-                        // SAFETY: allocated above with this order, unused.
-                        unsafe { t.zone.free(head, order, false) };
-                        live_pages -= 1 << order;
+                        let (npages, head) = live.remove(&key).unwrap();
+                        // SAFETY: allocated above with these pages, unused.
+                        unsafe { t.zone.free_range(head, npages) };
+                        live_pages -= npages;
+                        None
                     }
+                    Op::Release => {
+                        let mut out = [ptr::null_mut(); 16];
+                        let f = ReleaseFilter::idle_for(None, 0);
+                        // SAFETY: test zone descriptors are live; the
+                        // isolated blocks go back at once.
+                        unsafe {
+                            let n = t.zone.isolate_idle(&mut out, f);
+                            t.zone.check();
+                            for &p in &out[..n] {
+                                t.zone.put_back_released(p, true);
+                            }
+                        }
+                        None
+                    }
+                };
+                if let Some((head, npages, align_order)) = got {
+                    // Handed out, as the tiers mark what they take.
+                    // SAFETY: the pages are ours.
+                    unsafe { mark(head, npages, PG_NONE) };
+                    let chunk = Chunk::of_page(head);
+                    let ci = t.chunks.iter().position(|&c| c == chunk).unwrap();
+                    let index = Chunk::index_of(head);
+                    prop_assert_eq!(index % (1 << align_order), 0);
+                    let end = index + npages;
+                    prop_assert!(end <= CHUNK_PAGES);
+                    for (&(c, start), &(n, _)) in &live {
+                        if c == ci {
+                            prop_assert!(end <= start || start + n <= index,
+                                "overlap: new [{index},{end}) with [{start},{})", start + n);
+                        }
+                    }
+                    live.insert((ci, index), (npages, head));
+                    live_pages += npages;
+                } else if let Op::Alloc(_) | Op::AllocRuns(_) = op {
+                    prop_assert!(t.zone.free_pages < 3 * CHUNK_PAGES);
                 }
                 t.zone.check();
                 prop_assert_eq!(t.zone.free_pages + live_pages, 3 * CHUNK_PAGES);
             }
-            for (_, (order, head)) in std::mem::take(&mut live) {
+            for (_, (npages, head)) in std::mem::take(&mut live) {
                 // SAFETY: as above.
-                unsafe { t.zone.free(head, order, false) };
+                unsafe { t.zone.free_range(head, npages) };
             }
             t.zone.check();
             prop_assert_eq!(t.zone.nr_free(MAX_ORDER), 3);
             for order in 0..MAX_ORDER {
                 prop_assert_eq!(t.zone.nr_free(order), 0);
             }
+        }
+    }
+
+    #[test]
+    fn a_run_is_cut_from_free_blocks_that_are_not_buddies() {
+        let mut t = TestZone::new(1);
+        // SAFETY: test zone descriptors are live; blocks are freed once.
+        unsafe {
+            four_dirty_blocks(&mut t);
+            // Free pages 6..8 and 12..16 too: pages 4..24 are free, as the
+            // blocks 4..8, 8..16 and 16..24, none of them buddies.
+            let chunk = t.chunks[0];
+            for index in (6..8).chain(12..16) {
+                t.zone.free(Chunk::page(chunk, index), 0, false);
+            }
+            t.zone.check();
+            // 12 pages: no free block of order 4, but 8..16 and 16..24 lie
+            // side by side.
+            let (head, zero) = t.zone.alloc_from_fragments(12, GROUP_SLABS).expect("a run of fragments");
+            assert!(!zero);
+            assert_eq!(Chunk::index_of(head), 8, "from the order-3 block freed last");
+            // The rest of the last block goes back: 20..24, beside 4..8.
+            t.zone.check();
+            assert_eq!(t.zone.nr_free(2), 2);
+            assert_eq!(t.zone.nr_free(3), 0);
+            assert!(t.zone.alloc_from_fragments(30, GROUP_SLABS).is_none(), "no 30 free pages side by side");
+            assert!(t.zone.alloc_from_fragments(12, GROUP_RUNS).is_none(), "not from another group's blocks");
+            mark(head, 12, PG_NONE);
+            t.zone.free_range(head, 12);
+            t.zone.check();
         }
     }
 }

@@ -475,7 +475,8 @@ mod tests {
         // one the zone handed out and is freed once.
         unsafe {
             Chunk::init(desc, 1 << 40, ChunkSource::Mmap);
-            zone.add_chunk(desc, true);
+            crate::buddy::prepare_chunk(desc, true);
+            zone.add_chunk(desc);
             assert_eq!(unusable_index(&free_blocks(&zone), MAX_ORDER), 0, "one whole chunk is free");
             let mut pages = Vec::new();
             for _ in 0..CHUNK_PAGES {

@@ -482,6 +482,12 @@ pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 
                 }
                 return p;
             }
+            // Still a run's size: grow into free pages right after it.
+            let stays_run = size > SLAB_MAX && size < MMAP_THRESHOLD.load(Ordering::Relaxed).min(PAGE_TIER_MAX);
+            // SAFETY: a live run of fewer than `need` pages.
+            if stays_run && unsafe { buddy::grow_pages_exact(head, need) } {
+                return p;
+            }
             npages << PAGE_SHIFT
         }
         Owner::Outside => {

@@ -44,6 +44,17 @@ pub const PG_PAGES: u8 = 3;
 /// Tail page of a slab or page run: `head_offset` leads to the head.
 pub const PG_TAIL: u8 = 4;
 
+/// [`Chunk::group`] of a chunk that is one free block.
+pub const GROUP_FREE: u8 = 0;
+/// [`Chunk::group`] of a chunk split for slabs and the allocator's own
+/// metadata: blocks of a power-of-two size, naturally aligned.
+pub const GROUP_SLABS: u8 = 1;
+/// [`Chunk::group`] of a chunk split for exact page runs (the page tier):
+/// any number of pages, page-aligned.
+pub const GROUP_RUNS: u8 = 2;
+/// Number of chunk groups.
+pub const NR_GROUPS: usize = 3;
+
 /// The `struct page` analogue: one per 4 KiB page of a chunk.
 #[repr(C)]
 pub struct Page {
@@ -134,6 +145,11 @@ pub struct Chunk {
     /// the kernel (the chunk is one free block; see `buddy`'s release).
     /// Cleared when the chunk is split again.
     pub descriptors_released: bool,
+    /// What the chunk's blocks serve while it is split: [`GROUP_SLABS`]
+    /// or [`GROUP_RUNS`]; [`GROUP_FREE`] while it is one free block. The
+    /// buddy keeps free blocks of the two groups apart (see
+    /// `buddy::FreeArea`). Written under the zone lock.
+    pub group: u8,
     /// Per page, what `free`'s fast path reads: `user_class | node << 8`
     /// for a page of a user slab, 0 for any other page. A copy of those
     /// two fields of the page's descriptor ([`Page::class_and_node`]),
@@ -172,6 +188,7 @@ impl Chunk {
             ptr::addr_of_mut!((*desc).base).write(base);
             ptr::addr_of_mut!((*desc).source).write(source);
             ptr::addr_of_mut!((*desc).descriptors_released).write(false);
+            ptr::addr_of_mut!((*desc).group).write(GROUP_FREE);
             debug_assert!((*desc).pages[0].kind() == PG_NONE);
         }
     }
@@ -308,11 +325,12 @@ pub fn page_of(addr: usize) -> *mut Page {
 
 /// Publishes `chunk` in the chunk map. Returns the address and length of a
 /// newly mapped leaf, if one was needed (the caller records it as
-/// metadata), or an error when no memory was left for the leaf.
+/// metadata), or an error when no memory was left for the leaf. Takes no
+/// lock: each chunk has a slot of its own, and of two threads that map a
+/// missing leaf at once, the one whose leaf is installed second unmaps it.
 ///
 /// # Safety
-/// `chunk` is a live, initialised descriptor for a chunk not yet published;
-/// callers serialise registration (the buddy's grow lock).
+/// `chunk` is a live, initialised descriptor for a chunk not yet published.
 pub unsafe fn register_chunk(chunk: *mut Chunk) -> Result<Option<(usize, usize)>, os::Errno> {
     // SAFETY: live descriptor by the caller's promise.
     let base = unsafe { (*chunk).base };
@@ -321,11 +339,21 @@ pub unsafe fn register_chunk(chunk: *mut Chunk) -> Result<Option<(usize, usize)>
     let mut leaf = CHUNK_MAP[root].load(Ordering::Acquire);
     if leaf.is_null() {
         let mem = os::mmap_anonymous(LEAF_BYTES, false)?;
-        leaf = mem as *mut Leaf;
-        CHUNK_MAP[root].store(leaf, Ordering::Release);
-        new_leaf = Some((mem, LEAF_BYTES));
+        match CHUNK_MAP[root].compare_exchange(ptr::null_mut(), mem as *mut Leaf, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {
+                leaf = mem as *mut Leaf;
+                new_leaf = Some((mem, LEAF_BYTES));
+            }
+            Err(installed) => {
+                // SAFETY: our fresh mapping, never published.
+                unsafe {
+                    let _ = os::munmap(mem, LEAF_BYTES);
+                }
+                leaf = installed;
+            }
+        }
     }
-    // SAFETY: leaves live forever; the slot is ours (registration is serialised).
+    // SAFETY: leaves live forever; the slot is this chunk's alone.
     unsafe { (*leaf)[(base >> CHUNK_SHIFT) & (LEAF_ENTRIES - 1)].store(chunk, Ordering::Release) };
     Ok(new_leaf)
 }
@@ -333,7 +361,7 @@ pub unsafe fn register_chunk(chunk: *mut Chunk) -> Result<Option<(usize, usize)>
 /// Removes the chunk at `base` from the chunk map.
 ///
 /// # Safety
-/// No page of the chunk is in use; callers serialise with registration.
+/// No page of the chunk is in use, and the chunk is not being registered.
 pub unsafe fn unregister_chunk(base: usize) {
     let root = base >> (CHUNK_SHIFT + LEAF_BITS);
     let leaf = CHUNK_MAP[root].load(Ordering::Acquire);
@@ -348,9 +376,12 @@ pub unsafe fn unregister_chunk(base: usize) {
 // free areas and the slab lists.
 
 /// A doubly linked list of page descriptors through `Page::next/prev`,
-/// with a count. Not synchronised: the owner's lock protects it.
+/// with a count and its last entry, so an owner that pushes at the front can walk
+/// from the oldest entry (the buddy's decay does). Not synchronised: the
+/// owner's lock protects it.
 pub struct PageList {
     head: *mut Page,
+    last: *mut Page,
     len: usize,
 }
 
@@ -361,7 +392,7 @@ unsafe impl Send for PageList {}
 impl PageList {
     /// An empty list.
     pub const fn new() -> Self {
-        PageList { head: ptr::null_mut(), len: 0 }
+        PageList { head: ptr::null_mut(), last: ptr::null_mut(), len: 0 }
     }
 
     /// Number of entries.
@@ -382,6 +413,12 @@ impl PageList {
         self.head
     }
 
+    /// Last entry, or null: the one pushed at the front longest ago.
+    #[inline]
+    pub fn last(&self) -> *mut Page {
+        self.last
+    }
+
     /// Pushes `page` at the front.
     ///
     /// # Safety
@@ -392,7 +429,9 @@ impl PageList {
         unsafe {
             (*page).prev = ptr::null_mut();
             (*page).next = self.head;
-            if !self.head.is_null() {
+            if self.head.is_null() {
+                self.last = page;
+            } else {
                 (*self.head).prev = page;
             }
         }
@@ -415,7 +454,10 @@ impl PageList {
             } else {
                 (*prev).next = next;
             }
-            if !next.is_null() {
+            if next.is_null() {
+                debug_assert!(self.last == page);
+                self.last = prev;
+            } else {
                 (*next).prev = prev;
             }
             (*page).next = ptr::null_mut();

@@ -141,8 +141,10 @@ pub struct Snapshot {
     pub faults: FaultCounts,
     /// The kernel's minor fault count for the process (`ru_minflt`).
     pub minflt: u64,
-    /// Bytes given back to the kernel so far (decay, growth, trim).
+    /// Bytes given back to the kernel so far (decay, trim).
     pub released_bytes: usize,
+    /// `madvise` calls that gave them back.
+    pub release_calls: usize,
     /// Page-tier requests and pages handed out, exact, since the start.
     pub page_tier: crate::frag::TierWaste,
     /// Large-tier requests and mapping lengths, exact, since the start.
@@ -212,6 +214,7 @@ pub fn snapshot() -> Snapshot {
         faults: pagetable::counts(),
         minflt: 0,
         released_bytes: buddy::RELEASED_BYTES.load(Ordering::Relaxed),
+        release_calls: buddy::RELEASE_CALLS.load(Ordering::Relaxed),
         page_tier: crate::frag::PAGE_TIER.read(),
         large_tier: crate::frag::LARGE_TIER.read(),
         slab_samples: crate::frag::SLAB_SAMPLES.read(),
@@ -224,11 +227,8 @@ pub fn snapshot() -> Snapshot {
         s.managed_pages = zone.managed_pages;
         s.free_pages = zone.free_pages;
     }
-    {
-        let g = buddy::GROW.lock();
-        s.brk_chunks = g.brk_chunks;
-        s.mmap_chunks = g.mmap_chunks;
-    }
+    s.brk_chunks = buddy::BRK_CHUNKS.load(Ordering::Relaxed);
+    s.mmap_chunks = buddy::MMAP_CHUNKS.load(Ordering::Relaxed);
     for (i, c) in s.caches.iter_mut().enumerate() {
         *c = slab::cache_stats(i);
         if i < slab::NR_CLASSES {
@@ -579,7 +579,13 @@ pub fn write_faults(out: &mut dyn Write, s: &Snapshot) -> fmt::Result {
         write!(out, " {} {}", kind.name(), n)?;
     }
     writeln!(out)?;
-    writeln!(out, "page-table shadow: {} table pages; released to the OS: {} KiB", s.faults.table_pages, s.released_bytes / 1024)
+    writeln!(
+        out,
+        "page-table shadow: {} table pages; released to the OS: {} KiB in {} madvise calls",
+        s.faults.table_pages,
+        s.released_bytes / 1024,
+        s.release_calls
+    )
 }
 
 const VMA_KINDS: [VmaKind; 5] = [VmaKind::Heap, VmaKind::Chunk, VmaKind::Large, VmaKind::LargeCached, VmaKind::Meta];
@@ -660,7 +666,11 @@ pub fn write_json(out: &mut dyn Write) -> fmt::Result {
     for (i, (kind, n)) in VMA_KINDS.iter().zip(resident_by_kind()).enumerate() {
         write!(out, "{}\"{}\":{}", if i > 0 { "," } else { "" }, kind.name(), n)?;
     }
-    write!(out, "}},\"table_pages\":{},\"released_bytes\":{}}},\"extfrag\":", s.faults.table_pages, s.released_bytes)?;
+    write!(
+        out,
+        "}},\"table_pages\":{},\"released_bytes\":{},\"release_calls\":{}}},\"extfrag\":",
+        s.faults.table_pages, s.released_bytes, s.release_calls
+    )?;
     crate::frag::write_extfrag_json(out, &s)?;
     write!(out, ",\"address_space\":")?;
     crate::addrspace::write_address_space_json(out)?;

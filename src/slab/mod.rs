@@ -91,6 +91,8 @@ pub fn home_caches() -> &'static NodeCaches {
 #[cold]
 #[inline(never)]
 fn make_node(node: usize) -> &'static NodeCaches {
+    // No decay scan (and its system calls) while NODES_GROW is held.
+    let _deferred = buddy::defer_decay();
     let _g = NODES_GROW.lock();
     let p = NODES[node].load(Ordering::Acquire);
     if !p.is_null() {

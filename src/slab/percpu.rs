@@ -72,6 +72,8 @@ fn cpu_caches(cpu: usize) -> *mut CpuCaches {
 #[cold]
 #[inline(never)]
 fn allocate_cpu_caches(cpu: usize) -> *mut CpuCaches {
+    // No decay scan (and its system calls) while CPUS_GROW is held.
+    let _deferred = buddy::defer_decay();
     let _g = CPUS_GROW.lock();
     let c = CPUS[cpu].load(Ordering::Acquire);
     if !c.is_null() {

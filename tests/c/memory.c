@@ -14,6 +14,15 @@
  *                           decay), then RSS again
  *   memory trim             the same, then malloc_trim(0) instead of the
  *                           pause; prints what malloc_trim returned
+ *   memory churn SLOTS STEPS  two threads, each keeping SLOTS blocks live;
+ *                           every step frees a random one and allocates
+ *                           a new one, 8 B to 64 KiB on a power law (one
+ *                           in 1000 from 128 KiB to 1.1 MiB), one in 64
+ *                           then grown six times by half with realloc;
+ *                           every page written, contents checked. Prints
+ *                           the bytes freed, the minor faults and the
+ *                           peak RSS (the loop issue 18 found: memory
+ *                           given back and faulted in again while in use)
  *   memory regrow [nothp]   a buffer grown by realloc from 1 MiB to
  *                           128 MiB, each new page written; prints the
  *                           minor faults that took, whether the buffer's
@@ -26,6 +35,7 @@
  */
 #define _GNU_SOURCE
 #include <malloc.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,6 +97,101 @@ static void smaps_of(const void *p, int *advised, long *anon_huge_kib)
     fclose(f);
 }
 
+/* ------------------------------------------------------------ churn */
+
+struct churn {
+    size_t slots;
+    long steps;
+    uint64_t rng;
+    size_t freed;
+};
+
+static uint64_t churn_next(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static size_t churn_size(uint64_t *r)
+{
+    if (churn_next(r) % 1000 == 0)
+        return (128 << 10) + churn_next(r) % ((1100 << 10) - (128 << 10));
+    /* As many blocks in every octave from 8 B to 64 KiB. */
+    unsigned octave = 3 + (unsigned)(churn_next(r) % 13);
+    return ((size_t)1 << octave) + churn_next(r) % ((size_t)1 << octave);
+}
+
+/* Byte i of a block tagged t, for the bytes churn writes: the first, one
+ * per page and the last. */
+static unsigned char churn_byte(size_t i, unsigned t) { return (unsigned char)(t + i / 4096); }
+
+static void churn_write(unsigned char *p, size_t from, size_t size, unsigned t)
+{
+    for (size_t i = from; i < size; i = (i / 4096 + 1) * 4096)
+        p[i] = churn_byte(i, t);
+    p[size - 1] = churn_byte(size - 1, t);
+}
+
+static void churn_check(const unsigned char *p, size_t size, unsigned t)
+{
+    for (size_t i = 0; i < size; i = (i / 4096 + 1) * 4096)
+        CHECK(p[i] == churn_byte(i, t), "churn block %p byte %zu lost", (const void *)p, i);
+    CHECK(p[size - 1] == churn_byte(size - 1, t), "churn block %p last byte lost", (const void *)p);
+}
+
+static void *churn_thread(void *arg)
+{
+    struct churn *c = arg;
+    unsigned char **p = calloc(c->slots, sizeof *p);
+    size_t *size = calloc(c->slots, sizeof *size);
+    unsigned *tag = calloc(c->slots, sizeof *tag);
+    for (size_t i = 0; i < c->slots; i++) {
+        size[i] = churn_size(&c->rng);
+        tag[i] = (unsigned)churn_next(&c->rng);
+        p[i] = malloc(hide(size[i]));
+        churn_write(p[i], 0, size[i], tag[i]);
+    }
+    for (long n = 0; n < c->steps; n++) {
+        size_t i = churn_next(&c->rng) % c->slots;
+        churn_check(p[i], size[i], tag[i]);
+        free(p[i]);
+        c->freed += size[i];
+        size[i] = churn_size(&c->rng);
+        tag[i] = (unsigned)churn_next(&c->rng);
+        p[i] = malloc(hide(size[i]));
+        churn_write(p[i], 0, size[i], tag[i]);
+        if (churn_next(&c->rng) % 64 == 0) {
+            for (int g = 0; g < 6; g++) {
+                size_t old = size[i];
+                size[i] = old + old / 2 + 1;
+                p[i] = realloc(p[i], size[i]);
+                c->freed += old;
+                churn_check(p[i], old, tag[i]);
+                churn_write(p[i], old, size[i], tag[i]);
+            }
+        }
+    }
+    /* The blocks stay live until exit: the views count them. */
+    return NULL;
+}
+
+static void churn(size_t slots, long steps)
+{
+    struct churn c[2] = {{slots, steps, 1, 0}, {slots, steps, 2, 0}};
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++)
+        pthread_create(&t[i], NULL, churn_thread, &c[i]);
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    struct rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    printf("freed_kib %zu\n", (c[0].freed + c[1].freed) / 1024);
+    printf("minflt %ld\n", u.ru_minflt);
+    printf("maxrss_kib %ld\n", u.ru_maxrss);
+}
+
 int main(int argc, char **argv)
 {
     const char *mode = argc > 1 ? argv[1] : "";
@@ -127,6 +232,10 @@ int main(int argc, char **argv)
         printf("trim_returned %d\n", first);
         printf("trim_again %d\n", again);
         printf("rss_after %ld\n", rss_kib());
+    } else if (!strcmp(mode, "churn") && argc == 4) {
+        churn(strtoul(argv[2], NULL, 0), strtol(argv[3], NULL, 0));
+        if (failures)
+            return 1;
     } else if (!strcmp(mode, "regrow")) {
         if (argc > 2 && !strcmp(argv[2], "nothp"))
             prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0);
@@ -155,7 +264,7 @@ int main(int argc, char **argv)
         printf("huge_advised %d\n", advised);
         printf("anon_huge_kib %ld\n", anon_huge_kib);
     } else {
-        fprintf(stderr, "usage: memory objects SIZE N | faults | decay | trim | regrow [nothp]\n");
+        fprintf(stderr, "usage: memory objects SIZE N | faults | decay | trim | churn SLOTS STEPS | regrow [nothp]\n");
         return 64;
     }
     return 0;
