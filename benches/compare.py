@@ -538,7 +538,21 @@ def frag_report(workloads, runs, heading, out, md):
 # the --json output, so a finished run can be charted again with
 # --charts-from without running anything.
 
-BAR_COLOURS = ["#7f7f7f", "#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2"]
+# One colour per malloc, whatever its place in a run: the same map as the
+# tool's charts (cli/src/chart.rs, colour_of), so every chart agrees.
+NAMED_COLOURS = {"glibc": "#7f7f7f", "buddyslab": "#d62728", "jemalloc": "#1f77b4",
+                 "mimalloc": "#2ca02c", "tcmalloc": "#ff7f0e"}
+OTHER_COLOURS = ["#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#393b79"]
+
+
+def colour_of(name):
+    """A malloc's bar colour: its own for the named ones, else a stable pick."""
+    if name in NAMED_COLOURS:
+        return NAMED_COLOURS[name]
+    h = 0xcbf29ce484222325
+    for c in name.encode():
+        h = ((h ^ c) * 0x100000001b3) % (1 << 64)
+    return OTHER_COLOURS[h % len(OTHER_COLOURS)]
 
 
 def machine_description():
@@ -581,6 +595,7 @@ def allocator_versions(names):
 def run_metadata(allocator_names):
     import datetime
     return {"date": datetime.date.today().isoformat(), "machine": machine_description(),
+            "kernel": f"{platform.system()} {platform.release()}",
             "versions": allocator_versions(allocator_names)}
 
 
@@ -638,7 +653,9 @@ def svg_bar_chart(title, ylabel, workloads, allocators, values, meta, baseline):
            f'viewBox="0 0 {width} {height}">',
            f'<rect width="{width}" height="{height}" fill="white"/>',
            svg_text(left, 24, title, 16, extra=' font-weight="bold"'),
-           svg_text(left, 44, f"{meta.get('date', '?')} on {meta.get('machine', '?')}", 11),
+           svg_text(left, 44, f"{meta.get('date', '?')} on {meta.get('machine', '?')}"
+                    + (f", {meta['kernel']}" if meta.get("kernel") else "")
+                    + (f"; medians of {meta['runs']} runs per malloc" if meta.get("runs") else ""), 11),
            svg_text(left, 60, "versions: " + ", ".join(
                f"{k} {v}" for k, v in meta.get("versions", {}).items()), 11),
            svg_text(left, 76, f"{ylabel}; lower is better; 1.0 = {baseline}", 11)]
@@ -648,6 +665,10 @@ def svg_bar_chart(title, ylabel, workloads, allocators, values, meta, baseline):
         out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - 10}" y2="{y:.1f}" stroke="#e0e0e0"/>')
         out.append(svg_text(left - 6, y + 4, f"{tick:.2f}", 10, "end"))
         tick += step
+    # The 1.0 line goes under the bars, so it strikes through no label.
+    y1 = y_of(1.0)
+    out.append(f'<line x1="{left}" y1="{y1:.1f}" x2="{width - 10}" y2="{y1:.1f}" stroke="black" '
+               'stroke-dasharray="4 3"/>')
     for gi, w in enumerate(workloads):
         x0 = left + gi * group_w + gap / 2
         for ai, a in enumerate(allocators):
@@ -656,21 +677,18 @@ def svg_bar_chart(title, ylabel, workloads, allocators, values, meta, baseline):
                 continue
             x = x0 + ai * bar_w
             y = y_of(v)
-            colour = BAR_COLOURS[ai % len(BAR_COLOURS)]
+            colour = colour_of(a)
             out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w - 2}" height="{top + plot_h - y:.1f}" '
                        f'fill="{colour}"><title>{w} {a}: {v:.2f}</title></rect>')
             if v > y_max:
                 out.append(svg_text(x + bar_w / 2, y - 3, f"{v:.1f}", 9, "middle"))
         out.append(svg_text(x0 + bar_w * len(allocators) / 2, top + plot_h + 16, w, 11, "middle"))
-    y1 = y_of(1.0)
-    out.append(f'<line x1="{left}" y1="{y1:.1f}" x2="{width - 10}" y2="{y1:.1f}" stroke="black" '
-               'stroke-dasharray="4 3"/>')
     out.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="black"/>')
     for ai, a in enumerate(allocators):
         lx = left + (ai % 4) * 150
         ly = top + plot_h + 40 + 18 * (ai // 4)
         out.append(f'<rect x="{lx}" y="{ly - 10}" width="12" height="12" '
-                   f'fill="{BAR_COLOURS[ai % len(BAR_COLOURS)]}"/>')
+                   f'fill="{colour_of(a)}"/>')
         out.append(svg_text(lx + 18, ly, a, 11))
     out.append("</svg>")
     return "\n".join(out) + "\n"
@@ -699,6 +717,8 @@ def charts_from(args):
     path = Path(args.charts_from)
     data = json.loads(path.read_text())
     meta = dict(data.get("meta") or {})
+    if data.get("runs") and "runs" not in meta:
+        meta["runs"] = data["runs"]
     if not meta:
         note(f"{path}: no date/machine/versions recorded; using the file's date and this machine")
         meta = run_metadata(list(data.get("allocators", {})))
