@@ -43,7 +43,9 @@ different checksum than under glibc.
 """
 
 import argparse
+import atexit
 import datetime
+import hashlib
 import json
 import math
 import os
@@ -208,7 +210,13 @@ def discover_allocators(args):
     allocs = [("glibc", None, glibc_version())]
     lib = Path(args.buddyslab) if args.buddyslab else REPO / "target" / "release" / "libbuddyslab.so"
     if lib.exists():
-        allocs.append(("buddyslab", str(lib.resolve()), buddyslab_version(lib)))
+        # A copy: a rebuild during a long run must not mix two builds.
+        snapdir = tempfile.mkdtemp(prefix="buddyslab-lib-")
+        atexit.register(shutil.rmtree, snapdir, True)
+        snap = Path(snapdir) / "libbuddyslab.so"
+        shutil.copy2(lib, snap)
+        digest = hashlib.sha256(snap.read_bytes()).hexdigest()[:12]
+        allocs.append(("buddyslab", str(snap), f"{buddyslab_version(lib)} {lib.resolve()} sha256 {digest}"))
     else:
         note(f"run.py: {lib} is missing (cargo build --release builds it); buddyslab left out")
     versions = Path(args.prefix) / "VERSIONS.tsv"
