@@ -130,9 +130,9 @@ fn print_effective() {
         STATS_JSON => "json",
         _ => "off",
     };
-    let _ = write!(
+    let _ = writeln!(
         buf,
-        "buddyslab: options: mmap_threshold={} ({}) trim_threshold={} decay_ms={} large_cache={} large_cache_ms={} perturb={} stats={} heapmap={} addrspace_svg={}\n",
+        "buddyslab: options: mmap_threshold={} ({}) trim_threshold={} decay_ms={} large_cache={} large_cache_ms={} perturb={} stats={} heapmap={} addrspace_svg={}",
         large::MMAP_THRESHOLD.load(Ordering::Relaxed),
         if large::DYNAMIC_THRESHOLD.load(Ordering::Relaxed) { "adaptive" } else { "fixed" },
         large::TRIM_THRESHOLD.load(Ordering::Relaxed),

@@ -82,7 +82,7 @@ pub fn key() -> usize {
 #[cold]
 #[inline(never)]
 fn draw_key() -> usize {
-    let fresh = crate::os::random_u64().unwrap_or(0x6a09_e667_f3bc_c909 ^ crate::os::monotonic_ns() as u64) as usize | 1;
+    let fresh = crate::os::random_u64().unwrap_or(0x6a09_e667_f3bc_c909 ^ crate::os::monotonic_ns()) as usize | 1;
     match KEY.compare_exchange(0, fresh, Ordering::Relaxed, Ordering::Relaxed) {
         Ok(_) => fresh,
         Err(won) => won,
