@@ -12,7 +12,7 @@
 //! (slabs, or exact page runs; a wholly free chunk is of no group) and by
 //! whether their memory may be resident (*dirty*) or is known to read as
 //! zero (*clean*); allocation takes a dirty block of its own group first
-//! (see [`FreeArea`] and "Giving memory back" below).
+//! (see `FreeArea` and "Giving memory back" below).
 //!
 //! Invariants (checked by [`Zone::check`]):
 //! - every free block is on exactly one list, `free_area[order]`'s list
@@ -805,7 +805,7 @@ pub static BRK_REFUSED: AtomicUsize = AtomicUsize::new(0);
 
 /// Held while the program break moves, by one thread at a time; a thread
 /// that finds it held maps its chunk with `mmap` rather than wait for the
-/// other's system calls (see [`grow`]). Nothing else is done under it.
+/// other's system calls (see `grow`). Nothing else is done under it.
 pub static GROW: Mutex<()> = Mutex::new(());
 
 /// Whether chunks may come from `brk`. Set by the C face: only the
@@ -889,7 +889,7 @@ pub static PAGE_RUN_PAGES: AtomicUsize = AtomicUsize::new(0);
 
 /// Allocates exactly `npages` pages aligned to `2^align_order` pages, as
 /// the kernel's `alloc_pages_exact`, in chunks of the runs' group (see
-/// [`FreeArea`]): from free blocks next to each other when page alignment
+/// `FreeArea`): from free blocks next to each other when page alignment
 /// is enough and some are at hand (see [`Zone::alloc_from_fragments`]),
 /// otherwise from a block of the covering order whose pages past `npages`
 /// go straight back to the free lists; only before the zone would grow,
