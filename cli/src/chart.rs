@@ -246,6 +246,19 @@ fn escape(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// The number in `text` right after the first `prefix` (an SVG
+    /// attribute's opening, `y="`), up to the closing quote.
+    fn number_after(text: &str, prefix: &str) -> f64 {
+        text.split(prefix)
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
     use super::*;
     use std::collections::HashMap;
 
@@ -400,29 +413,10 @@ mod tests {
         let mut panels = 0;
         for panel in svg.split("<g transform=").skip(1) {
             panels += 1;
-            let one: f64 = panel
-                .split("<line class=\"one\"")
-                .nth(1)
-                .unwrap()
-                .split("y1=\"")
-                .nth(1)
-                .unwrap()
-                .split('"')
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap();
+            let one = number_after(panel.split("<line class=\"one\"").nth(1).unwrap(), "y1=\"");
             let mut labels = 0;
             for label in panel.split("<text class=\"ratio\"").skip(1) {
-                let y: f64 = label
-                    .split("y=\"")
-                    .nth(1)
-                    .unwrap()
-                    .split('"')
-                    .next()
-                    .unwrap()
-                    .parse()
-                    .unwrap();
+                let y = number_after(label, "y=\"");
                 assert!(
                     !(y - 10.0 <= one && one <= y + 2.0),
                     "a label at {y} crosses the line at {one}"
@@ -466,15 +460,7 @@ mod tests {
         c.libraries.push(("huge".into(), "x".repeat(400)));
         let rows: Vec<Row> = c.libraries.iter().map(|(n, _)| row(n, 1.0, 1.0)).collect();
         let text = svg("p", &rows, &c);
-        let width: f64 = text
-            .split("width=\"")
-            .nth(1)
-            .unwrap()
-            .split('"')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let width = number_after(&text, "width=\"");
         let captions: Vec<String> = text
             .lines()
             .filter(|l| l.starts_with("<text class=\"caption\""))
@@ -513,18 +499,12 @@ mod tests {
             .unwrap()
             .parse()
             .unwrap();
-        let last: f64 = text
-            .lines()
-            .rfind(|l| l.starts_with("<text class=\"caption\""))
-            .unwrap()
-            .split("y=\"")
-            .nth(1)
-            .unwrap()
-            .split('"')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let last = number_after(
+            text.lines()
+                .rfind(|l| l.starts_with("<text class=\"caption\""))
+                .unwrap(),
+            "y=\"",
+        );
         assert!(
             panel_y + BAR_TOP - 30.0 - 12.0 >= last,
             "panel titles overlap the caption"
