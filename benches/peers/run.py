@@ -356,11 +356,13 @@ def parse_strace_summary(text):
     return counts
 
 
-def strace_once(test, library, timeout, scratch, syscalls):
+def strace_once(test, library, timeout, scratch, syscalls, wall=False):
     """The counting pass: the test once under strace -f -c."""
     summary = scratch / "strace"
     summary.unlink(missing_ok=True)
     cmd = ["strace", "-f", "-c", "-o", str(summary), "-e", "trace=" + ",".join(syscalls)]
+    if wall:
+        cmd.append("-w")
     if library:
         cmd += ["-E", "LD_PRELOAD=" + library]  # the program's, not strace's own
     env = dict(os.environ)
@@ -422,7 +424,7 @@ def measure(tests, allocs, args, checkpoint=lambda runs, straces: None):
                 for test in tests:
                     straces[test.name] = {}
                     for name, lib, _ in allocs:
-                        s = strace_once(test, lib, args.strace_timeout, scratch, args.syscalls)
+                        s = strace_once(test, lib, args.strace_timeout, scratch, args.syscalls, args.strace_wall)
                         straces[test.name][name] = s
                         c = s["counts"]
                         note(f"strace {test.name:<18} {name:<10} "
@@ -623,7 +625,9 @@ def report(data, markdown):
     if have_strace:
         p.append("System calls: one run under `strace -f -c` per test and allocator (not timed); "
                  "`+`: strace was stopped at --strace-timeout, counts up to then. "
-                 "`futex s`: seconds strace saw spent in futex (waits included).")
+                 "`futex s`: the seconds strace -c gives futex (system time under tracing, "
+                 "so only a comparison between allocators; --strace-wall: wall time in the calls, "
+                 "waits included).")
         p.append("")
     problems = []
     for t in tests:
@@ -671,6 +675,8 @@ def main():
     ap.add_argument("--timeout", type=float, default=300, help="seconds per timed run")
     ap.add_argument("--no-strace", dest="strace", action="store_false", help="skip the counting pass")
     ap.add_argument("--strace-timeout", type=float, default=300, help="seconds per strace run")
+    ap.add_argument("--strace-wall", action="store_true",
+                    help="strace -w: time in system calls as wall time (futex waits show)")
     ap.add_argument("--syscalls", default=",".join(SYSCALLS), help="system calls to count")
     ap.add_argument("--json", help="write all runs and the summary here")
     ap.add_argument("--markdown", action="store_true", help="tables as markdown")
@@ -719,7 +725,7 @@ def main():
             "machine": machine,
             "args": {"runs": args.runs, "threads": args.threads, "factors": args.factors,
                      "own_factors": args.own_factors, "own_scale": args.own_scale,
-                     "syscalls": args.syscalls},
+                     "syscalls": args.syscalls, "strace_wall": args.strace_wall},
             "allocators": [{"name": n, "library": l, "version": v} for n, l, v in allocs],
             "tests": [{"name": t.name, "group": t.group, "argv": t.argv, "threads": t.threads,
                        "rtime": t.rtime is not None, "checksum": t.checksum} for t in tests],
