@@ -555,16 +555,20 @@ def colour_of(name):
     return OTHER_COLOURS[h % len(OTHER_COLOURS)]
 
 
-def machine_description():
-    """'CPU model, N cores' from /proc/cpuinfo (platform's name elsewhere)."""
-    model = platform.processor() or platform.machine()
+def cpu_model(default):
+    """The CPU's model name from /proc/cpuinfo, or `default` where none."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return default
+
+
+def machine_description():
+    """'CPU model, N cores' from /proc/cpuinfo (platform's name elsewhere)."""
+    model = cpu_model(platform.processor() or platform.machine())
     return f"{model}, {os.cpu_count()} cores"
 
 

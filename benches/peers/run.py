@@ -62,6 +62,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
+sys.path.insert(0, str(HERE.parent))
+from compare import cpu_model  # noqa: E402  (benches/compare.py: one reader of /proc/cpuinfo)
 WORKLOADS_DIR = HERE.parent / "workloads"
 OUT = HERE.parent / "out" / "peers"
 
@@ -643,15 +645,7 @@ def report(data, markdown):
 
 
 def machine_info():
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cpus": os.cpu_count(), "kernel": platform.release(), "glibc": glibc_version(),
+    return {"cpu": cpu_model("?"), "cpus": os.cpu_count(), "kernel": platform.release(), "glibc": glibc_version(),
             "load_start": loadavg()}
 
 
