@@ -1441,6 +1441,7 @@ unsafe fn release_isolated(batch: &[*mut Page]) -> usize {
     let mut done = [false; RELEASE_BATCH];
     let mut released = 0;
     if n > 0 {
+        ranges[..n].iter().for_each(|r| crate::pagetable::releasing(r.start, r.len));
         // SAFETY: each range is memory of isolated blocks nobody uses.
         let calls = unsafe { os::madvise_dontneed_ranges(&ranges[..n], &mut done) };
         RELEASE_CALLS.fetch_add(calls, Ordering::Relaxed);
@@ -1471,6 +1472,7 @@ unsafe fn release_isolated(batch: &[*mut Page]) -> usize {
     }
     if n > 0 {
         done = [false; RELEASE_BATCH];
+        ranges[..n].iter().for_each(|r| crate::pagetable::releasing(r.start, r.len));
         // SAFETY: the descriptors of wholly free, isolated chunks, which
         // nobody reads until the chunk is put back and split.
         let calls = unsafe { os::madvise_dontneed_ranges(&ranges[..n], &mut done) };

@@ -577,6 +577,7 @@ fn init_slow() {
         || crate::heapmap::requested()
         || crate::addrspace::svg_requested()
     {
+        pagetable::watch(); // the views will be read: observe residency from now
         // SAFETY: a plain function with no preconditions; atexit may
         // allocate, which is fine: no allocator lock is held here.
         unsafe { libc::atexit(stats::print_at_exit) };

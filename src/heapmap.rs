@@ -18,6 +18,12 @@
 //!   spare table pages, blocks being released, or a block between the zone
 //!   and its tier.
 //!
+//! Pages handed out and never touched (the page-table shadow has not seen
+//! them resident: [`pagetable::never_touched`], after the observation a
+//! snapshot makes) are drawn pale (`fill-opacity` 0.35, `data-untouched`),
+//! their hover title says so, and a line under the legend counts them:
+//! memory the program asked for and the kernel never had to back.
+//!
 //! Seventy classes cannot each have a colour one can tell apart, so the
 //! colour says the family and a hover title (`<title>`) on every run of
 //! cells says the rest: its address, pages, class, object size, tier and
@@ -181,7 +187,7 @@ fn for_each_chunk(mut f: impl FnMut(usize) -> fmt::Result) -> fmt::Result {
 
 /// The state of every page of the chunk at `base`, or `None` when no chunk
 /// is registered there. Takes the zone lock while reading descriptors.
-fn read_chunk(base: usize, cells: &mut [u8; CHUNK_PAGES]) -> bool {
+fn read_chunk(base: usize, cells: &mut [u8; CHUNK_PAGES], untouched: &mut [bool; CHUNK_PAGES]) -> bool {
     let chunk = page::chunk_of(base);
     if chunk.is_null() {
         return false;
@@ -231,7 +237,20 @@ fn read_chunk(base: usize, cells: &mut [u8; CHUNK_PAGES]) -> bool {
             *cell = TABLE;
         }
     }
+    for (i, fresh) in untouched.iter_mut().enumerate() {
+        *fresh = pagetable::never_touched(pagetable::entry(base + (i << os::PAGE_SHIFT)));
+    }
     true
+}
+
+/// The line under the legend that counts the pale cells, at `top`.
+fn write_untouched_line(out: &mut dyn Write, pages: usize, top: usize) -> fmt::Result {
+    writeln!(
+        out,
+        "<text class=\"untouched\" data-figure=\"untouched\" x=\"4\" y=\"{}\">pale cells: handed out, never touched (not resident): {}</text>",
+        top + 10,
+        Plural(pages, "page")
+    )
 }
 
 /// The CSS fill of a state.
@@ -556,10 +575,11 @@ fn write_title(out: &mut dyn Write, chunks: usize) -> fmt::Result {
 /// read fresh).
 pub fn write_svg_of(out: &mut dyn Write, s: &stats::Snapshot) -> fmt::Result {
     let mut cells = [0u8; CHUNK_PAGES];
+    let mut untouched = [false; CHUNK_PAGES];
     // First pass: how many rows and legend lines the picture needs.
     let (mut chunks, mut counts) = (0usize, [0usize; STATES]);
     for_each_chunk(|base| {
-        if read_chunk(base, &mut cells) {
+        if read_chunk(base, &mut cells, &mut untouched) {
             chunks += 1;
             cells.iter().for_each(|&c| counts[c as usize] += 1);
         }
@@ -571,10 +591,11 @@ pub fn write_svg_of(out: &mut dyn Write, s: &stats::Snapshot) -> fmt::Result {
     let mut text = TextWidth::default();
     write_title(&mut text, chunks)?;
     write_frag_legend(&mut text, s, 0)?;
+    write_untouched_line(&mut text, chunks * CHUNK_PAGES, 0)?;
     let width = ROWS_WIDTH.max(4 + text.units() + 8).max(legend.least_width() + 4);
     legend.fit(width);
     let legend_top = TOP + chunks * PITCH + 14;
-    let height = legend_top + (legend.lines(&counts) + LEGEND_SLACK) * LEGEND_LINE + 10 + FRAG_LINES * LEGEND_LINE + 8;
+    let height = legend_top + (legend.lines(&counts) + LEGEND_SLACK) * LEGEND_LINE + 10 + (1 + FRAG_LINES) * LEGEND_LINE + 8;
     writeln!(
         out,
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" font-family=\"monospace\" font-size=\"11\">"
@@ -589,9 +610,10 @@ pub fn write_svg_of(out: &mut dyn Write, s: &stats::Snapshot) -> fmt::Result {
 
     // Second pass: the rows, with the counts the legend shows.
     let mut counts = [0usize; STATES];
+    let mut untouched_pages = 0;
     let mut row = 0usize;
     for_each_chunk(|base| {
-        if !read_chunk(base, &mut cells) {
+        if !read_chunk(base, &mut cells, &mut untouched) {
             return Ok(());
         }
         let y = TOP + row * PITCH;
@@ -607,16 +629,21 @@ pub fn write_svg_of(out: &mut dyn Write, s: &stats::Snapshot) -> fmt::Result {
         writeln!(out, "<text x=\"4\" y=\"{}\">{base:#014x}</text>", y + ROW - 1)?;
         let mut i = 0;
         while i < CHUNK_PAGES {
-            let state = cells[i];
-            let run = cells[i..].iter().take_while(|&&c| c == state).count();
+            let (state, fresh) = (cells[i], untouched[i]);
+            let run = (i..CHUNK_PAGES).take_while(|&j| cells[j] == state && untouched[j] == fresh).count();
             counts[state as usize] += run;
+            if fresh {
+                untouched_pages += run;
+            }
             writeln!(
                 out,
-                "<rect x=\"{}\" y=\"{y}\" width=\"{run}\" height=\"{ROW}\" class=\"{}\"><title>{:#x}, {}: {}</title></rect>",
+                "<rect x=\"{}\" y=\"{y}\" width=\"{run}\" height=\"{ROW}\" class=\"{}\"{}><title>{:#x}, {}{}: {}</title></rect>",
                 LABEL + i,
                 Class(state),
+                if fresh { " fill-opacity=\"0.35\" data-untouched=\"1\"" } else { "" },
                 base + (i << os::PAGE_SHIFT),
                 Plural(run, "page"),
+                if fresh { ", handed out, never touched" } else { "" },
                 Describe { state, brief: true }
             )?;
             i += run;
@@ -627,7 +654,8 @@ pub fn write_svg_of(out: &mut dyn Write, s: &stats::Snapshot) -> fmt::Result {
     })?;
 
     let lines = legend.write(out, &counts, legend_top)?;
-    write_frag_legend(out, s, legend_top + lines * LEGEND_LINE + 10)?;
+    write_untouched_line(out, untouched_pages, legend_top + lines * LEGEND_LINE + 10)?;
+    write_frag_legend(out, s, legend_top + (lines + 1) * LEGEND_LINE + 10)?;
     writeln!(out, "</svg>")
 }
 
@@ -924,6 +952,15 @@ mod tests {
             }
         }
         assert!(cells > 0);
+        // Pale cells say they were never touched, and the line under the
+        // legend counts them all.
+        let mut pale = 0;
+        for line in svg.lines().filter(|l| l.starts_with("<rect x=") && l.contains("data-untouched=\"1\"")) {
+            assert!(line.contains("fill-opacity=\"0.35\"") && titles(line)[0].contains(", handed out, never touched: "), "{line}");
+            pale += line.split("width=\"").nth(1).unwrap().split('"').next().unwrap().parse::<usize>().unwrap();
+        }
+        let counted = texts.iter().find(|(_, t)| t.starts_with("pale cells: ")).unwrap_or_else(|| panic!("{texts:?}"));
+        assert!(counted.1.ends_with(&format!(": {}", Plural(pale, "page"))), "{counted:?}, {pale} pale cells");
         let rows: Vec<&str> = svg.lines().filter(|l| l.starts_with("<g class=\"chunk\"")).collect();
         assert!(!rows.is_empty());
         for row in rows {

@@ -334,6 +334,17 @@ pub fn resident_pages(addr: usize, len: usize) -> usize {
     resident
 }
 
+/// `mincore(addr, vec.len() pages, vec)`: bit 0 of `vec[i]` says whether
+/// page `i` of `[addr, ...)` is resident. `addr` page-aligned, `vec`
+/// non-empty. False when the kernel refuses (a page of the range is not
+/// mapped: `ENOMEM`); `vec` is then not to be read.
+pub fn mincore(addr: usize, vec: &mut [u8]) -> bool {
+    debug_assert!(addr % PAGE_SIZE == 0 && !vec.is_empty());
+    // SAFETY: `vec` has room for one entry per page of the range; mincore
+    // only writes them.
+    unsafe { raw::syscall6(libc::SYS_mincore as usize, [addr, vec.len() * PAGE_SIZE, vec.as_mut_ptr() as usize, 0, 0, 0]) == 0 }
+}
+
 /// `mremap(addr, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to)`: moves the
 /// pages of `[addr, addr + len)` (page table entries, not bytes) to `to`,
 /// replacing whatever was mapped at `[to, to + len)`. Fails with `EFAULT`

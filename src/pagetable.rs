@@ -1,5 +1,6 @@
 //! The software page-table shadow: what buddyslab knows about every 4 KiB
-//! page it has mapped, and the minor page faults its memory will cost.
+//! page it has mapped, the minor page faults its memory will cost (the
+//! prediction) and the faults it did cost (what the kernel reports).
 //!
 //! A four-level radix table over the 47-bit user address space, with the
 //! hardware's geometry and names: the `pgd` (a static root) points to
@@ -15,17 +16,56 @@
 //! |------|---------|
 //! | [`PTE_PRESENT`] | buddyslab has this page mapped |
 //! | [`PTE_HANDED`]  | handed out to a tier (not free in the buddy, not unused) |
-//! | [`PTE_TOUCHED`] | touched since it was mapped or since its last `MADV_DONTNEED` |
+//! | [`PTE_PREDICTED`] | handed out since it was mapped or since its last `MADV_DONTNEED`: its fault has been predicted |
 //! | 3..=5 ([`PTE_TIER_SHIFT`]) | owner tier ([`Tier`]) while handed out |
+//! | [`PTE_RESIDENT`] | the kernel reported it resident since it was mapped or advised away (it has faulted in) |
+//! | [`PTE_GIVEN_BACK`] | given back with `MADV_DONTNEED` after it had been resident: its next fault is a refault |
+//! | 8..=10 | the tier it was last handed out to (kept after it is given back, to whom its fault is owed) |
 //!
-//! Fault prediction: handing out a page whose `PTE_TOUCHED` is clear counts
-//! one predicted minor fault for the receiving tier and sets the bit: the
-//! allocator assumes the program touches what it asked for. `MADV_DONTNEED`
-//! clears the bit (the next touch faults again); returning a page to the
-//! buddy keeps it (it stays resident). Compare the sum with the kernel's
-//! `ru_minflt` ([`crate::os::minor_faults`]); the difference is what the
-//! process faults outside buddyslab (loader, libc, stack, its own data) plus
-//! memory handed out and never touched.
+//! Two figures per tier, and the reader should keep them apart:
+//!
+//! - **predicted** (an upper bound): handing out a page whose
+//!   [`PTE_PREDICTED`] is clear counts one fault for the receiving tier and
+//!   sets the bit, as if the program touched everything it asked for.
+//!   `MADV_DONTNEED` clears the bit (the next touch faults again);
+//!   returning a page to the buddy keeps it (it stays resident). Exact for
+//!   a program that writes every byte it asks for; a program that fills a
+//!   quarter of its buffers faults a quarter of that.
+//! - **observed**: pages the kernel reports resident (`mincore`) that were
+//!   handed out and not yet seen resident: each is one fault that really
+//!   happened (a read of a never-written page maps the zero page: one
+//!   fault as well; its first write later faults again, which is not
+//!   counted). **refaults**: the observed pages that had been resident,
+//!   were given back with `MADV_DONTNEED`, and faulted in again: the cost
+//!   of giving back too early.
+//!
+//! How the observation works, and what it costs: `mincore` over the pages
+//! handed out and not yet seen resident ("pending"), a run of present pages
+//! per call, at most 512 pages (one `pte` table) per call:
+//!
+//! - when a view is taken ([`counts`]): every `pte` table is scanned;
+//! - just before pages leave: a large block forgotten ([`unmap`], before
+//!   `munmap` or the mapping cache), free memory about to be given back
+//!   ([`releasing`], before `madvise`); otherwise a page touched and
+//!   released between two views would never be seen;
+//! - when a large block is handed out ([`map_and_hand_out`], and the
+//!   growth in [`remapped`]): its pages may come resident from the large
+//!   tier's mapping cache; those are marked resident without counting.
+//!
+//! All of it only once *watched* ([`watch`]): from start-up when the
+//! views are asked for at exit (`BUDDYSLAB_STATS`, `BUDDYSLAB_HEAPMAP`),
+//! otherwise from the first view taken; before that, nothing is observed
+//! and no `mincore` is made, so a process that never reads the views pays
+//! nothing but the bit updates it always paid. Never on the per-object
+//! fast path. `/proc/self/pagemap` was the other candidate: it says the
+//! same (bit 63, present) at 8 bytes per page instead of 1, through a file
+//! to open and `pread`, which a sandbox or a `chroot` without `/proc`
+//! refuses; `mincore` needs neither.
+//!
+//! Compare the observed sum with the kernel's `ru_minflt`
+//! ([`crate::os::minor_faults`]): the difference is what the process
+//! faults outside buddyslab (loader, libc, stack, its own data), plus the
+//! blind spots below.
 //!
 //! Transparent huge pages: the prediction counts 4 KiB faults, except in
 //! large blocks grown by `realloc` past 2 MiB, which buddyslab advises
@@ -38,7 +78,8 @@
 //! targets) all other memory faults 4 KiB at a time. With THP `always`,
 //! one fault can map any whole 2 MiB aligned extent (every chunk is two of
 //! them), so the kernel's count falls by up to 512 times and the
-//! prediction becomes an upper bound.
+//! prediction becomes an upper bound. The observation counts pages, not
+//! faults: a huge page counts 512.
 //!
 //! Updates happen on slow paths only: a chunk or large block is mapped or
 //! unmapped, pages go from the buddy to a tier or back, free memory is
@@ -46,28 +87,57 @@
 //! missing table is installed with a compare-and-swap, and the loser gives
 //! its page back; an entry, which has one writer at a time (the page's
 //! owner), is updated with a plain load and store (see `replace`). The
-//! only lock is [`TABLE_POOL`]'s, a leaf (last in the global lock order),
-//! held for a few instructions.
+//! observation of a view is a second writer: it sets [`PTE_RESIDENT`] with
+//! a compare-and-swap and skips an entry that changed under it (seen at
+//! the next view); an owner's store racing with it can drop the bit, and
+//! the page is then counted once more at the next view. The only lock is
+//! [`TABLE_POOL`]'s, a leaf (last in the global lock order), held for a
+//! few instructions.
 //!
-//! Where the prediction is blind: the CPU depots' pages (taken from the
-//! buddy by `slab::percpu`, a few per CPU) are not recorded.
+//! Where the shadow is blind: the CPU depots' pages (taken from the buddy
+//! by `slab::percpu`, a few per CPU) are not recorded; large-tier pages
+//! moved by the mapping cache between two of its extents keep no state
+//! (they are seen again when handed out); and before it is watched,
+//! pages that faulted in and left are never observed.
 
 use crate::buddy;
 use crate::os::PAGE_SIZE;
 use crate::page;
 use crate::sync::Mutex;
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 /// Entry bit: the page is mapped by buddyslab.
 pub const PTE_PRESENT: u64 = 1;
 /// Entry bit: the page is handed out to a tier.
 pub const PTE_HANDED: u64 = 2;
-/// Entry bit: the page has been touched since it was mapped or advised away.
-pub const PTE_TOUCHED: u64 = 4;
+/// Entry bit: handed out since it was mapped or advised away (its fault
+/// is predicted).
+pub const PTE_PREDICTED: u64 = 4;
 /// Shift of the owner tier field (3 bits).
 pub const PTE_TIER_SHIFT: u32 = 3;
 const PTE_TIER_MASK: u64 = 7 << PTE_TIER_SHIFT;
+/// Entry bit: the kernel reported the page resident since it was mapped or
+/// advised away.
+pub const PTE_RESIDENT: u64 = 1 << 6;
+/// Entry bit: given back with `MADV_DONTNEED` after it had been resident.
+pub const PTE_GIVEN_BACK: u64 = 1 << 7;
+/// Shift of the field holding the tier the page was last handed out to.
+const PTE_LAST_SHIFT: u32 = 8;
+const PTE_LAST_MASK: u64 = 7 << PTE_LAST_SHIFT;
+/// What a page keeps across hand-outs and give-backs to the buddy.
+const PTE_HISTORY: u64 = PTE_PREDICTED | PTE_RESIDENT | PTE_GIVEN_BACK;
+
+/// The entry bits of a page handed out to `tier`.
+const fn handed_bits(tier: Tier) -> u64 {
+    PTE_PRESENT | PTE_HANDED | PTE_PREDICTED | ((tier as u64) << PTE_TIER_SHIFT) | ((tier as u64) << PTE_LAST_SHIFT)
+}
+
+/// Whether an entry is a page whose fault was predicted and not yet seen.
+#[inline(always)]
+fn pending(entry: u64) -> bool {
+    entry & (PTE_PRESENT | PTE_PREDICTED | PTE_RESIDENT) == PTE_PRESENT | PTE_PREDICTED
+}
 
 const ENTRIES: usize = 512;
 const LEVEL_BITS: u32 = 9;
@@ -133,6 +203,13 @@ const _: () = assert!(core::mem::size_of::<Table>() == PAGE_SIZE);
 static PGD: [AtomicPtr<Table>; ENTRIES] = [const { AtomicPtr::new(ptr::null_mut()) }; ENTRIES];
 
 static PREDICTED: [AtomicU64; NR_TIERS] = [const { AtomicU64::new(0) }; NR_TIERS];
+static OBSERVED: [AtomicU64; NR_TIERS] = [const { AtomicU64::new(0) }; NR_TIERS];
+static REFAULTS: [AtomicU64; NR_TIERS] = [const { AtomicU64::new(0) }; NR_TIERS];
+/// Whether residency is observed (see [`watch`]).
+static WATCHED: AtomicBool = AtomicBool::new(false);
+/// `mincore` calls made by the observation, and pages they covered.
+static MINCORE_CALLS: AtomicU64 = AtomicU64::new(0);
+static MINCORE_PAGES: AtomicU64 = AtomicU64::new(0);
 static HANDED: [AtomicUsize; NR_TIERS] = [const { AtomicUsize::new(0) }; NR_TIERS];
 static TABLE_PAGES: AtomicUsize = AtomicUsize::new(0);
 
@@ -295,8 +372,12 @@ pub fn map(start: usize, len: usize) {
     tally.apply();
 }
 
-/// Records `[start, start + len)` as unmapped.
+/// Records `[start, start + len)` as unmapped. Called before the kernel
+/// unmaps it: when watched, what faulted in is observed first.
 pub fn unmap(start: usize, len: usize) {
+    if is_watched() {
+        observe(start, len);
+    }
     let mut tally = Tally::new();
     walk(start, len, false, |e| {
         if let Some(e) = e {
@@ -345,7 +426,7 @@ impl Tally {
 /// the faults predicted.
 pub fn map_and_hand_out(start: usize, len: usize, tier: Tier) -> usize {
     let mut tally = Tally::new();
-    let bits = PTE_PRESENT | PTE_HANDED | PTE_TOUCHED | ((tier as u64) << PTE_TIER_SHIFT);
+    let bits = handed_bits(tier);
     walk(start, len, true, |e| {
         if let Some(e) = e {
             tally.forget(replace(e, bits));
@@ -353,6 +434,10 @@ pub fn map_and_hand_out(start: usize, len: usize, tier: Tier) -> usize {
         }
     });
     tally.apply();
+    if is_watched() {
+        // The mapping cache hands out pages already resident.
+        mark_resident(start, len);
+    }
     let faults = len / PAGE_SIZE;
     PREDICTED[tier as usize].fetch_add(faults as u64, Ordering::Relaxed);
     faults
@@ -377,7 +462,7 @@ pub fn hand_out_huge(start: usize, len: usize, tier: Tier) -> usize {
 fn hand_out_pages(start: usize, len: usize, tier: Tier, huge: bool) -> usize {
     let mut faults = 0;
     let mut tally = Tally::new();
-    let bits = PTE_PRESENT | PTE_HANDED | PTE_TOUCHED | ((tier as u64) << PTE_TIER_SHIFT);
+    let bits = handed_bits(tier);
     let end = start + len;
     let mut addr = start;
     // One pte table (one 2 MiB extent) at a time.
@@ -386,10 +471,11 @@ fn hand_out_pages(start: usize, len: usize, tier: Tier, huge: bool) -> usize {
         let mut untouched = 0;
         walk(addr, stop - addr, false, |e| match e {
             Some(e) => {
-                let old = replace(e, bits);
+                let old = e.load(Ordering::Relaxed);
+                e.store(bits | (old & PTE_HISTORY), Ordering::Relaxed);
                 tally.forget(old);
                 tally.add(tier);
-                if old & PTE_TOUCHED == 0 {
+                if old & PTE_PREDICTED == 0 {
                     untouched += 1;
                 }
             }
@@ -419,11 +505,13 @@ pub fn give_back(start: usize, len: usize) {
 }
 
 /// Records `madvise(MADV_DONTNEED)` on `[start, start + len)`: the next
-/// touch of each page faults again.
+/// touch of each page faults again (a refault, if it had been resident).
 pub fn advised(start: usize, len: usize) {
     walk(start, len, false, |e| {
         if let Some(e) = e {
-            e.store(e.load(Ordering::Relaxed) & !PTE_TOUCHED, Ordering::Relaxed);
+            let old = e.load(Ordering::Relaxed);
+            let given_back = if old & PTE_RESIDENT != 0 { PTE_GIVEN_BACK } else { 0 };
+            e.store((old | given_back) & !(PTE_PREDICTED | PTE_RESIDENT), Ordering::Relaxed);
         }
     });
 }
@@ -438,7 +526,7 @@ pub fn remapped(old: usize, old_len: usize, new: usize, new_len: usize, tier: Ti
     if new == old {
         if new_len > old_len {
             map(old + old_len, new_len - old_len);
-            return hand_out_pages(old + old_len, new_len - old_len, tier, huge);
+            return hand_out_grown(old + old_len, new_len - old_len, tier, huge);
         } else if old_len > new_len {
             unmap(old + new_len, old_len - new_len);
         }
@@ -464,9 +552,208 @@ pub fn remapped(old: usize, old_len: usize, new: usize, new_len: usize, tier: Ti
     tally.apply();
     unmap(old, old_len);
     if new_len > keep {
-        return hand_out_pages(new + keep, new_len - keep, tier, huge);
+        return hand_out_grown(new + keep, new_len - keep, tier, huge);
     }
     0
+}
+
+/// [`hand_out_pages`] for the growth of a large block, which may take
+/// pages resident from the mapping cache.
+fn hand_out_grown(start: usize, len: usize, tier: Tier, huge: bool) -> usize {
+    let faults = hand_out_pages(start, len, tier, huge);
+    if is_watched() {
+        mark_resident(start, len);
+    }
+    faults
+}
+
+/// Starts observing what becomes resident (see the module's text): from
+/// start-up when the views will be read at exit, else at the first view.
+pub fn watch() {
+    WATCHED.store(true, Ordering::Relaxed);
+}
+
+#[inline(always)]
+fn is_watched() -> bool {
+    WATCHED.load(Ordering::Relaxed)
+}
+
+/// Called just before `madvise(MADV_DONTNEED)` gives `[start, start +
+/// len)` back: when watched, what faulted in there is observed while it
+/// still is resident.
+pub fn releasing(start: usize, len: usize) {
+    if is_watched() {
+        observe(start, len);
+    }
+}
+
+/// What one observation found, added to the counters at its end.
+struct Seen {
+    observed: [u64; NR_TIERS],
+    refaults: [u64; NR_TIERS],
+}
+
+impl Seen {
+    fn new() -> Self {
+        Seen { observed: [0; NR_TIERS], refaults: [0; NR_TIERS] }
+    }
+
+    fn apply(self) {
+        for t in 0..NR_TIERS {
+            if self.observed[t] != 0 {
+                OBSERVED[t].fetch_add(self.observed[t], Ordering::Relaxed);
+            }
+            if self.refaults[t] != 0 {
+                REFAULTS[t].fetch_add(self.refaults[t], Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Observes the pages of `[start, start + len)` (page-aligned).
+fn observe(start: usize, len: usize) {
+    let mut seen = Seen::new();
+    observe_into(start, len, &mut seen);
+    seen.apply();
+}
+
+/// [`observe`], gathering what it finds in `seen`.
+fn observe_into(start: usize, len: usize, seen: &mut Seen) {
+    let end = start + len;
+    let mut addr = start;
+    while addr < end {
+        let stop = ((addr / PTE_TABLE_SPAN + 1) * PTE_TABLE_SPAN).min(end);
+        let t = pte_table(addr, false);
+        if !t.is_null() {
+            let first = (addr >> PTE_SHIFT) & (ENTRIES - 1);
+            // SAFETY: installed tables live forever.
+            let entries = unsafe { &(&(*t).entries)[first..first + (stop - addr) / PAGE_SIZE] };
+            observe_entries(entries, addr, seen);
+        }
+        addr = stop;
+    }
+}
+
+/// Asks the kernel which pending pages (fault predicted, not yet seen
+/// resident) among `entries` (at most one table's, the first at `addr`)
+/// are resident now, and marks those [`PTE_RESIDENT`]: one `mincore` per
+/// run of present pages from a pending one to the last pending one before
+/// a page buddyslab does not map (where `mincore` would fail).
+fn observe_entries(entries: &[AtomicU64], addr: usize, seen: &mut Seen) {
+    let mut vec = [0u8; ENTRIES];
+    let n = entries.len();
+    let mut i = 0;
+    while i < n {
+        if !pending(entries[i].load(Ordering::Relaxed)) {
+            i += 1;
+            continue;
+        }
+        let (mut last, mut j) = (i, i + 1);
+        while j < n {
+            let e = entries[j].load(Ordering::Relaxed);
+            if e & PTE_PRESENT == 0 {
+                break;
+            }
+            if pending(e) {
+                last = j;
+            }
+            j += 1;
+        }
+        let pages = last + 1 - i;
+        MINCORE_CALLS.fetch_add(1, Ordering::Relaxed);
+        MINCORE_PAGES.fetch_add(pages as u64, Ordering::Relaxed);
+        if crate::os::mincore(addr + i * PAGE_SIZE, &mut vec[..pages]) {
+            for (e, _) in entries[i..=last].iter().zip(&vec[..pages]).filter(|(_, &v)| v & 1 != 0) {
+                let old = e.load(Ordering::Relaxed);
+                if !pending(old) {
+                    continue;
+                }
+                // A second writer beside the page's owner: an entry that
+                // changed under us is left for the next observation.
+                let new = (old | PTE_RESIDENT) & !PTE_GIVEN_BACK;
+                if e.compare_exchange(old, new, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+                    let tier = ((old & PTE_LAST_MASK) >> PTE_LAST_SHIFT) as usize % NR_TIERS;
+                    seen.observed[tier] += 1;
+                    if old & PTE_GIVEN_BACK != 0 {
+                        seen.refaults[tier] += 1;
+                    }
+                }
+            }
+        }
+        i = j;
+    }
+}
+
+/// Marks the pages of `[start, start + len)` the kernel has resident as
+/// [`PTE_RESIDENT`] without counting them: pages a large block got
+/// resident from the mapping cache, which cost no fault now.
+fn mark_resident(start: usize, len: usize) {
+    let mut vec = [0u8; ENTRIES];
+    let end = start + len;
+    let mut addr = start;
+    while addr < end {
+        let stop = ((addr / PTE_TABLE_SPAN + 1) * PTE_TABLE_SPAN).min(end);
+        let t = pte_table(addr, false);
+        let pages = (stop - addr) / PAGE_SIZE;
+        MINCORE_CALLS.fetch_add(1, Ordering::Relaxed);
+        MINCORE_PAGES.fetch_add(pages as u64, Ordering::Relaxed);
+        if !t.is_null() && crate::os::mincore(addr, &mut vec[..pages]) {
+            let first = (addr >> PTE_SHIFT) & (ENTRIES - 1);
+            // SAFETY: installed tables live forever.
+            let entries = unsafe { &(&(*t).entries)[first..first + pages] };
+            for (e, _) in entries.iter().zip(&vec[..pages]).filter(|(_, &v)| v & 1 != 0) {
+                // The block is the caller's: one writer.
+                e.store(e.load(Ordering::Relaxed) | PTE_RESIDENT, Ordering::Relaxed);
+            }
+        }
+        addr = stop;
+    }
+}
+
+/// Observes every page the shadow records (a walk of all its tables) and
+/// returns the pages handed out and still not resident, by tier.
+fn observe_all() -> [usize; NR_TIERS] {
+    let mut seen = Seen::new();
+    let mut untouched = [0; NR_TIERS];
+    for (g, pgd) in PGD.iter().enumerate() {
+        let pud = pgd.load(Ordering::Acquire);
+        if pud.is_null() {
+            continue;
+        }
+        // SAFETY: installed tables live forever.
+        for (u, pud) in unsafe { as_dir(pud) }.iter().enumerate() {
+            let pmd = pud.load(Ordering::Acquire);
+            if pmd.is_null() {
+                continue;
+            }
+            // SAFETY: as above.
+            for (m, pmd) in unsafe { as_dir(pmd) }.iter().enumerate() {
+                let pte = pmd.load(Ordering::Acquire);
+                if pte.is_null() {
+                    continue;
+                }
+                let addr = (g << PGD_SHIFT) | (u << PUD_SHIFT) | (m << PMD_SHIFT);
+                // SAFETY: as above.
+                let entries = unsafe { &(*pte).entries };
+                observe_entries(entries, addr, &mut seen);
+                for e in entries {
+                    let e = e.load(Ordering::Relaxed);
+                    if never_touched(e) {
+                        untouched[Tier::from_entry(e) as usize] += 1;
+                    }
+                }
+            }
+        }
+    }
+    seen.apply();
+    untouched
+}
+
+/// Whether an entry is a page handed out and not seen resident since it
+/// was: handed out but never touched, as far as the last observation
+/// knows.
+pub fn never_touched(entry: u64) -> bool {
+    entry & (PTE_HANDED | PTE_RESIDENT) == PTE_HANDED
 }
 
 /// The entry for the page holding `addr` (0 when nothing is recorded).
@@ -487,12 +774,28 @@ pub fn tier_of(entry: u64) -> Tier {
 /// The shadow's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FaultCounts {
-    /// Predicted minor faults, by [`Tier`] (index `Tier as usize`).
+    /// Predicted minor faults, by [`Tier`] (index `Tier as usize`): pages
+    /// handed out when not handed out since mapped or given back, an upper
+    /// bound on the faults they cost.
     pub predicted: [u64; NR_TIERS],
+    /// Observed minor faults, by tier: pages handed out that the kernel
+    /// then reported resident (once per page until it is given back).
+    pub observed: [u64; NR_TIERS],
+    /// The observed faults of pages that had been resident, were given
+    /// back with `MADV_DONTNEED`, and faulted in again, by tier.
+    pub refaults: [u64; NR_TIERS],
     /// Pages handed out now, by tier.
     pub handed_pages: [usize; NR_TIERS],
+    /// Of those, pages not resident at this reading: handed out, never
+    /// touched.
+    pub untouched_pages: [usize; NR_TIERS],
     /// Pages the shadow's own tables use.
     pub table_pages: usize,
+    /// `mincore` calls the observation made so far, and the pages they
+    /// asked about.
+    pub mincore_calls: u64,
+    /// See `mincore_calls`.
+    pub mincore_pages: u64,
 }
 
 impl FaultCounts {
@@ -500,13 +803,37 @@ impl FaultCounts {
     pub fn total_predicted(&self) -> u64 {
         self.predicted.iter().sum()
     }
+
+    /// All observed faults.
+    pub fn total_observed(&self) -> u64 {
+        self.observed.iter().sum()
+    }
+
+    /// All refaults.
+    pub fn total_refaults(&self) -> u64 {
+        self.refaults.iter().sum()
+    }
 }
 
-/// Reads the counters.
+/// Observes what became resident (starting the watch, see [`watch`]),
+/// then reads the counters. Costs a walk of every table and a `mincore`
+/// per run of pages not yet seen resident: what a view costs.
 pub fn counts() -> FaultCounts {
-    let mut c = FaultCounts { table_pages: TABLE_PAGES.load(Ordering::Relaxed), ..Default::default() };
+    #[cfg(test)]
+    let _alone = tests::OBSERVING.lock().unwrap_or_else(|e| e.into_inner());
+    watch();
+    let untouched_pages = observe_all();
+    let mut c = FaultCounts {
+        untouched_pages,
+        table_pages: TABLE_PAGES.load(Ordering::Relaxed),
+        mincore_calls: MINCORE_CALLS.load(Ordering::Relaxed),
+        mincore_pages: MINCORE_PAGES.load(Ordering::Relaxed),
+        ..Default::default()
+    };
     for t in 0..NR_TIERS {
         c.predicted[t] = PREDICTED[t].load(Ordering::Relaxed);
+        c.observed[t] = OBSERVED[t].load(Ordering::Relaxed);
+        c.refaults[t] = REFAULTS[t].load(Ordering::Relaxed);
         c.handed_pages[t] = HANDED[t].load(Ordering::Relaxed);
     }
     c
@@ -522,6 +849,10 @@ mod tests {
     fn region(n: usize) -> usize {
         0x5a00_0000_0000 + n * (1 << 32)
     }
+
+    /// Held by a view's observation ([`counts`]) and by the test that
+    /// counts its own observations, which a view beside it would take.
+    pub(super) static OBSERVING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     #[test]
     fn levels_decode_like_the_hardware() {
@@ -540,10 +871,11 @@ mod tests {
         assert_eq!(entry(base + 7 * PAGE_SIZE), PTE_PRESENT);
         assert_eq!(hand_out(base, len, Tier::Large), len / PAGE_SIZE);
         let e = entry(base + len - 1);
-        assert_eq!(e & (PTE_HANDED | PTE_TOUCHED), PTE_HANDED | PTE_TOUCHED);
+        assert_eq!(e & (PTE_HANDED | PTE_PREDICTED), PTE_HANDED | PTE_PREDICTED);
         assert_eq!(tier_of(e), Tier::Large);
         give_back(base, len);
-        assert_eq!(entry(base), PTE_PRESENT | PTE_TOUCHED, "returned pages stay resident");
+        assert_eq!(entry(base) & !PTE_LAST_MASK, PTE_PRESENT | PTE_PREDICTED, "returned pages stay resident");
+        assert_eq!((entry(base) & PTE_LAST_MASK) >> PTE_LAST_SHIFT, Tier::Large as u64, "and remember their last tier");
         assert_eq!(hand_out(base, len, Tier::Slab), 0, "resident pages do not fault again");
         give_back(base, len);
         advised(base + PAGE_SIZE, 2 * PAGE_SIZE);
@@ -560,7 +892,7 @@ mod tests {
         hand_out(a, 8 * PAGE_SIZE, Tier::Large);
         remapped(a, 8 * PAGE_SIZE, b, 12 * PAGE_SIZE, Tier::Large, false);
         assert_eq!(entry(a), 0);
-        assert_ne!(entry(b + 7 * PAGE_SIZE) & PTE_TOUCHED, 0);
+        assert_ne!(entry(b + 7 * PAGE_SIZE) & PTE_PREDICTED, 0);
         assert_eq!(tier_of(entry(b + 11 * PAGE_SIZE)), Tier::Large);
         // In place: a shrink unmaps the tail.
         remapped(b, 12 * PAGE_SIZE, b, 4 * PAGE_SIZE, Tier::Large, false);
@@ -580,7 +912,7 @@ mod tests {
         // extent) by pages.
         assert_eq!(remapped(a, MIB, b, 5 * MIB, Tier::Large, true), 256 + 1 + 256);
         assert_eq!(entry(a), 0);
-        assert_ne!(entry(b + 3 * MIB) & PTE_TOUCHED, 0);
+        assert_ne!(entry(b + 3 * MIB) & PTE_PREDICTED, 0);
         // Grown in place to 9 MiB: the other half of the third extent
         // faults by pages, the fourth extent once, the first half of the
         // fifth by pages.
@@ -588,6 +920,56 @@ mod tests {
         // Without the advice, every page.
         assert_eq!(remapped(b, 9 * MIB, a, 13 * MIB, Tier::Large, false), 4 * MIB / PAGE_SIZE);
         unmap(a, 13 * MIB);
+    }
+
+    /// Against real memory: what the program touched is observed once,
+    /// what it did not stays never-touched, and a page given back with
+    /// `MADV_DONTNEED` and touched again is a refault.
+    #[test]
+    fn observation_counts_what_the_kernel_made_resident() {
+        let _alone = OBSERVING.lock().unwrap_or_else(|e| e.into_inner());
+        let len = 16 * PAGE_SIZE;
+        let p = crate::os::mmap_anonymous(len, false).unwrap();
+        let touch = |pages: &[usize]| {
+            // SAFETY: inside the mapping made above.
+            pages.iter().for_each(|&i| unsafe { ptr::write_volatile((p + i * PAGE_SIZE) as *mut u8, 1) })
+        };
+        map(p, len);
+        assert_eq!(hand_out(p, len, Tier::Pages), 16);
+        touch(&[0, 3, 4, 15]);
+        let mut seen = Seen::new();
+        observe_into(p, len, &mut seen);
+        assert_eq!(seen.observed[Tier::Pages as usize], 4);
+        assert_eq!(seen.observed.iter().sum::<u64>(), 4);
+        assert_eq!(seen.refaults.iter().sum::<u64>(), 0);
+        let never: Vec<usize> = (0..16).filter(|&i| never_touched(entry(p + i * PAGE_SIZE))).collect();
+        assert_eq!(never, [1, 2, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]);
+        // Seen once: a second look finds nothing new.
+        let mut again = Seen::new();
+        observe_into(p, len, &mut again);
+        assert_eq!(again.observed.iter().sum::<u64>(), 0);
+        // Given back to the buddy, then to the kernel, then handed out and
+        // touched again: page 0 had been resident (a refault), page 1 not.
+        give_back(p, len);
+        // SAFETY: the mapping is ours and holds nothing needed.
+        unsafe { crate::os::madvise_dontneed(p, len).unwrap() };
+        advised(p, len);
+        assert_eq!(hand_out(p, len, Tier::Slab), 16, "advised pages are predicted again");
+        touch(&[0, 1]);
+        let mut after = Seen::new();
+        observe_into(p, len, &mut after);
+        assert_eq!((after.observed[Tier::Slab as usize], after.refaults[Tier::Slab as usize]), (2, 1));
+        // Resident pages a block gets (as from the large tier's cache)
+        // are marked without counting.
+        touch(&[7]);
+        mark_resident(p, len);
+        let mut last = Seen::new();
+        observe_into(p, len, &mut last);
+        assert_eq!(last.observed.iter().sum::<u64>(), 0);
+        assert!(!never_touched(entry(p + 7 * PAGE_SIZE)));
+        unmap(p, len);
+        // SAFETY: mapped above, no longer used.
+        unsafe { crate::os::munmap(p, len).unwrap() };
     }
 
     #[derive(Clone, Debug)]
@@ -641,10 +1023,9 @@ mod tests {
                     }
                     Op::HandOut(s, l, t) => {
                         let tier = Tier::ALL[t as usize];
-                        let want = model[s..s + l].iter().filter(|&&e| e & PTE_TOUCHED == 0).count();
+                        let want = model[s..s + l].iter().filter(|&&e| e & PTE_PREDICTED == 0).count();
                         prop_assert_eq!(hand_out(base + s * PAGE_SIZE, l * PAGE_SIZE, tier), want);
-                        let bits = PTE_PRESENT | PTE_HANDED | PTE_TOUCHED | ((t as u64) << PTE_TIER_SHIFT);
-                        model[s..s + l].iter_mut().for_each(|e| *e = bits);
+                        model[s..s + l].iter_mut().for_each(|e| *e = handed_bits(tier) | (*e & PTE_HISTORY));
                     }
                     Op::HandOutHuge(s, l, t) => {
                         // Per 2 MiB extent (the region is aligned): one
@@ -654,19 +1035,17 @@ mod tests {
                         let mut i = s;
                         while i < s + l {
                             let stop = ((i / ENTRIES + 1) * ENTRIES).min(s + l);
-                            let untouched = model[i..stop].iter().filter(|&&e| e & PTE_TOUCHED == 0).count();
+                            let untouched = model[i..stop].iter().filter(|&&e| e & PTE_PREDICTED == 0).count();
                             want += if stop - i == ENTRIES && untouched == ENTRIES { 1 } else { untouched };
                             i = stop;
                         }
                         prop_assert_eq!(hand_out_huge(base + s * PAGE_SIZE, l * PAGE_SIZE, tier), want);
-                        let bits = PTE_PRESENT | PTE_HANDED | PTE_TOUCHED | ((t as u64) << PTE_TIER_SHIFT);
-                        model[s..s + l].iter_mut().for_each(|e| *e = bits);
+                        model[s..s + l].iter_mut().for_each(|e| *e = handed_bits(tier) | (*e & PTE_HISTORY));
                     }
                     Op::MapHandOut(s, l, t) => {
                         let tier = Tier::ALL[t as usize];
                         prop_assert_eq!(map_and_hand_out(base + s * PAGE_SIZE, l * PAGE_SIZE, tier), l);
-                        let bits = PTE_PRESENT | PTE_HANDED | PTE_TOUCHED | ((t as u64) << PTE_TIER_SHIFT);
-                        model[s..s + l].iter_mut().for_each(|e| *e = bits);
+                        model[s..s + l].iter_mut().for_each(|e| *e = handed_bits(tier));
                     }
                     Op::GiveBack(s, l) => {
                         give_back(base + s * PAGE_SIZE, l * PAGE_SIZE);
@@ -674,7 +1053,10 @@ mod tests {
                     }
                     Op::Advise(s, l) => {
                         advised(base + s * PAGE_SIZE, l * PAGE_SIZE);
-                        model[s..s + l].iter_mut().for_each(|e| *e &= !PTE_TOUCHED);
+                        model[s..s + l].iter_mut().for_each(|e| {
+                            let given_back = if *e & PTE_RESIDENT != 0 { PTE_GIVEN_BACK } else { 0 };
+                            *e = (*e | given_back) & !(PTE_PREDICTED | PTE_RESIDENT);
+                        });
                     }
                 }
             }

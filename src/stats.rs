@@ -15,9 +15,11 @@
 //!   in the calling thread's bins: those are free for the program);
 //! - `maps` ([`write_maps`]): every region of the VMA tree, as
 //!   `/proc/self/maps`;
-//! - `faults` ([`write_faults`]): the page-table shadow's predicted minor
-//!   faults and handed-out pages by tier, next to the kernel's `ru_minflt`
-//!   and the resident pages `mincore` reports per region kind.
+//! - `faults` ([`write_faults`]): the page-table shadow's minor faults by
+//!   tier, predicted at hand-out (an upper bound) and observed (pages
+//!   `mincore` found resident since), refaults after give-back, pages
+//!   handed out and never touched, next to the kernel's `ru_minflt` and
+//!   its part outside buddyslab's memory.
 //!
 //! [`write_views`] writes all four as text, [`write_json`] as one JSON
 //! object. No lock is held while the caller's writer runs (it may be a
@@ -563,28 +565,104 @@ pub fn resident_by_kind() -> [usize; VMA_KINDS.len()] {
     resident
 }
 
-/// Writes the fault table: predicted faults and handed-out pages by tier,
-/// the kernel's `ru_minflt`, and resident pages by region kind.
+/// Writes the fault table. Per tier: faults predicted at hand-out (an
+/// upper bound: every page handed out counted as touched), faults observed
+/// (pages the kernel then reported resident), refaults among them (pages
+/// given back with `MADV_DONTNEED` and faulted in again), pages handed out
+/// now and, of those, pages never touched. Then the process's `ru_minflt`,
+/// its part outside buddyslab's memory (`ru_minflt` less the observed
+/// total), resident pages by region kind, and what the observation cost.
 pub fn write_faults(out: &mut dyn Write, s: &Snapshot) -> fmt::Result {
-    writeln!(out, "faults - predicted by the page-table shadow, by tier")?;
-    writeln!(out, "{:<10} {:>12} {:>12}", "# tier", "predicted", "handed_pages")?;
+    let f = &s.faults;
+    writeln!(out, "faults - minor page faults of buddyslab's memory, by tier (4 KiB pages)")?;
+    writeln!(out, "{:<10} {:>10} {:>10} {:>10} {:>12} {:>10}", "# tier", "predicted", "observed", "refaults", "handed_pages", "untouched")?;
     for t in Tier::ALL.iter().skip(1) {
-        writeln!(out, "{:<10} {:>12} {:>12}", t.name(), s.faults.predicted[*t as usize], s.faults.handed_pages[*t as usize])?;
+        let i = *t as usize;
+        writeln!(
+            out,
+            "{:<10} {:>10} {:>10} {:>10} {:>12} {:>10}",
+            t.name(),
+            f.predicted[i],
+            f.observed[i],
+            f.refaults[i],
+            f.handed_pages[i],
+            f.untouched_pages[i]
+        )?;
     }
-    writeln!(out, "{:<10} {:>12}", "total", s.faults.total_predicted())?;
-    writeln!(out, "{:<10} {:>12}", "ru_minflt", s.minflt)?;
+    let handed: usize = f.handed_pages.iter().sum();
+    let untouched: usize = f.untouched_pages.iter().sum();
+    writeln!(
+        out,
+        "{:<10} {:>10} {:>10} {:>10} {:>12} {:>10}",
+        "total",
+        f.total_predicted(),
+        f.total_observed(),
+        f.total_refaults(),
+        handed,
+        untouched
+    )?;
+    writeln!(out, "# predicted: pages handed out untouched since mapped or given back, counted as if the program wrote them (upper bound)")?;
+    writeln!(out, "# observed:  of those, pages the kernel reported resident since (mincore): faults that happened")?;
+    writeln!(out, "# refaults:  observed pages given back with MADV_DONTNEED earlier and faulted in again")?;
+    writeln!(out, "# untouched: pages handed out now and not resident: asked for, never touched")?;
+    writeln!(out, "{:<10} {:>10}", "ru_minflt", s.minflt)?;
+    writeln!(out, "{:<10} {:>10}   (ru_minflt - observed: loader, libc, stack, the program's own data)", "outside", s.minflt.saturating_sub(f.total_observed()))?;
     let resident = resident_by_kind();
     write!(out, "resident pages (mincore):")?;
     for (kind, n) in VMA_KINDS.iter().zip(resident) {
         write!(out, " {} {}", kind.name(), n)?;
     }
     writeln!(out)?;
+    writeln!(out, "observation: {} mincore calls over {} pages so far", f.mincore_calls, f.mincore_pages)?;
     writeln!(
         out,
         "page-table shadow: {} table pages; released to the OS: {} KiB in {} madvise calls",
-        s.faults.table_pages,
+        f.table_pages,
         s.released_bytes / 1024,
         s.release_calls
+    )
+}
+
+/// The JSON `faults` object: `predicted`, `observed`, `refaults` (totals,
+/// and per tier in `by_tier`, `observed_by_tier`, `refaults_by_tier`),
+/// `minflt` (the kernel's `ru_minflt`), `outside` (`minflt` less
+/// `observed`), `handed_pages` and `untouched_pages` per tier,
+/// `resident_pages` per region kind, the observation's `mincore_calls`
+/// and `mincore_pages`, `table_pages`, `released_bytes`, `release_calls`.
+/// The meanings are [`write_faults`]'s.
+fn write_faults_json(out: &mut dyn Write, s: &Snapshot) -> fmt::Result {
+    let f = &s.faults;
+    write!(
+        out,
+        "{{\"predicted\":{},\"observed\":{},\"refaults\":{},\"minflt\":{},\"outside\":{}",
+        f.total_predicted(),
+        f.total_observed(),
+        f.total_refaults(),
+        s.minflt,
+        s.minflt.saturating_sub(f.total_observed())
+    )?;
+    let by_tier: [(&str, &dyn Fn(usize) -> u64); 5] = [
+        ("by_tier", &|i| f.predicted[i]),
+        ("observed_by_tier", &|i| f.observed[i]),
+        ("refaults_by_tier", &|i| f.refaults[i]),
+        ("handed_pages", &|i| f.handed_pages[i] as u64),
+        ("untouched_pages", &|i| f.untouched_pages[i] as u64),
+    ];
+    for (name, figure) in by_tier {
+        write!(out, ",\"{name}\":{{")?;
+        for (i, t) in Tier::ALL.iter().skip(1).enumerate() {
+            write!(out, "{}\"{}\":{}", if i > 0 { "," } else { "" }, t.name(), figure(*t as usize))?;
+        }
+        write!(out, "}}")?;
+    }
+    write!(out, ",\"resident_pages\":{{")?;
+    for (i, (kind, n)) in VMA_KINDS.iter().zip(resident_by_kind()).enumerate() {
+        write!(out, "{}\"{}\":{}", if i > 0 { "," } else { "" }, kind.name(), n)?;
+    }
+    write!(
+        out,
+        "}},\"mincore_calls\":{},\"mincore_pages\":{},\"table_pages\":{},\"released_bytes\":{},\"release_calls\":{}}}",
+        f.mincore_calls, f.mincore_pages, f.table_pages, s.released_bytes, s.release_calls
     )
 }
 
@@ -654,23 +732,9 @@ pub fn write_json(out: &mut dyn Write) -> fmt::Result {
             (r.end - r.start) / 1024
         )
     })?;
-    write!(out, "],\"faults\":{{\"predicted\":{},\"minflt\":{},\"by_tier\":{{", s.faults.total_predicted(), s.minflt)?;
-    for (i, t) in Tier::ALL.iter().skip(1).enumerate() {
-        write!(out, "{}\"{}\":{}", if i > 0 { "," } else { "" }, t.name(), s.faults.predicted[*t as usize])?;
-    }
-    write!(out, "}},\"handed_pages\":{{")?;
-    for (i, t) in Tier::ALL.iter().skip(1).enumerate() {
-        write!(out, "{}\"{}\":{}", if i > 0 { "," } else { "" }, t.name(), s.faults.handed_pages[*t as usize])?;
-    }
-    write!(out, "}},\"resident_pages\":{{")?;
-    for (i, (kind, n)) in VMA_KINDS.iter().zip(resident_by_kind()).enumerate() {
-        write!(out, "{}\"{}\":{}", if i > 0 { "," } else { "" }, kind.name(), n)?;
-    }
-    write!(
-        out,
-        "}},\"table_pages\":{},\"released_bytes\":{},\"release_calls\":{}}},\"extfrag\":",
-        s.faults.table_pages, s.released_bytes, s.release_calls
-    )?;
+    write!(out, "],\"faults\":")?;
+    write_faults_json(out, &s)?;
+    write!(out, ",\"extfrag\":")?;
     crate::frag::write_extfrag_json(out, &s)?;
     write!(out, ",\"address_space\":")?;
     crate::addrspace::write_address_space_json(out)?;
