@@ -157,7 +157,7 @@ fn large_block(size: usize, align: usize) -> (*mut u8, bool) {
     if !p.is_null() {
         if let Ok(len) = large::usable_size(p) {
             crate::frag::LARGE_TIER.add(size, len);
-            pagetable::map_and_hand_out(p as usize, len, pagetable::Tier::Large);
+            pagetable::map_and_hand_out(p as usize, len, pagetable::Tier::Large, !zero);
         }
     }
     (p, zero)

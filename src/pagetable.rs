@@ -21,6 +21,7 @@
 //! | [`PTE_RESIDENT`] | the kernel reported it resident since it was mapped or advised away (it has faulted in) |
 //! | [`PTE_GIVEN_BACK`] | given back with `MADV_DONTNEED` after it had been resident: its next fault is a refault |
 //! | 8..=10 | the tier it was last handed out to (kept after it is given back, to whom its fault is owed) |
+//! | [`PTE_HUGE`] | in a 2 MiB extent predicted to fault as one transparent huge page |
 //!
 //! Two figures per tier, and the reader should keep them apart:
 //!
@@ -78,8 +79,11 @@
 //! targets) all other memory faults 4 KiB at a time. With THP `always`,
 //! one fault can map any whole 2 MiB aligned extent (every chunk is two of
 //! them), so the kernel's count falls by up to 512 times and the
-//! prediction becomes an upper bound. The observation counts pages, not
-//! faults: a huge page counts 512.
+//! prediction becomes an upper bound. The observation counts 4 KiB pages
+//! as faults, except in an extent predicted as one huge page
+//! ([`PTE_HUGE`]), whose pages found resident in one look count one
+//! fault: right when the kernel had a huge page to give, short by up to
+//! 511 when it had not (as the prediction is).
 //!
 //! Updates happen on slow paths only: a chunk or large block is mapped or
 //! unmapped, pages go from the buddy to a tier or back, free memory is
@@ -125,6 +129,8 @@ pub const PTE_GIVEN_BACK: u64 = 1 << 7;
 /// Shift of the field holding the tier the page was last handed out to.
 const PTE_LAST_SHIFT: u32 = 8;
 const PTE_LAST_MASK: u64 = 7 << PTE_LAST_SHIFT;
+/// Entry bit: in a 2 MiB extent predicted to fault as one huge page.
+pub const PTE_HUGE: u64 = 1 << 11;
 /// What a page keeps across hand-outs and give-backs to the buddy.
 const PTE_HISTORY: u64 = PTE_PREDICTED | PTE_RESIDENT | PTE_GIVEN_BACK;
 
@@ -422,9 +428,11 @@ impl Tally {
 }
 
 /// [`map`] then [`hand_out`] in one walk, for a large block handed out as
-/// soon as it is mapped: every page counts one predicted fault. Returns
-/// the faults predicted.
-pub fn map_and_hand_out(start: usize, len: usize, tier: Tier) -> usize {
+/// soon as it is mapped: every page counts one predicted fault. A block
+/// `reused` from the large tier's mapping cache may hold resident pages:
+/// when watched, those are marked resident and their predictions taken
+/// back (one `mincore` per 2 MiB). Returns the faults predicted.
+pub fn map_and_hand_out(start: usize, len: usize, tier: Tier, reused: bool) -> usize {
     let mut tally = Tally::new();
     let bits = handed_bits(tier);
     walk(start, len, true, |e| {
@@ -434,9 +442,8 @@ pub fn map_and_hand_out(start: usize, len: usize, tier: Tier) -> usize {
         }
     });
     tally.apply();
-    if is_watched() {
-        // The mapping cache hands out pages already resident.
-        mark_resident(start, len);
+    if reused && is_watched() {
+        mark_resident(start, len, tier);
     }
     let faults = len / PAGE_SIZE;
     PREDICTED[tier as usize].fetch_add(faults as u64, Ordering::Relaxed);
@@ -482,7 +489,16 @@ fn hand_out_pages(start: usize, len: usize, tier: Tier, huge: bool) -> usize {
             // A page whose table could not be made: still a fault to predict.
             None => untouched += 1,
         });
-        faults += if huge && stop - addr == PTE_TABLE_SPAN && untouched == ENTRIES { 1 } else { untouched };
+        if huge && stop - addr == PTE_TABLE_SPAN && untouched == ENTRIES {
+            faults += 1;
+            walk(addr, stop - addr, false, |e| {
+                if let Some(e) = e {
+                    e.store(e.load(Ordering::Relaxed) | PTE_HUGE, Ordering::Relaxed);
+                }
+            });
+        } else {
+            faults += untouched;
+        }
         addr = stop;
     }
     tally.apply();
@@ -511,7 +527,7 @@ pub fn advised(start: usize, len: usize) {
         if let Some(e) = e {
             let old = e.load(Ordering::Relaxed);
             let given_back = if old & PTE_RESIDENT != 0 { PTE_GIVEN_BACK } else { 0 };
-            e.store((old | given_back) & !(PTE_PREDICTED | PTE_RESIDENT), Ordering::Relaxed);
+            e.store((old | given_back) & !(PTE_PREDICTED | PTE_RESIDENT | PTE_HUGE), Ordering::Relaxed);
         }
     });
 }
@@ -562,7 +578,7 @@ pub fn remapped(old: usize, old_len: usize, new: usize, new_len: usize, tier: Ti
 fn hand_out_grown(start: usize, len: usize, tier: Tier, huge: bool) -> usize {
     let faults = hand_out_pages(start, len, tier, huge);
     if is_watched() {
-        mark_resident(start, len);
+        mark_resident(start, len, tier);
     }
     faults
 }
@@ -641,6 +657,8 @@ fn observe_into(start: usize, len: usize, seen: &mut Seen) {
 /// a page buddyslab does not map (where `mincore` would fail).
 fn observe_entries(entries: &[AtomicU64], addr: usize, seen: &mut Seen) {
     let mut vec = [0u8; ENTRIES];
+    // Pages of a huge-page extent seen now, by tier: one fault for all.
+    let mut huge = [(0u64, 0u64); NR_TIERS];
     let n = entries.len();
     let mut i = 0;
     while i < n {
@@ -673,21 +691,32 @@ fn observe_entries(entries: &[AtomicU64], addr: usize, seen: &mut Seen) {
                 let new = (old | PTE_RESIDENT) & !PTE_GIVEN_BACK;
                 if e.compare_exchange(old, new, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
                     let tier = ((old & PTE_LAST_MASK) >> PTE_LAST_SHIFT) as usize % NR_TIERS;
-                    seen.observed[tier] += 1;
-                    if old & PTE_GIVEN_BACK != 0 {
-                        seen.refaults[tier] += 1;
+                    let refault = (old & PTE_GIVEN_BACK != 0) as u64;
+                    if old & PTE_HUGE != 0 {
+                        huge[tier].0 += 1;
+                        huge[tier].1 += refault;
+                    } else {
+                        seen.observed[tier] += 1;
+                        seen.refaults[tier] += refault;
                     }
                 }
             }
         }
         i = j;
     }
+    for (t, (pages, refaults)) in huge.into_iter().enumerate() {
+        seen.observed[t] += pages.div_ceil(ENTRIES as u64);
+        seen.refaults[t] += refaults.div_ceil(ENTRIES as u64);
+    }
 }
 
-/// Marks the pages of `[start, start + len)` the kernel has resident as
+/// Marks the pages of `[start, start + len)`, just handed out to `tier`
+/// (each predicted to fault), that the kernel has resident as
 /// [`PTE_RESIDENT`] without counting them: pages a large block got
-/// resident from the mapping cache, which cost no fault now.
-fn mark_resident(start: usize, len: usize) {
+/// resident from the mapping cache, which cost no fault now. Their
+/// predictions are taken back.
+fn mark_resident(start: usize, len: usize, tier: Tier) {
+    let mut mispredicted = 0;
     let mut vec = [0u8; ENTRIES];
     let end = start + len;
     let mut addr = start;
@@ -703,10 +732,16 @@ fn mark_resident(start: usize, len: usize) {
             let entries = unsafe { &(&(*t).entries)[first..first + pages] };
             for (e, _) in entries.iter().zip(&vec[..pages]).filter(|(_, &v)| v & 1 != 0) {
                 // The block is the caller's: one writer.
-                e.store(e.load(Ordering::Relaxed) | PTE_RESIDENT, Ordering::Relaxed);
+                let old = e.load(Ordering::Relaxed);
+                e.store(old | PTE_RESIDENT, Ordering::Relaxed);
+                // A huge-page extent was predicted once for all its pages.
+                mispredicted += (old & (PTE_RESIDENT | PTE_HUGE) == 0) as u64;
             }
         }
         addr = stop;
+    }
+    if mispredicted != 0 {
+        PREDICTED[tier as usize].fetch_sub(mispredicted, Ordering::Relaxed);
     }
 }
 
@@ -905,7 +940,7 @@ mod tests {
     fn huge_growth_faults_once_per_whole_extent() {
         const MIB: usize = 1 << 20;
         let (a, b) = (region(4), region(5));
-        map_and_hand_out(a, MIB, Tier::Large);
+        map_and_hand_out(a, MIB, Tier::Large, false);
         // 1 MiB grown to 5 MiB at a new (2 MiB aligned) address: the rest
         // of the first extent faults by pages (the kept megabyte has 4 KiB
         // pages), the second extent once, the last megabyte (half an
@@ -962,7 +997,7 @@ mod tests {
         // Resident pages a block gets (as from the large tier's cache)
         // are marked without counting.
         touch(&[7]);
-        mark_resident(p, len);
+        mark_resident(p, len, Tier::Slab);
         let mut last = Seen::new();
         observe_into(p, len, &mut last);
         assert_eq!(last.observed.iter().sum::<u64>(), 0);
@@ -970,6 +1005,25 @@ mod tests {
         unmap(p, len);
         // SAFETY: mapped above, no longer used.
         unsafe { crate::os::munmap(p, len).unwrap() };
+    }
+
+    /// An extent predicted as one huge page is observed as one fault,
+    /// however its 512 pages became resident.
+    #[test]
+    fn a_huge_page_extent_is_observed_as_one_fault() {
+        let _alone = OBSERVING.lock().unwrap_or_else(|e| e.into_inner());
+        let raw = crate::os::mmap_anonymous(2 * PTE_TABLE_SPAN, false).unwrap();
+        let p = (raw + PTE_TABLE_SPAN - 1) & !(PTE_TABLE_SPAN - 1);
+        map(p, PTE_TABLE_SPAN);
+        assert_eq!(hand_out_huge(p, PTE_TABLE_SPAN, Tier::Large), 1);
+        // SAFETY: inside the mapping made above.
+        (0..ENTRIES).for_each(|i| unsafe { ptr::write_volatile((p + i * PAGE_SIZE) as *mut u8, 1) });
+        let mut seen = Seen::new();
+        observe_into(p, PTE_TABLE_SPAN, &mut seen);
+        assert_eq!(seen.observed[Tier::Large as usize], 1);
+        unmap(p, PTE_TABLE_SPAN);
+        // SAFETY: mapped above, no longer used.
+        unsafe { crate::os::munmap(raw, 2 * PTE_TABLE_SPAN).unwrap() };
     }
 
     #[derive(Clone, Debug)]
@@ -1036,15 +1090,17 @@ mod tests {
                         while i < s + l {
                             let stop = ((i / ENTRIES + 1) * ENTRIES).min(s + l);
                             let untouched = model[i..stop].iter().filter(|&&e| e & PTE_PREDICTED == 0).count();
-                            want += if stop - i == ENTRIES && untouched == ENTRIES { 1 } else { untouched };
+                            let one_huge_page = stop - i == ENTRIES && untouched == ENTRIES;
+                            want += if one_huge_page { 1 } else { untouched };
+                            let huge = if one_huge_page { PTE_HUGE } else { 0 };
+                            model[i..stop].iter_mut().for_each(|e| *e = handed_bits(tier) | (*e & PTE_HISTORY) | huge);
                             i = stop;
                         }
                         prop_assert_eq!(hand_out_huge(base + s * PAGE_SIZE, l * PAGE_SIZE, tier), want);
-                        model[s..s + l].iter_mut().for_each(|e| *e = handed_bits(tier) | (*e & PTE_HISTORY));
                     }
                     Op::MapHandOut(s, l, t) => {
                         let tier = Tier::ALL[t as usize];
-                        prop_assert_eq!(map_and_hand_out(base + s * PAGE_SIZE, l * PAGE_SIZE, tier), l);
+                        prop_assert_eq!(map_and_hand_out(base + s * PAGE_SIZE, l * PAGE_SIZE, tier, false), l);
                         model[s..s + l].iter_mut().for_each(|e| *e = handed_bits(tier));
                     }
                     Op::GiveBack(s, l) => {
@@ -1055,7 +1111,7 @@ mod tests {
                         advised(base + s * PAGE_SIZE, l * PAGE_SIZE);
                         model[s..s + l].iter_mut().for_each(|e| {
                             let given_back = if *e & PTE_RESIDENT != 0 { PTE_GIVEN_BACK } else { 0 };
-                            *e = (*e | given_back) & !(PTE_PREDICTED | PTE_RESIDENT);
+                            *e = (*e | given_back) & !(PTE_PREDICTED | PTE_RESIDENT | PTE_HUGE);
                         });
                     }
                 }
