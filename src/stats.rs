@@ -601,10 +601,10 @@ pub fn write_faults(out: &mut dyn Write, s: &Snapshot) -> fmt::Result {
         handed,
         untouched
     )?;
-    writeln!(out, "# predicted: pages handed out untouched since mapped or given back, counted as if the program wrote them (upper bound)")?;
-    writeln!(out, "# observed:  of those, pages the kernel reported resident since (mincore): faults that happened")?;
-    writeln!(out, "# refaults:  observed pages given back with MADV_DONTNEED earlier and faulted in again")?;
-    writeln!(out, "# untouched: pages handed out now and not resident: asked for, never touched")?;
+    writeln!(out, "# predicted: pages handed out first since mapped or given back: a fault each if all were written (upper bound)")?;
+    writeln!(out, "# observed:  of those, pages the kernel has since reported resident (mincore): faults that happened")?;
+    writeln!(out, "# refaults:  observed pages that buddyslab had given back (MADV_DONTNEED) and that faulted in again")?;
+    writeln!(out, "# untouched: pages handed out now that are not resident: asked for, never touched")?;
     writeln!(out, "{:<10} {:>10}", "ru_minflt", s.minflt)?;
     writeln!(out, "{:<10} {:>10}   (ru_minflt - observed: loader, libc, stack, the program's own data)", "outside", s.minflt.saturating_sub(f.total_observed()))?;
     let resident = resident_by_kind();
