@@ -42,37 +42,26 @@
 #[cfg(all(not(test), not(target_arch = "x86_64")))]
 extern crate std;
 
-// The public API: the global allocator and the views of the heap. The
-// tiers below are public only so that the C face (a separate crate), the
-// tool and the integration tests can reach them; they are hidden from the
-// documentation and carry no stability promise.
-pub mod addrspace;
-pub mod frag;
-pub mod global;
-pub mod heapmap;
-pub mod stats;
-
-#[doc(hidden)]
-pub mod buddy;
-#[doc(hidden)]
-pub mod heap;
-#[doc(hidden)]
-pub mod large;
-#[doc(hidden)]
-pub mod options;
+// The layers, lowest first (docs/ARCHITECTURE.md; tests/layers.rs checks
+// that no module names one above its own).
 #[doc(hidden)]
 pub mod os;
 #[doc(hidden)]
-pub mod page;
+pub mod options;
 #[doc(hidden)]
-pub mod pagetable;
-#[doc(hidden)]
-pub mod pcp;
+pub mod mm;
 #[doc(hidden)]
 pub mod slab;
 #[doc(hidden)]
-pub mod sync;
+pub mod large;
 #[doc(hidden)]
-pub mod vma;
+pub mod ledger;
+pub mod views;
+#[doc(hidden)]
+pub mod heap;
+pub mod global;
+
+// The public API: the global allocator and the views of the heap.
+pub use views::{addrspace, frag, heapmap, stats};
 
 pub use global::BuddySlab;

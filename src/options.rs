@@ -5,8 +5,8 @@
 //! | `BUDDYSLAB_MMAP_THRESHOLD` | bytes; requests at or above get a large block (default 128 KiB and adaptive, at most 32 MiB; `k`/`m` suffixes); setting it stops the adaptation |
 //! | `BUDDYSLAB_DECAY_MS`       | milliseconds free memory stays resident before going back to the OS (default 1000; 0 = at the next slow path) |
 //! | `BUDDYSLAB_STATS`          | `1`: the text views on stderr at exit; `json`: one JSON object on stderr at exit |
-//! | `BUDDYSLAB_HEAPMAP`        | a file path: an SVG heap map (one row per chunk, one cell per page) is written there at exit (see [`crate::heapmap`]) |
-//! | `BUDDYSLAB_ADDRSPACE_SVG`  | a file path: the process address space drawn as SVG (segments, gaps, buddyslab's regions) is written there at exit (see [`crate::addrspace`]) |
+//! | `BUDDYSLAB_HEAPMAP`        | a file path: an SVG heap map (one row per chunk, one cell per page) is written there at exit (see [`crate::views::heapmap`]) |
+//! | `BUDDYSLAB_ADDRSPACE_SVG`  | a file path: the process address space drawn as SVG (segments, gaps, buddyslab's regions) is written there at exit (see [`crate::views::addrspace`]) |
 //! | `BUDDYSLAB_LARGE_CACHE`    | bytes; cap on released large mappings kept for reuse (default 64 MiB, also bounded by the trim threshold; 0 turns the cache off) |
 //! | `BUDDYSLAB_LARGE_CACHE_MS` | milliseconds a released mapping stays cached (default 1000) |
 //! | `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_` | glibc's names, honoured as glibc does (bytes; setting either stops the adaptation) |
@@ -122,7 +122,7 @@ pub fn read_environment() {
 
 /// `BUDDYSLAB_VERBOSE=1`: one line per option, with the value in force.
 fn print_effective() {
-    let mut buf = crate::stats::FixedBuf::<1024>::new();
+    let mut buf = crate::views::stats::FixedBuf::<1024>::new();
     use core::fmt::Write as _;
     let on = |b: bool| if b { "on" } else { "off" };
     let stats = match STATS_AT_EXIT.load(Ordering::Relaxed) {
@@ -136,13 +136,13 @@ fn print_effective() {
         large::MMAP_THRESHOLD.load(Ordering::Relaxed),
         if large::DYNAMIC_THRESHOLD.load(Ordering::Relaxed) { "adaptive" } else { "fixed" },
         large::TRIM_THRESHOLD.load(Ordering::Relaxed),
-        crate::buddy::DECAY_MS.load(Ordering::Relaxed),
+        crate::mm::DECAY_MS.load(Ordering::Relaxed),
         CACHE_MAX.load(Ordering::Relaxed),
         CACHE_MAX_AGE_NS.load(Ordering::Relaxed) / 1_000_000,
         perturb(),
         stats,
-        on(crate::heapmap::requested()),
-        on(crate::addrspace::svg_requested()),
+        on(crate::views::heapmap::requested()),
+        on(crate::views::addrspace::svg_requested()),
     );
     os::write_all(2, buf.as_bytes());
 }
@@ -186,7 +186,7 @@ fn apply(entry: &'static [u8]) {
         },
         b"BUDDYSLAB_DECAY_MS" => match parse_size(value) {
             Some(v) if v <= u32::MAX as usize / 2 && value.iter().all(u8::is_ascii_digit) => {
-                crate::buddy::DECAY_MS.store(v as u32, Ordering::Relaxed);
+                crate::mm::DECAY_MS.store(v as u32, Ordering::Relaxed);
             }
             _ => report(entry, b"BUDDYSLAB_DECAY_MS must be milliseconds (e.g. 1000, 0); ignored"),
         },
@@ -202,8 +202,8 @@ fn apply(entry: &'static [u8]) {
             b"0" | b"" => VERBOSE.store(false, Ordering::Relaxed),
             _ => report(entry, b"BUDDYSLAB_VERBOSE must be 1 or 0; ignored"),
         },
-        b"BUDDYSLAB_HEAPMAP" => crate::heapmap::set_path(value),
-        b"BUDDYSLAB_ADDRSPACE_SVG" => crate::addrspace::set_svg_path(value),
+        b"BUDDYSLAB_HEAPMAP" => crate::views::heapmap::set_path(value),
+        b"BUDDYSLAB_ADDRSPACE_SVG" => crate::views::addrspace::set_svg_path(value),
         b"BUDDYSLAB_STATS_PPID" => match parse_size(value) {
             Some(pid) if pid <= i32::MAX as usize && value.iter().all(u8::is_ascii_digit) => {
                 STATS_PPID.store(pid as i32, Ordering::Relaxed)

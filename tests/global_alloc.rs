@@ -216,8 +216,8 @@ fn stress_cross_thread_handoff_with_content_checks() {
     for node in buddyslab::slab::nodes() {
         node.iter().for_each(|cache| cache.lock().check());
     }
-    buddyslab::buddy::ZONE.lock().check();
-    buddyslab::vma::TREE.lock().check();
+    buddyslab::mm::ZONE.lock().check();
+    buddyslab::ledger::vma::TREE.lock().check();
 }
 
 /// Memory handed out uninitialised never carries the free mark. A slab

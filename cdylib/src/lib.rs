@@ -72,7 +72,7 @@ static CONSTRUCTOR: extern "C" fn() = constructor;
 /// so a full pipe drops lines instead of stalling a process.
 pub mod announce {
     use buddyslab::stats::FixedBuf;
-    use buddyslab::{heap, options, os, page};
+    use buddyslab::{heap, mm::page, options, os};
     use core::ffi::{c_void, CStr};
     use core::fmt::Write;
     use core::ptr;

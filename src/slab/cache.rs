@@ -25,11 +25,11 @@
 
 use super::link;
 use super::size_class::ClassInfo;
-use crate::buddy;
+use crate::mm;
 use crate::os;
-use crate::page::{self, Page, PageList, PG_SLAB};
-use crate::pagetable::{self, Tier};
-use crate::sync::Mutex;
+use crate::mm::page::{self, Page, PageList, PG_SLAB};
+use crate::ledger::pagetable::{self, Tier};
+use crate::os::sync::Mutex;
 use core::ptr;
 
 /// Empty slabs a cache keeps for reuse before giving them to the buddy.
@@ -219,7 +219,7 @@ impl KmemCache {
         // SAFETY: the block is ours; we are its only user.
         unsafe {
             let user_class = if (self.index as usize) < super::NR_CLASSES { self.index + 1 } else { 0 };
-            buddy::mark_run(head, 1 << self.info.order, PG_SLAB, user_class);
+            mm::mark_run(head, 1 << self.info.order, PG_SLAB, user_class);
             // Every page says its node, for the free fast path.
             for i in 0..1usize << self.info.order {
                 (*head.add(i)).node = self.node;
@@ -306,7 +306,7 @@ impl KmemCache {
                 self.slabs_partial.remove(slab);
                 if self.slabs_empty.len() < EMPTY_RESERVE {
                     if self.slabs_empty.is_empty() {
-                        self.empty_since = buddy::clock_ms();
+                        self.empty_since = mm::clock_ms();
                     }
                     self.slabs_empty.push_front(slab);
                 } else {
@@ -407,7 +407,7 @@ pub fn alloc(cache: &Mutex<KmemCache>) -> *mut u8 {
 #[cold]
 #[inline(never)]
 fn alloc_refill(cache: &Mutex<KmemCache>, order: usize) -> *mut u8 {
-    let Some((head, _zero)) = buddy::alloc_pages(order) else { return ptr::null_mut() };
+    let Some((head, _zero)) = mm::alloc_pages(order) else { return ptr::null_mut() };
     let mut c = cache.lock();
     // SAFETY: a fresh block of this cache's order.
     unsafe { c.add_slab(head) };
@@ -436,7 +436,7 @@ pub fn alloc_bulk(cache: &Mutex<KmemCache>, max: usize) -> (*mut u8, usize) {
             None => {
                 let order = c.info.order as usize;
                 drop(c);
-                let Some((slab, _)) = buddy::alloc_pages(order) else { return (head, got) };
+                let Some((slab, _)) = mm::alloc_pages(order) else { return (head, got) };
                 c = cache.lock();
                 // SAFETY: a fresh block of this cache's order.
                 unsafe { c.add_slab(slab) };
@@ -524,7 +524,7 @@ pub unsafe fn free_bulk_by<'a>(mut list: *mut u8, count: usize, cache_of: impl F
     let mut n_release = 0;
     // Slab order and object size of the cache the slabs in `release` belong to.
     let (mut order, mut size) = (0, 0);
-    let mut locked: Option<(&Mutex<KmemCache>, crate::sync::MutexGuard<'_, KmemCache>)> = None;
+    let mut locked: Option<(&Mutex<KmemCache>, crate::os::sync::MutexGuard<'_, KmemCache>)> = None;
     let mut remaining = count;
     // The list is cut into runs of objects of one slab (objects freed
     // together were mostly carved from one slab together), and each run is
@@ -616,7 +616,7 @@ unsafe fn release_slab(slab: *mut Page, order: usize, size: usize) {
         for i in 0..(*slab).bump as usize {
             link::clear((base + i * size) as *mut u8);
         }
-        buddy::free_pages(slab, order);
+        mm::free_pages(slab, order);
     }
 }
 
@@ -661,7 +661,7 @@ pub fn shrink(cache: &Mutex<KmemCache>) -> usize {
 /// The slab caches' shrinker (registered with the buddy allocator): every
 /// cache whose reserved empty slabs have sat unused for `min_age_ms` gives
 /// them back; with no age, every cache does. Returns the pages given back.
-pub fn shrink_idle(control: buddy::ShrinkControl) -> usize {
+pub fn shrink_idle(control: mm::ShrinkControl) -> usize {
     let mut released = 0;
     for cache in super::nodes().flat_map(|node| node.iter()) {
         let idle = match control.min_age_ms {
@@ -682,7 +682,7 @@ pub fn shrink_idle(control: buddy::ShrinkControl) -> usize {
 #[inline(never)]
 fn invalid_free(msg: &[u8], object: *mut u8) -> ! {
     let mut buf = [0u8; 32];
-    os::fatal(&[b"buddyslab: ", msg, crate::stats::fmt_hex(&mut buf, object as usize)])
+    os::fatal(&[b"buddyslab: ", msg, crate::views::stats::fmt_hex(&mut buf, object as usize)])
 }
 
 #[cfg(test)]
@@ -744,7 +744,7 @@ mod tests {
                     free_bulk(&cache, list, n);
                 }
                 assert_eq!(shrink(&cache), 1 << info.order);
-                let (block, _) = buddy::alloc_pages(info.order as usize).expect("memory");
+                let (block, _) = mm::alloc_pages(info.order as usize).expect("memory");
                 let words = (os::PAGE_SIZE << info.order) / 8;
                 // SAFETY: the block is ours until freed below.
                 let base = page::page_address(block);
@@ -756,7 +756,7 @@ mod tests {
                     panic!("{size}-byte objects: the block holds a free mark at byte {} (its slab's: {})", (at + 1) * 8, block == slab);
                 }
                 // SAFETY: allocated above with this order, unused.
-                unsafe { buddy::free_pages(block, info.order as usize) };
+                unsafe { mm::free_pages(block, info.order as usize) };
             }
         }
     }

@@ -110,9 +110,9 @@ pub struct ThreadCache {
     /// unregistered, so the pair stays true. Zero at first, which no
     /// chunk's last byte is, so no null test is needed on a hit.
     last_chunk_end: usize,
-    last_chunk: *mut crate::page::Chunk,
+    last_chunk: *mut crate::mm::page::Chunk,
     /// The node this thread refills from (its CPU's, when last looked at),
-    /// shifted to where a page's tag ([`crate::page::Chunk::tags`]) has
+    /// shifted to where a page's tag ([`crate::mm::page::Chunk::tags`]) has
     /// it: a page's tag XOR this is the page's `user_class` exactly when the
     /// page is a slab of this node, so `free` tells "local object of class
     /// c" from everything else with one compare.
@@ -161,8 +161,8 @@ impl ThreadCache {
     /// chunk map's answer (remembered when it is a chunk). A hit costs
     /// five instructions against the map's sixteen.
     #[inline(always)]
-    pub fn chunk_of(&mut self, addr: usize) -> *mut crate::page::Chunk {
-        let end = addr | (crate::page::CHUNK_SIZE - 1);
+    pub fn chunk_of(&mut self, addr: usize) -> *mut crate::mm::page::Chunk {
+        let end = addr | (crate::mm::page::CHUNK_SIZE - 1);
         if end == self.last_chunk_end {
             if self.last_chunk.is_null() {
                 // SAFETY: `last_chunk_end` is only ever set (non-zero)
@@ -172,7 +172,7 @@ impl ThreadCache {
             }
             return self.last_chunk;
         }
-        let chunk = crate::page::chunk_of(addr);
+        let chunk = crate::mm::page::chunk_of(addr);
         if !chunk.is_null() {
             self.last_chunk_end = end;
             self.last_chunk = chunk;
@@ -550,7 +550,7 @@ fn activate(tc: *mut ThreadCache) -> bool {
 fn alloc_slow(class: usize, size: usize) -> *mut u8 {
     // One request per refill is the slab tier's internal-fragmentation
     // sample: the fast path counts nothing.
-    crate::frag::sample_request(class, size);
+    crate::views::frag::sample_request(class, size);
     let tc = current();
     if !activate(tc) {
         let object = cache::alloc(&super::home_caches()[class]);
@@ -674,7 +674,7 @@ pub unsafe fn free_slow(object: *mut u8, user_class: usize) {
 #[inline(never)]
 fn double_free(object: *mut u8) -> ! {
     let mut buf = [0u8; 32];
-    crate::os::fatal(&[b"buddyslab: free(): double free detected: ", crate::stats::fmt_hex(&mut buf, object as usize)])
+    crate::os::fatal(&[b"buddyslab: free(): double free detected: ", crate::views::stats::fmt_hex(&mut buf, object as usize)])
 }
 
 /// Returns the first `n` objects of a remote bin to their slabs' caches.
@@ -884,15 +884,15 @@ mod tests {
             let mut addrs = std::vec![0usize, 8, 4095, 1 << 21, &local as *const u64 as usize, 1 << 47, usize::MAX];
             for (i, &b) in blocks.iter().enumerate().step_by(24) {
                 addrs.push(b as usize + i % 7);
-                addrs.push((b as usize | (crate::page::CHUNK_SIZE - 1)) + 1);
+                addrs.push((b as usize | (crate::mm::page::CHUNK_SIZE - 1)) + 1);
             }
-            let chunks: std::collections::BTreeSet<usize> = blocks.iter().map(|&b| crate::page::chunk_of(b as usize) as usize).collect();
+            let chunks: std::collections::BTreeSet<usize> = blocks.iter().map(|&b| crate::mm::page::chunk_of(b as usize) as usize).collect();
             proptest::prop_assert!(chunks.len() >= 2, "the blocks should span chunks");
             // SAFETY: all-zero is a valid (inactive) thread cache.
             let mut tc: std::boxed::Box<ThreadCache> = std::boxed::Box::new(unsafe { core::mem::zeroed() });
             for pick in picks {
                 let a = addrs[pick % addrs.len()];
-                proptest::prop_assert_eq!(tc.chunk_of(a), crate::page::chunk_of(a), "address {:#x}", a);
+                proptest::prop_assert_eq!(tc.chunk_of(a), crate::mm::page::chunk_of(a), "address {:#x}", a);
             }
             for b in blocks {
                 // SAFETY: live blocks from the heap, given up.

@@ -24,12 +24,12 @@
 //! `String` that allocates from this very heap): figures are copied out
 //! first, regions a batch at a time.
 
-use crate::buddy::{self, NR_ORDERS, ZONE};
+use crate::mm::{self, NR_ORDERS, ZONE};
 use crate::large;
 use crate::os::{self, PAGE_SIZE};
-use crate::pagetable::{self, FaultCounts, Tier, NR_TIERS};
+use crate::ledger::pagetable::{self, FaultCounts, Tier, NR_TIERS};
 use crate::slab::{self, CacheStats, NR_CACHES};
-use crate::vma::{self, Region, VmaKind};
+use crate::ledger::vma::{self, Region, VmaKind};
 use core::fmt::{self, Write};
 use core::sync::atomic::Ordering;
 
@@ -146,11 +146,11 @@ pub struct Snapshot {
     /// `madvise` calls that gave them back.
     pub release_calls: usize,
     /// Page-tier requests and pages handed out, exact, since the start.
-    pub page_tier: crate::frag::TierWaste,
+    pub page_tier: crate::views::frag::TierWaste,
     /// Large-tier requests and mapping lengths, exact, since the start.
-    pub large_tier: crate::frag::TierWaste,
-    /// Slab request samples per size class (see [`crate::frag::sample_request`]).
-    pub slab_samples: [crate::frag::SlabSample; slab::NR_CLASSES],
+    pub large_tier: crate::views::frag::TierWaste,
+    /// Slab request samples per size class (see [`crate::views::frag::sample_request`]).
+    pub slab_samples: [crate::views::frag::SlabSample; slab::NR_CLASSES],
 }
 
 impl Snapshot {
@@ -173,26 +173,26 @@ impl Snapshot {
     }
 
     /// The buddy zone's unusable free space index of `order`, in
-    /// thousandths (see [`crate::frag`]).
+    /// thousandths (see [`crate::views::frag`]).
     pub fn unusable_index(&self, order: usize) -> u32 {
-        crate::frag::unusable_index(&self.buddy_free, order)
+        crate::views::frag::unusable_index(&self.buddy_free, order)
     }
 
     /// Slab memory in partially used slabs and in all slabs, in bytes.
     pub fn slab_partial_bytes(&self) -> (usize, usize) {
-        crate::frag::slab_partial_bytes(&self.caches)
+        crate::views::frag::slab_partial_bytes(&self.caches)
     }
 
     /// The sampled internal fragmentation of size class `class` (see
-    /// [`crate::frag::slab_sampled`]).
-    pub fn slab_sampled(&self, class: usize) -> crate::frag::SampledWaste {
-        crate::frag::slab_sampled(self.slab_samples[class], class, self.active_objs(class))
+    /// [`crate::views::frag::slab_sampled`]).
+    pub fn slab_sampled(&self, class: usize) -> crate::views::frag::SampledWaste {
+        crate::views::frag::slab_sampled(self.slab_samples[class], class, self.active_objs(class))
     }
 
     /// The sampled figures over all classes with samples, and the live
     /// objects of classes without one.
-    pub fn slab_sampled_total(&self) -> (crate::frag::SampledWaste, usize) {
-        crate::frag::slab_sampled_total(&self.slab_samples, |c| self.active_objs(c))
+    pub fn slab_sampled_total(&self) -> (crate::views::frag::SampledWaste, usize) {
+        crate::views::frag::slab_sampled_total(&self.slab_samples, |c| self.active_objs(c))
     }
 }
 
@@ -213,11 +213,11 @@ pub fn snapshot() -> Snapshot {
         cached_objs: [0; NR_CACHES],
         faults: pagetable::counts(),
         minflt: 0,
-        released_bytes: buddy::RELEASED_BYTES.load(Ordering::Relaxed),
-        release_calls: buddy::RELEASE_CALLS.load(Ordering::Relaxed),
-        page_tier: crate::frag::PAGE_TIER.read(),
-        large_tier: crate::frag::LARGE_TIER.read(),
-        slab_samples: crate::frag::SLAB_SAMPLES.read(),
+        released_bytes: mm::RELEASED_BYTES.load(Ordering::Relaxed),
+        release_calls: mm::RELEASE_CALLS.load(Ordering::Relaxed),
+        page_tier: crate::views::frag::PAGE_TIER.read(),
+        large_tier: crate::views::frag::LARGE_TIER.read(),
+        slab_samples: crate::views::frag::SLAB_SAMPLES.read(),
     };
     {
         let zone = ZONE.lock();
@@ -227,8 +227,8 @@ pub fn snapshot() -> Snapshot {
         s.managed_pages = zone.managed_pages;
         s.free_pages = zone.free_pages;
     }
-    s.brk_chunks = buddy::BRK_CHUNKS.load(Ordering::Relaxed);
-    s.mmap_chunks = buddy::MMAP_CHUNKS.load(Ordering::Relaxed);
+    s.brk_chunks = mm::BRK_CHUNKS.load(Ordering::Relaxed);
+    s.mmap_chunks = mm::MMAP_CHUNKS.load(Ordering::Relaxed);
     for (i, c) in s.caches.iter_mut().enumerate() {
         *c = slab::cache_stats(i);
         if i < slab::NR_CLASSES {
@@ -238,9 +238,9 @@ pub fn snapshot() -> Snapshot {
     s.minflt = os::minor_faults();
     s.nr_large = large::NR_LARGE.load(Ordering::Relaxed);
     s.large_bytes = large::LARGE_BYTES.load(Ordering::Relaxed);
-    s.nr_page_runs = buddy::NR_PAGE_RUNS.load(Ordering::Relaxed);
-    s.page_run_bytes = buddy::PAGE_RUN_PAGES.load(Ordering::Relaxed) * PAGE_SIZE;
-    s.meta_bytes = buddy::META_BYTES.load(Ordering::Relaxed);
+    s.nr_page_runs = mm::NR_PAGE_RUNS.load(Ordering::Relaxed);
+    s.page_run_bytes = mm::PAGE_RUN_PAGES.load(Ordering::Relaxed) * PAGE_SIZE;
+    s.meta_bytes = mm::META_BYTES.load(Ordering::Relaxed);
     s
 }
 
@@ -299,7 +299,7 @@ pub fn mallinfo2() -> MallInfo2 {
         fsmblks: free_object_bytes,
         uordblks: s.in_use_bytes() - hblkhd,
         fordblks: s.free_pages * PAGE_SIZE + free_object_bytes,
-        keepcost: s.buddy_free[NR_ORDERS - 1] * crate::page::CHUNK_SIZE,
+        keepcost: s.buddy_free[NR_ORDERS - 1] * crate::mm::page::CHUNK_SIZE,
     }
 }
 
@@ -601,9 +601,9 @@ pub fn write_views_of(out: &mut dyn Write, s: &Snapshot) -> fmt::Result {
     writeln!(out, "== faults")?;
     write_faults(out, s)?;
     writeln!(out, "== extfrag")?;
-    crate::frag::write_extfrag(out, s)?;
+    crate::views::frag::write_extfrag(out, s)?;
     writeln!(out, "== address_space")?;
-    crate::addrspace::write_address_space(out)
+    crate::views::addrspace::write_address_space(out)
 }
 
 /// Writes the four text views of a fresh snapshot.
@@ -671,9 +671,9 @@ pub fn write_json(out: &mut dyn Write) -> fmt::Result {
         "}},\"table_pages\":{},\"released_bytes\":{},\"release_calls\":{}}},\"extfrag\":",
         s.faults.table_pages, s.released_bytes, s.release_calls
     )?;
-    crate::frag::write_extfrag_json(out, &s)?;
+    crate::views::frag::write_extfrag_json(out, &s)?;
     write!(out, ",\"address_space\":")?;
-    crate::addrspace::write_address_space_json(out)?;
+    crate::views::addrspace::write_address_space_json(out)?;
     writeln!(out, "}}")
 }
 
@@ -695,8 +695,8 @@ pub extern "C" fn print_at_exit() {
         _ => Ok(()),
     };
     w.flush();
-    crate::heapmap::write_requested();
-    crate::addrspace::write_svg_requested();
+    crate::views::heapmap::write_requested();
+    crate::views::addrspace::write_svg_requested();
 }
 
 #[cfg(test)]

@@ -32,10 +32,10 @@
 //!     `active_objs(c) * (size(c) - mean)` ([`SampledWaste`]). A class
 //!     with no sample has no estimate and the views say so.
 
-use crate::buddy::NR_ORDERS;
+use crate::mm::NR_ORDERS;
 use crate::os::PAGE_SIZE;
 use crate::slab::{size_of_class, CacheStats, NR_CLASSES};
-use crate::stats::Snapshot;
+use crate::views::stats::Snapshot;
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
@@ -58,7 +58,7 @@ pub struct Thousandths(pub u32);
 
 impl fmt::Display for Thousandths {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut text = crate::stats::FixedBuf::<16>::new();
+        let mut text = crate::views::stats::FixedBuf::<16>::new();
         write!(text, "{}.{:03}", self.0 / 1000, self.0 % 1000)?;
         f.pad(text.as_str())
     }
@@ -277,7 +277,7 @@ pub fn slab_sampled_total(samples: &[SlabSample; NR_CLASSES], active_objs: impl 
 
 /// The slab tier's bound: bytes in objects the program holds, and the most
 /// of them that can be waste, summed over the size classes from their
-/// `active_objs` (as [`crate::stats::Snapshot::active_objs`] counts them).
+/// `active_objs` (as [`crate::views::stats::Snapshot::active_objs`] counts them).
 pub fn slab_bound(active_objs: impl Fn(usize) -> usize) -> (usize, usize) {
     let mut held = 0;
     let mut worst = 0;
@@ -354,7 +354,7 @@ pub fn write_extfrag(out: &mut dyn Write, s: &Snapshot) -> fmt::Result {
         write!(
             out,
             "{:<17} {:>10} {:>12} {:>12} {:>8} ",
-            crate::stats::CacheName(class),
+            crate::views::stats::CacheName(class),
             n,
             n * size_of_class(class),
             n * slab_worst_waste(class),
@@ -437,7 +437,7 @@ pub fn write_extfrag_json(out: &mut dyn Write, s: &Snapshot) -> fmt::Result {
             out,
             "{}{{\"name\":\"{}\",\"size\":{},\"active_objs\":{},\"worst_waste\":{},\"samples\":{},\"requested_sum\":{},\"mean_request\":{},\"waste_fraction\":{},\"est_live_waste\":{},\"partial_slabs\":{}}}",
             if first { "" } else { "," },
-            crate::stats::CacheName(class),
+            crate::views::stats::CacheName(class),
             size_of_class(class),
             n,
             n * slab_worst_waste(class),
@@ -456,8 +456,8 @@ pub fn write_extfrag_json(out: &mut dyn Write, s: &Snapshot) -> fmt::Result {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::buddy::Zone;
-    use crate::page::{Chunk, MAX_ORDER, ChunkSource, CHUNK_DESC_ALIGN, CHUNK_DESC_SIZE, CHUNK_PAGES};
+    use crate::mm::Zone;
+    use crate::mm::page::{Chunk, MAX_ORDER, ChunkSource, CHUNK_DESC_ALIGN, CHUNK_DESC_SIZE, CHUNK_PAGES};
 
     fn free_blocks(zone: &Zone) -> [usize; NR_ORDERS] {
         core::array::from_fn(|o| zone.nr_free(o))
@@ -468,14 +468,14 @@ mod tests {
     /// one page: order 0 is wholly usable, every higher order wholly not.
     #[test]
     fn every_other_page_free_is_unusable_above_order_0() {
-        let desc = crate::buddy::map_aligned(CHUNK_DESC_SIZE, CHUNK_DESC_ALIGN).unwrap() as *mut Chunk;
+        let desc = crate::mm::map_aligned(CHUNK_DESC_SIZE, CHUNK_DESC_ALIGN).unwrap() as *mut Chunk;
         let mut zone = Zone::new();
         // SAFETY: fresh zeroed memory for the descriptor; a fake chunk base
         // (the zone only does index arithmetic on it); every page freed is
         // one the zone handed out and is freed once.
         unsafe {
             Chunk::init(desc, 1 << 40, ChunkSource::Mmap);
-            crate::buddy::prepare_chunk(desc, true);
+            crate::mm::prepare_chunk(desc, true);
             zone.add_chunk(desc);
             assert_eq!(unusable_index(&free_blocks(&zone), MAX_ORDER), 0, "one whole chunk is free");
             let mut pages = Vec::new();
@@ -585,7 +585,7 @@ mod tests {
 
         // The views, over a snapshot given these samples and live counts.
         let other = crate::slab::class_of(1000);
-        let mut s = crate::stats::snapshot();
+        let mut s = crate::views::stats::snapshot();
         s.slab_samples = samples;
         for c in 0..NR_CLASSES {
             s.caches[c].active_objs = s.cached_objs[c];
@@ -605,7 +605,7 @@ mod tests {
         };
         let worst = (10 * slab_worst_waste(class)).to_string();
         assert_eq!(row("kmalloc-48"), ["kmalloc-48", "10", "480", &worst, "100", "33", "0.312", "150", "0"]);
-        let big = row(&crate::stats::CacheName(other).to_string());
+        let big = row(&crate::views::stats::CacheName(other).to_string());
         assert_eq!(big[4..8], ["0", "-", "-", "no"], "{text}");
         assert!(
             text.contains("sampled: 100 requests, waste fraction 0.312; 7 live objects in classes without samples not estimated"),
@@ -635,12 +635,12 @@ mod tests {
     #[test]
     fn sample_request_reaches_the_snapshot() {
         let class = crate::slab::class_of(3000);
-        let before = crate::stats::snapshot().slab_samples[class];
+        let before = crate::views::stats::snapshot().slab_samples[class];
         for _ in 0..3 {
             sample_request(class, 2900);
         }
         sample_request(usize::MAX, 5);
-        let after = crate::stats::snapshot().slab_samples[class];
+        let after = crate::views::stats::snapshot().slab_samples[class];
         assert!(after.samples >= before.samples + 3);
         assert!(after.requested_sum >= before.requested_sum + 3 * 2900);
     }

@@ -41,14 +41,14 @@
 //! runs under that lock. The atfork handlers take every lock in this order.
 
 use crate::os::{self, PAGE_SHIFT, PAGE_SIZE};
-use crate::pcp;
-use crate::page::{
+use crate::mm::pcp;
+use crate::mm::page::{
     self, Chunk, ChunkSource, Page, PageList, CHUNK_DESC_ALIGN, CHUNK_DESC_SIZE, CHUNK_PAGES,
     CHUNK_SHIFT, CHUNK_SIZE, GROUP_FREE, GROUP_RUNS, GROUP_SLABS, MAX_ORDER, NR_GROUPS, PG_FREE,
     PG_NONE, PG_TAIL,
 };
-use crate::sync::Mutex;
-use crate::vma::{self, VmaKind};
+use crate::os::sync::Mutex;
+use crate::ledger::vma::{self, VmaKind};
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
@@ -857,7 +857,7 @@ pub fn alloc_pages_lowest(order: usize) -> Option<(*mut Page, bool)> {
 /// # Safety
 /// `head` was returned by [`alloc_pages`] with this `order` and is unused.
 pub unsafe fn free_pages(head: *mut Page, order: usize) {
-    crate::pagetable::give_back(page::page_address(head), PAGE_SIZE << order);
+    crate::ledger::pagetable::give_back(page::page_address(head), PAGE_SIZE << order);
     if order <= pcp::PCP_MAX_ORDER {
         // SAFETY: per the caller.
         unsafe { pcp::free(head, order) };
@@ -875,7 +875,7 @@ pub unsafe fn free_pages(head: *mut Page, order: usize) {
 /// As [`Zone::free_range`].
 pub unsafe fn free_page_range(first: *mut Page, npages: usize) {
     if npages != 0 {
-        crate::pagetable::give_back(page::page_address(first), npages << PAGE_SHIFT);
+        crate::ledger::pagetable::give_back(page::page_address(first), npages << PAGE_SHIFT);
         // SAFETY: per the caller.
         unsafe { ZONE.lock().free_range(first, npages) }
         decay_tick();
@@ -927,12 +927,12 @@ pub fn alloc_pages_exact(npages: usize, align_order: usize) -> Option<(*mut Page
     };
     // SAFETY: the run is ours.
     unsafe {
-        mark_run(head, npages, crate::page::PG_PAGES, 0);
+        mark_run(head, npages, crate::mm::page::PG_PAGES, 0);
         (*head).span = npages as u32;
     }
     NR_PAGE_RUNS.fetch_add(1, Ordering::Relaxed);
     PAGE_RUN_PAGES.fetch_add(npages, Ordering::Relaxed);
-    crate::pagetable::hand_out(page::page_address(head), npages << PAGE_SHIFT, crate::pagetable::Tier::Pages);
+    crate::ledger::pagetable::hand_out(page::page_address(head), npages << PAGE_SHIFT, crate::ledger::pagetable::Tier::Pages);
     Some((head, zero))
 }
 
@@ -986,12 +986,12 @@ pub unsafe fn grow_pages_exact(head: *mut Page, npages: usize) -> bool {
     }
     // SAFETY: the run and its growth are ours.
     unsafe {
-        mark_run(head, npages, crate::page::PG_PAGES, 0);
+        mark_run(head, npages, crate::mm::page::PG_PAGES, 0);
         (*head).span = npages as u32;
     }
     PAGE_RUN_PAGES.fetch_add(npages - old, Ordering::Relaxed);
     let grown = page::page_address(head) + (old << PAGE_SHIFT);
-    crate::pagetable::hand_out(grown, (npages - old) << PAGE_SHIFT, crate::pagetable::Tier::Pages);
+    crate::ledger::pagetable::hand_out(grown, (npages - old) << PAGE_SHIFT, crate::ledger::pagetable::Tier::Pages);
     decay_tick();
     true
 }
@@ -1052,7 +1052,7 @@ fn grow(order: usize) -> bool {
     };
     vma::record(base, base + CHUNK_SIZE, kind);
     vma::record(desc as usize, desc as usize + CHUNK_DESC_SIZE, VmaKind::Meta);
-    use crate::pagetable::{self, Tier};
+    use crate::ledger::pagetable::{self, Tier};
     pagetable::map(base, CHUNK_SIZE);
     // Adding the chunk wrote every page descriptor: the descriptor's pages
     // are all touched.
@@ -1450,7 +1450,7 @@ unsafe fn release_isolated(batch: &[*mut Page]) -> usize {
         released += len;
         // SAFETY: isolated blocks are ours.
         batch[covers[i].0 as usize..covers[i].1 as usize].iter().for_each(|&p| unsafe { (*p).zero = true });
-        crate::pagetable::advised(start, len);
+        crate::ledger::pagetable::advised(start, len);
     }
     // Wholly free chunks, their memory released: their descriptors past
     // the first page are all PG_FREE tails, and reading back zero
@@ -1479,7 +1479,7 @@ unsafe fn release_isolated(batch: &[*mut Page]) -> usize {
             released += ranges[i].len;
             // SAFETY: as above.
             unsafe { (*Chunk::of_page(batch[covers[i].0 as usize])).descriptors_released = true };
-            crate::pagetable::advised(ranges[i].start, ranges[i].len);
+            crate::ledger::pagetable::advised(ranges[i].start, ranges[i].len);
         }
     }
     released

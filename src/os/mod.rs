@@ -10,6 +10,8 @@
 //! Preconditions are written on each function, mimalloc-style: addresses
 //! page-aligned, lengths non-zero and page-aligned unless said otherwise.
 
+pub mod sync;
+
 use core::sync::atomic::{AtomicBool, Ordering};
 
 /// Size of a base page. x86-64 and aarch64 Linux both run 4 KiB pages in

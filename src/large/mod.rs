@@ -64,20 +64,20 @@
 //!
 //! # Locking
 //!
-//! [`CACHE`] is the outermost lock of the allocator (see [`crate::buddy`]):
+//! [`CACHE`] is the outermost lock of the allocator (see [`crate::mm`]):
 //! it is held while the region tree changes (which may allocate tree nodes
 //! from the slab caches) and while `mremap` runs, so every change to a
 //! `Large` or `LargeCached` record happens under it. `munmap` of evicted
 //! extents waits until it is dropped. Whoever takes it first takes a
-//! [`buddy::defer_decay`] guard (dropped after the lock): a tree node
+//! [`mm::defer_decay`] guard (dropped after the lock): a tree node
 //! taken from a slab cache under the lock may call into the buddy, and a
 //! decay scan started there would run its `madvise` calls with the lock
 //! held.
 
-use crate::buddy::{self, align_up, map_aligned};
+use crate::mm::{self, align_up, map_aligned};
 use crate::os::{self, PAGE_SIZE};
-use crate::sync::Mutex;
-use crate::vma::{self, VmaKind};
+use crate::os::sync::Mutex;
+use crate::ledger::vma::{self, VmaKind};
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
@@ -541,7 +541,7 @@ pub fn release_cached(all: bool, now: u64) -> usize {
     }
     let mut unmaps = Unmaps::new();
     {
-        let _deferred = buddy::defer_decay();
+        let _deferred = mm::defer_decay();
         let mut cache = CACHE.lock();
         cache.release(all, now, CACHE_MAX_AGE_NS.load(Ordering::Relaxed), &mut unmaps);
         CACHED_BYTES.store(cache.bytes, Ordering::Relaxed);
@@ -569,7 +569,7 @@ pub fn alloc(size: usize, align: usize) -> (*mut u8, bool) {
         let now = os::monotonic_ns();
         let mut unmaps = Unmaps::new();
         let got = {
-            let _deferred = buddy::defer_decay();
+            let _deferred = mm::defer_decay();
         let mut cache = CACHE.lock();
             cache.release(false, now, CACHE_MAX_AGE_NS.load(Ordering::Relaxed), &mut unmaps);
             let got = cache.take(len, size, &mut unmaps);
@@ -619,7 +619,7 @@ pub unsafe fn free(p: *mut u8) -> Result<(), NotLarge> {
     let now = os::monotonic_ns();
     let mut unmaps = Unmaps::new();
     {
-        let _deferred = buddy::defer_decay();
+        let _deferred = mm::defer_decay();
         let mut cache = CACHE.lock();
         let r = classify(p as usize, vma::lookup(p as usize))?;
         let len = r.end - r.start;
@@ -666,7 +666,7 @@ pub const HUGE_GROW_MIN: usize = 2 << 20;
 /// 2 MiB instead of 512. Blocks from `malloc` are not advised: a big table
 /// touched here and there would become resident 2 MiB at a time. The
 /// second value says whether the block was advised now (its growth is
-/// predicted at 2 MiB per fault, see [`crate::pagetable::remapped`]).
+/// predicted at 2 MiB per fault, see [`crate::ledger::pagetable::remapped`]).
 ///
 /// # Safety
 /// `p` is a live large block; after a non-null return that differs from
@@ -679,7 +679,7 @@ pub unsafe fn resize(p: *mut u8, new_size: usize) -> (*mut u8, bool) {
     let mut unmaps = Unmaps::new();
     let mut huge = false;
     let result = {
-        let _deferred = buddy::defer_decay();
+        let _deferred = mm::defer_decay();
         let mut cache = CACHE.lock();
         let Ok(r) = classify(p as usize, vma::lookup(p as usize)) else { return (ptr::null_mut(), false) };
         let old_len = r.end - r.start;

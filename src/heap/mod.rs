@@ -20,13 +20,13 @@
 //! Everything here returns null on failure; the C face turns that into
 //! `errno = ENOMEM`, the Rust face into `handle_alloc_error` (by Rust).
 
-use crate::buddy::{self, align_up, order_for_pages, pages_for};
+use crate::mm::{self, align_up, order_for_pages, pages_for};
 use crate::large::{self, MMAP_THRESHOLD};
 use crate::os::{self, PAGE_SHIFT, PAGE_SIZE};
-use crate::page::{self, Page, CHUNK_SIZE, PG_PAGES, PG_SLAB, PG_TAIL};
-use crate::pagetable;
+use crate::mm::page::{self, Page, CHUNK_SIZE, PG_PAGES, PG_SLAB, PG_TAIL};
+use crate::ledger::pagetable;
 use crate::slab::{self, cache, class_of, magazine, size_of_class, CLASSES, NR_CLASSES, SLAB_MAX};
-use crate::stats;
+use crate::views::stats;
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 
@@ -141,9 +141,9 @@ pub const PAGE_TIER_MAX: usize = 256 * 1024;
 fn page_run(size: usize, align: usize) -> (*mut u8, bool) {
     let npages = pages_for(size.max(1));
     let align_order = order_for_pages(align.max(PAGE_SIZE) >> PAGE_SHIFT);
-    match buddy::alloc_pages_exact(npages, align_order) {
+    match mm::alloc_pages_exact(npages, align_order) {
         Some((head, zero)) => {
-            crate::frag::PAGE_TIER.add(size, npages << PAGE_SHIFT);
+            crate::views::frag::PAGE_TIER.add(size, npages << PAGE_SHIFT);
             (page::page_address(head) as *mut u8, zero)
         }
         None => (ptr::null_mut(), false),
@@ -156,7 +156,7 @@ fn large_block(size: usize, align: usize) -> (*mut u8, bool) {
     let (p, zero) = large::alloc(size, align);
     if !p.is_null() {
         if let Ok(len) = large::usable_size(p) {
-            crate::frag::LARGE_TIER.add(size, len);
+            crate::views::frag::LARGE_TIER.add(size, len);
             pagetable::map_and_hand_out(p as usize, len, pagetable::Tier::Large);
         }
     }
@@ -351,7 +351,7 @@ fn free_slow(p: *mut u8) {
                 // glibc's free_perturb (mapped blocks, as in glibc, are not).
                 ptr::write_bytes(p, perturb, ((*head).span as usize) << PAGE_SHIFT);
             }
-            buddy::free_pages_exact(head)
+            mm::free_pages_exact(head)
         },
         Owner::Outside => free_outside(p),
     }
@@ -478,14 +478,14 @@ pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 
             if size > SLAB_MAX && need <= npages {
                 if need < npages {
                     // SAFETY: the pages past `need` hold nothing the caller keeps.
-                    unsafe { buddy::shrink_pages_exact(head, need) };
+                    unsafe { mm::shrink_pages_exact(head, need) };
                 }
                 return p;
             }
             // Still a run's size: grow into free pages right after it.
             let stays_run = size > SLAB_MAX && size < MMAP_THRESHOLD.load(Ordering::Relaxed).min(PAGE_TIER_MAX);
             // SAFETY: a live run of fewer than `need` pages.
-            if stays_run && unsafe { buddy::grow_pages_exact(head, need) } {
+            if stays_run && unsafe { mm::grow_pages_exact(head, need) } {
                 return p;
             }
             npages << PAGE_SHIFT
@@ -539,8 +539,8 @@ pub fn trim() -> bool {
     ensure_init();
     magazine::flush_current();
     slab::percpu::drain_all();
-    let pages = buddy::shrink_all();
-    let released = buddy::release_free_memory() + large::release_cached(true, os::monotonic_ns());
+    let pages = mm::shrink_all();
+    let released = mm::release_free_memory() + large::release_cached(true, os::monotonic_ns());
     pages > 0 || released > 0
 }
 
@@ -572,10 +572,10 @@ fn init_slow() {
     os::check_page_size();
     slab::link::init_keys();
     crate::options::read_environment();
-    buddy::register_shrinker(cache::shrink_idle);
+    mm::register_shrinker(cache::shrink_idle);
     if crate::options::STATS_AT_EXIT.load(Ordering::Relaxed) != crate::options::STATS_OFF
-        || crate::heapmap::requested()
-        || crate::addrspace::svg_requested()
+        || crate::views::heapmap::requested()
+        || crate::views::addrspace::svg_requested()
     {
         // SAFETY: a plain function with no preconditions; atexit may
         // allocate, which is fine: no allocator lock is held here.
@@ -594,7 +594,7 @@ fn init_slow() {
 /// Declares that this copy of buddyslab is the process's `malloc` (the C
 /// face calls this first thing): chunks may then come from `brk`.
 pub fn set_process_malloc() {
-    buddy::USE_BRK.store(true, Ordering::Relaxed);
+    mm::USE_BRK.store(true, Ordering::Relaxed);
     ensure_init();
 }
 
@@ -656,7 +656,7 @@ extern "C" {
 static FORK_LOCKED: AtomicBool = AtomicBool::new(false);
 
 /// Takes the stdio list lock, then every allocator lock in the lock order
-/// (see [`crate::buddy`]); nothing in a single-threaded process.
+/// (see [`crate::mm`]); nothing in a single-threaded process.
 extern "C" fn fork_prepare() {
     // SAFETY: a byte glibc keeps for exactly this question.
     if unsafe { ptr::read_volatile(&raw const __libc_single_threaded) } != 0 {
@@ -668,11 +668,11 @@ extern "C" fn fork_prepare() {
     large::CACHE.lock_for_fork();
     slab::percpu::lock_all_for_fork();
     slab::NODES_GROW.lock_for_fork();
-    buddy::GROW.lock_for_fork();
+    mm::GROW.lock_for_fork();
     slab::lock_all_for_fork();
-    crate::pcp::lock_all_for_fork();
-    buddy::ZONE.lock_for_fork();
-    crate::vma::TREE.lock_for_fork();
+    crate::mm::pcp::lock_all_for_fork();
+    mm::ZONE.lock_for_fork();
+    crate::ledger::vma::TREE.lock_for_fork();
     pagetable::TABLE_POOL.lock_for_fork();
     FORK_LOCKED.store(true, Ordering::Relaxed);
 }
@@ -682,11 +682,11 @@ fn fork_release(in_child: bool) {
     // only thread is the one that forked) and left no guards.
     unsafe {
         pagetable::TABLE_POOL.unlock_after_fork(in_child);
-        crate::vma::TREE.unlock_after_fork(in_child);
-        buddy::ZONE.unlock_after_fork(in_child);
-        crate::pcp::unlock_all_after_fork(in_child);
+        crate::ledger::vma::TREE.unlock_after_fork(in_child);
+        mm::ZONE.unlock_after_fork(in_child);
+        crate::mm::pcp::unlock_all_after_fork(in_child);
         slab::unlock_all_after_fork(in_child);
-        buddy::GROW.unlock_after_fork(in_child);
+        mm::GROW.unlock_after_fork(in_child);
         slab::NODES_GROW.unlock_after_fork(in_child);
         slab::percpu::unlock_all_after_fork(in_child);
         large::CACHE.unlock_after_fork(in_child);
