@@ -49,6 +49,8 @@ pub mod os;
 #[doc(hidden)]
 pub mod options;
 #[doc(hidden)]
+pub mod counters;
+#[doc(hidden)]
 pub mod mm;
 #[doc(hidden)]
 pub mod slab;

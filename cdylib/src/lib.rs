@@ -417,17 +417,17 @@ pub extern "C" fn mallopt(param: c_int, value: c_int) -> c_int {
     heap::ensure_init();
     match param {
         // glibc takes both as unsigned: a negative int becomes huge.
-        M_MMAP_THRESHOLD => buddyslab::options::set_mmap_threshold(value as usize) as c_int,
+        M_MMAP_THRESHOLD => heap::set_mmap_threshold(value as usize) as c_int,
         M_TRIM_THRESHOLD => {
-            buddyslab::options::set_trim_threshold(value as usize);
+            heap::set_trim_threshold(value as usize);
             1
         }
         M_PERTURB => {
-            buddyslab::options::set_perturb(value as usize);
+            heap::set_perturb(value as usize);
             1
         }
         M_TOP_PAD | M_MMAP_MAX => {
-            buddyslab::large::DYNAMIC_THRESHOLD.store(false, core::sync::atomic::Ordering::Relaxed);
+            heap::fix_thresholds();
             1
         }
         _ => 1,

@@ -20,15 +20,20 @@
 //! Everything here returns null on failure; the C face turns that into
 //! `errno = ENOMEM`, the Rust face into `handle_alloc_error` (by Rust).
 
-use crate::mm::{self, align_up, order_for_pages, pages_for};
+mod check;
+mod life;
+
+use check::{bad_outside, bad_pointer, check_not_freed, check_slot_start, owner_of, remember_freed_large, Owner};
+pub use life::{ensure_init, set_process_malloc};
+
 use crate::large::{self, MMAP_THRESHOLD};
-use crate::os::{self, PAGE_SHIFT, PAGE_SIZE};
-use crate::mm::page::{self, Page, CHUNK_SIZE, PG_PAGES, PG_SLAB, PG_TAIL};
 use crate::ledger::pagetable;
+use crate::mm::page::{self, CHUNK_SIZE, PG_SLAB, PG_TAIL};
+use crate::mm::{self, align_up, order_for_pages, pages_for};
+use crate::os::{self, PAGE_SHIFT, PAGE_SIZE};
 use crate::slab::{self, cache, class_of, magazine, size_of_class, CLASSES, NR_CLASSES, SLAB_MAX};
-use crate::views::stats;
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::Ordering;
 
 /// Alignment every block gets without asking (glibc's on x86-64).
 pub const MIN_ALIGN: usize = 16;
@@ -50,7 +55,7 @@ const MAX_REQUEST: usize = isize::MAX as usize - CHUNK_SIZE;
 #[inline]
 pub fn malloc(size: usize) -> *mut u8 {
     if size <= slab::TABLE_MAX {
-        return magazine::alloc_small(size);
+        return magazine::alloc_small(size, ensure_init);
     }
     malloc_medium(size)
 }
@@ -60,7 +65,7 @@ pub fn malloc(size: usize) -> *mut u8 {
 #[inline(never)]
 fn malloc_medium(size: usize) -> *mut u8 {
     if size <= SLAB_MAX {
-        return magazine::alloc(class_of(size), size);
+        return magazine::alloc(class_of(size), size, ensure_init);
     }
     alloc_big(size, MIN_ALIGN)
 }
@@ -73,7 +78,7 @@ pub fn aligned_alloc(align: usize, size: usize) -> *mut u8 {
         return malloc(size);
     }
     if let Some(class) = slab::class_for_aligned(size, align) {
-        return magazine::alloc(class, size);
+        return magazine::alloc(class, size, ensure_init);
     }
     alloc_big(size, align)
 }
@@ -143,7 +148,7 @@ fn page_run(size: usize, align: usize) -> (*mut u8, bool) {
     let align_order = order_for_pages(align.max(PAGE_SIZE) >> PAGE_SHIFT);
     match mm::alloc_pages_exact(npages, align_order) {
         Some((head, zero)) => {
-            crate::views::frag::PAGE_TIER.add(size, npages << PAGE_SHIFT);
+            crate::counters::PAGE_TIER.add(size, npages << PAGE_SHIFT);
             (page::page_address(head) as *mut u8, zero)
         }
         None => (ptr::null_mut(), false),
@@ -156,7 +161,7 @@ fn large_block(size: usize, align: usize) -> (*mut u8, bool) {
     let (p, zero) = large::alloc(size, align);
     if !p.is_null() {
         if let Ok(len) = large::usable_size(p) {
-            crate::views::frag::LARGE_TIER.add(size, len);
+            crate::counters::LARGE_TIER.add(size, len);
             pagetable::map_and_hand_out(p as usize, len, pagetable::Tier::Large);
         }
     }
@@ -182,7 +187,7 @@ pub fn zeroed_alloc(size: usize, align: usize) -> *mut u8 {
     };
     let (p, zero) = match small_class {
         // Slab objects are recycled: always clear them.
-        Some(class) => (magazine::alloc(class, size), false),
+        Some(class) => (magazine::alloc(class, size, ensure_init), false),
         None => alloc_big_known_zero(size, align),
     };
     if !p.is_null() && !zero {
@@ -190,81 +195,6 @@ pub fn zeroed_alloc(size: usize, align: usize) -> *mut u8 {
         unsafe { ptr::write_bytes(p, 0, size) };
     }
     p
-}
-
-/// Who owns a pointer.
-enum Owner {
-    /// A slab object: its slab's head descriptor and cache index.
-    Slab(*mut Page, usize),
-    /// A page-tier run: its head descriptor.
-    Pages(*mut Page),
-    /// Not in any chunk: a large block, or not ours.
-    Outside,
-}
-
-/// Finds the owner of `p`, or stops the process when `p` points into a
-/// chunk but at nothing that was handed out.
-#[inline]
-fn owner_of(p: *mut u8, what: &'static [u8]) -> Owner {
-    let desc = page::page_of(p as usize);
-    if desc.is_null() {
-        return Owner::Outside;
-    }
-    // SAFETY: descriptors of published chunks are live.
-    unsafe {
-        let mut head = desc;
-        let mut kind = (*desc).kind();
-        if kind == PG_TAIL {
-            head = desc.sub((*desc).span as usize);
-            kind = (*head).kind();
-            if kind == PG_PAGES {
-                bad_pointer(what, b"invalid pointer (inside a block)", p);
-            }
-        }
-        match kind {
-            PG_SLAB if ((*head).class as usize) < NR_CLASSES => {
-                let class = (*head).class as usize;
-                check_slot_start(what, p, class + 1);
-                Owner::Slab(head, class)
-            }
-            PG_PAGES if page::page_address(head) == p as usize => Owner::Pages(head),
-            PG_PAGES => bad_pointer(what, b"invalid pointer (inside a block)", p),
-            page::PG_FREE => bad_pointer(what, b"double free or invalid pointer (memory is free)", p),
-            _ => bad_pointer(what, b"invalid pointer (not allocated by buddyslab)", p),
-        }
-    }
-}
-
-/// Stops the process unless `p` starts a slot of a slab of class
-/// `user_class - 1`: a pointer inside an object, or in a slab's unused
-/// tail, is not a block.
-#[inline(always)]
-fn check_slot_start(what: &'static [u8], p: *mut u8, user_class: usize) {
-    // SAFETY: 1 <= user_class <= NR_CLASSES by the callers.
-    let info = unsafe { CLASSES.get_unchecked(user_class - 1) };
-    if !info.is_object_start(p as usize) {
-        bad_pointer(what, b"invalid pointer (inside an object)", p);
-    }
-}
-
-/// Stops the process when the slab object `p` is free (it carries the
-/// free mark): `realloc` or `malloc_usable_size` of a freed object would
-/// otherwise hand back, or size, an object that is on a free list and will
-/// be handed out again.
-#[inline]
-fn check_not_freed(what: &'static [u8], p: *mut u8) {
-    // SAFETY: `p` starts a slot of a slab (checked by `owner_of`), at
-    // least 16 bytes.
-    if unsafe { slab::link::is_marked_free(p) } {
-        bad_pointer(what, b"double free detected (the block is free)", p);
-    }
-}
-
-#[cold]
-#[inline(never)]
-fn bad_pointer(what: &[u8], why: &[u8], p: *mut u8) -> ! {
-    let mut buf = [0u8; 32];
-    os::fatal(&[b"buddyslab: ", what, b": ", why, b": ", stats::fmt_hex(&mut buf, p as usize)])
 }
 
 /// Frees `p` (null is a no-op). Stops the process with a message for a
@@ -308,7 +238,7 @@ pub unsafe fn free(p: *mut u8) {
             }
             // SAFETY: a slab object of this class on this thread's node,
             // given up by the caller, and its bin has room.
-            unsafe { magazine::free_local(tc, p, local_class) };
+            unsafe { magazine::free_local(tc, p, local_class, ensure_init) };
             return;
         }
     }
@@ -328,7 +258,7 @@ fn free_other(p: *mut u8) {
         if user_class != 0 {
             check_slot_start(b"free()", p, user_class);
             // SAFETY: a slab object of this class, given up by the caller.
-            unsafe { magazine::free_slow(p, user_class) };
+            unsafe { magazine::free_slow(p, user_class, ensure_init) };
             return;
         }
     }
@@ -370,46 +300,6 @@ fn free_outside(p: *mut u8) {
         bad_outside(b"free()", why, p);
     }
     remember_freed_large(p);
-}
-
-/// How many recently freed large blocks are remembered (see
-/// [`FREED_LARGE`]).
-const FREED_LARGE_SLOTS: usize = 64;
-
-/// Starts of the last large blocks unmapped. Their regions are gone, so
-/// nothing else remembers them; a second `free` of one finds no region and
-/// would otherwise be reported as a foreign pointer. A slot is only read
-/// when a pointer has already turned out to be bad, so a stale or racing
-/// entry can at worst change the wording of the message, never let a bad
-/// pointer through. (A block kept in the mapping cache is still in the
-/// region tree, and [`large`] names its second free itself.)
-static FREED_LARGE: [AtomicUsize; FREED_LARGE_SLOTS] = [const { AtomicUsize::new(0) }; FREED_LARGE_SLOTS];
-/// Next slot of [`FREED_LARGE`] to overwrite.
-static FREED_LARGE_NEXT: AtomicUsize = AtomicUsize::new(0);
-
-fn remember_freed_large(p: *mut u8) {
-    let slot = FREED_LARGE_NEXT.fetch_add(1, Ordering::Relaxed) % FREED_LARGE_SLOTS;
-    FREED_LARGE[slot].store(p as usize, Ordering::Relaxed);
-}
-
-/// Stops the process for `p`, a pointer in no chunk that is not the start
-/// of a live large block, for the reason [`large`] gave, made precise when
-/// `p` is a large block freed (and unmapped) a short while ago. `p` is
-/// never dereferenced: it may point at the program's own mappings, a
-/// stack, or nothing at all.
-#[cold]
-#[inline(never)]
-fn bad_outside(what: &'static [u8], why: large::NotLarge, p: *mut u8) -> ! {
-    // Only a pointer in no region at all (large's "not allocated" reason)
-    // may be a block unmapped since; a cached one is named by `large`.
-    let recently_freed = why == b"invalid pointer (not allocated by buddyslab)"
-        && FREED_LARGE.iter().any(|a| a.load(Ordering::Relaxed) == p as usize);
-    let why: &[u8] = match (recently_freed, what) {
-        (true, b"free()") => b"double free (large block already unmapped)",
-        (true, _) => b"invalid pointer (large block already freed)",
-        (false, _) => why,
-    };
-    bad_pointer(what, why, p)
 }
 
 /// Usable bytes of the block at `p` (0 for null).
@@ -545,166 +435,31 @@ pub fn trim() -> bool {
 }
 
 // ---------------------------------------------------------------------------
-// Start-up, options, fork.
+// Options changed while the program runs (`mallopt`): the faces come here,
+// never to the tiers' own settings.
 
-const INIT_NONE: u8 = 0;
-const INIT_RUNNING: u8 = 1;
-const INIT_DONE: u8 = 2;
-static INIT: AtomicU8 = AtomicU8::new(INIT_NONE);
-/// Runs the one-time set-up (options, fork handlers) if it has not run.
-/// Safe to call re-entrantly: `pthread_atfork` may call `malloc`, which
-/// then proceeds with defaults while set-up finishes. Every allocator
-/// structure is statically initialised, so nothing depends on this having
-/// run except options and fork safety.
-#[inline]
-pub fn ensure_init() {
-    if INIT.load(Ordering::Acquire) != INIT_DONE {
-        init_slow();
-    }
+/// Sets the mmap threshold (`mallopt(M_MMAP_THRESHOLD)`): false, and no
+/// change, above the largest threshold; stops the thresholds' adaptation.
+pub fn set_mmap_threshold(bytes: usize) -> bool {
+    crate::options::set_mmap_threshold(bytes)
 }
 
-#[cold]
-#[inline(never)]
-fn init_slow() {
-    if INIT.compare_exchange(INIT_NONE, INIT_RUNNING, Ordering::AcqRel, Ordering::Acquire).is_err() {
-        return;
-    }
-    os::check_page_size();
-    slab::link::init_keys();
-    crate::options::read_environment();
-    mm::register_shrinker(cache::shrink_idle);
-    if crate::options::STATS_AT_EXIT.load(Ordering::Relaxed) != crate::options::STATS_OFF
-        || crate::views::heapmap::requested()
-        || crate::views::addrspace::svg_requested()
-    {
-        // SAFETY: a plain function with no preconditions; atexit may
-        // allocate, which is fine: no allocator lock is held here.
-        unsafe { libc::atexit(stats::print_at_exit) };
-    }
-    magazine::init_thread_exit_key();
-    // SAFETY: the handlers are plain functions that only take and release
-    // the allocator's locks; registering may allocate, which is fine: no
-    // allocator lock is held here.
-    unsafe {
-        libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
-    }
-    INIT.store(INIT_DONE, Ordering::Release);
+/// Sets the trim threshold (`mallopt(M_TRIM_THRESHOLD)`); stops the
+/// thresholds' adaptation.
+pub fn set_trim_threshold(bytes: usize) {
+    crate::options::set_trim_threshold(bytes)
 }
 
-/// Declares that this copy of buddyslab is the process's `malloc` (the C
-/// face calls this first thing): chunks may then come from `brk`.
-pub fn set_process_malloc() {
-    mm::USE_BRK.store(true, Ordering::Relaxed);
-    ensure_init();
+/// Sets the perturb byte (`mallopt(M_PERTURB)`: the low byte of `value`;
+/// 0 turns it off).
+pub fn set_perturb(value: usize) {
+    crate::options::set_perturb(value)
 }
 
-// fork: why the locks are taken where they are.
-//
-// The child of a multi-threaded process gets a copy of memory in which
-// other threads may have been half-way through changing the allocator's
-// structures; the prepare handler therefore takes every allocator lock,
-// so the copy is consistent, and the handlers after `fork` release them.
-// Where it takes them decides whether `fork` can deadlock:
-//
-// - glibc's `fork` runs the atfork prepare handlers first and only then
-//   takes stdio's list lock (`_IO_list_lock`, held across the system call
-//   so the child's `FILE` list is consistent). A prepare handler that
-//   takes allocator locks therefore holds them while it waits for the
-//   stdio lock, and the holder of the stdio lock may be waiting (through
-//   a `FILE` lock) for a thread that is inside `malloc` waiting for an
-//   allocator lock: a cycle (glibc bug 19431; glibc's own test
-//   `tst-malloc-fork-deadlock`). glibc's malloc avoids it by taking its
-//   locks inside `fork`, after the stdio lock. An interposed malloc
-//   cannot run there, so buddyslab's prepare handler takes the stdio
-//   list lock itself, first, and its own locks after it: glibc's order.
-//   The list lock is recursive, so `fork`'s own `_IO_list_lock` then
-//   only counts up; in the parent `fork` counts it down once and our
-//   parent handler once more; in the child `fork` resets it
-//   (`_IO_list_resetlock`) before the child handlers run, so ours leaves
-//   it alone. Nothing in buddyslab takes a stdio lock while it holds an
-//   allocator lock, so the stdio lock is always first.
-// - The other known answer, mimalloc's (no lock held across `fork`, the
-//   child repairs what it finds), needs every shared structure to be
-//   repairable from any half-done change; buddyslab's zone, slab lists
-//   and region tree are not, so the locks stay.
-// - A single-threaded process (glibc's `__libc_single_threaded`, the
-//   flag `fork` itself tests) takes no lock at all, as glibc does: no
-//   other thread can hold one, and when `fork` runs in a signal handler
-//   that interrupted `malloc` in this very thread (glibc's
-//   `tst-mallocfork2`), taking the lock the interrupted code holds would
-//   wait forever. The child then continues, as the parent does, with the
-//   interrupted call when the handler returns.
-//
-// Our handlers are registered when the allocator starts, before the
-// program's own (registration allocates), and prepare handlers run in
-// the reverse order of registration: ours runs last, after any handler
-// of the program's that allocates.
-
-extern "C" {
-    /// glibc's stdio list lock (recursive), exported since 2.2.5.
-    fn _IO_list_lock();
-    /// Releases one level of [`_IO_list_lock`].
-    fn _IO_list_unlock();
-    /// Non-zero while the process has never had a second thread (glibc
-    /// 2.32 and later); `fork` decides on it whether to take locks.
-    static __libc_single_threaded: u8;
-}
-
-/// Whether the running `fork`'s prepare handler took the locks. Forks of a
-/// multi-threaded process are serialised by glibc from the prepare handlers
-/// to the parent and child handlers, so one flag serves.
-static FORK_LOCKED: AtomicBool = AtomicBool::new(false);
-
-/// Takes the stdio list lock, then every allocator lock in the lock order
-/// (see [`crate::mm`]); nothing in a single-threaded process.
-extern "C" fn fork_prepare() {
-    // SAFETY: a byte glibc keeps for exactly this question.
-    if unsafe { ptr::read_volatile(&raw const __libc_single_threaded) } != 0 {
-        return;
-    }
-    // SAFETY: a recursive lock; released by fork_parent, reset by glibc in
-    // the child.
-    unsafe { _IO_list_lock() };
-    large::CACHE.lock_for_fork();
-    slab::percpu::lock_all_for_fork();
-    slab::NODES_GROW.lock_for_fork();
-    mm::GROW.lock_for_fork();
-    slab::lock_all_for_fork();
-    crate::mm::pcp::lock_all_for_fork();
-    mm::ZONE.lock_for_fork();
-    crate::ledger::vma::TREE.lock_for_fork();
-    pagetable::TABLE_POOL.lock_for_fork();
-    FORK_LOCKED.store(true, Ordering::Relaxed);
-}
-
-fn fork_release(in_child: bool) {
-    // SAFETY: fork_prepare took each of these in this thread (the child's
-    // only thread is the one that forked) and left no guards.
-    unsafe {
-        pagetable::TABLE_POOL.unlock_after_fork(in_child);
-        crate::ledger::vma::TREE.unlock_after_fork(in_child);
-        mm::ZONE.unlock_after_fork(in_child);
-        crate::mm::pcp::unlock_all_after_fork(in_child);
-        slab::unlock_all_after_fork(in_child);
-        mm::GROW.unlock_after_fork(in_child);
-        slab::NODES_GROW.unlock_after_fork(in_child);
-        slab::percpu::unlock_all_after_fork(in_child);
-        large::CACHE.unlock_after_fork(in_child);
-    }
-}
-
-extern "C" fn fork_parent() {
-    if FORK_LOCKED.swap(false, Ordering::Relaxed) {
-        fork_release(false);
-        // SAFETY: the level fork_prepare took; fork released its own.
-        unsafe { _IO_list_unlock() };
-    }
-}
-
-extern "C" fn fork_child() {
-    if FORK_LOCKED.swap(false, Ordering::Relaxed) {
-        fork_release(true);
-    }
+/// Stops the thresholds' adaptation without changing them
+/// (`mallopt(M_TOP_PAD)`, `mallopt(M_MMAP_MAX)`, as in glibc).
+pub fn fix_thresholds() {
+    crate::options::DYNAMIC_THRESHOLD.store(false, Ordering::Relaxed);
 }
 
 /// Rounds `size` up to whole pages (`pvalloc`); `None` on overflow.
@@ -920,3 +675,4 @@ mod tests {
         }
     }
 }
+

@@ -79,31 +79,13 @@ use crate::os::{self, PAGE_SIZE};
 use crate::os::sync::Mutex;
 use crate::ledger::vma::{self, VmaKind};
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicUsize, Ordering};
 
-/// Default mmap threshold (glibc's `DEFAULT_MMAP_THRESHOLD_MIN`).
-pub const DEFAULT_MMAP_THRESHOLD: usize = 128 * 1024;
-/// Largest threshold `mallopt` accepts and the adaptation reaches (glibc's
-/// `DEFAULT_MMAP_THRESHOLD_MAX` on 64-bit).
-pub const MAX_MMAP_THRESHOLD: usize = 32 * 1024 * 1024;
-/// Default trim threshold (glibc's `DEFAULT_TRIM_THRESHOLD`).
-pub const DEFAULT_TRIM_THRESHOLD: usize = 128 * 1024;
-/// Default cap on cached bytes: the largest trim threshold the adaptation
-/// reaches.
-pub const DEFAULT_CACHE_MAX: usize = 2 * MAX_MMAP_THRESHOLD;
-/// Default time an extent stays cached, in milliseconds.
-pub const DEFAULT_CACHE_MS: u64 = 1000;
+pub use crate::options::{
+    CACHE_MAX, CACHE_MAX_AGE_NS, DEFAULT_CACHE_MAX, DEFAULT_CACHE_MS, DEFAULT_MMAP_THRESHOLD, DEFAULT_TRIM_THRESHOLD,
+    DYNAMIC_THRESHOLD, MAX_MMAP_THRESHOLD, MMAP_THRESHOLD, TRIM_THRESHOLD,
+};
 
-/// Requests of at least this many bytes get a large block.
-pub static MMAP_THRESHOLD: AtomicUsize = AtomicUsize::new(DEFAULT_MMAP_THRESHOLD);
-/// glibc's trim threshold: here, a bound on cached bytes.
-pub static TRIM_THRESHOLD: AtomicUsize = AtomicUsize::new(DEFAULT_TRIM_THRESHOLD);
-/// Whether frees still adapt the thresholds (false once either was set).
-pub static DYNAMIC_THRESHOLD: AtomicBool = AtomicBool::new(true);
-/// Cap on cached bytes (`BUDDYSLAB_LARGE_CACHE`; 0 turns the cache off).
-pub static CACHE_MAX: AtomicUsize = AtomicUsize::new(DEFAULT_CACHE_MAX);
-/// Nanoseconds an extent may stay cached (`BUDDYSLAB_LARGE_CACHE_MS`).
-pub static CACHE_MAX_AGE_NS: AtomicU64 = AtomicU64::new(DEFAULT_CACHE_MS * 1_000_000);
 /// Live large blocks.
 pub static NR_LARGE: AtomicUsize = AtomicUsize::new(0);
 /// Bytes mapped for live large blocks.
@@ -115,24 +97,7 @@ pub static CACHED_BYTES: AtomicUsize = AtomicUsize::new(0);
 /// The released mappings, outermost lock of the allocator.
 pub static CACHE: Mutex<MappingCache> = Mutex::new(MappingCache::new());
 
-/// Sets the mmap threshold explicitly (`mallopt(M_MMAP_THRESHOLD)`): false
-/// and no change above [`MAX_MMAP_THRESHOLD`]; otherwise the adaptation
-/// stops.
-pub fn set_mmap_threshold(bytes: usize) -> bool {
-    if bytes > MAX_MMAP_THRESHOLD {
-        return false;
-    }
-    DYNAMIC_THRESHOLD.store(false, Ordering::Relaxed);
-    MMAP_THRESHOLD.store(bytes, Ordering::Relaxed);
-    true
-}
-
-/// Sets the trim threshold explicitly (`mallopt(M_TRIM_THRESHOLD)`); the
-/// adaptation stops.
-pub fn set_trim_threshold(bytes: usize) {
-    DYNAMIC_THRESHOLD.store(false, Ordering::Relaxed);
-    TRIM_THRESHOLD.store(bytes, Ordering::Relaxed);
-}
+pub use crate::options::{set_mmap_threshold, set_trim_threshold};
 
 /// glibc's rule: the new mmap threshold after a block with a mapping of
 /// `freed_len` bytes is freed, or `None` when it stays.

@@ -4,6 +4,7 @@
 //! (regions mapped, pages handed out and given back) goes through the
 //! hooks they register (`hooks`).
 
+pub mod hooks;
 pub mod page;
 pub mod pcp;
 mod zone;

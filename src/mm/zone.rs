@@ -44,11 +44,10 @@ use crate::os::{self, PAGE_SHIFT, PAGE_SIZE};
 use crate::mm::pcp;
 use crate::mm::page::{
     self, Chunk, ChunkSource, Page, PageList, CHUNK_DESC_ALIGN, CHUNK_DESC_SIZE, CHUNK_PAGES,
-    CHUNK_SHIFT, CHUNK_SIZE, GROUP_FREE, GROUP_RUNS, GROUP_SLABS, MAX_ORDER, NR_GROUPS, PG_FREE,
+    CHUNK_SIZE, GROUP_FREE, GROUP_RUNS, GROUP_SLABS, MAX_ORDER, NR_GROUPS, PG_FREE,
     PG_NONE, PG_TAIL,
 };
 use crate::os::sync::Mutex;
-use crate::ledger::vma::{self, VmaKind};
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
@@ -857,7 +856,7 @@ pub fn alloc_pages_lowest(order: usize) -> Option<(*mut Page, bool)> {
 /// # Safety
 /// `head` was returned by [`alloc_pages`] with this `order` and is unused.
 pub unsafe fn free_pages(head: *mut Page, order: usize) {
-    crate::ledger::pagetable::give_back(page::page_address(head), PAGE_SIZE << order);
+    super::hooks::given_back(page::page_address(head), PAGE_SIZE << order);
     if order <= pcp::PCP_MAX_ORDER {
         // SAFETY: per the caller.
         unsafe { pcp::free(head, order) };
@@ -875,7 +874,7 @@ pub unsafe fn free_pages(head: *mut Page, order: usize) {
 /// As [`Zone::free_range`].
 pub unsafe fn free_page_range(first: *mut Page, npages: usize) {
     if npages != 0 {
-        crate::ledger::pagetable::give_back(page::page_address(first), npages << PAGE_SHIFT);
+        super::hooks::given_back(page::page_address(first), npages << PAGE_SHIFT);
         // SAFETY: per the caller.
         unsafe { ZONE.lock().free_range(first, npages) }
         decay_tick();
@@ -932,7 +931,7 @@ pub fn alloc_pages_exact(npages: usize, align_order: usize) -> Option<(*mut Page
     }
     NR_PAGE_RUNS.fetch_add(1, Ordering::Relaxed);
     PAGE_RUN_PAGES.fetch_add(npages, Ordering::Relaxed);
-    crate::ledger::pagetable::hand_out(page::page_address(head), npages << PAGE_SHIFT, crate::ledger::pagetable::Tier::Pages);
+    super::hooks::handed_out(page::page_address(head), npages << PAGE_SHIFT, super::hooks::PageUse::Pages);
     Some((head, zero))
 }
 
@@ -991,7 +990,7 @@ pub unsafe fn grow_pages_exact(head: *mut Page, npages: usize) -> bool {
     }
     PAGE_RUN_PAGES.fetch_add(npages - old, Ordering::Relaxed);
     let grown = page::page_address(head) + (old << PAGE_SHIFT);
-    crate::ledger::pagetable::hand_out(grown, (npages - old) << PAGE_SHIFT, crate::ledger::pagetable::Tier::Pages);
+    super::hooks::handed_out(grown, (npages - old) << PAGE_SHIFT, super::hooks::PageUse::Pages);
     decay_tick();
     true
 }
@@ -1009,7 +1008,6 @@ pub unsafe fn grow_pages_exact(head: *mut Page, npages: usize) -> bool {
 #[cold]
 #[inline(never)]
 fn grow(order: usize) -> bool {
-    crate::heap::ensure_init();
     if ZONE.lock().can_alloc(order) {
         return true; // another thread grew the zone meanwhile
     }
@@ -1044,28 +1042,17 @@ fn grow(order: usize) -> bool {
     };
     // SAFETY: the chunk is published, prepared, and its pages are unused.
     unsafe { ZONE.lock().add_chunk(desc) };
-    // Record the regions with no lock held: inserting may allocate a tree
+    // Tell the ledger with no lock held: recording may allocate a tree
     // node, which may need pages, which may grow the zone again.
-    let kind = match source {
-        ChunkSource::Brk => VmaKind::Heap,
-        ChunkSource::Mmap => VmaKind::Chunk,
-    };
-    vma::record(base, base + CHUNK_SIZE, kind);
-    vma::record(desc as usize, desc as usize + CHUNK_DESC_SIZE, VmaKind::Meta);
-    use crate::ledger::pagetable::{self, Tier};
-    pagetable::map(base, CHUNK_SIZE);
-    // Adding the chunk wrote every page descriptor: the descriptor's pages
-    // are all touched.
-    pagetable::map(desc as usize, CHUNK_DESC_SIZE);
-    pagetable::hand_out(desc as usize, CHUNK_DESC_SIZE, Tier::Meta);
-    if let Some((leaf, len)) = leaf {
+    if let Some((_, len)) = leaf {
         META_BYTES.fetch_add(len, Ordering::Relaxed);
-        vma::record(leaf, leaf + len, VmaKind::Meta);
-        // A leaf is touched at one entry per chunk; count its first page.
-        pagetable::map(leaf, len);
-        let slot = ((base >> CHUNK_SHIFT) & 4095) * core::mem::size_of::<usize>();
-        pagetable::hand_out(leaf + (slot & !(PAGE_SIZE - 1)), PAGE_SIZE, Tier::Meta);
     }
+    super::hooks::chunk_added(super::hooks::ChunkAdded {
+        base,
+        source,
+        descriptors: (desc as usize, CHUNK_DESC_SIZE),
+        leaf,
+    });
     true
 }
 
@@ -1177,13 +1164,7 @@ pub const fn pages_for(bytes: usize) -> usize {
 // [`defer_decay`]): the scan's system calls would stall every thread that
 // waits for it.
 
-/// Default [`DECAY_MS`]: how long free memory stays resident, in
-/// milliseconds (`BUDDYSLAB_DECAY_MS`).
-pub const DEFAULT_DECAY_MS: u32 = 1000;
-
-/// Milliseconds a free block or an empty slab stays resident before decay
-/// gives it back. 0 gives memory back at the next tick.
-pub static DECAY_MS: AtomicU32 = AtomicU32::new(DEFAULT_DECAY_MS);
+pub use crate::options::{DECAY_MS, DEFAULT_DECAY_MS};
 
 /// Slow-path events between two clock reads.
 const TICK_EVERY: u32 = 8;
@@ -1450,7 +1431,7 @@ unsafe fn release_isolated(batch: &[*mut Page]) -> usize {
         released += len;
         // SAFETY: isolated blocks are ours.
         batch[covers[i].0 as usize..covers[i].1 as usize].iter().for_each(|&p| unsafe { (*p).zero = true });
-        crate::ledger::pagetable::advised(start, len);
+        super::hooks::advised(start, len);
     }
     // Wholly free chunks, their memory released: their descriptors past
     // the first page are all PG_FREE tails, and reading back zero
@@ -1479,7 +1460,7 @@ unsafe fn release_isolated(batch: &[*mut Page]) -> usize {
             released += ranges[i].len;
             // SAFETY: as above.
             unsafe { (*Chunk::of_page(batch[covers[i].0 as usize])).descriptors_released = true };
-            crate::ledger::pagetable::advised(ranges[i].start, ranges[i].len);
+            super::hooks::advised(ranges[i].start, ranges[i].len);
         }
     }
     released

@@ -10,6 +10,7 @@
 //! Preconditions are written on each function, mimalloc-style: addresses
 //! page-aligned, lengths non-zero and page-aligned unless said otherwise.
 
+pub mod fmt;
 pub mod sync;
 
 use core::sync::atomic::{AtomicBool, Ordering};

@@ -28,7 +28,7 @@ use super::size_class::ClassInfo;
 use crate::mm;
 use crate::os;
 use crate::mm::page::{self, Page, PageList, PG_SLAB};
-use crate::ledger::pagetable::{self, Tier};
+use crate::mm::hooks::{self, PageUse};
 use crate::os::sync::Mutex;
 use core::ptr;
 
@@ -226,8 +226,8 @@ impl KmemCache {
             }
             let tag = if user_class != 0 { (*head).class_and_node() as u16 } else { 0 };
             page::set_tags(head, 1 << self.info.order, tag);
-            let tier = if user_class != 0 { Tier::Slab } else { Tier::Meta };
-            pagetable::hand_out(page::page_address(head), os::PAGE_SIZE << self.info.order, tier);
+            let to = if user_class != 0 { PageUse::Slab } else { PageUse::Meta };
+            hooks::handed_out(page::page_address(head), os::PAGE_SIZE << self.info.order, to);
             let s = &mut *head;
             s.class = self.index;
             s.order = self.info.order;
@@ -682,7 +682,7 @@ pub fn shrink_idle(control: mm::ShrinkControl) -> usize {
 #[inline(never)]
 fn invalid_free(msg: &[u8], object: *mut u8) -> ! {
     let mut buf = [0u8; 32];
-    os::fatal(&[b"buddyslab: ", msg, crate::views::stats::fmt_hex(&mut buf, object as usize)])
+    os::fatal(&[b"buddyslab: ", msg, crate::os::fmt::fmt_hex(&mut buf, object as usize)])
 }
 
 #[cfg(test)]

@@ -258,7 +258,7 @@ fn check_free_slot(object: *mut u8, next: usize, class: usize) {
 fn corrupted(object: *mut u8, next: usize) -> ! {
     let _ = next;
     let mut buf = [0u8; 32];
-    crate::os::fatal(&[b"buddyslab: malloc(): corrupted free list: ", crate::views::stats::fmt_hex(&mut buf, object as usize)])
+    crate::os::fatal(&[b"buddyslab: malloc(): corrupted free list: ", crate::os::fmt::fmt_hex(&mut buf, object as usize)])
 }
 
 #[cfg(test)]

@@ -395,7 +395,7 @@ unsafe fn pop(tc: *mut ThreadCache, bin: &mut Bin, class: usize) -> *mut u8 {
 /// Allocates an object of `class` from the calling thread's bin, for a
 /// request of `size` bytes (which only the refill path looks at).
 #[inline(always)]
-pub fn alloc(class: usize, size: usize) -> *mut u8 {
+pub fn alloc(class: usize, size: usize, set_up: SetUp) -> *mut u8 {
     // SAFETY: the thread cache is this thread's alone; `class + 1` is a
     // valid bin index.
     let object = unsafe {
@@ -405,7 +405,7 @@ pub fn alloc(class: usize, size: usize) -> *mut u8 {
     if !object.is_null() {
         return object;
     }
-    alloc_slow(class, size)
+    alloc_slow(class, size, set_up)
 }
 
 /// Byte offset of the bin serving a request of `16 * i` bytes (rounded
@@ -424,7 +424,7 @@ static SMALL_BINS: [u16; super::TABLE_MAX / 16 + 1] = {
 
 /// [`alloc`] for a request of `size <= TABLE_MAX` bytes.
 #[inline(always)]
-pub fn alloc_small(size: usize) -> *mut u8 {
+pub fn alloc_small(size: usize, set_up: SetUp) -> *mut u8 {
     debug_assert!(size <= super::TABLE_MAX);
     // SAFETY: (size + 15) >> 4 <= 64, the table's last index.
     let offset = unsafe { *SMALL_BINS.get_unchecked((size + 15) >> 4) } as usize;
@@ -438,7 +438,7 @@ pub fn alloc_small(size: usize) -> *mut u8 {
     if !object.is_null() {
         return object;
     }
-    alloc_slow(class, size)
+    alloc_slow(class, size, set_up)
 }
 
 /// Whether bin `user_class` (0..=NR_CLASSES; 0 is the unused one, which
@@ -462,7 +462,7 @@ pub unsafe fn has_room(tc: *mut ThreadCache, user_class: usize) -> bool {
 /// `tc` is [`current`]; `object` is a live object of that class and node,
 /// given up.
 #[inline(always)]
-pub unsafe fn free_local(tc: *mut ThreadCache, object: *mut u8, user_class: usize) {
+pub unsafe fn free_local(tc: *mut ThreadCache, object: *mut u8, user_class: usize, set_up: SetUp) {
     // SAFETY: as in `alloc`; the object is ours to link.
     unsafe {
         let bin = &mut (*(*tc).slots.as_mut_ptr().add(user_class)).bin;
@@ -476,9 +476,16 @@ pub unsafe fn free_local(tc: *mut ThreadCache, object: *mut u8, user_class: usiz
             bin.count += 1;
             return;
         }
-        free_slow(object, user_class)
+        free_slow(object, user_class, set_up)
     }
 }
+
+/// The process's one-time set-up (options, keys, fork handlers, the
+/// ledger's hooks), which the caller passes down: a thread cache is
+/// activated only after it has run, and the magazine names nothing above
+/// the slab tier. On the fast paths it is a constant that costs nothing;
+/// only the slow paths call it.
+pub type SetUp = fn();
 
 /// The pthread key whose destructor empties a thread's cache at exit.
 static KEY: AtomicU32 = AtomicU32::new(0);
@@ -499,7 +506,7 @@ pub fn init_thread_exit_key() {
 /// still running, the thread is exiting, or re-entered from inside
 /// activation), and the caller uses the shared caches directly.
 #[cold]
-fn activate(tc: *mut ThreadCache) -> bool {
+fn activate(tc: *mut ThreadCache, set_up: SetUp) -> bool {
     // SAFETY: the thread cache is this thread's alone.
     let tc = unsafe { &mut *tc };
     if crate::options::perturb() != 0 {
@@ -522,7 +529,7 @@ fn activate(tc: *mut ThreadCache) -> bool {
         }
         _ => return false,
     }
-    crate::heap::ensure_init();
+    set_up();
     if !KEY_READY.load(Ordering::Acquire) {
         return false;
     }
@@ -547,12 +554,12 @@ fn activate(tc: *mut ThreadCache) -> bool {
 
 #[cold]
 #[inline(never)]
-fn alloc_slow(class: usize, size: usize) -> *mut u8 {
+fn alloc_slow(class: usize, size: usize, set_up: SetUp) -> *mut u8 {
     // One request per refill is the slab tier's internal-fragmentation
     // sample: the fast path counts nothing.
-    crate::views::frag::sample_request(class, size);
+    super::sample_request(class, size);
     let tc = current();
-    if !activate(tc) {
+    if !activate(tc, set_up) {
         let object = cache::alloc(&super::home_caches()[class]);
         if object.is_null() {
             crate::os::set_errno(libc::ENOMEM);
@@ -621,7 +628,7 @@ fn alloc_slow(class: usize, size: usize) -> *mut u8 {
 /// `object` is a live object of class `user_class - 1`, given up.
 #[cold]
 #[inline(never)]
-pub unsafe fn free_slow(object: *mut u8, user_class: usize) {
+pub unsafe fn free_slow(object: *mut u8, user_class: usize, set_up: SetUp) {
     let class = user_class - 1;
     // SAFETY: a slab object of at least 16 bytes, given up by the caller.
     unsafe {
@@ -632,7 +639,7 @@ pub unsafe fn free_slow(object: *mut u8, user_class: usize) {
         key_slot(object).write(key);
     }
     let tc = current();
-    if !activate(tc) {
+    if !activate(tc, set_up) {
         let perturb = crate::options::perturb();
         if perturb != 0 {
             // glibc's free_perturb, past the link and the free mark.
@@ -674,7 +681,7 @@ pub unsafe fn free_slow(object: *mut u8, user_class: usize) {
 #[inline(never)]
 fn double_free(object: *mut u8) -> ! {
     let mut buf = [0u8; 32];
-    crate::os::fatal(&[b"buddyslab: free(): double free detected: ", crate::views::stats::fmt_hex(&mut buf, object as usize)])
+    crate::os::fatal(&[b"buddyslab: free(): double free detected: ", crate::os::fmt::fmt_hex(&mut buf, object as usize)])
 }
 
 /// Returns the first `n` objects of a remote bin to their slabs' caches.
@@ -841,7 +848,7 @@ mod tests {
     fn bin_limits_start_small_and_grow_with_refills_only() {
         std::thread::spawn(|| {
             let class = class_of(64);
-            let p = alloc(class, 64);
+            let p = alloc(class, 64, crate::heap::ensure_init);
             assert!(!p.is_null());
             assert!(limit_now(class) <= 2 * start_limit(class), "a first refill should not fill the bin");
             // A thread that only frees stays at a quarter of the full limit, at most FREE_GROWTH_MAX.

@@ -199,6 +199,18 @@ pub fn cache_name(index: usize) -> &'static str {
     }
 }
 
+/// The slab tier's request samples.
+pub static SLAB_SAMPLES: crate::counters::SlabSampler<NR_CLASSES> = crate::counters::SlabSampler::new();
+
+/// Records one sampled request of `size` bytes served by size class
+/// `class`. Cold and lock-free (two relaxed additions), allocates nothing;
+/// meant for the magazine's refill slow path, never the fast path.
+#[cold]
+#[inline(never)]
+pub fn sample_request(class: usize, size: usize) {
+    SLAB_SAMPLES.record(class, size);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

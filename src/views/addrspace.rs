@@ -764,7 +764,7 @@ pub fn write_address_space_svg(out: &mut dyn Write) -> fmt::Result {
 }
 
 /// `BUDDYSLAB_ADDRSPACE_SVG`: where the drawing goes at exit.
-pub static SVG_FILE: crate::views::stats::ExitFile = crate::views::stats::ExitFile::new("address-space drawing");
+pub static SVG_FILE: crate::views::stats::ExitFile = crate::views::stats::ExitFile::new("address-space drawing", &crate::options::ADDRSPACE_SVG_PATH);
 
 /// Records the path `BUDDYSLAB_ADDRSPACE_SVG` names (see
 /// [`crate::views::stats::ExitFile::set`]).

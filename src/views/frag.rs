@@ -37,7 +37,6 @@ use crate::os::PAGE_SIZE;
 use crate::slab::{size_of_class, CacheStats, NR_CLASSES};
 use crate::views::stats::Snapshot;
 use core::fmt::{self, Write};
-use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// The unusable free space index of `order` in thousandths (0..=1000),
 /// from the number of free blocks per order. The kernel's integer
@@ -87,124 +86,8 @@ pub fn slab_worst_waste(class: usize) -> usize {
     size_of_class(class) - below - 1
 }
 
-/// Bytes asked for and handed out by one tier, counted on its slow path.
-pub struct TierCounter {
-    requested: AtomicUsize,
-    handed: AtomicUsize,
-    count: AtomicUsize,
-}
-
-/// A plain copy of a [`TierCounter`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TierWaste {
-    /// Bytes asked for, summed over every allocation since the start.
-    pub requested: usize,
-    /// Bytes handed out for them.
-    pub handed: usize,
-    /// Allocations counted.
-    pub count: usize,
-}
-
-impl TierWaste {
-    /// Bytes handed out beyond the requests.
-    pub fn waste(&self) -> usize {
-        self.handed.saturating_sub(self.requested)
-    }
-}
-
-impl TierCounter {
-    /// Zero counts.
-    pub const fn new() -> Self {
-        TierCounter { requested: AtomicUsize::new(0), handed: AtomicUsize::new(0), count: AtomicUsize::new(0) }
-    }
-
-    /// Counts one allocation of `handed` bytes for a request of `requested`.
-    pub fn add(&self, requested: usize, handed: usize) {
-        self.requested.fetch_add(requested, Ordering::Relaxed);
-        self.handed.fetch_add(handed, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The counts now.
-    pub fn read(&self) -> TierWaste {
-        TierWaste {
-            requested: self.requested.load(Ordering::Relaxed),
-            handed: self.handed.load(Ordering::Relaxed),
-            count: self.count.load(Ordering::Relaxed),
-        }
-    }
-}
-
-impl Default for TierCounter {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// Page-tier runs: requests and whole pages.
-pub static PAGE_TIER: TierCounter = TierCounter::new();
-/// Large blocks: requests and mapping lengths.
-pub static LARGE_TIER: TierCounter = TierCounter::new();
-
-/// Per size class: sampled requests and the sum of their sizes.
-pub struct SlabSampler {
-    samples: [AtomicUsize; NR_CLASSES],
-    requested_sum: [AtomicUsize; NR_CLASSES],
-}
-
-/// A plain copy of one class's samples.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SlabSample {
-    /// Requests sampled.
-    pub samples: usize,
-    /// Their sizes, summed.
-    pub requested_sum: usize,
-}
-
-impl SlabSampler {
-    /// No samples.
-    pub const fn new() -> Self {
-        SlabSampler {
-            samples: [const { AtomicUsize::new(0) }; NR_CLASSES],
-            requested_sum: [const { AtomicUsize::new(0) }; NR_CLASSES],
-        }
-    }
-
-    /// Records one request of `size` bytes served by class `class`
-    /// (ignored when `class` is not a size class).
-    pub fn record(&self, class: usize, size: usize) {
-        if class < NR_CLASSES {
-            self.samples[class].fetch_add(1, Ordering::Relaxed);
-            self.requested_sum[class].fetch_add(size, Ordering::Relaxed);
-        }
-    }
-
-    /// The samples now, per class.
-    pub fn read(&self) -> [SlabSample; NR_CLASSES] {
-        core::array::from_fn(|c| SlabSample {
-            samples: self.samples[c].load(Ordering::Relaxed),
-            requested_sum: self.requested_sum[c].load(Ordering::Relaxed),
-        })
-    }
-}
-
-impl Default for SlabSampler {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// The slab tier's request samples.
-pub static SLAB_SAMPLES: SlabSampler = SlabSampler::new();
-
-/// Records one sampled request of `size` bytes served by size class
-/// `class`. Cold and lock-free (two relaxed additions), allocates nothing;
-/// meant for the magazine's refill slow path, never the fast path.
-#[cold]
-#[inline(never)]
-pub fn sample_request(class: usize, size: usize) {
-    SLAB_SAMPLES.record(class, size);
-}
+pub use crate::counters::{SlabSample, SlabSampler, TierCounter, TierWaste, LARGE_TIER, PAGE_TIER};
+pub use crate::slab::{sample_request, SLAB_SAMPLES};
 
 /// The sampled internal fragmentation of a size class, or of all of them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -562,7 +445,7 @@ mod tests {
     fn sampled_slab_waste_from_known_requests() {
         let class = crate::slab::class_of(33);
         assert_eq!(size_of_class(class), 48);
-        let sampler = SlabSampler::new();
+        let sampler = SlabSampler::<NR_CLASSES>::new();
         for _ in 0..100 {
             sampler.record(class, 33);
         }

@@ -143,7 +143,7 @@ fn states_in(section: usize) -> impl Iterator<Item = u8> {
 }
 
 /// `BUDDYSLAB_HEAPMAP`: where the map goes at exit.
-pub static FILE: stats::ExitFile = stats::ExitFile::new("heap map");
+pub static FILE: stats::ExitFile = stats::ExitFile::new("heap map", &crate::options::HEAPMAP_PATH);
 
 /// Records the path `BUDDYSLAB_HEAPMAP` names (see [`stats::ExitFile::set`]).
 pub fn set_path(value: &'static [u8]) {

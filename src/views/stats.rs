@@ -31,83 +31,8 @@ use crate::ledger::pagetable::{self, FaultCounts, Tier, NR_TIERS};
 use crate::slab::{self, CacheStats, NR_CACHES};
 use crate::ledger::vma::{self, Region, VmaKind};
 use core::fmt::{self, Write};
+pub use crate::os::fmt::{fmt_hex, FixedBuf};
 use core::sync::atomic::Ordering;
-
-/// A fixed-size text buffer; writes past the end are cut off, never
-/// allocated for.
-pub struct FixedBuf<const N: usize> {
-    buf: [u8; N],
-    len: usize,
-}
-
-impl<const N: usize> FixedBuf<N> {
-    /// An empty buffer.
-    pub const fn new() -> Self {
-        FixedBuf { buf: [0; N], len: 0 }
-    }
-
-    /// The text written so far.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
-
-    /// The text written so far.
-    pub fn as_str(&self) -> &str {
-        // Only whole `&str`s are copied in, but a cut may split a character.
-        match core::str::from_utf8(self.as_bytes()) {
-            Ok(s) => s,
-            Err(e) => {
-                // SAFETY: valid up to `valid_up_to` by from_utf8's report.
-                unsafe { core::str::from_utf8_unchecked(&self.buf[..e.valid_up_to()]) }
-            }
-        }
-    }
-
-    /// Writes the text to `fd` and empties the buffer.
-    pub fn flush_to(&mut self, fd: i32) {
-        os::write_all(fd, self.as_bytes());
-        self.len = 0;
-    }
-}
-
-impl<const N: usize> Default for FixedBuf<N> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<const N: usize> Write for FixedBuf<N> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let n = s.len().min(N - self.len);
-        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
-        self.len += n;
-        if n < s.len() {
-            Err(fmt::Error)
-        } else {
-            Ok(())
-        }
-    }
-}
-
-/// Formats `value` as `0x…` into `buf`; returns the text.
-pub fn fmt_hex(buf: &mut [u8; 32], value: usize) -> &[u8] {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut i = buf.len();
-    let mut v = value;
-    loop {
-        i -= 1;
-        buf[i] = DIGITS[v & 15];
-        v >>= 4;
-        if v == 0 {
-            break;
-        }
-    }
-    i -= 1;
-    buf[i] = b'x';
-    i -= 1;
-    buf[i] = b'0';
-    &buf[i..]
-}
 
 /// A plain copy of the allocator's figures.
 #[derive(Clone, Copy, Debug)]
@@ -367,35 +292,33 @@ pub fn write_malloc_info(w: &mut impl fmt::Write) -> fmt::Result {
 /// A file a drawing is written to at exit, named by an environment
 /// variable (`BUDDYSLAB_HEAPMAP`, `BUDDYSLAB_ADDRSPACE_SVG`).
 pub struct ExitFile {
-    /// The path (a NUL-terminated environment string), or null when no
-    /// file was asked for.
-    path: core::sync::atomic::AtomicPtr<libc::c_char>,
+    /// The path, given in the options.
+    path: &'static crate::options::PathOption,
     /// What is written, for the error message.
     what: &'static str,
 }
 
 impl ExitFile {
-    /// No file asked for yet; `what` names the drawing in messages.
-    pub const fn new(what: &'static str) -> Self {
-        ExitFile { path: core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()), what }
+    /// The file `path` names; `what` names the drawing in messages.
+    pub const fn new(what: &'static str, path: &'static crate::options::PathOption) -> Self {
+        ExitFile { path, what }
     }
 
     /// Records the path. `value` must be followed in memory by a NUL (an
     /// environment entry is) and live for the process.
     pub fn set(&self, value: &'static [u8]) {
-        let p = if value.is_empty() { core::ptr::null_mut() } else { value.as_ptr() as *mut libc::c_char };
-        self.path.store(p, Ordering::Relaxed);
+        self.path.set(value)
     }
 
     /// Whether a file is to be written at exit.
     pub fn requested(&self) -> bool {
-        !self.path.load(Ordering::Relaxed).is_null()
+        self.path.requested()
     }
 
     /// Creates the file, if one was asked for, and lets `draw` write it;
     /// reports a file that cannot be created on stderr.
     pub fn write(&self, draw: impl FnOnce(&mut FdWriter) -> fmt::Result) {
-        let p = self.path.load(Ordering::Relaxed);
+        let p = self.path.get();
         if p.is_null() {
             return;
         }
