@@ -104,6 +104,9 @@ fn alloc_big(size: usize, align: usize) -> *mut u8 {
 /// [`alloc_big`], also saying whether the memory is known to read as zero
 /// (fresh pages from the OS, or a fresh mapping).
 fn alloc_big_known_zero(size: usize, align: usize) -> (*mut u8, bool) {
+    // The page tier and the large tier grow without setting up: the
+    // process's set-up (the ledger's hooks above all) comes first.
+    ensure_init();
     if size > MAX_REQUEST || align > MAX_REQUEST / 2 {
         return (ptr::null_mut(), false);
     }
