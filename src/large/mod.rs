@@ -74,7 +74,8 @@
 //! decay scan started there would run its `madvise` calls with the lock
 //! held.
 
-use crate::mm::{self, align_up, map_aligned};
+use crate::mm;
+use crate::os::{align_up, map_aligned};
 use crate::os::{self, PAGE_SIZE};
 use crate::os::sync::Mutex;
 use crate::ledger::vma::{self, VmaKind};

@@ -16,9 +16,9 @@
 //! Lock order: a CPU's page-list lock is taken after the slab cache locks
 //! and before the zone lock (see [`crate::mm`]).
 
-use crate::mm::{self, ZONE};
+use super::zone::{self, ZONE};
 use crate::os;
-use crate::mm::page::{Page, PageList, PG_NONE};
+use super::page::{Page, PageList, PG_NONE};
 use crate::os::sync::Mutex;
 
 /// Highest order kept on per-CPU lists.
@@ -85,7 +85,7 @@ pub unsafe fn free(head: *mut Page, order: usize) {
     // SAFETY: per the caller: the block's descriptors are ours to reset,
     // so an address inside it is no slab object or run any more.
     unsafe {
-        mm::mark(head, 1 << order, PG_NONE);
+        zone::mark(head, 1 << order, PG_NONE);
         (*head).order = order as u8;
         (*head).zero = false;
     }
@@ -163,7 +163,7 @@ mod tests {
         let mut taken = [ptr::null_mut::<Page>(); 64];
         for (i, slot) in taken.iter_mut().enumerate() {
             let order = i % (PCP_MAX_ORDER + 1);
-            *slot = mm::alloc_pages(order).expect("memory").0;
+            *slot = crate::mm::alloc_pages(order).expect("memory").0;
         }
         // Distinct, non-overlapping blocks.
         let mut spans: std::vec::Vec<(usize, usize)> = taken
@@ -178,7 +178,7 @@ mod tests {
         assert!(spans.windows(2).all(|w| w[0].1 <= w[1].0), "per-CPU blocks overlap");
         for (i, &p) in taken.iter().enumerate() {
             // SAFETY: allocated above with this order.
-            unsafe { mm::free_pages(p, i % (PCP_MAX_ORDER + 1)) };
+            unsafe { crate::mm::free_pages(p, i % (PCP_MAX_ORDER + 1)) };
         }
         assert!(pages_held() > 0, "freed blocks should wait on the per-CPU lists");
         drain_all();

@@ -614,6 +614,45 @@ pub fn current_cpu() -> usize {
     }
 }
 
+/// Maps `len` bytes aligned to `align` (a power of two ≥ a page) by mapping
+/// `len + align` and trimming both ends.
+pub fn map_aligned(len: usize, align: usize) -> Result<usize, Errno> {
+    debug_assert!(align.is_power_of_two() && align >= PAGE_SIZE && len % PAGE_SIZE == 0);
+    if align == PAGE_SIZE {
+        return mmap_anonymous(len, false);
+    }
+    let span = len.checked_add(align - PAGE_SIZE).ok_or(Errno(libc::ENOMEM))?;
+    let raw = mmap_anonymous(span, false)?;
+    let start = align_up(raw, align);
+    // SAFETY: the head and tail slack are parts of our fresh mapping that
+    // nobody has seen.
+    unsafe {
+        if start > raw {
+            let _ = munmap(raw, start - raw);
+        }
+        let end = start + len;
+        if raw + span > end {
+            let _ = munmap(end, raw + span - end);
+        }
+    }
+    Ok(start)
+}
+
+
+/// Rounds `x` up to a multiple of `align` (a power of two). Wraps to 0 on
+/// overflow; callers that take sizes from users check first.
+#[inline]
+pub const fn align_up(x: usize, align: usize) -> usize {
+    x.wrapping_add(align - 1) & !(align - 1)
+}
+
+/// Pages needed for `bytes`.
+#[inline]
+pub const fn pages_for(bytes: usize) -> usize {
+    (bytes + PAGE_SIZE - 1) >> PAGE_SHIFT
+}
+
+
 #[cfg(test)]
 mod tests {
     use super::*;

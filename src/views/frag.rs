@@ -351,7 +351,7 @@ mod tests {
     /// one page: order 0 is wholly usable, every higher order wholly not.
     #[test]
     fn every_other_page_free_is_unusable_above_order_0() {
-        let desc = crate::mm::map_aligned(CHUNK_DESC_SIZE, CHUNK_DESC_ALIGN).unwrap() as *mut Chunk;
+        let desc = crate::os::map_aligned(CHUNK_DESC_SIZE, CHUNK_DESC_ALIGN).unwrap() as *mut Chunk;
         let mut zone = Zone::new();
         // SAFETY: fresh zeroed memory for the descriptor; a fake chunk base
         // (the zone only does index arithmetic on it); every page freed is
