@@ -6,7 +6,7 @@ use crate::large;
 use crate::ledger::pagetable;
 use crate::mm;
 use crate::os;
-use crate::slab::{self, cache, magazine};
+use crate::slab::{self, magazine};
 use crate::views::stats;
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -40,7 +40,7 @@ fn init_slow() {
     os::check_page_size();
     slab::link::init_keys();
     crate::options::read_environment();
-    mm::register_shrinker(cache::shrink_idle);
+    mm::register_shrinker(slab::shrink_idle);
     if crate::options::STATS_AT_EXIT.load(Ordering::Relaxed) != crate::options::STATS_OFF
         || crate::views::heapmap::requested()
         || crate::views::addrspace::svg_requested()

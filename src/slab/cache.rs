@@ -11,7 +11,7 @@
 //! - `slabs_partial`: `0 < inuse < objects` — allocation takes from here;
 //! - `slabs_empty`: `inuse == 0`, at most [`EMPTY_RESERVE`] kept; the rest go
 //!   back to the buddy allocator at once, and the reserve too once it has
-//!   sat unused for a decay period ([`shrink_idle`], a buddy shrinker).
+//!   sat unused for a decay period ([`super::shrink_idle`], a buddy shrinker).
 //!   A slab going back has its objects' link and free-mark words cleared
 //!   first (`release_slab`).
 //!
@@ -47,7 +47,7 @@ pub struct KmemCache {
     pub info: ClassInfo,
     slabs_full: PageList,
     slabs_partial: PageList,
-    slabs_empty: PageList,
+    pub(super) slabs_empty: PageList,
     /// Objects handed out and not returned.
     pub active_objs: usize,
     /// Slabs the cache holds.
@@ -57,7 +57,7 @@ pub struct KmemCache {
     /// Objects returned, ever.
     pub frees: u64,
     /// Coarse time (`buddy::clock_ms`) `slabs_empty` last became non-empty.
-    empty_since: u32,
+    pub(super) empty_since: u32,
 }
 
 /// Objects taken from one slab by [`KmemCache::take_locked`].
@@ -218,7 +218,7 @@ impl KmemCache {
     unsafe fn add_slab(&mut self, head: *mut Page) {
         // SAFETY: the block is ours; we are its only user.
         unsafe {
-            let user_class = if (self.index as usize) < super::NR_CLASSES { self.index + 1 } else { 0 };
+            let user_class = if (self.index as usize) < super::size_class::NR_CLASSES { self.index + 1 } else { 0 };
             mm::mark_run(head, 1 << self.info.order, PG_SLAB, user_class);
             // Every page says its node, for the free fast path.
             for i in 0..1usize << self.info.order {
@@ -377,7 +377,7 @@ impl KmemCache {
                     }
                     assert_eq!(n, s.nr_free, "free list length");
                     assert_eq!(s.inuse, s.bump - s.nr_free, "inuse != bump - nr_free");
-                    let user_class = if (self.index as usize) < super::NR_CLASSES { self.index as u16 + 1 } else { 0 };
+                    let user_class = if (self.index as usize) < super::size_class::NR_CLASSES { self.index as u16 + 1 } else { 0 };
                     let tag = if user_class != 0 { user_class | (s.node as u16) << 8 } else { 0 };
                     for i in 0..1usize << self.info.order {
                         assert_eq!(page::tag(p.add(i)), tag, "page {i} of a {name} slab: fast-path tag");
@@ -656,26 +656,6 @@ pub fn shrink(cache: &Mutex<KmemCache>) -> usize {
             return released;
         }
     }
-}
-
-/// The slab caches' shrinker (registered with the buddy allocator): every
-/// cache whose reserved empty slabs have sat unused for `min_age_ms` gives
-/// them back; with no age, every cache does. Returns the pages given back.
-pub fn shrink_idle(control: mm::ShrinkControl) -> usize {
-    let mut released = 0;
-    for cache in super::nodes().flat_map(|node| node.iter()) {
-        let idle = match control.min_age_ms {
-            None => true,
-            Some(age) => {
-                let c = cache.lock();
-                !c.slabs_empty.is_empty() && control.now_ms.wrapping_sub(c.empty_since) >= age
-            }
-        };
-        if idle {
-            released += shrink(cache);
-        }
-    }
-    released
 }
 
 #[cold]

@@ -239,8 +239,8 @@ fn check_free_slot(object: *mut u8, next: usize, class: usize) {
         if (*head).kind() != PG_SLAB || (*head).class as usize != class {
             corrupted(object, next);
         }
-        if class < super::NR_CLASSES {
-            let info = &super::CLASSES[class];
+        if class < super::size_class::NR_CLASSES {
+            let info = &super::size_class::CLASSES[class];
             let offset = next - page::page_address(head);
             let bump = core::ptr::addr_of!((*head).bump).read_volatile() as usize;
             if !info.is_object_start(next) || offset / info.size as usize >= bump {

@@ -72,7 +72,7 @@ const NODE_ORDER: usize = mm::order_for_pages(core::mem::size_of::<NodeCaches>()
 /// The node of the calling thread's CPU (a hint: the thread may move).
 #[inline]
 pub fn home_node() -> usize {
-    percpu::current_cpu() % MAX_NODES
+    crate::os::current_cpu() % MAX_NODES
 }
 
 /// The caches of the calling thread's CPU's node, made on first use;
@@ -197,6 +197,26 @@ pub fn cache_name(index: usize) -> &'static str {
     } else {
         "kmalloc"
     }
+}
+
+/// The slab caches' shrinker (registered with the buddy allocator): every
+/// cache whose reserved empty slabs have sat unused for `min_age_ms` gives
+/// them back; with no age, every cache does. Returns the pages given back.
+pub fn shrink_idle(control: mm::ShrinkControl) -> usize {
+    let mut released = 0;
+    for cache in nodes().flat_map(|node| node.iter()) {
+        let idle = match control.min_age_ms {
+            None => true,
+            Some(age) => {
+                let c = cache.lock();
+                !c.slabs_empty.is_empty() && control.now_ms.wrapping_sub(c.empty_since) >= age
+            }
+        };
+        if idle {
+            released += cache::shrink(cache);
+        }
+    }
+    released
 }
 
 /// The slab tier's request samples.

@@ -35,7 +35,7 @@
 use crate::mm::NR_ORDERS;
 use crate::os::PAGE_SIZE;
 use crate::slab::{size_of_class, CacheStats, NR_CLASSES};
-use crate::views::stats::Snapshot;
+use crate::views::snapshot::Snapshot;
 use core::fmt::{self, Write};
 
 /// The unusable free space index of `order` in thousandths (0..=1000),
@@ -57,7 +57,7 @@ pub struct Thousandths(pub u32);
 
 impl fmt::Display for Thousandths {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut text = crate::views::stats::FixedBuf::<16>::new();
+        let mut text = crate::os::fmt::FixedBuf::<16>::new();
         write!(text, "{}.{:03}", self.0 / 1000, self.0 % 1000)?;
         f.pad(text.as_str())
     }
@@ -88,6 +88,31 @@ pub fn slab_worst_waste(class: usize) -> usize {
 
 pub use crate::counters::{SlabSample, SlabSampler, TierCounter, TierWaste, LARGE_TIER, PAGE_TIER};
 pub use crate::slab::{sample_request, SLAB_SAMPLES};
+
+impl Snapshot {
+    /// The buddy zone's unusable free space index of `order`, in
+    /// thousandths (see [`crate::views::frag`]).
+    pub fn unusable_index(&self, order: usize) -> u32 {
+        unusable_index(&self.buddy_free, order)
+    }
+
+    /// Slab memory in partially used slabs and in all slabs, in bytes.
+    pub fn slab_partial_bytes(&self) -> (usize, usize) {
+        slab_partial_bytes(&self.caches)
+    }
+
+    /// The sampled internal fragmentation of size class `class` (see
+    /// [`slab_sampled`]).
+    pub fn slab_sampled(&self, class: usize) -> SampledWaste {
+        slab_sampled(self.slab_samples[class], class, self.active_objs(class))
+    }
+
+    /// The sampled figures over all classes with samples, and the live
+    /// objects of classes without one.
+    pub fn slab_sampled_total(&self) -> (SampledWaste, usize) {
+        slab_sampled_total(&self.slab_samples, |c| self.active_objs(c))
+    }
+}
 
 /// The sampled internal fragmentation of a size class, or of all of them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -160,7 +185,7 @@ pub fn slab_sampled_total(samples: &[SlabSample; NR_CLASSES], active_objs: impl 
 
 /// The slab tier's bound: bytes in objects the program holds, and the most
 /// of them that can be waste, summed over the size classes from their
-/// `active_objs` (as [`crate::views::stats::Snapshot::active_objs`] counts them).
+/// `active_objs` (as [`crate::views::snapshot::Snapshot::active_objs`] counts them).
 pub fn slab_bound(active_objs: impl Fn(usize) -> usize) -> (usize, usize) {
     let mut held = 0;
     let mut worst = 0;
@@ -237,7 +262,7 @@ pub fn write_extfrag(out: &mut dyn Write, s: &Snapshot) -> fmt::Result {
         write!(
             out,
             "{:<17} {:>10} {:>12} {:>12} {:>8} ",
-            crate::views::stats::CacheName(class),
+            crate::views::snapshot::CacheName(class),
             n,
             n * size_of_class(class),
             n * slab_worst_waste(class),
@@ -320,7 +345,7 @@ pub fn write_extfrag_json(out: &mut dyn Write, s: &Snapshot) -> fmt::Result {
             out,
             "{}{{\"name\":\"{}\",\"size\":{},\"active_objs\":{},\"worst_waste\":{},\"samples\":{},\"requested_sum\":{},\"mean_request\":{},\"waste_fraction\":{},\"est_live_waste\":{},\"partial_slabs\":{}}}",
             if first { "" } else { "," },
-            crate::views::stats::CacheName(class),
+            crate::views::snapshot::CacheName(class),
             size_of_class(class),
             n,
             n * slab_worst_waste(class),
@@ -468,7 +493,7 @@ mod tests {
 
         // The views, over a snapshot given these samples and live counts.
         let other = crate::slab::class_of(1000);
-        let mut s = crate::views::stats::snapshot();
+        let mut s = crate::views::snapshot::snapshot();
         s.slab_samples = samples;
         for c in 0..NR_CLASSES {
             s.caches[c].active_objs = s.cached_objs[c];
@@ -488,7 +513,7 @@ mod tests {
         };
         let worst = (10 * slab_worst_waste(class)).to_string();
         assert_eq!(row("kmalloc-48"), ["kmalloc-48", "10", "480", &worst, "100", "33", "0.312", "150", "0"]);
-        let big = row(&crate::views::stats::CacheName(other).to_string());
+        let big = row(&crate::views::snapshot::CacheName(other).to_string());
         assert_eq!(big[4..8], ["0", "-", "-", "no"], "{text}");
         assert!(
             text.contains("sampled: 100 requests, waste fraction 0.312; 7 live objects in classes without samples not estimated"),
@@ -518,12 +543,12 @@ mod tests {
     #[test]
     fn sample_request_reaches_the_snapshot() {
         let class = crate::slab::class_of(3000);
-        let before = crate::views::stats::snapshot().slab_samples[class];
+        let before = crate::views::snapshot::snapshot().slab_samples[class];
         for _ in 0..3 {
             sample_request(class, 2900);
         }
         sample_request(usize::MAX, 5);
-        let after = crate::views::stats::snapshot().slab_samples[class];
+        let after = crate::views::snapshot::snapshot().slab_samples[class];
         assert!(after.samples >= before.samples + 3);
         assert!(after.requested_sum >= before.requested_sum + 3 * 2900);
     }

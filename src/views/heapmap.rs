@@ -31,8 +31,8 @@
 //! wide enough for its longest line.
 //!
 //! Written without allocating: `BUDDYSLAB_HEAPMAP=path.svg` makes the
-//! exit hook ([`crate::views::stats::print_at_exit`]) open the file with a raw
-//! `openat` and write through [`crate::views::stats::FdWriter`]; from Rust, [`write_svg`]
+//! exit hook ([`crate::views::snapshot::print_at_exit`]) open the file with a raw
+//! `openat` and write through [`crate::views::snapshot::FdWriter`]; from Rust, [`write_svg`]
 //! writes to any `fmt::Write`. The zone lock is held only while one
 //! chunk's descriptors are copied into a 1 KiB stack array, never while
 //! the writer runs.
@@ -42,7 +42,7 @@ use crate::os;
 use crate::mm::page::{self, Chunk, CHUNK_PAGES, CHUNK_SIZE, MAX_ORDER, PG_FREE, PG_NONE, PG_PAGES, PG_SLAB};
 use crate::ledger::pagetable::{self, Tier};
 use crate::slab::{size_of_class, CLASSES, NR_CACHES, NR_CLASSES, SLAB_MAX, VM_AREA_CACHE};
-use crate::views::stats::{self, CacheName};
+use crate::views::snapshot::{self as stats, CacheName};
 use crate::ledger::vma::VmaKind;
 use core::fmt::{self, Write};
 use core::ptr;
@@ -694,7 +694,7 @@ mod tests {
 
     #[test]
     fn states_have_distinct_classes_and_the_map_is_a_document() {
-        let mut seen = [const { stats::FixedBuf::<16>::new() }; STATES];
+        let mut seen = [const { crate::os::fmt::FixedBuf::<16>::new() }; STATES];
         for s in 0..STATES as u8 {
             let _ = write!(seen[s as usize], "{}", Class(s));
         }

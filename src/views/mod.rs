@@ -5,4 +5,5 @@
 pub mod addrspace;
 pub mod frag;
 pub mod heapmap;
+pub mod snapshot;
 pub mod stats;
