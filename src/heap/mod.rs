@@ -50,24 +50,37 @@ const MAX_REQUEST: usize = isize::MAX as usize - CHUNK_SIZE;
 /// binary or shared object (not across shared objects, which is the point
 /// of hiding it).
 ///
-/// Sets `errno` to `ENOMEM` when it returns null, so the C face returns
-/// the answer as it is.
+/// Touches no `errno`: the C face calls [`malloc_or`].
 #[inline]
 pub fn malloc(size: usize) -> *mut u8 {
-    if size <= slab::TABLE_MAX {
-        return magazine::alloc_small(size, ensure_init);
-    }
-    malloc_medium(size)
+    malloc_or(size, nothing)
 }
+
+/// [`malloc`], calling `out_of_memory` before it returns null: the C face
+/// sets `errno` so, with no test of the answer on the fast path.
+#[inline]
+pub fn malloc_or(size: usize, out_of_memory: magazine::OutOfMemory) -> *mut u8 {
+    if size <= slab::TABLE_MAX {
+        return magazine::alloc_small(size, ensure_init, out_of_memory);
+    }
+    malloc_medium(size, out_of_memory)
+}
+
+/// The [`magazine::OutOfMemory`] of the callers that test the answer.
+fn nothing() {}
 
 /// [`malloc`] above the class table's range: a slab class found by
 /// arithmetic, or a big block.
 #[inline(never)]
-fn malloc_medium(size: usize) -> *mut u8 {
+fn malloc_medium(size: usize, out_of_memory: magazine::OutOfMemory) -> *mut u8 {
     if size <= SLAB_MAX {
-        return magazine::alloc(class_of(size), size, ensure_init);
+        return magazine::alloc(class_of(size), size, ensure_init, out_of_memory);
     }
-    alloc_big(size, MIN_ALIGN)
+    let p = alloc_big(size, MIN_ALIGN);
+    if p.is_null() {
+        out_of_memory();
+    }
+    p
 }
 
 /// Allocates `size` bytes aligned to `align` (a power of two; any value up
@@ -78,7 +91,7 @@ pub fn aligned_alloc(align: usize, size: usize) -> *mut u8 {
         return malloc(size);
     }
     if let Some(class) = slab::class_for_aligned(size, align) {
-        return magazine::alloc(class, size, ensure_init);
+        return magazine::alloc(class, size, ensure_init, nothing);
     }
     alloc_big(size, align)
 }
@@ -88,9 +101,7 @@ pub fn aligned_alloc(align: usize, size: usize) -> *mut u8 {
 #[inline(never)]
 fn alloc_big(size: usize, align: usize) -> *mut u8 {
     let p = alloc_big_known_zero(size, align).0;
-    if p.is_null() {
-        os::set_errno(libc::ENOMEM);
-    } else {
+    if !p.is_null() {
         let perturb = crate::options::perturb();
         if perturb != 0 {
             // glibc's alloc_perturb (calloc does not come here).
@@ -190,7 +201,7 @@ pub fn zeroed_alloc(size: usize, align: usize) -> *mut u8 {
     };
     let (p, zero) = match small_class {
         // Slab objects are recycled: always clear them.
-        Some(class) => (magazine::alloc(class, size, ensure_init), false),
+        Some(class) => (magazine::alloc(class, size, ensure_init, nothing), false),
         None => alloc_big_known_zero(size, align),
     };
     if !p.is_null() && !zero {

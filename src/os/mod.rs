@@ -403,15 +403,6 @@ pub fn futex_wake_one(word: &core::sync::atomic::AtomicU32) {
     }
 }
 
-/// Sets the calling thread's `errno` (C's `malloc` reports `ENOMEM` so;
-/// set where a request fails, on cold paths only, so the C face's fast
-/// path can return the heap's answer as it is).
-#[cold]
-pub fn set_errno(e: i32) {
-    // SAFETY: errno is the calling thread's; the location is always valid.
-    unsafe { *libc::__errno_location() = e };
-}
-
 /// Writes all of `buf` to file descriptor `fd`, retrying short writes and
 /// `EINTR`. Errors are dropped: this is for diagnostics.
 pub fn write_all(fd: i32, mut buf: &[u8]) {

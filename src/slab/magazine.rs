@@ -395,7 +395,7 @@ unsafe fn pop(tc: *mut ThreadCache, bin: &mut Bin, class: usize) -> *mut u8 {
 /// Allocates an object of `class` from the calling thread's bin, for a
 /// request of `size` bytes (which only the refill path looks at).
 #[inline(always)]
-pub fn alloc(class: usize, size: usize, set_up: SetUp) -> *mut u8 {
+pub fn alloc(class: usize, size: usize, set_up: SetUp, out_of_memory: OutOfMemory) -> *mut u8 {
     // SAFETY: the thread cache is this thread's alone; `class + 1` is a
     // valid bin index.
     let object = unsafe {
@@ -405,7 +405,7 @@ pub fn alloc(class: usize, size: usize, set_up: SetUp) -> *mut u8 {
     if !object.is_null() {
         return object;
     }
-    alloc_slow(class, size, set_up)
+    alloc_slow(class, size, set_up, out_of_memory)
 }
 
 /// Byte offset of the bin serving a request of `16 * i` bytes (rounded
@@ -424,7 +424,7 @@ static SMALL_BINS: [u16; super::TABLE_MAX / 16 + 1] = {
 
 /// [`alloc`] for a request of `size <= TABLE_MAX` bytes.
 #[inline(always)]
-pub fn alloc_small(size: usize, set_up: SetUp) -> *mut u8 {
+pub fn alloc_small(size: usize, set_up: SetUp, out_of_memory: OutOfMemory) -> *mut u8 {
     debug_assert!(size <= super::TABLE_MAX);
     // SAFETY: (size + 15) >> 4 <= 64, the table's last index.
     let offset = unsafe { *SMALL_BINS.get_unchecked((size + 15) >> 4) } as usize;
@@ -438,7 +438,7 @@ pub fn alloc_small(size: usize, set_up: SetUp) -> *mut u8 {
     if !object.is_null() {
         return object;
     }
-    alloc_slow(class, size, set_up)
+    alloc_slow(class, size, set_up, out_of_memory)
 }
 
 /// Whether bin `user_class` (0..=NR_CLASSES; 0 is the unused one, which
@@ -486,6 +486,11 @@ pub unsafe fn free_local(tc: *mut ThreadCache, object: *mut u8, user_class: usiz
 /// the slab tier. On the fast paths it is a constant that costs nothing;
 /// only the slow paths call it.
 pub type SetUp = fn();
+
+/// What the caller does when a request fails, before null comes back to
+/// it (the C face sets `errno`): called from the slow path only, so the
+/// fast path has no test of its own.
+pub type OutOfMemory = fn();
 
 /// The pthread key whose destructor empties a thread's cache at exit.
 static KEY: AtomicU32 = AtomicU32::new(0);
@@ -554,7 +559,7 @@ fn activate(tc: *mut ThreadCache, set_up: SetUp) -> bool {
 
 #[cold]
 #[inline(never)]
-fn alloc_slow(class: usize, size: usize, set_up: SetUp) -> *mut u8 {
+fn alloc_slow(class: usize, size: usize, set_up: SetUp, out_of_memory: OutOfMemory) -> *mut u8 {
     // One request per refill is the slab tier's internal-fragmentation
     // sample: the fast path counts nothing.
     super::sample_request(class, size);
@@ -562,7 +567,7 @@ fn alloc_slow(class: usize, size: usize, set_up: SetUp) -> *mut u8 {
     if !activate(tc, set_up) {
         let object = cache::alloc(&super::home_caches()[class]);
         if object.is_null() {
-            crate::os::set_errno(libc::ENOMEM);
+            out_of_memory();
         } else {
             // SAFETY: an object of at least 16 bytes, ours.
             unsafe { link::clear(object) };
@@ -607,7 +612,7 @@ fn alloc_slow(class: usize, size: usize, set_up: SetUp) -> *mut u8 {
     let want = half - span / 2 + roll % (span + 1);
     let (list, n) = percpu::alloc_batch(class, want);
     if n == 0 {
-        crate::os::set_errno(libc::ENOMEM);
+        out_of_memory();
         return ptr::null_mut();
     }
     // Hand out the first; the rest become the bin.
@@ -848,7 +853,7 @@ mod tests {
     fn bin_limits_start_small_and_grow_with_refills_only() {
         std::thread::spawn(|| {
             let class = class_of(64);
-            let p = alloc(class, 64, crate::heap::ensure_init);
+            let p = alloc(class, 64, crate::heap::ensure_init, || {});
             assert!(!p.is_null());
             assert!(limit_now(class) <= 2 * start_limit(class), "a first refill should not fill the bin");
             // A thread that only frees stays at a quarter of the full limit, at most FREE_GROWTH_MAX.
