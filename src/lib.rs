@@ -44,24 +44,19 @@ extern crate std;
 
 // The layers, lowest first (docs/ARCHITECTURE.md; tests/layers.rs checks
 // that no module names one above its own).
-#[doc(hidden)]
-pub mod os;
-#[doc(hidden)]
-pub mod options;
-#[doc(hidden)]
-pub mod counters;
-#[doc(hidden)]
-pub mod mm;
-#[doc(hidden)]
-pub mod slab;
-#[doc(hidden)]
-pub mod large;
-#[doc(hidden)]
-pub mod ledger;
+pub(crate) mod os;
+pub(crate) mod options;
+pub(crate) mod counters;
+pub(crate) mod mm;
+pub(crate) mod slab;
+pub(crate) mod large;
+pub(crate) mod ledger;
 pub mod views;
 #[doc(hidden)]
 pub mod heap;
 pub mod global;
+#[doc(hidden)]
+pub mod internals;
 
 // The public API: the global allocator and the views of the heap.
 pub use views::{addrspace, frag, heapmap, stats};

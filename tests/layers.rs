@@ -25,7 +25,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("large", &["large"]),
     ("views", &["views"]),
     ("heap", &["heap"]),
-    ("faces", &["global", ""]),
+    ("faces", &["global", "internals", ""]),
 ];
 
 /// One file's imports: the module path of each `crate::` path it names

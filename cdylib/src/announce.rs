@@ -30,7 +30,8 @@
 //! so a full pipe drops lines instead of stalling a process.
 
 use buddyslab::stats::FixedBuf;
-use buddyslab::{heap, mm::page, options, os};
+use buddyslab::heap;
+use buddyslab::internals::{mm::page, options, os};
 use core::ffi::{c_void, CStr};
 use core::fmt::Write;
 use core::ptr;

@@ -191,14 +191,14 @@ pub extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
 /// `valloc(3)`: page-aligned.
 #[no_mangle]
 pub extern "C" fn valloc(size: usize) -> *mut c_void {
-    or_enomem(heap::aligned_alloc(buddyslab::os::PAGE_SIZE, size))
+    or_enomem(heap::aligned_alloc(buddyslab::internals::os::PAGE_SIZE, size))
 }
 
 /// `pvalloc(3)`: page-aligned, size rounded up to whole pages.
 #[no_mangle]
 pub extern "C" fn pvalloc(size: usize) -> *mut c_void {
     match heap::page_round(size) {
-        Some(rounded) => or_enomem(heap::aligned_alloc(buddyslab::os::PAGE_SIZE, rounded)),
+        Some(rounded) => or_enomem(heap::aligned_alloc(buddyslab::internals::os::PAGE_SIZE, rounded)),
         None => {
             set_errno(libc::ENOMEM);
             ptr::null_mut()
@@ -337,7 +337,7 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     use core::fmt::Write;
     let mut buf = stats::FixedBuf::<512>::new();
     let _ = write!(buf, "buddyslab: panic: {info}");
-    buddyslab::os::fatal(&[buf.as_bytes()])
+    buddyslab::internals::os::fatal(&[buf.as_bytes()])
 }
 
 // The unwinding personality routine that the prebuilt `core` names in its
@@ -360,5 +360,5 @@ core::arch::global_asm!(
 #[cfg(all(panic = "abort", not(target_arch = "x86_64")))]
 #[no_mangle]
 extern "C" fn rust_eh_personality() {
-    buddyslab::os::fatal(&[b"buddyslab: unwinding through the allocator"])
+    buddyslab::internals::os::fatal(&[b"buddyslab: unwinding through the allocator"])
 }

@@ -148,7 +148,7 @@ fn alloc_big_known_zero(size: usize, align: usize) -> (*mut u8, bool) {
 /// Largest request served by a run of buddy pages, whatever the mmap
 /// threshold says. Above it, requests below the threshold are large blocks
 /// kept in the cache of released mappings when freed (see
-/// [`crate::large`]), which is bounded in bytes and in time. Runs of up to
+/// `crate::large`), which is bounded in bytes and in time. Runs of up to
 /// 4 MiB, as an adapted threshold would allow, fragment the zone under
 /// mixed sizes: free pages pile up in pieces too small for the next big
 /// run and the zone keeps adding chunks (a 10-minute soak reached 6.6 GiB
@@ -215,7 +215,7 @@ pub fn zeroed_alloc(size: usize, align: usize) -> *mut u8 {
 /// pointer that is not a live block of this allocator.
 ///
 /// The fast path: the page's class-and-node tag (kept beside the page
-/// descriptors, see [`page::Chunk::tags`]), XORed with the thread's node,
+/// descriptors, see `page::Chunk::tags`), XORed with the thread's node,
 /// is "slab object of class c on my node" exactly when it
 /// lands in `1..=NR_CLASSES`; the offset inside the (naturally aligned)
 /// slab must be a whole number of objects, or `p` points inside an object.

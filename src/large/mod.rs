@@ -82,10 +82,9 @@ use crate::ledger::vma::{self, VmaKind};
 use core::ptr;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-pub use crate::options::{
-    CACHE_MAX, CACHE_MAX_AGE_NS, DEFAULT_CACHE_MAX, DEFAULT_CACHE_MS, DEFAULT_MMAP_THRESHOLD, DEFAULT_TRIM_THRESHOLD,
-    DYNAMIC_THRESHOLD, MAX_MMAP_THRESHOLD, MMAP_THRESHOLD, TRIM_THRESHOLD,
-};
+// The thresholds and the cache's bounds are options (set from the
+// environment and by mallopt); this tier reads them.
+pub use crate::options::{CACHE_MAX, CACHE_MAX_AGE_NS, DYNAMIC_THRESHOLD, MAX_MMAP_THRESHOLD, MMAP_THRESHOLD, TRIM_THRESHOLD};
 
 /// Live large blocks.
 pub static NR_LARGE: AtomicUsize = AtomicUsize::new(0);
@@ -97,8 +96,6 @@ pub static CACHED_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 /// The released mappings, outermost lock of the allocator.
 pub static CACHE: Mutex<MappingCache> = Mutex::new(MappingCache::new());
-
-pub use crate::options::{set_mmap_threshold, set_trim_threshold};
 
 /// glibc's rule: the new mmap threshold after a block with a mapping of
 /// `freed_len` bytes is freed, or `None` when it stays.
@@ -244,6 +241,7 @@ impl MappingCache {
     }
 
     /// Bytes cached.
+    #[cfg_attr(not(test), allow(dead_code))] // the unit tests use it
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -476,6 +474,7 @@ impl MappingCache {
     }
 
     /// Checks the invariants; panics on a breach. For tests.
+    #[cfg_attr(not(test), allow(dead_code))] // the unit tests use it
     pub fn check(&self) {
         let mut total = 0;
         for (i, e) in self.extents().iter().enumerate() {
@@ -753,7 +752,7 @@ mod tests {
 
     #[test]
     fn threshold_follows_glibc_rule() {
-        assert_eq!(adapted_threshold(DEFAULT_MMAP_THRESHOLD, MIB), Some(MIB));
+        assert_eq!(adapted_threshold(crate::options::DEFAULT_MMAP_THRESHOLD, MIB), Some(MIB));
         assert_eq!(adapted_threshold(MIB, MIB), None, "only a longer mapping raises it");
         assert_eq!(adapted_threshold(MIB, 512 * 1024), None, "never lowered");
         assert_eq!(adapted_threshold(MIB, MAX_MMAP_THRESHOLD), Some(MAX_MMAP_THRESHOLD));

@@ -370,6 +370,7 @@ pub fn hand_out(start: usize, len: usize, tier: Tier) -> usize {
 /// extent wholly in the range with no page touched yet faults once, as
 /// one huge page. Any other untouched page faults alone: the extent around
 /// it already has 4 KiB pages, or is not wholly the block's.
+#[cfg_attr(not(test), allow(dead_code))] // the unit tests use it
 pub fn hand_out_huge(start: usize, len: usize, tier: Tier) -> usize {
     hand_out_pages(start, len, tier, true)
 }

@@ -15,7 +15,7 @@ pub mod pcp;
 mod reclaim;
 mod zone;
 
-pub use crate::os::{align_up, map_aligned, pages_for};
+pub use crate::os::{align_up, pages_for};
 pub use chunk::*;
 pub use page_alloc::*;
 pub use reclaim::*;

@@ -130,6 +130,7 @@ pub fn drain_all() {
 }
 
 /// Blocks of each order held on all CPUs' lists, as pages.
+#[cfg_attr(not(test), allow(dead_code))] // the unit tests use it
 pub fn pages_held() -> usize {
     PCP.iter()
         .map(|pcp| {

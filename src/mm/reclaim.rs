@@ -39,7 +39,7 @@ use crate::os::{self, PAGE_SHIFT, PAGE_SIZE};
 use core::ptr;
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
-pub use crate::options::{DECAY_MS, DEFAULT_DECAY_MS};
+pub use crate::options::DECAY_MS;
 
 /// Slow-path events between two clock reads.
 const TICK_EVERY: u32 = 8;

@@ -834,7 +834,7 @@ mod tests {
     use crate::mm::page::*;
     use crate::mm::reclaim::for_each_dirty_run;
     use crate::mm::*;
-    use crate::os::{self, PAGE_SIZE};
+    use crate::os::{self, map_aligned, PAGE_SIZE};
     use core::ptr;
     use proptest::prelude::*;
     use std::collections::BTreeMap;

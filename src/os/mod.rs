@@ -16,7 +16,7 @@ pub mod sync;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 /// Size of a base page. x86-64 and aarch64 Linux both run 4 KiB pages in
-/// the configurations this project targets; [`check_page_size`] verifies it.
+/// the configurations this project targets; `check_page_size` verifies it.
 pub const PAGE_SIZE: usize = 4096;
 /// log2 of [`PAGE_SIZE`].
 pub const PAGE_SHIFT: u32 = 12;

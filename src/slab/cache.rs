@@ -508,6 +508,7 @@ pub unsafe fn slab_of(object: *mut u8) -> *mut Page {
 ///
 /// # Safety
 /// Every object on the list is a live object of `cache`, given up.
+#[cfg_attr(not(test), allow(dead_code))] // the unit tests use it
 pub unsafe fn free_bulk(cache: &Mutex<KmemCache>, list: *mut u8, count: usize) {
     // SAFETY: per the caller; every slab of the list belongs to `cache`.
     unsafe { free_bulk_by(list, count, |_| cache) }

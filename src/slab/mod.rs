@@ -24,7 +24,7 @@ pub mod percpu;
 pub mod size_class;
 
 pub use cache::{CacheStats, KmemCache};
-pub use size_class::{class_for_aligned, class_of, size_of_class, ClassInfo, CLASSES, NR_CLASSES, SLAB_MAX, TABLE_MAX};
+pub use size_class::{class_for_aligned, class_of, size_of_class, CLASSES, NR_CLASSES, SLAB_MAX, TABLE_MAX};
 
 use crate::mm;
 use crate::mm::page::Page;

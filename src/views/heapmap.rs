@@ -2,7 +2,7 @@
 //! cell per page, coloured by what the page is doing, so fragmentation can
 //! be seen at a glance.
 //!
-//! Cell states, read from the page descriptors ([`crate::mm::page`]):
+//! Cell states, read from the page descriptors (`crate::mm::page`):
 //!
 //! - free, by the buddy order of the block it lies in (pale to deep blue;
 //!   a wholly free chunk is one order-10 block);
@@ -13,8 +13,8 @@
 //!   cache in light violet (metadata);
 //! - a run handed out whole by the page tier (green);
 //! - a page-table shadow page (deep violet, metadata, from
-//!   [`crate::ledger::pagetable`]'s owner tier);
-//! - other (grey): pages on a per-CPU list ([`crate::mm::pcp`]), the shadow's
+//!   `crate::ledger::pagetable`'s owner tier);
+//! - other (grey): pages on a per-CPU list (`crate::mm::pcp`), the shadow's
 //!   spare table pages, blocks being released, or a block between the zone
 //!   and its tier.
 //!
@@ -31,7 +31,7 @@
 //! wide enough for its longest line.
 //!
 //! Written without allocating: `BUDDYSLAB_HEAPMAP=path.svg` makes the
-//! exit hook ([`crate::views::snapshot::print_at_exit`]) open the file with a raw
+//! exit hook ([`crate::views::stats::print_at_exit`]) open the file with a raw
 //! `openat` and write through [`crate::views::snapshot::FdWriter`]; from Rust, [`write_svg`]
 //! writes to any `fmt::Write`. The zone lock is held only while one
 //! chunk's descriptors are copied into a 1 KiB stack array, never while

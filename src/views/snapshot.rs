@@ -27,7 +27,7 @@ pub struct Snapshot {
     pub brk_chunks: usize,
     /// See `brk_chunks`.
     pub mmap_chunks: usize,
-    /// Per cache (index as [`slab::CACHES`]).
+    /// Per cache (index as `slab::CACHES`).
     pub caches: [CacheStats; NR_CACHES],
     /// Live large blocks and their mapped bytes.
     pub nr_large: usize,

@@ -211,7 +211,7 @@ pub fn write_maps(out: &mut dyn Write) -> fmt::Result {
     })
 }
 
-/// Pages resident per region kind ([`VmaKind`] order: heap, chunk, large,
+/// Pages resident per region kind (`VmaKind` order: heap, chunk, large,
 /// large-cached, meta), from `mincore` over every region.
 pub fn resident_by_kind() -> [usize; VMA_KINDS.len()] {
     let mut resident = [0usize; VMA_KINDS.len()];
