@@ -11,8 +11,8 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// Who owns a pointer.
 pub(super) enum Owner {
-    /// A slab object: its slab's head descriptor and cache index.
-    Slab(*mut Page, usize),
+    /// An object of a size-class slab: its class.
+    Slab(usize),
     /// A page-tier run: its head descriptor.
     Pages(*mut Page),
     /// Not in any chunk: a large block, or not ours.
@@ -20,12 +20,21 @@ pub(super) enum Owner {
 }
 
 /// Finds the owner of `p`, or stops the process when `p` points into a
-/// chunk but at nothing that was handed out.
+/// chunk but at nothing that was handed out: the one place that answers
+/// "whose is this pointer?" (the free fast path's tag test is the same
+/// answer, read from the tag beside the descriptors).
 #[inline]
 pub(super) fn owner_of(p: *mut u8, what: &'static [u8]) -> Owner {
     let desc = page::page_of(p as usize);
     if desc.is_null() {
         return Owner::Outside;
+    }
+    // SAFETY: descriptors of published chunks are live.
+    let user_class = unsafe { (*desc).user_class as usize };
+    if user_class != 0 {
+        // Every page of a size-class slab records its class + 1.
+        check_slot_start(what, p, user_class);
+        return Owner::Slab(user_class - 1);
     }
     // SAFETY: descriptors of published chunks are live.
     unsafe {
@@ -42,7 +51,7 @@ pub(super) fn owner_of(p: *mut u8, what: &'static [u8]) -> Owner {
             PG_SLAB if ((*head).class as usize) < NR_CLASSES => {
                 let class = (*head).class as usize;
                 check_slot_start(what, p, class + 1);
-                Owner::Slab(head, class)
+                Owner::Slab(class)
             }
             PG_PAGES if page::page_address(head) == p as usize => Owner::Pages(head),
             PG_PAGES => bad_pointer(what, b"invalid pointer (inside a block)", p),

@@ -23,7 +23,7 @@
 mod check;
 mod life;
 
-use check::{bad_outside, bad_pointer, check_not_freed, check_slot_start, owner_of, remember_freed_large, Owner};
+use check::{bad_outside, bad_pointer, check_not_freed, owner_of, remember_freed_large, Owner};
 pub use life::{ensure_init, set_process_malloc};
 
 use crate::large::{self, MMAP_THRESHOLD};
@@ -31,7 +31,7 @@ use crate::ledger::pagetable;
 use crate::mm::page::{self, CHUNK_SIZE, PG_SLAB, PG_TAIL};
 use crate::mm::{self, align_up, order_for_pages, pages_for};
 use crate::os::{self, PAGE_SHIFT, PAGE_SIZE};
-use crate::slab::{self, cache, class_of, magazine, size_of_class, CLASSES, NR_CLASSES, SLAB_MAX};
+use crate::slab::{self, class_of, magazine, size_of_class, CLASSES, NR_CLASSES, SLAB_MAX};
 use core::ptr;
 use core::sync::atomic::Ordering;
 
@@ -259,35 +259,19 @@ pub unsafe fn free(p: *mut u8) {
     free_other(p)
 }
 
-/// [`free`] of anything but an object of the thread's own node: an object
-/// of another node (to the magazine's remote bins), a page run, a large
-/// block, null, or a bad pointer.
+/// [`free`] of anything but an object of the thread's own node, by its
+/// owner: an object of another node (to the magazine's remote bins), a
+/// page run, a large block, null, or a bad pointer (which
+/// [`check::owner_of`] stops at).
 #[cold]
 #[inline(never)]
 fn free_other(p: *mut u8) {
-    let desc = page::page_of(p as usize);
-    if !desc.is_null() {
-        // SAFETY: descriptors of published chunks are live.
-        let user_class = unsafe { (*desc).user_class as usize };
-        if user_class != 0 {
-            check_slot_start(b"free()", p, user_class);
-            // SAFETY: a slab object of this class, given up by the caller.
-            unsafe { magazine::free_slow(p, user_class, ensure_init) };
-            return;
-        }
-    }
-    free_slow(p)
-}
-
-#[cold]
-#[inline(never)]
-fn free_slow(p: *mut u8) {
     if p.is_null() {
         return;
     }
     match owner_of(p, b"free()") {
-        // SAFETY: `head` heads a slab of cache `class`.
-        Owner::Slab(head, _) => unsafe { cache::free(slab::cache_of_slab(head), head, p) },
+        // SAFETY: a slab object of this class, given up by the caller.
+        Owner::Slab(class) => unsafe { magazine::free_slow(p, class + 1, ensure_init) },
         // SAFETY: a live run, given up by the caller.
         Owner::Pages(head) => unsafe {
             let perturb = crate::options::perturb();
@@ -322,7 +306,7 @@ pub fn usable_size(p: *mut u8) -> usize {
         return 0;
     }
     match owner_of(p, b"malloc_usable_size()") {
-        Owner::Slab(_, class) => {
+        Owner::Slab(class) => {
             check_not_freed(b"malloc_usable_size()", p);
             size_of_class(class)
         }
@@ -365,7 +349,7 @@ pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 
         return ptr::null_mut();
     }
     let old_usable = match owner_of(p, b"realloc()") {
-        Owner::Slab(_, class) => {
+        Owner::Slab(class) => {
             check_not_freed(b"realloc()", p);
             let usable = size_of_class(class);
             // Stay when the new size fits and would not fit a class half
