@@ -1,20 +1,28 @@
 //! buddyslab: a `malloc` built the way the Linux kernel manages memory.
 //!
-//! The layers, each using only those below it:
+//! The layers, each using only those below it (docs/ARCHITECTURE.md has
+//! them in full; `tests/layers.rs` checks the order):
 //!
 //! ```text
-//!  global (GlobalAlloc)        cdylib/ (C ABI, separate crate)
-//!            \                  /
-//!             heap: size/alignment -> tier, pointer -> owner
-//!            /          |          \
-//!   slab (kmem_cache)  large (mmap)  stats (views)
-//!           |            |
-//!   buddy (free_area[order], chunks)
-//!           |            |
-//!   page (struct page, chunk map) + vma (region tree) + pagetable (shadow)
-//!           |
-//!   os (system calls) + sync (futex mutex)
+//!  global (GlobalAlloc)            cdylib/ (C ABI, separate crate)
+//!              \                    /
+//!    heap: size/alignment -> tier, pointer -> owner; set-up, fork
+//!              |
+//!    views: snapshot, stats, frag, heapmap, addrspace (they read)
+//!              |
+//!    large: the mmap-threshold tier (its blocks are regions of the tree)
+//!              |
+//!    ledger: region tree (vma) + page-table shadow, told through hooks
+//!              |
+//!    slab: size classes, kmem_cache, per-CPU depots, magazines
+//!              |
+//!    mm: page descriptors, zone and free_area[order], pcp, chunks, reclaim
+//!              |
+//!    counters, options, os (system calls, sync, fmt)
 //! ```
+//!
+//! The public API is [`BuddySlab`], the views ([`stats`], [`frag`],
+//! [`heapmap`], [`addrspace`]) and [`heap`]; the tiers are private.
 //!
 //! Use it from Rust as the global allocator:
 //!
@@ -49,8 +57,8 @@ pub(crate) mod options;
 pub(crate) mod counters;
 pub(crate) mod mm;
 pub(crate) mod slab;
-pub(crate) mod large;
 pub(crate) mod ledger;
+pub(crate) mod large;
 pub mod views;
 #[doc(hidden)]
 pub mod heap;
