@@ -727,8 +727,8 @@ mod tests {
                 assert_eq!(shrink(&cache), 1 << info.order);
                 let (block, _) = mm::alloc_pages(info.order as usize).expect("memory");
                 let words = (os::PAGE_SIZE << info.order) / 8;
-                // SAFETY: the block is ours until freed below.
                 let base = page::page_address(block);
+                // SAFETY: the block is ours until freed below.
                 let held = unsafe { core::slice::from_raw_parts(base as *const usize, words) };
                 // A mark is an object's: the word after an object start
                 // holding that object's mark.
