@@ -32,11 +32,13 @@ pub fn ensure_init() {
 #[cold]
 #[inline(never)]
 fn init_slow() {
+    // The ledger first, by every caller (registering twice is harmless):
+    // it must hear of the first chunk, and a thread that finds another
+    // one setting up goes on to allocate without waiting for it.
+    crate::ledger::install();
     if INIT.compare_exchange(INIT_NONE, INIT_RUNNING, Ordering::AcqRel, Ordering::Acquire).is_err() {
         return;
     }
-    // The ledger first: it must hear of the first chunk.
-    crate::ledger::install();
     os::check_page_size();
     slab::link::init_keys();
     crate::options::read_environment();
