@@ -19,7 +19,7 @@
 //!   and its tier.
 //!
 //! Pages handed out and never touched (the page-table shadow has not seen
-//! them resident: [`pagetable::never_touched`], after the observation a
+//! them resident: `pagetable::never_touched`, after the observation a
 //! snapshot makes) are drawn pale (`fill-opacity` 0.35, `data-untouched`),
 //! their hover title says so, and a line under the legend counts them:
 //! memory the program asked for and the kernel never had to back.
