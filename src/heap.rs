@@ -571,16 +571,9 @@ fn init_slow() {
     }
     os::check_page_size();
     slab::link::init_keys();
+    // Also starts the views' triggers and exit hook (`report::start`).
     crate::options::read_environment();
     buddy::register_shrinker(cache::shrink_idle);
-    if crate::options::STATS_AT_EXIT.load(Ordering::Relaxed) != crate::options::STATS_OFF
-        || crate::heapmap::requested()
-        || crate::addrspace::svg_requested()
-    {
-        // SAFETY: a plain function with no preconditions; atexit may
-        // allocate, which is fine: no allocator lock is held here.
-        unsafe { libc::atexit(stats::print_at_exit) };
-    }
     magazine::init_thread_exit_key();
     // SAFETY: the handlers are plain functions that only take and release
     // the allocator's locks; registering may allocate, which is fine: no

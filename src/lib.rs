@@ -50,6 +50,8 @@ pub mod addrspace;
 pub mod frag;
 pub mod global;
 pub mod heapmap;
+pub mod live;
+pub mod report;
 pub mod stats;
 
 #[doc(hidden)]

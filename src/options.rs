@@ -7,6 +7,10 @@
 //! | `BUDDYSLAB_STATS`          | `1`: the text views on stderr at exit; `json`: one JSON object on stderr at exit |
 //! | `BUDDYSLAB_HEAPMAP`        | a file path: an SVG heap map (one row per chunk, one cell per page) is written there at exit (see [`crate::heapmap`]) |
 //! | `BUDDYSLAB_ADDRSPACE_SVG`  | a file path: the process address space drawn as SVG (segments, gaps, buddyslab's regions) is written there at exit (see [`crate::addrspace`]) |
+//! | `BUDDYSLAB_STATS_FILE`     | a file path: the views `BUDDYSLAB_STATS` asks for (text if it is not set) go there instead of stderr |
+//! | `BUDDYSLAB_STATS_SIGNAL`   | a signal (`USR1`, `USR2`, or a number): on it, the views, heap map and drawing are written again at the next slow path (see [`crate::report`]) |
+//! | `BUDDYSLAB_STATS_INTERVAL_MS` | milliseconds: the views, heap map and drawing are written again when so long has passed, checked at slow paths |
+//! | `BUDDYSLAB_LIVE`           | `1`: publish the views in a shared page for `buddyslab top` and `buddyslab views` (see [`crate::live`]) |
 //! | `BUDDYSLAB_LARGE_CACHE`    | bytes; cap on released large mappings kept for reuse (default 64 MiB, also bounded by the trim threshold; 0 turns the cache off) |
 //! | `BUDDYSLAB_LARGE_CACHE_MS` | milliseconds a released mapping stays cached (default 1000) |
 //! | `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_` | glibc's names, honoured as glibc does (bytes; setting either stops the adaptation) |
@@ -15,6 +19,9 @@
 //! | `BUDDYSLAB_VERBOSE`        | `1`: print the effective options on stderr at start-up |
 //! | `BUDDYSLAB_STATS_PPID`    | a process id: with `BUDDYSLAB_STATS`, `BUDDYSLAB_HEAPMAP` or `BUDDYSLAB_ADDRSPACE_SVG`, only a process whose parent it is prints the views (set by the `buddyslab` tool, so a program's own children stay quiet) |
 //! | `BUDDYSLAB_ANNOUNCE`       | `FD:INODE`, set by the `buddyslab` tool: libbuddyslab.so's constructor reports on that pipe whether its `malloc` is the one bound (read there, through [`variable`]) |
+//!
+//! In every output path (`BUDDYSLAB_STATS_FILE`, `BUDDYSLAB_HEAPMAP`,
+//! `BUDDYSLAB_ADDRSPACE_SVG`), `%p` is the process id and `%%` a `%`.
 //!
 //! Every other `BUDDYSLAB_*` variable, and a malformed value, is reported on
 //! stderr (one line) and otherwise ignored: a typo should not pass silently.
@@ -118,6 +125,7 @@ pub fn read_environment() {
     if VERBOSE.load(Ordering::Relaxed) {
         print_effective();
     }
+    crate::report::start();
 }
 
 /// `BUDDYSLAB_VERBOSE=1`: one line per option, with the value in force.
@@ -219,6 +227,22 @@ fn apply(entry: &'static [u8]) {
                 CACHE_MAX_AGE_NS.store((ms as u64).saturating_mul(1_000_000), Ordering::Relaxed)
             }
             _ => report(entry, b"BUDDYSLAB_LARGE_CACHE_MS must be milliseconds (e.g. 1000); ignored"),
+        },
+        b"BUDDYSLAB_STATS_FILE" => crate::report::set_stats_file(value),
+        b"BUDDYSLAB_STATS_SIGNAL" => match crate::report::parse_signal(value) {
+            Some(signal) => crate::report::SIGNAL.store(signal, Ordering::Relaxed),
+            None => report(entry, b"BUDDYSLAB_STATS_SIGNAL must be a signal (USR1, USR2 or a number); ignored"),
+        },
+        b"BUDDYSLAB_STATS_INTERVAL_MS" => match parse_size(value) {
+            Some(ms) if value.iter().all(u8::is_ascii_digit) => {
+                crate::report::INTERVAL_NS.store((ms as u64).saturating_mul(1_000_000), Ordering::Relaxed)
+            }
+            _ => report(entry, b"BUDDYSLAB_STATS_INTERVAL_MS must be milliseconds (e.g. 1000, 0 for off); ignored"),
+        },
+        b"BUDDYSLAB_LIVE" => match value {
+            b"1" => crate::live::ENABLED.store(true, Ordering::Relaxed),
+            b"0" | b"" => crate::live::ENABLED.store(false, Ordering::Relaxed),
+            _ => report(entry, b"BUDDYSLAB_LIVE must be 1 or 0; ignored"),
         },
         b"BUDDYSLAB_ANNOUNCE" => {}
         _ => {

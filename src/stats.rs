@@ -31,7 +31,7 @@ use crate::pagetable::{self, FaultCounts, Tier, NR_TIERS};
 use crate::slab::{self, CacheStats, NR_CACHES};
 use crate::vma::{self, Region, VmaKind};
 use core::fmt::{self, Write};
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// A fixed-size text buffer; writes past the end are cut off, never
 /// allocated for.
@@ -107,6 +107,42 @@ pub fn fmt_hex(buf: &mut [u8; 32], value: usize) -> &[u8] {
     i -= 1;
     buf[i] = b'0';
     &buf[i..]
+}
+
+/// The version of the views' layout: the JSON object's `version`, the
+/// text views' first line. Raised when a field changes meaning or goes;
+/// new fields may appear without it.
+pub const VIEWS_VERSION: u32 = 1;
+
+/// The C entry points counted in the totals (index into [`CALLS`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// `calloc`.
+    Calloc,
+    /// `realloc`, `reallocarray`.
+    Realloc,
+    /// `posix_memalign`, `aligned_alloc`, `memalign`, `valloc`, `pvalloc`.
+    Aligned,
+}
+
+/// The entries' names, in [`Entry`] order.
+pub const ENTRY_NAMES: [&str; 3] = ["calloc", "realloc", "aligned"];
+
+/// Calls per entry point, counted only while some view is asked for
+/// ([`COUNT_CALLS`]). `malloc` and `free` are not counted: their fast path
+/// (72 instructions per pair) would pay for it on every call.
+pub static CALLS: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+/// Whether [`count_call`] counts: set at start-up when a view is asked for.
+pub static COUNT_CALLS: AtomicBool = AtomicBool::new(false);
+/// The highest in-use figure any snapshot has seen (see [`Totals`]).
+static PEAK_IN_USE: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts a call of `entry` (one relaxed load when no view is asked for).
+#[inline]
+pub fn count_call(entry: Entry) {
+    if COUNT_CALLS.load(Ordering::Relaxed) {
+        CALLS[entry as usize].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// A plain copy of the allocator's figures.
@@ -241,7 +277,81 @@ pub fn snapshot() -> Snapshot {
     s.nr_page_runs = buddy::NR_PAGE_RUNS.load(Ordering::Relaxed);
     s.page_run_bytes = buddy::PAGE_RUN_PAGES.load(Ordering::Relaxed) * PAGE_SIZE;
     s.meta_bytes = buddy::META_BYTES.load(Ordering::Relaxed);
+    PEAK_IN_USE.fetch_max(s.in_use_bytes(), Ordering::Relaxed);
     s
+}
+
+/// The figures the views open with.
+#[derive(Clone, Copy, Debug)]
+pub struct Totals {
+    /// Bytes handed to the program and not freed ([`Snapshot::in_use_bytes`]).
+    pub in_use: usize,
+    /// The highest `in_use` seen by any snapshot so far (views, the live
+    /// page, `mallinfo2`): a floor of the true peak, which would cost the
+    /// fast path to follow.
+    pub in_use_peak: usize,
+    /// Address space held from the system: chunks and large mappings.
+    pub mapped: usize,
+    /// Of `mapped`, bytes resident (`mincore` over every region).
+    pub resident: usize,
+    /// The kernel's peak resident set size of the process (`ru_maxrss`).
+    pub peak_rss: usize,
+    /// Metadata mapped: chunk descriptors, chunk map leaves, page-table
+    /// shadow tables.
+    pub metadata: usize,
+    /// Calls per entry point ([`ENTRY_NAMES`] order).
+    pub calls: [u64; 3],
+}
+
+impl Snapshot {
+    /// The totals of this snapshot (`resident` is read now).
+    pub fn totals(&self) -> Totals {
+        let resident: usize = resident_by_kind().iter().sum::<usize>() * PAGE_SIZE;
+        Totals {
+            in_use: self.in_use_bytes(),
+            in_use_peak: PEAK_IN_USE.load(Ordering::Relaxed).max(self.in_use_bytes()),
+            mapped: self.chunk_bytes() + self.large_bytes,
+            resident,
+            peak_rss: os::peak_rss_kib() * 1024,
+            metadata: self.meta_bytes + self.faults.table_pages * PAGE_SIZE,
+            calls: core::array::from_fn(|i| CALLS[i].load(Ordering::Relaxed)),
+        }
+    }
+}
+
+/// Writes the totals as `/proc/meminfo` does (`Name:  value kB`), then the
+/// calls per entry point.
+pub fn write_totals(out: &mut dyn Write, t: &Totals) -> fmt::Result {
+    for (name, bytes) in [
+        ("InUse", t.in_use),
+        ("InUsePeak", t.in_use_peak),
+        ("Mapped", t.mapped),
+        ("Resident", t.resident),
+        ("PeakRSS", t.peak_rss),
+        ("Metadata", t.metadata),
+    ] {
+        let mut label = FixedBuf::<20>::new();
+        write!(label, "{name}:")?;
+        writeln!(out, "{:<16}{:>10} kB", label.as_str(), bytes / 1024)?;
+    }
+    write!(out, "Calls:         ")?;
+    for (name, n) in ENTRY_NAMES.iter().zip(t.calls) {
+        write!(out, " {name} {n}")?;
+    }
+    writeln!(out, " (malloc, free: not counted)")
+}
+
+/// The totals as a JSON object (bytes, and calls by entry point).
+pub fn write_totals_json(out: &mut dyn Write, t: &Totals) -> fmt::Result {
+    write!(
+        out,
+        "{{\"in_use\":{},\"in_use_peak\":{},\"mapped\":{},\"resident\":{},\"peak_rss\":{},\"metadata\":{},\"calls\":{{",
+        t.in_use, t.in_use_peak, t.mapped, t.resident, t.peak_rss, t.metadata
+    )?;
+    for (i, (name, n)) in ENTRY_NAMES.iter().zip(t.calls).enumerate() {
+        write!(out, "{}\"{name}\":{n}", if i > 0 { "," } else { "" })?;
+    }
+    write!(out, "}}}}")
 }
 
 /// glibc's `struct mallinfo2`, field for field.
@@ -393,7 +503,10 @@ impl ExitFile {
     }
 
     /// Creates the file, if one was asked for, and lets `draw` write it;
-    /// reports a file that cannot be created on stderr.
+    /// reports a file that cannot be created on stderr. `%p` in the path
+    /// is the process id; the file is written beside the path and renamed
+    /// over it (see [`crate::report`]), and the `buddyslab` tool, when it
+    /// watches, is told.
     pub fn write(&self, draw: impl FnOnce(&mut FdWriter) -> fmt::Result) {
         let p = self.path.load(Ordering::Relaxed);
         if p.is_null() {
@@ -401,13 +514,29 @@ impl ExitFile {
         }
         // SAFETY: `p` points at an environment string, NUL-terminated and
         // never freed (see `set`).
-        let path = unsafe { core::ffi::CStr::from_ptr(p) };
-        match os::create_file(path) {
+        let template = unsafe { core::ffi::CStr::from_ptr(p) };
+        let pid = os::getpid();
+        let mut expanded = [0u8; 4096];
+        let mut temporary = [0u8; 4096];
+        let Some(path) = crate::report::expand_path(template.to_bytes(), pid, &mut expanded) else {
+            let mut w = FdWriter::new(2);
+            let _ = writeln!(w, "buddyslab: the path for the {} is too long", self.what);
+            w.flush();
+            return;
+        };
+        let Some(partial) = crate::report::temporary_name(path, pid, &mut temporary) else { return };
+        match os::create_file(partial) {
             Ok(fd) => {
                 let mut w = FdWriter::new(fd);
                 let _ = draw(&mut w);
                 w.flush();
                 os::close(fd);
+                match os::rename(partial, path) {
+                    Ok(()) => crate::report::tell_written(self.what, path.to_bytes()),
+                    Err(_) => {
+                        let _ = os::unlink(partial);
+                    }
+                }
             }
             Err(os::Errno(e)) => {
                 let mut w = FdWriter::new(2);
@@ -487,7 +616,8 @@ pub fn write_slabinfo(out: &mut dyn Write, s: &Snapshot) -> fmt::Result {
         out,
         "# name            <active_objs> <num_objs> <objsize> <objperslab> <pagesperslab> : tunables <limit> <batchcount> <sharedfactor> : slabdata <active_slabs> <num_slabs> <sharedavail>"
     )?;
-    for (i, c) in s.caches.iter().enumerate() {
+    // A cache with no slab says nothing: left out (the JSON keeps it).
+    for (i, c) in s.caches.iter().enumerate().filter(|(_, c)| c.num_slabs != 0) {
         writeln!(
             out,
             "{:<17} {:>6} {:>6} {:>6} {:>4} {:>4} : tunables {:>4} {:>4} {:>4} : slabdata {:>6} {:>6} {:>6}",
@@ -592,6 +722,8 @@ const VMA_KINDS: [VmaKind; 5] = [VmaKind::Heap, VmaKind::Chunk, VmaKind::Large, 
 
 /// Writes the four text views of `s` (and the current regions).
 pub fn write_views_of(out: &mut dyn Write, s: &Snapshot) -> fmt::Result {
+    writeln!(out, "== totals")?;
+    write_totals(out, &s.totals())?;
     writeln!(out, "== buddyinfo")?;
     write_buddyinfo(out, s)?;
     writeln!(out, "== slabinfo")?;
@@ -617,8 +749,14 @@ pub fn write_views(out: &mut dyn Write) -> fmt::Result {
 /// resident pages by region kind). Integers are JSON numbers; addresses
 /// are hex strings.
 pub fn write_json(out: &mut dyn Write) -> fmt::Result {
-    let s = snapshot();
-    write!(out, "{{\"buddyinfo\":[")?;
+    write_json_of(out, &snapshot())
+}
+
+/// [`write_json`] of the snapshot `s` (and the current regions).
+pub fn write_json_of(out: &mut dyn Write, s: &Snapshot) -> fmt::Result {
+    write!(out, "{{\"version\":{VIEWS_VERSION},\"pid\":{},\"totals\":", os::getpid())?;
+    write_totals_json(out, &s.totals())?;
+    write!(out, ",\"buddyinfo\":[")?;
     for (i, n) in s.buddy_free.iter().enumerate() {
         write!(out, "{}{}", if i > 0 { "," } else { "" }, n)?;
     }
@@ -671,7 +809,7 @@ pub fn write_json(out: &mut dyn Write) -> fmt::Result {
         "}},\"table_pages\":{},\"released_bytes\":{},\"release_calls\":{}}},\"extfrag\":",
         s.faults.table_pages, s.released_bytes, s.release_calls
     )?;
-    crate::frag::write_extfrag_json(out, &s)?;
+    crate::frag::write_extfrag_json(out, s)?;
     write!(out, ",\"address_space\":")?;
     crate::addrspace::write_address_space_json(out)?;
     writeln!(out, "}}")
@@ -679,24 +817,13 @@ pub fn write_json(out: &mut dyn Write) -> fmt::Result {
 
 const _: () = assert!(NR_TIERS == Tier::ALL.len());
 
-/// Prints the views `BUDDYSLAB_STATS` asked for to stderr and writes the
-/// heap map `BUDDYSLAB_HEAPMAP` and the address-space drawing
-/// `BUDDYSLAB_ADDRSPACE_SVG` asked for. Registered with `atexit` by the
-/// heap's set-up when any of them is set.
+/// The exit hook: prints the views `BUDDYSLAB_STATS` asked for (to stderr
+/// or `BUDDYSLAB_STATS_FILE`) and writes the heap map `BUDDYSLAB_HEAPMAP`
+/// and the address-space drawing `BUDDYSLAB_ADDRSPACE_SVG` asked for (see
+/// [`crate::report::at_exit`]). Registered with `atexit` at set-up when any
+/// of them, or the live page, is in use; runs once even if registered twice.
 pub extern "C" fn print_at_exit() {
-    let parent = crate::options::STATS_PPID.load(Ordering::Relaxed);
-    if parent != 0 && os::getppid() != parent {
-        return;
-    }
-    let mut w = FdWriter::new(2);
-    let _ = match crate::options::STATS_AT_EXIT.load(Ordering::Relaxed) {
-        crate::options::STATS_TEXT => write_views(&mut w),
-        crate::options::STATS_JSON => write_json(&mut w),
-        _ => Ok(()),
-    };
-    w.flush();
-    crate::heapmap::write_requested();
-    crate::addrspace::write_svg_requested();
+    crate::report::at_exit();
 }
 
 #[cfg(test)]
@@ -733,6 +860,15 @@ mod tests {
         let mut text = String::new();
         write_json(&mut text).unwrap();
         let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_eq!(v["version"], VIEWS_VERSION);
+        assert!(text.starts_with("{\"version\":"), "{text}");
+        assert!(text.find("\"totals\"").unwrap() < text.find("\"buddyinfo\"").unwrap(), "the totals come first");
+        let totals = &v["totals"];
+        assert!(totals["in_use"].as_u64().unwrap() >= 1000);
+        assert!(totals["in_use_peak"].as_u64().unwrap() >= totals["in_use"].as_u64().unwrap());
+        assert!(totals["mapped"].as_u64().unwrap() >= totals["in_use"].as_u64().unwrap());
+        assert!(totals["resident"].as_u64().unwrap() <= totals["mapped"].as_u64().unwrap());
+        assert_eq!(totals["calls"].as_object().unwrap().len(), ENTRY_NAMES.len());
         assert_eq!(v["buddyinfo"].as_array().unwrap().len(), NR_ORDERS);
         let slabinfo = v["slabinfo"].as_array().unwrap();
         assert_eq!(slabinfo.len(), NR_CACHES);
@@ -751,6 +887,22 @@ mod tests {
         // 1000 bytes asked of the slab tier is at least one page-less object.
         assert!(extfrag["internal"]["slab"]["held"].as_u64().unwrap() >= 1008);
         assert!(v["address_space"].as_array().unwrap().iter().any(|m| m["segment"] == "[stack]"));
+        // SAFETY: allocated above.
+        unsafe { crate::heap::free(p) };
+    }
+
+    #[test]
+    fn text_views_open_with_the_totals_and_leave_out_empty_caches() {
+        let p = crate::heap::malloc(100);
+        let mut t = String::new();
+        write_views(&mut t).unwrap();
+        assert!(t.starts_with("== totals\nInUse: "), "{t}");
+        let s = snapshot();
+        let rows: Vec<&str> = t.lines().skip_while(|l| !l.starts_with("# name")).skip(1).take_while(|l| !l.starts_with("==")).collect();
+        let nonempty = s.caches.iter().filter(|c| c.num_slabs != 0).count();
+        assert!(nonempty >= 1 && nonempty < NR_CACHES);
+        assert_eq!(rows.len(), nonempty, "{rows:?}");
+        assert!(rows.iter().all(|r| !r.contains(" : slabdata      0      0 ")), "{rows:?}");
         // SAFETY: allocated above.
         unsafe { crate::heap::free(p) };
     }

@@ -548,6 +548,9 @@ fn activate(tc: *mut ThreadCache) -> bool {
 #[cold]
 #[inline(never)]
 fn alloc_slow(class: usize, size: usize) -> *mut u8 {
+    // Views on demand, at an interval, the live page (one relaxed load
+    // when none is in use); no lock is held here.
+    crate::report::on_slow_path();
     // One request per refill is the slab tier's internal-fragmentation
     // sample: the fast path counts nothing.
     crate::frag::sample_request(class, size);
