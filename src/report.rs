@@ -28,9 +28,14 @@
 //! written and the exit itself are reported on its pipe:
 //!
 //! ```text
+//! buddyslab-command <pid> <command name>
 //! buddyslab-wrote <pid> <what> <path>
 //! buddyslab-exit <pid>
 //! ```
+//!
+//! (the first when the library is loaded, from the C face's constructor;
+//! `<what>` is one word, `views`, `heap-map`, ...; views printed on stderr
+//! have the path `stderr`)
 //!
 //! so the tool can list every file of every process and say which ones
 //! ended without their exit handlers running (killed, `_exit`, `exec`).
@@ -256,6 +261,7 @@ pub fn write_views(reason: Reason) {
             let mut w = FdWriter::new(2);
             let _ = views(&mut w);
             w.flush();
+            tell_written("views", b"stderr");
         }
         crate::heapmap::write_requested();
         crate::addrspace::write_svg_requested();
@@ -312,21 +318,40 @@ fn decimal(digits: &[u8]) -> Option<u64> {
     })
 }
 
+/// The process that last told the tool its command name: a child made by
+/// `fork` has not (only a program's start does), and does before its
+/// first other line.
+static TOLD_COMMAND: AtomicI32 = AtomicI32::new(0);
+
 /// Writes one line to the tool's pipe, if it is watching.
 pub fn tell_tool(line: &[u8]) {
     if let Some(fd) = tool_pipe() {
+        if TOLD_COMMAND.load(Ordering::Relaxed) != os::getpid() {
+            announce_command();
+        }
         os::write_all(fd, line);
     }
 }
 
+/// Tells the tool which program this process runs (when it is watching).
+pub fn announce_command() {
+    let Some(fd) = tool_pipe() else { return };
+    let mut comm = [0u8; 32];
+    let name = command_name(&mut comm);
+    let mut line = FixedBuf::<80>::new();
+    let pid = os::getpid();
+    let _ = writeln!(line, "buddyslab-command {pid} {}", core::str::from_utf8(name).unwrap_or("?"));
+    os::write_all(fd, line.as_bytes());
+    TOLD_COMMAND.store(pid, Ordering::Relaxed);
+}
+
 /// Tells the tool that `what` was written to `path`.
 pub fn tell_written(what: &str, path: &[u8]) {
-    let Some(fd) = tool_pipe() else { return };
     let mut line = FixedBuf::<4200>::new();
     let _ = write!(line, "buddyslab-wrote {} {} ", os::getpid(), Dashed(what));
     let _ = line.write_str(core::str::from_utf8(path).unwrap_or("?"));
     let _ = line.write_str("\n");
-    os::write_all(fd, line.as_bytes());
+    tell_tool(line.as_bytes());
 }
 
 /// `what` with `-` for spaces (one word on the tool's line).
