@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 int main(int argc, char **argv)
 {
@@ -27,7 +28,7 @@ int main(int argc, char **argv)
         for (int i = 0; i < 20000; i++)
             free(blocks[i]);
         if (round == 0) {
-            printf("ready\n");
+            printf("ready %d\n", (int)getpid());
             fflush(stdout);
         }
     }
