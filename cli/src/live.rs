@@ -300,7 +300,7 @@ fn render(pid: i32, before: &Sample, now: &Sample, interval: Duration) -> String
         kib(now.number(&["totals", "peak_rss"])),
         kib(now.number(&["totals", "metadata"]))
     ));
-    line(&mut out, "Minor faults (predicted) per second", format!(
+    line(&mut out, "Minor faults per s (predicted)", format!(
         "{:.1} ({:.1}); {} in all",
         rate(&["faults", "minflt"]),
         rate(&["faults", "predicted"]),
@@ -365,7 +365,7 @@ mod tests {
         let screen = render(7, &before, &now, Duration::from_secs(2));
         assert!(screen.contains(" Active / Total Objects (% used)    : 20 / 256 (7.8%)"), "{screen}");
         assert!(screen.contains(" Active / Total Caches (% used)     : 1 / 2 (50.0%)"), "{screen}");
-        assert!(screen.contains("Minor faults (predicted) per second : 100.0 (50.0); 300 in all"), "{screen}");
+        assert!(screen.contains("Minor faults per s (predicted)     : 100.0 (50.0); 300 in all"), "{screen}");
         assert!(screen.contains("  OBJS ACTIVE  USE OBJ SIZE  SLABS OBJ/SLAB CACHE SIZE NAME\n"), "{screen}");
         assert!(screen.contains("kmalloc-16\n") && !screen.contains("kmalloc-32"), "{screen}");
         assert!(screen.contains("Node 0, zone buddyslab      1      0"), "{screen}");
