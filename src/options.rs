@@ -17,7 +17,7 @@
 //! | `MALLOC_PERTURB_`          | glibc's: a byte `p` (1..=255); `malloc` fills a new block with `p ^ 0xff` and `free` fills a freed one (past its first 16 bytes) with `p`, as glibc does; 0 turns it off. Thread caches stand aside while it is on, so every call takes the locked path (a debugging aid, as in glibc) |
 //! | `GLIBC_TUNABLES`           | glibc's `name=value:...` list: `glibc.malloc.mmap_threshold`, `trim_threshold`, `perturb` are honoured as the variables above; `mmap_max` and `top_pad` stop the thresholds' adaptation; the other `glibc.malloc.*` tunables (arenas, tcache, fastbins, mxfast, hugetlb, ...) have no meaning here and are reported once |
 //! | `BUDDYSLAB_VERBOSE`        | `1`: print the effective options on stderr at start-up |
-//! | `BUDDYSLAB_STATS_PPID`    | a process id: with `BUDDYSLAB_STATS`, `BUDDYSLAB_HEAPMAP` or `BUDDYSLAB_ADDRSPACE_SVG`, only a process whose parent it is prints the views (set by the `buddyslab` tool, so a program's own children stay quiet) |
+//! | `BUDDYSLAB_STATS_PPID`    | a process id: with `BUDDYSLAB_STATS`, `BUDDYSLAB_HEAPMAP` or `BUDDYSLAB_ADDRSPACE_SVG`, only a process whose parent it is writes the views (by hand: the `buddyslab` tool lets every process of the tree write its own) |
 //! | `BUDDYSLAB_ANNOUNCE`       | `FD:INODE`, set by the `buddyslab` tool: libbuddyslab.so's constructor reports on that pipe whether its `malloc` is the one bound (read there, through [`variable`]) |
 //!
 //! In every output path (`BUDDYSLAB_STATS_FILE`, `BUDDYSLAB_HEAPMAP`,

@@ -72,19 +72,17 @@ static CONSTRUCTOR: extern "C" fn() = constructor;
 /// so a full pipe drops lines instead of stalling a process.
 pub mod announce {
     use buddyslab::stats::FixedBuf;
-    use buddyslab::{heap, options, os, page};
+    use buddyslab::{heap, os, page};
     use core::ffi::{c_void, CStr};
     use core::fmt::Write;
     use core::ptr;
 
     /// Writes the line described above, if the tool asked for it.
     pub fn report() {
-        let Some((fd, inode)) = options::variable(b"BUDDYSLAB_ANNOUNCE").and_then(parse) else {
+        // The variable parsed and the pipe's inode checked (see above).
+        let Some(fd) = buddyslab::report::tool_pipe() else {
             return;
         };
-        if os::pipe_inode(fd) != Some(inode) {
-            return;
-        }
         // Room for a PATH_MAX path: the line is never cut.
         let mut line = FixedBuf::<4200>::new();
         let pid = os::getpid();
@@ -99,23 +97,6 @@ pub mod announce {
         };
         line.flush_to(fd);
         buddyslab::report::announce_command();
-    }
-
-    /// `FD:INODE` as two decimal numbers.
-    fn parse(value: &[u8]) -> Option<(i32, u64)> {
-        let colon = value.iter().position(|&b| b == b':')?;
-        let fd = i32::try_from(decimal(&value[..colon])?).ok()?;
-        Some((fd, decimal(&value[colon + 1..])?))
-    }
-
-    fn decimal(digits: &[u8]) -> Option<u64> {
-        if digits.is_empty() {
-            return None;
-        }
-        digits.iter().try_fold(0u64, |v, &d| {
-            d.is_ascii_digit().then_some(())?;
-            v.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-        })
     }
 
     /// The first of `malloc`, `calloc`, `realloc`, `free` that the process
