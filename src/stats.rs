@@ -900,7 +900,7 @@ mod tests {
         let s = snapshot();
         let rows: Vec<&str> = t.lines().skip_while(|l| !l.starts_with("# name")).skip(1).take_while(|l| !l.starts_with("==")).collect();
         let nonempty = s.caches.iter().filter(|c| c.num_slabs != 0).count();
-        assert!(nonempty >= 1 && nonempty < NR_CACHES);
+        assert!((1..NR_CACHES).contains(&nonempty));
         assert_eq!(rows.len(), nonempty, "{rows:?}");
         assert!(rows.iter().all(|r| !r.contains(" : slabdata      0      0 ")), "{rows:?}");
         // SAFETY: allocated above.
