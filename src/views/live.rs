@@ -6,7 +6,7 @@
 //! shared, `/dev/shm/buddyslab-<pid>` (a hole: only the pages written use
 //! memory), and removes it at exit. A reader asks for a fresh copy by
 //! adding one to `request`; the process answers at its next slow path
-//! ([`crate::report::on_slow_path`]) by writing the text views and the JSON
+//! ([`super::report::on_slow_path`]) by writing the text views and the JSON
 //! views into the page and setting `served` to the request it answered.
 //! No figure is gathered while nobody asks: a process that is never read
 //! pays one relaxed load per slow path and the comparison of two words.
@@ -38,9 +38,9 @@
 //! its next slow path (the fork handler only drops the parent's mapping).
 
 use crate::os;
-use crate::stats::FixedBuf;
+use crate::os::fmt::FixedBuf;
 use core::fmt::{self, Write};
-use core::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{fence, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 
 /// The layout's version (the header's `version`).
 pub const LIVE_VERSION: u32 = 1;
@@ -71,8 +71,6 @@ struct Header {
 
 const _: () = assert!(core::mem::size_of::<Header>() == HEADER_BYTES);
 
-/// `BUDDYSLAB_LIVE=1`.
-pub static ENABLED: AtomicBool = AtomicBool::new(false);
 /// The mapping's address, 0 when none.
 static PAGE: AtomicUsize = AtomicUsize::new(0);
 /// The process that created [`PAGE`].
@@ -87,7 +85,7 @@ fn path_of(pid: i32) -> FixedBuf<48> {
 
 /// Maps the page if `BUDDYSLAB_LIVE` asked for it; true when it did.
 pub fn start() -> bool {
-    if !ENABLED.load(Ordering::Relaxed) {
+    if !crate::options::LIVE.load(Ordering::Relaxed) {
         return false;
     }
     create();
@@ -130,9 +128,9 @@ pub fn after_fork_child() {
 }
 
 /// Answers a reader's request, if one is pending (and maps this process's
-/// own page after a `fork`). Called by [`crate::report::on_slow_path`].
+/// own page after a `fork`). Called by [`super::report::on_slow_path`].
 pub fn on_slow_path() {
-    if !ENABLED.load(Ordering::Relaxed) {
+    if !crate::options::LIVE.load(Ordering::Relaxed) {
         return;
     }
     let mut page = PAGE.load(Ordering::Acquire);
@@ -179,7 +177,7 @@ impl Write for PageWriter {
 
 fn publish(page: usize, request: u64) {
     let header = page as *mut Header;
-    let snapshot = crate::stats::snapshot();
+    let snapshot = super::snapshot::snapshot();
     // SAFETY: our page (see `on_slow_path`); one writer at a time (the
     // caller holds the report's busy flag).
     unsafe {
@@ -187,10 +185,10 @@ fn publish(page: usize, request: u64) {
         (*header).seq.store(seq | 1, Ordering::Relaxed);
         fence(Ordering::Release);
         let mut text = PageWriter { at: (page as *mut u8).add(HEADER_BYTES), capacity: JSON_AT - HEADER_BYTES, len: 0, cut: false };
-        let _ = writeln!(text, "== buddyslab {} {} (live)", crate::stats::VIEWS_VERSION, os::getpid());
-        let _ = crate::stats::write_views_of(&mut text, &snapshot);
+        let _ = writeln!(text, "== buddyslab {} {} (live)", super::snapshot::VIEWS_VERSION, os::getpid());
+        let _ = super::stats::write_views_of(&mut text, &snapshot);
         let mut json = PageWriter { at: (page as *mut u8).add(JSON_AT), capacity: PAGE_BYTES - JSON_AT, len: 0, cut: false };
-        let _ = crate::stats::write_json_of(&mut json, &snapshot);
+        let _ = super::stats::write_json_of(&mut json, &snapshot);
         (*header).text_len = text.len as u32;
         (*header).json_len = json.len as u32;
         (*header).flags = text.cut as u32 | (json.cut as u32) << 1;
