@@ -114,7 +114,7 @@ impl<const N: usize> Default for SlabSampler<N> {
     }
 }
 
-/// The C entry points counted in the views' totals (index into [`CALLS`]).
+/// The C entry points counted in the views' totals (index into `CALLS`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Entry {
     /// `calloc`.

@@ -27,7 +27,7 @@
 //! processes naming the same path never mix their bytes (the last rename
 //! wins) and a reader never sees half a file. When the `buddyslab` tool is
 //! watching (`BUDDYSLAB_ANNOUNCE`, see the C face's `announce`), each file
-//! written and the exit itself are reported on its pipe ([`super::tool`]):
+//! written and the exit itself are reported on its pipe (the views' `tool` file):
 //!
 //! ```text
 //! buddyslab-command <pid> <command name>

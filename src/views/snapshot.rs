@@ -208,7 +208,7 @@ impl ExitFile {
     /// Creates the file, if one was asked for, and lets `draw` write it;
     /// reports a file that cannot be created on stderr. `%p` in the path
     /// is the process id; the file is written beside the path and renamed
-    /// over it (see [`super::tool`]), and the `buddyslab` tool, when it
+    /// over it (see the views' `tool` file), and the `buddyslab` tool, when it
     /// watches, is told.
     pub fn write(&self, draw: impl FnOnce(&mut FdWriter) -> fmt::Result) {
         let p = self.path.get();
