@@ -1,9 +1,11 @@
 //! What the tiers count for the views: bytes asked for against bytes
-//! handed out, per tier, and the slab tier's sampled request sizes. The
-//! tiers add to these on their slow paths; the views read them. Below
-//! every tier, so that counting names no view.
+//! handed out, per tier, the slab tier's sampled request sizes, and the
+//! calls per C entry point. The tiers add to these on their slow paths;
+//! the views read them. Below every tier, so that counting names no view;
+//! the views' hook on the slow paths ([`on_slow_path`]) is registered
+//! here from above.
 
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 /// Bytes asked for and handed out by one tier, counted on its slow path.
 pub struct TierCounter {
@@ -110,4 +112,65 @@ impl<const N: usize> Default for SlabSampler<N> {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The C entry points counted in the views' totals (index into `CALLS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// `calloc`.
+    Calloc,
+    /// `realloc`, `reallocarray`.
+    Realloc,
+    /// `posix_memalign`, `aligned_alloc`, `memalign`, `valloc`, `pvalloc`.
+    Aligned,
+}
+
+/// The entries' names, in [`Entry`] order.
+pub const ENTRY_NAMES: [&str; 3] = ["calloc", "realloc", "aligned"];
+
+/// Calls per entry point, counted only while some view is asked for
+/// ([`COUNT_CALLS`]). `malloc` and `free` are not counted: their fast path
+/// (72 instructions per pair) would pay for it on every call.
+pub static CALLS: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+/// Whether [`count_call`] counts: set at start-up when a view is asked for.
+pub static COUNT_CALLS: AtomicBool = AtomicBool::new(false);
+
+/// Counts a call of `entry` (one relaxed load when no view is asked for).
+#[inline]
+pub fn count_call(entry: Entry) {
+    if COUNT_CALLS.load(Ordering::Relaxed) {
+        CALLS[entry as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The views' hook on the tiers' slow paths (a thread cache's refill): a
+/// `fn()` registered from above (the views' triggers and live page, see
+/// `views::report`), or null. The tiers never name the views: they call
+/// [`on_slow_path`], which costs one relaxed load while nothing is
+/// registered.
+static SLOW_PATH_HOOK: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
+
+/// Registers `hook` to run on the tiers' slow paths, with no allocator
+/// lock held (the last registration wins).
+pub fn set_slow_path_hook(hook: fn()) {
+    SLOW_PATH_HOOK.store(hook as *mut (), Ordering::Release);
+}
+
+/// Called by the tiers on their slow paths, with no lock held: runs the
+/// registered hook, if any (one relaxed load when none is).
+#[inline(always)]
+pub fn on_slow_path() {
+    let hook = SLOW_PATH_HOOK.load(Ordering::Relaxed);
+    if !hook.is_null() {
+        run_slow_path_hook(hook);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn run_slow_path_hook(hook: *mut ()) {
+    // SAFETY: only `set_slow_path_hook` stores here, always a `fn()`; the
+    // function is code, which needs no publication.
+    let hook: fn() = unsafe { core::mem::transmute::<*mut (), fn()>(hook) };
+    hook();
 }

@@ -3,15 +3,15 @@
 //! from the documentation; no stability promise. Everything else below
 //! `heap` and the views is private to the crate.
 
-/// The system-call edge: the page size, the fatal message, and what the
-/// C face's handshake with the tool reads.
+/// The system-call edge: the page size, the fatal message, and the
+/// process id the C face's handshake writes.
 pub mod os {
-    pub use crate::os::{fatal, getpid, pipe_inode, PAGE_SIZE};
+    pub use crate::os::{fatal, getpid, PAGE_SIZE};
 }
 
-/// The environment, read without allocating.
-pub mod options {
-    pub use crate::options::variable;
+/// What the faces count for the views: calls per C entry point.
+pub mod counters {
+    pub use crate::counters::{count_call, Entry};
 }
 
 /// The page allocator: the zone (its invariant checker) and the chunk map.
@@ -63,5 +63,14 @@ pub mod ledger {
     /// The region tree.
     pub mod vma {
         pub use crate::ledger::vma::TREE;
+    }
+}
+
+/// The views' side of the C face's handshake with the tool: its pipe, and
+/// the line that names the program.
+pub mod views {
+    /// The `buddyslab` tool's pipe.
+    pub mod tool {
+        pub use crate::views::tool::{announce_command, tool_pipe};
     }
 }

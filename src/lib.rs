@@ -67,6 +67,6 @@ pub mod global;
 pub mod internals;
 
 // The public API: the global allocator and the views of the heap.
-pub use views::{addrspace, frag, heapmap, stats};
+pub use views::{addrspace, frag, heapmap, live, report, stats};
 
 pub use global::BuddySlab;

@@ -7,14 +7,21 @@
 //! | `BUDDYSLAB_STATS`          | `1`: the text views on stderr at exit; `json`: one JSON object on stderr at exit |
 //! | `BUDDYSLAB_HEAPMAP`        | a file path: an SVG heap map (one row per chunk, one cell per page) is written there at exit (see [`crate::views::heapmap`]) |
 //! | `BUDDYSLAB_ADDRSPACE_SVG`  | a file path: the process address space drawn as SVG (segments, gaps, buddyslab's regions) is written there at exit (see [`crate::views::addrspace`]) |
+//! | `BUDDYSLAB_STATS_FILE`     | a file path: the views `BUDDYSLAB_STATS` asks for (text if it is not set) go there instead of stderr |
+//! | `BUDDYSLAB_STATS_SIGNAL`   | a signal (`USR1`, `USR2`, or a number): on it, the views, heap map and drawing are written again at the next slow path (see [`crate::views::report`]) |
+//! | `BUDDYSLAB_STATS_INTERVAL_MS` | milliseconds: the views, heap map and drawing are written again when so long has passed, checked at slow paths |
+//! | `BUDDYSLAB_LIVE`           | `1`: publish the views in a shared page for `buddyslab top` and `buddyslab views` (see [`crate::views::live`]) |
 //! | `BUDDYSLAB_LARGE_CACHE`    | bytes; cap on released large mappings kept for reuse (default 64 MiB, also bounded by the trim threshold; 0 turns the cache off) |
 //! | `BUDDYSLAB_LARGE_CACHE_MS` | milliseconds a released mapping stays cached (default 1000) |
 //! | `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_` | glibc's names, honoured as glibc does (bytes; setting either stops the adaptation) |
 //! | `MALLOC_PERTURB_`          | glibc's: a byte `p` (1..=255); `malloc` fills a new block with `p ^ 0xff` and `free` fills a freed one (past its first 16 bytes) with `p`, as glibc does; 0 turns it off. Thread caches stand aside while it is on, so every call takes the locked path (a debugging aid, as in glibc) |
 //! | `GLIBC_TUNABLES`           | glibc's `name=value:...` list: `glibc.malloc.mmap_threshold`, `trim_threshold`, `perturb` are honoured as the variables above; `mmap_max` and `top_pad` stop the thresholds' adaptation; the other `glibc.malloc.*` tunables (arenas, tcache, fastbins, mxfast, hugetlb, ...) have no meaning here and are reported once |
 //! | `BUDDYSLAB_VERBOSE`        | `1`: print the effective options on stderr at start-up |
-//! | `BUDDYSLAB_STATS_PPID`    | a process id: with `BUDDYSLAB_STATS`, `BUDDYSLAB_HEAPMAP` or `BUDDYSLAB_ADDRSPACE_SVG`, only a process whose parent it is prints the views (set by the `buddyslab` tool, so a program's own children stay quiet) |
+//! | `BUDDYSLAB_STATS_PPID`    | a process id: with `BUDDYSLAB_STATS`, `BUDDYSLAB_HEAPMAP` or `BUDDYSLAB_ADDRSPACE_SVG`, only a process whose parent it is writes the views (by hand: the `buddyslab` tool lets every process of the tree write its own) |
 //! | `BUDDYSLAB_ANNOUNCE`       | `FD:INODE`, set by the `buddyslab` tool: libbuddyslab.so's constructor reports on that pipe whether its `malloc` is the one bound (read there, through [`variable`]) |
+//!
+//! In every output path (`BUDDYSLAB_STATS_FILE`, `BUDDYSLAB_HEAPMAP`,
+//! `BUDDYSLAB_ADDRSPACE_SVG`), `%p` is the process id and `%%` a `%`.
 //!
 //! Every other `BUDDYSLAB_*` variable, and a malformed value, is reported on
 //! stderr (one line) and otherwise ignored: a typo should not pass silently.
@@ -136,6 +143,35 @@ impl Default for PathOption {
 pub static HEAPMAP_PATH: PathOption = PathOption::new();
 /// `BUDDYSLAB_ADDRSPACE_SVG`: where the address-space drawing goes at exit.
 pub static ADDRSPACE_SVG_PATH: PathOption = PathOption::new();
+
+/// `BUDDYSLAB_STATS_FILE`: where the text or JSON views go instead of
+/// stderr.
+pub static STATS_FILE_PATH: PathOption = PathOption::new();
+/// `BUDDYSLAB_STATS_SIGNAL`: the signal that asks for the views, 0 when
+/// none.
+pub static STATS_SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// `BUDDYSLAB_STATS_INTERVAL_MS` in nanoseconds, 0 when off.
+pub static STATS_INTERVAL_NS: AtomicU64 = AtomicU64::new(0);
+/// `BUDDYSLAB_LIVE=1`: publish the views in the live page.
+pub static LIVE: AtomicBool = AtomicBool::new(false);
+
+/// Parses a signal name (`USR1`, `SIGUSR2`, any case) or number (1..=64).
+pub fn parse_signal(value: &[u8]) -> Option<i32> {
+    let name = if value.len() > 3 && value[..3].eq_ignore_ascii_case(b"SIG") { &value[3..] } else { value };
+    let known: [(&[u8], i32); 6] = [
+        (b"USR1", libc::SIGUSR1),
+        (b"USR2", libc::SIGUSR2),
+        (b"HUP", libc::SIGHUP),
+        (b"PROF", libc::SIGPROF),
+        (b"WINCH", libc::SIGWINCH),
+        (b"URG", libc::SIGURG),
+    ];
+    if let Some((_, n)) = known.iter().find(|(k, _)| name.eq_ignore_ascii_case(k)) {
+        return Some(*n);
+    }
+    let n = parse_size(name).filter(|_| name.iter().all(u8::is_ascii_digit))?;
+    (1..=64).contains(&n).then_some(n as i32)
+}
 
 /// The perturb byte, 0 when off.
 #[inline]
@@ -300,6 +336,22 @@ fn apply(entry: &'static [u8]) {
             }
             _ => report(entry, b"BUDDYSLAB_LARGE_CACHE_MS must be milliseconds (e.g. 1000); ignored"),
         },
+        b"BUDDYSLAB_STATS_FILE" => STATS_FILE_PATH.set(value),
+        b"BUDDYSLAB_STATS_SIGNAL" => match parse_signal(value) {
+            Some(signal) => STATS_SIGNAL.store(signal, Ordering::Relaxed),
+            None => report(entry, b"BUDDYSLAB_STATS_SIGNAL must be a signal (USR1, USR2 or a number); ignored"),
+        },
+        b"BUDDYSLAB_STATS_INTERVAL_MS" => match parse_size(value) {
+            Some(ms) if value.iter().all(u8::is_ascii_digit) => {
+                STATS_INTERVAL_NS.store((ms as u64).saturating_mul(1_000_000), Ordering::Relaxed)
+            }
+            _ => report(entry, b"BUDDYSLAB_STATS_INTERVAL_MS must be milliseconds (e.g. 1000, 0 for off); ignored"),
+        },
+        b"BUDDYSLAB_LIVE" => match value {
+            b"1" => LIVE.store(true, Ordering::Relaxed),
+            b"0" | b"" => LIVE.store(false, Ordering::Relaxed),
+            _ => report(entry, b"BUDDYSLAB_LIVE must be 1 or 0; ignored"),
+        },
         b"BUDDYSLAB_ANNOUNCE" => {}
         _ => {
             if !parent_had(entry) {
@@ -415,6 +467,16 @@ fn apply_tunables(entry: &[u8], list: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signals_by_name_or_number() {
+        assert_eq!(parse_signal(b"USR2"), Some(libc::SIGUSR2));
+        assert_eq!(parse_signal(b"sigusr1"), Some(libc::SIGUSR1));
+        assert_eq!(parse_signal(b"12"), Some(12));
+        assert_eq!(parse_signal(b"0"), None);
+        assert_eq!(parse_signal(b"KILLME"), None);
+        assert_eq!(parse_signal(b""), None);
+    }
 
     #[test]
     fn sizes_parse() {

@@ -31,19 +31,18 @@
 
 use buddyslab::stats::FixedBuf;
 use buddyslab::heap;
-use buddyslab::internals::{mm::page, options, os};
+use buddyslab::internals::views::tool;
+use buddyslab::internals::{mm::page, os};
 use core::ffi::{c_void, CStr};
 use core::fmt::Write;
 use core::ptr;
 
 /// Writes the line described above, if the tool asked for it.
 pub fn report() {
-    let Some((fd, inode)) = options::variable(b"BUDDYSLAB_ANNOUNCE").and_then(parse) else {
+    // The variable parsed and the pipe's inode checked (see above).
+    let Some(fd) = tool::tool_pipe() else {
         return;
     };
-    if os::pipe_inode(fd) != Some(inode) {
-        return;
-    }
     // Room for a PATH_MAX path: the line is never cut.
     let mut line = FixedBuf::<4200>::new();
     let pid = os::getpid();
@@ -57,23 +56,7 @@ pub fn report() {
         ),
     };
     line.flush_to(fd);
-}
-
-/// `FD:INODE` as two decimal numbers.
-fn parse(value: &[u8]) -> Option<(i32, u64)> {
-    let colon = value.iter().position(|&b| b == b':')?;
-    let fd = i32::try_from(decimal(&value[..colon])?).ok()?;
-    Some((fd, decimal(&value[colon + 1..])?))
-}
-
-fn decimal(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() {
-        return None;
-    }
-    digits.iter().try_fold(0u64, |v, &d| {
-        d.is_ascii_digit().then_some(())?;
-        v.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-    })
+    tool::announce_command();
 }
 
 /// The first of `malloc`, `calloc`, `realloc`, `free` that the process

@@ -27,6 +27,7 @@
 extern "C" {}
 
 use buddyslab::heap;
+use buddyslab::internals::counters;
 use buddyslab::stats::{self, MallInfo2};
 use core::ffi::{c_int, c_void};
 use core::ptr;
@@ -112,6 +113,7 @@ pub unsafe extern "C" fn free_aligned_sized(p: *mut c_void, _align: usize, _size
 /// `calloc(3)`: NULL with `ENOMEM` when `n * size` overflows.
 #[no_mangle]
 pub extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
+    counters::count_call(counters::Entry::Calloc);
     or_enomem(heap::calloc(n, size))
 }
 
@@ -122,6 +124,7 @@ pub extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
 /// `p` is null or a live block.
 #[no_mangle]
 pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
+    counters::count_call(counters::Entry::Realloc);
     // SAFETY: per the caller.
     let q = unsafe { heap::realloc(p.cast(), size) };
     if q.is_null() && (p.is_null() || size != 0) {
@@ -153,6 +156,7 @@ pub unsafe extern "C" fn reallocarray(p: *mut c_void, n: usize, size: usize) -> 
 /// `out` is valid for a pointer write.
 #[no_mangle]
 pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> c_int {
+    counters::count_call(counters::Entry::Aligned);
     if !align.is_power_of_two() || align % core::mem::size_of::<*mut c_void>() != 0 {
         return libc::EINVAL;
     }
@@ -169,6 +173,7 @@ pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, siz
 /// `aligned_alloc(3)`: `EINVAL` for an alignment that is not a power of two.
 #[no_mangle]
 pub extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
+    counters::count_call(counters::Entry::Aligned);
     if !align.is_power_of_two() {
         set_errno(libc::EINVAL);
         return ptr::null_mut();
@@ -180,6 +185,7 @@ pub extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
 /// to the next one; an alignment over `SIZE_MAX / 2` is `EINVAL`.
 #[no_mangle]
 pub extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
+    counters::count_call(counters::Entry::Aligned);
     if align > usize::MAX / 2 + 1 {
         set_errno(libc::EINVAL);
         return ptr::null_mut();
@@ -191,12 +197,14 @@ pub extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
 /// `valloc(3)`: page-aligned.
 #[no_mangle]
 pub extern "C" fn valloc(size: usize) -> *mut c_void {
+    counters::count_call(counters::Entry::Aligned);
     or_enomem(heap::aligned_alloc(buddyslab::internals::os::PAGE_SIZE, size))
 }
 
 /// `pvalloc(3)`: page-aligned, size rounded up to whole pages.
 #[no_mangle]
 pub extern "C" fn pvalloc(size: usize) -> *mut c_void {
+    counters::count_call(counters::Entry::Aligned);
     match heap::page_round(size) {
         Some(rounded) => or_enomem(heap::aligned_alloc(buddyslab::internals::os::PAGE_SIZE, rounded)),
         None => {

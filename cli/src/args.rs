@@ -23,6 +23,8 @@ pub enum Command {
     Print(clap::Error),
     Run(RunOptions),
     Compare(CompareOptions),
+    Views(ViewsOptions),
+    Top(TopOptions),
     /// `completions SHELL`: the script for that shell.
     Completions(Shell),
 }
@@ -44,6 +46,26 @@ pub struct RunOptions {
     pub heapmap: Option<PathBuf>,
     pub summary: bool,
     pub program: Program,
+}
+
+/// `buddyslab views`.
+#[derive(Debug)]
+pub struct ViewsOptions {
+    pub pid: i32,
+    pub json: bool,
+    /// How long to wait for the process to publish a fresh copy.
+    pub wait: Duration,
+}
+
+/// `buddyslab top`.
+#[derive(Debug)]
+pub struct TopOptions {
+    pub pid: i32,
+    pub interval: Duration,
+    /// One screen on stdout, no clearing (for scripts and tests).
+    pub once: bool,
+    /// Stop after this many screens.
+    pub count: Option<u64>,
 }
 
 /// `buddyslab compare`.
@@ -100,6 +122,12 @@ enum Sub {
         override_usage = "buddyslab compare [OPTIONS] [--] PROGRAM [ARGS...]"
     )]
     Compare(CompareArgs),
+    /// Print the views of a running process started with BUDDYSLAB_LIVE=1 (run --live).
+    #[command(help_template = help::VIEWS, next_line_help = true)]
+    Views(ViewsArgs),
+    /// Watch a running process's slab caches, buddy lists and totals, like slabtop.
+    #[command(help_template = help::TOP, next_line_help = true)]
+    Top(TopArgs),
     /// Print the completion script for a shell (bash, zsh, fish, elvish, powershell).
     #[command(help_template = help::COMPLETIONS)]
     Completions {
@@ -163,12 +191,46 @@ struct RunArgs {
     /// BUDDYSLAB_HEAPMAP (to the absolute path).
     #[arg(long, value_name = "FILE.svg", value_hint = ValueHint::FilePath)]
     heapmap: Option<PathBuf>,
+    /// Publish the views while the program runs, for `buddyslab top PID`
+    /// and `buddyslab views PID`. Sets BUDDYSLAB_LIVE=1.
+    #[arg(long)]
+    live: bool,
     /// Do not print the summary at the end (the binding warning still
     /// appears).
     #[arg(long)]
     no_summary: bool,
     #[command(flatten)]
     program: ProgramArgs,
+}
+
+#[derive(Args, Debug)]
+struct ViewsArgs {
+    /// The process (started with BUDDYSLAB_LIVE=1).
+    #[arg(value_name = "PID", value_parser = clap::value_parser!(i32).range(1..))]
+    pid: i32,
+    /// One JSON object (as BUDDYSLAB_STATS=json prints) instead of the text.
+    #[arg(long)]
+    json: bool,
+    /// How long to wait for the process to reach a slow path and publish a
+    /// fresh copy (default 2); after that its last copy is shown.
+    #[arg(long, value_name = "SECONDS", default_value = "2", value_parser = timeout)]
+    wait: Duration,
+}
+
+#[derive(Args, Debug)]
+struct TopArgs {
+    /// The process (started with BUDDYSLAB_LIVE=1).
+    #[arg(value_name = "PID", value_parser = clap::value_parser!(i32).range(1..))]
+    pid: i32,
+    /// Seconds between screens (default 1); rates are over this interval.
+    #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = timeout)]
+    interval: Duration,
+    /// Print one screen (two samples an interval apart) and exit.
+    #[arg(long)]
+    once: bool,
+    /// Stop after N screens.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -227,6 +289,8 @@ pub fn parse(argv: Vec<OsString>) -> Result<Command, Failure> {
     Ok(match cli.command {
         Sub::Run(run) => Command::Run(run.into_options()?),
         Sub::Compare(compare) => Command::Compare(compare.into_options()),
+        Sub::Views(v) => Command::Views(ViewsOptions { pid: v.pid, json: v.json, wait: v.wait }),
+        Sub::Top(t) => Command::Top(TopOptions { pid: t.pid, interval: t.interval, once: t.once, count: t.count }),
         Sub::Completions { shell } => Command::Completions(shell),
     })
 }
@@ -280,6 +344,9 @@ impl RunArgs {
             env.push(("BUDDYSLAB_STATS", setting.to_string()));
         }
         env.extend(self.library.variables());
+        if self.live {
+            env.push(("BUDDYSLAB_LIVE", "1".to_string()));
+        }
         let heapmap = match self.heapmap {
             Some(path) => {
                 let path = absolute(path)?;

@@ -89,6 +89,22 @@ pub struct Announcements {
     /// Other processes (descendants) that loaded the library: bound, not.
     pub descendants_bound: usize,
     pub descendants_unbound: usize,
+    /// Every process that loaded the library, in the order first heard of.
+    pub processes: Vec<Story>,
+}
+
+/// What the library said about one process (see `report` in the library):
+/// the programs it ran on buddyslab (more than one when it `exec`ed), the
+/// files it wrote, and whether its exit handlers ran.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Story {
+    pub pid: i32,
+    /// One command name per program image that loaded the library.
+    pub commands: Vec<String>,
+    /// `(what, path)` per file written (`stderr` for views printed there).
+    pub wrote: Vec<(String, String)>,
+    /// The last image ran its exit handlers (the final views are written).
+    pub exited: bool,
 }
 
 /// A finished run.
@@ -219,14 +235,11 @@ pub fn start(launch: &Launch, stdin: Stdio, stdout: Stdio, stderr: Stdio) -> io:
             command.env_remove("LD_PRELOAD");
         }
     }
+    // Every process of the tree writes its views (each says which process
+    // it is, and names its files with `%p`): the program asked about is
+    // often a shell, make or a test runner.
     for (name, value) in launch.env {
         command.env(name, value);
-        if *name == "BUDDYSLAB_STATS" || *name == "BUDDYSLAB_HEAPMAP" {
-            // The views are for the program asked about, not for every
-            // process it starts: only a process whose parent is this tool
-            // (the child, through any exec chain) prints them.
-            command.env("BUDDYSLAB_STATS_PPID", std::process::id().to_string());
-        }
     }
 
     let pipe = if launch.announce {
@@ -390,15 +403,46 @@ pub fn parse_announcements(bytes: &[u8], child: i32) -> Announcements {
         child: Binding::Silent,
         descendants_bound: 0,
         descendants_unbound: 0,
+        processes: Vec::new(),
     };
     for line in String::from_utf8_lossy(bytes).lines() {
         let mut words = line.splitn(5, ' ');
-        if words.next() != Some("buddyslab-announce") {
-            continue;
-        }
+        let kind = words.next();
         let Some(pid) = words.next().and_then(|p| p.parse::<i32>().ok()) else {
             continue;
         };
+        let story = |processes: &mut Vec<Story>| -> usize {
+            match processes.iter().position(|s| s.pid == pid) {
+                Some(i) => i,
+                None => {
+                    processes.push(Story { pid, ..Story::default() });
+                    processes.len() - 1
+                }
+            }
+        };
+        match kind {
+            Some("buddyslab-command") => {
+                let i = story(&mut result.processes);
+                let rest: Vec<&str> = words.collect();
+                result.processes[i].commands.push(rest.join(" "));
+                result.processes[i].exited = false;
+                continue;
+            }
+            Some("buddyslab-wrote") => {
+                let i = story(&mut result.processes);
+                let what = words.next().unwrap_or("?").replace('-', " ");
+                let rest: Vec<&str> = words.collect();
+                result.processes[i].wrote.push((what, rest.join(" ")));
+                continue;
+            }
+            Some("buddyslab-exit") => {
+                let i = story(&mut result.processes);
+                result.processes[i].exited = true;
+                continue;
+            }
+            Some("buddyslab-announce") => {}
+            _ => continue,
+        }
         let binding = match words.next() {
             Some("bound") => Binding::Bound,
             Some("unbound") => Binding::Unbound {
@@ -482,5 +526,31 @@ mod tests {
         assert_eq!((a.descendants_bound, a.descendants_unbound), (1, 1));
         assert_eq!(parse_announcements(lines, 99).child, Binding::Silent);
         assert_eq!(parse_announcements(b"", 10).child, Binding::Silent);
+    }
+
+    #[test]
+    fn every_process_has_its_story() {
+        let lines = b"buddyslab-announce 10 bound\n\
+            buddyslab-command 10 sh\n\
+            buddyslab-announce 11 bound\n\
+            buddyslab-command 11 prog\n\
+            buddyslab-wrote 11 heap-map /tmp/a b.svg\n\
+            buddyslab-wrote 11 views stderr\n\
+            buddyslab-exit 11\n\
+            buddyslab-announce 12 bound\n\
+            buddyslab-command 12 env\n\
+            buddyslab-exit 12\n\
+            buddyslab-command 12 python3\n";
+        let a = parse_announcements(lines, 10);
+        assert_eq!(a.processes.len(), 3);
+        assert_eq!(a.processes[0], Story { pid: 10, commands: vec!["sh".into()], wrote: vec![], exited: false });
+        assert_eq!(
+            a.processes[1].wrote,
+            vec![("heap map".to_string(), "/tmp/a b.svg".to_string()), ("views".to_string(), "stderr".to_string())]
+        );
+        assert!(a.processes[1].exited);
+        // Exit handlers of the first image do not count for the second.
+        assert_eq!(a.processes[2].commands, ["env", "python3"]);
+        assert!(!a.processes[2].exited);
     }
 }

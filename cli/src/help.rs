@@ -33,6 +33,19 @@ ENVIRONMENT
     BUDDYSLAB_ADDRSPACE_SVG=FILE.svg
         The process address space (segments, gaps, buddyslab's regions)
         drawn as SVG at exit.
+    BUDDYSLAB_STATS_FILE=FILE
+        The views go to FILE instead of stderr (text unless
+        BUDDYSLAB_STATS=json). In this and the two paths above, %p is the
+        process id, so each process of a tree writes its own file.
+    BUDDYSLAB_STATS_SIGNAL=USR1|USR2|N
+        On this signal the views, heap map and drawing are written again,
+        at the process's next slow path (the handler only sets a flag).
+    BUDDYSLAB_STATS_INTERVAL_MS=MS
+        The views, heap map and drawing are written again every MS
+        milliseconds (checked at slow paths), not only at exit.
+    BUDDYSLAB_LIVE=1
+        Publish the views in /dev/shm/buddyslab-PID, refreshed when read,
+        for buddyslab top PID and buddyslab views PID (run --live sets it).
     BUDDYSLAB_LARGE_CACHE=SIZE
         Cap on released large mappings kept for reuse (default 64m, also
         bounded by the trim threshold; 0 turns the cache off).
@@ -55,8 +68,8 @@ ENVIRONMENT
 
     BUDDYSLAB_STATS_PPID=PID
         With BUDDYSLAB_STATS, BUDDYSLAB_HEAPMAP or BUDDYSLAB_ADDRSPACE_SVG,
-        only a process whose parent is PID prints the views, so the
-        processes the program starts stay quiet.
+        only a process whose parent is PID writes the views (run no
+        longer sets it: every process of the tree writes its own).
     BUDDYSLAB_ANNOUNCE=FD:INODE
         The pipe on which the library says whether its malloc is the one
         the process uses.
@@ -104,6 +117,8 @@ NAME
 SYNOPSIS
     buddyslab run [OPTIONS] [--] PROGRAM [ARGS...]
     buddyslab compare [OPTIONS] [--] PROGRAM [ARGS...]
+    buddyslab views [--json] PID
+    buddyslab top [--once] [--interval SECONDS] PID
     buddyslab completions SHELL
     buddyslab help [COMMAND] | --help | --version
 
@@ -268,6 +283,77 @@ EXAMPLES
 
     buddyslab compare --json --timeout 60 --allow-output-diff -- ./bench
         A benchmark that prints its own timings, for a script to read.
+"
+);
+
+/// `buddyslab views --help`.
+pub const VIEWS: &str = concat!(
+    "\
+NAME
+    buddyslab views - print the views of a running process
+
+SYNOPSIS
+    ",
+    "{usage}",
+    "
+
+DESCRIPTION
+    Prints the views (totals, buddyinfo, slabinfo, maps, faults,
+    fragmentation, address space) of PID, a process running on buddyslab
+    with BUDDYSLAB_LIVE=1 (buddyslab run --live sets it). The process is
+    not stopped: it is asked for a fresh copy, which it writes into its
+    live page (/dev/shm/buddyslab-PID) at its next slow path; a process
+    that reaches none within --wait (asleep, or every call served from its
+    thread caches) shows its last copy, and a line on stderr says how old.
+
+ARGUMENTS
+",
+    "{positionals}",
+    "
+
+OPTIONS
+",
+    "{options}",
+    "
+
+EXAMPLES
+    buddyslab run --live -- ./server & buddyslab views --json $!
+"
+);
+
+/// `buddyslab top --help`.
+pub const TOP: &str = concat!(
+    "\
+NAME
+    buddyslab top - watch a running process's heap, like slabtop
+
+SYNOPSIS
+    ",
+    "{usage}",
+    "
+
+DESCRIPTION
+    Shows, refreshed every --interval, slabtop's summary lines and columns
+    for the slab caches of PID (a process on buddyslab with
+    BUDDYSLAB_LIVE=1), its buddy lists as /proc/buddyinfo prints them, its
+    totals (in use, peak, mapped, resident, metadata, calls) and its minor
+    fault rate next to the rate the page-table shadow predicts. Empty
+    caches are left out; the most objects come first. The figures are read
+    from the process's live page without stopping it.
+
+ARGUMENTS
+",
+    "{positionals}",
+    "
+
+OPTIONS
+",
+    "{options}",
+    "
+
+EXAMPLES
+    buddyslab top --interval 0.5 1234
+    buddyslab top --once 1234 > screen.txt
 "
 );
 

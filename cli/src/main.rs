@@ -13,6 +13,8 @@
 //!   with `wait4` (wall time, peak RSS, faults), the binding handshake with
 //!   the library, and forwarding signals
 //! - `run` and `compare`: the two subcommands; `chart`: the SVG chart
+//! - `live`: `views PID` and `top PID`, read from a running process's
+//!   live page
 //! - `out`: printing that survives a closed stdout or stderr
 
 mod args;
@@ -20,6 +22,7 @@ mod chart;
 mod child;
 mod compare;
 mod help;
+mod live;
 mod out;
 mod program;
 mod run;
@@ -79,6 +82,8 @@ fn main() -> ExitCode {
         }
         args::Command::Run(options) => run::run(options),
         args::Command::Compare(options) => compare::compare(options),
+        args::Command::Views(options) => live::views(options),
+        args::Command::Top(options) => live::top(options),
     });
     match outcome {
         Ok(status) => ExitCode::from(status),

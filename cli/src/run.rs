@@ -49,6 +49,9 @@ pub fn run(options: RunOptions) -> Result<u8, Failure> {
     if let Some(warning) = binding_warning(&shown, &lib, &announcements) {
         sayln!("buddyslab: {warning}");
     }
+    for story in announcements.processes.iter().filter(|p| !p.exited) {
+        crate::live::remove_stale_page(story.pid);
+    }
     if options.summary {
         say!(
             "{}",
@@ -190,19 +193,108 @@ fn summary(
         thousands(finished.minor_faults),
         thousands(finished.major_faults)
     ));
+    let stories = process_stories(finished, said);
+    let why_none = (!said.processes.is_empty()).then(|| {
+        let silent: Vec<String> = said
+            .processes
+            .iter()
+            .filter(|p| p.wrote.is_empty())
+            .map(|p| format!("{} ({}): {}", p.pid, command_of(p), why_nothing(p, finished)))
+            .collect();
+        silent.join("; ")
+    });
+    lines.extend(stories);
     if let Some((map, before)) = heapmap {
-        lines.push(if heapmap_written(map, &before) {
+        let path = map.to_string_lossy();
+        lines.push(if path.contains("%p") {
+            let written: Vec<&str> = said
+                .processes
+                .iter()
+                .flat_map(|p| &p.wrote)
+                .filter(|(what, _)| what == "heap map")
+                .map(|(_, path)| path.as_str())
+                .collect();
+            if written.is_empty() {
+                format!("  heap map      {path}: none written")
+            } else {
+                format!("  heap map      {}", written.join(", "))
+            }
+        } else if heapmap_written(map, &before) {
             format!("  heap map      {}", map.display())
         } else {
-            format!(
-                "  heap map      {} was not written by the library",
-                map.display()
-            )
+            match why_none.as_deref().filter(|w| !w.is_empty()) {
+                Some(why) => format!("  heap map      {} was not written: {why}", map.display()),
+                None => format!("  heap map      {} was not written by the library", map.display()),
+            }
         });
     }
     let mut text = lines.join("\n");
     text.push('\n');
     text
+}
+
+/// One line per process that loaded the library: what it wrote, or why
+/// it wrote nothing; none when no process was asked to write anything (no
+/// exit hook ran and nothing was written).
+fn process_stories(finished: &Finished, said: &Announcements) -> Vec<String> {
+    let asked = said.processes.iter().any(|p| p.exited || !p.wrote.is_empty());
+    if !asked {
+        return Vec::new();
+    }
+    const SHOWN: usize = 20;
+    let mut lines = vec![format!(
+        "  views         by process ({} on buddyslab):",
+        said.processes.len()
+    )];
+    for p in said.processes.iter().take(SHOWN) {
+        let what = if p.wrote.is_empty() {
+            format!("nothing: {}", why_nothing(p, finished))
+        } else {
+            let mut files: Vec<String> = Vec::new();
+            for (what, path) in &p.wrote {
+                let entry = format!("{what} {path}");
+                if !files.contains(&entry) {
+                    files.push(entry);
+                }
+            }
+            let end = if p.exited {
+                String::new()
+            } else {
+                format!(" (not at exit: {})", why_nothing(p, finished))
+            };
+            format!("{}{end}", files.join(", "))
+        };
+        lines.push(format!("    {:>7} {:<15} {what}", p.pid, command_of(p)));
+    }
+    if said.processes.len() > SHOWN {
+        lines.push(format!("    ... and {} more", said.processes.len() - SHOWN));
+    }
+    lines
+}
+
+/// The command names a process ran on buddyslab, `a -> b` after an exec.
+fn command_of(p: &crate::child::Story) -> String {
+    if p.commands.is_empty() {
+        "?".to_string()
+    } else {
+        p.commands.join(" -> ")
+    }
+}
+
+/// Why a process's exit handlers did not write its views.
+fn why_nothing(p: &crate::child::Story, finished: &Finished) -> String {
+    if p.exited {
+        return "its exit handlers ran, but no view was asked of it".to_string();
+    }
+    if p.pid == finished.pid {
+        if let Ended::Signaled { .. } = finished.ended {
+            return format!("{} before its exit handlers ran", finished.ended.describe());
+        }
+        return "it left without running its exit handlers (_exit, or exec of a program not on buddyslab)"
+            .to_string();
+    }
+    "it left without running its exit handlers (killed by a signal, _exit, or exec of a program not on buddyslab)"
+        .to_string()
 }
 
 /// What `--heapmap` named before the run, so that afterwards a map there

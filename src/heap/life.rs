@@ -7,7 +7,7 @@ use crate::ledger::pagetable;
 use crate::mm;
 use crate::os;
 use crate::slab::{self, magazine};
-use crate::views::stats;
+use crate::views::report;
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
@@ -43,15 +43,10 @@ fn init_slow() {
     slab::link::init_keys();
     crate::options::read_environment();
     mm::register_shrinker(slab::shrink_idle);
-    if crate::options::STATS_AT_EXIT.load(Ordering::Relaxed) != crate::options::STATS_OFF
-        || crate::views::heapmap::requested()
-        || crate::views::addrspace::svg_requested()
-    {
-        pagetable::watch(); // the views will be read: observe residency from now
-        // SAFETY: a plain function with no preconditions; atexit may
-        // allocate, which is fine: no allocator lock is held here.
-        unsafe { libc::atexit(stats::print_at_exit) };
-    }
+    // The views' triggers (signal, interval, live page) and the exit hook,
+    // as the options ask: registers `report::print_at_exit` with `atexit`
+    // and the slow-path hook with the counters.
+    report::start();
     magazine::init_thread_exit_key();
     // SAFETY: the handlers are plain functions that only take and release
     // the allocator's locks; registering may allocate, which is fine: no

@@ -298,6 +298,16 @@ pub fn monotonic_ms() -> u32 {
 /// The calling process's minor page faults so far (`getrusage(RUSAGE_SELF)`
 /// `ru_minflt`), or 0 if the kernel refuses.
 pub fn minor_faults() -> u64 {
+    self_usage().map_or(0, |ru| ru.ru_minflt as u64)
+}
+
+/// The process's peak resident set size in KiB (`ru_maxrss`); 0 if unknown.
+pub fn peak_rss_kib() -> usize {
+    self_usage().map_or(0, |ru| ru.ru_maxrss as usize)
+}
+
+/// `getrusage(RUSAGE_SELF)`.
+fn self_usage() -> Option<libc::rusage> {
     // SAFETY: an all-zero rusage is a valid value to be overwritten.
     let mut ru: libc::rusage = unsafe { core::mem::zeroed() };
     // SAFETY: `ru` is a live, writable rusage.
@@ -307,10 +317,7 @@ pub fn minor_faults() -> u64 {
             [libc::RUSAGE_SELF as usize, &mut ru as *mut libc::rusage as usize, 0, 0, 0, 0],
         )
     };
-    if r != 0 {
-        return 0;
-    }
-    ru.ru_minflt as u64
+    (r == 0).then_some(ru)
 }
 
 /// `mincore`: how many of the pages in `[addr, addr + len)` are resident.
@@ -613,6 +620,76 @@ pub fn current_cpu() -> usize {
         0
     } else {
         cpu as usize
+    }
+}
+
+/// Milliseconds since the epoch (`CLOCK_REALTIME`, a vDSO read).
+pub fn realtime_ms() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a live, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// Renames `from` to `to` (`renameat(2)` in the working directory),
+/// replacing `to` atomically: a reader sees the old file or the new one,
+/// never a half-written one.
+pub fn rename(from: &core::ffi::CStr, to: &core::ffi::CStr) -> Result<(), Errno> {
+    // SAFETY: two live NUL-terminated strings the kernel only reads.
+    let r = unsafe {
+        raw::syscall6(
+            libc::SYS_renameat as usize,
+            [libc::AT_FDCWD as usize, from.as_ptr() as usize, libc::AT_FDCWD as usize, to.as_ptr() as usize, 0, 0],
+        )
+    };
+    check(r).map(|_| ())
+}
+
+/// Removes the file at `path` (`unlinkat(2)`).
+pub fn unlink(path: &core::ffi::CStr) -> Result<(), Errno> {
+    // SAFETY: a live NUL-terminated string the kernel only reads.
+    let r = unsafe { raw::syscall6(libc::SYS_unlinkat as usize, [libc::AT_FDCWD as usize, path.as_ptr() as usize, 0, 0, 0, 0]) };
+    check(r).map(|_| ())
+}
+
+/// Creates (or truncates) the file at `path` with mode 0600, sizes it to
+/// `len` bytes (a hole: no page is used until written) and maps it shared,
+/// read-write. Returns the mapping's address; the descriptor is closed.
+/// `len` is non-zero and page-aligned.
+pub fn map_shared_file(path: &core::ffi::CStr, len: usize) -> Result<usize, Errno> {
+    debug_assert!(len != 0 && len % PAGE_SIZE == 0);
+    let flags = libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC;
+    // SAFETY: `path` is a live NUL-terminated string the kernel only reads.
+    let fd = check(unsafe {
+        raw::syscall6(libc::SYS_openat as usize, [libc::AT_FDCWD as usize, path.as_ptr() as usize, flags as usize, 0o600, 0, 0])
+    })?;
+    // SAFETY: ftruncate(2) on the descriptor just opened; no memory is touched.
+    let sized = check(unsafe { raw::syscall6(libc::SYS_ftruncate as usize, [fd, len, 0, 0, 0, 0]) });
+    let prot = (libc::PROT_READ | libc::PROT_WRITE) as usize;
+    // SAFETY: a new shared mapping at an address of the kernel's choice
+    // cannot alias anything of ours.
+    let mapped = sized.and_then(|_| check(unsafe { raw::syscall6(libc::SYS_mmap as usize, [0, len, prot, libc::MAP_SHARED as usize, fd, 0]) }));
+    close(fd as i32);
+    mapped
+}
+
+/// Installs `handler` for `signal` with `SA_RESTART` (interrupted system
+/// calls of the program resume), through the C library so its restorer is
+/// used. False when the signal number is refused.
+pub fn install_signal_handler(signal: i32, handler: extern "C" fn(i32)) -> bool {
+    // SAFETY: sigaction is plain data; all zeros (no flags, empty mask) is valid.
+    let mut action: libc::sigaction = unsafe { core::mem::zeroed() };
+    action.sa_sigaction = handler as usize;
+    action.sa_flags = libc::SA_RESTART;
+    // SAFETY: a valid action, no old action asked for; the handler is a
+    // plain function that the caller keeps async-signal-safe. errno is
+    // saved and restored around the wrapper: only the faces set it.
+    unsafe {
+        let e = libc::__errno_location();
+        let saved = *e;
+        let ok = libc::sigaction(signal, &action, core::ptr::null_mut()) == 0;
+        *e = saved;
+        ok
     }
 }
 

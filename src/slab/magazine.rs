@@ -560,6 +560,9 @@ fn activate(tc: *mut ThreadCache, set_up: SetUp) -> bool {
 #[cold]
 #[inline(never)]
 fn alloc_slow(class: usize, size: usize, set_up: SetUp, out_of_memory: OutOfMemory) -> *mut u8 {
+    // Views on demand, at an interval, the live page: a hook the views
+    // register (one relaxed load when none is in use); no lock is held here.
+    crate::counters::on_slow_path();
     // One request per refill is the slab tier's internal-fragmentation
     // sample: the fast path counts nothing.
     super::sample_request(class, size);

@@ -37,7 +37,7 @@
 //! wide enough for its longest line.
 //!
 //! Written without allocating: `BUDDYSLAB_HEAPMAP=path.svg` makes the
-//! exit hook ([`crate::views::stats::print_at_exit`]) open the file with a raw
+//! exit hook ([`crate::views::report::print_at_exit`]) open the file with a raw
 //! `openat` and write through [`crate::views::snapshot::FdWriter`]; from Rust, [`write_svg`]
 //! writes to any `fmt::Write`. The zone lock is held only while one
 //! chunk's descriptors are copied into a 1 KiB stack array, never while

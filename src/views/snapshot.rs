@@ -11,8 +11,17 @@ use crate::os::fmt::FixedBuf;
 use crate::os::{self, PAGE_SIZE};
 use crate::slab::{self, CacheStats, NR_CACHES};
 use crate::large;
+use super::tool;
 use core::fmt::{self, Write};
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+/// The version of the views' layout: the JSON object's `version`, the
+/// text views' first line. Raised when a field changes meaning or goes;
+/// new fields may appear without it.
+pub const VIEWS_VERSION: u32 = 1;
+
+/// The highest in-use figure any snapshot has seen (see [`Totals`]).
+static PEAK_IN_USE: AtomicUsize = AtomicUsize::new(0);
 
 /// A plain copy of the allocator's figures.
 #[derive(Clone, Copy, Debug)]
@@ -123,7 +132,51 @@ pub fn snapshot() -> Snapshot {
     s.nr_page_runs = mm::NR_PAGE_RUNS.load(Ordering::Relaxed);
     s.page_run_bytes = mm::PAGE_RUN_PAGES.load(Ordering::Relaxed) * PAGE_SIZE;
     s.meta_bytes = mm::META_BYTES.load(Ordering::Relaxed);
+    PEAK_IN_USE.fetch_max(s.in_use_bytes(), Ordering::Relaxed);
     s
+}
+
+/// The figures the views open with.
+#[derive(Clone, Copy, Debug)]
+pub struct Totals {
+    /// Bytes handed to the program and not freed ([`Snapshot::in_use_bytes`]).
+    pub in_use: usize,
+    /// The highest `in_use` seen by any snapshot so far (views, the live
+    /// page, `mallinfo2`): a floor of the true peak, which would cost the
+    /// fast path to follow.
+    pub in_use_peak: usize,
+    /// Address space held from the system: chunks and large mappings.
+    pub mapped: usize,
+    /// Of `mapped`, bytes resident (`mincore` over every region).
+    pub resident: usize,
+    /// The kernel's peak resident set size of the process (`ru_maxrss`).
+    pub peak_rss: usize,
+    /// Metadata mapped: chunk descriptors, chunk map leaves, page-table
+    /// shadow tables.
+    pub metadata: usize,
+    /// Calls per entry point ([`crate::counters::ENTRY_NAMES`] order).
+    pub calls: [u64; 3],
+}
+
+impl Snapshot {
+    /// The totals of this snapshot (`resident` is read now).
+    pub fn totals(&self) -> Totals {
+        let mut resident_pages = 0;
+        let _ = for_each_region(|r| {
+            resident_pages += os::resident_pages(r.start, r.end - r.start);
+            Ok(())
+        });
+        let resident = resident_pages * PAGE_SIZE;
+        Totals {
+            in_use: self.in_use_bytes(),
+            in_use_peak: PEAK_IN_USE.load(Ordering::Relaxed).max(self.in_use_bytes()),
+            mapped: self.chunk_bytes() + self.large_bytes,
+            resident,
+            peak_rss: os::peak_rss_kib() * 1024,
+            metadata: self.meta_bytes + self.faults.table_pages * PAGE_SIZE,
+            calls: core::array::from_fn(|i| crate::counters::CALLS[i].load(Ordering::Relaxed)),
+        }
+    }
 }
 
 /// A file a drawing is written to at exit, named by an environment
@@ -153,7 +206,10 @@ impl ExitFile {
     }
 
     /// Creates the file, if one was asked for, and lets `draw` write it;
-    /// reports a file that cannot be created on stderr.
+    /// reports a file that cannot be created on stderr. `%p` in the path
+    /// is the process id; the file is written beside the path and renamed
+    /// over it (see the views' `tool` file), and the `buddyslab` tool, when it
+    /// watches, is told.
     pub fn write(&self, draw: impl FnOnce(&mut FdWriter) -> fmt::Result) {
         let p = self.path.get();
         if p.is_null() {
@@ -161,13 +217,29 @@ impl ExitFile {
         }
         // SAFETY: `p` points at an environment string, NUL-terminated and
         // never freed (see `set`).
-        let path = unsafe { core::ffi::CStr::from_ptr(p) };
-        match os::create_file(path) {
+        let template = unsafe { core::ffi::CStr::from_ptr(p) };
+        let pid = os::getpid();
+        let mut expanded = [0u8; 4096];
+        let mut temporary = [0u8; 4096];
+        let Some(path) = tool::expand_path(template.to_bytes(), pid, &mut expanded) else {
+            let mut w = FdWriter::new(2);
+            let _ = writeln!(w, "buddyslab: the path for the {} is too long", self.what);
+            w.flush();
+            return;
+        };
+        let Some(partial) = tool::temporary_name(path, pid, &mut temporary) else { return };
+        match os::create_file(partial) {
             Ok(fd) => {
                 let mut w = FdWriter::new(fd);
                 let _ = draw(&mut w);
                 w.flush();
                 os::close(fd);
+                match os::rename(partial, path) {
+                    Ok(()) => tool::tell_written(self.what, path.to_bytes()),
+                    Err(_) => {
+                        let _ = os::unlink(partial);
+                    }
+                }
             }
             Err(os::Errno(e)) => {
                 let mut w = FdWriter::new(2);

@@ -33,8 +33,44 @@ use crate::os::{self, PAGE_SIZE};
 use crate::slab;
 use core::fmt::{self, Write};
 pub use crate::os::fmt::{fmt_hex, FixedBuf};
-pub use super::snapshot::{for_each_region, snapshot, CacheName, ExitFile, FdWriter, Snapshot};
+pub use super::snapshot::{for_each_region, snapshot, CacheName, ExitFile, FdWriter, Snapshot, Totals, VIEWS_VERSION};
+pub use crate::counters::ENTRY_NAMES;
 use core::sync::atomic::Ordering;
+
+/// Writes the totals as `/proc/meminfo` does (`Name:  value kB`), then the
+/// calls per entry point.
+pub fn write_totals(out: &mut dyn Write, t: &Totals) -> fmt::Result {
+    for (name, bytes) in [
+        ("InUse", t.in_use),
+        ("InUsePeak", t.in_use_peak),
+        ("Mapped", t.mapped),
+        ("Resident", t.resident),
+        ("PeakRSS", t.peak_rss),
+        ("Metadata", t.metadata),
+    ] {
+        let mut label = FixedBuf::<20>::new();
+        write!(label, "{name}:")?;
+        writeln!(out, "{:<16}{:>10} kB", label.as_str(), bytes / 1024)?;
+    }
+    write!(out, "Calls:         ")?;
+    for (name, n) in ENTRY_NAMES.iter().zip(t.calls) {
+        write!(out, " {name} {n}")?;
+    }
+    writeln!(out, " (malloc, free: not counted)")
+}
+
+/// The totals as a JSON object (bytes, and calls by entry point).
+pub fn write_totals_json(out: &mut dyn Write, t: &Totals) -> fmt::Result {
+    write!(
+        out,
+        "{{\"in_use\":{},\"in_use_peak\":{},\"mapped\":{},\"resident\":{},\"peak_rss\":{},\"metadata\":{},\"calls\":{{",
+        t.in_use, t.in_use_peak, t.mapped, t.resident, t.peak_rss, t.metadata
+    )?;
+    for (i, (name, n)) in ENTRY_NAMES.iter().zip(t.calls).enumerate() {
+        write!(out, "{}\"{name}\":{n}", if i > 0 { "," } else { "" })?;
+    }
+    write!(out, "}}}}")
+}
 
 /// glibc's `struct mallinfo2`, field for field.
 #[repr(C)]
@@ -173,7 +209,8 @@ pub fn write_slabinfo(out: &mut dyn Write, s: &Snapshot) -> fmt::Result {
         out,
         "# name            <active_objs> <num_objs> <objsize> <objperslab> <pagesperslab> : tunables <limit> <batchcount> <sharedfactor> : slabdata <active_slabs> <num_slabs> <sharedavail>"
     )?;
-    for (i, c) in s.caches.iter().enumerate() {
+    // A cache with no slab says nothing: left out (the JSON keeps it).
+    for (i, c) in s.caches.iter().enumerate().filter(|(_, c)| c.num_slabs != 0) {
         writeln!(
             out,
             "{:<17} {:>6} {:>6} {:>6} {:>4} {:>4} : tunables {:>4} {:>4} {:>4} : slabdata {:>6} {:>6} {:>6}",
@@ -329,6 +366,8 @@ const VMA_KINDS: [VmaKind; 5] = [VmaKind::Heap, VmaKind::Chunk, VmaKind::Large, 
 
 /// Writes the four text views of `s` (and the current regions).
 pub fn write_views_of(out: &mut dyn Write, s: &Snapshot) -> fmt::Result {
+    writeln!(out, "== totals")?;
+    write_totals(out, &s.totals())?;
     writeln!(out, "== buddyinfo")?;
     write_buddyinfo(out, s)?;
     writeln!(out, "== slabinfo")?;
@@ -354,8 +393,14 @@ pub fn write_views(out: &mut dyn Write) -> fmt::Result {
 /// resident pages by region kind). Integers are JSON numbers; addresses
 /// are hex strings.
 pub fn write_json(out: &mut dyn Write) -> fmt::Result {
-    let s = snapshot();
-    write!(out, "{{\"buddyinfo\":[")?;
+    write_json_of(out, &snapshot())
+}
+
+/// [`write_json`] of the snapshot `s` (and the current regions).
+pub fn write_json_of(out: &mut dyn Write, s: &Snapshot) -> fmt::Result {
+    write!(out, "{{\"version\":{VIEWS_VERSION},\"pid\":{},\"totals\":", os::getpid())?;
+    write_totals_json(out, &s.totals())?;
+    write!(out, ",\"buddyinfo\":[")?;
     for (i, n) in s.buddy_free.iter().enumerate() {
         write!(out, "{}{}", if i > 0 { "," } else { "" }, n)?;
     }
@@ -392,35 +437,15 @@ pub fn write_json(out: &mut dyn Write) -> fmt::Result {
         )
     })?;
     write!(out, "],\"faults\":")?;
-    write_faults_json(out, &s)?;
+    write_faults_json(out, s)?;
     write!(out, ",\"extfrag\":")?;
-    crate::views::frag::write_extfrag_json(out, &s)?;
+    crate::views::frag::write_extfrag_json(out, s)?;
     write!(out, ",\"address_space\":")?;
     crate::views::addrspace::write_address_space_json(out)?;
     writeln!(out, "}}")
 }
 
 const _: () = assert!(NR_TIERS == Tier::ALL.len());
-
-/// Prints the views `BUDDYSLAB_STATS` asked for to stderr and writes the
-/// heap map `BUDDYSLAB_HEAPMAP` and the address-space drawing
-/// `BUDDYSLAB_ADDRSPACE_SVG` asked for. Registered with `atexit` by the
-/// heap's set-up when any of them is set.
-pub extern "C" fn print_at_exit() {
-    let parent = crate::options::STATS_PPID.load(Ordering::Relaxed);
-    if parent != 0 && os::getppid() != parent {
-        return;
-    }
-    let mut w = FdWriter::new(2);
-    let _ = match crate::options::STATS_AT_EXIT.load(Ordering::Relaxed) {
-        crate::options::STATS_TEXT => write_views(&mut w),
-        crate::options::STATS_JSON => write_json(&mut w),
-        _ => Ok(()),
-    };
-    w.flush();
-    crate::views::heapmap::write_requested();
-    crate::views::addrspace::write_svg_requested();
-}
 
 #[cfg(test)]
 mod tests {
@@ -456,6 +481,15 @@ mod tests {
         let mut text = String::new();
         write_json(&mut text).unwrap();
         let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_eq!(v["version"], VIEWS_VERSION);
+        assert!(text.starts_with("{\"version\":"), "{text}");
+        assert!(text.find("\"totals\"").unwrap() < text.find("\"buddyinfo\"").unwrap(), "the totals come first");
+        let totals = &v["totals"];
+        assert!(totals["in_use"].as_u64().unwrap() >= 1000);
+        assert!(totals["in_use_peak"].as_u64().unwrap() >= totals["in_use"].as_u64().unwrap());
+        assert!(totals["mapped"].as_u64().unwrap() >= totals["in_use"].as_u64().unwrap());
+        assert!(totals["resident"].as_u64().unwrap() <= totals["mapped"].as_u64().unwrap());
+        assert_eq!(totals["calls"].as_object().unwrap().len(), ENTRY_NAMES.len());
         assert_eq!(v["buddyinfo"].as_array().unwrap().len(), NR_ORDERS);
         let slabinfo = v["slabinfo"].as_array().unwrap();
         assert_eq!(slabinfo.len(), slab::NR_CACHES);
@@ -474,6 +508,22 @@ mod tests {
         // 1000 bytes asked of the slab tier is at least one page-less object.
         assert!(extfrag["internal"]["slab"]["held"].as_u64().unwrap() >= 1008);
         assert!(v["address_space"].as_array().unwrap().iter().any(|m| m["segment"] == "[stack]"));
+        // SAFETY: allocated above.
+        unsafe { crate::heap::free(p) };
+    }
+
+    #[test]
+    fn text_views_open_with_the_totals_and_leave_out_empty_caches() {
+        let p = crate::heap::malloc(100);
+        let mut t = String::new();
+        write_views(&mut t).unwrap();
+        assert!(t.starts_with("== totals\nInUse: "), "{t}");
+        let s = snapshot();
+        let rows: Vec<&str> = t.lines().skip_while(|l| !l.starts_with("# name")).skip(1).take_while(|l| !l.starts_with("==")).collect();
+        let nonempty = s.caches.iter().filter(|c| c.num_slabs != 0).count();
+        assert!((1..slab::NR_CACHES).contains(&nonempty));
+        assert_eq!(rows.len(), nonempty, "{rows:?}");
+        assert!(rows.iter().all(|r| !r.contains(" : slabdata      0      0 ")), "{rows:?}");
         // SAFETY: allocated above.
         unsafe { crate::heap::free(p) };
     }
