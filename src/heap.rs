@@ -414,19 +414,26 @@ fn bad_outside(what: &'static [u8], why: large::NotLarge, p: *mut u8) -> ! {
 
 /// Usable bytes of the block at `p` (0 for null).
 pub fn usable_size(p: *mut u8) -> usize {
+    usable_size_for(p, b"malloc_usable_size()")
+}
+
+/// [`usable_size`], naming `what` (the call the program made) when `p` is
+/// not a live block: the secure build checks every pointer it is given
+/// this way before it reads the block.
+pub fn usable_size_for(p: *mut u8, what: &'static [u8]) -> usize {
     if p.is_null() {
         return 0;
     }
-    match owner_of(p, b"malloc_usable_size()") {
+    match owner_of(p, what) {
         Owner::Slab(_, class) => {
-            check_not_freed(b"malloc_usable_size()", p);
+            check_not_freed(what, p);
             size_of_class(class)
         }
         // SAFETY: a live run's head.
         Owner::Pages(head) => (unsafe { (*head).span } as usize) << PAGE_SHIFT,
         Owner::Outside => match large::usable_size(p) {
             Ok(n) => n,
-            Err(why) => bad_outside(b"malloc_usable_size()", why, p),
+            Err(why) => bad_outside(what, why, p),
         },
     }
 }

@@ -56,6 +56,8 @@ pub mod stats;
 pub mod buddy;
 #[doc(hidden)]
 pub mod heap;
+#[cfg(feature = "secure")]
+pub mod secure;
 #[doc(hidden)]
 pub mod large;
 #[doc(hidden)]

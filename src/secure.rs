@@ -1,0 +1,762 @@
+//! The secure build (`secure` feature; `libbuddyslab_secure.so`): the same
+//! heap behind a layer that stops the memory errors hardened allocators
+//! stop, each with one line naming the error and the address.
+//!
+//! It wraps [`crate::heap`] with the same functions, so the C face and the
+//! Rust face pick it with one `use` and the default build carries none of
+//! it. `secure` implies `hardened` (address-mixed free-list links checked
+//! against free slots, see [`crate::slab::link`]) and adds:
+//!
+//! - **Small blocks** (slab objects): every request gets at least 8 bytes
+//!   more. The slot's last word holds the requested size `n` and a keyed
+//!   tag of size and address ([`size_word`]); the bytes between `n` and that
+//!   word are a keyed canary. `free` checks both: a 1- or 8-byte write past
+//!   the end changes the canary or the size word. `malloc_usable_size` is
+//!   `n`, so a program that asks is not told it may write the slack.
+//! - **Quarantine**: a freed small object is filled with a keyed pattern
+//!   (its first word a free mark, so a second `free` of it is a double
+//!   free) and waits in a bounded per-CPU ring ([`SMALL_RING`] objects,
+//!   [`SMALL_RING_BYTES`] bytes) before it goes back to the heap; when it
+//!   leaves, the pattern is checked, so a write after free is caught
+//!   before the object is reused.
+//! - **Big blocks** (page runs and large mappings): the block starts with
+//!   a 16-byte header (size and tag), the data follows, the slack up to
+//!   the next page is a canary, and every page after it is `PROT_NONE` (a
+//!   guard page, plus for large mappings a random number of further
+//!   guard pages, so blocks do not sit at predictable distances). On
+//!   `free` the whole block becomes `PROT_NONE` and waits in a ring of its
+//!   own ([`BIG_RING`] blocks): reads and writes after free fault. A large
+//!   mapping stays `PROT_NONE` after it leaves the ring (unmapped, or in
+//!   the mapping cache until reused); a page run is opened again before
+//!   the buddy allocator takes it back.
+//! - **Zero-size blocks**: `malloc(0)` returns a distinct address inside a
+//!   reserved `PROT_NONE` region, so any read or write faults; a live-bit
+//!   per address catches a double free.
+//! - `realloc` moves unless the new size fits the same slot or pages.
+//!
+//! Faults on protected pages are named by a `SIGSEGV` handler installed by
+//! the C library's constructor ([`install_fault_handler`]), which prints
+//! one line and aborts; a program that installs its own handler keeps it.
+//!
+//! The rings are locked per shard with `try_lock` only: a shard that is
+//! busy (or held by a thread that did not survive a `fork`) is skipped, and
+//! when every shard is busy the block is checked and freed at once.
+
+use crate::heap;
+use crate::os::{self, PAGE_SIZE};
+use crate::page;
+use crate::slab::{self, SLAB_MAX};
+use crate::stats;
+use crate::sync::Mutex;
+use core::ptr;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+pub use crate::heap::{ensure_init, page_round, set_process_malloc, trim, MIN_ALIGN};
+
+/// Objects one small-quarantine shard holds.
+pub const SMALL_RING: usize = 64;
+/// Bytes one small-quarantine shard holds at most.
+pub const SMALL_RING_BYTES: usize = 256 * 1024;
+/// Small-quarantine shards (chosen by CPU).
+const SHARDS: usize = 8;
+/// Big blocks the big quarantine holds.
+pub const BIG_RING: usize = 16;
+/// Bytes the big quarantine holds at most (`PROT_NONE` pages stay resident).
+const BIG_RING_BYTES: usize = 8 * 1024 * 1024;
+/// Bytes of the zero-size region (one address per 16 bytes).
+const ZERO_REGION: usize = 1 << 20;
+/// Addresses in the zero-size region.
+const ZERO_SLOTS: usize = ZERO_REGION / 16;
+/// Header before the data of a big block: size word and tag.
+const BIG_HEADER: usize = 16;
+/// Big blocks of at least this many bytes get random extra guard pages.
+const RANDOM_PAD_FROM: usize = 128 * 1024;
+/// At most this many extra guard pages (address space only, never touched).
+const RANDOM_PAD_PAGES: usize = 16;
+
+// ---------------------------------------------------------------------------
+// Keys and messages.
+
+/// The secret every tag, canary and pattern is derived from; 0 until drawn.
+static KEY: AtomicUsize = AtomicUsize::new(0);
+
+#[inline]
+fn key() -> usize {
+    let k = KEY.load(Ordering::Relaxed);
+    if k != 0 {
+        return k;
+    }
+    draw_key()
+}
+
+#[cold]
+fn draw_key() -> usize {
+    let fresh = os::random_u64().unwrap_or(0x243f_6a88_85a3_08d3 ^ os::monotonic_ns()) as usize | 1;
+    match KEY.compare_exchange(0, fresh, Ordering::Relaxed, Ordering::Relaxed) {
+        Ok(_) => fresh,
+        Err(won) => won,
+    }
+}
+
+/// A 64-bit mixer (the finaliser of SplitMix64): every input bit moves
+/// about half the output bits, so a tag reveals nothing usable of the key.
+#[inline]
+fn mix(x: usize) -> usize {
+    let mut z = (x as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) as usize
+}
+
+/// The word that records size `n` of the block at `p`: `n` in the low 32
+/// bits, a keyed tag of `p` and `n` in the high 32, so changing any byte
+/// of it is caught (but for a 2^-32 chance).
+#[inline]
+fn size_word(p: usize, n: usize) -> usize {
+    (n & 0xffff_ffff) | (mix(p ^ key() ^ n.rotate_left(32)) & !0xffff_ffff)
+}
+
+/// The size recorded in `word` for the block at `p`, or `None` when the
+/// word was not written by [`size_word`] for `p`.
+#[inline]
+fn size_of_word(p: usize, word: usize) -> Option<usize> {
+    let n = word & 0xffff_ffff;
+    (size_word(p, n) == word).then_some(n)
+}
+
+/// The tag of the big block with data at `p` and size `n`, kept beside
+/// the size in its header.
+#[inline]
+fn big_tag(p: usize, n: usize) -> usize {
+    mix(n ^ p.rotate_left(23) ^ key())
+}
+
+/// The canary word of the block at `p`: byte `a` of the canary is byte
+/// `a % 8` of this word.
+#[inline]
+fn canary_word(p: usize) -> usize {
+    mix(p.wrapping_add(key().rotate_left(17))) | 0x0101_0101_0101_0101
+}
+
+/// The free mark a quarantined small object carries in its first word.
+#[inline]
+fn freed_mark(p: usize) -> usize {
+    mix(p ^ key().rotate_left(41)) | 1
+}
+
+/// The pattern word a quarantined small object is filled with.
+#[inline]
+fn freed_fill(p: usize) -> usize {
+    mix(p.wrapping_mul(3) ^ key().rotate_left(7))
+}
+
+#[cold]
+#[inline(never)]
+fn stop(what: &[u8], why: &[u8], p: usize) -> ! {
+    let mut buf = [0u8; 32];
+    os::fatal(&[b"buddyslab: ", what, b": ", why, b": ", stats::fmt_hex(&mut buf, p)])
+}
+
+/// Fills `[start, end)` with the keyed byte pattern of `word`.
+///
+/// # Safety
+/// The range is writable and the caller's.
+unsafe fn fill(start: usize, end: usize, word: usize) {
+    let mut a = start;
+    // SAFETY (all three loops): inside the caller's range.
+    while a < end && a % 8 != 0 {
+        unsafe { *(a as *mut u8) = (word >> ((a % 8) * 8)) as u8 };
+        a += 1;
+    }
+    while a + 8 <= end {
+        unsafe { *(a as *mut usize) = word };
+        a += 8;
+    }
+    while a < end {
+        unsafe { *(a as *mut u8) = (word >> ((a % 8) * 8)) as u8 };
+        a += 1;
+    }
+}
+
+/// The first address of `[start, end)` that does not hold the pattern of
+/// `word`, if any.
+///
+/// # Safety
+/// The range is readable.
+unsafe fn first_changed(start: usize, end: usize, word: usize) -> Option<usize> {
+    let mut a = start;
+    // SAFETY (all three loops): inside the caller's range.
+    while a < end && a % 8 != 0 {
+        if unsafe { *(a as *const u8) } != (word >> ((a % 8) * 8)) as u8 {
+            return Some(a);
+        }
+        a += 1;
+    }
+    while a + 8 <= end {
+        if unsafe { *(a as *const usize) } != word {
+            let mut b = a;
+            while unsafe { *(b as *const u8) } == (word >> ((b % 8) * 8)) as u8 {
+                b += 1;
+            }
+            return Some(b);
+        }
+        a += 8;
+    }
+    while a < end {
+        if unsafe { *(a as *const u8) } != (word >> ((a % 8) * 8)) as u8 {
+            return Some(a);
+        }
+        a += 1;
+    }
+    None
+}
+
+#[inline]
+fn round_up(x: usize, to: usize) -> usize {
+    (x + to - 1) & !(to - 1)
+}
+
+// ---------------------------------------------------------------------------
+// Zero-size blocks.
+
+/// Start of the zero-size region; 0 until reserved.
+static ZERO_BASE: AtomicUsize = AtomicUsize::new(0);
+/// Next address to try in the zero-size region.
+static ZERO_NEXT: AtomicUsize = AtomicUsize::new(0);
+/// One bit per address of the zero-size region: live.
+static ZERO_LIVE: [AtomicU64; ZERO_SLOTS / 64] = [const { AtomicU64::new(0) }; ZERO_SLOTS / 64];
+
+fn zero_base() -> usize {
+    let base = ZERO_BASE.load(Ordering::Acquire);
+    if base != 0 {
+        return base;
+    }
+    let Ok(fresh) = os::mmap_anonymous(ZERO_REGION, true) else {
+        return 0;
+    };
+    // SAFETY: a mapping just made, not yet shared.
+    if unsafe { os::mprotect(fresh, ZERO_REGION, false) }.is_err() {
+        // SAFETY: ours, unused.
+        let _ = unsafe { os::munmap(fresh, ZERO_REGION) };
+        return 0;
+    }
+    match ZERO_BASE.compare_exchange(0, fresh, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => fresh,
+        Err(won) => {
+            // SAFETY: ours, never handed out.
+            let _ = unsafe { os::munmap(fresh, ZERO_REGION) };
+            won
+        }
+    }
+}
+
+/// The slot of `p` in the zero-size region, if it is in it.
+#[inline]
+fn zero_slot(p: usize) -> Option<usize> {
+    let base = ZERO_BASE.load(Ordering::Relaxed);
+    (base != 0 && p.wrapping_sub(base) < ZERO_REGION).then(|| (p - base) / 16)
+}
+
+/// A fresh zero-size block, or null when the region is full (then a real
+/// block is used).
+fn zero_alloc() -> *mut u8 {
+    let base = zero_base();
+    if base == 0 {
+        return ptr::null_mut();
+    }
+    for _ in 0..64 {
+        let slot = ZERO_NEXT.fetch_add(1, Ordering::Relaxed) % ZERO_SLOTS;
+        let bit = 1u64 << (slot % 64);
+        if ZERO_LIVE[slot / 64].fetch_or(bit, Ordering::Relaxed) & bit == 0 {
+            return (base + slot * 16) as *mut u8;
+        }
+    }
+    ptr::null_mut()
+}
+
+/// Checks that the zero-size block `slot` (at `p`) is live, and frees it
+/// when `release`.
+fn zero_check(what: &[u8], p: usize, slot: usize, release: bool) {
+    let bit = 1u64 << (slot % 64);
+    let live = if release {
+        ZERO_LIVE[slot / 64].fetch_and(!bit, Ordering::Relaxed)
+    } else {
+        ZERO_LIVE[slot / 64].load(Ordering::Relaxed)
+    };
+    if live & bit == 0 || p % 16 != 0 {
+        stop(what, b"double free or invalid pointer (zero-size block not live)", p);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Small blocks.
+
+/// Makes the slot at `p` (`usable` bytes) a block of `n` bytes: canary
+/// and size word.
+///
+/// # Safety
+/// `p` is a live slot of `usable >= n + 8` bytes.
+unsafe fn small_arm(p: usize, n: usize, usable: usize) {
+    // SAFETY: inside the slot.
+    unsafe {
+        fill(p + n, p + usable - 8, canary_word(p));
+        *((p + usable - 8) as *mut usize) = size_word(p, n);
+    }
+}
+
+/// Checks the small block at `p` (a live slot of `usable` bytes, 8-byte
+/// aligned) and returns its size. Stops the process when it was freed
+/// (quarantined) or written past its end.
+fn small_check(what: &[u8], p: usize, usable: usize) -> usize {
+    // SAFETY: a live slot of `usable` >= 16 bytes (checked by the heap).
+    unsafe {
+        if *(p as *const usize) == freed_mark(p) {
+            stop(what, b"double free or use after free (object in quarantine)", p);
+        }
+        let Some(n) = size_of_word(p, *((p + usable - 8) as *const usize)).filter(|&n| n + 8 <= usable) else {
+            stop(what, b"heap overflow (size word after the object overwritten)", p);
+        };
+        if first_changed(p + n, p + usable - 8, canary_word(p)).is_some() {
+            stop(what, b"heap overflow (canary after the object overwritten)", p);
+        }
+        n
+    }
+}
+
+/// One shard of the small quarantine: a FIFO ring of `(address, usable)`.
+struct SmallRing {
+    slots: [(usize, usize); SMALL_RING],
+    head: usize,
+    len: usize,
+    bytes: usize,
+}
+
+static SMALL: [Mutex<SmallRing>; SHARDS] =
+    [const { Mutex::new(SmallRing { slots: [(0, 0); SMALL_RING], head: 0, len: 0, bytes: 0 }) }; SHARDS];
+
+/// Gives the quarantined object at `p` back to the heap after checking
+/// its pattern.
+fn small_release(p: usize, usable: usize) {
+    // SAFETY: a quarantined slot of `usable` bytes, still live in the heap.
+    unsafe {
+        if *(p as *const usize) != freed_mark(p) || first_changed(p + 8, p + usable, freed_fill(p)).is_some() {
+            stop(b"free()", b"write after free (quarantined object modified)", p);
+        }
+        heap::free(p as *mut u8);
+    }
+}
+
+/// Quarantines the checked small object at `p`.
+fn small_quarantine(p: usize, usable: usize) {
+    // SAFETY: a live slot of `usable` bytes the program gave up.
+    unsafe {
+        *(p as *mut usize) = freed_mark(p);
+        fill(p + 8, p + usable, freed_fill(p));
+    }
+    let first = os::current_cpu();
+    for i in 0..SHARDS {
+        let Some(mut ring) = SMALL[(first + i) % SHARDS].try_lock() else {
+            continue;
+        };
+        let mut evicted = [(0usize, 0usize); 4];
+        let mut count = 0;
+        while count < evicted.len() && (ring.len == SMALL_RING || (ring.len > 0 && ring.bytes + usable > SMALL_RING_BYTES)) {
+            let head = ring.head;
+            evicted[count] = ring.slots[head];
+            ring.bytes -= ring.slots[head].1;
+            ring.head = (head + 1) % SMALL_RING;
+            ring.len -= 1;
+            count += 1;
+        }
+        if ring.len < SMALL_RING {
+            let tail = (ring.head + ring.len) % SMALL_RING;
+            ring.slots[tail] = (p, usable);
+            ring.len += 1;
+            ring.bytes += usable;
+        } else {
+            evicted[count] = (p, usable);
+            count += 1;
+        }
+        drop(ring);
+        for &(q, u) in &evicted[..count] {
+            small_release(q, u);
+        }
+        return;
+    }
+    small_release(p, usable);
+}
+
+// ---------------------------------------------------------------------------
+// Big blocks.
+
+/// The live big block whose data starts at `p`: `(base, len)` of the heap
+/// block, or `None` when `p` is not one.
+fn big_block_of(p: usize) -> Option<(usize, usize)> {
+    if p % 16 != 0 {
+        return None;
+    }
+    let start_of = |base: usize| -> Option<usize> {
+        let d = page::page_of(base);
+        if !d.is_null() {
+            // SAFETY: descriptors of published chunks are live.
+            return unsafe {
+                ((*d).kind() == page::PG_PAGES && page::page_address(d) == base)
+                    .then(|| ((*d).span as usize) << os::PAGE_SHIFT)
+            };
+        }
+        crate::large::usable_size(base as *mut u8).ok()
+    };
+    let lead = p % PAGE_SIZE;
+    if lead != 0 {
+        return start_of(p - lead).map(|len| (p - lead, len));
+    }
+    // Data on a page boundary: the lead is a power of two of a page or
+    // more (an alignment request); try each the address allows.
+    let mut lead = PAGE_SIZE;
+    while lead != 0 && p % lead == 0 && lead <= p {
+        if let Some(len) = start_of(p - lead) {
+            return Some((p - lead, len));
+        }
+        lead <<= 1;
+    }
+    None
+}
+
+/// Entries of the big quarantine: `base`, `len`, and the data address
+/// (read without the lock by the double-free test and the fault handler).
+struct BigRing {
+    head: usize,
+    len: usize,
+    bytes: usize,
+}
+
+static BIG: Mutex<BigRing> = Mutex::new(BigRing { head: 0, len: 0, bytes: 0 });
+static BIG_BASE: [AtomicUsize; BIG_RING] = [const { AtomicUsize::new(0) }; BIG_RING];
+static BIG_LEN: [AtomicUsize; BIG_RING] = [const { AtomicUsize::new(0) }; BIG_RING];
+static BIG_DATA: [AtomicUsize; BIG_RING] = [const { AtomicUsize::new(0) }; BIG_RING];
+
+fn in_big_quarantine(p: usize) -> bool {
+    BIG_DATA.iter().any(|d| d.load(Ordering::Relaxed) == p)
+}
+
+/// Gives the quarantined big block `[base, base + len)` back to the heap.
+fn big_release(base: usize, len: usize) {
+    if !page::page_of(base).is_null() {
+        // A page run: the buddy allocator may hand its pages to anything.
+        // SAFETY: ours, quarantined.
+        if unsafe { os::mprotect(base, len, true) }.is_err() {
+            stop(b"free()", b"cannot reopen a quarantined block", base);
+        }
+    }
+    // SAFETY: a live block the program gave up; a large mapping may stay
+    // inaccessible (`big_alloc` opens what it hands out).
+    unsafe { heap::free(base as *mut u8) };
+}
+
+/// Checks the big block with data at `p` and returns `(base, len, n)`.
+fn big_check(what: &[u8], p: usize) -> (usize, usize, usize) {
+    if in_big_quarantine(p) {
+        stop(what, b"double free or use after free (block in quarantine)", p);
+    }
+    let Some((base, len)) = big_block_of(p) else {
+        stop(what, b"invalid pointer (not a live block of buddyslab)", p);
+    };
+    // SAFETY: the first page of a live block, open (it is not quarantined).
+    let (word, tag) = unsafe { (*(base as *const usize), *((base + 8) as *const usize)) };
+    let n = word;
+    if tag != big_tag(p, n) || n > base + len - p {
+        stop(what, b"invalid pointer or heap underflow (block header overwritten)", p);
+    }
+    let data_end = round_up(p + n, PAGE_SIZE);
+    // SAFETY: the slack before the guard page, open.
+    if unsafe { first_changed(p + n, data_end, canary_word(p)) }.is_some() {
+        stop(what, b"heap overflow (canary after the block overwritten)", p);
+    }
+    (base, len, n)
+}
+
+/// A big block of `n` bytes aligned to `align`.
+fn big_alloc(n: usize, align: usize) -> *mut u8 {
+    let lead = align.max(BIG_HEADER);
+    let Some(data) = lead.checked_add(n).map(|x| round_up(x, PAGE_SIZE)) else {
+        return ptr::null_mut();
+    };
+    // More than the slab tier serves, so the block is a page run or a
+    // large mapping whatever the alignment.
+    let mut total = (data + PAGE_SIZE).max(SLAB_MAX + PAGE_SIZE);
+    if total >= RANDOM_PAD_FROM {
+        total += (mix(os::monotonic_ns() as usize ^ key()) % RANDOM_PAD_PAGES) * PAGE_SIZE;
+    }
+    let base = heap::aligned_alloc(align.max(PAGE_SIZE), total) as usize;
+    if base == 0 {
+        return ptr::null_mut();
+    }
+    let len = heap::usable_size(base as *mut u8);
+    let p = base + lead;
+    // SAFETY: the block is ours; a large mapping from the mapping cache
+    // may still be inaccessible from its quarantine.
+    unsafe {
+        if os::mprotect(base, data, true).is_err() || os::mprotect(base + data, len - data, false).is_err() {
+            stop(b"malloc()", b"cannot protect a guard page", base);
+        }
+        *(base as *mut usize) = n;
+        *((base + 8) as *mut usize) = big_tag(p, n);
+        fill(p + n, base + data, canary_word(p));
+    }
+    p as *mut u8
+}
+
+/// Quarantines the checked big block.
+fn big_free(base: usize, len: usize, p: usize) {
+    // SAFETY: a live block the program gave up.
+    if unsafe { os::mprotect(base, len, false) }.is_err() {
+        stop(b"free()", b"cannot protect a freed block", p);
+    }
+    let Some(mut ring) = BIG.try_lock() else {
+        return big_release(base, len);
+    };
+    let mut evicted = [(0usize, 0usize); BIG_RING + 1];
+    let mut count = 0;
+    while ring.len == BIG_RING || (ring.len > 0 && ring.bytes + len > BIG_RING_BYTES) {
+        let head = ring.head;
+        evicted[count] = (BIG_BASE[head].load(Ordering::Relaxed), BIG_LEN[head].load(Ordering::Relaxed));
+        BIG_DATA[head].store(0, Ordering::Relaxed);
+        ring.bytes -= evicted[count].1;
+        ring.head = (head + 1) % BIG_RING;
+        ring.len -= 1;
+        count += 1;
+    }
+    if len <= BIG_RING_BYTES {
+        let tail = (ring.head + ring.len) % BIG_RING;
+        BIG_BASE[tail].store(base, Ordering::Relaxed);
+        BIG_LEN[tail].store(len, Ordering::Relaxed);
+        BIG_DATA[tail].store(p, Ordering::Relaxed);
+        ring.len += 1;
+        ring.bytes += len;
+    } else {
+        evicted[count] = (base, len);
+        count += 1;
+    }
+    drop(ring);
+    for &(b, l) in &evicted[..count] {
+        big_release(b, l);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The API (the same as `heap`'s).
+
+/// Allocates `size` bytes (see the module doc). Null with `errno = ENOMEM`
+/// when out of memory.
+pub fn malloc(size: usize) -> *mut u8 {
+    aligned_alloc(MIN_ALIGN, size)
+}
+
+/// Allocates `size` bytes aligned to `align` (a power of two).
+pub fn aligned_alloc(align: usize, size: usize) -> *mut u8 {
+    if size == 0 && align <= MIN_ALIGN {
+        let z = zero_alloc();
+        if !z.is_null() {
+            return z;
+        }
+    }
+    if size > isize::MAX as usize / 2 {
+        os::set_errno(libc::ENOMEM);
+        return ptr::null_mut();
+    }
+    let small = if align <= MIN_ALIGN { size + 8 <= SLAB_MAX } else { slab::class_for_aligned(size + 8, align).is_some() };
+    if !small {
+        return big_alloc(size, align.max(MIN_ALIGN));
+    }
+    let p = heap::aligned_alloc(align, size + 8);
+    if p.is_null() {
+        return p;
+    }
+    let usable = heap::usable_size(p);
+    // SAFETY: a fresh slot of `usable` >= size + 8 bytes.
+    unsafe { small_arm(p as usize, size, usable) };
+    p
+}
+
+/// Allocates `n * size` zeroed bytes; null on overflow.
+pub fn calloc(n: usize, size: usize) -> *mut u8 {
+    match n.checked_mul(size) {
+        Some(total) => zeroed_alloc(total, MIN_ALIGN),
+        None => {
+            os::set_errno(libc::ENOMEM);
+            ptr::null_mut()
+        }
+    }
+}
+
+/// Allocates `size` zeroed bytes aligned to `align`.
+pub fn zeroed_alloc(size: usize, align: usize) -> *mut u8 {
+    let p = aligned_alloc(align, size);
+    if !p.is_null() && size != 0 {
+        // SAFETY: a fresh block of `size` bytes.
+        unsafe { ptr::write_bytes(p, 0, size) };
+    }
+    p
+}
+
+/// The checked size of the live block at `p` (not null), and whether it is
+/// small (with its slot size) or big (with its heap block).
+enum Block {
+    Zero(usize),
+    Small { n: usize, usable: usize },
+    Big { n: usize, base: usize, len: usize },
+}
+
+fn block_of(what: &'static [u8], p: *mut u8) -> Block {
+    let a = p as usize;
+    if let Some(slot) = zero_slot(a) {
+        return Block::Zero(slot);
+    }
+    if heap::is_slab_object(p) {
+        let usable = heap::usable_size_for(p, what);
+        let n = small_check(what, a, usable);
+        return Block::Small { n, usable };
+    }
+    let (base, len, n) = big_check(what, a);
+    Block::Big { n, base, len }
+}
+
+/// Frees `p` into the quarantine (null is a no-op); stops the process for
+/// a pointer that is not a live block, or a block written past its end.
+///
+/// # Safety
+/// If `p` is a live block, nothing uses it afterwards.
+pub unsafe fn free(p: *mut u8) {
+    if p.is_null() {
+        return;
+    }
+    match block_of(b"free()", p) {
+        Block::Zero(slot) => zero_check(b"free()", p as usize, slot, true),
+        Block::Small { usable, .. } => small_quarantine(p as usize, usable),
+        Block::Big { base, len, .. } => big_free(base, len, p as usize),
+    }
+}
+
+/// The size the block at `p` was asked for (0 for null).
+pub fn usable_size(p: *mut u8) -> usize {
+    if p.is_null() {
+        return 0;
+    }
+    match block_of(b"malloc_usable_size()", p) {
+        Block::Zero(slot) => {
+            zero_check(b"malloc_usable_size()", p as usize, slot, false);
+            0
+        }
+        Block::Small { n, .. } | Block::Big { n, .. } => n,
+    }
+}
+
+/// C `realloc` (see [`heap::realloc`]).
+///
+/// # Safety
+/// `p` is null or a live block; after a non-null return it is not used.
+pub unsafe fn realloc(p: *mut u8, size: usize) -> *mut u8 {
+    if p.is_null() {
+        return malloc(size);
+    }
+    if size == 0 {
+        // SAFETY: per the caller.
+        unsafe { free(p) };
+        return ptr::null_mut();
+    }
+    // SAFETY: per the caller.
+    unsafe { realloc_aligned(p, size, MIN_ALIGN) }
+}
+
+/// Resizes `p` to `size` (> 0) bytes keeping alignment `align`: in place
+/// when the slot or the pages still fit, otherwise by moving.
+///
+/// # Safety
+/// `p` is a live block aligned to `align`; after a non-null return it is
+/// not used.
+pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 {
+    let a = p as usize;
+    let old = match block_of(b"realloc()", p) {
+        Block::Zero(slot) => {
+            zero_check(b"realloc()", a, slot, false);
+            0
+        }
+        Block::Small { n, usable } => {
+            if size + 8 <= usable && size * 2 + 8 > usable {
+                // SAFETY: the live slot, `usable >= size + 8`.
+                unsafe { small_arm(a, size, usable) };
+                return p;
+            }
+            n
+        }
+        Block::Big { n, base, .. } => {
+            if round_up(a + size, PAGE_SIZE) == round_up(a + n, PAGE_SIZE) {
+                // SAFETY: the block's open header and data pages.
+                unsafe {
+                    *(base as *mut usize) = size;
+                    *((base + 8) as *mut usize) = big_tag(a, size);
+                    fill(a + size, round_up(a + size, PAGE_SIZE), canary_word(a));
+                }
+                return p;
+            }
+            n
+        }
+    };
+    let q = aligned_alloc(align, size);
+    if q.is_null() {
+        return q;
+    }
+    // SAFETY: both live, distinct, each at least the copied length.
+    unsafe {
+        ptr::copy_nonoverlapping(p, q, old.min(size));
+        free(p);
+    }
+    q
+}
+
+// ---------------------------------------------------------------------------
+// Faults on protected pages.
+
+/// Installs the `SIGSEGV` handler that names faults on the secure build's
+/// protected pages (zero-size blocks, quarantined big blocks, guard pages)
+/// before the process dies; called once by the C library's constructor,
+/// and only when the program has no handler yet.
+pub fn install_fault_handler() {
+    // SAFETY: querying and setting a signal disposition; the handler only
+    // reads atomics and calls async-signal-safe write(2)/abort(3).
+    unsafe {
+        let mut old: libc::sigaction = core::mem::zeroed();
+        if libc::sigaction(libc::SIGSEGV, ptr::null(), &mut old) != 0 || old.sa_sigaction != libc::SIG_DFL {
+            return;
+        }
+        let mut action: libc::sigaction = core::mem::zeroed();
+        action.sa_sigaction = on_fault as *const () as usize;
+        action.sa_flags = libc::SA_SIGINFO | libc::SA_RESETHAND | libc::SA_ONSTACK;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGSEGV, &action, ptr::null_mut());
+    }
+}
+
+extern "C" fn on_fault(_signal: libc::c_int, info: *mut libc::siginfo_t, _context: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
+    let (addr, code) = unsafe { ((*info).si_addr() as usize, (*info).si_code) };
+    let why: &[u8] = if zero_slot(addr).is_some() {
+        b"zero-size block read or written"
+    } else if (0..BIG_RING).any(|i| {
+        let base = BIG_BASE[i].load(Ordering::Relaxed);
+        BIG_DATA[i].load(Ordering::Relaxed) != 0 && addr.wrapping_sub(base) < BIG_LEN[i].load(Ordering::Relaxed)
+    }) {
+        b"use after free (block in quarantine)"
+    } else if code == SEGV_ACCERR {
+        b"access to a protected page (guard page past a block, or a freed block)"
+    } else {
+        // Not ours to name: SA_RESETHAND restored the default action, and
+        // returning faults again.
+        return;
+    };
+    stop(b"SIGSEGV", why, addr);
+}
+
+/// `si_code` of a fault on a mapped page the access is not allowed to
+/// (Linux's `SEGV_ACCERR`; the libc crate does not name it).
+const SEGV_ACCERR: libc::c_int = 2;
