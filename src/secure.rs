@@ -108,46 +108,55 @@ fn mix(x: usize) -> usize {
     (z ^ (z >> 31)) as usize
 }
 
-/// The word that records size `n` of the block at `p`: `n` in the low 32
-/// bits, a keyed tag of `p` and `n` in the high 32, so changing any byte
-/// of it is caught (but for a 2^-32 chance).
+/// The block's secret: every tag, canary and pattern of the block at `p`
+/// derives from it, so one mix per call serves them all. Knowing one
+/// block's secret (say from its canary, read through an over-read) tells
+/// nothing of another's.
 #[inline]
-fn size_word(p: usize, n: usize) -> usize {
-    (n & 0xffff_ffff) | (mix(p ^ key() ^ n.rotate_left(32)) & !0xffff_ffff)
+fn secret(p: usize) -> usize {
+    mix(p ^ key())
 }
 
-/// The size recorded in `word` for the block at `p`, or `None` when the
-/// word was not written by [`size_word`] for `p`.
+/// The word that records size `n` of the block with secret `h`: `n` in
+/// the low 32 bits, a tag of `h` and `n` in the high 32, so changing any
+/// byte of it is caught (but for a 2^-32 chance).
 #[inline]
-fn size_of_word(p: usize, word: usize) -> Option<usize> {
+fn size_word(h: usize, n: usize) -> usize {
+    (n & 0xffff_ffff) | ((h ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15)) & !0xffff_ffff)
+}
+
+/// The size recorded in `word` for the block with secret `h`, or `None`
+/// when the word was not written by [`size_word`] for it.
+#[inline]
+fn size_of_word(h: usize, word: usize) -> Option<usize> {
     let n = word & 0xffff_ffff;
-    (size_word(p, n) == word).then_some(n)
+    (size_word(h, n) == word).then_some(n)
 }
 
-/// The tag of the big block with data at `p` and size `n`, kept beside
-/// the size in its header.
+/// The tag of the big block with secret `h` and size `n`, kept beside the
+/// size in its header.
 #[inline]
-fn big_tag(p: usize, n: usize) -> usize {
-    mix(n ^ p.rotate_left(23) ^ key())
+fn big_tag(h: usize, n: usize) -> usize {
+    mix(h ^ n)
 }
 
-/// The canary word of the block at `p`: byte `a` of the canary is byte
-/// `a % 8` of this word.
+/// The canary word of the block with secret `h`: byte `a` of the canary
+/// is byte `a % 8` of this word.
 #[inline]
-fn canary_word(p: usize) -> usize {
-    mix(p.wrapping_add(key().rotate_left(17))) | 0x0101_0101_0101_0101
+fn canary_word(h: usize) -> usize {
+    h.rotate_left(17) | 0x0101_0101_0101_0101
 }
 
 /// The free mark a quarantined small object carries in its first word.
 #[inline]
-fn freed_mark(p: usize) -> usize {
-    mix(p ^ key().rotate_left(41)) | 1
+fn freed_mark(h: usize) -> usize {
+    (h.rotate_left(41) ^ 0x5555_5555_5555_5555) | 1
 }
 
 /// The pattern word a quarantined small object is filled with.
 #[inline]
-fn freed_fill(p: usize) -> usize {
-    mix(p.wrapping_mul(3) ^ key().rotate_left(7))
+fn freed_fill(h: usize) -> usize {
+    h.rotate_left(7) ^ 0xa5a5_a5a5_a5a5_a5a5
 }
 
 #[cold]
@@ -299,8 +308,9 @@ fn zero_check(what: &[u8], p: usize, slot: usize, release: bool) {
 unsafe fn small_arm(p: usize, n: usize, usable: usize) {
     // SAFETY: inside the slot.
     unsafe {
-        fill(p + n, p + usable - 8, canary_word(p));
-        *((p + usable - 8) as *mut usize) = size_word(p, n);
+        let h = secret(p);
+        fill(p + n, p + usable - 8, canary_word(h));
+        *((p + usable - 8) as *mut usize) = size_word(h, n);
     }
 }
 
@@ -310,13 +320,14 @@ unsafe fn small_arm(p: usize, n: usize, usable: usize) {
 fn small_check(what: &[u8], p: usize, usable: usize) -> usize {
     // SAFETY: a live slot of `usable` >= 16 bytes (checked by the heap).
     unsafe {
-        if *(p as *const usize) == freed_mark(p) {
+        let h = secret(p);
+        if *(p as *const usize) == freed_mark(h) {
             stop(what, b"double free or use after free (object in quarantine)", p);
         }
-        let Some(n) = size_of_word(p, *((p + usable - 8) as *const usize)).filter(|&n| n + 8 <= usable) else {
+        let Some(n) = size_of_word(h, *((p + usable - 8) as *const usize)).filter(|&n| n + 8 <= usable) else {
             stop(what, b"heap overflow (size word after the object overwritten)", p);
         };
-        if first_changed(p + n, p + usable - 8, canary_word(p)).is_some() {
+        if first_changed(p + n, p + usable - 8, canary_word(h)).is_some() {
             stop(what, b"heap overflow (canary after the object overwritten)", p);
         }
         n
@@ -339,7 +350,8 @@ static SMALL: [Mutex<SmallRing>; SHARDS] =
 fn small_release(p: usize, usable: usize) {
     // SAFETY: a quarantined slot of `usable` bytes, still live in the heap.
     unsafe {
-        if *(p as *const usize) != freed_mark(p) || first_changed(p + 8, p + usable, freed_fill(p)).is_some() {
+        let h = secret(p);
+        if *(p as *const usize) != freed_mark(h) || first_changed(p + 8, p + usable, freed_fill(h)).is_some() {
             stop(b"free()", b"write after free (quarantined object modified)", p);
         }
         heap::free(p as *mut u8);
@@ -350,8 +362,9 @@ fn small_release(p: usize, usable: usize) {
 fn small_quarantine(p: usize, usable: usize) {
     // SAFETY: a live slot of `usable` bytes the program gave up.
     unsafe {
-        *(p as *mut usize) = freed_mark(p);
-        fill(p + 8, p + usable, freed_fill(p));
+        let h = secret(p);
+        *(p as *mut usize) = freed_mark(h);
+        fill(p + 8, p + usable, freed_fill(h));
     }
     let first = os::current_cpu();
     for i in 0..SHARDS {
@@ -464,12 +477,13 @@ fn big_check(what: &[u8], p: usize) -> (usize, usize, usize) {
     // SAFETY: the first page of a live block, open (it is not quarantined).
     let (word, tag) = unsafe { (*(base as *const usize), *((base + 8) as *const usize)) };
     let n = word;
-    if tag != big_tag(p, n) || n > base + len - p {
+    let h = secret(p);
+    if tag != big_tag(h, n) || n > base + len - p {
         stop(what, b"invalid pointer or heap underflow (block header overwritten)", p);
     }
     let data_end = round_up(p + n, PAGE_SIZE);
     // SAFETY: the slack before the guard page, open.
-    if unsafe { first_changed(p + n, data_end, canary_word(p)) }.is_some() {
+    if unsafe { first_changed(p + n, data_end, canary_word(h)) }.is_some() {
         stop(what, b"heap overflow (canary after the block overwritten)", p);
     }
     (base, len, n)
@@ -500,8 +514,9 @@ fn big_alloc(n: usize, align: usize) -> *mut u8 {
             stop(b"malloc()", b"cannot protect a guard page", base);
         }
         *(base as *mut usize) = n;
-        *((base + 8) as *mut usize) = big_tag(p, n);
-        fill(p + n, base + data, canary_word(p));
+        let h = secret(p);
+        *((base + 8) as *mut usize) = big_tag(h, n);
+        fill(p + n, base + data, canary_word(h));
     }
     p as *mut u8
 }
@@ -599,6 +614,25 @@ pub fn zeroed_alloc(size: usize, align: usize) -> *mut u8 {
     p
 }
 
+/// Whether `p` lies in a slab (a slab's first page or one of its tail
+/// pages; [`heap::is_slab_object`] also says yes for a page run's tail
+/// pages, where a big block's data may start).
+fn in_slab(p: usize) -> bool {
+    let d = page::page_of(p);
+    if d.is_null() {
+        return false;
+    }
+    // SAFETY: descriptors of published chunks are live; a tail's head is
+    // `span` descriptors before it.
+    unsafe {
+        match (*d).kind() {
+            page::PG_SLAB => true,
+            page::PG_TAIL => (*d.sub((*d).span as usize)).kind() == page::PG_SLAB,
+            _ => false,
+        }
+    }
+}
+
 /// The checked size of the live block at `p` (not null), and whether it is
 /// small (with its slot size) or big (with its heap block).
 enum Block {
@@ -612,7 +646,7 @@ fn block_of(what: &'static [u8], p: *mut u8) -> Block {
     if let Some(slot) = zero_slot(a) {
         return Block::Zero(slot);
     }
-    if heap::is_slab_object(p) {
+    if in_slab(a) {
         let usable = heap::usable_size_for(p, what);
         let n = small_check(what, a, usable);
         return Block::Small { n, usable };
@@ -694,8 +728,9 @@ pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 
                 // SAFETY: the block's open header and data pages.
                 unsafe {
                     *(base as *mut usize) = size;
-                    *((base + 8) as *mut usize) = big_tag(a, size);
-                    fill(a + size, round_up(a + size, PAGE_SIZE), canary_word(a));
+                    let h = secret(a);
+                    *((base + 8) as *mut usize) = big_tag(h, size);
+                    fill(a + size, round_up(a + size, PAGE_SIZE), canary_word(h));
                 }
                 return p;
             }
@@ -760,3 +795,66 @@ extern "C" fn on_fault(_signal: libc::c_int, info: *mut libc::siginfo_t, _contex
 /// `si_code` of a fault on a mapped page the access is not allowed to
 /// (Linux's `SEGV_ACCERR`; the libc crate does not name it).
 const SEGV_ACCERR: libc::c_int = 2;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every size and alignment round-trips: the block is aligned, its
+    /// usable size is the size asked for, its bytes are its own, and its
+    /// free passes the checks.
+    #[test]
+    fn blocks_keep_their_size_alignment_and_contents() {
+        let sizes = [0usize, 1, 7, 8, 15, 16, 24, 56, 64, 100, 1000, 4088, 4096, 32 * 1024 - 8, 32 * 1024, 64 * 1024 + 3, 300 * 1024];
+        for &align in &[16usize, 32, 64, 4096, 16384] {
+            let mut live = [(ptr::null_mut::<u8>(), 0usize); 17];
+            for (slot, &size) in live.iter_mut().zip(&sizes) {
+                let p = aligned_alloc(align, size);
+                assert!(!p.is_null());
+                assert_eq!(p as usize % align.min(if size == 0 { 16 } else { align }), 0, "size {size} align {align}");
+                assert_eq!(usable_size(p), size, "size {size} align {align}");
+                // SAFETY: a live block of `size` bytes.
+                unsafe { ptr::write_bytes(p, size as u8, size) };
+                *slot = (p, size);
+            }
+            for &(p, size) in &live {
+                // SAFETY: a live block of `size` bytes, written above.
+                assert!((0..size).all(|i| unsafe { *p.add(i) } == size as u8));
+                // SAFETY: live, given up.
+                unsafe { free(p) };
+            }
+        }
+    }
+
+    /// `realloc` keeps the contents, in place or moved, and the new block
+    /// has the new size.
+    #[test]
+    fn realloc_keeps_contents() {
+        let mut p = malloc(10);
+        // SAFETY: 10 live bytes.
+        unsafe { ptr::copy_nonoverlapping(b"0123456789".as_ptr(), p, 10) };
+        for &size in &[12usize, 40, 5000, 70 * 1024, 200 * 1024, 30, 10] {
+            // SAFETY: `p` is live; the old one is not used again.
+            p = unsafe { realloc(p, size) };
+            assert_eq!(usable_size(p), size);
+            // SAFETY: at least 10 live bytes.
+            assert_eq!(unsafe { core::slice::from_raw_parts(p, 10) }, b"0123456789");
+        }
+        // SAFETY: live, given up.
+        unsafe { free(p) };
+    }
+
+    /// The tags, canaries and marks tell blocks apart: a size word is not
+    /// valid at another address, nor with any bit flipped.
+    #[test]
+    fn tags_depend_on_the_address() {
+        let (a, b) = (secret(0x1000), secret(0x1010));
+        assert_eq!(size_of_word(a, size_word(a, 64)), Some(64));
+        assert_eq!(size_of_word(b, size_word(a, 64)), None);
+        for bit in 0..64 {
+            assert_eq!(size_of_word(a, size_word(a, 64) ^ (1 << bit)), None, "bit {bit}");
+        }
+        assert_ne!(freed_mark(a), freed_mark(b));
+        assert_ne!(canary_word(a), canary_word(b));
+    }
+}
