@@ -334,16 +334,52 @@ fn small_check(what: &[u8], p: usize, usable: usize) -> usize {
     }
 }
 
-/// One shard of the small quarantine: a FIFO ring of `(address, usable)`.
-struct SmallRing {
-    slots: [(usize, usize); SMALL_RING],
+/// A quarantine: a FIFO of entries `T`, each with its size in bytes,
+/// holding at most `N` entries and a byte budget.
+struct Ring<T: Copy, const N: usize> {
+    slots: [(T, usize); N],
     head: usize,
     len: usize,
     bytes: usize,
 }
 
-static SMALL: [Mutex<SmallRing>; SHARDS] =
-    [const { Mutex::new(SmallRing { slots: [(0, 0); SMALL_RING], head: 0, len: 0, bytes: 0 }) }; SHARDS];
+impl<T: Copy, const N: usize> Ring<T, N> {
+    const fn new(empty: T) -> Self {
+        Ring { slots: [(empty, 0); N], head: 0, len: 0, bytes: 0 }
+    }
+
+    /// Adds `entry` of `bytes`, first taking out the oldest entries (into
+    /// `out`, at least 2 long) until it fits `N` entries and `budget` bytes
+    /// or `out` has one place left; an entry that still does not fit goes
+    /// to `out` itself. Returns how many `out` holds.
+    fn push(&mut self, entry: T, bytes: usize, budget: usize, out: &mut [(T, usize)]) -> usize {
+        let mut count = 0;
+        while self.len > 0 && (self.len == N || self.bytes + bytes > budget) && count < out.len() - 1 {
+            out[count] = self.slots[self.head];
+            self.bytes -= out[count].1;
+            self.head = (self.head + 1) % N;
+            self.len -= 1;
+            count += 1;
+        }
+        if self.len < N && self.bytes + bytes <= budget {
+            self.slots[(self.head + self.len) % N] = (entry, bytes);
+            self.len += 1;
+            self.bytes += bytes;
+        } else {
+            out[count] = (entry, bytes);
+            count += 1;
+        }
+        count
+    }
+
+    /// The entries held, oldest first.
+    fn entries(&self) -> impl Iterator<Item = (T, usize)> + '_ {
+        (0..self.len).map(move |i| self.slots[(self.head + i) % N])
+    }
+}
+
+/// The small quarantine's shards, of objects (`address`, slot bytes).
+static SMALL: [Mutex<Ring<usize, SMALL_RING>>; SHARDS] = [const { Mutex::new(Ring::new(0)) }; SHARDS];
 
 /// Gives the quarantined object at `p` back to the heap after checking
 /// its pattern.
@@ -371,25 +407,10 @@ fn small_quarantine(p: usize, usable: usize) {
         let Some(mut ring) = SMALL[(first + i) % SHARDS].try_lock() else {
             continue;
         };
+        // Up to 3 older objects leave per free: the ring shrinks back to
+        // its budget over a few frees after a run of big ones.
         let mut evicted = [(0usize, 0usize); 4];
-        let mut count = 0;
-        while count < evicted.len() && (ring.len == SMALL_RING || (ring.len > 0 && ring.bytes + usable > SMALL_RING_BYTES)) {
-            let head = ring.head;
-            evicted[count] = ring.slots[head];
-            ring.bytes -= ring.slots[head].1;
-            ring.head = (head + 1) % SMALL_RING;
-            ring.len -= 1;
-            count += 1;
-        }
-        if ring.len < SMALL_RING {
-            let tail = (ring.head + ring.len) % SMALL_RING;
-            ring.slots[tail] = (p, usable);
-            ring.len += 1;
-            ring.bytes += usable;
-        } else {
-            evicted[count] = (p, usable);
-            count += 1;
-        }
+        let count = ring.push(p, usable, SMALL_RING_BYTES, &mut evicted);
         drop(ring);
         for &(q, u) in &evicted[..count] {
             small_release(q, u);
@@ -435,15 +456,10 @@ fn big_block_of(p: usize) -> Option<(usize, usize)> {
     None
 }
 
-/// Entries of the big quarantine: `base`, `len`, and the data address
-/// (read without the lock by the double-free test and the fault handler).
-struct BigRing {
-    head: usize,
-    len: usize,
-    bytes: usize,
-}
-
-static BIG: Mutex<BigRing> = Mutex::new(BigRing { head: 0, len: 0, bytes: 0 });
+/// The big quarantine, of blocks (`base`, data address; `len` bytes), and
+/// the same mirrored where the double-free test and the fault handler read
+/// them without the lock (data 0: a free place).
+static BIG: Mutex<Ring<(usize, usize), BIG_RING>> = Mutex::new(Ring::new((0, 0)));
 static BIG_BASE: [AtomicUsize; BIG_RING] = [const { AtomicUsize::new(0) }; BIG_RING];
 static BIG_LEN: [AtomicUsize; BIG_RING] = [const { AtomicUsize::new(0) }; BIG_RING];
 static BIG_DATA: [AtomicUsize; BIG_RING] = [const { AtomicUsize::new(0) }; BIG_RING];
@@ -530,30 +546,20 @@ fn big_free(base: usize, len: usize, p: usize) {
     let Some(mut ring) = BIG.try_lock() else {
         return big_release(base, len);
     };
-    let mut evicted = [(0usize, 0usize); BIG_RING + 1];
-    let mut count = 0;
-    while ring.len == BIG_RING || (ring.len > 0 && ring.bytes + len > BIG_RING_BYTES) {
-        let head = ring.head;
-        evicted[count] = (BIG_BASE[head].load(Ordering::Relaxed), BIG_LEN[head].load(Ordering::Relaxed));
-        BIG_DATA[head].store(0, Ordering::Relaxed);
-        ring.bytes -= evicted[count].1;
-        ring.head = (head + 1) % BIG_RING;
-        ring.len -= 1;
-        count += 1;
+    let mut evicted = [((0usize, 0usize), 0usize); BIG_RING];
+    let count = ring.push((base, p), len, BIG_RING_BYTES, &mut evicted);
+    let mut held = 0;
+    for ((b, data), l) in ring.entries() {
+        BIG_BASE[held].store(b, Ordering::Relaxed);
+        BIG_LEN[held].store(l, Ordering::Relaxed);
+        BIG_DATA[held].store(data, Ordering::Relaxed);
+        held += 1;
     }
-    if len <= BIG_RING_BYTES {
-        let tail = (ring.head + ring.len) % BIG_RING;
-        BIG_BASE[tail].store(base, Ordering::Relaxed);
-        BIG_LEN[tail].store(len, Ordering::Relaxed);
-        BIG_DATA[tail].store(p, Ordering::Relaxed);
-        ring.len += 1;
-        ring.bytes += len;
-    } else {
-        evicted[count] = (base, len);
-        count += 1;
+    for data in &BIG_DATA[held..] {
+        data.store(0, Ordering::Relaxed);
     }
     drop(ring);
-    for &(b, l) in &evicted[..count] {
+    for &((b, _), l) in &evicted[..count] {
         big_release(b, l);
     }
 }
@@ -587,7 +593,10 @@ pub fn aligned_alloc(align: usize, size: usize) -> *mut u8 {
     if p.is_null() {
         return p;
     }
-    let usable = heap::usable_size(p);
+    // The class's size, as `free` will read it; the table is cheaper than
+    // the lookup by address where the class follows from the size.
+    let usable = if align <= MIN_ALIGN { slab::size_of_class(slab::class_of(size + 8)) } else { heap::usable_size(p) };
+    debug_assert_eq!(usable, heap::usable_size(p));
     // SAFETY: a fresh slot of `usable` >= size + 8 bytes.
     unsafe { small_arm(p as usize, size, usable) };
     p
