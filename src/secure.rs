@@ -9,7 +9,7 @@
 //!
 //! - **Small blocks** (slab objects): every request gets at least 8 bytes
 //!   more. The slot's last word holds the requested size `n` and a keyed
-//!   tag of size and address ([`size_word`]); the bytes between `n` and that
+//!   tag of size and address; the bytes between `n` and that
 //!   word are a keyed canary. `free` checks both: a 1- or 8-byte write past
 //!   the end changes the canary or the size word. `malloc_usable_size` is
 //!   `n`, so a program that asks is not told it may write the slack.
@@ -166,24 +166,33 @@ fn stop(what: &[u8], why: &[u8], p: usize) -> ! {
     os::fatal(&[b"buddyslab: ", what, b": ", why, b": ", stats::fmt_hex(&mut buf, p)])
 }
 
+/// Byte `a % 8` of `word`: the pattern's byte at address `a`.
+#[inline(always)]
+fn pattern_byte(word: usize, a: usize) -> u8 {
+    (word >> ((a % 8) * 8)) as u8
+}
+
 /// Fills `[start, end)` with the keyed byte pattern of `word`.
 ///
 /// # Safety
 /// The range is writable and the caller's.
 unsafe fn fill(start: usize, end: usize, word: usize) {
     let mut a = start;
-    // SAFETY (all three loops): inside the caller's range.
-    while a < end && a % 8 != 0 {
-        unsafe { *(a as *mut u8) = (word >> ((a % 8) * 8)) as u8 };
-        a += 1;
-    }
-    while a + 8 <= end {
-        unsafe { *(a as *mut usize) = word };
-        a += 8;
-    }
-    while a < end {
-        unsafe { *(a as *mut u8) = (word >> ((a % 8) * 8)) as u8 };
-        a += 1;
+    // SAFETY: every address written lies in the caller's range; the word
+    // stores are at 8-byte-aligned addresses.
+    unsafe {
+        while a < end && a % 8 != 0 {
+            *(a as *mut u8) = pattern_byte(word, a);
+            a += 1;
+        }
+        while a + 8 <= end {
+            *(a as *mut usize) = word;
+            a += 8;
+        }
+        while a < end {
+            *(a as *mut u8) = pattern_byte(word, a);
+            a += 1;
+        }
     }
 }
 
@@ -194,28 +203,31 @@ unsafe fn fill(start: usize, end: usize, word: usize) {
 /// The range is readable.
 unsafe fn first_changed(start: usize, end: usize, word: usize) -> Option<usize> {
     let mut a = start;
-    // SAFETY (all three loops): inside the caller's range.
-    while a < end && a % 8 != 0 {
-        if unsafe { *(a as *const u8) } != (word >> ((a % 8) * 8)) as u8 {
-            return Some(a);
-        }
-        a += 1;
-    }
-    while a + 8 <= end {
-        if unsafe { *(a as *const usize) } != word {
-            let mut b = a;
-            while unsafe { *(b as *const u8) } == (word >> ((b % 8) * 8)) as u8 {
-                b += 1;
+    // SAFETY: every address read lies in the caller's range (the byte scan
+    // after a differing word stops inside that word); the word loads are
+    // at 8-byte-aligned addresses.
+    unsafe {
+        while a < end && a % 8 != 0 {
+            if *(a as *const u8) != pattern_byte(word, a) {
+                return Some(a);
             }
-            return Some(b);
+            a += 1;
         }
-        a += 8;
-    }
-    while a < end {
-        if unsafe { *(a as *const u8) } != (word >> ((a % 8) * 8)) as u8 {
-            return Some(a);
+        while a + 8 <= end {
+            if *(a as *const usize) != word {
+                while *(a as *const u8) == pattern_byte(word, a) {
+                    a += 1;
+                }
+                return Some(a);
+            }
+            a += 8;
         }
-        a += 1;
+        while a < end {
+            if *(a as *const u8) != pattern_byte(word, a) {
+                return Some(a);
+            }
+            a += 1;
+        }
     }
     None
 }

@@ -191,3 +191,16 @@ fn run_layout(lib: &Path) -> Outcome {
     assert!(outcome.success(), "{}", outcome.report());
     outcome
 }
+
+/// One `cargo build --release` gives both libraries, and only the secure
+/// one carries the secure layer (its messages are in its read-only data).
+#[test]
+fn only_the_secure_library_has_the_secure_layer() {
+    let marker: &[u8] = b"write after free (quarantined object modified)";
+    let holds = |lib: &Path| {
+        let bytes = std::fs::read(lib).unwrap_or_else(|e| panic!("read {}: {e}", lib.display()));
+        bytes.windows(marker.len()).any(|w| w == marker)
+    };
+    assert!(holds(&secure_library()), "the secure library lacks the secure layer");
+    assert!(!holds(&library()), "the default library carries the secure layer");
+}
