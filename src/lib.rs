@@ -30,7 +30,9 @@
 //! }
 //! ```
 //!
-//! or from C by preloading `libbuddyslab.so`. The README's design section
+//! or from C by preloading `libbuddyslab.so`. The `secure` feature (and
+//! the second library, `libbuddyslab_secure.so`) puts `secure`, a layer of
+//! canaries, quarantine and guard pages, between both faces and `heap`. The README's design section
 //! describes the architecture and the rules the code keeps (above all:
 //! the allocator never allocates from itself).
 
