@@ -391,7 +391,13 @@ impl<T: Copy, const N: usize> Ring<T, N> {
 }
 
 /// The small quarantine's shards, of objects (`address`, slot bytes).
-static SMALL: [Mutex<Ring<usize, SMALL_RING>>; SHARDS] = [const { Mutex::new(Ring::new(0)) }; SHARDS];
+static SMALL: [Shard; SHARDS] = [const { Shard(Mutex::new(Ring::new(0))) }; SHARDS];
+
+/// One shard on cache lines of its own: threads on neighbouring CPUs
+/// must not pull each other's lock word back and forth (perf showed it
+/// on larson).
+#[repr(align(128))]
+struct Shard(Mutex<Ring<usize, SMALL_RING>>);
 
 /// Gives the quarantined object at `p` back to the heap after checking
 /// its pattern.
@@ -416,7 +422,7 @@ fn small_quarantine(p: usize, usable: usize) {
     }
     let first = os::current_cpu();
     for i in 0..SHARDS {
-        let Some(mut ring) = SMALL[(first + i) % SHARDS].try_lock() else {
+        let Some(mut ring) = SMALL[(first + i) % SHARDS].0.try_lock() else {
             continue;
         };
         // Up to 3 older objects leave per free: the ring shrinks back to
