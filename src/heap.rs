@@ -446,16 +446,31 @@ pub fn usable_size_for(p: *mut u8, what: &'static [u8]) -> usize {
 /// # Safety
 /// `p` is null or a live block; after a non-null return it is not used.
 pub unsafe fn realloc(p: *mut u8, size: usize) -> *mut u8 {
+    // SAFETY: per the caller.
+    unsafe { realloc_by(p, size, malloc, |p| free(p), |p, size, align| realloc_aligned(p, size, align)) }
+}
+
+/// C `realloc`'s edge cases (null, size 0) around `malloc`, `free` and
+/// `resize` (a [`realloc_aligned`]): the heap's and the secure layer's.
+///
+/// # Safety
+/// As [`realloc`]; the three functions are one allocator's.
+#[inline]
+pub unsafe fn realloc_by(
+    p: *mut u8,
+    size: usize,
+    malloc: impl FnOnce(usize) -> *mut u8,
+    free: impl FnOnce(*mut u8),
+    resize: impl FnOnce(*mut u8, usize, usize) -> *mut u8,
+) -> *mut u8 {
     if p.is_null() {
         return malloc(size);
     }
     if size == 0 {
-        // SAFETY: per the caller.
-        unsafe { free(p) };
+        free(p);
         return ptr::null_mut();
     }
-    // SAFETY: per the caller.
-    unsafe { realloc_aligned(p, size, MIN_ALIGN) }
+    resize(p, size, MIN_ALIGN)
 }
 
 /// Resizes `p` to `size` (> 0) bytes keeping alignment `align`.

@@ -717,16 +717,10 @@ pub fn usable_size(p: *mut u8) -> usize {
 /// # Safety
 /// `p` is null or a live block; after a non-null return it is not used.
 pub unsafe fn realloc(p: *mut u8, size: usize) -> *mut u8 {
-    if p.is_null() {
-        return malloc(size);
+    // SAFETY: per the caller; the closures' blocks are the caller's `p`.
+    unsafe {
+        heap::realloc_by(p, size, malloc, |p| free(p), |p, size, align| realloc_aligned(p, size, align))
     }
-    if size == 0 {
-        // SAFETY: per the caller.
-        unsafe { free(p) };
-        return ptr::null_mut();
-    }
-    // SAFETY: per the caller.
-    unsafe { realloc_aligned(p, size, MIN_ALIGN) }
 }
 
 /// Resizes `p` to `size` (> 0) bytes keeping alignment `align`: in place
