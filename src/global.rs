@@ -4,7 +4,7 @@
 use crate::heap;
 // The secure build's checks and quarantine, behind the same functions.
 #[cfg(feature = "secure")]
-use crate::secure as heap;
+use crate::heap::secure as heap;
 use core::alloc::{GlobalAlloc, Layout};
 
 /// buddyslab as a Rust global allocator. Out-of-memory returns null, and

@@ -1,20 +1,30 @@
 //! buddyslab: a `malloc` built the way the Linux kernel manages memory.
 //!
-//! The layers, each using only those below it:
+//! The layers, each using only those below it (docs/ARCHITECTURE.md has
+//! them in full; `tests/layers.rs` checks the order):
 //!
 //! ```text
-//!  global (GlobalAlloc)        cdylib/ (C ABI, separate crate)
-//!            \                  /
-//!             heap: size/alignment -> tier, pointer -> owner
-//!            /          |          \
-//!   slab (kmem_cache)  large (mmap)  stats (views)
-//!           |            |
-//!   buddy (free_area[order], chunks)
-//!           |            |
-//!   page (struct page, chunk map) + vma (region tree) + pagetable (shadow)
-//!           |
-//!   os (system calls) + sync (futex mutex)
+//!  global (GlobalAlloc)            cdylib/ (C ABI, separate crate)
+//!              \                    /
+//!    heap::secure (`secure` feature only): canaries, quarantine, guards
+//!              |
+//!    heap: size/alignment -> tier, pointer -> owner; set-up, fork
+//!              |
+//!    views: snapshot, stats, frag, heapmap, addrspace (they read)
+//!              |
+//!    large: the mmap-threshold tier (its blocks are regions of the tree)
+//!              |
+//!    ledger: region tree (vma) + page-table shadow, told through hooks
+//!              |
+//!    slab: size classes, kmem_cache, per-CPU depots, magazines
+//!              |
+//!    mm: page descriptors, zone and free_area[order], pcp, chunks, reclaim
+//!              |
+//!    counters, options, os (system calls, sync, fmt)
 //! ```
+//!
+//! The public API is [`BuddySlab`], the views ([`stats`], [`frag`],
+//! [`heapmap`], [`addrspace`]) and [`heap`]; the tiers are private.
 //!
 //! Use it from Rust as the global allocator:
 //!
@@ -31,10 +41,11 @@
 //! ```
 //!
 //! or from C by preloading `libbuddyslab.so`. The `secure` feature (and
-//! the second library, `libbuddyslab_secure.so`) puts `secure`, a layer of
-//! canaries, quarantine and guard pages, between both faces and `heap`. The README's design section
-//! describes the architecture and the rules the code keeps (above all:
-//! the allocator never allocates from itself).
+//! the second library, `libbuddyslab_secure.so`) puts `heap::secure`, a
+//! layer of canaries, quarantine and guard pages, between both faces and
+//! the heap's dispatch. The README's design section describes the
+//! architecture and the rules the code keeps (above all: the allocator
+//! never allocates from itself).
 
 // No `std` outside tests: the preloaded library then carries no std
 // runtime (argument capture at load, backtrace symbolisation, libgcc_s
@@ -44,39 +55,23 @@
 #[cfg(all(not(test), not(target_arch = "x86_64")))]
 extern crate std;
 
-// The public API: the global allocator and the views of the heap. The
-// tiers below are public only so that the C face (a separate crate), the
-// tool and the integration tests can reach them; they are hidden from the
-// documentation and carry no stability promise.
-pub mod addrspace;
-pub mod frag;
-pub mod global;
-pub mod heapmap;
-pub mod stats;
-
-#[doc(hidden)]
-pub mod buddy;
+// The layers, lowest first (docs/ARCHITECTURE.md; tests/layers.rs checks
+// that no module names one above its own).
+pub(crate) mod os;
+pub(crate) mod options;
+pub(crate) mod counters;
+pub(crate) mod mm;
+pub(crate) mod slab;
+pub(crate) mod ledger;
+pub(crate) mod large;
+pub mod views;
 #[doc(hidden)]
 pub mod heap;
-#[cfg(feature = "secure")]
-pub mod secure;
+pub mod global;
 #[doc(hidden)]
-pub mod large;
-#[doc(hidden)]
-pub mod options;
-#[doc(hidden)]
-pub mod os;
-#[doc(hidden)]
-pub mod page;
-#[doc(hidden)]
-pub mod pagetable;
-#[doc(hidden)]
-pub mod pcp;
-#[doc(hidden)]
-pub mod slab;
-#[doc(hidden)]
-pub mod sync;
-#[doc(hidden)]
-pub mod vma;
+pub mod internals;
+
+// The public API: the global allocator and the views of the heap.
+pub use views::{addrspace, frag, heapmap, stats};
 
 pub use global::BuddySlab;

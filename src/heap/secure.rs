@@ -43,15 +43,19 @@
 //! when every shard is busy the block is checked and freed at once.
 
 use crate::heap;
+use crate::large;
+use crate::mm::page;
+use crate::os::fmt::fmt_hex;
+use crate::os::sync::Mutex;
 use crate::os::{self, PAGE_SIZE};
-use crate::page;
-use crate::slab::{self, SLAB_MAX};
-use crate::stats;
-use crate::sync::Mutex;
+use crate::slab::{self, magazine, SLAB_MAX};
 use core::ptr;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-pub use crate::heap::{ensure_init, page_round, set_process_malloc, trim, MIN_ALIGN};
+pub use crate::heap::{
+    ensure_init, fix_thresholds, page_round, set_mmap_threshold, set_perturb, set_process_malloc, set_trim_threshold,
+    trim, MIN_ALIGN,
+};
 
 /// Objects one small-quarantine shard holds.
 pub const SMALL_RING: usize = 64;
@@ -163,7 +167,7 @@ fn freed_fill(h: usize) -> usize {
 #[inline(never)]
 fn stop(what: &[u8], why: &[u8], p: usize) -> ! {
     let mut buf = [0u8; 32];
-    os::fatal(&[b"buddyslab: ", what, b": ", why, b": ", stats::fmt_hex(&mut buf, p)])
+    os::fatal(&[b"buddyslab: ", what, b": ", why, b": ", fmt_hex(&mut buf, p)])
 }
 
 /// Byte `a % 8` of `word`: the pattern's byte at address `a`.
@@ -456,7 +460,7 @@ fn big_block_of(p: usize) -> Option<(usize, usize)> {
                     .then(|| ((*d).span as usize) << os::PAGE_SHIFT)
             };
         }
-        crate::large::usable_size(base as *mut u8).ok()
+        large::usable_size(base as *mut u8).ok()
     };
     let lead = p % PAGE_SIZE;
     if lead != 0 {
@@ -585,10 +589,22 @@ fn big_free(base: usize, len: usize, p: usize) {
 // ---------------------------------------------------------------------------
 // The API (the same as `heap`'s).
 
-/// Allocates `size` bytes (see the module doc). Null with `errno = ENOMEM`
-/// when out of memory.
+/// Allocates `size` bytes (see the module doc). Null when out of memory
+/// or `size` is impossible; touches no `errno` (the C face calls
+/// [`malloc_or`]).
 pub fn malloc(size: usize) -> *mut u8 {
     aligned_alloc(MIN_ALIGN, size)
+}
+
+/// [`malloc`], calling `out_of_memory` before it returns null, as
+/// [`heap::malloc_or`]: the C face sets `errno` so. This layer has no fast
+/// path to keep free of the test.
+pub fn malloc_or(size: usize, out_of_memory: magazine::OutOfMemory) -> *mut u8 {
+    let p = malloc(size);
+    if p.is_null() {
+        out_of_memory();
+    }
+    p
 }
 
 /// Allocates `size` bytes aligned to `align` (a power of two).
@@ -600,7 +616,6 @@ pub fn aligned_alloc(align: usize, size: usize) -> *mut u8 {
         }
     }
     if size > isize::MAX as usize / 2 {
-        os::set_errno(libc::ENOMEM);
         return ptr::null_mut();
     }
     let small = if align <= MIN_ALIGN { size + 8 <= SLAB_MAX } else { slab::class_for_aligned(size + 8, align).is_some() };
@@ -624,10 +639,7 @@ pub fn aligned_alloc(align: usize, size: usize) -> *mut u8 {
 pub fn calloc(n: usize, size: usize) -> *mut u8 {
     match n.checked_mul(size) {
         Some(total) => zeroed_alloc(total, MIN_ALIGN),
-        None => {
-            os::set_errno(libc::ENOMEM);
-            ptr::null_mut()
-        }
+        None => ptr::null_mut(),
     }
 }
 
