@@ -28,7 +28,10 @@
 //!   own ([`BIG_RING`] blocks): reads and writes after free fault. A large
 //!   mapping stays `PROT_NONE` after it leaves the ring (unmapped, or in
 //!   the mapping cache until reused); a page run is opened again before
-//!   the buddy allocator takes it back.
+//!   the buddy allocator takes it back. So with `secure` on, this layer
+//!   is the heap's only caller: a block the heap handed straight to
+//!   anyone else could be such a mapping (the heap's unit tests that
+//!   write its blocks are left out of the `secure` build for this).
 //! - **Zero-size blocks**: `malloc(0)` returns a distinct address inside a
 //!   reserved `PROT_NONE` region, so any read or write faults; a live-bit
 //!   per address catches a double free.
