@@ -5,7 +5,7 @@
 //! It wraps [`crate::heap`] with the same functions, so the C face and the
 //! Rust face pick it with one `use` and the default build carries none of
 //! it. `secure` implies `hardened` (address-mixed free-list links checked
-//! against free slots, see [`crate::slab::link`]) and adds:
+//! against free slots, see `slab/link.rs`) and adds:
 //!
 //! - **Small blocks** (slab objects): every request gets at least 8 bytes
 //!   more. The slot's last word holds the requested size `n` and a keyed
