@@ -1,6 +1,10 @@
 //! The Rust face: `#[global_allocator] static A: BuddySlab = BuddySlab;`.
 
+#[cfg(not(feature = "secure"))]
 use crate::heap;
+// The secure build's checks and quarantine, behind the same functions.
+#[cfg(feature = "secure")]
+use crate::heap::secure as heap;
 use core::alloc::{GlobalAlloc, Layout};
 
 /// buddyslab as a Rust global allocator. Out-of-memory returns null, and

@@ -6,6 +6,8 @@
 //! ```text
 //!  global (GlobalAlloc)            cdylib/ (C ABI, separate crate)
 //!              \                    /
+//!    heap::secure (`secure` feature only): canaries, quarantine, guards
+//!              |
 //!    heap: size/alignment -> tier, pointer -> owner; set-up, fork
 //!              |
 //!    views: snapshot, stats, frag, heapmap, addrspace (they read)
@@ -38,9 +40,12 @@
 //! }
 //! ```
 //!
-//! or from C by preloading `libbuddyslab.so`. The README's design section
-//! describes the architecture and the rules the code keeps (above all:
-//! the allocator never allocates from itself).
+//! or from C by preloading `libbuddyslab.so`. The `secure` feature (and
+//! the second library, `libbuddyslab_secure.so`) puts `heap::secure`, a
+//! layer of canaries, quarantine and guard pages, between both faces and
+//! the heap's dispatch. The README's design section describes the
+//! architecture and the rules the code keeps (above all: the allocator
+//! never allocates from itself).
 
 // No `std` outside tests: the preloaded library then carries no std
 // runtime (argument capture at load, backtrace symbolisation, libgcc_s

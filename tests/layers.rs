@@ -4,7 +4,8 @@
 //!
 //! The written order is [`LAYERS`], lowest first, the same as in
 //! docs/ARCHITECTURE.md. A file's layer is its top-level module under
-//! `src/` (`src/mm/zone.rs` is in `mm`). Its imports are the `crate::...`
+//! `src/` (`src/mm/zone.rs` is in `mm`), or a longer module path written
+//! there (`src/heap/secure.rs` is `heap::secure`). Its imports are the `crate::...`
 //! paths in its code, comments and `#[cfg(test)]` items left out (a unit
 //! test may drive the whole allocator). `cargo test --test layers --
 //! --nocapture` prints the import graph, file by file, layer by layer.
@@ -13,8 +14,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-/// The layers of `src/`, lowest first, and the top-level modules in each.
-/// A module may name its own layer and those before it.
+/// The layers of `src/`, lowest first, and the modules in each: top-level
+/// modules, or a module inside another's folder (`heap::secure`), which
+/// is then a layer of its own, above the rest of that folder. A module may
+/// name its own layer and those before it.
 const LAYERS: &[(&str, &[&str])] = &[
     ("os", &["os"]),
     ("options", &["options"]),
@@ -25,6 +28,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("large", &["large"]),
     ("views", &["views"]),
     ("heap", &["heap"]),
+    ("secure", &["heap::secure"]),
     ("faces", &["global", "internals", ""]),
 ];
 
@@ -321,10 +325,25 @@ fn read_crate(src: &Path) -> Vec<(PathBuf, Vec<String>, Imports)> {
         .collect()
 }
 
-/// Index in [`LAYERS`] of the layer of a file or module path.
+/// Index in [`LAYERS`] of the layer of a file or module path: the layer
+/// of the longest module written there that the path starts with (the
+/// crate root, `""`, is only the root itself).
 fn layer_of(module: &[String]) -> Option<usize> {
-    let top = module.first().map(String::as_str).unwrap_or("");
-    LAYERS.iter().position(|(_, modules)| modules.contains(&top))
+    let mut best: Option<(usize, usize)> = None;
+    for (i, (_, modules)) in LAYERS.iter().enumerate() {
+        for written in modules.iter() {
+            let segments: Vec<&str> = if written.is_empty() { Vec::new() } else { written.split("::").collect() };
+            let matches = if segments.is_empty() {
+                module.is_empty()
+            } else {
+                module.len() >= segments.len() && segments.iter().zip(module).all(|(s, m)| *s == m.as_str())
+            };
+            if matches && best.is_none_or(|(_, len)| segments.len() > len) {
+                best = Some((i, segments.len()));
+            }
+        }
+    }
+    best.map(|(i, _)| i)
 }
 
 /// Every import that runs upward, as `file:line: names crate::path (layer
@@ -502,6 +521,23 @@ fn the_check_names_an_upward_import_and_its_line() {
         [
             "mm/zone.rs:4: names crate::heap::ensure_init (layer `heap` is above `mm`)",
             "slab/cache.rs:1: names crate::views::stats::fmt_hex (layer `views` is above `slab`)",
+        ]
+    );
+}
+
+#[test]
+fn the_check_names_an_import_of_a_layer_inside_a_folder() {
+    let files = made_up(&[
+        ("heap/mod.rs", "#[cfg(feature = \"secure\")]\npub mod secure;\nfn f() {\n    secure::free();\n}\n"),
+        ("heap/check.rs", "use crate::heap::secure::usable_size;\n"),
+        ("heap/secure.rs", "use crate::heap;\nuse crate::mm::page;\n"),
+    ]);
+    let bad = upward_imports(&files, Path::new(""));
+    assert_eq!(
+        bad,
+        [
+            "heap/mod.rs:4: names crate::heap::secure::free (layer `secure` is above `heap`)",
+            "heap/check.rs:1: names crate::heap::secure::usable_size (layer `secure` is above `heap`)",
         ]
     );
 }

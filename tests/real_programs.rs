@@ -1,7 +1,9 @@
 //! Real programs under `LD_PRELOAD=libbuddyslab.so`: python3, perl, gcc,
-//! git, sort and sqlite3 each run a deterministic workload twice, once on
-//! plain glibc and once preloaded, each run in a fresh directory with the
-//! same inputs. Both must exit 0 and print the same stdout and stderr.
+//! git, sort and sqlite3 each run a deterministic workload three times,
+//! once on plain glibc, once under the default library and once under the
+//! secure one (`libbuddyslab_secure.so`), each run in a fresh directory
+//! with the same inputs. All must exit 0 and print the same stdout and
+//! stderr.
 //!
 //! A missing program fails the test with the Debian package to install
 //! (`.ci/run` installs them all). Needs `target/release/libbuddyslab.so`:
@@ -9,7 +11,7 @@
 
 mod common;
 
-use common::{clean_malloc_env, find_program, fresh_dir, library, run, tail, Outcome};
+use common::{clean_malloc_env, find_program, fresh_dir, library, run, secure_library, tail, Outcome};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
@@ -39,6 +41,7 @@ struct Workload<'a> {
 /// directory, and checks that both succeed with identical output.
 fn compare(workload: &Workload) {
     let lib = library();
+    let secure = secure_library();
     let program = find_program(workload.program, workload.package);
     for (other, package) in [("bash", "bash"), ("sha256sum", "coreutils")] {
         find_program(other, package);
@@ -51,7 +54,21 @@ fn compare(workload: &Workload) {
         workload.name,
         plain.report()
     );
-    let preloaded = run_in(workload, "buddyslab", Some(&lib));
+    for (label, lib) in [("buddyslab", &lib), ("buddyslab-secure", &secure)] {
+        compare_one(workload, &plain, label, lib);
+    }
+    eprintln!(
+        "ran {} ({}) on glibc and under both libraries: identical output ({} lines)",
+        workload.name,
+        program.display(),
+        plain.stdout.lines().count()
+    );
+}
+
+/// Runs `workload` under the library `lib` and checks it against the
+/// glibc run `plain`.
+fn compare_one(workload: &Workload, plain: &Outcome, label: &str, lib: &Path) {
+    let preloaded = run_in(workload, label, Some(lib));
     assert!(
         preloaded.success(),
         "{} failed under LD_PRELOAD={} (it succeeds on plain glibc):\n{}",
@@ -62,8 +79,8 @@ fn compare(workload: &Workload) {
     if plain.stdout != preloaded.stdout || plain.stderr != preloaded.stderr {
         panic!(
             "{}: output differs between glibc and LD_PRELOAD={}\n{}\n\
-             === glibc stdout (tail) ===\n{}\n=== buddyslab stdout (tail) ===\n{}\n\
-             === glibc stderr (tail) ===\n{}\n=== buddyslab stderr (tail) ===\n{}",
+             === glibc stdout (tail) ===\n{}\n=== {label} stdout (tail) ===\n{}\n\
+             === glibc stderr (tail) ===\n{}\n=== {label} stderr (tail) ===\n{}",
             workload.name,
             lib.display(),
             first_difference(&plain.stdout, &preloaded.stdout)
@@ -79,12 +96,6 @@ fn compare(workload: &Workload) {
         !plain.stdout.is_empty(),
         "{}: the workload printed nothing",
         workload.name
-    );
-    eprintln!(
-        "ran {} ({}) on glibc and under libbuddyslab.so: identical output ({} lines)",
-        workload.name,
-        program.display(),
-        plain.stdout.lines().count()
     );
 }
 

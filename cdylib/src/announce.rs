@@ -29,8 +29,10 @@
 //! which must never receive this line. The tool sets the pipe non-blocking,
 //! so a full pipe drops lines instead of stalling a process.
 
+// The face's heap (the secure layer in libbuddyslab_secure.so): the
+// blocks tried below are freed where they came from.
+use super::heap;
 use buddyslab::stats::FixedBuf;
-use buddyslab::heap;
 use buddyslab::internals::views::tool;
 use buddyslab::internals::{mm::page, os};
 use core::ffi::{c_void, CStr};

@@ -1,5 +1,6 @@
 //! `libbuddyslab.so`: glibc's malloc API on top of `buddyslab::heap`, for
-//! `LD_PRELOAD`.
+//! `LD_PRELOAD`; compiled again by the `secure` package as
+//! `libbuddyslab_secure.so`, on top of `buddyslab::heap::secure`.
 //!
 //! Semantics are glibc's, because programs depend on them and a function
 //! left out is served by glibc's own malloc, which then frees our memory
@@ -26,14 +27,20 @@
 #[link(name = "c")]
 extern "C" {}
 
+#[cfg(not(feature = "secure"))]
 use buddyslab::heap;
 use buddyslab::internals::counters;
+// libbuddyslab_secure.so: the same C face over the secure layer.
+#[cfg(feature = "secure")]
+use buddyslab::heap::secure as heap;
 use buddyslab::stats::{self, MallInfo2};
 use core::ffi::{c_int, c_void};
 use core::ptr;
 
 extern "C" fn constructor() {
     heap::set_process_malloc();
+    #[cfg(feature = "secure")]
+    heap::install_fault_handler();
     announce::report();
 }
 

@@ -141,6 +141,22 @@ pub unsafe fn madvise_dontneed(addr: usize, len: usize) -> Result<(), Errno> {
     .map(|_| ())
 }
 
+/// `mprotect(addr, len, PROT_READ | PROT_WRITE)` when `access`, else
+/// `PROT_NONE`: the secure build's guard pages and quarantined blocks.
+/// Page-aligned, `len` non-zero.
+///
+/// # Safety
+/// The range is mapped by buddyslab; while it is inaccessible nothing of
+/// the allocator's may touch it.
+#[cfg(feature = "secure")]
+pub unsafe fn mprotect(addr: usize, len: usize, access: bool) -> Result<(), Errno> {
+    debug_assert!(addr % PAGE_SIZE == 0 && len % PAGE_SIZE == 0 && len != 0);
+    let prot = if access { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_NONE };
+    // SAFETY: the caller owns the range; changing its protection aliases
+    // nothing.
+    check(unsafe { raw::syscall6(libc::SYS_mprotect as usize, [addr, len, prot as usize, 0, 0, 0]) }).map(|_| ())
+}
+
 /// One address range for [`madvise_dontneed_ranges`], laid out as the
 /// kernel's `struct iovec`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

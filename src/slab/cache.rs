@@ -235,6 +235,15 @@ impl KmemCache {
             s.bump = 0;
             s.nr_free = 0;
             s.freelist = ptr::null_mut();
+            // The secure build hands fresh slots out in random order: all
+            // of them on the free list at once, as if all were freed.
+            #[cfg(feature = "secure")]
+            {
+                let objects = self.info.objects as usize;
+                s.freelist = super::shuffle::link_fresh_slots(page::page_address(head), objects, self.info.size as usize);
+                s.bump = objects as u16;
+                s.nr_free = objects as u16;
+            }
             self.slabs_partial.push_front(head);
         }
         self.nr_slabs += 1;

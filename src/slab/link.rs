@@ -185,6 +185,18 @@ pub fn mark_of(object: *mut u8, key: usize) -> usize {
     key ^ object as usize
 }
 
+/// Marks `object` free (the secure build's shuffled fresh slots, see
+/// `super::shuffle`).
+///
+/// # Safety
+/// `object` is a slab object of at least 16 bytes, ours to write.
+#[cfg(feature = "secure")]
+#[inline]
+pub unsafe fn set_marked_free(object: *mut u8) {
+    // SAFETY: per the caller.
+    unsafe { mark_slot(object).write(mark_of(object, FREE_MARK.load(Ordering::Relaxed))) }
+}
+
 /// Whether `object` carries its free mark: it is free (or the program
 /// copied the mark out of the same object after it was freed, which it
 /// cannot learn otherwise).

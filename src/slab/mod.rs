@@ -21,6 +21,8 @@ pub mod cache;
 pub mod link;
 pub mod magazine;
 pub mod percpu;
+#[cfg(feature = "secure")]
+pub mod shuffle;
 pub mod size_class;
 
 pub use cache::{CacheStats, KmemCache};

@@ -33,6 +33,20 @@ pub fn library() -> PathBuf {
     lib
 }
 
+/// `target/<profile>/libbuddyslab_secure.so`, the secure build (built by
+/// the same `cargo build --release`); panics with the command to run when
+/// it is missing.
+pub fn secure_library() -> PathBuf {
+    let lib = library().with_file_name("libbuddyslab_secure.so");
+    if !lib.is_file() {
+        panic!(
+            "{} does not exist: build it first:\n\n    cargo build --release && cargo test --release --workspace\n",
+            lib.display()
+        );
+    }
+    lib
+}
+
 /// Where compiled test programs and scratch directories go
 /// (`target/tmp/<what>`), created if missing.
 pub fn scratch_dir(what: &str) -> PathBuf {

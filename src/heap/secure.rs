@@ -1,0 +1,896 @@
+//! The secure build (`secure` feature; `libbuddyslab_secure.so`): the same
+//! heap behind a layer that stops the memory errors hardened allocators
+//! stop, each with one line naming the error and the address.
+//!
+//! It wraps [`crate::heap`] with the same functions, so the C face and the
+//! Rust face pick it with one `use` and the default build carries none of
+//! it. `secure` implies `hardened` (address-mixed free-list links checked
+//! against free slots, see `slab/link.rs`) and adds:
+//!
+//! - **Small blocks** (slab objects): every request gets at least 8 bytes
+//!   more. The slot's last word holds the requested size `n` and a keyed
+//!   tag of size and address; the bytes between `n` and that
+//!   word are a keyed canary. `free` checks both: a 1- or 8-byte write past
+//!   the end changes the canary or the size word. `malloc_usable_size` is
+//!   `n`, so a program that asks is not told it may write the slack.
+//! - **Quarantine**: a freed small object is filled with a keyed pattern
+//!   (its first word a free mark, so a second `free` of it is a double
+//!   free) and waits in a bounded per-CPU ring ([`SMALL_RING`] objects,
+//!   [`SMALL_RING_BYTES`] bytes) before it goes back to the heap; when it
+//!   leaves, the pattern is checked, so a write after free is caught
+//!   before the object is reused.
+//! - **Big blocks** (page runs and large mappings): the block starts with
+//!   a 16-byte header (size and tag), the data follows, the slack up to
+//!   the next page is a canary, and every page after it is `PROT_NONE` (a
+//!   guard page, plus for large mappings a random number of further
+//!   guard pages, so blocks do not sit at predictable distances). On
+//!   `free` the whole block becomes `PROT_NONE` and waits in a ring of its
+//!   own ([`BIG_RING`] blocks): reads and writes after free fault. A large
+//!   mapping stays `PROT_NONE` after it leaves the ring (unmapped, or in
+//!   the mapping cache until reused); a page run is opened again before
+//!   the buddy allocator takes it back. So with `secure` on, this layer
+//!   is the heap's only caller: a block the heap handed straight to
+//!   anyone else could be such a mapping (the heap's unit tests that
+//!   write its blocks are left out of the `secure` build for this).
+//! - **Zero-size blocks**: `malloc(0)` returns a distinct address inside a
+//!   reserved `PROT_NONE` region, so any read or write faults; a live-bit
+//!   per address catches a double free.
+//! - `realloc` moves unless the new size fits the same slot or pages.
+//!
+//! Faults on protected pages are named by a `SIGSEGV` handler installed by
+//! the C library's constructor ([`install_fault_handler`]), which prints
+//! one line and aborts; a program that installs its own handler keeps it.
+//!
+//! The rings are locked per shard with `try_lock` only: a shard that is
+//! busy (or held by a thread that did not survive a `fork`) is skipped, and
+//! when every shard is busy the block is checked and freed at once.
+
+use crate::heap;
+use crate::large;
+use crate::mm::page;
+use crate::os::fmt::fmt_hex;
+use crate::os::sync::Mutex;
+use crate::os::{self, PAGE_SIZE};
+use crate::slab::{self, magazine, SLAB_MAX};
+use core::ptr;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+pub use crate::heap::{
+    ensure_init, fix_thresholds, page_round, set_mmap_threshold, set_perturb, set_process_malloc, set_trim_threshold,
+    trim, MIN_ALIGN,
+};
+
+/// Objects one small-quarantine shard holds.
+pub const SMALL_RING: usize = 64;
+/// Bytes one small-quarantine shard holds at most.
+pub const SMALL_RING_BYTES: usize = 256 * 1024;
+/// Small-quarantine shards (chosen by CPU).
+const SHARDS: usize = 8;
+/// Big blocks the big quarantine holds.
+pub const BIG_RING: usize = 16;
+/// Bytes the big quarantine holds at most (`PROT_NONE` pages stay resident).
+const BIG_RING_BYTES: usize = 8 * 1024 * 1024;
+/// Bytes of the zero-size region (one address per 16 bytes).
+const ZERO_REGION: usize = 1 << 20;
+/// Addresses in the zero-size region.
+const ZERO_SLOTS: usize = ZERO_REGION / 16;
+/// Header before the data of a big block: size word and tag.
+const BIG_HEADER: usize = 16;
+/// Big blocks of at least this many bytes get random extra guard pages.
+const RANDOM_PAD_FROM: usize = 128 * 1024;
+/// At most this many extra guard pages (address space only, never touched).
+const RANDOM_PAD_PAGES: usize = 16;
+
+// ---------------------------------------------------------------------------
+// Keys and messages.
+
+/// The secret every tag, canary and pattern is derived from; 0 until drawn.
+static KEY: AtomicUsize = AtomicUsize::new(0);
+
+#[inline]
+fn key() -> usize {
+    let k = KEY.load(Ordering::Relaxed);
+    if k != 0 {
+        return k;
+    }
+    draw_key()
+}
+
+#[cold]
+fn draw_key() -> usize {
+    let fresh = os::random_u64().unwrap_or(0x243f_6a88_85a3_08d3 ^ os::monotonic_ns()) as usize | 1;
+    match KEY.compare_exchange(0, fresh, Ordering::Relaxed, Ordering::Relaxed) {
+        Ok(_) => fresh,
+        Err(won) => won,
+    }
+}
+
+/// A 64-bit mixer (the finaliser of SplitMix64): every input bit moves
+/// about half the output bits, so a tag reveals nothing usable of the key.
+#[inline]
+fn mix(x: usize) -> usize {
+    let mut z = (x as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) as usize
+}
+
+/// The block's secret: every tag, canary and pattern of the block at `p`
+/// derives from it, so one mix per call serves them all. Knowing one
+/// block's secret (say from its canary, read through an over-read) tells
+/// nothing of another's.
+#[inline]
+fn secret(p: usize) -> usize {
+    mix(p ^ key())
+}
+
+/// The word that records size `n` of the block with secret `h`: `n` in
+/// the low 32 bits, a tag of `h` and `n` in the high 32, so changing any
+/// byte of it is caught (but for a 2^-32 chance).
+#[inline]
+fn size_word(h: usize, n: usize) -> usize {
+    (n & 0xffff_ffff) | ((h ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15)) & !0xffff_ffff)
+}
+
+/// The size recorded in `word` for the block with secret `h`, or `None`
+/// when the word was not written by [`size_word`] for it.
+#[inline]
+fn size_of_word(h: usize, word: usize) -> Option<usize> {
+    let n = word & 0xffff_ffff;
+    (size_word(h, n) == word).then_some(n)
+}
+
+/// The tag of the big block with secret `h` and size `n`, kept beside the
+/// size in its header.
+#[inline]
+fn big_tag(h: usize, n: usize) -> usize {
+    mix(h ^ n)
+}
+
+/// The canary word of the block with secret `h`: byte `a` of the canary
+/// is byte `a % 8` of this word.
+#[inline]
+fn canary_word(h: usize) -> usize {
+    h.rotate_left(17) | 0x0101_0101_0101_0101
+}
+
+/// The free mark a quarantined small object carries in its first word.
+#[inline]
+fn freed_mark(h: usize) -> usize {
+    (h.rotate_left(41) ^ 0x5555_5555_5555_5555) | 1
+}
+
+/// The pattern word a quarantined small object is filled with.
+#[inline]
+fn freed_fill(h: usize) -> usize {
+    h.rotate_left(7) ^ 0xa5a5_a5a5_a5a5_a5a5
+}
+
+#[cold]
+#[inline(never)]
+fn stop(what: &[u8], why: &[u8], p: usize) -> ! {
+    let mut buf = [0u8; 32];
+    os::fatal(&[b"buddyslab: ", what, b": ", why, b": ", fmt_hex(&mut buf, p)])
+}
+
+/// Byte `a % 8` of `word`: the pattern's byte at address `a`.
+#[inline(always)]
+fn pattern_byte(word: usize, a: usize) -> u8 {
+    (word >> ((a % 8) * 8)) as u8
+}
+
+/// Fills `[start, end)` with the keyed byte pattern of `word`.
+///
+/// # Safety
+/// The range is writable and the caller's.
+unsafe fn fill(start: usize, end: usize, word: usize) {
+    let mut a = start;
+    // SAFETY: every address written lies in the caller's range; the word
+    // stores are at 8-byte-aligned addresses.
+    unsafe {
+        while a < end && a % 8 != 0 {
+            *(a as *mut u8) = pattern_byte(word, a);
+            a += 1;
+        }
+        while a + 8 <= end {
+            *(a as *mut usize) = word;
+            a += 8;
+        }
+        while a < end {
+            *(a as *mut u8) = pattern_byte(word, a);
+            a += 1;
+        }
+    }
+}
+
+/// The first address of `[start, end)` that does not hold the pattern of
+/// `word`, if any.
+///
+/// # Safety
+/// The range is readable.
+unsafe fn first_changed(start: usize, end: usize, word: usize) -> Option<usize> {
+    let mut a = start;
+    // SAFETY: every address read lies in the caller's range (the byte scan
+    // after a differing word stops inside that word); the word loads are
+    // at 8-byte-aligned addresses.
+    unsafe {
+        while a < end && a % 8 != 0 {
+            if *(a as *const u8) != pattern_byte(word, a) {
+                return Some(a);
+            }
+            a += 1;
+        }
+        while a + 8 <= end {
+            if *(a as *const usize) != word {
+                while *(a as *const u8) == pattern_byte(word, a) {
+                    a += 1;
+                }
+                return Some(a);
+            }
+            a += 8;
+        }
+        while a < end {
+            if *(a as *const u8) != pattern_byte(word, a) {
+                return Some(a);
+            }
+            a += 1;
+        }
+    }
+    None
+}
+
+#[inline]
+fn round_up(x: usize, to: usize) -> usize {
+    (x + to - 1) & !(to - 1)
+}
+
+// ---------------------------------------------------------------------------
+// Zero-size blocks.
+
+/// Start of the zero-size region; 0 until reserved.
+static ZERO_BASE: AtomicUsize = AtomicUsize::new(0);
+/// Next address to try in the zero-size region.
+static ZERO_NEXT: AtomicUsize = AtomicUsize::new(0);
+/// One bit per address of the zero-size region: live.
+static ZERO_LIVE: [AtomicU64; ZERO_SLOTS / 64] = [const { AtomicU64::new(0) }; ZERO_SLOTS / 64];
+
+fn zero_base() -> usize {
+    let base = ZERO_BASE.load(Ordering::Acquire);
+    if base != 0 {
+        return base;
+    }
+    let Ok(fresh) = os::mmap_anonymous(ZERO_REGION, true) else {
+        return 0;
+    };
+    // SAFETY: a mapping just made, not yet shared.
+    if unsafe { os::mprotect(fresh, ZERO_REGION, false) }.is_err() {
+        // SAFETY: ours, unused.
+        let _ = unsafe { os::munmap(fresh, ZERO_REGION) };
+        return 0;
+    }
+    match ZERO_BASE.compare_exchange(0, fresh, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => fresh,
+        Err(won) => {
+            // SAFETY: ours, never handed out.
+            let _ = unsafe { os::munmap(fresh, ZERO_REGION) };
+            won
+        }
+    }
+}
+
+/// The slot of `p` in the zero-size region, if it is in it.
+#[inline]
+fn zero_slot(p: usize) -> Option<usize> {
+    let base = ZERO_BASE.load(Ordering::Relaxed);
+    (base != 0 && p.wrapping_sub(base) < ZERO_REGION).then(|| (p - base) / 16)
+}
+
+/// A fresh zero-size block, or null when the region is full (then a real
+/// block is used).
+fn zero_alloc() -> *mut u8 {
+    let base = zero_base();
+    if base == 0 {
+        return ptr::null_mut();
+    }
+    for _ in 0..64 {
+        let slot = ZERO_NEXT.fetch_add(1, Ordering::Relaxed) % ZERO_SLOTS;
+        let bit = 1u64 << (slot % 64);
+        if ZERO_LIVE[slot / 64].fetch_or(bit, Ordering::Relaxed) & bit == 0 {
+            return (base + slot * 16) as *mut u8;
+        }
+    }
+    ptr::null_mut()
+}
+
+/// Checks that the zero-size block `slot` (at `p`) is live, and frees it
+/// when `release`.
+fn zero_check(what: &[u8], p: usize, slot: usize, release: bool) {
+    let bit = 1u64 << (slot % 64);
+    let live = if release {
+        ZERO_LIVE[slot / 64].fetch_and(!bit, Ordering::Relaxed)
+    } else {
+        ZERO_LIVE[slot / 64].load(Ordering::Relaxed)
+    };
+    if live & bit == 0 || p % 16 != 0 {
+        stop(what, b"double free or invalid pointer (zero-size block not live)", p);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Small blocks.
+
+/// Makes the slot at `p` (`usable` bytes) a block of `n` bytes: canary
+/// and size word.
+///
+/// # Safety
+/// `p` is a live slot of `usable >= n + 8` bytes.
+unsafe fn small_arm(p: usize, n: usize, usable: usize) {
+    // SAFETY: inside the slot.
+    unsafe {
+        let h = secret(p);
+        fill(p + n, p + usable - 8, canary_word(h));
+        *((p + usable - 8) as *mut usize) = size_word(h, n);
+    }
+}
+
+/// Checks the small block at `p` (a live slot of `usable` bytes, 8-byte
+/// aligned) and returns its size. Stops the process when it was freed
+/// (quarantined) or written past its end.
+fn small_check(what: &[u8], p: usize, usable: usize) -> usize {
+    // SAFETY: a live slot of `usable` >= 16 bytes (checked by the heap).
+    unsafe {
+        let h = secret(p);
+        if *(p as *const usize) == freed_mark(h) {
+            stop(what, b"double free or use after free (object in quarantine)", p);
+        }
+        let Some(n) = size_of_word(h, *((p + usable - 8) as *const usize)).filter(|&n| n + 8 <= usable) else {
+            stop(what, b"heap overflow (size word after the object overwritten)", p);
+        };
+        if first_changed(p + n, p + usable - 8, canary_word(h)).is_some() {
+            stop(what, b"heap overflow (canary after the object overwritten)", p);
+        }
+        n
+    }
+}
+
+/// A quarantine: a FIFO of entries `T`, each with its size in bytes,
+/// holding at most `N` entries and a byte budget.
+struct Ring<T: Copy, const N: usize> {
+    slots: [(T, usize); N],
+    head: usize,
+    len: usize,
+    bytes: usize,
+}
+
+impl<T: Copy, const N: usize> Ring<T, N> {
+    const fn new(empty: T) -> Self {
+        Ring { slots: [(empty, 0); N], head: 0, len: 0, bytes: 0 }
+    }
+
+    /// Adds `entry` of `bytes`, first taking out the oldest entries (into
+    /// `out`, at least 2 long) until it fits `N` entries and `budget` bytes
+    /// or `out` has one place left; an entry that still does not fit goes
+    /// to `out` itself. Returns how many `out` holds.
+    fn push(&mut self, entry: T, bytes: usize, budget: usize, out: &mut [(T, usize)]) -> usize {
+        let mut count = 0;
+        while self.len > 0 && (self.len == N || self.bytes + bytes > budget) && count < out.len() - 1 {
+            out[count] = self.slots[self.head];
+            self.bytes -= out[count].1;
+            self.head = (self.head + 1) % N;
+            self.len -= 1;
+            count += 1;
+        }
+        if self.len < N && self.bytes + bytes <= budget {
+            self.slots[(self.head + self.len) % N] = (entry, bytes);
+            self.len += 1;
+            self.bytes += bytes;
+        } else {
+            out[count] = (entry, bytes);
+            count += 1;
+        }
+        count
+    }
+
+    /// The entries held, oldest first.
+    fn entries(&self) -> impl Iterator<Item = (T, usize)> + '_ {
+        (0..self.len).map(move |i| self.slots[(self.head + i) % N])
+    }
+}
+
+/// The small quarantine's shards, of objects (`address`, slot bytes).
+static SMALL: [Shard; SHARDS] = [const { Shard(Mutex::new(Ring::new(0))) }; SHARDS];
+
+/// One shard on cache lines of its own: threads on neighbouring CPUs
+/// must not pull each other's lock word back and forth (perf showed it
+/// on larson).
+#[repr(align(128))]
+struct Shard(Mutex<Ring<usize, SMALL_RING>>);
+
+/// Gives the quarantined object at `p` back to the heap after checking
+/// its pattern.
+fn small_release(p: usize, usable: usize) {
+    // SAFETY: a quarantined slot of `usable` bytes, still live in the heap.
+    unsafe {
+        let h = secret(p);
+        if *(p as *const usize) != freed_mark(h) || first_changed(p + 8, p + usable, freed_fill(h)).is_some() {
+            stop(b"free()", b"write after free (quarantined object modified)", p);
+        }
+        heap::free(p as *mut u8);
+    }
+}
+
+/// Quarantines the checked small object at `p`.
+fn small_quarantine(p: usize, usable: usize) {
+    // SAFETY: a live slot of `usable` bytes the program gave up.
+    unsafe {
+        let h = secret(p);
+        *(p as *mut usize) = freed_mark(h);
+        fill(p + 8, p + usable, freed_fill(h));
+    }
+    let first = os::current_cpu();
+    for i in 0..SHARDS {
+        let Some(mut ring) = SMALL[(first + i) % SHARDS].0.try_lock() else {
+            continue;
+        };
+        // Up to 3 older objects leave per free: the ring shrinks back to
+        // its budget over a few frees after a run of big ones.
+        let mut evicted = [(0usize, 0usize); 4];
+        let count = ring.push(p, usable, SMALL_RING_BYTES, &mut evicted);
+        drop(ring);
+        for &(q, u) in &evicted[..count] {
+            small_release(q, u);
+        }
+        return;
+    }
+    small_release(p, usable);
+}
+
+// ---------------------------------------------------------------------------
+// Big blocks.
+
+/// The live big block whose data starts at `p`: `(base, len)` of the heap
+/// block, or `None` when `p` is not one.
+fn big_block_of(p: usize) -> Option<(usize, usize)> {
+    if p % 16 != 0 {
+        return None;
+    }
+    let start_of = |base: usize| -> Option<usize> {
+        let d = page::page_of(base);
+        if !d.is_null() {
+            // SAFETY: descriptors of published chunks are live.
+            return unsafe {
+                ((*d).kind() == page::PG_PAGES && page::page_address(d) == base)
+                    .then(|| ((*d).span as usize) << os::PAGE_SHIFT)
+            };
+        }
+        large::usable_size(base as *mut u8).ok()
+    };
+    let lead = p % PAGE_SIZE;
+    if lead != 0 {
+        return start_of(p - lead).map(|len| (p - lead, len));
+    }
+    // Data on a page boundary: the lead is a power of two of a page or
+    // more (an alignment request); try each the address allows.
+    let mut lead = PAGE_SIZE;
+    while lead != 0 && p % lead == 0 && lead <= p {
+        if let Some(len) = start_of(p - lead) {
+            return Some((p - lead, len));
+        }
+        lead <<= 1;
+    }
+    None
+}
+
+/// The big quarantine, of blocks (`base`, data address; `len` bytes), and
+/// the same mirrored where the double-free test and the fault handler read
+/// them without the lock (data 0: a free place).
+static BIG: Mutex<Ring<(usize, usize), BIG_RING>> = Mutex::new(Ring::new((0, 0)));
+static BIG_BASE: [AtomicUsize; BIG_RING] = [const { AtomicUsize::new(0) }; BIG_RING];
+static BIG_LEN: [AtomicUsize; BIG_RING] = [const { AtomicUsize::new(0) }; BIG_RING];
+static BIG_DATA: [AtomicUsize; BIG_RING] = [const { AtomicUsize::new(0) }; BIG_RING];
+
+fn in_big_quarantine(p: usize) -> bool {
+    BIG_DATA.iter().any(|d| d.load(Ordering::Relaxed) == p)
+}
+
+/// Gives the quarantined big block `[base, base + len)` back to the heap.
+fn big_release(base: usize, len: usize) {
+    if !page::page_of(base).is_null() {
+        // A page run: the buddy allocator may hand its pages to anything.
+        // SAFETY: ours, quarantined.
+        if unsafe { os::mprotect(base, len, true) }.is_err() {
+            stop(b"free()", b"cannot reopen a quarantined block", base);
+        }
+    }
+    // SAFETY: a live block the program gave up; a large mapping may stay
+    // inaccessible (`big_alloc` opens what it hands out).
+    unsafe { heap::free(base as *mut u8) };
+}
+
+/// Checks the big block with data at `p` and returns `(base, len, n)`.
+fn big_check(what: &[u8], p: usize) -> (usize, usize, usize) {
+    if in_big_quarantine(p) {
+        stop(what, b"double free or use after free (block in quarantine)", p);
+    }
+    let Some((base, len)) = big_block_of(p) else {
+        stop(what, b"invalid pointer (not a live block of buddyslab)", p);
+    };
+    // SAFETY: the first page of a live block, open (it is not quarantined).
+    let (word, tag) = unsafe { (*(base as *const usize), *((base + 8) as *const usize)) };
+    let n = word;
+    let h = secret(p);
+    if tag != big_tag(h, n) || n > base + len - p {
+        stop(what, b"invalid pointer or heap underflow (block header overwritten)", p);
+    }
+    let data_end = round_up(p + n, PAGE_SIZE);
+    // SAFETY: the slack before the guard page, open.
+    if unsafe { first_changed(p + n, data_end, canary_word(h)) }.is_some() {
+        stop(what, b"heap overflow (canary after the block overwritten)", p);
+    }
+    (base, len, n)
+}
+
+/// A big block of `n` bytes aligned to `align`.
+fn big_alloc(n: usize, align: usize) -> *mut u8 {
+    let lead = align.max(BIG_HEADER);
+    let Some(data) = lead.checked_add(n).map(|x| round_up(x, PAGE_SIZE)) else {
+        return ptr::null_mut();
+    };
+    // More than the slab tier serves, so the block is a page run or a
+    // large mapping whatever the alignment.
+    let mut total = (data + PAGE_SIZE).max(SLAB_MAX + PAGE_SIZE);
+    if total >= RANDOM_PAD_FROM {
+        total += (mix(os::monotonic_ns() as usize ^ key()) % RANDOM_PAD_PAGES) * PAGE_SIZE;
+    }
+    let base = heap::aligned_alloc(align.max(PAGE_SIZE), total) as usize;
+    if base == 0 {
+        return ptr::null_mut();
+    }
+    let len = heap::usable_size(base as *mut u8);
+    let p = base + lead;
+    // SAFETY: the block is ours; a large mapping from the mapping cache
+    // may still be inaccessible from its quarantine.
+    unsafe {
+        if os::mprotect(base, data, true).is_err() || os::mprotect(base + data, len - data, false).is_err() {
+            stop(b"malloc()", b"cannot protect a guard page", base);
+        }
+        *(base as *mut usize) = n;
+        let h = secret(p);
+        *((base + 8) as *mut usize) = big_tag(h, n);
+        fill(p + n, base + data, canary_word(h));
+    }
+    p as *mut u8
+}
+
+/// Quarantines the checked big block.
+fn big_free(base: usize, len: usize, p: usize) {
+    // SAFETY: a live block the program gave up.
+    if unsafe { os::mprotect(base, len, false) }.is_err() {
+        stop(b"free()", b"cannot protect a freed block", p);
+    }
+    let Some(mut ring) = BIG.try_lock() else {
+        return big_release(base, len);
+    };
+    let mut evicted = [((0usize, 0usize), 0usize); BIG_RING];
+    let count = ring.push((base, p), len, BIG_RING_BYTES, &mut evicted);
+    let mut held = 0;
+    for ((b, data), l) in ring.entries() {
+        BIG_BASE[held].store(b, Ordering::Relaxed);
+        BIG_LEN[held].store(l, Ordering::Relaxed);
+        BIG_DATA[held].store(data, Ordering::Relaxed);
+        held += 1;
+    }
+    for data in &BIG_DATA[held..] {
+        data.store(0, Ordering::Relaxed);
+    }
+    drop(ring);
+    for &((b, _), l) in &evicted[..count] {
+        big_release(b, l);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The API (the same as `heap`'s).
+
+/// Allocates `size` bytes (see the module doc). Null when out of memory
+/// or `size` is impossible; touches no `errno` (the C face calls
+/// [`malloc_or`]).
+pub fn malloc(size: usize) -> *mut u8 {
+    aligned_alloc(MIN_ALIGN, size)
+}
+
+/// [`malloc`], calling `out_of_memory` before it returns null, as
+/// [`heap::malloc_or`]: the C face sets `errno` so. This layer has no fast
+/// path to keep free of the test.
+pub fn malloc_or(size: usize, out_of_memory: magazine::OutOfMemory) -> *mut u8 {
+    let p = malloc(size);
+    if p.is_null() {
+        out_of_memory();
+    }
+    p
+}
+
+/// Allocates `size` bytes aligned to `align` (a power of two).
+pub fn aligned_alloc(align: usize, size: usize) -> *mut u8 {
+    if size == 0 && align <= MIN_ALIGN {
+        let z = zero_alloc();
+        if !z.is_null() {
+            return z;
+        }
+    }
+    if size > isize::MAX as usize / 2 {
+        return ptr::null_mut();
+    }
+    let small = if align <= MIN_ALIGN { size + 8 <= SLAB_MAX } else { slab::class_for_aligned(size + 8, align).is_some() };
+    if !small {
+        return big_alloc(size, align.max(MIN_ALIGN));
+    }
+    let p = heap::aligned_alloc(align, size + 8);
+    if p.is_null() {
+        return p;
+    }
+    // The class's size, as `free` will read it; the table is cheaper than
+    // the lookup by address where the class follows from the size.
+    let usable = if align <= MIN_ALIGN { slab::size_of_class(slab::class_of(size + 8)) } else { heap::usable_size(p) };
+    debug_assert_eq!(usable, heap::usable_size(p));
+    // SAFETY: a fresh slot of `usable` >= size + 8 bytes.
+    unsafe { small_arm(p as usize, size, usable) };
+    p
+}
+
+/// Allocates `n * size` zeroed bytes; null on overflow.
+pub fn calloc(n: usize, size: usize) -> *mut u8 {
+    match n.checked_mul(size) {
+        Some(total) => zeroed_alloc(total, MIN_ALIGN),
+        None => ptr::null_mut(),
+    }
+}
+
+/// Allocates `size` zeroed bytes aligned to `align`.
+pub fn zeroed_alloc(size: usize, align: usize) -> *mut u8 {
+    let p = aligned_alloc(align, size);
+    if !p.is_null() && size != 0 {
+        // SAFETY: a fresh block of `size` bytes.
+        unsafe { ptr::write_bytes(p, 0, size) };
+    }
+    p
+}
+
+/// Whether `p` lies in a slab (a slab's first page or one of its tail
+/// pages; [`heap::is_slab_object`] also says yes for a page run's tail
+/// pages, where a big block's data may start).
+fn in_slab(p: usize) -> bool {
+    let d = page::page_of(p);
+    if d.is_null() {
+        return false;
+    }
+    // SAFETY: descriptors of published chunks are live; a tail's head is
+    // `span` descriptors before it.
+    unsafe {
+        match (*d).kind() {
+            page::PG_SLAB => true,
+            page::PG_TAIL => (*d.sub((*d).span as usize)).kind() == page::PG_SLAB,
+            _ => false,
+        }
+    }
+}
+
+/// The checked size of the live block at `p` (not null), and whether it is
+/// small (with its slot size) or big (with its heap block).
+enum Block {
+    Zero(usize),
+    Small { n: usize, usable: usize },
+    Big { n: usize, base: usize, len: usize },
+}
+
+fn block_of(what: &'static [u8], p: *mut u8) -> Block {
+    let a = p as usize;
+    if let Some(slot) = zero_slot(a) {
+        return Block::Zero(slot);
+    }
+    if in_slab(a) {
+        let usable = heap::usable_size_for(p, what);
+        let n = small_check(what, a, usable);
+        return Block::Small { n, usable };
+    }
+    let (base, len, n) = big_check(what, a);
+    Block::Big { n, base, len }
+}
+
+/// Frees `p` into the quarantine (null is a no-op); stops the process for
+/// a pointer that is not a live block, or a block written past its end.
+///
+/// # Safety
+/// If `p` is a live block, nothing uses it afterwards.
+pub unsafe fn free(p: *mut u8) {
+    if p.is_null() {
+        return;
+    }
+    match block_of(b"free()", p) {
+        Block::Zero(slot) => zero_check(b"free()", p as usize, slot, true),
+        Block::Small { usable, .. } => small_quarantine(p as usize, usable),
+        Block::Big { base, len, .. } => big_free(base, len, p as usize),
+    }
+}
+
+/// The size the block at `p` was asked for (0 for null).
+pub fn usable_size(p: *mut u8) -> usize {
+    if p.is_null() {
+        return 0;
+    }
+    match block_of(b"malloc_usable_size()", p) {
+        Block::Zero(slot) => {
+            zero_check(b"malloc_usable_size()", p as usize, slot, false);
+            0
+        }
+        Block::Small { n, .. } | Block::Big { n, .. } => n,
+    }
+}
+
+/// C `realloc` (see [`heap::realloc`]).
+///
+/// # Safety
+/// `p` is null or a live block; after a non-null return it is not used.
+pub unsafe fn realloc(p: *mut u8, size: usize) -> *mut u8 {
+    // SAFETY: per the caller; the closures' blocks are the caller's `p`.
+    unsafe {
+        heap::realloc_by(p, size, malloc, |p| free(p), |p, size, align| realloc_aligned(p, size, align))
+    }
+}
+
+/// Resizes `p` to `size` (> 0) bytes keeping alignment `align`: in place
+/// when the slot or the pages still fit, otherwise by moving.
+///
+/// # Safety
+/// `p` is a live block aligned to `align`; after a non-null return it is
+/// not used.
+pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 {
+    let a = p as usize;
+    let old = match block_of(b"realloc()", p) {
+        Block::Zero(slot) => {
+            zero_check(b"realloc()", a, slot, false);
+            0
+        }
+        Block::Small { n, usable } => {
+            if size + 8 <= usable && size * 2 + 8 > usable {
+                // SAFETY: the live slot, `usable >= size + 8`.
+                unsafe { small_arm(a, size, usable) };
+                return p;
+            }
+            n
+        }
+        Block::Big { n, base, .. } => {
+            if round_up(a + size, PAGE_SIZE) == round_up(a + n, PAGE_SIZE) {
+                // SAFETY: the block's open header and data pages.
+                unsafe {
+                    *(base as *mut usize) = size;
+                    let h = secret(a);
+                    *((base + 8) as *mut usize) = big_tag(h, size);
+                    fill(a + size, round_up(a + size, PAGE_SIZE), canary_word(h));
+                }
+                return p;
+            }
+            n
+        }
+    };
+    let q = aligned_alloc(align, size);
+    if q.is_null() {
+        return q;
+    }
+    // SAFETY: both live, distinct, each at least the copied length.
+    unsafe {
+        ptr::copy_nonoverlapping(p, q, old.min(size));
+        free(p);
+    }
+    q
+}
+
+// ---------------------------------------------------------------------------
+// Faults on protected pages.
+
+/// Installs the `SIGSEGV` handler that names faults on the secure build's
+/// protected pages (zero-size blocks, quarantined big blocks, guard pages)
+/// before the process dies; called once by the C library's constructor,
+/// and only when the program has no handler yet.
+pub fn install_fault_handler() {
+    // SAFETY: querying and setting a signal disposition; the handler only
+    // reads atomics and calls async-signal-safe write(2)/abort(3).
+    unsafe {
+        let mut old: libc::sigaction = core::mem::zeroed();
+        if libc::sigaction(libc::SIGSEGV, ptr::null(), &mut old) != 0 || old.sa_sigaction != libc::SIG_DFL {
+            return;
+        }
+        let mut action: libc::sigaction = core::mem::zeroed();
+        action.sa_sigaction = on_fault as *const () as usize;
+        action.sa_flags = libc::SA_SIGINFO | libc::SA_RESETHAND | libc::SA_ONSTACK;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGSEGV, &action, ptr::null_mut());
+    }
+}
+
+extern "C" fn on_fault(_signal: libc::c_int, info: *mut libc::siginfo_t, _context: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
+    let (addr, code) = unsafe { ((*info).si_addr() as usize, (*info).si_code) };
+    let why: &[u8] = if zero_slot(addr).is_some() {
+        b"zero-size block read or written"
+    } else if (0..BIG_RING).any(|i| {
+        let base = BIG_BASE[i].load(Ordering::Relaxed);
+        BIG_DATA[i].load(Ordering::Relaxed) != 0 && addr.wrapping_sub(base) < BIG_LEN[i].load(Ordering::Relaxed)
+    }) {
+        b"use after free (block in quarantine)"
+    } else if code == SEGV_ACCERR {
+        b"access to a protected page (guard page past a block, or a freed block)"
+    } else {
+        // Not ours to name: SA_RESETHAND restored the default action, and
+        // returning faults again.
+        return;
+    };
+    stop(b"SIGSEGV", why, addr);
+}
+
+/// `si_code` of a fault on a mapped page the access is not allowed to
+/// (Linux's `SEGV_ACCERR`; the libc crate does not name it).
+const SEGV_ACCERR: libc::c_int = 2;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every size and alignment round-trips: the block is aligned, its
+    /// usable size is the size asked for, its bytes are its own, and its
+    /// free passes the checks.
+    #[test]
+    fn blocks_keep_their_size_alignment_and_contents() {
+        let sizes = [0usize, 1, 7, 8, 15, 16, 24, 56, 64, 100, 1000, 4088, 4096, 32 * 1024 - 8, 32 * 1024, 64 * 1024 + 3, 300 * 1024];
+        for &align in &[16usize, 32, 64, 4096, 16384] {
+            let mut live = [(ptr::null_mut::<u8>(), 0usize); 17];
+            for (slot, &size) in live.iter_mut().zip(&sizes) {
+                let p = aligned_alloc(align, size);
+                assert!(!p.is_null());
+                assert_eq!(p as usize % align.min(if size == 0 { 16 } else { align }), 0, "size {size} align {align}");
+                assert_eq!(usable_size(p), size, "size {size} align {align}");
+                // SAFETY: a live block of `size` bytes.
+                unsafe { ptr::write_bytes(p, size as u8, size) };
+                *slot = (p, size);
+            }
+            for &(p, size) in &live {
+                // SAFETY: a live block of `size` bytes, written above.
+                assert!((0..size).all(|i| unsafe { *p.add(i) } == size as u8));
+                // SAFETY: live, given up.
+                unsafe { free(p) };
+            }
+        }
+    }
+
+    /// `realloc` keeps the contents, in place or moved, and the new block
+    /// has the new size.
+    #[test]
+    fn realloc_keeps_contents() {
+        let mut p = malloc(10);
+        // SAFETY: 10 live bytes.
+        unsafe { ptr::copy_nonoverlapping(b"0123456789".as_ptr(), p, 10) };
+        for &size in &[12usize, 40, 5000, 70 * 1024, 200 * 1024, 30, 10] {
+            // SAFETY: `p` is live; the old one is not used again.
+            p = unsafe { realloc(p, size) };
+            assert_eq!(usable_size(p), size);
+            // SAFETY: at least 10 live bytes.
+            assert_eq!(unsafe { core::slice::from_raw_parts(p, 10) }, b"0123456789");
+        }
+        // SAFETY: live, given up.
+        unsafe { free(p) };
+    }
+
+    /// The tags, canaries and marks tell blocks apart: a size word is not
+    /// valid at another address, nor with any bit flipped.
+    #[test]
+    fn tags_depend_on_the_address() {
+        let (a, b) = (secret(0x1000), secret(0x1010));
+        assert_eq!(size_of_word(a, size_word(a, 64)), Some(64));
+        assert_eq!(size_of_word(b, size_word(a, 64)), None);
+        for bit in 0..64 {
+            assert_eq!(size_of_word(a, size_word(a, 64) ^ (1 << bit)), None, "bit {bit}");
+        }
+        assert_ne!(freed_mark(a), freed_mark(b));
+        assert_ne!(canary_word(a), canary_word(b));
+    }
+}
