@@ -113,7 +113,7 @@ fn alloc_big_known_zero(size: usize, align: usize) -> (*mut u8, bool) {
     // 4 MiB chunk, or for a new mapping, under RLIMIT_AS or the map count
     // limit), the other tier may still have room: free chunks keep their
     // address space, and a small mapping may fit where a chunk does not.
-    if size < MMAP_THRESHOLD.load(Ordering::Relaxed).min(PAGE_TIER_MAX) && fits_chunk && !over_aligned {
+    let block = if size < MMAP_THRESHOLD.load(Ordering::Relaxed).min(PAGE_TIER_MAX) && fits_chunk && !over_aligned {
         match page_run(size, align) {
             (p, _) if p.is_null() => large_block(size, align),
             found => found,
@@ -123,7 +123,11 @@ fn alloc_big_known_zero(size: usize, align: usize) -> (*mut u8, bool) {
             (p, _) if p.is_null() && fits_chunk => page_run(size, align),
             found => found,
         }
+    };
+    if crate::prof::on() && !block.0.is_null() {
+        crate::prof::sample_block(magazine::prof_budget(), block.0, size);
     }
+    block
 }
 
 /// Largest request served by a run of buddy pages, whatever the mmap
@@ -327,6 +331,9 @@ fn free_other(p: *mut u8) {
         let user_class = unsafe { (*desc).user_class as usize };
         if user_class != 0 {
             check_slot_start(b"free()", p, user_class);
+            if crate::prof::on() {
+                crate::prof::free_object(p, desc);
+            }
             // SAFETY: a slab object of this class, given up by the caller.
             unsafe { magazine::free_slow(p, user_class) };
             return;
@@ -340,6 +347,9 @@ fn free_other(p: *mut u8) {
 fn free_slow(p: *mut u8) {
     if p.is_null() {
         return;
+    }
+    if crate::prof::on() {
+        crate::prof::free_block(p);
     }
     match owner_of(p, b"free()") {
         // SAFETY: `head` heads a slab of cache `class`.
@@ -508,6 +518,9 @@ pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 
                     }
                     if q != p {
                         remember_freed_large(p);
+                        if crate::prof::on() {
+                            crate::prof::free_block(p);
+                        }
                     }
                     return q;
                 }
@@ -581,6 +594,7 @@ fn init_slow() {
         // allocate, which is fine: no allocator lock is held here.
         unsafe { libc::atexit(stats::print_at_exit) };
     }
+    crate::prof::init();
     magazine::init_thread_exit_key();
     // SAFETY: the handlers are plain functions that only take and release
     // the allocator's locks; registering may allocate, which is fine: no

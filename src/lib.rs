@@ -50,6 +50,7 @@ pub mod addrspace;
 pub mod frag;
 pub mod global;
 pub mod heapmap;
+pub mod prof;
 pub mod stats;
 
 #[doc(hidden)]

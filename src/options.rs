@@ -7,6 +7,8 @@
 //! | `BUDDYSLAB_STATS`          | `1`: the text views on stderr at exit; `json`: one JSON object on stderr at exit |
 //! | `BUDDYSLAB_HEAPMAP`        | a file path: an SVG heap map (one row per chunk, one cell per page) is written there at exit (see [`crate::heapmap`]) |
 //! | `BUDDYSLAB_ADDRSPACE_SVG`  | a file path: the process address space drawn as SVG (segments, gaps, buddyslab's regions) is written there at exit (see [`crate::addrspace`]) |
+//! | `BUDDYSLAB_PROF`           | a file path (`%p`: the process id): sampled heap profiling; the live-heap profile is written there at exit, in the gperftools text format (see [`crate::prof`]), and a leak report goes to stderr |
+//! | `BUDDYSLAB_PROF_RATE`      | bytes; mean allocated bytes between heap-profile samples (default 512 KiB; `k`/`m` suffixes) |
 //! | `BUDDYSLAB_LARGE_CACHE`    | bytes; cap on released large mappings kept for reuse (default 64 MiB, also bounded by the trim threshold; 0 turns the cache off) |
 //! | `BUDDYSLAB_LARGE_CACHE_MS` | milliseconds a released mapping stays cached (default 1000) |
 //! | `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_` | glibc's names, honoured as glibc does (bytes; setting either stops the adaptation) |
@@ -219,6 +221,11 @@ fn apply(entry: &'static [u8]) {
                 CACHE_MAX_AGE_NS.store((ms as u64).saturating_mul(1_000_000), Ordering::Relaxed)
             }
             _ => report(entry, b"BUDDYSLAB_LARGE_CACHE_MS must be milliseconds (e.g. 1000); ignored"),
+        },
+        b"BUDDYSLAB_PROF" => crate::prof::set_path(value),
+        b"BUDDYSLAB_PROF_RATE" => match parse_size(value) {
+            Some(v) if crate::prof::set_rate(v) => {}
+            _ => report(entry, b"BUDDYSLAB_PROF_RATE must be a size of at least 1 byte (e.g. 512k); ignored"),
         },
         b"BUDDYSLAB_ANNOUNCE" => {}
         _ => {

@@ -126,6 +126,9 @@ pub struct ThreadCache {
     /// Refills that found the budget spent and their bin short of its
     /// full limit, since the last [`rebalance`].
     refused: u32,
+    /// Bytes until the heap profile's next sample (see
+    /// [`crate::prof::charge`]); only touched while profiling is on.
+    prof_left: isize,
 }
 
 impl ThreadCache {
@@ -369,6 +372,13 @@ mod tls {
 
 pub use tls::current;
 
+/// The calling thread's heap-profile budget ([`ThreadCache::prof_left`]),
+/// usable in every state of the cache (it is plain thread-local memory).
+pub fn prof_budget() -> *mut isize {
+    // SAFETY: only the field's address is computed.
+    unsafe { &raw mut (*current()).prof_left }
+}
+
 /// Pops an object of `class` off `bin`, or null when the bin is empty.
 /// The link is checked ([`link::next_keyed`]) and both of the object's
 /// first words are cleared, so the program never sees the encoded link.
@@ -565,6 +575,9 @@ fn alloc_slow(class: usize, size: usize) -> *mut u8 {
                 // SAFETY: `size` bytes of the object are ours.
                 unsafe { ptr::write_bytes(object, perturb ^ 0xff, size) };
             }
+            if crate::prof::on() {
+                crate::prof::sample_object(prof_budget(), object, size, CLASSES[class].size as usize);
+            }
         }
         return object;
     }
@@ -597,8 +610,16 @@ fn alloc_slow(class: usize, size: usize) -> *mut u8 {
         (*tc).rng = x;
         x as usize
     };
-    let want = half - span / 2 + roll % (span + 1);
+    let mut want = half - span / 2 + roll % (span + 1);
+    // While profiling, a refill also charges the heap profile's budget and
+    // takes no more than it has room for (see `crate::prof`).
+    // SAFETY: this thread's cache; the reference ends with the call.
+    let sampled = crate::prof::on()
+        && crate::prof::plan_refill(unsafe { &mut (*tc).prof_left }, CLASSES[class].size as usize, &mut want);
     let (list, n) = percpu::alloc_batch(class, want);
+    if sampled {
+        crate::prof::record(prof_budget(), list, size, crate::prof::Kind::Slab);
+    }
     if n == 0 {
         crate::os::set_errno(libc::ENOMEM);
         return ptr::null_mut();

@@ -1,0 +1,857 @@
+//! Sampled heap profiling: which call stacks hold the live heap.
+//!
+//! Off unless `BUDDYSLAB_PROF=FILE` is set (`%p` in FILE becomes the
+//! process id). Then allocations are sampled by bytes: each thread counts
+//! down a byte budget drawn from an exponential distribution whose mean is
+//! the sampling rate (`BUDDYSLAB_PROF_RATE`, default 512 KiB, as tcmalloc
+//! and jemalloc use), and the allocation that crosses zero is sampled, so
+//! an allocation of `s` bytes is sampled with probability about
+//! `1 - exp(-s / rate)` wherever it is made. A sample records the call
+//! stack, and the object stays in the profile until it is freed.
+//!
+//! **Where the count is kept.** The fast paths count nothing. The slab
+//! tier charges a thread's budget when its magazine is refilled, for every
+//! object that enters the bin: the object handed out at once and the ones
+//! kept for later. While profiling is on, a refill takes no more objects
+//! than the budget has room for ([`plan_refill`]), so the refill after the
+//! budget runs out is the allocation that crosses it and is the one
+//! sampled. Page runs and large blocks, slow paths already, charge their
+//! size when they are handed out. The bias this leaves: bytes a thread
+//! frees into its own bins and allocates again are not charged a second
+//! time, so sampling follows the thread's *net* draw from the shared
+//! caches rather than every `malloc`. Memory that churns through a bin
+//! without staying live is thereby sampled less, which the live-heap
+//! profile does not need; memory that stays live drains the bins and is
+//! charged. Within one size class the object sampled is whichever request
+//! finds the bin empty, so a call site's share of samples follows its
+//! share of that class's requests at those moments.
+//!
+//! **Recording a stack without the heap.** glibc's `backtrace` unwinds
+//! with libgcc's DWARF unwinder (loaded on its first use, which
+//! allocates), so it works for code built without frame pointers. While a
+//! thread captures a stack its budget is marked busy (negative, see
+//! [`charge`]): the allocations the unwinder makes are served and never
+//! sampled, so the capture cannot recurse.
+//!
+//! **The tables** are mapped from the OS, never taken from the heap they
+//! describe: a hash of sampled objects (address, size, stack; linear
+//! probing, grown by doubling into a new mapping) and a table of distinct
+//! stacks with their live and total counts. One lock guards both; it is a
+//! leaf (nothing else is locked while holding it) and only sampled
+//! allocations and the frees described next take it.
+//!
+//! **Knowing that a freed object was sampled** costs the frees of other
+//! objects nothing: the page of a sampled slab object gets a fast-path tag
+//! no thread matches ([`DIVERTED`]), so every free of an object in that
+//! page takes the slow path, which asks the table; the tag is restored
+//! when the page's last sampled object is freed (the table counts samples
+//! per page). Page runs and large blocks are freed on slow paths anyway;
+//! they ask the table only while sampled blocks of theirs are live.
+//!
+//! **Output.** [`write_profile`] writes the live heap in the gperftools
+//! heap-profile text format that `pprof` reads: a `heap profile:` header
+//! naming the sampling rate (`heap_v2/RATE`), one line per stack
+//! (`live objects: live bytes [total objects: total bytes] @ addresses`,
+//! innermost first), then `MAPPED_LIBRARIES:` and the process's
+//! `/proc/self/maps`. The counts are the samples themselves, unscaled;
+//! the `heap_v2` header tells `pprof` (and `buddyslab prof`) to scale each
+//! line by `1 / (1 - exp(-average size / rate))`, as gperftools does. At
+//! exit the profile is written and a leak report (sampled live bytes by
+//! stack, largest first) goes to stderr. The stacks start with the
+//! allocator's own frames; `buddyslab prof` symbolises them and names the
+//! first frame outside the allocator as the call site.
+
+use crate::os;
+use crate::page::{self, Page};
+use crate::stats::FdWriter;
+use crate::sync::Mutex;
+use core::fmt::{self, Write as _};
+use core::ptr;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+
+/// Mean bytes between samples unless `BUDDYSLAB_PROF_RATE` says otherwise.
+pub const DEFAULT_RATE: usize = 512 * 1024;
+/// Frames kept per stack (the innermost ones).
+pub const MAX_DEPTH: usize = 62;
+/// A slab page's fast-path tag while it holds a sampled object: XORed with
+/// any thread's node tag it gives a class above every real one, so `free`
+/// of any object in the page leaves the fast path.
+pub const DIVERTED: u16 = 0xffff;
+const _: () = assert!((DIVERTED as usize & 0xff) > crate::slab::NR_CLASSES);
+
+/// Whether profiling is on (set once at start-up).
+static ON: AtomicBool = AtomicBool::new(false);
+/// `BUDDYSLAB_PROF`: the path pattern, an environment string (NUL after it).
+static PATH: AtomicPtr<u8> = AtomicPtr::new(ptr::null_mut());
+/// Mean bytes between samples.
+static RATE: AtomicUsize = AtomicUsize::new(DEFAULT_RATE);
+/// State of the generator of sampling intervals.
+static SEED: AtomicU64 = AtomicU64::new(0);
+/// Sampled page runs and large blocks live: their frees ask the table
+/// only while this is non-zero.
+static LIVE_BLOCKS: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether allocations are being sampled: one relaxed load, for the hooks
+/// on the slow paths.
+#[inline(always)]
+pub fn on() -> bool {
+    ON.load(Ordering::Relaxed)
+}
+
+/// `BUDDYSLAB_PROF`: records the path pattern (an environment string,
+/// which has a NUL after it); empty turns profiling off.
+pub fn set_path(value: &'static [u8]) {
+    let p = if value.is_empty() { ptr::null_mut() } else { value.as_ptr() as *mut u8 };
+    PATH.store(p, Ordering::Relaxed);
+}
+
+/// `BUDDYSLAB_PROF_RATE`: mean bytes between samples (at least 1: every
+/// allocation is then sampled).
+pub fn set_rate(bytes: usize) -> bool {
+    if bytes == 0 || bytes > isize::MAX as usize / 64 {
+        return false;
+    }
+    RATE.store(bytes, Ordering::Relaxed);
+    true
+}
+
+/// The sampling rate in force.
+pub fn rate() -> usize {
+    RATE.load(Ordering::Relaxed)
+}
+
+/// Whether a profile was asked for.
+pub fn requested() -> bool {
+    !PATH.load(Ordering::Relaxed).is_null()
+}
+
+/// Turns profiling on if it was asked for: called once by the heap's
+/// set-up, after the options are read, where registering handlers may
+/// allocate.
+pub fn init() {
+    if !requested() {
+        return;
+    }
+    SEED.store(os::random_u64().unwrap_or(0x9e37_79b9_7f4a_7c15) | 1, Ordering::Relaxed);
+    // SAFETY: plain functions with no preconditions; registering may
+    // allocate, which is fine here: no allocator lock is held.
+    unsafe {
+        libc::atexit(write_at_exit);
+        libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
+    }
+    ON.store(true, Ordering::Relaxed);
+}
+
+// ---------------------------------------------------------------- budget
+
+/// A uniform 64-bit number (splitmix64 over a shared counter: samples are
+/// rare, so the shared line costs nothing that matters).
+fn random() -> u64 {
+    let mut z = SEED.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Natural logarithm of `x > 0` to about 1e-7, without `std`: the
+/// exponent times ln 2 plus `ln m` for the mantissa `m` in [1, 2) from the
+/// series `2 atanh t`, `t = (m - 1) / (m + 1) < 1/3`.
+pub fn ln(x: f64) -> f64 {
+    let bits = x.to_bits();
+    let exponent = ((bits >> 52) & 0x7ff) as i64 - 1023;
+    let m = f64::from_bits((bits & ((1 << 52) - 1)) | (1023 << 52));
+    let t = (m - 1.0) / (m + 1.0);
+    let t2 = t * t;
+    let series = 2.0 * t * (1.0 + t2 * (1.0 / 3.0 + t2 * (1.0 / 5.0 + t2 * (1.0 / 7.0 + t2 * (1.0 / 9.0 + t2 / 11.0)))));
+    exponent as f64 * core::f64::consts::LN_2 + series
+}
+
+/// Bytes to the next sample: exponentially distributed with mean
+/// [`rate`], at least 1 and at most 32 times the mean.
+fn next_interval() -> isize {
+    let rate = rate();
+    // u in (0, 1]: 53 random bits, plus one so that 0 never comes up.
+    let u = ((random() >> 11) + 1) as f64 / (1u64 << 53) as f64;
+    let bytes = -ln(u) * rate as f64;
+    (bytes as isize).clamp(1, 32 * rate as isize)
+}
+
+/// Charges `bytes` to a thread's budget `left` and says whether this
+/// allocation is the one to sample. `left`: 0 when not yet drawn; negative
+/// while the thread captures a stack (then nothing is charged or sampled,
+/// and `-left` is the budget that follows, see [`capture_done`]).
+#[inline]
+pub fn charge(left: &mut isize, bytes: usize) -> bool {
+    let mut budget = *left;
+    if budget < 0 {
+        return false;
+    }
+    if budget == 0 {
+        budget = next_interval();
+    }
+    if bytes as isize >= budget {
+        *left = -next_interval();
+        return true;
+    }
+    *left = budget - bytes as isize;
+    false
+}
+
+/// Ends a capture begun by [`charge`]: the budget that was waiting.
+#[inline]
+pub fn capture_done(left: &mut isize) {
+    if *left < 0 {
+        *left = -*left;
+    }
+}
+
+/// A magazine refill of objects of `object_size` bytes, `want` of them:
+/// charges the first (handed out now) and says whether it is to be
+/// sampled; lowers `want` so that the objects kept in the bin stay within
+/// the budget, and charges them. The next refill after the bin runs dry is
+/// then the allocation that crosses the budget.
+#[inline]
+pub fn plan_refill(left: &mut isize, object_size: usize, want: &mut usize) -> bool {
+    let sampled = charge(left, object_size);
+    let budget = left.unsigned_abs();
+    // At least one byte stays, so a busy budget stays negative.
+    let room = budget.saturating_sub(1) / object_size.max(1);
+    let extra = want.saturating_sub(1).min(room);
+    *want = extra + 1;
+    let charged = (extra * object_size) as isize;
+    if *left < 0 {
+        *left += charged;
+    } else {
+        *left -= charged;
+    }
+    sampled
+}
+
+// ---------------------------------------------------------------- hooks
+
+extern "C" {
+    /// glibc's `backtrace(3)`: return addresses, innermost first.
+    fn backtrace(buffer: *mut *mut libc::c_void, size: libc::c_int) -> libc::c_int;
+}
+
+/// What kind of block a sample is: a slab object (its page is diverted)
+/// or a page run or large block.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A slab object.
+    Slab,
+    /// A page run or a large block.
+    Block,
+}
+
+/// Records a sample: `p`, of `size` requested bytes, allocated just now by
+/// the calling thread, whose budget is busy (see [`charge`]) and is given
+/// back here (also when `p` is null: the allocation failed).
+#[cold]
+#[inline(never)]
+///
+/// `left` is a raw pointer: allocations made while the stack is captured
+/// charge the same budget.
+pub fn record(left: *mut isize, p: *mut u8, size: usize, kind: Kind) {
+    if p.is_null() {
+        // SAFETY: the calling thread's budget; no reference to it is live.
+        capture_done(unsafe { &mut *left });
+        return;
+    }
+    let mut frames = [ptr::null_mut::<libc::c_void>(); MAX_DEPTH + 1];
+    // SAFETY: the buffer holds MAX_DEPTH + 1 entries. Allocations the
+    // unwinder makes see the busy budget and are not sampled.
+    let n = unsafe { backtrace(frames.as_mut_ptr(), frames.len() as libc::c_int) }.max(0) as usize;
+    // SAFETY: the calling thread's budget; no reference to it is live.
+    capture_done(unsafe { &mut *left });
+    // Frame 0 is this function.
+    let mut stack = [0usize; MAX_DEPTH];
+    let depth = n.saturating_sub(1).min(MAX_DEPTH);
+    for i in 0..depth {
+        stack[i] = frames[i + 1] as usize;
+    }
+    let mut st = STATE.lock();
+    if !st.ready() {
+        return;
+    }
+    let id = st.intern(&stack[..depth]);
+    st.add(p as usize, size, id, kind);
+}
+
+/// The slab tier's hook when the thread cache cannot be used: one object
+/// of `object_size` bytes for a request of `size`.
+#[cold]
+#[inline(never)]
+pub fn sample_object(left: *mut isize, p: *mut u8, size: usize, object_size: usize) {
+    // SAFETY: the calling thread's budget; the reference ends here.
+    if charge(unsafe { &mut *left }, object_size) {
+        record(left, p, size, Kind::Slab);
+    }
+}
+
+/// The hook of page runs and large blocks: `p`, `size` bytes, just
+/// handed out.
+#[cold]
+#[inline(never)]
+pub fn sample_block(left: *mut isize, p: *mut u8, size: usize) {
+    // SAFETY: the calling thread's budget; the reference ends here.
+    if charge(unsafe { &mut *left }, size) {
+        record(left, p, size, Kind::Block);
+    }
+}
+
+/// `free` of the slab object `p`, whose page is `desc`, while profiling is
+/// on: forgets the sample if `p` is one. Only objects in a diverted page
+/// get past the first test.
+#[cold]
+#[inline(never)]
+pub fn free_object(p: *mut u8, desc: *mut Page) {
+    // SAFETY: `desc` describes a page of a live slab.
+    if unsafe { page::tag(desc) } != DIVERTED {
+        return;
+    }
+    STATE.lock().remove(p as usize);
+}
+
+/// `free` (or a move by `realloc`) of the page run or large block `p`
+/// while profiling is on: forgets the sample if `p` is one.
+#[cold]
+#[inline(never)]
+pub fn free_block(p: *mut u8) {
+    if LIVE_BLOCKS.load(Ordering::Relaxed) == 0 {
+        return;
+    }
+    STATE.lock().remove(p as usize);
+}
+
+// ---------------------------------------------------------------- tables
+
+/// An entry of the sample table. The key is an object's address for a
+/// sample, or a page's address plus one for the count of samples in a
+/// slab page (addresses are 16-byte aligned, so the two never meet); 0 is
+/// an empty slot.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Entry {
+    key: usize,
+    /// A sample: its requested bytes. A page: samples in it.
+    value: usize,
+    /// A sample: its stack's index in the stack table.
+    stack: u32,
+    kind: u32,
+}
+
+/// A distinct call stack and what its samples add up to.
+#[repr(C)]
+struct Stack {
+    hash: u64,
+    depth: usize,
+    live_count: u64,
+    live_bytes: u64,
+    total_count: u64,
+    total_bytes: u64,
+    frames: [usize; MAX_DEPTH],
+}
+
+/// Entries in the first sample table (96 KiB); doubled when half full.
+const FIRST_CAPACITY: usize = 4096;
+/// Distinct stacks kept; samples of further stacks go to stack 0, which
+/// has no frames.
+const MAX_STACKS: usize = 1 << 14;
+/// Slots of the stack index (twice [`MAX_STACKS`]).
+const STACK_SLOTS: usize = 2 * MAX_STACKS;
+
+struct State {
+    entries: *mut Entry,
+    /// A power of two; 0 before the first sample.
+    capacity: usize,
+    len: usize,
+    stacks: *mut Stack,
+    nr_stacks: usize,
+    /// Stack index + 1 per slot; 0 empty.
+    index: *mut u32,
+}
+
+// SAFETY: the pointers lead to mappings owned by the state, reached only
+// under the lock.
+unsafe impl Send for State {}
+
+static STATE: Mutex<State> = Mutex::new(State {
+    entries: ptr::null_mut(),
+    capacity: 0,
+    len: 0,
+    stacks: ptr::null_mut(),
+    nr_stacks: 0,
+    index: ptr::null_mut(),
+});
+
+fn round_to_pages(bytes: usize) -> usize {
+    (bytes + os::PAGE_SIZE - 1) & !(os::PAGE_SIZE - 1)
+}
+
+fn hash_key(key: usize, capacity: usize) -> usize {
+    ((key >> 4) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) as usize >> (usize::BITS - capacity.trailing_zeros())
+}
+
+impl State {
+    /// Maps the tables on first use; false when the OS refused.
+    fn ready(&mut self) -> bool {
+        if self.capacity != 0 {
+            return true;
+        }
+        let Ok(entries) = os::mmap_anonymous(round_to_pages(FIRST_CAPACITY * core::mem::size_of::<Entry>()), false) else {
+            return false;
+        };
+        let Ok(stacks) = os::mmap_anonymous(round_to_pages(MAX_STACKS * core::mem::size_of::<Stack>()), true) else {
+            return false;
+        };
+        let Ok(index) = os::mmap_anonymous(round_to_pages(STACK_SLOTS * 4), true) else {
+            return false;
+        };
+        self.entries = entries as *mut Entry;
+        self.capacity = FIRST_CAPACITY;
+        self.stacks = stacks as *mut Stack;
+        // Stack 0: the one that takes samples once the table is full.
+        self.nr_stacks = 1;
+        self.index = index as *mut u32;
+        true
+    }
+
+    fn stack(&self, i: usize) -> &mut Stack {
+        debug_assert!(i < self.nr_stacks);
+        // SAFETY: `i` is below the stacks in use, inside the mapping; the
+        // lock makes the reference exclusive.
+        unsafe { &mut *self.stacks.add(i) }
+    }
+
+    fn entry(&self, i: usize) -> &mut Entry {
+        debug_assert!(i < self.capacity);
+        // SAFETY: `i` is below the capacity of the mapped table; the lock
+        // makes the reference exclusive.
+        unsafe { &mut *self.entries.add(i) }
+    }
+
+    /// The index of `frames` in the stack table, added if new.
+    fn intern(&mut self, frames: &[usize]) -> u32 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for &f in frames {
+            h = (h ^ f as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+        let mut slot = (h as usize) & (STACK_SLOTS - 1);
+        loop {
+            // SAFETY: slot < STACK_SLOTS, inside the index mapping.
+            let at = unsafe { &mut *self.index.add(slot) };
+            if *at == 0 {
+                if self.nr_stacks == MAX_STACKS {
+                    return 0;
+                }
+                let i = self.nr_stacks;
+                self.nr_stacks += 1;
+                let s = self.stack(i);
+                s.hash = h;
+                s.depth = frames.len();
+                s.frames[..frames.len()].copy_from_slice(frames);
+                *at = i as u32 + 1;
+                return i as u32;
+            }
+            let s = self.stack(*at as usize - 1);
+            if s.hash == h && s.frames[..s.depth] == *frames {
+                return *at - 1;
+            }
+            slot = (slot + 1) & (STACK_SLOTS - 1);
+        }
+    }
+
+    /// The slot holding `key`, or the empty slot where it would go.
+    fn find(&self, key: usize) -> (usize, bool) {
+        let mut i = hash_key(key, self.capacity);
+        loop {
+            let e = self.entry(i);
+            if e.key == key {
+                return (i, true);
+            }
+            if e.key == 0 {
+                return (i, false);
+            }
+            i = (i + 1) & (self.capacity - 1);
+        }
+    }
+
+    /// Doubles the sample table when half full; false when it cannot grow
+    /// and is three quarters full.
+    fn make_room(&mut self) -> bool {
+        if self.len * 2 < self.capacity {
+            return true;
+        }
+        let bytes = self.capacity * 2 * core::mem::size_of::<Entry>();
+        let Ok(new) = os::mmap_anonymous(round_to_pages(bytes), false) else {
+            return self.len * 4 < self.capacity * 3;
+        };
+        let (old, old_capacity) = (self.entries, self.capacity);
+        self.entries = new as *mut Entry;
+        self.capacity *= 2;
+        for i in 0..old_capacity {
+            // SAFETY: below the old table's capacity.
+            let e = unsafe { *old.add(i) };
+            if e.key != 0 {
+                let (slot, _) = self.find(e.key);
+                *self.entry(slot) = e;
+            }
+        }
+        // SAFETY: the old table is ours and nothing points into it now.
+        let _ = unsafe { os::munmap(old as usize, round_to_pages(old_capacity * core::mem::size_of::<Entry>())) };
+        true
+    }
+
+    /// Adds a sample. An entry left at the same address (a block whose
+    /// free was not seen) is replaced.
+    fn add(&mut self, p: usize, size: usize, stack: u32, kind: Kind) {
+        self.remove(p);
+        if !self.make_room() {
+            return;
+        }
+        let (slot, _) = self.find(p);
+        *self.entry(slot) = Entry { key: p, value: size, stack, kind: kind as u32 };
+        self.len += 1;
+        let s = self.stack(stack as usize);
+        s.live_count += 1;
+        s.live_bytes += size as u64;
+        s.total_count += 1;
+        s.total_bytes += size as u64;
+        match kind {
+            Kind::Block => {
+                LIVE_BLOCKS.fetch_add(1, Ordering::Relaxed);
+            }
+            Kind::Slab => {
+                let page_key = (p & !(os::PAGE_SIZE - 1)) + 1;
+                let (slot, found) = self.find(page_key);
+                if found {
+                    self.entry(slot).value += 1;
+                } else if self.make_room() {
+                    let (slot, _) = self.find(page_key);
+                    *self.entry(slot) = Entry { key: page_key, value: 1, stack: 0, kind: 0 };
+                    self.len += 1;
+                    let desc = page::page_of(p);
+                    // SAFETY: `p` is a live slab object, so its page has a
+                    // descriptor in a live chunk; the tag array is the
+                    // chunk's, and only this lock writes DIVERTED there.
+                    unsafe { page::set_tags(desc, 1, DIVERTED) };
+                }
+            }
+        }
+    }
+
+    /// Deletes the entry at `slot`, moving later entries of its probe run
+    /// back so that no lookup stops early at the hole.
+    fn delete(&mut self, slot: usize) {
+        let mask = self.capacity - 1;
+        let mut hole = slot;
+        let mut j = slot;
+        loop {
+            j = (j + 1) & mask;
+            let e = *self.entry(j);
+            if e.key == 0 {
+                break;
+            }
+            let home = hash_key(e.key, self.capacity);
+            // The entry may move to the hole when the hole lies on its
+            // probe path, from `home` up to `j`.
+            if j.wrapping_sub(home) & mask >= j.wrapping_sub(hole) & mask {
+                *self.entry(hole) = e;
+                hole = j;
+            }
+        }
+        self.entry(hole).key = 0;
+        self.len -= 1;
+    }
+
+    /// Forgets the sample at `p`, if there is one.
+    fn remove(&mut self, p: usize) {
+        if self.capacity == 0 {
+            return;
+        }
+        let (slot, found) = self.find(p);
+        if !found {
+            return;
+        }
+        let e = *self.entry(slot);
+        self.delete(slot);
+        let s = self.stack(e.stack as usize);
+        s.live_count -= 1;
+        s.live_bytes -= e.value as u64;
+        if e.kind == Kind::Block as u32 {
+            LIVE_BLOCKS.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        let page_key = (p & !(os::PAGE_SIZE - 1)) + 1;
+        let (slot, found) = self.find(page_key);
+        if !found {
+            return;
+        }
+        self.entry(slot).value -= 1;
+        if self.entry(slot).value == 0 {
+            self.delete(slot);
+            let desc = page::page_of(p);
+            // SAFETY: `p` is still a live slab object (its free has not
+            // reached the bins), so the page is a slab page whose
+            // descriptor holds its class and node.
+            unsafe { page::set_tags(desc, 1, (*desc).class_and_node() as u16) };
+        }
+    }
+
+    /// Sums over the stacks: live count and bytes, total count and bytes.
+    fn totals(&self) -> [u64; 4] {
+        let mut t = [0u64; 4];
+        for i in 0..self.nr_stacks {
+            let s = self.stack(i);
+            t[0] += s.live_count;
+            t[1] += s.live_bytes;
+            t[2] += s.total_count;
+            t[3] += s.total_bytes;
+        }
+        t
+    }
+}
+
+// ---------------------------------------------------------------- output
+
+/// Writes the profile: header, one line per stack, then the mappings.
+fn write_text(fd: i32, out: &mut FdWriter) -> fmt::Result {
+    {
+        let st = STATE.lock();
+        let nr = if st.capacity == 0 { 0 } else { st.nr_stacks };
+        let t = if nr == 0 { [0; 4] } else { st.totals() };
+        writeln!(out, "heap profile: {}: {} [{}: {}] @ heap_v2/{}", t[0], t[1], t[2], t[3], rate())?;
+        for i in 0..nr {
+            let s = st.stack(i);
+            if s.total_count == 0 {
+                continue;
+            }
+            write!(out, "{}: {} [{}: {}] @", s.live_count, s.live_bytes, s.total_count, s.total_bytes)?;
+            for &f in &s.frames[..s.depth] {
+                write!(out, " {f:#x}")?;
+            }
+            out.write_str("\n")?;
+        }
+    }
+    out.write_str("\nMAPPED_LIBRARIES:\n")?;
+    out.flush();
+    copy_file(c"/proc/self/maps", fd);
+    Ok(())
+}
+
+/// Appends the file at `path` to `out`, through a stack buffer.
+fn copy_file(path: &core::ffi::CStr, out: i32) {
+    let Ok(fd) = os::open_read(path) else { return };
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = os::read(fd, &mut buf) {
+        if n == 0 {
+            break;
+        }
+        os::write_all(out, &buf[..n]);
+    }
+    os::close(fd);
+}
+
+/// The profile's path with `%p` replaced by the process id, NUL-terminated
+/// in `buf`; `None` when no profile is asked for or the path is too long.
+fn expand_path(buf: &mut [u8; 4096]) -> Option<&core::ffi::CStr> {
+    let p = PATH.load(Ordering::Relaxed);
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: an environment string, NUL-terminated and never freed.
+    let pattern = unsafe { core::ffi::CStr::from_ptr(p.cast()) }.to_bytes();
+    let mut digits = [0u8; 12];
+    let pid = {
+        let mut v = os::getpid() as u32;
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        &digits[i..]
+    };
+    let mut n = 0;
+    let mut i = 0;
+    while i < pattern.len() {
+        let piece: &[u8] = if pattern[i..].starts_with(b"%p") {
+            i += 2;
+            pid
+        } else {
+            i += 1;
+            &pattern[i - 1..i]
+        };
+        if n + piece.len() >= buf.len() {
+            return None;
+        }
+        buf[n..n + piece.len()].copy_from_slice(piece);
+        n += piece.len();
+    }
+    buf[n] = 0;
+    core::ffi::CStr::from_bytes_with_nul(&buf[..=n]).ok()
+}
+
+/// Writes the live-heap profile now to the file `BUDDYSLAB_PROF` names
+/// (`%p` replaced by the process id), replacing what an earlier call
+/// wrote. Returns false when profiling is off or the file cannot be
+/// created (then a line on stderr says why).
+///
+/// For on-demand and interval triggers: it takes the profile's lock only
+/// while it copies the stack table out, allocates nothing, and must not
+/// be called with an allocator lock held (from a signal handler, only
+/// when the signal cannot interrupt an allocation).
+pub fn write_profile() -> bool {
+    if !on() {
+        return false;
+    }
+    let mut buf = [0u8; 4096];
+    let Some(path) = expand_path(&mut buf) else { return false };
+    match os::create_file(path) {
+        Ok(fd) => {
+            let mut w = FdWriter::new(fd);
+            let _ = write_text(fd, &mut w);
+            w.flush();
+            os::close(fd);
+            true
+        }
+        Err(os::Errno(e)) => {
+            let mut w = FdWriter::new(2);
+            let _ = write!(w, "buddyslab: cannot write the heap profile to ");
+            w.flush();
+            os::write_all(2, path.to_bytes());
+            let _ = writeln!(w, " (errno {e})");
+            w.flush();
+            false
+        }
+    }
+}
+
+/// Stacks shown in the leak report.
+const LEAK_REPORT_STACKS: usize = 10;
+/// Frames shown per stack in the leak report.
+const LEAK_REPORT_FRAMES: usize = 8;
+
+/// The leak report: sampled live bytes by stack, largest first.
+fn write_leak_report(out: &mut FdWriter, path: &[u8]) -> fmt::Result {
+    let st = STATE.lock();
+    let nr = if st.capacity == 0 { 0 } else { st.nr_stacks };
+    let t = if nr == 0 { [0; 4] } else { st.totals() };
+    write!(out, "buddyslab: heap profile: {} sampled objects, {} sampled bytes live at exit (one sample per {} bytes allocated on average); profile in ", t[0], t[1], rate())?;
+    out.flush();
+    os::write_all(2, path);
+    out.write_str("\n")?;
+    if t[0] == 0 {
+        return Ok(());
+    }
+    out.write_str("buddyslab: live at exit by stack, largest first (`buddyslab prof FILE` names the frames):\n")?;
+    out.write_str("  sampled bytes  objects  stack (innermost first)\n")?;
+    // The largest first, without sorting into memory of our own: each
+    // round takes the largest below the last one shown (ties by index).
+    let mut last: Option<(u64, usize)> = None;
+    for _ in 0..LEAK_REPORT_STACKS {
+        let mut best: Option<(u64, usize)> = None;
+        for i in 0..nr {
+            let key = (st.stack(i).live_bytes, usize::MAX - i);
+            let below = last.is_none_or(|l| key < l);
+            if key.0 > 0 && below && best.is_none_or(|b| key > b) {
+                best = Some(key);
+            }
+        }
+        let Some(b) = best else { break };
+        let s = st.stack(usize::MAX - b.1);
+        write!(out, "  {:>13}  {:>7} ", s.live_bytes, s.live_count)?;
+        for &f in s.frames[..s.depth].iter().take(LEAK_REPORT_FRAMES) {
+            write!(out, " {f:#x}")?;
+        }
+        if s.depth > LEAK_REPORT_FRAMES {
+            out.write_str(" ...")?;
+        }
+        out.write_str("\n")?;
+        last = Some(b);
+    }
+    Ok(())
+}
+
+/// At exit: the profile, then the leak report on stderr.
+extern "C" fn write_at_exit() {
+    if !write_profile() {
+        return;
+    }
+    let mut buf = [0u8; 4096];
+    let Some(path) = expand_path(&mut buf) else { return };
+    let mut w = FdWriter::new(2);
+    let _ = write_leak_report(&mut w, path.to_bytes());
+    w.flush();
+}
+
+extern "C" fn fork_prepare() {
+    STATE.lock_for_fork();
+}
+
+extern "C" fn fork_parent() {
+    // SAFETY: fork_prepare took it in this thread and left no guard.
+    unsafe { STATE.unlock_after_fork(false) };
+}
+
+extern "C" fn fork_child() {
+    // SAFETY: as in fork_parent; the child's only thread forked.
+    unsafe { STATE.unlock_after_fork(true) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logarithm_is_close() {
+        for x in [1e-12, 0.001, 0.3, 0.5, 0.999, 1.0, 2.0, 10.0, 12345.678] {
+            let want = f64::ln(x);
+            assert!((ln(x) - want).abs() < 1e-6 * want.abs().max(1.0), "ln({x}) = {} not {want}", ln(x));
+        }
+    }
+
+    #[test]
+    fn intervals_average_the_rate() {
+        let n = 20_000;
+        let sum: f64 = (0..n).map(|_| next_interval() as f64).sum();
+        let mean = sum / n as f64;
+        let rate = rate() as f64;
+        // The mean of 20000 exponential draws is within 3% of the rate
+        // with overwhelming probability (its standard error is 0.7%).
+        assert!((mean - rate).abs() < 0.03 * rate, "mean interval {mean}, rate {rate}");
+    }
+
+    #[test]
+    fn budget_samples_one_in_rate_bytes_and_refills_stop_at_the_crossing() {
+        let mut left = 0isize;
+        let mut sampled = 0usize;
+        let mut charged = 0usize;
+        let size = 64;
+        while charged < 2000 * rate() {
+            let mut want = 32;
+            if plan_refill(&mut left, size, &mut want) {
+                sampled += 1;
+                assert!(left < 0, "busy while capturing");
+                capture_done(&mut left);
+            }
+            assert!(left > 0 && want >= 1 && want <= 32);
+            charged += want * size;
+        }
+        let expected = charged / rate();
+        assert!(sampled.abs_diff(expected) < expected / 10, "{sampled} samples for {expected} expected");
+    }
+
+    #[test]
+    fn busy_budget_samples_nothing() {
+        let mut left = -100isize;
+        assert!(!charge(&mut left, 1 << 30));
+        assert_eq!(left, -100);
+        capture_done(&mut left);
+        assert_eq!(left, 100);
+    }
+}
