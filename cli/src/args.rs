@@ -25,6 +25,8 @@ pub enum Command {
     Compare(CompareOptions),
     /// `completions SHELL`: the script for that shell.
     Completions(Shell),
+    /// `prof FILE`: a heap profile, read and summarised.
+    Prof(crate::prof::ProfArgs),
 }
 
 /// The program to start: its name as typed and its arguments.
@@ -100,6 +102,9 @@ enum Sub {
         override_usage = "buddyslab compare [OPTIONS] [--] PROGRAM [ARGS...]"
     )]
     Compare(CompareArgs),
+    /// Print the call sites that hold the most live bytes in a heap profile (BUDDYSLAB_PROF), or draw it as a flame graph.
+    #[command(help_template = help::PROF, next_line_help = true)]
+    Prof(crate::prof::ProfArgs),
     /// Print the completion script for a shell (bash, zsh, fish, elvish, powershell).
     #[command(help_template = help::COMPLETIONS)]
     Completions {
@@ -228,6 +233,7 @@ pub fn parse(argv: Vec<OsString>) -> Result<Command, Failure> {
         Sub::Run(run) => Command::Run(run.into_options()?),
         Sub::Compare(compare) => Command::Compare(compare.into_options()),
         Sub::Completions { shell } => Command::Completions(shell),
+        Sub::Prof(prof) => Command::Prof(prof),
     })
 }
 

@@ -33,6 +33,12 @@ ENVIRONMENT
     BUDDYSLAB_ADDRSPACE_SVG=FILE.svg
         The process address space (segments, gaps, buddyslab's regions)
         drawn as SVG at exit.
+    BUDDYSLAB_PROF=FILE
+        Sampled heap profiling: the live heap by call stack is written to
+        FILE at exit (%p: the process id), in the text format pprof reads,
+        with a leak report on stderr; read it with `buddyslab prof FILE`.
+    BUDDYSLAB_PROF_RATE=SIZE
+        Mean bytes allocated between two samples (default 512k).
     BUDDYSLAB_LARGE_CACHE=SIZE
         Cap on released large mappings kept for reuse (default 64m, also
         bounded by the trim threshold; 0 turns the cache off).
@@ -104,6 +110,7 @@ NAME
 SYNOPSIS
     buddyslab run [OPTIONS] [--] PROGRAM [ARGS...]
     buddyslab compare [OPTIONS] [--] PROGRAM [ARGS...]
+    buddyslab prof [--svg OUT.svg] [--top N] FILE
     buddyslab completions SHELL
     buddyslab help [COMMAND] | --help | --version
 
@@ -268,6 +275,49 @@ EXAMPLES
 
     buddyslab compare --json --timeout 60 --allow-output-diff -- ./bench
         A benchmark that prints its own timings, for a script to read.
+"
+);
+
+/// `buddyslab prof --help`.
+pub const PROF: &str = concat!(
+    "\
+NAME
+    buddyslab prof - which call sites hold the live heap, from a profile
+
+SYNOPSIS
+    ",
+    "{usage}",
+    "
+
+DESCRIPTION
+    Reads a heap profile that the library wrote (BUDDYSLAB_PROF=FILE;
+    gperftools' heap-profile text format, which pprof also reads), names
+    its frames with addr2line (binutils) through the profile's list of
+    mapped files, and prints the call sites with the most live bytes,
+    largest first: the estimated live bytes (the sampled bytes, each
+    sample scaled as pprof does), their share of the estimated total, the
+    samples, and the caller.
+    A call site is the first frame outside the allocator. Programs built
+    with -g give file and line; without it, the function name or the
+    object and offset.
+
+ARGUMENTS
+",
+    "{positionals}",
+    "
+
+OPTIONS
+",
+    "{options}",
+    "
+
+EXAMPLES
+    BUDDYSLAB_PROF=heap.%p buddyslab run -- ./server
+    buddyslab prof heap.12345
+        Profile a program's live heap, then list its largest call sites.
+
+    buddyslab prof heap.12345 --svg heap.svg
+        Also draw the live heap as a flame graph.
 "
 );
 

@@ -13,6 +13,7 @@
 //!   with `wait4` (wall time, peak RSS, faults), the binding handshake with
 //!   the library, and forwarding signals
 //! - `run` and `compare`: the two subcommands; `chart`: the SVG chart
+//! - `prof`: reading a heap profile, its call sites and flame graph
 //! - `out`: printing that survives a closed stdout or stderr
 
 mod args;
@@ -22,6 +23,7 @@ mod compare;
 mod help;
 mod out;
 mod program;
+mod prof;
 mod run;
 
 use out::{sayln, show};
@@ -79,6 +81,7 @@ fn main() -> ExitCode {
         }
         args::Command::Run(options) => run::run(options),
         args::Command::Compare(options) => compare::compare(options),
+        args::Command::Prof(options) => prof::prof(options),
     });
     match outcome {
         Ok(status) => ExitCode::from(status),
