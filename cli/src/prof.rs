@@ -187,23 +187,24 @@ fn file_offset_to_vaddr(path: &Path, offset: u64) -> Option<u64> {
 }
 
 /// Names every address of the profile: one `addr2line` run per object.
-pub fn symbolise(profile: &Profile) -> HashMap<u64, Frame> {
+/// An address inside inlined code stands for several frames (the
+/// innermost first), as `addr2line -i` lists them.
+pub fn symbolise(profile: &Profile) -> HashMap<u64, Vec<Frame>> {
     let mut by_object: HashMap<&str, Vec<(u64, u64)>> = HashMap::new();
     let mut names = HashMap::new();
-    let mut seen = std::collections::HashSet::new();
     for s in &profile.stacks {
         for &a in &s.frames {
-            if !seen.insert(a) {
+            if names.contains_key(&a) {
                 continue;
             }
             // A return address: the call is the byte before it.
             let pc = a.saturating_sub(1);
             let Some(m) = profile.maps.iter().find(|m| pc >= m.start && pc < m.end) else {
-                names.insert(a, Frame { function: "??".into(), place: format!("{a:#x}") });
+                names.insert(a, vec![Frame { function: "??".into(), place: format!("{a:#x}") }]);
                 continue;
             };
             let offset = pc - m.start + m.offset;
-            names.insert(a, Frame { function: "??".into(), place: format!("{}+{offset:#x}", short(&m.path)) });
+            names.insert(a, vec![Frame { function: "??".into(), place: format!("{}+{offset:#x}", short(&m.path)) }]);
             if m.path.starts_with('/') {
                 by_object.entry(&m.path).or_default().push((a, offset));
             }
@@ -216,26 +217,40 @@ pub fn symbolise(profile: &Profile) -> HashMap<u64, Frame> {
             .collect();
         for chunk in resolved.chunks(500) {
             let out = Command::new("addr2line")
-                .args(["-f", "-C", "-e", path])
+                .args(["-a", "-i", "-f", "-C", "-e", path])
                 .args(chunk.iter().map(|(_, v)| format!("{v:#x}")))
                 .output();
             let Ok(out) = out else { continue };
             let text = String::from_utf8_lossy(&out.stdout);
-            let lines: Vec<&str> = text.lines().collect();
-            if lines.len() != chunk.len() * 2 {
+            // Each address: a line with the address, then pairs of lines
+            // (function, file:line), innermost first.
+            let mut groups: Vec<Vec<&str>> = Vec::new();
+            for line in text.lines() {
+                if line.starts_with("0x") && line[2..].chars().all(|c| c.is_ascii_hexdigit()) {
+                    groups.push(Vec::new());
+                } else if let Some(g) = groups.last_mut() {
+                    g.push(line.trim());
+                }
+            }
+            if groups.len() != chunk.len() {
                 continue;
             }
-            for (i, &(a, _)) in chunk.iter().enumerate() {
-                let function = lines[2 * i].trim().to_string();
-                let location = lines[2 * i + 1].trim();
-                let frame = names.get_mut(&a).expect("named above");
-                if function != "??" {
-                    frame.function = function;
-                }
-                if !location.starts_with("??") {
-                    // Keep the file name and line, not the build's directories.
-                    let location = location.split(" (discriminator").next().unwrap_or(location);
-                    frame.place = short(location).to_string();
+            for (g, &(a, _)) in groups.iter().zip(chunk) {
+                let fallback = names[&a][0].place.clone();
+                let frames: Vec<Frame> = g
+                    .chunks(2)
+                    .filter(|pair| pair.len() == 2)
+                    .map(|pair| {
+                        let location = pair[1].split(" (discriminator").next().unwrap_or(pair[1]);
+                        Frame {
+                            function: pair[0].to_string(),
+                            // The file name and line, not the build's directories.
+                            place: if location.starts_with("??") { fallback.clone() } else { short(location).to_string() },
+                        }
+                    })
+                    .collect();
+                if !frames.is_empty() {
+                    names.insert(a, frames);
                 }
             }
         }
@@ -251,8 +266,9 @@ fn short(path: &str) -> &str {
 /// Whether a frame belongs to the allocator or its wrappers rather than
 /// to the program that called it.
 pub fn is_allocator_frame(f: &Frame) -> bool {
-    const PREFIXES: [&str; 12] = [
+    const PREFIXES: [&str; 13] = [
         "buddyslab::",
+        "__rustc::",
         "<buddyslab::",
         "__rust_",
         "__rdl_",
@@ -271,6 +287,8 @@ pub fn is_allocator_frame(f: &Frame) -> bool {
     ];
     f.place.starts_with("libbuddyslab.so")
         || PREFIXES.iter().any(|p| f.function.starts_with(p))
+        || f.function.contains(" as alloc::")
+        || f.function.contains(" as core::alloc::")
         || C_NAMES.contains(&f.function.as_str())
 }
 
@@ -287,8 +305,8 @@ pub struct Site {
 
 /// The frames of a stack the program owns: the allocator's innermost
 /// frames dropped.
-fn program_frames<'a>(s: &StackLine, names: &'a HashMap<u64, Frame>) -> Vec<&'a Frame> {
-    let frames: Vec<&Frame> = s.frames.iter().filter_map(|a| names.get(a)).collect();
+fn program_frames<'a>(s: &StackLine, names: &'a HashMap<u64, Vec<Frame>>) -> Vec<&'a Frame> {
+    let frames: Vec<&Frame> = s.frames.iter().filter_map(|a| names.get(a)).flatten().collect();
     let skip = frames.iter().take_while(|f| is_allocator_frame(f)).count();
     if skip == frames.len() {
         frames
@@ -298,7 +316,7 @@ fn program_frames<'a>(s: &StackLine, names: &'a HashMap<u64, Frame>) -> Vec<&'a 
 }
 
 /// The call sites with live samples, largest estimated live bytes first.
-pub fn sites(profile: &Profile, names: &HashMap<u64, Frame>) -> Vec<Site> {
+pub fn sites(profile: &Profile, names: &HashMap<u64, Vec<Frame>>) -> Vec<Site> {
     let mut sites: Vec<Site> = Vec::new();
     let mut index: HashMap<Frame, usize> = HashMap::new();
     for s in profile.stacks.iter().filter(|s| s.live_count > 0) {
@@ -399,7 +417,7 @@ fn flame_colour(name: &str) -> String {
 /// The live heap as a flame graph: the program's outermost frame at the
 /// bottom, each call site on top of its callers, widths proportional to
 /// the estimated live bytes.
-pub fn flame_svg(file: &Path, profile: &Profile, names: &HashMap<u64, Frame>) -> String {
+pub fn flame_svg(file: &Path, profile: &Profile, names: &HashMap<u64, Vec<Frame>>) -> String {
     let mut root = Node::default();
     for s in profile.stacks.iter().filter(|s| s.live_count > 0) {
         let mut path: Vec<String> = program_frames(s, names).iter().map(|f| f.function.clone()).collect();
@@ -517,9 +535,10 @@ MAPPED_LIBRARIES:
     fn sites_skip_allocator_frames_and_sort_by_bytes() {
         let p = parse(SAMPLE).unwrap();
         let f = |function: &str| Frame { function: function.into(), place: "x.c:1".into() };
-        let names: HashMap<u64, Frame> = [(0x1010, f("malloc")), (0x2020, f("big")), (0x3030, f("small"))].into();
+        let names: HashMap<u64, Vec<Frame>> = [(0x1010, vec![f("malloc")]), (0x2020, vec![f("big")]), (0x3030, vec![f("inlined"), f("small")])].into();
         let s = sites(&p, &names);
-        assert_eq!(s.iter().map(|s| s.frame.function.as_str()).collect::<Vec<_>>(), ["big", "small"]);
+        assert_eq!(s.iter().map(|s| s.frame.function.as_str()).collect::<Vec<_>>(), ["big", "inlined"]);
+        assert_eq!(s[1].caller.as_ref().map(|c| c.function.as_str()), Some("small"));
         assert_eq!(s[0].sampled_bytes, 2000);
         let svg = flame_svg(Path::new("p"), &p, &names);
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
