@@ -331,8 +331,8 @@ fn free_other(p: *mut u8) {
         let user_class = unsafe { (*desc).user_class as usize };
         if user_class != 0 {
             check_slot_start(b"free()", p, user_class);
-            if crate::prof::on() {
-                crate::prof::free_object(p, desc);
+            if crate::prof::on() && crate::prof::free_object(p, desc, user_class) {
+                return;
             }
             // SAFETY: a slab object of this class, given up by the caller.
             unsafe { magazine::free_slow(p, user_class) };

@@ -43,10 +43,16 @@
 //! **Knowing that a freed object was sampled** costs the frees of other
 //! objects nothing: the page of a sampled slab object gets a fast-path tag
 //! no thread matches ([`DIVERTED`]), so every free of an object in that
-//! page takes the slow path, which asks the table; the tag is restored
-//! when the page's last sampled object is freed (the table counts samples
-//! per page). Page runs and large blocks are freed on slow paths anyway;
-//! they ask the table only while sampled blocks of theirs are live.
+//! page leaves the fast path for [`free_object`], which asks a lock-free
+//! filter (live samples per hash of their addresses) and, only when that
+//! says maybe, the table; then it pushes the object onto the thread's bin
+//! as the fast path would have. The tag is restored when the page's last
+//! sampled object is freed (the table counts samples per page). Sampled
+//! objects are the long-lived ones, so their pages stay diverted for long
+//! and the short-lived objects around them pay this detour (about 25
+//! instructions besides the chunk-map lookup) while profiling is on. Page
+//! runs and large blocks are freed on slow paths anyway; they ask the
+//! table only while sampled blocks of theirs are live.
 //!
 //! **Output.** [`write_profile`] writes the live heap in the gperftools
 //! heap-profile text format that `pprof` reads: a `heap profile:` header
@@ -63,6 +69,7 @@
 
 use crate::os;
 use crate::page::{self, Page};
+use crate::slab::magazine;
 use crate::stats::FdWriter;
 use crate::sync::Mutex;
 use core::fmt::{self, Write as _};
@@ -300,17 +307,36 @@ pub fn sample_block(left: *mut isize, p: *mut u8, size: usize) {
     }
 }
 
-/// `free` of the slab object `p`, whose page is `desc`, while profiling is
-/// on: forgets the sample if `p` is one. Only objects in a diverted page
-/// get past the first test.
+/// `free` of the slab object `p` of class `user_class - 1`, whose page is
+/// `desc`, while profiling is on: forgets the sample if `p` is one. Only
+/// objects in a diverted page get past the first test; for them this
+/// also does what the fast path would have done, had the tag not turned
+/// them away (the push onto the thread's bin), and says so: true when `p`
+/// is freed.
 #[cold]
 #[inline(never)]
-pub fn free_object(p: *mut u8, desc: *mut Page) {
+pub fn free_object(p: *mut u8, desc: *mut Page, user_class: usize) -> bool {
     // SAFETY: `desc` describes a page of a live slab.
     if unsafe { page::tag(desc) } != DIVERTED {
-        return;
+        return false;
     }
-    STATE.lock().remove(p as usize);
+    if FILTER[filter_slot(p as usize)].load(Ordering::Relaxed) != 0 {
+        STATE.lock().remove(p as usize);
+    }
+    let tc = magazine::current();
+    // SAFETY: `desc` is a slab page's descriptor; the thread cache is this
+    // thread's; `local` is checked to be `user_class` (<= NR_CLASSES)
+    // before it indexes the bins; `p` is a live object of that class and
+    // node, given up by the caller (free_local still catches a double
+    // free).
+    unsafe {
+        let local = ((*desc).class_and_node() ^ (*tc).node_tag()) as usize;
+        if local == user_class && magazine::has_room(tc, local) {
+            magazine::free_local(tc, p, local);
+            return true;
+        }
+    }
+    false
 }
 
 /// `free` (or a move by `realloc`) of the page run or large block `p`
@@ -325,6 +351,20 @@ pub fn free_block(p: *mut u8) {
 }
 
 // ---------------------------------------------------------------- tables
+
+/// Slots of [`FILTER`].
+const FILTER_SLOTS: usize = 1 << 16;
+
+/// Live samples per slot of a hash of their addresses: a free in a
+/// diverted page whose slot is 0 was not sampled and skips the lock and
+/// the table. Written under the lock; read without it, which is enough:
+/// a sample is counted before its block is handed out, so a free of it
+/// sees the count.
+static FILTER: [core::sync::atomic::AtomicU16; FILTER_SLOTS] = [const { core::sync::atomic::AtomicU16::new(0) }; FILTER_SLOTS];
+
+fn filter_slot(p: usize) -> usize {
+    ((p >> 4) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) as usize >> (usize::BITS - FILTER_SLOTS.trailing_zeros())
+}
 
 /// An entry of the sample table. The key is an object's address for a
 /// sample, or a page's address plus one for the count of samples in a
@@ -513,6 +553,10 @@ impl State {
         let (slot, _) = self.find(p);
         *self.entry(slot) = Entry { key: p, value: size, stack, kind: kind as u32 };
         self.len += 1;
+        // Saturates rather than wraps: a slot stuck above 0 only costs
+        // lookups.
+        let f = &FILTER[filter_slot(p)];
+        f.store(f.load(Ordering::Relaxed).saturating_add(1), Ordering::Relaxed);
         let s = self.stack(stack as usize);
         s.live_count += 1;
         s.live_bytes += size as u64;
@@ -576,6 +620,11 @@ impl State {
         }
         let e = *self.entry(slot);
         self.delete(slot);
+        let f = &FILTER[filter_slot(p)];
+        let n = f.load(Ordering::Relaxed);
+        if n != u16::MAX {
+            f.store(n - 1, Ordering::Relaxed);
+        }
         let s = self.stack(e.stack as usize);
         s.live_count -= 1;
         s.live_bytes -= e.value as u64;

@@ -465,6 +465,8 @@ fn draw_node(svg: &mut String, name: &str, node: &Node, x: f64, y: f64, scale: f
         flame_colour(name)
     );
     let fits = ((w - 6.0) / FLAME_CHAR_W).floor() as usize;
+    let with_share = format!("{name} {share:.1}%");
+    let name = if with_share.chars().count() <= fits { with_share.as_str() } else { name };
     if fits >= 3 {
         let mut label: String = name.chars().take(fits).collect();
         if label.chars().count() < name.chars().count() {
@@ -542,7 +544,8 @@ MAPPED_LIBRARIES:
         assert_eq!(s[0].sampled_bytes, 2000);
         let svg = flame_svg(Path::new("p"), &p, &names);
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
-        assert!(svg.contains(">big</text>") || svg.contains("<title>big"));
+        assert!(svg.contains("<title>big"), "{svg}");
+        assert!(svg.contains(">big 66.7%</text>"), "a frame wide enough shows its share: {svg}");
         assert!(!svg.contains("malloc"), "allocator frames stay out of the flame graph");
     }
 }

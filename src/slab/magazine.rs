@@ -617,10 +617,11 @@ fn alloc_slow(class: usize, size: usize) -> *mut u8 {
     let sampled = crate::prof::on()
         && crate::prof::plan_refill(unsafe { &mut (*tc).prof_left }, CLASSES[class].size as usize, &mut want);
     let (list, n) = percpu::alloc_batch(class, want);
-    if sampled {
-        crate::prof::record(prof_budget(), list, size, crate::prof::Kind::Slab);
-    }
     if n == 0 {
+        if sampled {
+            // Nothing to record; the budget must leave its busy state.
+            crate::prof::record(prof_budget(), ptr::null_mut(), size, crate::prof::Kind::Slab);
+        }
         crate::os::set_errno(libc::ENOMEM);
         return ptr::null_mut();
     }
@@ -631,6 +632,11 @@ fn alloc_slow(class: usize, size: usize) -> *mut u8 {
         link::clear(list);
     }
     bin.count = n as u32 - 1;
+    if sampled {
+        // After the bin is whole again: the unwinder may allocate, from
+        // this very bin.
+        crate::prof::record(prof_budget(), list, size, crate::prof::Kind::Slab);
+    }
     list
 }
 
