@@ -372,7 +372,7 @@ mod tls {
 
 pub use tls::current;
 
-/// The calling thread's heap-profile budget ([`ThreadCache::prof_left`]),
+/// The calling thread's heap-profile budget (the thread cache's `prof_left`),
 /// usable in every state of the cache (it is plain thread-local memory).
 pub fn prof_budget() -> *mut isize {
     // SAFETY: only the field's address is computed.
