@@ -125,7 +125,7 @@ fn alloc_big_known_zero(size: usize, align: usize) -> (*mut u8, bool) {
         }
     };
     if crate::prof::on() && !block.0.is_null() {
-        crate::prof::sample_block(magazine::prof_budget(), block.0, size);
+        crate::prof::sample_block(block.0, size);
     }
     block
 }
@@ -331,7 +331,9 @@ fn free_other(p: *mut u8) {
         let user_class = unsafe { (*desc).user_class as usize };
         if user_class != 0 {
             check_slot_start(b"free()", p, user_class);
-            if crate::prof::on() && crate::prof::free_object(p, desc, user_class) {
+            // SAFETY: a slab object of this class in that page, given up by
+            // the caller, at an object start (checked above).
+            if crate::prof::on() && unsafe { crate::prof::free_object(p, desc, user_class) } {
                 return;
             }
             // SAFETY: a slab object of this class, given up by the caller.

@@ -254,12 +254,14 @@ pub enum Kind {
 /// Records a sample: `p`, of `size` requested bytes, allocated just now by
 /// the calling thread, whose budget is busy (see [`charge`]) and is given
 /// back here (also when `p` is null: the allocation failed).
+///
+/// The budget is reached through a raw pointer, never a reference held
+/// across the capture: allocations made while the stack is captured
+/// charge the same budget.
 #[cold]
 #[inline(never)]
-///
-/// `left` is a raw pointer: allocations made while the stack is captured
-/// charge the same budget.
-pub fn record(left: *mut isize, p: *mut u8, size: usize, kind: Kind) {
+pub fn record(p: *mut u8, size: usize, kind: Kind) {
+    let left = magazine::prof_budget();
     if p.is_null() {
         // SAFETY: the calling thread's budget; no reference to it is live.
         capture_done(unsafe { &mut *left });
@@ -289,10 +291,10 @@ pub fn record(left: *mut isize, p: *mut u8, size: usize, kind: Kind) {
 /// of `object_size` bytes for a request of `size`.
 #[cold]
 #[inline(never)]
-pub fn sample_object(left: *mut isize, p: *mut u8, size: usize, object_size: usize) {
+pub fn sample_object(p: *mut u8, size: usize, object_size: usize) {
     // SAFETY: the calling thread's budget; the reference ends here.
-    if charge(unsafe { &mut *left }, object_size) {
-        record(left, p, size, Kind::Slab);
+    if charge(unsafe { &mut *magazine::prof_budget() }, object_size) {
+        record(p, size, Kind::Slab);
     }
 }
 
@@ -300,10 +302,10 @@ pub fn sample_object(left: *mut isize, p: *mut u8, size: usize, object_size: usi
 /// handed out.
 #[cold]
 #[inline(never)]
-pub fn sample_block(left: *mut isize, p: *mut u8, size: usize) {
+pub fn sample_block(p: *mut u8, size: usize) {
     // SAFETY: the calling thread's budget; the reference ends here.
-    if charge(unsafe { &mut *left }, size) {
-        record(left, p, size, Kind::Block);
+    if charge(unsafe { &mut *magazine::prof_budget() }, size) {
+        record(p, size, Kind::Block);
     }
 }
 
@@ -313,9 +315,13 @@ pub fn sample_block(left: *mut isize, p: *mut u8, size: usize) {
 /// also does what the fast path would have done, had the tag not turned
 /// them away (the push onto the thread's bin), and says so: true when `p`
 /// is freed.
+///
+/// # Safety
+/// `p` is a live object of class `user_class - 1` in the page `desc`
+/// describes, given up by the caller; `p` passed the object-start check.
 #[cold]
 #[inline(never)]
-pub fn free_object(p: *mut u8, desc: *mut Page, user_class: usize) -> bool {
+pub unsafe fn free_object(p: *mut u8, desc: *mut Page, user_class: usize) -> bool {
     // SAFETY: `desc` describes a page of a live slab.
     if unsafe { page::tag(desc) } != DIVERTED {
         return false;
@@ -457,17 +463,28 @@ impl State {
         true
     }
 
-    fn stack(&self, i: usize) -> &mut Stack {
+    fn stack(&self, i: usize) -> &Stack {
         debug_assert!(i < self.nr_stacks);
-        // SAFETY: `i` is below the stacks in use, inside the mapping; the
-        // lock makes the reference exclusive.
+        // SAFETY: `i` is below the stacks in use, inside the mapping.
+        unsafe { &*self.stacks.add(i) }
+    }
+
+    fn stack_mut(&mut self, i: usize) -> &mut Stack {
+        debug_assert!(i < self.nr_stacks);
+        // SAFETY: as in `stack`; `&mut self` (under the lock) makes the
+        // reference exclusive.
         unsafe { &mut *self.stacks.add(i) }
     }
 
-    fn entry(&self, i: usize) -> &mut Entry {
+    fn entry(&self, i: usize) -> &Entry {
         debug_assert!(i < self.capacity);
-        // SAFETY: `i` is below the capacity of the mapped table; the lock
-        // makes the reference exclusive.
+        // SAFETY: `i` is below the capacity of the mapped table.
+        unsafe { &*self.entries.add(i) }
+    }
+
+    fn entry_mut(&mut self, i: usize) -> &mut Entry {
+        debug_assert!(i < self.capacity);
+        // SAFETY: as in `entry`; `&mut self` makes the reference exclusive.
         unsafe { &mut *self.entries.add(i) }
     }
 
@@ -487,7 +504,7 @@ impl State {
                 }
                 let i = self.nr_stacks;
                 self.nr_stacks += 1;
-                let s = self.stack(i);
+                let s = self.stack_mut(i);
                 s.hash = h;
                 s.depth = frames.len();
                 s.frames[..frames.len()].copy_from_slice(frames);
@@ -535,7 +552,7 @@ impl State {
             let e = unsafe { *old.add(i) };
             if e.key != 0 {
                 let (slot, _) = self.find(e.key);
-                *self.entry(slot) = e;
+                *self.entry_mut(slot) = e;
             }
         }
         // SAFETY: the old table is ours and nothing points into it now.
@@ -551,13 +568,13 @@ impl State {
             return;
         }
         let (slot, _) = self.find(p);
-        *self.entry(slot) = Entry { key: p, value: size, stack, kind: kind as u32 };
+        *self.entry_mut(slot) = Entry { key: p, value: size, stack, kind: kind as u32 };
         self.len += 1;
         // Saturates rather than wraps: a slot stuck above 0 only costs
         // lookups.
         let f = &FILTER[filter_slot(p)];
         f.store(f.load(Ordering::Relaxed).saturating_add(1), Ordering::Relaxed);
-        let s = self.stack(stack as usize);
+        let s = self.stack_mut(stack as usize);
         s.live_count += 1;
         s.live_bytes += size as u64;
         s.total_count += 1;
@@ -570,10 +587,10 @@ impl State {
                 let page_key = (p & !(os::PAGE_SIZE - 1)) + 1;
                 let (slot, found) = self.find(page_key);
                 if found {
-                    self.entry(slot).value += 1;
+                    self.entry_mut(slot).value += 1;
                 } else if self.make_room() {
                     let (slot, _) = self.find(page_key);
-                    *self.entry(slot) = Entry { key: page_key, value: 1, stack: 0, kind: 0 };
+                    *self.entry_mut(slot) = Entry { key: page_key, value: 1, stack: 0, kind: 0 };
                     self.len += 1;
                     let desc = page::page_of(p);
                     // SAFETY: `p` is a live slab object, so its page has a
@@ -601,11 +618,11 @@ impl State {
             // The entry may move to the hole when the hole lies on its
             // probe path, from `home` up to `j`.
             if j.wrapping_sub(home) & mask >= j.wrapping_sub(hole) & mask {
-                *self.entry(hole) = e;
+                *self.entry_mut(hole) = e;
                 hole = j;
             }
         }
-        self.entry(hole).key = 0;
+        self.entry_mut(hole).key = 0;
         self.len -= 1;
     }
 
@@ -625,7 +642,7 @@ impl State {
         if n != u16::MAX {
             f.store(n - 1, Ordering::Relaxed);
         }
-        let s = self.stack(e.stack as usize);
+        let s = self.stack_mut(e.stack as usize);
         s.live_count -= 1;
         s.live_bytes -= e.value as u64;
         if e.kind == Kind::Block as u32 {
@@ -637,7 +654,7 @@ impl State {
         if !found {
             return;
         }
-        self.entry(slot).value -= 1;
+        self.entry_mut(slot).value -= 1;
         if self.entry(slot).value == 0 {
             self.delete(slot);
             let desc = page::page_of(p);
@@ -888,7 +905,7 @@ mod tests {
                 assert!(left < 0, "busy while capturing");
                 capture_done(&mut left);
             }
-            assert!(left > 0 && want >= 1 && want <= 32);
+            assert!(left > 0 && (1..=32).contains(&want));
             charged += want * size;
         }
         let expected = charged / rate();

@@ -84,9 +84,12 @@ fn rows(report: &str) -> Vec<(f64, u64, String)> {
         .collect()
 }
 
+/// A stack line of a profile: live objects, live bytes, frames.
+type StackLine = (u64, u64, Vec<u64>);
+
 /// A profile's stack lines and mapped files, checked line by line against
 /// the gperftools heap-profile text format.
-fn check_format(text: &str) -> (Vec<(u64, u64, Vec<u64>)>, Vec<String>) {
+fn check_format(text: &str) -> (Vec<StackLine>, Vec<String>) {
     let mut lines = text.lines();
     let header = lines.next().expect("a header");
     let rest = header.strip_prefix("heap profile: ").unwrap_or_else(|| panic!("header: {header}"));

@@ -576,7 +576,7 @@ fn alloc_slow(class: usize, size: usize) -> *mut u8 {
                 unsafe { ptr::write_bytes(object, perturb ^ 0xff, size) };
             }
             if crate::prof::on() {
-                crate::prof::sample_object(prof_budget(), object, size, CLASSES[class].size as usize);
+                crate::prof::sample_object(object, size, CLASSES[class].size as usize);
             }
         }
         return object;
@@ -620,7 +620,7 @@ fn alloc_slow(class: usize, size: usize) -> *mut u8 {
     if n == 0 {
         if sampled {
             // Nothing to record; the budget must leave its busy state.
-            crate::prof::record(prof_budget(), ptr::null_mut(), size, crate::prof::Kind::Slab);
+            crate::prof::record(ptr::null_mut(), size, crate::prof::Kind::Slab);
         }
         crate::os::set_errno(libc::ENOMEM);
         return ptr::null_mut();
@@ -635,7 +635,7 @@ fn alloc_slow(class: usize, size: usize) -> *mut u8 {
     if sampled {
         // After the bin is whole again: the unwinder may allocate, from
         // this very bin.
-        crate::prof::record(prof_budget(), list, size, crate::prof::Kind::Slab);
+        crate::prof::record(list, size, crate::prof::Kind::Slab);
     }
     list
 }
