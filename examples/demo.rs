@@ -31,7 +31,7 @@ fn show(title: &str) {
         s.nr_page_runs,
     );
     let busiest: Vec<String> = {
-        let mut c: Vec<_> = s.caches[..buddyslab::slab::NR_CLASSES].iter().filter(|c| c.num_objs > 0).collect();
+        let mut c: Vec<_> = s.caches[..buddyslab::internals::slab::NR_CLASSES].iter().filter(|c| c.num_objs > 0).collect();
         c.sort_by_key(|c| std::cmp::Reverse(c.active_objs * c.objsize));
         c.iter()
             .take(4)

@@ -307,7 +307,7 @@ fn main() {
                 mib(rss),
                 mib(live),
                 mib(h.chunk_bytes()),
-                mib(h.free_pages * buddyslab::os::PAGE_SIZE),
+                mib(h.free_pages * buddyslab::internals::os::PAGE_SIZE),
                 mib(h.large_bytes),
                 c.allocs.load(Ordering::Relaxed),
                 c.reallocs.load(Ordering::Relaxed),

@@ -1,20 +1,31 @@
 //! buddyslab: a `malloc` built the way the Linux kernel manages memory.
 //!
-//! The layers, each using only those below it:
+//! The layers, each using only those below it (docs/ARCHITECTURE.md has
+//! them in full; `tests/layers.rs` checks the order):
 //!
 //! ```text
-//!  global (GlobalAlloc)        cdylib/ (C ABI, separate crate)
-//!            \                  /
-//!             heap: size/alignment -> tier, pointer -> owner
-//!            /          |          \
-//!   slab (kmem_cache)  large (mmap)  stats (views)
-//!           |            |
-//!   buddy (free_area[order], chunks)
-//!           |            |
-//!   page (struct page, chunk map) + vma (region tree) + pagetable (shadow)
-//!           |
-//!   os (system calls) + sync (futex mutex)
+//!  global (GlobalAlloc)            cdylib/ (C ABI, separate crate)
+//!              \                    /
+//!    heap: size/alignment -> tier, pointer -> owner; set-up, fork
+//!              |
+//!    views: snapshot, stats, frag, heapmap, addrspace, prof (they read)
+//!              |
+//!    large: the mmap-threshold tier (its blocks are regions of the tree)
+//!              |
+//!    ledger: region tree (vma) + page-table shadow, told through hooks
+//!              |
+//!    slab: size classes, kmem_cache, per-CPU depots, magazines
+//!              |
+//!    profile: the heap profile's sampling budgets, stacks and live samples
+//!              |
+//!    mm: page descriptors, zone and free_area[order], pcp, chunks, reclaim
+//!              |
+//!    counters, options, os (system calls, sync, fmt)
 //! ```
+//!
+//! The public API is [`BuddySlab`], the views ([`stats`], [`frag`],
+//! [`heapmap`], [`addrspace`], [`prof`]) and [`heap`]; the tiers are
+//! private.
 //!
 //! Use it from Rust as the global allocator:
 //!
@@ -42,38 +53,24 @@
 #[cfg(all(not(test), not(target_arch = "x86_64")))]
 extern crate std;
 
-// The public API: the global allocator and the views of the heap. The
-// tiers below are public only so that the C face (a separate crate), the
-// tool and the integration tests can reach them; they are hidden from the
-// documentation and carry no stability promise.
-pub mod addrspace;
-pub mod frag;
-pub mod global;
-pub mod heapmap;
-pub mod prof;
-pub mod stats;
-
-#[doc(hidden)]
-pub mod buddy;
+// The layers, lowest first (docs/ARCHITECTURE.md; tests/layers.rs checks
+// that no module names one above its own).
+pub(crate) mod os;
+pub(crate) mod options;
+pub(crate) mod counters;
+pub(crate) mod mm;
+pub(crate) mod profile;
+pub(crate) mod slab;
+pub(crate) mod ledger;
+pub(crate) mod large;
+pub mod views;
 #[doc(hidden)]
 pub mod heap;
+pub mod global;
 #[doc(hidden)]
-pub mod large;
-#[doc(hidden)]
-pub mod options;
-#[doc(hidden)]
-pub mod os;
-#[doc(hidden)]
-pub mod page;
-#[doc(hidden)]
-pub mod pagetable;
-#[doc(hidden)]
-pub mod pcp;
-#[doc(hidden)]
-pub mod slab;
-#[doc(hidden)]
-pub mod sync;
-#[doc(hidden)]
-pub mod vma;
+pub mod internals;
+
+// The public API: the global allocator and the views of the heap.
+pub use views::{addrspace, frag, heapmap, prof, stats};
 
 pub use global::BuddySlab;

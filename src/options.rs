@@ -5,9 +5,9 @@
 //! | `BUDDYSLAB_MMAP_THRESHOLD` | bytes; requests at or above get a large block (default 128 KiB and adaptive, at most 32 MiB; `k`/`m` suffixes); setting it stops the adaptation |
 //! | `BUDDYSLAB_DECAY_MS`       | milliseconds free memory stays resident before going back to the OS (default 1000; 0 = at the next slow path) |
 //! | `BUDDYSLAB_STATS`          | `1`: the text views on stderr at exit; `json`: one JSON object on stderr at exit |
-//! | `BUDDYSLAB_HEAPMAP`        | a file path: an SVG heap map (one row per chunk, one cell per page) is written there at exit (see [`crate::heapmap`]) |
-//! | `BUDDYSLAB_ADDRSPACE_SVG`  | a file path: the process address space drawn as SVG (segments, gaps, buddyslab's regions) is written there at exit (see [`crate::addrspace`]) |
-//! | `BUDDYSLAB_PROF`           | a file path (`%p`: the process id): sampled heap profiling; the live-heap profile is written there at exit, in the gperftools text format (see [`crate::prof`]), and a leak report goes to stderr |
+//! | `BUDDYSLAB_HEAPMAP`        | a file path: an SVG heap map (one row per chunk, one cell per page) is written there at exit (see [`crate::views::heapmap`]) |
+//! | `BUDDYSLAB_ADDRSPACE_SVG`  | a file path: the process address space drawn as SVG (segments, gaps, buddyslab's regions) is written there at exit (see [`crate::views::addrspace`]) |
+//! | `BUDDYSLAB_PROF`           | a file path (`%p`: the process id): sampled heap profiling; the live-heap profile is written there at exit, in the gperftools text format (see [`crate::profile`] and [`crate::views::prof`]), and a leak report goes to stderr |
 //! | `BUDDYSLAB_PROF_RATE`      | bytes; mean allocated bytes between heap-profile samples (default 512 KiB; `k`/`m` suffixes) |
 //! | `BUDDYSLAB_LARGE_CACHE`    | bytes; cap on released large mappings kept for reuse (default 64 MiB, also bounded by the trim threshold; 0 turns the cache off) |
 //! | `BUDDYSLAB_LARGE_CACHE_MS` | milliseconds a released mapping stays cached (default 1000) |
@@ -25,10 +25,9 @@
 //! same `LD_PRELOAD` stays quiet, since the parent said it already. Word
 //! values (`json`, `text`) are taken in any case.
 
-use crate::large::{self, CACHE_MAX, CACHE_MAX_AGE_NS};
 use crate::os;
 use core::ffi::CStr;
-use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 /// What to print at exit ([`STATS_AT_EXIT`]): nothing.
 pub const STATS_OFF: u8 = 0;
@@ -46,6 +45,118 @@ pub static STATS_PPID: AtomicI32 = AtomicI32::new(0);
 pub static PERTURB: AtomicU8 = AtomicU8::new(0);
 /// `BUDDYSLAB_VERBOSE`: print the effective options at start-up.
 static VERBOSE: AtomicBool = AtomicBool::new(false);
+
+// The values each tier reads, owned here so that parsing them names no
+// tier: the large tier's thresholds and cache bounds, the page
+// allocator's decay period, the views' files.
+
+/// Default mmap threshold (glibc's `DEFAULT_MMAP_THRESHOLD_MIN`).
+pub const DEFAULT_MMAP_THRESHOLD: usize = 128 * 1024;
+/// Largest threshold `mallopt` accepts and the adaptation reaches (glibc's
+/// `DEFAULT_MMAP_THRESHOLD_MAX` on 64-bit).
+pub const MAX_MMAP_THRESHOLD: usize = 32 * 1024 * 1024;
+/// Default trim threshold (glibc's `DEFAULT_TRIM_THRESHOLD`).
+pub const DEFAULT_TRIM_THRESHOLD: usize = 128 * 1024;
+/// Default cap on cached bytes: the largest trim threshold the adaptation
+/// reaches.
+pub const DEFAULT_CACHE_MAX: usize = 2 * MAX_MMAP_THRESHOLD;
+/// Default time an extent stays cached, in milliseconds.
+pub const DEFAULT_CACHE_MS: u64 = 1000;
+
+/// Requests of at least this many bytes get a large block.
+pub static MMAP_THRESHOLD: AtomicUsize = AtomicUsize::new(DEFAULT_MMAP_THRESHOLD);
+/// glibc's trim threshold: here, a bound on cached bytes.
+pub static TRIM_THRESHOLD: AtomicUsize = AtomicUsize::new(DEFAULT_TRIM_THRESHOLD);
+/// Whether frees still adapt the thresholds (false once either was set).
+pub static DYNAMIC_THRESHOLD: AtomicBool = AtomicBool::new(true);
+/// Cap on cached bytes (`BUDDYSLAB_LARGE_CACHE`; 0 turns the cache off).
+pub static CACHE_MAX: AtomicUsize = AtomicUsize::new(DEFAULT_CACHE_MAX);
+/// Nanoseconds an extent may stay cached (`BUDDYSLAB_LARGE_CACHE_MS`).
+pub static CACHE_MAX_AGE_NS: AtomicU64 = AtomicU64::new(DEFAULT_CACHE_MS * 1_000_000);
+/// Sets the mmap threshold explicitly (`mallopt(M_MMAP_THRESHOLD)`): false
+/// and no change above [`MAX_MMAP_THRESHOLD`]; otherwise the adaptation
+/// stops.
+pub fn set_mmap_threshold(bytes: usize) -> bool {
+    if bytes > MAX_MMAP_THRESHOLD {
+        return false;
+    }
+    DYNAMIC_THRESHOLD.store(false, Ordering::Relaxed);
+    MMAP_THRESHOLD.store(bytes, Ordering::Relaxed);
+    true
+}
+
+/// Sets the trim threshold explicitly (`mallopt(M_TRIM_THRESHOLD)`); the
+/// adaptation stops.
+pub fn set_trim_threshold(bytes: usize) {
+    DYNAMIC_THRESHOLD.store(false, Ordering::Relaxed);
+    TRIM_THRESHOLD.store(bytes, Ordering::Relaxed);
+}
+
+/// Default [`DECAY_MS`]: how long free memory stays resident, in
+/// milliseconds (`BUDDYSLAB_DECAY_MS`).
+pub const DEFAULT_DECAY_MS: u32 = 1000;
+
+/// Milliseconds a free block or an empty slab stays resident before decay
+/// gives it back. 0 gives memory back at the next tick.
+pub static DECAY_MS: AtomicU32 = AtomicU32::new(DEFAULT_DECAY_MS);
+
+/// A file path given in the environment, or none: the value of an
+/// environment entry, followed in memory by its NUL and never freed.
+pub struct PathOption(AtomicPtr<libc::c_char>);
+
+impl PathOption {
+    /// No path.
+    pub const fn new() -> Self {
+        PathOption(AtomicPtr::new(core::ptr::null_mut()))
+    }
+
+    /// Records the path. `value` must be followed in memory by a NUL (an
+    /// environment entry is) and live for the process.
+    pub fn set(&self, value: &'static [u8]) {
+        let p = if value.is_empty() { core::ptr::null_mut() } else { value.as_ptr() as *mut libc::c_char };
+        self.0.store(p, Ordering::Relaxed);
+    }
+
+    /// The path as a C string, or null when none was given.
+    pub fn get(&self) -> *mut libc::c_char {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Whether a path was given.
+    pub fn requested(&self) -> bool {
+        !self.get().is_null()
+    }
+}
+
+impl Default for PathOption {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `BUDDYSLAB_HEAPMAP`: where the heap map goes at exit.
+pub static HEAPMAP_PATH: PathOption = PathOption::new();
+/// `BUDDYSLAB_ADDRSPACE_SVG`: where the address-space drawing goes at exit.
+pub static ADDRSPACE_SVG_PATH: PathOption = PathOption::new();
+/// `BUDDYSLAB_PROF`: where the heap profile goes (`%p`: the process id);
+/// a path turns sampled heap profiling on.
+pub static PROF_PATH: PathOption = PathOption::new();
+
+/// Default [`PROF_RATE`]: mean bytes between heap-profile samples, as
+/// tcmalloc and jemalloc use.
+pub const DEFAULT_PROF_RATE: usize = 512 * 1024;
+/// `BUDDYSLAB_PROF_RATE`: mean bytes between heap-profile samples.
+pub static PROF_RATE: AtomicUsize = AtomicUsize::new(DEFAULT_PROF_RATE);
+
+/// Sets [`PROF_RATE`] (at least 1: every allocation is then sampled);
+/// false, and no change, for 0 or a rate too big to draw intervals of.
+pub fn set_prof_rate(bytes: usize) -> bool {
+    if bytes == 0 || bytes > isize::MAX as usize / 64 {
+        return false;
+    }
+    PROF_RATE.store(bytes, Ordering::Relaxed);
+    true
+}
 
 /// The perturb byte, 0 when off.
 #[inline]
@@ -91,18 +202,6 @@ pub fn parse_size(text: &[u8]) -> Option<usize> {
     v.checked_mul(1usize << shift)
 }
 
-/// Sets the mmap threshold as `mallopt(M_MMAP_THRESHOLD)` does; false (and
-/// no change) above [`large::MAX_MMAP_THRESHOLD`]. Stops the adaptation.
-pub fn set_mmap_threshold(bytes: usize) -> bool {
-    large::set_mmap_threshold(bytes)
-}
-
-/// Sets the trim threshold as `mallopt(M_TRIM_THRESHOLD)` does. Stops the
-/// adaptation.
-pub fn set_trim_threshold(bytes: usize) {
-    large::set_trim_threshold(bytes)
-}
-
 /// Scans the environment for `BUDDYSLAB_*` variables and applies them.
 pub fn read_environment() {
     // SAFETY: `environ` is the C runtime's NULL-terminated array of
@@ -124,7 +223,7 @@ pub fn read_environment() {
 
 /// `BUDDYSLAB_VERBOSE=1`: one line per option, with the value in force.
 fn print_effective() {
-    let mut buf = crate::stats::FixedBuf::<1024>::new();
+    let mut buf = crate::os::fmt::FixedBuf::<1024>::new();
     use core::fmt::Write as _;
     let on = |b: bool| if b { "on" } else { "off" };
     let stats = match STATS_AT_EXIT.load(Ordering::Relaxed) {
@@ -135,16 +234,16 @@ fn print_effective() {
     let _ = writeln!(
         buf,
         "buddyslab: options: mmap_threshold={} ({}) trim_threshold={} decay_ms={} large_cache={} large_cache_ms={} perturb={} stats={} heapmap={} addrspace_svg={}",
-        large::MMAP_THRESHOLD.load(Ordering::Relaxed),
-        if large::DYNAMIC_THRESHOLD.load(Ordering::Relaxed) { "adaptive" } else { "fixed" },
-        large::TRIM_THRESHOLD.load(Ordering::Relaxed),
-        crate::buddy::DECAY_MS.load(Ordering::Relaxed),
+        MMAP_THRESHOLD.load(Ordering::Relaxed),
+        if DYNAMIC_THRESHOLD.load(Ordering::Relaxed) { "adaptive" } else { "fixed" },
+        TRIM_THRESHOLD.load(Ordering::Relaxed),
+        DECAY_MS.load(Ordering::Relaxed),
         CACHE_MAX.load(Ordering::Relaxed),
         CACHE_MAX_AGE_NS.load(Ordering::Relaxed) / 1_000_000,
         perturb(),
         stats,
-        on(crate::heapmap::requested()),
-        on(crate::addrspace::svg_requested()),
+        on(HEAPMAP_PATH.requested()),
+        on(ADDRSPACE_SVG_PATH.requested()),
     );
     os::write_all(2, buf.as_bytes());
 }
@@ -188,7 +287,7 @@ fn apply(entry: &'static [u8]) {
         },
         b"BUDDYSLAB_DECAY_MS" => match parse_size(value) {
             Some(v) if v <= u32::MAX as usize / 2 && value.iter().all(u8::is_ascii_digit) => {
-                crate::buddy::DECAY_MS.store(v as u32, Ordering::Relaxed);
+                DECAY_MS.store(v as u32, Ordering::Relaxed);
             }
             _ => report(entry, b"BUDDYSLAB_DECAY_MS must be milliseconds (e.g. 1000, 0); ignored"),
         },
@@ -204,8 +303,8 @@ fn apply(entry: &'static [u8]) {
             b"0" | b"" => VERBOSE.store(false, Ordering::Relaxed),
             _ => report(entry, b"BUDDYSLAB_VERBOSE must be 1 or 0; ignored"),
         },
-        b"BUDDYSLAB_HEAPMAP" => crate::heapmap::set_path(value),
-        b"BUDDYSLAB_ADDRSPACE_SVG" => crate::addrspace::set_svg_path(value),
+        b"BUDDYSLAB_HEAPMAP" => HEAPMAP_PATH.set(value),
+        b"BUDDYSLAB_ADDRSPACE_SVG" => ADDRSPACE_SVG_PATH.set(value),
         b"BUDDYSLAB_STATS_PPID" => match parse_size(value) {
             Some(pid) if pid <= i32::MAX as usize && value.iter().all(u8::is_ascii_digit) => {
                 STATS_PPID.store(pid as i32, Ordering::Relaxed)
@@ -222,9 +321,9 @@ fn apply(entry: &'static [u8]) {
             }
             _ => report(entry, b"BUDDYSLAB_LARGE_CACHE_MS must be milliseconds (e.g. 1000); ignored"),
         },
-        b"BUDDYSLAB_PROF" => crate::prof::set_path(value),
+        b"BUDDYSLAB_PROF" => PROF_PATH.set(value),
         b"BUDDYSLAB_PROF_RATE" => match parse_size(value) {
-            Some(v) if crate::prof::set_rate(v) => {}
+            Some(v) if set_prof_rate(v) => {}
             _ => report(entry, b"BUDDYSLAB_PROF_RATE must be a size of at least 1 byte (e.g. 512k); ignored"),
         },
         b"BUDDYSLAB_ANNOUNCE" => {}
@@ -326,7 +425,7 @@ fn apply_tunables(entry: &[u8], list: &[u8]) {
             }
             (b"trim_threshold", Some(v)) => set_trim_threshold(v),
             (b"perturb", Some(v)) => set_perturb(v),
-            (b"mmap_max" | b"top_pad", Some(_)) => large::DYNAMIC_THRESHOLD.store(false, Ordering::Relaxed),
+            (b"mmap_max" | b"top_pad", Some(_)) => DYNAMIC_THRESHOLD.store(false, Ordering::Relaxed),
             (b"mmap_threshold" | b"trim_threshold" | b"perturb" | b"mmap_max" | b"top_pad", None) => {}
             _ => {
                 if !parent_had(entry) {

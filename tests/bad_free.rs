@@ -264,7 +264,7 @@ fn rust_child() {
                 let mut prev = GLOBAL.alloc(tiny);
                 loop {
                     let p = GLOBAL.alloc(tiny);
-                    if p as usize == prev as usize + buddyslab::slab::size_of_class(buddyslab::slab::class_of(16)) {
+                    if p as usize == prev as usize + buddyslab::internals::slab::size_of_class(buddyslab::internals::slab::class_of(16)) {
                         GLOBAL.dealloc(announce(p.sub(16)), tiny);
                         break;
                     }
@@ -279,10 +279,10 @@ fn rust_child() {
                 // carved, so its bump is soon below the slab's 256 slots.
                 // (16-byte slots by default, 32 under `hardened`.)
                 let tiny = Layout::from_size_align(16, 8).unwrap();
-                let slot = buddyslab::slab::size_of_class(buddyslab::slab::class_of(16));
+                let slot = buddyslab::internals::slab::size_of_class(buddyslab::internals::slab::class_of(16));
                 loop {
                     let p = GLOBAL.alloc(tiny);
-                    let slab = buddyslab::slab::cache::slab_of(p);
+                    let slab = buddyslab::internals::slab::cache::slab_of(p);
                     let bump = (*slab).bump as usize;
                     if bump < 4096 / slot {
                         let q = ((p as usize & !4095) + bump * slot) as *mut u8;
@@ -294,8 +294,8 @@ fn rust_child() {
                         } else {
                             announce(q);
                         }
-                        buddyslab::slab::link::set_next(p, q);
-                        buddyslab::slab::free_home(p, 2);
+                        buddyslab::internals::slab::link::set_next(p, q);
+                        buddyslab::internals::slab::free_home(p, 2);
                         break;
                     }
                 }

@@ -213,11 +213,11 @@ fn stress_cross_thread_handoff_with_content_checks() {
     for h in handles {
         h.join().unwrap();
     }
-    for node in buddyslab::slab::nodes() {
+    for node in buddyslab::internals::slab::nodes() {
         node.iter().for_each(|cache| cache.lock().check());
     }
-    buddyslab::buddy::ZONE.lock().check();
-    buddyslab::vma::TREE.lock().check();
+    buddyslab::internals::mm::ZONE.lock().check();
+    buddyslab::internals::ledger::vma::TREE.lock().check();
 }
 
 /// Memory handed out uninitialised never carries the free mark. A slab
@@ -288,7 +288,7 @@ fn uninitialised_memory_never_carries_the_free_mark() {
     // cached before the lock is released: objects left in this thread's
     // bins would move the counters other tests read.
     let failure = thread::spawn(|| {
-        let mark = buddyslab::slab::link::FREE_MARK.load(Ordering::Relaxed);
+        let mark = buddyslab::internals::slab::link::free_mark();
         let mut rng = Rng(0xfeed_f00d);
         for round in 0..ROUNDS {
             churn(&mut rng, round);
@@ -309,7 +309,7 @@ fn uninitialised_memory_never_carries_the_free_mark() {
                     .iter()
                     .enumerate()
                     .skip(1)
-                    .position(|(i, &w)| w == buddyslab::slab::link::mark_of((base + (i - 1) * 8) as *mut u8, mark));
+                    .position(|(i, &w)| w == buddyslab::internals::slab::link::mark_of((base + (i - 1) * 8) as *mut u8, mark));
                 if let Some(at) = marked {
                     // Not freed: a block shrunk from it might stop the process.
                     return Some(format!("round {round}: a fresh {len}-byte block holds a free mark at byte {}", (at + 1) * 8));
@@ -324,7 +324,7 @@ fn uninitialised_memory_never_carries_the_free_mark() {
                 // SAFETY: `q` is a live slab object of at least 16 bytes.
                 unsafe {
                     assert_eq!(q.cast::<u64>().read(), check as u64);
-                    if buddyslab::slab::link::is_marked_free(q) {
+                    if buddyslab::internals::slab::link::is_marked_free(q) {
                         // Not freed: its free would stop the process.
                         return Some(format!("round {round}: realloc made a live block that carries the free mark"));
                     }
@@ -349,7 +349,7 @@ fn uninitialised_memory_never_carries_the_free_mark() {
 /// must go back to the shared cache, not be lost with the thread.
 #[test]
 fn thread_exit_returns_cached_objects() {
-    use buddyslab::slab::{cache_stats, class_of, percpu};
+    use buddyslab::internals::slab::{cache_stats, class_of, percpu};
     let _serial = COUNTERS.lock().unwrap_or_else(|e| e.into_inner());
     // A class no other test in this binary uses.
     let class = class_of(20_000);
@@ -365,7 +365,7 @@ fn thread_exit_returns_cached_objects() {
             // SAFETY: as above.
             unsafe { GLOBAL.dealloc(p, layout) };
         }
-        assert!(buddyslab::slab::magazine::cached_objects() > 0, "frees should stay in this thread's bins");
+        assert!(buddyslab::internals::slab::magazine::cached_objects() > 0, "frees should stay in this thread's bins");
     })
     .join()
     .unwrap();
@@ -390,7 +390,7 @@ fn pin_to_cpu(cpu: usize) -> bool {
 /// line over two CPUs), and its own allocations come from its own node.
 #[test]
 fn remote_frees_go_home() {
-    use buddyslab::slab::{home_node, node_of, MAX_NODES};
+    use buddyslab::internals::slab::{home_node, node_of, MAX_NODES};
     let _serial = COUNTERS.lock().unwrap_or_else(|e| e.into_inner());
     let cpus = thread::available_parallelism().map_or(1, |n| n.get());
     if !(2..=MAX_NODES).contains(&cpus) {
@@ -455,9 +455,9 @@ fn remote_frees_go_home() {
 #[test]
 fn slab_waste_samples_follow_the_requests() {
     let _guard = COUNTERS.lock().unwrap();
-    let class = buddyslab::slab::class_of(4090);
-    assert_eq!(buddyslab::slab::class_of(3900), class);
-    assert_eq!(buddyslab::slab::size_of_class(class), 4096);
+    let class = buddyslab::internals::slab::class_of(4090);
+    assert_eq!(buddyslab::internals::slab::class_of(3900), class);
+    assert_eq!(buddyslab::internals::slab::size_of_class(class), 4096);
     let before = buddyslab::stats::snapshot().slab_samples[class];
     let rounds = 200;
     let per_round = 256;

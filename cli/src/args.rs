@@ -26,7 +26,21 @@ pub enum Command {
     /// `completions SHELL`: the script for that shell.
     Completions(Shell),
     /// `prof FILE`: a heap profile, read and summarised.
-    Prof(crate::prof::ProfArgs),
+    Prof(ProfArgs),
+}
+
+/// `buddyslab prof`'s options.
+#[derive(Args, Debug)]
+pub struct ProfArgs {
+    /// The profile (a file BUDDYSLAB_PROF named).
+    #[arg(value_name = "FILE", value_hint = ValueHint::FilePath)]
+    pub file: PathBuf,
+    /// Also draw the live heap as a flame graph (SVG) into this file.
+    #[arg(long, value_name = "OUT.svg", value_hint = ValueHint::FilePath)]
+    pub svg: Option<PathBuf>,
+    /// How many call sites to list (default 10).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub top: usize,
 }
 
 /// The program to start: its name as typed and its arguments.
@@ -104,7 +118,7 @@ enum Sub {
     Compare(CompareArgs),
     /// Print the call sites that hold the most live bytes in a heap profile (BUDDYSLAB_PROF), or draw it as a flame graph.
     #[command(help_template = help::PROF, next_line_help = true)]
-    Prof(crate::prof::ProfArgs),
+    Prof(ProfArgs),
     /// Print the completion script for a shell (bash, zsh, fish, elvish, powershell).
     #[command(help_template = help::COMPLETIONS)]
     Completions {

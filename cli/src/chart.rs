@@ -9,9 +9,21 @@
 //! machine, the runs per malloc and each malloc's version or library
 //! ([`Caption`]).
 
-use crate::compare::Row;
 use crate::run::{mib, thousands};
 use std::fmt::Write as _;
+
+/// The medians of one malloc, and the fastest and slowest run: one bar
+/// of each chart (the comparison fills them).
+pub struct Row {
+    pub name: String,
+    pub seconds: f64,
+    pub peak_rss_kib: f64,
+    pub minor_faults: f64,
+    pub seconds_min: f64,
+    pub seconds_max: f64,
+    /// Finished runs (0: the first passed `--timeout`; the figures are NaN).
+    pub runs: usize,
+}
 
 const PANEL_HEIGHT: f64 = 320.0;
 const BAR_TOP: f64 = 70.0;

@@ -22,6 +22,10 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// The variable that names the library when `--lib` is not given; a
+/// child started with the library bound does not inherit it.
+pub const LIB_VARIABLE: &str = "BUDDYSLAB_LIB";
+
 /// What to start.
 pub struct Launch<'a> {
     /// The program's path (already resolved) and `argv[0]` as typed.
@@ -190,7 +194,7 @@ pub fn start(launch: &Launch, stdin: Stdio, stdout: Stdio, stderr: Stdio) -> io:
 
     // The tool's own variable is no concern of the library, which would
     // report it as unknown.
-    command.env_remove(crate::run::LIB_VARIABLE);
+    command.env_remove(LIB_VARIABLE);
     let inherited = if launch.inherit_preload {
         std::env::var_os("LD_PRELOAD").filter(|p| !p.is_empty())
     } else {

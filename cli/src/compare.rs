@@ -7,6 +7,7 @@ use crate::args::CompareOptions;
 use crate::child::{self, Binding, Ended, Finished, Launch};
 use crate::out::{say, sayln, show, showln};
 use crate::run::{binding_warning, cannot_start, library_path, mib, thousands};
+use crate::chart::Row;
 use crate::{chart, program, Failure};
 use serde_json::{json, Value};
 use std::fmt::Write as _;
@@ -57,18 +58,6 @@ struct Sample {
 struct Reference {
     stdout: Vec<u8>,
     ended: Ended,
-}
-
-/// The medians of one malloc, and the fastest and slowest run.
-pub struct Row {
-    pub name: String,
-    pub seconds: f64,
-    pub peak_rss_kib: f64,
-    pub minor_faults: f64,
-    pub seconds_min: f64,
-    pub seconds_max: f64,
-    /// Finished runs (0: the first passed `--timeout`; the figures are NaN).
-    pub runs: usize,
 }
 
 /// How a set of measurements spreads.

@@ -10,27 +10,13 @@
 //! wrappers). Estimated bytes scale each stack's samples as gperftools
 //! and pprof do for `heap_v2`: by `1 / (1 - exp(-average size / rate))`.
 
+use crate::args::ProfArgs;
 use crate::run::thousands;
 use crate::Failure;
-use clap::{Args, ValueHint};
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-/// `buddyslab prof`'s options.
-#[derive(Args, Debug)]
-pub struct ProfArgs {
-    /// The profile (a file BUDDYSLAB_PROF named).
-    #[arg(value_name = "FILE", value_hint = ValueHint::FilePath)]
-    pub file: PathBuf,
-    /// Also draw the live heap as a flame graph (SVG) into this file.
-    #[arg(long, value_name = "OUT.svg", value_hint = ValueHint::FilePath)]
-    pub svg: Option<PathBuf>,
-    /// How many call sites to list (default 10).
-    #[arg(long, value_name = "N", default_value_t = 10)]
-    pub top: usize,
-}
 
 /// One stack line of a profile.
 #[derive(Debug, Clone, PartialEq)]

@@ -69,8 +69,7 @@ pub fn run(options: RunOptions) -> Result<u8, Failure> {
     }
 }
 
-/// The variable that names the library when `--lib` is not given.
-pub const LIB_VARIABLE: &str = "BUDDYSLAB_LIB";
+pub use crate::child::LIB_VARIABLE;
 
 /// The library to preload, the first of: `--lib`, `BUDDYSLAB_LIB`,
 /// `libbuddyslab.so` next to this executable (a cargo build), in `../lib/`

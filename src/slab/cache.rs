@@ -11,7 +11,7 @@
 //! - `slabs_partial`: `0 < inuse < objects` — allocation takes from here;
 //! - `slabs_empty`: `inuse == 0`, at most [`EMPTY_RESERVE`] kept; the rest go
 //!   back to the buddy allocator at once, and the reserve too once it has
-//!   sat unused for a decay period ([`shrink_idle`], a buddy shrinker).
+//!   sat unused for a decay period ([`super::shrink_idle`], a buddy shrinker).
 //!   A slab going back has its objects' link and free-mark words cleared
 //!   first (`release_slab`).
 //!
@@ -25,11 +25,11 @@
 
 use super::link;
 use super::size_class::ClassInfo;
-use crate::buddy;
+use crate::mm;
 use crate::os;
-use crate::page::{self, Page, PageList, PG_SLAB};
-use crate::pagetable::{self, Tier};
-use crate::sync::Mutex;
+use crate::mm::page::{self, Page, PageList, PG_SLAB};
+use crate::mm::hooks::{self, PageUse};
+use crate::os::sync::Mutex;
 use core::ptr;
 
 /// Empty slabs a cache keeps for reuse before giving them to the buddy.
@@ -47,7 +47,7 @@ pub struct KmemCache {
     pub info: ClassInfo,
     slabs_full: PageList,
     slabs_partial: PageList,
-    slabs_empty: PageList,
+    pub(super) slabs_empty: PageList,
     /// Objects handed out and not returned.
     pub active_objs: usize,
     /// Slabs the cache holds.
@@ -57,7 +57,7 @@ pub struct KmemCache {
     /// Objects returned, ever.
     pub frees: u64,
     /// Coarse time (`buddy::clock_ms`) `slabs_empty` last became non-empty.
-    empty_since: u32,
+    pub(super) empty_since: u32,
 }
 
 /// Objects taken from one slab by [`KmemCache::take_locked`].
@@ -218,16 +218,16 @@ impl KmemCache {
     unsafe fn add_slab(&mut self, head: *mut Page) {
         // SAFETY: the block is ours; we are its only user.
         unsafe {
-            let user_class = if (self.index as usize) < super::NR_CLASSES { self.index + 1 } else { 0 };
-            buddy::mark_run(head, 1 << self.info.order, PG_SLAB, user_class);
+            let user_class = if (self.index as usize) < super::size_class::NR_CLASSES { self.index + 1 } else { 0 };
+            mm::mark_run(head, 1 << self.info.order, PG_SLAB, user_class);
             // Every page says its node, for the free fast path.
             for i in 0..1usize << self.info.order {
                 (*head.add(i)).node = self.node;
             }
             let tag = if user_class != 0 { (*head).class_and_node() as u16 } else { 0 };
             page::set_tags(head, 1 << self.info.order, tag);
-            let tier = if user_class != 0 { Tier::Slab } else { Tier::Meta };
-            pagetable::hand_out(page::page_address(head), os::PAGE_SIZE << self.info.order, tier);
+            let to = if user_class != 0 { PageUse::Slab } else { PageUse::Meta };
+            hooks::handed_out(page::page_address(head), os::PAGE_SIZE << self.info.order, to);
             let s = &mut *head;
             s.class = self.index;
             s.order = self.info.order;
@@ -306,7 +306,7 @@ impl KmemCache {
                 self.slabs_partial.remove(slab);
                 if self.slabs_empty.len() < EMPTY_RESERVE {
                     if self.slabs_empty.is_empty() {
-                        self.empty_since = buddy::clock_ms();
+                        self.empty_since = mm::clock_ms();
                     }
                     self.slabs_empty.push_front(slab);
                 } else {
@@ -377,7 +377,7 @@ impl KmemCache {
                     }
                     assert_eq!(n, s.nr_free, "free list length");
                     assert_eq!(s.inuse, s.bump - s.nr_free, "inuse != bump - nr_free");
-                    let user_class = if (self.index as usize) < super::NR_CLASSES { self.index as u16 + 1 } else { 0 };
+                    let user_class = if (self.index as usize) < super::size_class::NR_CLASSES { self.index as u16 + 1 } else { 0 };
                     let tag = if user_class != 0 { user_class | (s.node as u16) << 8 } else { 0 };
                     for i in 0..1usize << self.info.order {
                         assert_eq!(page::tag(p.add(i)), tag, "page {i} of a {name} slab: fast-path tag");
@@ -407,7 +407,7 @@ pub fn alloc(cache: &Mutex<KmemCache>) -> *mut u8 {
 #[cold]
 #[inline(never)]
 fn alloc_refill(cache: &Mutex<KmemCache>, order: usize) -> *mut u8 {
-    let Some((head, _zero)) = buddy::alloc_pages(order) else { return ptr::null_mut() };
+    let Some((head, _zero)) = mm::alloc_pages(order) else { return ptr::null_mut() };
     let mut c = cache.lock();
     // SAFETY: a fresh block of this cache's order.
     unsafe { c.add_slab(head) };
@@ -436,7 +436,7 @@ pub fn alloc_bulk(cache: &Mutex<KmemCache>, max: usize) -> (*mut u8, usize) {
             None => {
                 let order = c.info.order as usize;
                 drop(c);
-                let Some((slab, _)) = buddy::alloc_pages(order) else { return (head, got) };
+                let Some((slab, _)) = mm::alloc_pages(order) else { return (head, got) };
                 c = cache.lock();
                 // SAFETY: a fresh block of this cache's order.
                 unsafe { c.add_slab(slab) };
@@ -508,6 +508,7 @@ pub unsafe fn slab_of(object: *mut u8) -> *mut Page {
 ///
 /// # Safety
 /// Every object on the list is a live object of `cache`, given up.
+#[cfg_attr(not(test), allow(dead_code))] // the unit tests use it
 pub unsafe fn free_bulk(cache: &Mutex<KmemCache>, list: *mut u8, count: usize) {
     // SAFETY: per the caller; every slab of the list belongs to `cache`.
     unsafe { free_bulk_by(list, count, |_| cache) }
@@ -524,7 +525,7 @@ pub unsafe fn free_bulk_by<'a>(mut list: *mut u8, count: usize, cache_of: impl F
     let mut n_release = 0;
     // Slab order and object size of the cache the slabs in `release` belong to.
     let (mut order, mut size) = (0, 0);
-    let mut locked: Option<(&Mutex<KmemCache>, crate::sync::MutexGuard<'_, KmemCache>)> = None;
+    let mut locked: Option<(&Mutex<KmemCache>, crate::os::sync::MutexGuard<'_, KmemCache>)> = None;
     let mut remaining = count;
     // The list is cut into runs of objects of one slab (objects freed
     // together were mostly carved from one slab together), and each run is
@@ -616,7 +617,7 @@ unsafe fn release_slab(slab: *mut Page, order: usize, size: usize) {
         for i in 0..(*slab).bump as usize {
             link::clear((base + i * size) as *mut u8);
         }
-        buddy::free_pages(slab, order);
+        mm::free_pages(slab, order);
     }
 }
 
@@ -658,31 +659,11 @@ pub fn shrink(cache: &Mutex<KmemCache>) -> usize {
     }
 }
 
-/// The slab caches' shrinker (registered with the buddy allocator): every
-/// cache whose reserved empty slabs have sat unused for `min_age_ms` gives
-/// them back; with no age, every cache does. Returns the pages given back.
-pub fn shrink_idle(control: buddy::ShrinkControl) -> usize {
-    let mut released = 0;
-    for cache in super::nodes().flat_map(|node| node.iter()) {
-        let idle = match control.min_age_ms {
-            None => true,
-            Some(age) => {
-                let c = cache.lock();
-                !c.slabs_empty.is_empty() && control.now_ms.wrapping_sub(c.empty_since) >= age
-            }
-        };
-        if idle {
-            released += shrink(cache);
-        }
-    }
-    released
-}
-
 #[cold]
 #[inline(never)]
 fn invalid_free(msg: &[u8], object: *mut u8) -> ! {
     let mut buf = [0u8; 32];
-    os::fatal(&[b"buddyslab: ", msg, crate::stats::fmt_hex(&mut buf, object as usize)])
+    os::fatal(&[b"buddyslab: ", msg, crate::os::fmt::fmt_hex(&mut buf, object as usize)])
 }
 
 #[cfg(test)]
@@ -744,10 +725,10 @@ mod tests {
                     free_bulk(&cache, list, n);
                 }
                 assert_eq!(shrink(&cache), 1 << info.order);
-                let (block, _) = buddy::alloc_pages(info.order as usize).expect("memory");
+                let (block, _) = mm::alloc_pages(info.order as usize).expect("memory");
                 let words = (os::PAGE_SIZE << info.order) / 8;
-                // SAFETY: the block is ours until freed below.
                 let base = page::page_address(block);
+                // SAFETY: the block is ours until freed below.
                 let held = unsafe { core::slice::from_raw_parts(base as *const usize, words) };
                 // A mark is an object's: the word after an object start
                 // holding that object's mark.
@@ -756,7 +737,7 @@ mod tests {
                     panic!("{size}-byte objects: the block holds a free mark at byte {} (its slab's: {})", (at + 1) * 8, block == slab);
                 }
                 // SAFETY: allocated above with this order, unused.
-                unsafe { buddy::free_pages(block, info.order as usize) };
+                unsafe { mm::free_pages(block, info.order as usize) };
             }
         }
     }

@@ -50,7 +50,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// The free mark (see the module doc). Fixed until [`init_keys`] draws a
 /// random one; never zero.
-pub static FREE_MARK: AtomicUsize = AtomicUsize::new(0x9e37_79b9_7f4a_7c15);
+pub(crate) static FREE_MARK: AtomicUsize = AtomicUsize::new(0x9e37_79b9_7f4a_7c15);
 
 /// The link key; 0 until drawn ([`key`]).
 static KEY: AtomicUsize = AtomicUsize::new(0);
@@ -176,23 +176,13 @@ pub fn mark_slot(object: *mut u8) -> *mut usize {
     object.wrapping_add(core::mem::size_of::<usize>()).cast()
 }
 
-/// The free mark of `object` under the key `key` ([`FREE_MARK`]): the key
+/// The free mark of `object` under the key `key` (`FREE_MARK`): the key
 /// XORed with the object's address, so the bytes of one freed object
 /// copied into another live one (glibc's `tst-tcfree3` does that) do not
 /// make the live one look free.
 #[inline(always)]
 pub fn mark_of(object: *mut u8, key: usize) -> usize {
     key ^ object as usize
-}
-
-/// Marks `object` free.
-///
-/// # Safety
-/// `object` is a slab object of at least 16 bytes, ours to write.
-#[inline]
-pub unsafe fn set_marked_free(object: *mut u8) {
-    // SAFETY: per the caller.
-    unsafe { mark_slot(object).write(mark_of(object, FREE_MARK.load(Ordering::Relaxed))) }
 }
 
 /// Whether `object` carries its free mark: it is free (or the program
@@ -223,7 +213,7 @@ pub unsafe fn clear(object: *mut u8) {
 #[cfg(feature = "hardened")]
 #[inline(always)]
 fn check_free_slot(object: *mut u8, next: usize, class: usize) {
-    use crate::page::{self, PG_SLAB, PG_TAIL};
+    use crate::mm::page::{self, PG_SLAB, PG_TAIL};
     if next == 0 {
         return;
     }
@@ -239,8 +229,8 @@ fn check_free_slot(object: *mut u8, next: usize, class: usize) {
         if (*head).kind() != PG_SLAB || (*head).class as usize != class {
             corrupted(object, next);
         }
-        if class < super::NR_CLASSES {
-            let info = &super::CLASSES[class];
+        if class < super::size_class::NR_CLASSES {
+            let info = &super::size_class::CLASSES[class];
             let offset = next - page::page_address(head);
             let bump = core::ptr::addr_of!((*head).bump).read_volatile() as usize;
             if !info.is_object_start(next) || offset / info.size as usize >= bump {
@@ -258,7 +248,7 @@ fn check_free_slot(object: *mut u8, next: usize, class: usize) {
 fn corrupted(object: *mut u8, next: usize) -> ! {
     let _ = next;
     let mut buf = [0u8; 32];
-    crate::os::fatal(&[b"buddyslab: malloc(): corrupted free list: ", crate::stats::fmt_hex(&mut buf, object as usize)])
+    crate::os::fatal(&[b"buddyslab: malloc(): corrupted free list: ", crate::os::fmt::fmt_hex(&mut buf, object as usize)])
 }
 
 #[cfg(test)]

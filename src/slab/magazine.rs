@@ -110,9 +110,9 @@ pub struct ThreadCache {
     /// unregistered, so the pair stays true. Zero at first, which no
     /// chunk's last byte is, so no null test is needed on a hit.
     last_chunk_end: usize,
-    last_chunk: *mut crate::page::Chunk,
+    last_chunk: *mut crate::mm::page::Chunk,
     /// The node this thread refills from (its CPU's, when last looked at),
-    /// shifted to where a page's tag ([`crate::page::Chunk::tags`]) has
+    /// shifted to where a page's tag ([`crate::mm::page::Chunk::tags`]) has
     /// it: a page's tag XOR this is the page's `user_class` exactly when the
     /// page is a slab of this node, so `free` tells "local object of class
     /// c" from everything else with one compare.
@@ -127,7 +127,7 @@ pub struct ThreadCache {
     /// full limit, since the last [`rebalance`].
     refused: u32,
     /// Bytes until the heap profile's next sample (see
-    /// [`crate::prof::charge`]); only touched while profiling is on.
+    /// [`crate::profile::charge`]); only touched while profiling is on.
     prof_left: isize,
 }
 
@@ -164,8 +164,8 @@ impl ThreadCache {
     /// chunk map's answer (remembered when it is a chunk). A hit costs
     /// five instructions against the map's sixteen.
     #[inline(always)]
-    pub fn chunk_of(&mut self, addr: usize) -> *mut crate::page::Chunk {
-        let end = addr | (crate::page::CHUNK_SIZE - 1);
+    pub fn chunk_of(&mut self, addr: usize) -> *mut crate::mm::page::Chunk {
+        let end = addr | (crate::mm::page::CHUNK_SIZE - 1);
         if end == self.last_chunk_end {
             if self.last_chunk.is_null() {
                 // SAFETY: `last_chunk_end` is only ever set (non-zero)
@@ -175,7 +175,7 @@ impl ThreadCache {
             }
             return self.last_chunk;
         }
-        let chunk = crate::page::chunk_of(addr);
+        let chunk = crate::mm::page::chunk_of(addr);
         if !chunk.is_null() {
             self.last_chunk_end = end;
             self.last_chunk = chunk;
@@ -379,6 +379,10 @@ pub fn prof_budget() -> *mut isize {
     unsafe { &raw mut (*current()).prof_left }
 }
 
+// A page holding a sampled object gets the tag `crate::profile::DIVERTED`,
+// which no thread's fast path may take for a class of its node.
+const _: () = assert!((crate::profile::DIVERTED as usize & 0xff) > NR_CLASSES);
+
 /// Pops an object of `class` off `bin`, or null when the bin is empty.
 /// The link is checked ([`link::next_keyed`]) and both of the object's
 /// first words are cleared, so the program never sees the encoded link.
@@ -405,7 +409,7 @@ unsafe fn pop(tc: *mut ThreadCache, bin: &mut Bin, class: usize) -> *mut u8 {
 /// Allocates an object of `class` from the calling thread's bin, for a
 /// request of `size` bytes (which only the refill path looks at).
 #[inline(always)]
-pub fn alloc(class: usize, size: usize) -> *mut u8 {
+pub fn alloc(class: usize, size: usize, set_up: SetUp, out_of_memory: OutOfMemory) -> *mut u8 {
     // SAFETY: the thread cache is this thread's alone; `class + 1` is a
     // valid bin index.
     let object = unsafe {
@@ -415,7 +419,7 @@ pub fn alloc(class: usize, size: usize) -> *mut u8 {
     if !object.is_null() {
         return object;
     }
-    alloc_slow(class, size)
+    alloc_slow(class, size, set_up, out_of_memory)
 }
 
 /// Byte offset of the bin serving a request of `16 * i` bytes (rounded
@@ -434,7 +438,7 @@ static SMALL_BINS: [u16; super::TABLE_MAX / 16 + 1] = {
 
 /// [`alloc`] for a request of `size <= TABLE_MAX` bytes.
 #[inline(always)]
-pub fn alloc_small(size: usize) -> *mut u8 {
+pub fn alloc_small(size: usize, set_up: SetUp, out_of_memory: OutOfMemory) -> *mut u8 {
     debug_assert!(size <= super::TABLE_MAX);
     // SAFETY: (size + 15) >> 4 <= 64, the table's last index.
     let offset = unsafe { *SMALL_BINS.get_unchecked((size + 15) >> 4) } as usize;
@@ -448,7 +452,7 @@ pub fn alloc_small(size: usize) -> *mut u8 {
     if !object.is_null() {
         return object;
     }
-    alloc_slow(class, size)
+    alloc_slow(class, size, set_up, out_of_memory)
 }
 
 /// Whether bin `user_class` (0..=NR_CLASSES; 0 is the unused one, which
@@ -472,7 +476,7 @@ pub unsafe fn has_room(tc: *mut ThreadCache, user_class: usize) -> bool {
 /// `tc` is [`current`]; `object` is a live object of that class and node,
 /// given up.
 #[inline(always)]
-pub unsafe fn free_local(tc: *mut ThreadCache, object: *mut u8, user_class: usize) {
+pub unsafe fn free_local(tc: *mut ThreadCache, object: *mut u8, user_class: usize, set_up: SetUp) {
     // SAFETY: as in `alloc`; the object is ours to link.
     unsafe {
         let bin = &mut (*(*tc).slots.as_mut_ptr().add(user_class)).bin;
@@ -486,9 +490,21 @@ pub unsafe fn free_local(tc: *mut ThreadCache, object: *mut u8, user_class: usiz
             bin.count += 1;
             return;
         }
-        free_slow(object, user_class)
+        free_slow(object, user_class, set_up)
     }
 }
+
+/// The process's one-time set-up (options, keys, fork handlers, the
+/// ledger's hooks), which the caller passes down: a thread cache is
+/// activated only after it has run, and the magazine names nothing above
+/// the slab tier. On the fast paths it is a constant that costs nothing;
+/// only the slow paths call it.
+pub type SetUp = fn();
+
+/// What the caller does when a request fails, before null comes back to
+/// it (the C face sets `errno`): called from the slow path only, so the
+/// fast path has no test of its own.
+pub type OutOfMemory = fn();
 
 /// The pthread key whose destructor empties a thread's cache at exit.
 static KEY: AtomicU32 = AtomicU32::new(0);
@@ -509,7 +525,7 @@ pub fn init_thread_exit_key() {
 /// still running, the thread is exiting, or re-entered from inside
 /// activation), and the caller uses the shared caches directly.
 #[cold]
-fn activate(tc: *mut ThreadCache) -> bool {
+fn activate(tc: *mut ThreadCache, set_up: SetUp) -> bool {
     // SAFETY: the thread cache is this thread's alone.
     let tc = unsafe { &mut *tc };
     if crate::options::perturb() != 0 {
@@ -532,7 +548,7 @@ fn activate(tc: *mut ThreadCache) -> bool {
         }
         _ => return false,
     }
-    crate::heap::ensure_init();
+    set_up();
     if !KEY_READY.load(Ordering::Acquire) {
         return false;
     }
@@ -557,15 +573,15 @@ fn activate(tc: *mut ThreadCache) -> bool {
 
 #[cold]
 #[inline(never)]
-fn alloc_slow(class: usize, size: usize) -> *mut u8 {
+fn alloc_slow(class: usize, size: usize, set_up: SetUp, out_of_memory: OutOfMemory) -> *mut u8 {
     // One request per refill is the slab tier's internal-fragmentation
     // sample: the fast path counts nothing.
-    crate::frag::sample_request(class, size);
+    super::sample_request(class, size);
     let tc = current();
-    if !activate(tc) {
+    if !activate(tc, set_up) {
         let object = cache::alloc(&super::home_caches()[class]);
         if object.is_null() {
-            crate::os::set_errno(libc::ENOMEM);
+            out_of_memory();
         } else {
             // SAFETY: an object of at least 16 bytes, ours.
             unsafe { link::clear(object) };
@@ -575,8 +591,9 @@ fn alloc_slow(class: usize, size: usize) -> *mut u8 {
                 // SAFETY: `size` bytes of the object are ours.
                 unsafe { ptr::write_bytes(object, perturb ^ 0xff, size) };
             }
-            if crate::prof::on() {
-                crate::prof::sample_object(object, size, CLASSES[class].size as usize);
+            if crate::profile::on() {
+                // SAFETY: this thread's budget; no reference to it is live.
+                unsafe { crate::profile::sample_object(prof_budget(), object, size, CLASSES[class].size as usize) };
             }
         }
         return object;
@@ -612,17 +629,18 @@ fn alloc_slow(class: usize, size: usize) -> *mut u8 {
     };
     let mut want = half - span / 2 + roll % (span + 1);
     // While profiling, a refill also charges the heap profile's budget and
-    // takes no more than it has room for (see `crate::prof`).
+    // takes no more than it has room for (see `crate::profile`).
     // SAFETY: this thread's cache; the reference ends with the call.
-    let sampled = crate::prof::on()
-        && crate::prof::plan_refill(unsafe { &mut (*tc).prof_left }, CLASSES[class].size as usize, &mut want);
+    let sampled = crate::profile::on()
+        && crate::profile::plan_refill(unsafe { &mut (*tc).prof_left }, CLASSES[class].size as usize, &mut want);
     let (list, n) = percpu::alloc_batch(class, want);
     if n == 0 {
         if sampled {
             // Nothing to record; the budget must leave its busy state.
-            crate::prof::record(ptr::null_mut(), size, crate::prof::Kind::Slab);
+            // SAFETY: this thread's budget; no reference to it is live.
+            unsafe { crate::profile::record(prof_budget(), ptr::null_mut(), size, crate::profile::Kind::Slab) };
         }
-        crate::os::set_errno(libc::ENOMEM);
+        out_of_memory();
         return ptr::null_mut();
     }
     // Hand out the first; the rest become the bin.
@@ -635,7 +653,8 @@ fn alloc_slow(class: usize, size: usize) -> *mut u8 {
     if sampled {
         // After the bin is whole again: the unwinder may allocate, from
         // this very bin.
-        crate::prof::record(list, size, crate::prof::Kind::Slab);
+        // SAFETY: this thread's budget; no reference to it is live.
+        unsafe { crate::profile::record(prof_budget(), list, size, crate::profile::Kind::Slab) };
     }
     list
 }
@@ -648,7 +667,7 @@ fn alloc_slow(class: usize, size: usize) -> *mut u8 {
 /// `object` is a live object of class `user_class - 1`, given up.
 #[cold]
 #[inline(never)]
-pub unsafe fn free_slow(object: *mut u8, user_class: usize) {
+pub unsafe fn free_slow(object: *mut u8, user_class: usize, set_up: SetUp) {
     let class = user_class - 1;
     // SAFETY: a slab object of at least 16 bytes, given up by the caller.
     unsafe {
@@ -659,7 +678,7 @@ pub unsafe fn free_slow(object: *mut u8, user_class: usize) {
         key_slot(object).write(key);
     }
     let tc = current();
-    if !activate(tc) {
+    if !activate(tc, set_up) {
         let perturb = crate::options::perturb();
         if perturb != 0 {
             // glibc's free_perturb, past the link and the free mark.
@@ -701,7 +720,7 @@ pub unsafe fn free_slow(object: *mut u8, user_class: usize) {
 #[inline(never)]
 fn double_free(object: *mut u8) -> ! {
     let mut buf = [0u8; 32];
-    crate::os::fatal(&[b"buddyslab: free(): double free detected: ", crate::stats::fmt_hex(&mut buf, object as usize)])
+    crate::os::fatal(&[b"buddyslab: free(): double free detected: ", crate::os::fmt::fmt_hex(&mut buf, object as usize)])
 }
 
 /// Returns the first `n` objects of a remote bin to their slabs' caches.
@@ -868,7 +887,7 @@ mod tests {
     fn bin_limits_start_small_and_grow_with_refills_only() {
         std::thread::spawn(|| {
             let class = class_of(64);
-            let p = alloc(class, 64);
+            let p = alloc(class, 64, crate::heap::ensure_init, || {});
             assert!(!p.is_null());
             assert!(limit_now(class) <= 2 * start_limit(class), "a first refill should not fill the bin");
             // A thread that only frees stays at a quarter of the full limit, at most FREE_GROWTH_MAX.
@@ -911,15 +930,15 @@ mod tests {
             let mut addrs = std::vec![0usize, 8, 4095, 1 << 21, &local as *const u64 as usize, 1 << 47, usize::MAX];
             for (i, &b) in blocks.iter().enumerate().step_by(24) {
                 addrs.push(b as usize + i % 7);
-                addrs.push((b as usize | (crate::page::CHUNK_SIZE - 1)) + 1);
+                addrs.push((b as usize | (crate::mm::page::CHUNK_SIZE - 1)) + 1);
             }
-            let chunks: std::collections::BTreeSet<usize> = blocks.iter().map(|&b| crate::page::chunk_of(b as usize) as usize).collect();
+            let chunks: std::collections::BTreeSet<usize> = blocks.iter().map(|&b| crate::mm::page::chunk_of(b as usize) as usize).collect();
             proptest::prop_assert!(chunks.len() >= 2, "the blocks should span chunks");
             // SAFETY: all-zero is a valid (inactive) thread cache.
             let mut tc: std::boxed::Box<ThreadCache> = std::boxed::Box::new(unsafe { core::mem::zeroed() });
             for pick in picks {
                 let a = addrs[pick % addrs.len()];
-                proptest::prop_assert_eq!(tc.chunk_of(a), crate::page::chunk_of(a), "address {:#x}", a);
+                proptest::prop_assert_eq!(tc.chunk_of(a), crate::mm::page::chunk_of(a), "address {:#x}", a);
             }
             for b in blocks {
                 // SAFETY: live blocks from the heap, given up.

@@ -14,7 +14,7 @@
 //! node and cache index), whichever CPU frees them.
 //!
 //! `CACHES[0..NR_CLASSES]` serve user requests up to [`SLAB_MAX`];
-//! `CACHES[VM_AREA_CACHE]` holds [`crate::vma::VmArea`] nodes (node 0
+//! `CACHES[VM_AREA_CACHE]` holds [`crate::ledger::vma::VmArea`] nodes (node 0
 //! only).
 
 pub mod cache;
@@ -24,11 +24,11 @@ pub mod percpu;
 pub mod size_class;
 
 pub use cache::{CacheStats, KmemCache};
-pub use size_class::{class_for_aligned, class_of, size_of_class, ClassInfo, CLASSES, NR_CLASSES, SLAB_MAX, TABLE_MAX};
+pub use size_class::{class_for_aligned, class_of, size_of_class, CLASSES, NR_CLASSES, SLAB_MAX, TABLE_MAX};
 
-use crate::buddy;
-use crate::page::Page;
-use crate::sync::Mutex;
+use crate::mm;
+use crate::mm::page::Page;
+use crate::os::sync::Mutex;
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, Ordering};
 
@@ -64,15 +64,15 @@ static NODES: [AtomicPtr<NodeCaches>; MAX_NODES] = {
     nodes[0] = AtomicPtr::new(&raw const CACHES as *mut NodeCaches);
     nodes
 };
-/// Lock for making nodes (see [`crate::buddy`] for the lock order).
+/// Lock for making nodes (see [`crate::mm`] for the lock order).
 pub static NODES_GROW: Mutex<()> = Mutex::new(());
 
-const NODE_ORDER: usize = buddy::order_for_pages(core::mem::size_of::<NodeCaches>().div_ceil(4096));
+const NODE_ORDER: usize = mm::order_for_pages(core::mem::size_of::<NodeCaches>().div_ceil(4096));
 
 /// The node of the calling thread's CPU (a hint: the thread may move).
 #[inline]
 pub fn home_node() -> usize {
-    percpu::current_cpu() % MAX_NODES
+    crate::os::current_cpu() % MAX_NODES
 }
 
 /// The caches of the calling thread's CPU's node, made on first use;
@@ -92,7 +92,7 @@ pub fn home_caches() -> &'static NodeCaches {
 #[inline(never)]
 fn make_node(node: usize) -> &'static NodeCaches {
     // No decay scan (and its system calls) while NODES_GROW is held.
-    let _deferred = buddy::defer_decay();
+    let _deferred = mm::defer_decay();
     let _g = NODES_GROW.lock();
     let p = NODES[node].load(Ordering::Acquire);
     if !p.is_null() {
@@ -100,8 +100,8 @@ fn make_node(node: usize) -> &'static NodeCaches {
         return unsafe { &*p };
     }
     // The pages stay PG_NONE, so a free() into them is reported as not ours.
-    let Some((head, _)) = buddy::alloc_pages(NODE_ORDER) else { return &CACHES };
-    let mem = crate::page::page_address(head) as *mut Mutex<KmemCache>;
+    let Some((head, _)) = mm::alloc_pages(NODE_ORDER) else { return &CACHES };
+    let mem = crate::mm::page::page_address(head) as *mut Mutex<KmemCache>;
     for index in 0..NR_CACHES {
         let size = if index < NR_CLASSES { size_class::class_size(index) } else { VM_AREA_SIZE };
         let cache = KmemCache::new(index as u8, size_class::geometry(size)).on_node(node as u8);
@@ -139,7 +139,7 @@ pub unsafe fn cache_of_slab(slab: *mut Page) -> &'static Mutex<KmemCache> {
 
 /// The node of the user slab holding `p`, if `p` lies in one.
 pub fn node_of(p: *const u8) -> Option<usize> {
-    let desc = crate::page::page_of(p as usize);
+    let desc = crate::mm::page::page_of(p as usize);
     // SAFETY: descriptors of published chunks are live.
     (!desc.is_null() && unsafe { (*desc).user_class } != 0).then(|| unsafe { (*desc).node } as usize)
 }
@@ -172,7 +172,7 @@ pub fn cache_stats(index: usize) -> CacheStats {
 }
 
 /// Takes every cache lock, node by node (atfork prepare; see
-/// [`crate::buddy`] for the order).
+/// [`crate::mm`] for the order).
 pub fn lock_all_for_fork() {
     for node in nodes() {
         node.iter().for_each(|c| c.lock_for_fork());
@@ -199,6 +199,38 @@ pub fn cache_name(index: usize) -> &'static str {
     }
 }
 
+/// The slab caches' shrinker (registered with the buddy allocator): every
+/// cache whose reserved empty slabs have sat unused for `min_age_ms` gives
+/// them back; with no age, every cache does. Returns the pages given back.
+pub fn shrink_idle(control: mm::ShrinkControl) -> usize {
+    let mut released = 0;
+    for cache in nodes().flat_map(|node| node.iter()) {
+        let idle = match control.min_age_ms {
+            None => true,
+            Some(age) => {
+                let c = cache.lock();
+                !c.slabs_empty.is_empty() && control.now_ms.wrapping_sub(c.empty_since) >= age
+            }
+        };
+        if idle {
+            released += cache::shrink(cache);
+        }
+    }
+    released
+}
+
+/// The slab tier's request samples.
+pub static SLAB_SAMPLES: crate::counters::SlabSampler<NR_CLASSES> = crate::counters::SlabSampler::new();
+
+/// Records one sampled request of `size` bytes served by size class
+/// `class`. Cold and lock-free (two relaxed additions), allocates nothing;
+/// meant for the magazine's refill slow path, never the fast path.
+#[cold]
+#[inline(never)]
+pub fn sample_request(class: usize, size: usize) {
+    SLAB_SAMPLES.record(class, size);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,7 +241,7 @@ mod tests {
         for node in nodes() {
             node.iter().for_each(|c| c.lock().check());
         }
-        crate::buddy::ZONE.lock().check();
+        crate::mm::ZONE.lock().check();
     }
 
     /// `free`'s fast path reads a page's tag, not its descriptor: objects

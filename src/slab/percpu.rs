@@ -23,11 +23,11 @@
 //! buddy pages marked as allocator metadata.
 //!
 //! Lock order: a CPU depot lock is taken before any slab cache lock (see
-//! [`crate::buddy`] for the whole order).
+//! [`crate::mm`] for the whole order).
 
 use super::{cache, NR_CLASSES};
-use crate::buddy;
-use crate::sync::Mutex;
+use crate::mm;
+use crate::os::sync::Mutex;
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, Ordering};
 
@@ -53,7 +53,7 @@ pub struct CpuCaches {
     depots: [Mutex<Depot>; NR_CLASSES],
 }
 
-const CPU_CACHES_ORDER: usize = buddy::order_for_pages(core::mem::size_of::<CpuCaches>().div_ceil(4096));
+const CPU_CACHES_ORDER: usize = mm::order_for_pages(core::mem::size_of::<CpuCaches>().div_ceil(4096));
 
 static CPUS: [AtomicPtr<CpuCaches>; MAX_CPUS] = [const { AtomicPtr::new(ptr::null_mut()) }; MAX_CPUS];
 static CPUS_GROW: Mutex<()> = Mutex::new(());
@@ -73,16 +73,16 @@ fn cpu_caches(cpu: usize) -> *mut CpuCaches {
 #[inline(never)]
 fn allocate_cpu_caches(cpu: usize) -> *mut CpuCaches {
     // No decay scan (and its system calls) while CPUS_GROW is held.
-    let _deferred = buddy::defer_decay();
+    let _deferred = mm::defer_decay();
     let _g = CPUS_GROW.lock();
     let c = CPUS[cpu].load(Ordering::Acquire);
     if !c.is_null() {
         return c;
     }
-    let Some((head, zero)) = buddy::alloc_pages(CPU_CACHES_ORDER) else { return ptr::null_mut() };
+    let Some((head, zero)) = mm::alloc_pages(CPU_CACHES_ORDER) else { return ptr::null_mut() };
     // The pages stay PG_NONE: a free() of an address inside them is
     // reported as not ours.
-    let mem = crate::page::page_address(head) as *mut CpuCaches;
+    let mem = crate::mm::page::page_address(head) as *mut CpuCaches;
     if !zero {
         // SAFETY: the block is ours and large enough.
         unsafe { ptr::write_bytes(mem.cast::<u8>(), 0, core::mem::size_of::<CpuCaches>()) };

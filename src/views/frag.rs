@@ -32,12 +32,11 @@
 //!     `active_objs(c) * (size(c) - mean)` ([`SampledWaste`]). A class
 //!     with no sample has no estimate and the views say so.
 
-use crate::buddy::NR_ORDERS;
+use crate::mm::NR_ORDERS;
 use crate::os::PAGE_SIZE;
 use crate::slab::{size_of_class, CacheStats, NR_CLASSES};
-use crate::stats::Snapshot;
+use crate::views::snapshot::Snapshot;
 use core::fmt::{self, Write};
-use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// The unusable free space index of `order` in thousandths (0..=1000),
 /// from the number of free blocks per order. The kernel's integer
@@ -58,7 +57,7 @@ pub struct Thousandths(pub u32);
 
 impl fmt::Display for Thousandths {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut text = crate::stats::FixedBuf::<16>::new();
+        let mut text = crate::os::fmt::FixedBuf::<16>::new();
         write!(text, "{}.{:03}", self.0 / 1000, self.0 % 1000)?;
         f.pad(text.as_str())
     }
@@ -87,123 +86,32 @@ pub fn slab_worst_waste(class: usize) -> usize {
     size_of_class(class) - below - 1
 }
 
-/// Bytes asked for and handed out by one tier, counted on its slow path.
-pub struct TierCounter {
-    requested: AtomicUsize,
-    handed: AtomicUsize,
-    count: AtomicUsize,
-}
+pub use crate::counters::{SlabSample, SlabSampler, TierCounter, TierWaste, LARGE_TIER, PAGE_TIER};
+pub use crate::slab::{sample_request, SLAB_SAMPLES};
 
-/// A plain copy of a [`TierCounter`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TierWaste {
-    /// Bytes asked for, summed over every allocation since the start.
-    pub requested: usize,
-    /// Bytes handed out for them.
-    pub handed: usize,
-    /// Allocations counted.
-    pub count: usize,
-}
-
-impl TierWaste {
-    /// Bytes handed out beyond the requests.
-    pub fn waste(&self) -> usize {
-        self.handed.saturating_sub(self.requested)
-    }
-}
-
-impl TierCounter {
-    /// Zero counts.
-    pub const fn new() -> Self {
-        TierCounter { requested: AtomicUsize::new(0), handed: AtomicUsize::new(0), count: AtomicUsize::new(0) }
+impl Snapshot {
+    /// The buddy zone's unusable free space index of `order`, in
+    /// thousandths (see [`crate::views::frag`]).
+    pub fn unusable_index(&self, order: usize) -> u32 {
+        unusable_index(&self.buddy_free, order)
     }
 
-    /// Counts one allocation of `handed` bytes for a request of `requested`.
-    pub fn add(&self, requested: usize, handed: usize) {
-        self.requested.fetch_add(requested, Ordering::Relaxed);
-        self.handed.fetch_add(handed, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
+    /// Slab memory in partially used slabs and in all slabs, in bytes.
+    pub fn slab_partial_bytes(&self) -> (usize, usize) {
+        slab_partial_bytes(&self.caches)
     }
 
-    /// The counts now.
-    pub fn read(&self) -> TierWaste {
-        TierWaste {
-            requested: self.requested.load(Ordering::Relaxed),
-            handed: self.handed.load(Ordering::Relaxed),
-            count: self.count.load(Ordering::Relaxed),
-        }
-    }
-}
-
-impl Default for TierCounter {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// Page-tier runs: requests and whole pages.
-pub static PAGE_TIER: TierCounter = TierCounter::new();
-/// Large blocks: requests and mapping lengths.
-pub static LARGE_TIER: TierCounter = TierCounter::new();
-
-/// Per size class: sampled requests and the sum of their sizes.
-pub struct SlabSampler {
-    samples: [AtomicUsize; NR_CLASSES],
-    requested_sum: [AtomicUsize; NR_CLASSES],
-}
-
-/// A plain copy of one class's samples.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SlabSample {
-    /// Requests sampled.
-    pub samples: usize,
-    /// Their sizes, summed.
-    pub requested_sum: usize,
-}
-
-impl SlabSampler {
-    /// No samples.
-    pub const fn new() -> Self {
-        SlabSampler {
-            samples: [const { AtomicUsize::new(0) }; NR_CLASSES],
-            requested_sum: [const { AtomicUsize::new(0) }; NR_CLASSES],
-        }
+    /// The sampled internal fragmentation of size class `class` (see
+    /// [`slab_sampled`]).
+    pub fn slab_sampled(&self, class: usize) -> SampledWaste {
+        slab_sampled(self.slab_samples[class], class, self.active_objs(class))
     }
 
-    /// Records one request of `size` bytes served by class `class`
-    /// (ignored when `class` is not a size class).
-    pub fn record(&self, class: usize, size: usize) {
-        if class < NR_CLASSES {
-            self.samples[class].fetch_add(1, Ordering::Relaxed);
-            self.requested_sum[class].fetch_add(size, Ordering::Relaxed);
-        }
+    /// The sampled figures over all classes with samples, and the live
+    /// objects of classes without one.
+    pub fn slab_sampled_total(&self) -> (SampledWaste, usize) {
+        slab_sampled_total(&self.slab_samples, |c| self.active_objs(c))
     }
-
-    /// The samples now, per class.
-    pub fn read(&self) -> [SlabSample; NR_CLASSES] {
-        core::array::from_fn(|c| SlabSample {
-            samples: self.samples[c].load(Ordering::Relaxed),
-            requested_sum: self.requested_sum[c].load(Ordering::Relaxed),
-        })
-    }
-}
-
-impl Default for SlabSampler {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// The slab tier's request samples.
-pub static SLAB_SAMPLES: SlabSampler = SlabSampler::new();
-
-/// Records one sampled request of `size` bytes served by size class
-/// `class`. Cold and lock-free (two relaxed additions), allocates nothing;
-/// meant for the magazine's refill slow path, never the fast path.
-#[cold]
-#[inline(never)]
-pub fn sample_request(class: usize, size: usize) {
-    SLAB_SAMPLES.record(class, size);
 }
 
 /// The sampled internal fragmentation of a size class, or of all of them.
@@ -277,7 +185,7 @@ pub fn slab_sampled_total(samples: &[SlabSample; NR_CLASSES], active_objs: impl 
 
 /// The slab tier's bound: bytes in objects the program holds, and the most
 /// of them that can be waste, summed over the size classes from their
-/// `active_objs` (as [`crate::stats::Snapshot::active_objs`] counts them).
+/// `active_objs` (as [`crate::views::snapshot::Snapshot::active_objs`] counts them).
 pub fn slab_bound(active_objs: impl Fn(usize) -> usize) -> (usize, usize) {
     let mut held = 0;
     let mut worst = 0;
@@ -354,7 +262,7 @@ pub fn write_extfrag(out: &mut dyn Write, s: &Snapshot) -> fmt::Result {
         write!(
             out,
             "{:<17} {:>10} {:>12} {:>12} {:>8} ",
-            crate::stats::CacheName(class),
+            crate::views::snapshot::CacheName(class),
             n,
             n * size_of_class(class),
             n * slab_worst_waste(class),
@@ -437,7 +345,7 @@ pub fn write_extfrag_json(out: &mut dyn Write, s: &Snapshot) -> fmt::Result {
             out,
             "{}{{\"name\":\"{}\",\"size\":{},\"active_objs\":{},\"worst_waste\":{},\"samples\":{},\"requested_sum\":{},\"mean_request\":{},\"waste_fraction\":{},\"est_live_waste\":{},\"partial_slabs\":{}}}",
             if first { "" } else { "," },
-            crate::stats::CacheName(class),
+            crate::views::snapshot::CacheName(class),
             size_of_class(class),
             n,
             n * slab_worst_waste(class),
@@ -456,8 +364,8 @@ pub fn write_extfrag_json(out: &mut dyn Write, s: &Snapshot) -> fmt::Result {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::buddy::Zone;
-    use crate::page::{Chunk, MAX_ORDER, ChunkSource, CHUNK_DESC_ALIGN, CHUNK_DESC_SIZE, CHUNK_PAGES};
+    use crate::mm::Zone;
+    use crate::mm::page::{Chunk, MAX_ORDER, ChunkSource, CHUNK_DESC_ALIGN, CHUNK_DESC_SIZE, CHUNK_PAGES};
 
     fn free_blocks(zone: &Zone) -> [usize; NR_ORDERS] {
         core::array::from_fn(|o| zone.nr_free(o))
@@ -468,14 +376,14 @@ mod tests {
     /// one page: order 0 is wholly usable, every higher order wholly not.
     #[test]
     fn every_other_page_free_is_unusable_above_order_0() {
-        let desc = crate::buddy::map_aligned(CHUNK_DESC_SIZE, CHUNK_DESC_ALIGN).unwrap() as *mut Chunk;
+        let desc = crate::os::map_aligned(CHUNK_DESC_SIZE, CHUNK_DESC_ALIGN).unwrap() as *mut Chunk;
         let mut zone = Zone::new();
         // SAFETY: fresh zeroed memory for the descriptor; a fake chunk base
         // (the zone only does index arithmetic on it); every page freed is
         // one the zone handed out and is freed once.
         unsafe {
             Chunk::init(desc, 1 << 40, ChunkSource::Mmap);
-            crate::buddy::prepare_chunk(desc, true);
+            crate::mm::prepare_chunk(desc, true);
             zone.add_chunk(desc);
             assert_eq!(unusable_index(&free_blocks(&zone), MAX_ORDER), 0, "one whole chunk is free");
             let mut pages = Vec::new();
@@ -562,7 +470,7 @@ mod tests {
     fn sampled_slab_waste_from_known_requests() {
         let class = crate::slab::class_of(33);
         assert_eq!(size_of_class(class), 48);
-        let sampler = SlabSampler::new();
+        let sampler = SlabSampler::<NR_CLASSES>::new();
         for _ in 0..100 {
             sampler.record(class, 33);
         }
@@ -585,7 +493,7 @@ mod tests {
 
         // The views, over a snapshot given these samples and live counts.
         let other = crate::slab::class_of(1000);
-        let mut s = crate::stats::snapshot();
+        let mut s = crate::views::snapshot::snapshot();
         s.slab_samples = samples;
         for c in 0..NR_CLASSES {
             s.caches[c].active_objs = s.cached_objs[c];
@@ -605,7 +513,7 @@ mod tests {
         };
         let worst = (10 * slab_worst_waste(class)).to_string();
         assert_eq!(row("kmalloc-48"), ["kmalloc-48", "10", "480", &worst, "100", "33", "0.312", "150", "0"]);
-        let big = row(&crate::stats::CacheName(other).to_string());
+        let big = row(&crate::views::snapshot::CacheName(other).to_string());
         assert_eq!(big[4..8], ["0", "-", "-", "no"], "{text}");
         assert!(
             text.contains("sampled: 100 requests, waste fraction 0.312; 7 live objects in classes without samples not estimated"),
@@ -635,12 +543,12 @@ mod tests {
     #[test]
     fn sample_request_reaches_the_snapshot() {
         let class = crate::slab::class_of(3000);
-        let before = crate::stats::snapshot().slab_samples[class];
+        let before = crate::views::snapshot::snapshot().slab_samples[class];
         for _ in 0..3 {
             sample_request(class, 2900);
         }
         sample_request(usize::MAX, 5);
-        let after = crate::stats::snapshot().slab_samples[class];
+        let after = crate::views::snapshot::snapshot().slab_samples[class];
         assert!(after.samples >= before.samples + 3);
         assert!(after.requested_sum >= before.requested_sum + 3 * 2900);
     }

@@ -2,7 +2,7 @@
 //! cell per page, coloured by what the page is doing, so fragmentation can
 //! be seen at a glance.
 //!
-//! Cell states, read from the page descriptors ([`crate::page`]):
+//! Cell states, read from the page descriptors (`crate::mm::page`):
 //!
 //! - free, by the buddy order of the block it lies in (pale to deep blue;
 //!   a wholly free chunk is one order-10 block);
@@ -13,8 +13,8 @@
 //!   cache in light violet (metadata);
 //! - a run handed out whole by the page tier (green);
 //! - a page-table shadow page (deep violet, metadata, from
-//!   [`crate::pagetable`]'s owner tier);
-//! - other (grey): pages on a per-CPU list ([`crate::pcp`]), the shadow's
+//!   `crate::ledger::pagetable`'s owner tier);
+//! - other (grey): pages on a per-CPU list (`crate::mm::pcp`), the shadow's
 //!   spare table pages, blocks being released, or a block between the zone
 //!   and its tier.
 //!
@@ -31,19 +31,19 @@
 //! wide enough for its longest line.
 //!
 //! Written without allocating: `BUDDYSLAB_HEAPMAP=path.svg` makes the
-//! exit hook ([`crate::stats::print_at_exit`]) open the file with a raw
-//! `openat` and write through [`crate::stats::FdWriter`]; from Rust, [`write_svg`]
+//! exit hook ([`crate::views::stats::print_at_exit`]) open the file with a raw
+//! `openat` and write through [`crate::views::snapshot::FdWriter`]; from Rust, [`write_svg`]
 //! writes to any `fmt::Write`. The zone lock is held only while one
 //! chunk's descriptors are copied into a 1 KiB stack array, never while
 //! the writer runs.
 
-use crate::buddy::ZONE;
+use crate::mm::ZONE;
 use crate::os;
-use crate::page::{self, Chunk, CHUNK_PAGES, CHUNK_SIZE, MAX_ORDER, PG_FREE, PG_NONE, PG_PAGES, PG_SLAB};
-use crate::pagetable::{self, Tier};
+use crate::mm::page::{self, Chunk, CHUNK_PAGES, CHUNK_SIZE, MAX_ORDER, PG_FREE, PG_NONE, PG_PAGES, PG_SLAB};
+use crate::ledger::pagetable::{self, Tier};
 use crate::slab::{size_of_class, CLASSES, NR_CACHES, NR_CLASSES, SLAB_MAX, VM_AREA_CACHE};
-use crate::stats::{self, CacheName};
-use crate::vma::VmaKind;
+use crate::views::snapshot::{self as stats, CacheName};
+use crate::ledger::vma::VmaKind;
 use core::fmt::{self, Write};
 use core::ptr;
 
@@ -143,7 +143,7 @@ fn states_in(section: usize) -> impl Iterator<Item = u8> {
 }
 
 /// `BUDDYSLAB_HEAPMAP`: where the map goes at exit.
-pub static FILE: stats::ExitFile = stats::ExitFile::new("heap map");
+pub static FILE: stats::ExitFile = stats::ExitFile::new("heap map", &crate::options::HEAPMAP_PATH);
 
 /// Records the path `BUDDYSLAB_HEAPMAP` names (see [`stats::ExitFile::set`]).
 pub fn set_path(value: &'static [u8]) {
@@ -637,7 +637,7 @@ pub fn write_svg_of(out: &mut dyn Write, s: &stats::Snapshot) -> fmt::Result {
 /// partial-slab share, and internal waste per tier (pages and large exact,
 /// slab sampled and bounded).
 fn write_frag_legend(out: &mut dyn Write, s: &stats::Snapshot, top: usize) -> fmt::Result {
-    use crate::frag::{self, Thousandths};
+    use crate::views::frag::{self, Thousandths};
     let line = |i: usize| top + i * LEGEND_LINE + 10;
     write!(out, "<text class=\"frag\" data-figure=\"unusable_index\" x=\"4\" y=\"{}\">unusable free space index, orders 0..{} (buddy, exact):", line(0), MAX_ORDER)?;
     for order in 0..=MAX_ORDER {
@@ -694,7 +694,7 @@ mod tests {
 
     #[test]
     fn states_have_distinct_classes_and_the_map_is_a_document() {
-        let mut seen = [const { stats::FixedBuf::<16>::new() }; STATES];
+        let mut seen = [const { crate::os::fmt::FixedBuf::<16>::new() }; STATES];
         for s in 0..STATES as u8 {
             let _ = write!(seen[s as usize], "{}", Class(s));
         }
@@ -747,8 +747,8 @@ mod tests {
         let mut s = stats::snapshot();
         // Samples in one class, so the sampled line has figures.
         let class = crate::slab::class_of(33);
-        s.slab_samples = [crate::frag::SlabSample::default(); crate::slab::NR_CLASSES];
-        s.slab_samples[class] = crate::frag::SlabSample { samples: 100, requested_sum: 3300 };
+        s.slab_samples = [crate::views::frag::SlabSample::default(); crate::slab::NR_CLASSES];
+        s.slab_samples[class] = crate::views::frag::SlabSample { samples: 100, requested_sum: 3300 };
         let mut svg = String::new();
         write_svg_of(&mut svg, &s).unwrap();
         // SAFETY: allocated above, freed once.
@@ -757,7 +757,7 @@ mod tests {
         let index: Vec<f64> = (0..=MAX_ORDER).map(|o| s.unusable_index(o) as f64 / 1000.0).collect();
         assert_eq!(numbers(&svg, "unusable_index"), index);
         let (partial, all) = s.slab_partial_bytes();
-        let share = crate::frag::thousandths(partial, all).0 as f64 / 1000.0;
+        let share = crate::views::frag::thousandths(partial, all).0 as f64 / 1000.0;
         assert_eq!(numbers(&svg, "slab_partial"), [share, (partial / 1024) as f64, (all / 1024) as f64]);
         for (name, t) in [("pages", s.page_tier), ("large", s.large_tier)] {
             let want = [t.waste(), t.requested, t.handed, t.count].map(|n| n as f64);
@@ -770,11 +770,11 @@ mod tests {
         assert!(svg.contains("internal waste, slab (sampled, 100 requests): est. "), "{svg}");
         let want = [sampled.est_live_waste as f64, sampled.active_objs as f64, fraction, unsampled as f64];
         assert_eq!(numbers(&svg, "internal_slab_sampled"), want);
-        let (held, worst) = crate::frag::slab_bound(|c| s.active_objs(c));
+        let (held, worst) = crate::views::frag::slab_bound(|c| s.active_objs(c));
         assert_eq!(numbers(&svg, "internal_slab_bound"), [worst as f64, held as f64]);
 
         // Without samples the line says so.
-        s.slab_samples = [crate::frag::SlabSample::default(); crate::slab::NR_CLASSES];
+        s.slab_samples = [crate::views::frag::SlabSample::default(); crate::slab::NR_CLASSES];
         let mut svg = String::new();
         write_svg_of(&mut svg, &s).unwrap();
         assert!(svg.contains("internal waste, slab (sampled): no samples</text>"), "{svg}");
@@ -871,9 +871,9 @@ mod tests {
         assert!(!small.is_null() && !run.is_null());
         let mut s = stats::snapshot();
         // Long figures widen the picture; counts of one read singular.
-        s.large_tier = crate::frag::TierWaste { requested: 123_456_789_012_345, handed: 223_456_789_012_345, count: 1 };
-        s.slab_samples = [crate::frag::SlabSample::default(); crate::slab::NR_CLASSES];
-        s.slab_samples[0] = crate::frag::SlabSample { samples: 1, requested_sum: 9 };
+        s.large_tier = crate::views::frag::TierWaste { requested: 123_456_789_012_345, handed: 223_456_789_012_345, count: 1 };
+        s.slab_samples = [crate::views::frag::SlabSample::default(); crate::slab::NR_CLASSES];
+        s.slab_samples[0] = crate::views::frag::SlabSample { samples: 1, requested_sum: 9 };
         let mut svg = String::new();
         write_svg_of(&mut svg, &s).unwrap();
         // SAFETY: allocated above, freed once each.
@@ -881,11 +881,11 @@ mod tests {
             crate::heap::free(small);
             crate::heap::free(run);
         }
-        crate::addrspace::tests::assert_well_formed(&svg);
+        crate::views::addrspace::tests::assert_well_formed(&svg);
 
         let width = svg_width(&svg);
         assert!(width >= ROWS_WIDTH);
-        let texts = crate::addrspace::tests::svg_texts(&svg);
+        let texts = crate::views::addrspace::tests::svg_texts(&svg);
         assert!(texts.len() > 10, "{svg}");
         for text in &texts {
             assert!(!text.centred);

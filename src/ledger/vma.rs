@@ -14,13 +14,13 @@
 //! (`CACHES[VM_AREA_CACHE]`, the `vm_area_cachep` analogue). The tree itself
 //! never allocates: callers allocate a node first, then take `TREE`'s lock
 //! to link it; unlinked nodes are freed after the lock is dropped. `TREE` is
-//! last in the lock order (see [`crate::buddy`]).
+//! last in the lock order (see [`crate::mm`]).
 //!
 //! Adjacent `[heap]` extents merge as `vma_merge` does, so the program break
 //! shows as one region however many chunks it grew by.
 
 use crate::slab::{self, cache, VM_AREA_CACHE};
-use crate::sync::Mutex;
+use crate::os::sync::Mutex;
 use core::ptr;
 
 /// What a region is.
@@ -425,7 +425,7 @@ fn alloc_node() -> *mut VmArea {
 }
 
 fn free_node(node: *mut VmArea) {
-    let page = crate::page::page_of(node as usize);
+    let page = crate::mm::page::page_of(node as usize);
     // SAFETY: nodes come from the VM_AREA cache, whose slabs are single pages.
     unsafe { cache::free(&slab::CACHES[VM_AREA_CACHE], page, node.cast()) }
 }

@@ -24,225 +24,15 @@
 //! `String` that allocates from this very heap): figures are copied out
 //! first, regions a batch at a time.
 
-use crate::buddy::{self, NR_ORDERS, ZONE};
-use crate::large;
+use crate::ledger::pagetable::{Tier, NR_TIERS};
+use crate::ledger::vma::{self, Region, VmaKind};
+use crate::mm::NR_ORDERS;
 use crate::os::{self, PAGE_SIZE};
-use crate::pagetable::{self, FaultCounts, Tier, NR_TIERS};
-use crate::slab::{self, CacheStats, NR_CACHES};
-use crate::vma::{self, Region, VmaKind};
+use crate::slab;
 use core::fmt::{self, Write};
+pub use crate::os::fmt::{fmt_hex, FixedBuf};
+pub use super::snapshot::{for_each_region, snapshot, CacheName, ExitFile, FdWriter, Snapshot};
 use core::sync::atomic::Ordering;
-
-/// A fixed-size text buffer; writes past the end are cut off, never
-/// allocated for.
-pub struct FixedBuf<const N: usize> {
-    buf: [u8; N],
-    len: usize,
-}
-
-impl<const N: usize> FixedBuf<N> {
-    /// An empty buffer.
-    pub const fn new() -> Self {
-        FixedBuf { buf: [0; N], len: 0 }
-    }
-
-    /// The text written so far.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
-
-    /// The text written so far.
-    pub fn as_str(&self) -> &str {
-        // Only whole `&str`s are copied in, but a cut may split a character.
-        match core::str::from_utf8(self.as_bytes()) {
-            Ok(s) => s,
-            Err(e) => {
-                // SAFETY: valid up to `valid_up_to` by from_utf8's report.
-                unsafe { core::str::from_utf8_unchecked(&self.buf[..e.valid_up_to()]) }
-            }
-        }
-    }
-
-    /// Writes the text to `fd` and empties the buffer.
-    pub fn flush_to(&mut self, fd: i32) {
-        os::write_all(fd, self.as_bytes());
-        self.len = 0;
-    }
-}
-
-impl<const N: usize> Default for FixedBuf<N> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<const N: usize> Write for FixedBuf<N> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let n = s.len().min(N - self.len);
-        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
-        self.len += n;
-        if n < s.len() {
-            Err(fmt::Error)
-        } else {
-            Ok(())
-        }
-    }
-}
-
-/// Formats `value` as `0x…` into `buf`; returns the text.
-pub fn fmt_hex(buf: &mut [u8; 32], value: usize) -> &[u8] {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut i = buf.len();
-    let mut v = value;
-    loop {
-        i -= 1;
-        buf[i] = DIGITS[v & 15];
-        v >>= 4;
-        if v == 0 {
-            break;
-        }
-    }
-    i -= 1;
-    buf[i] = b'x';
-    i -= 1;
-    buf[i] = b'0';
-    &buf[i..]
-}
-
-/// A plain copy of the allocator's figures.
-#[derive(Clone, Copy, Debug)]
-pub struct Snapshot {
-    /// Free blocks per buddy order (as `/proc/buddyinfo`).
-    pub buddy_free: [usize; NR_ORDERS],
-    /// Pages in all chunks.
-    pub managed_pages: usize,
-    /// Pages in free buddy blocks.
-    pub free_pages: usize,
-    /// Chunks from `brk` and from `mmap`.
-    pub brk_chunks: usize,
-    /// See `brk_chunks`.
-    pub mmap_chunks: usize,
-    /// Per cache (index as [`slab::CACHES`]).
-    pub caches: [CacheStats; NR_CACHES],
-    /// Live large blocks and their mapped bytes.
-    pub nr_large: usize,
-    /// See `nr_large`.
-    pub large_bytes: usize,
-    /// Live page-tier runs and their bytes.
-    pub nr_page_runs: usize,
-    /// See `nr_page_runs`.
-    pub page_run_bytes: usize,
-    /// Metadata bytes mapped (chunk descriptors, chunk map leaves).
-    pub meta_bytes: usize,
-    /// Per cache: free objects held in front of it (CPU depots and the
-    /// calling thread's bins), counted in `caches[i].active_objs`.
-    pub cached_objs: [usize; NR_CACHES],
-    /// The page-table shadow's counters.
-    pub faults: FaultCounts,
-    /// The kernel's minor fault count for the process (`ru_minflt`).
-    pub minflt: u64,
-    /// Bytes given back to the kernel so far (decay, trim).
-    pub released_bytes: usize,
-    /// `madvise` calls that gave them back.
-    pub release_calls: usize,
-    /// Page-tier requests and pages handed out, exact, since the start.
-    pub page_tier: crate::frag::TierWaste,
-    /// Large-tier requests and mapping lengths, exact, since the start.
-    pub large_tier: crate::frag::TierWaste,
-    /// Slab request samples per size class (see [`crate::frag::sample_request`]).
-    pub slab_samples: [crate::frag::SlabSample; slab::NR_CLASSES],
-}
-
-impl Snapshot {
-    /// Bytes handed to the program and not yet freed (slab objects at their
-    /// class size, page runs, large blocks).
-    pub fn in_use_bytes(&self) -> usize {
-        let slab: usize = self.caches[..slab::NR_CLASSES].iter().map(|c| c.active_objs * c.objsize).sum();
-        slab + self.page_run_bytes + self.large_bytes
-    }
-
-    /// Bytes of address space held in chunks.
-    pub fn chunk_bytes(&self) -> usize {
-        self.managed_pages * PAGE_SIZE
-    }
-
-    /// Objects of cache `index` the program holds (`/proc/slabinfo`'s
-    /// `active_objs`): handed out by the slabs, less those cached in front.
-    pub fn active_objs(&self, index: usize) -> usize {
-        self.caches[index].active_objs.saturating_sub(self.cached_objs[index])
-    }
-
-    /// The buddy zone's unusable free space index of `order`, in
-    /// thousandths (see [`crate::frag`]).
-    pub fn unusable_index(&self, order: usize) -> u32 {
-        crate::frag::unusable_index(&self.buddy_free, order)
-    }
-
-    /// Slab memory in partially used slabs and in all slabs, in bytes.
-    pub fn slab_partial_bytes(&self) -> (usize, usize) {
-        crate::frag::slab_partial_bytes(&self.caches)
-    }
-
-    /// The sampled internal fragmentation of size class `class` (see
-    /// [`crate::frag::slab_sampled`]).
-    pub fn slab_sampled(&self, class: usize) -> crate::frag::SampledWaste {
-        crate::frag::slab_sampled(self.slab_samples[class], class, self.active_objs(class))
-    }
-
-    /// The sampled figures over all classes with samples, and the live
-    /// objects of classes without one.
-    pub fn slab_sampled_total(&self) -> (crate::frag::SampledWaste, usize) {
-        crate::frag::slab_sampled_total(&self.slab_samples, |c| self.active_objs(c))
-    }
-}
-
-/// Takes a snapshot of every counter.
-pub fn snapshot() -> Snapshot {
-    let mut s = Snapshot {
-        buddy_free: [0; NR_ORDERS],
-        managed_pages: 0,
-        free_pages: 0,
-        brk_chunks: 0,
-        mmap_chunks: 0,
-        caches: [CacheStats::default(); NR_CACHES],
-        nr_large: 0,
-        large_bytes: 0,
-        nr_page_runs: 0,
-        page_run_bytes: 0,
-        meta_bytes: 0,
-        cached_objs: [0; NR_CACHES],
-        faults: pagetable::counts(),
-        minflt: 0,
-        released_bytes: buddy::RELEASED_BYTES.load(Ordering::Relaxed),
-        release_calls: buddy::RELEASE_CALLS.load(Ordering::Relaxed),
-        page_tier: crate::frag::PAGE_TIER.read(),
-        large_tier: crate::frag::LARGE_TIER.read(),
-        slab_samples: crate::frag::SLAB_SAMPLES.read(),
-    };
-    {
-        let zone = ZONE.lock();
-        for (order, slot) in s.buddy_free.iter_mut().enumerate() {
-            *slot = zone.nr_free(order);
-        }
-        s.managed_pages = zone.managed_pages;
-        s.free_pages = zone.free_pages;
-    }
-    s.brk_chunks = buddy::BRK_CHUNKS.load(Ordering::Relaxed);
-    s.mmap_chunks = buddy::MMAP_CHUNKS.load(Ordering::Relaxed);
-    for (i, c) in s.caches.iter_mut().enumerate() {
-        *c = slab::cache_stats(i);
-        if i < slab::NR_CLASSES {
-            s.cached_objs[i] = slab::percpu::cached_objects(i) + slab::magazine::cached_in_class(i);
-        }
-    }
-    s.minflt = os::minor_faults();
-    s.nr_large = large::NR_LARGE.load(Ordering::Relaxed);
-    s.large_bytes = large::LARGE_BYTES.load(Ordering::Relaxed);
-    s.nr_page_runs = buddy::NR_PAGE_RUNS.load(Ordering::Relaxed);
-    s.page_run_bytes = buddy::PAGE_RUN_PAGES.load(Ordering::Relaxed) * PAGE_SIZE;
-    s.meta_bytes = buddy::META_BYTES.load(Ordering::Relaxed);
-    s
-}
 
 /// glibc's `struct mallinfo2`, field for field.
 #[repr(C)]
@@ -299,7 +89,7 @@ pub fn mallinfo2() -> MallInfo2 {
         fsmblks: free_object_bytes,
         uordblks: s.in_use_bytes() - hblkhd,
         fordblks: s.free_pages * PAGE_SIZE + free_object_bytes,
-        keepcost: s.buddy_free[NR_ORDERS - 1] * crate::page::CHUNK_SIZE,
+        keepcost: s.buddy_free[NR_ORDERS - 1] * crate::mm::page::CHUNK_SIZE,
     }
 }
 
@@ -364,112 +154,6 @@ pub fn write_malloc_info(w: &mut impl fmt::Write) -> fmt::Result {
     writeln!(w, "</malloc>")
 }
 
-/// A file a drawing is written to at exit, named by an environment
-/// variable (`BUDDYSLAB_HEAPMAP`, `BUDDYSLAB_ADDRSPACE_SVG`).
-pub struct ExitFile {
-    /// The path (a NUL-terminated environment string), or null when no
-    /// file was asked for.
-    path: core::sync::atomic::AtomicPtr<libc::c_char>,
-    /// What is written, for the error message.
-    what: &'static str,
-}
-
-impl ExitFile {
-    /// No file asked for yet; `what` names the drawing in messages.
-    pub const fn new(what: &'static str) -> Self {
-        ExitFile { path: core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()), what }
-    }
-
-    /// Records the path. `value` must be followed in memory by a NUL (an
-    /// environment entry is) and live for the process.
-    pub fn set(&self, value: &'static [u8]) {
-        let p = if value.is_empty() { core::ptr::null_mut() } else { value.as_ptr() as *mut libc::c_char };
-        self.path.store(p, Ordering::Relaxed);
-    }
-
-    /// Whether a file is to be written at exit.
-    pub fn requested(&self) -> bool {
-        !self.path.load(Ordering::Relaxed).is_null()
-    }
-
-    /// Creates the file, if one was asked for, and lets `draw` write it;
-    /// reports a file that cannot be created on stderr.
-    pub fn write(&self, draw: impl FnOnce(&mut FdWriter) -> fmt::Result) {
-        let p = self.path.load(Ordering::Relaxed);
-        if p.is_null() {
-            return;
-        }
-        // SAFETY: `p` points at an environment string, NUL-terminated and
-        // never freed (see `set`).
-        let path = unsafe { core::ffi::CStr::from_ptr(p) };
-        match os::create_file(path) {
-            Ok(fd) => {
-                let mut w = FdWriter::new(fd);
-                let _ = draw(&mut w);
-                w.flush();
-                os::close(fd);
-            }
-            Err(os::Errno(e)) => {
-                let mut w = FdWriter::new(2);
-                let _ = write!(w, "buddyslab: cannot write the {} to ", self.what);
-                w.flush();
-                os::write_all(2, path.to_bytes());
-                let _ = writeln!(w, " (errno {e})");
-                w.flush();
-            }
-        }
-    }
-}
-
-/// A `fmt::Write` to a file descriptor through a 4 KiB stack buffer,
-/// flushed with `write(2)` when full and by [`FdWriter::flush`].
-pub struct FdWriter {
-    fd: i32,
-    buf: FixedBuf<4096>,
-}
-
-impl FdWriter {
-    /// A writer to `fd`.
-    pub const fn new(fd: i32) -> Self {
-        FdWriter { fd, buf: FixedBuf::new() }
-    }
-
-    /// Writes out what is buffered.
-    pub fn flush(&mut self) {
-        self.buf.flush_to(self.fd);
-    }
-}
-
-impl Write for FdWriter {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        if self.buf.len + s.len() > self.buf.buf.len() {
-            self.flush();
-            if s.len() > self.buf.buf.len() {
-                os::write_all(self.fd, s.as_bytes());
-                return Ok(());
-            }
-        }
-        self.buf.write_str(s)
-    }
-}
-
-/// The name `/proc/slabinfo` shows for cache `index`: `kmalloc-<size>` for
-/// the size classes, `vm_area_struct` for the region tree's nodes.
-pub struct CacheName(pub usize);
-
-impl fmt::Display for CacheName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = slab::cache_name(self.0);
-        let mut text = FixedBuf::<24>::new();
-        if self.0 < slab::NR_CLASSES {
-            write!(text, "{}-{}", name, slab::size_of_class(self.0))?;
-        } else {
-            text.write_str(name)?;
-        }
-        f.pad(text.as_str())
-    }
-}
-
 /// Writes `/proc/buddyinfo`'s line for the zone.
 pub fn write_buddyinfo(out: &mut dyn Write, s: &Snapshot) -> fmt::Result {
     write!(out, "Node 0, zone {:>8} ", "buddyslab")?;
@@ -508,31 +192,6 @@ pub fn write_slabinfo(out: &mut dyn Write, s: &Snapshot) -> fmt::Result {
     Ok(())
 }
 
-/// Calls `f` on every region of the VMA tree in address order, copying
-/// them out a batch at a time so no lock is held while `f` runs.
-pub fn for_each_region(mut f: impl FnMut(&Region) -> fmt::Result) -> fmt::Result {
-    const BATCH: usize = 64;
-    let empty = Region { start: 0, end: 0, kind: VmaKind::Meta, prot: 0, requested: 0 };
-    let mut from = 0usize;
-    loop {
-        let mut batch = [empty; BATCH];
-        let mut n = 0;
-        vma::for_each_region(&mut |r| {
-            if r.start >= from && n < BATCH {
-                batch[n] = r;
-                n += 1;
-            }
-        });
-        for r in &batch[..n] {
-            f(r)?;
-        }
-        if n < BATCH {
-            return Ok(());
-        }
-        from = batch[n - 1].end;
-    }
-}
-
 fn perms(r: &Region) -> &'static str {
     match (r.prot & vma::PROT_READ != 0, r.prot & vma::PROT_WRITE != 0) {
         (true, true) => "rw-p",
@@ -552,7 +211,7 @@ pub fn write_maps(out: &mut dyn Write) -> fmt::Result {
     })
 }
 
-/// Pages resident per region kind ([`VmaKind`] order: heap, chunk, large,
+/// Pages resident per region kind (`VmaKind` order: heap, chunk, large,
 /// large-cached, meta), from `mincore` over every region.
 pub fn resident_by_kind() -> [usize; VMA_KINDS.len()] {
     let mut resident = [0usize; VMA_KINDS.len()];
@@ -601,9 +260,9 @@ pub fn write_views_of(out: &mut dyn Write, s: &Snapshot) -> fmt::Result {
     writeln!(out, "== faults")?;
     write_faults(out, s)?;
     writeln!(out, "== extfrag")?;
-    crate::frag::write_extfrag(out, s)?;
+    crate::views::frag::write_extfrag(out, s)?;
     writeln!(out, "== address_space")?;
-    crate::addrspace::write_address_space(out)
+    crate::views::addrspace::write_address_space(out)
 }
 
 /// Writes the four text views of a fresh snapshot.
@@ -671,9 +330,9 @@ pub fn write_json(out: &mut dyn Write) -> fmt::Result {
         "}},\"table_pages\":{},\"released_bytes\":{},\"release_calls\":{}}},\"extfrag\":",
         s.faults.table_pages, s.released_bytes, s.release_calls
     )?;
-    crate::frag::write_extfrag_json(out, &s)?;
+    crate::views::frag::write_extfrag_json(out, &s)?;
     write!(out, ",\"address_space\":")?;
-    crate::addrspace::write_address_space_json(out)?;
+    crate::views::addrspace::write_address_space_json(out)?;
     writeln!(out, "}}")
 }
 
@@ -695,8 +354,8 @@ pub extern "C" fn print_at_exit() {
         _ => Ok(()),
     };
     w.flush();
-    crate::heapmap::write_requested();
-    crate::addrspace::write_svg_requested();
+    crate::views::heapmap::write_requested();
+    crate::views::addrspace::write_svg_requested();
 }
 
 #[cfg(test)]
@@ -735,7 +394,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
         assert_eq!(v["buddyinfo"].as_array().unwrap().len(), NR_ORDERS);
         let slabinfo = v["slabinfo"].as_array().unwrap();
-        assert_eq!(slabinfo.len(), NR_CACHES);
+        assert_eq!(slabinfo.len(), slab::NR_CACHES);
         assert_eq!(slabinfo[0]["name"], "kmalloc-16");
         assert_eq!(slabinfo[slab::VM_AREA_CACHE]["name"], "vm_area_struct");
         assert!(v["maps"].as_array().unwrap().iter().any(|r| r["name"] == "[buddyslab:chunk]"));

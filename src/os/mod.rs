@@ -10,10 +10,13 @@
 //! Preconditions are written on each function, mimalloc-style: addresses
 //! page-aligned, lengths non-zero and page-aligned unless said otherwise.
 
+pub mod fmt;
+pub mod sync;
+
 use core::sync::atomic::{AtomicBool, Ordering};
 
 /// Size of a base page. x86-64 and aarch64 Linux both run 4 KiB pages in
-/// the configurations this project targets; [`check_page_size`] verifies it.
+/// the configurations this project targets; `check_page_size` verifies it.
 pub const PAGE_SIZE: usize = 4096;
 /// log2 of [`PAGE_SIZE`].
 pub const PAGE_SHIFT: u32 = 12;
@@ -400,15 +403,6 @@ pub fn futex_wake_one(word: &core::sync::atomic::AtomicU32) {
     }
 }
 
-/// Sets the calling thread's `errno` (C's `malloc` reports `ENOMEM` so;
-/// set where a request fails, on cold paths only, so the C face's fast
-/// path can return the heap's answer as it is).
-#[cold]
-pub fn set_errno(e: i32) {
-    // SAFETY: errno is the calling thread's; the location is always valid.
-    unsafe { *libc::__errno_location() = e };
-}
-
 /// Writes all of `buf` to file descriptor `fd`, retrying short writes and
 /// `EINTR`. Errors are dropped: this is for diagnostics.
 pub fn write_all(fd: i32, mut buf: &[u8]) {
@@ -610,6 +604,45 @@ pub fn current_cpu() -> usize {
         cpu as usize
     }
 }
+
+/// Maps `len` bytes aligned to `align` (a power of two ≥ a page) by mapping
+/// `len + align` and trimming both ends.
+pub fn map_aligned(len: usize, align: usize) -> Result<usize, Errno> {
+    debug_assert!(align.is_power_of_two() && align >= PAGE_SIZE && len % PAGE_SIZE == 0);
+    if align == PAGE_SIZE {
+        return mmap_anonymous(len, false);
+    }
+    let span = len.checked_add(align - PAGE_SIZE).ok_or(Errno(libc::ENOMEM))?;
+    let raw = mmap_anonymous(span, false)?;
+    let start = align_up(raw, align);
+    // SAFETY: the head and tail slack are parts of our fresh mapping that
+    // nobody has seen.
+    unsafe {
+        if start > raw {
+            let _ = munmap(raw, start - raw);
+        }
+        let end = start + len;
+        if raw + span > end {
+            let _ = munmap(end, raw + span - end);
+        }
+    }
+    Ok(start)
+}
+
+
+/// Rounds `x` up to a multiple of `align` (a power of two). Wraps to 0 on
+/// overflow; callers that take sizes from users check first.
+#[inline]
+pub const fn align_up(x: usize, align: usize) -> usize {
+    x.wrapping_add(align - 1) & !(align - 1)
+}
+
+/// Pages needed for `bytes`.
+#[inline]
+pub const fn pages_for(bytes: usize) -> usize {
+    (bytes + PAGE_SIZE - 1) >> PAGE_SHIFT
+}
+
 
 #[cfg(test)]
 mod tests {

@@ -14,12 +14,12 @@
 //! every list first ([`drain_all`]) so wholly free chunks can be found.
 //!
 //! Lock order: a CPU's page-list lock is taken after the slab cache locks
-//! and before the zone lock (see [`crate::buddy`]).
+//! and before the zone lock (see [`crate::mm`]).
 
-use crate::buddy::{self, ZONE};
+use super::zone::{self, ZONE};
 use crate::os;
-use crate::page::{Page, PageList, PG_NONE};
-use crate::sync::Mutex;
+use super::page::{Page, PageList, PG_NONE};
+use crate::os::sync::Mutex;
 
 /// Highest order kept on per-CPU lists.
 pub const PCP_MAX_ORDER: usize = 3;
@@ -85,7 +85,7 @@ pub unsafe fn free(head: *mut Page, order: usize) {
     // SAFETY: per the caller: the block's descriptors are ours to reset,
     // so an address inside it is no slab object or run any more.
     unsafe {
-        buddy::mark(head, 1 << order, PG_NONE);
+        zone::mark(head, 1 << order, PG_NONE);
         (*head).order = order as u8;
         (*head).zero = false;
     }
@@ -130,6 +130,7 @@ pub fn drain_all() {
 }
 
 /// Blocks of each order held on all CPUs' lists, as pages.
+#[cfg_attr(not(test), allow(dead_code))] // the unit tests use it
 pub fn pages_held() -> usize {
     PCP.iter()
         .map(|pcp| {
@@ -163,14 +164,14 @@ mod tests {
         let mut taken = [ptr::null_mut::<Page>(); 64];
         for (i, slot) in taken.iter_mut().enumerate() {
             let order = i % (PCP_MAX_ORDER + 1);
-            *slot = buddy::alloc_pages(order).expect("memory").0;
+            *slot = crate::mm::alloc_pages(order).expect("memory").0;
         }
         // Distinct, non-overlapping blocks.
         let mut spans: std::vec::Vec<(usize, usize)> = taken
             .iter()
             .enumerate()
             .map(|(i, &p)| {
-                let a = crate::page::page_address(p);
+                let a = crate::mm::page::page_address(p);
                 (a, a + (4096 << (i % (PCP_MAX_ORDER + 1))))
             })
             .collect();
@@ -178,7 +179,7 @@ mod tests {
         assert!(spans.windows(2).all(|w| w[0].1 <= w[1].0), "per-CPU blocks overlap");
         for (i, &p) in taken.iter().enumerate() {
             // SAFETY: allocated above with this order.
-            unsafe { buddy::free_pages(p, i % (PCP_MAX_ORDER + 1)) };
+            unsafe { crate::mm::free_pages(p, i % (PCP_MAX_ORDER + 1)) };
         }
         assert!(pages_held() > 0, "freed blocks should wait on the per-CPU lists");
         drain_all();

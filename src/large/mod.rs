@@ -64,46 +64,28 @@
 //!
 //! # Locking
 //!
-//! [`CACHE`] is the outermost lock of the allocator (see [`crate::buddy`]):
+//! [`CACHE`] is the outermost lock of the allocator (see [`crate::mm`]):
 //! it is held while the region tree changes (which may allocate tree nodes
 //! from the slab caches) and while `mremap` runs, so every change to a
 //! `Large` or `LargeCached` record happens under it. `munmap` of evicted
 //! extents waits until it is dropped. Whoever takes it first takes a
-//! [`buddy::defer_decay`] guard (dropped after the lock): a tree node
+//! [`mm::defer_decay`] guard (dropped after the lock): a tree node
 //! taken from a slab cache under the lock may call into the buddy, and a
 //! decay scan started there would run its `madvise` calls with the lock
 //! held.
 
-use crate::buddy::{self, align_up, map_aligned};
+use crate::mm;
+use crate::os::{align_up, map_aligned};
 use crate::os::{self, PAGE_SIZE};
-use crate::sync::Mutex;
-use crate::vma::{self, VmaKind};
+use crate::os::sync::Mutex;
+use crate::ledger::vma::{self, VmaKind};
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicUsize, Ordering};
 
-/// Default mmap threshold (glibc's `DEFAULT_MMAP_THRESHOLD_MIN`).
-pub const DEFAULT_MMAP_THRESHOLD: usize = 128 * 1024;
-/// Largest threshold `mallopt` accepts and the adaptation reaches (glibc's
-/// `DEFAULT_MMAP_THRESHOLD_MAX` on 64-bit).
-pub const MAX_MMAP_THRESHOLD: usize = 32 * 1024 * 1024;
-/// Default trim threshold (glibc's `DEFAULT_TRIM_THRESHOLD`).
-pub const DEFAULT_TRIM_THRESHOLD: usize = 128 * 1024;
-/// Default cap on cached bytes: the largest trim threshold the adaptation
-/// reaches.
-pub const DEFAULT_CACHE_MAX: usize = 2 * MAX_MMAP_THRESHOLD;
-/// Default time an extent stays cached, in milliseconds.
-pub const DEFAULT_CACHE_MS: u64 = 1000;
+// The thresholds and the cache's bounds are options (set from the
+// environment and by mallopt); this tier reads them.
+pub use crate::options::{CACHE_MAX, CACHE_MAX_AGE_NS, DYNAMIC_THRESHOLD, MAX_MMAP_THRESHOLD, MMAP_THRESHOLD, TRIM_THRESHOLD};
 
-/// Requests of at least this many bytes get a large block.
-pub static MMAP_THRESHOLD: AtomicUsize = AtomicUsize::new(DEFAULT_MMAP_THRESHOLD);
-/// glibc's trim threshold: here, a bound on cached bytes.
-pub static TRIM_THRESHOLD: AtomicUsize = AtomicUsize::new(DEFAULT_TRIM_THRESHOLD);
-/// Whether frees still adapt the thresholds (false once either was set).
-pub static DYNAMIC_THRESHOLD: AtomicBool = AtomicBool::new(true);
-/// Cap on cached bytes (`BUDDYSLAB_LARGE_CACHE`; 0 turns the cache off).
-pub static CACHE_MAX: AtomicUsize = AtomicUsize::new(DEFAULT_CACHE_MAX);
-/// Nanoseconds an extent may stay cached (`BUDDYSLAB_LARGE_CACHE_MS`).
-pub static CACHE_MAX_AGE_NS: AtomicU64 = AtomicU64::new(DEFAULT_CACHE_MS * 1_000_000);
 /// Live large blocks.
 pub static NR_LARGE: AtomicUsize = AtomicUsize::new(0);
 /// Bytes mapped for live large blocks.
@@ -114,25 +96,6 @@ pub static CACHED_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 /// The released mappings, outermost lock of the allocator.
 pub static CACHE: Mutex<MappingCache> = Mutex::new(MappingCache::new());
-
-/// Sets the mmap threshold explicitly (`mallopt(M_MMAP_THRESHOLD)`): false
-/// and no change above [`MAX_MMAP_THRESHOLD`]; otherwise the adaptation
-/// stops.
-pub fn set_mmap_threshold(bytes: usize) -> bool {
-    if bytes > MAX_MMAP_THRESHOLD {
-        return false;
-    }
-    DYNAMIC_THRESHOLD.store(false, Ordering::Relaxed);
-    MMAP_THRESHOLD.store(bytes, Ordering::Relaxed);
-    true
-}
-
-/// Sets the trim threshold explicitly (`mallopt(M_TRIM_THRESHOLD)`); the
-/// adaptation stops.
-pub fn set_trim_threshold(bytes: usize) {
-    DYNAMIC_THRESHOLD.store(false, Ordering::Relaxed);
-    TRIM_THRESHOLD.store(bytes, Ordering::Relaxed);
-}
 
 /// glibc's rule: the new mmap threshold after a block with a mapping of
 /// `freed_len` bytes is freed, or `None` when it stays.
@@ -278,6 +241,7 @@ impl MappingCache {
     }
 
     /// Bytes cached.
+    #[cfg_attr(not(test), allow(dead_code))] // the unit tests use it
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -510,6 +474,7 @@ impl MappingCache {
     }
 
     /// Checks the invariants; panics on a breach. For tests.
+    #[cfg_attr(not(test), allow(dead_code))] // the unit tests use it
     pub fn check(&self) {
         let mut total = 0;
         for (i, e) in self.extents().iter().enumerate() {
@@ -541,7 +506,7 @@ pub fn release_cached(all: bool, now: u64) -> usize {
     }
     let mut unmaps = Unmaps::new();
     {
-        let _deferred = buddy::defer_decay();
+        let _deferred = mm::defer_decay();
         let mut cache = CACHE.lock();
         cache.release(all, now, CACHE_MAX_AGE_NS.load(Ordering::Relaxed), &mut unmaps);
         CACHED_BYTES.store(cache.bytes, Ordering::Relaxed);
@@ -569,7 +534,7 @@ pub fn alloc(size: usize, align: usize) -> (*mut u8, bool) {
         let now = os::monotonic_ns();
         let mut unmaps = Unmaps::new();
         let got = {
-            let _deferred = buddy::defer_decay();
+            let _deferred = mm::defer_decay();
         let mut cache = CACHE.lock();
             cache.release(false, now, CACHE_MAX_AGE_NS.load(Ordering::Relaxed), &mut unmaps);
             let got = cache.take(len, size, &mut unmaps);
@@ -619,7 +584,7 @@ pub unsafe fn free(p: *mut u8) -> Result<(), NotLarge> {
     let now = os::monotonic_ns();
     let mut unmaps = Unmaps::new();
     {
-        let _deferred = buddy::defer_decay();
+        let _deferred = mm::defer_decay();
         let mut cache = CACHE.lock();
         let r = classify(p as usize, vma::lookup(p as usize))?;
         let len = r.end - r.start;
@@ -666,7 +631,7 @@ pub const HUGE_GROW_MIN: usize = 2 << 20;
 /// 2 MiB instead of 512. Blocks from `malloc` are not advised: a big table
 /// touched here and there would become resident 2 MiB at a time. The
 /// second value says whether the block was advised now (its growth is
-/// predicted at 2 MiB per fault, see [`crate::pagetable::remapped`]).
+/// predicted at 2 MiB per fault, see [`crate::ledger::pagetable::remapped`]).
 ///
 /// # Safety
 /// `p` is a live large block; after a non-null return that differs from
@@ -679,7 +644,7 @@ pub unsafe fn resize(p: *mut u8, new_size: usize) -> (*mut u8, bool) {
     let mut unmaps = Unmaps::new();
     let mut huge = false;
     let result = {
-        let _deferred = buddy::defer_decay();
+        let _deferred = mm::defer_decay();
         let mut cache = CACHE.lock();
         let Ok(r) = classify(p as usize, vma::lookup(p as usize)) else { return (ptr::null_mut(), false) };
         let old_len = r.end - r.start;
@@ -787,7 +752,7 @@ mod tests {
 
     #[test]
     fn threshold_follows_glibc_rule() {
-        assert_eq!(adapted_threshold(DEFAULT_MMAP_THRESHOLD, MIB), Some(MIB));
+        assert_eq!(adapted_threshold(crate::options::DEFAULT_MMAP_THRESHOLD, MIB), Some(MIB));
         assert_eq!(adapted_threshold(MIB, MIB), None, "only a longer mapping raises it");
         assert_eq!(adapted_threshold(MIB, 512 * 1024), None, "never lowered");
         assert_eq!(adapted_threshold(MIB, MAX_MMAP_THRESHOLD), Some(MAX_MMAP_THRESHOLD));

@@ -52,10 +52,10 @@
 //! Where the prediction is blind: the CPU depots' pages (taken from the
 //! buddy by `slab::percpu`, a few per CPU) are not recorded.
 
-use crate::buddy;
+use crate::mm;
 use crate::os::PAGE_SIZE;
-use crate::page;
-use crate::sync::Mutex;
+use crate::mm::page;
+use crate::os::sync::Mutex;
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
@@ -169,14 +169,14 @@ fn new_table() -> *mut Table {
                 return addr as *mut Table;
             }
         }
-        let Some((head, _)) = buddy::alloc_pages_lowest(TABLE_BATCH_ORDER) else { return ptr::null_mut() };
+        let Some((head, _)) = mm::alloc_pages_lowest(TABLE_BATCH_ORDER) else { return ptr::null_mut() };
         let start = page::page_address(head);
         let mut pool = TABLE_POOL.lock();
         if pool.next < pool.end {
             // Another thread refilled first: keep its batch, return ours.
             drop(pool);
             // SAFETY: the block is ours and unused.
-            unsafe { buddy::free_pages(head, TABLE_BATCH_ORDER) };
+            unsafe { mm::free_pages(head, TABLE_BATCH_ORDER) };
         } else {
             pool.next = start;
             pool.end = start + (PAGE_SIZE << TABLE_BATCH_ORDER);
@@ -370,6 +370,7 @@ pub fn hand_out(start: usize, len: usize, tier: Tier) -> usize {
 /// extent wholly in the range with no page touched yet faults once, as
 /// one huge page. Any other untouched page faults alone: the extent around
 /// it already has 4 KiB pages, or is not wholly the block's.
+#[cfg_attr(not(test), allow(dead_code))] // the unit tests use it
 pub fn hand_out_huge(start: usize, len: usize, tier: Tier) -> usize {
     hand_out_pages(start, len, tier, true)
 }

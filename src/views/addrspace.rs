@@ -25,9 +25,9 @@
 //! hold them, with their kind, count and size. It is written through
 //! fixed stack arrays (up to [`SVG_MAX_LINES`] lines), without allocating.
 
-use crate::heapmap::{Plural, TextWidth, CHAR_W};
+use crate::views::heapmap::{Plural, TextWidth, CHAR_W};
 use crate::os;
-use crate::vma::{Region, VmaKind};
+use crate::ledger::vma::{Region, VmaKind};
 use core::fmt::{self, Write};
 
 /// What a line of `/proc/self/maps` is, in the diagram's words.
@@ -277,7 +277,7 @@ impl fmt::Display for Size {
             value >>= 10;
             unit += 1;
         }
-        let mut text = crate::stats::FixedBuf::<24>::new();
+        let mut text = crate::os::fmt::FixedBuf::<24>::new();
         write!(text, "{} {}", value, UNITS[unit])?;
         f.pad(text.as_str())
     }
@@ -337,7 +337,7 @@ fn write_regions_inside(out: &mut dyn Write, start: usize, end: usize) -> fmt::R
     let mut count = [0usize; KINDS.len()];
     let mut bytes = [0usize; KINDS.len()];
     let mut total = 0;
-    crate::stats::for_each_region(|r| {
+    crate::views::snapshot::for_each_region(|r| {
         if inside(r) {
             count[r.kind as usize] += 1;
             bytes[r.kind as usize] += r.end.min(end) - r.start.max(start);
@@ -352,7 +352,7 @@ fn write_regions_inside(out: &mut dyn Write, start: usize, end: usize) -> fmt::R
         // Highest first, as the diagram runs.
         let mut shown = [(0usize, 0usize, VmaKind::Meta); SHOWN];
         let mut n = 0;
-        crate::stats::for_each_region(|r| {
+        crate::views::snapshot::for_each_region(|r| {
             if inside(r) && n < SHOWN {
                 shown[n] = (r.start, r.end, r.kind);
                 n += 1;
@@ -360,14 +360,14 @@ fn write_regions_inside(out: &mut dyn Write, start: usize, end: usize) -> fmt::R
             Ok(())
         })?;
         for &(s, e, kind) in shown[..n].iter().rev() {
-            let mut text = crate::stats::FixedBuf::<64>::new();
+            let mut text = crate::os::fmt::FixedBuf::<64>::new();
             write!(text, "> {} {:x}-{:x}", kind.name(), s, e)?;
             writeln!(out, "{:>16} | {:<40} | {}", "", text.as_str(), Size(e - s))?;
         }
     } else {
         for (i, kind) in KINDS.iter().enumerate() {
             if count[i] > 0 {
-                let mut text = crate::stats::FixedBuf::<64>::new();
+                let mut text = crate::os::fmt::FixedBuf::<64>::new();
                 write!(text, "> {} x{}", kind.name(), count[i])?;
                 writeln!(out, "{:>16} | {:<40} | {}", "", text.as_str(), Size(bytes[i]))?;
             }
@@ -384,7 +384,7 @@ pub fn write_address_space_json(out: &mut dyn Write) -> fmt::Result {
     let mut first = true;
     for_each_mapping(|m| {
         let mut ours = 0usize;
-        crate::stats::for_each_region(|r| {
+        crate::views::snapshot::for_each_region(|r| {
             if r.start < m.end && r.end > m.start {
                 ours += r.end.min(m.end) - r.start.max(m.start);
             }
@@ -586,7 +586,7 @@ pub fn write_address_space_svg(out: &mut dyn Write) -> fmt::Result {
     let groups = &groups[..nr_groups];
 
     // buddyslab's regions, per band and kind.
-    crate::stats::for_each_region(|r| {
+    crate::views::snapshot::for_each_region(|r| {
         let first = bands.partition_point(|b| b.end <= r.start);
         for b in bands[first..].iter_mut().take_while(|b| b.start < r.end) {
             let k = r.kind as usize;
@@ -720,7 +720,7 @@ pub fn write_address_space_svg(out: &mut dyn Write) -> fmt::Result {
             (bottom - top).max(2)
         )
     };
-    crate::stats::for_each_region(|r| {
+    crate::views::snapshot::for_each_region(|r| {
         let first = bands.partition_point(|b| b.end <= r.start);
         for (i, b) in bands.iter().enumerate().skip(first).take_while(|(_, b)| b.start < r.end) {
             let (lo, hi) = (r.start.max(b.start), r.end.min(b.end));
@@ -764,10 +764,10 @@ pub fn write_address_space_svg(out: &mut dyn Write) -> fmt::Result {
 }
 
 /// `BUDDYSLAB_ADDRSPACE_SVG`: where the drawing goes at exit.
-pub static SVG_FILE: crate::stats::ExitFile = crate::stats::ExitFile::new("address-space drawing");
+pub static SVG_FILE: crate::views::snapshot::ExitFile = crate::views::snapshot::ExitFile::new("address-space drawing", &crate::options::ADDRSPACE_SVG_PATH);
 
 /// Records the path `BUDDYSLAB_ADDRSPACE_SVG` names (see
-/// [`crate::stats::ExitFile::set`]).
+/// [`crate::views::snapshot::ExitFile::set`]).
 pub fn set_svg_path(value: &'static [u8]) {
     SVG_FILE.set(value)
 }
@@ -1085,7 +1085,7 @@ pub(crate) mod tests {
         let q = crate::heap::malloc(300_000);
         assert!(!p.is_null() && !q.is_null());
         let mut ours = Vec::with_capacity(256);
-        crate::stats::for_each_region(|r| {
+        crate::views::snapshot::for_each_region(|r| {
             // Only the regions holding our two blocks: other tests' may come and go.
             if [p as usize, q as usize].iter().any(|&a| r.start <= a && a < r.end) {
                 ours.push(*r);

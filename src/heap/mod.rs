@@ -20,15 +20,20 @@
 //! Everything here returns null on failure; the C face turns that into
 //! `errno = ENOMEM`, the Rust face into `handle_alloc_error` (by Rust).
 
-use crate::buddy::{self, align_up, order_for_pages, pages_for};
+mod check;
+mod life;
+
+use check::{bad_outside, bad_pointer, check_not_freed, owner_of, remember_freed_large, Owner};
+pub use life::{ensure_init, set_process_malloc};
+
 use crate::large::{self, MMAP_THRESHOLD};
+use crate::ledger::pagetable;
+use crate::mm::page::{self, CHUNK_SIZE, PG_SLAB, PG_TAIL};
+use crate::mm::{self, align_up, order_for_pages, pages_for};
 use crate::os::{self, PAGE_SHIFT, PAGE_SIZE};
-use crate::page::{self, Page, CHUNK_SIZE, PG_PAGES, PG_SLAB, PG_TAIL};
-use crate::pagetable;
-use crate::slab::{self, cache, class_of, magazine, size_of_class, CLASSES, NR_CLASSES, SLAB_MAX};
-use crate::stats;
+use crate::slab::{self, class_of, magazine, size_of_class, CLASSES, NR_CLASSES, SLAB_MAX};
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::Ordering;
 
 /// Alignment every block gets without asking (glibc's on x86-64).
 pub const MIN_ALIGN: usize = 16;
@@ -45,24 +50,37 @@ const MAX_REQUEST: usize = isize::MAX as usize - CHUNK_SIZE;
 /// binary or shared object (not across shared objects, which is the point
 /// of hiding it).
 ///
-/// Sets `errno` to `ENOMEM` when it returns null, so the C face returns
-/// the answer as it is.
+/// Touches no `errno`: the C face calls [`malloc_or`].
 #[inline]
 pub fn malloc(size: usize) -> *mut u8 {
-    if size <= slab::TABLE_MAX {
-        return magazine::alloc_small(size);
-    }
-    malloc_medium(size)
+    malloc_or(size, nothing)
 }
+
+/// [`malloc`], calling `out_of_memory` before it returns null: the C face
+/// sets `errno` so, with no test of the answer on the fast path.
+#[inline]
+pub fn malloc_or(size: usize, out_of_memory: magazine::OutOfMemory) -> *mut u8 {
+    if size <= slab::TABLE_MAX {
+        return magazine::alloc_small(size, ensure_init, out_of_memory);
+    }
+    malloc_medium(size, out_of_memory)
+}
+
+/// The [`magazine::OutOfMemory`] of the callers that test the answer.
+fn nothing() {}
 
 /// [`malloc`] above the class table's range: a slab class found by
 /// arithmetic, or a big block.
 #[inline(never)]
-fn malloc_medium(size: usize) -> *mut u8 {
+fn malloc_medium(size: usize, out_of_memory: magazine::OutOfMemory) -> *mut u8 {
     if size <= SLAB_MAX {
-        return magazine::alloc(class_of(size), size);
+        return magazine::alloc(class_of(size), size, ensure_init, out_of_memory);
     }
-    alloc_big(size, MIN_ALIGN)
+    let p = alloc_big(size, MIN_ALIGN);
+    if p.is_null() {
+        out_of_memory();
+    }
+    p
 }
 
 /// Allocates `size` bytes aligned to `align` (a power of two; any value up
@@ -73,7 +91,7 @@ pub fn aligned_alloc(align: usize, size: usize) -> *mut u8 {
         return malloc(size);
     }
     if let Some(class) = slab::class_for_aligned(size, align) {
-        return magazine::alloc(class, size);
+        return magazine::alloc(class, size, ensure_init, nothing);
     }
     alloc_big(size, align)
 }
@@ -83,9 +101,7 @@ pub fn aligned_alloc(align: usize, size: usize) -> *mut u8 {
 #[inline(never)]
 fn alloc_big(size: usize, align: usize) -> *mut u8 {
     let p = alloc_big_known_zero(size, align).0;
-    if p.is_null() {
-        os::set_errno(libc::ENOMEM);
-    } else {
+    if !p.is_null() {
         let perturb = crate::options::perturb();
         if perturb != 0 {
             // glibc's alloc_perturb (calloc does not come here).
@@ -99,6 +115,9 @@ fn alloc_big(size: usize, align: usize) -> *mut u8 {
 /// [`alloc_big`], also saying whether the memory is known to read as zero
 /// (fresh pages from the OS, or a fresh mapping).
 fn alloc_big_known_zero(size: usize, align: usize) -> (*mut u8, bool) {
+    // The page tier and the large tier grow without setting up: the
+    // process's set-up (the ledger's hooks above all) comes first.
+    ensure_init();
     if size > MAX_REQUEST || align > MAX_REQUEST / 2 {
         return (ptr::null_mut(), false);
     }
@@ -124,8 +143,9 @@ fn alloc_big_known_zero(size: usize, align: usize) -> (*mut u8, bool) {
             found => found,
         }
     };
-    if crate::prof::on() && !block.0.is_null() {
-        crate::prof::sample_block(block.0, size);
+    if crate::profile::on() && !block.0.is_null() {
+        // SAFETY: this thread's budget; no reference to it is live.
+        unsafe { crate::profile::sample_block(magazine::prof_budget(), block.0, size) };
     }
     block
 }
@@ -133,7 +153,7 @@ fn alloc_big_known_zero(size: usize, align: usize) -> (*mut u8, bool) {
 /// Largest request served by a run of buddy pages, whatever the mmap
 /// threshold says. Above it, requests below the threshold are large blocks
 /// kept in the cache of released mappings when freed (see
-/// [`crate::large`]), which is bounded in bytes and in time. Runs of up to
+/// `crate::large`), which is bounded in bytes and in time. Runs of up to
 /// 4 MiB, as an adapted threshold would allow, fragment the zone under
 /// mixed sizes: free pages pile up in pieces too small for the next big
 /// run and the zone keeps adding chunks (a 10-minute soak reached 6.6 GiB
@@ -145,9 +165,9 @@ pub const PAGE_TIER_MAX: usize = 256 * 1024;
 fn page_run(size: usize, align: usize) -> (*mut u8, bool) {
     let npages = pages_for(size.max(1));
     let align_order = order_for_pages(align.max(PAGE_SIZE) >> PAGE_SHIFT);
-    match buddy::alloc_pages_exact(npages, align_order) {
+    match mm::alloc_pages_exact(npages, align_order) {
         Some((head, zero)) => {
-            crate::frag::PAGE_TIER.add(size, npages << PAGE_SHIFT);
+            crate::counters::PAGE_TIER.add(size, npages << PAGE_SHIFT);
             (page::page_address(head) as *mut u8, zero)
         }
         None => (ptr::null_mut(), false),
@@ -160,7 +180,7 @@ fn large_block(size: usize, align: usize) -> (*mut u8, bool) {
     let (p, zero) = large::alloc(size, align);
     if !p.is_null() {
         if let Ok(len) = large::usable_size(p) {
-            crate::frag::LARGE_TIER.add(size, len);
+            crate::counters::LARGE_TIER.add(size, len);
             pagetable::map_and_hand_out(p as usize, len, pagetable::Tier::Large);
         }
     }
@@ -186,7 +206,7 @@ pub fn zeroed_alloc(size: usize, align: usize) -> *mut u8 {
     };
     let (p, zero) = match small_class {
         // Slab objects are recycled: always clear them.
-        Some(class) => (magazine::alloc(class, size), false),
+        Some(class) => (magazine::alloc(class, size, ensure_init, nothing), false),
         None => alloc_big_known_zero(size, align),
     };
     if !p.is_null() && !zero {
@@ -196,86 +216,11 @@ pub fn zeroed_alloc(size: usize, align: usize) -> *mut u8 {
     p
 }
 
-/// Who owns a pointer.
-enum Owner {
-    /// A slab object: its slab's head descriptor and cache index.
-    Slab(*mut Page, usize),
-    /// A page-tier run: its head descriptor.
-    Pages(*mut Page),
-    /// Not in any chunk: a large block, or not ours.
-    Outside,
-}
-
-/// Finds the owner of `p`, or stops the process when `p` points into a
-/// chunk but at nothing that was handed out.
-#[inline]
-fn owner_of(p: *mut u8, what: &'static [u8]) -> Owner {
-    let desc = page::page_of(p as usize);
-    if desc.is_null() {
-        return Owner::Outside;
-    }
-    // SAFETY: descriptors of published chunks are live.
-    unsafe {
-        let mut head = desc;
-        let mut kind = (*desc).kind();
-        if kind == PG_TAIL {
-            head = desc.sub((*desc).span as usize);
-            kind = (*head).kind();
-            if kind == PG_PAGES {
-                bad_pointer(what, b"invalid pointer (inside a block)", p);
-            }
-        }
-        match kind {
-            PG_SLAB if ((*head).class as usize) < NR_CLASSES => {
-                let class = (*head).class as usize;
-                check_slot_start(what, p, class + 1);
-                Owner::Slab(head, class)
-            }
-            PG_PAGES if page::page_address(head) == p as usize => Owner::Pages(head),
-            PG_PAGES => bad_pointer(what, b"invalid pointer (inside a block)", p),
-            page::PG_FREE => bad_pointer(what, b"double free or invalid pointer (memory is free)", p),
-            _ => bad_pointer(what, b"invalid pointer (not allocated by buddyslab)", p),
-        }
-    }
-}
-
-/// Stops the process unless `p` starts a slot of a slab of class
-/// `user_class - 1`: a pointer inside an object, or in a slab's unused
-/// tail, is not a block.
-#[inline(always)]
-fn check_slot_start(what: &'static [u8], p: *mut u8, user_class: usize) {
-    // SAFETY: 1 <= user_class <= NR_CLASSES by the callers.
-    let info = unsafe { CLASSES.get_unchecked(user_class - 1) };
-    if !info.is_object_start(p as usize) {
-        bad_pointer(what, b"invalid pointer (inside an object)", p);
-    }
-}
-
-/// Stops the process when the slab object `p` is free (it carries the
-/// free mark): `realloc` or `malloc_usable_size` of a freed object would
-/// otherwise hand back, or size, an object that is on a free list and will
-/// be handed out again.
-#[inline]
-fn check_not_freed(what: &'static [u8], p: *mut u8) {
-    // SAFETY: `p` starts a slot of a slab (checked by `owner_of`), at
-    // least 16 bytes.
-    if unsafe { slab::link::is_marked_free(p) } {
-        bad_pointer(what, b"double free detected (the block is free)", p);
-    }
-}
-
-#[cold]
-#[inline(never)]
-fn bad_pointer(what: &[u8], why: &[u8], p: *mut u8) -> ! {
-    let mut buf = [0u8; 32];
-    os::fatal(&[b"buddyslab: ", what, b": ", why, b": ", stats::fmt_hex(&mut buf, p as usize)])
-}
-
 /// Frees `p` (null is a no-op). Stops the process with a message for a
 /// pointer that is not a live block of this allocator.
 ///
 /// The fast path: the page's class-and-node tag (kept beside the page
-/// descriptors, see [`page::Chunk::tags`]), XORed with the thread's node,
+/// descriptors, see `page::Chunk::tags`), XORed with the thread's node,
 /// is "slab object of class c on my node" exactly when it
 /// lands in `1..=NR_CLASSES`; the offset inside the (naturally aligned)
 /// slab must be a whole number of objects, or `p` points inside an object.
@@ -312,66 +257,88 @@ pub unsafe fn free(p: *mut u8) {
             }
             // SAFETY: a slab object of this class on this thread's node,
             // given up by the caller, and its bin has room.
-            unsafe { magazine::free_local(tc, p, local_class) };
+            unsafe { magazine::free_local(tc, p, local_class, ensure_init) };
             return;
         }
     }
     free_other(p)
 }
 
-/// [`free`] of anything but an object of the thread's own node: an object
-/// of another node (to the magazine's remote bins), a page run, a large
-/// block, null, or a bad pointer.
+/// [`free`] of anything but an object of the thread's own node, by its
+/// owner: an object of another node (to the magazine's remote bins), a
+/// page run, a large block, null, or a bad pointer (which
+/// [`check::owner_of`] stops at).
 #[cold]
 #[inline(never)]
 fn free_other(p: *mut u8) {
-    let desc = page::page_of(p as usize);
-    if !desc.is_null() {
-        // SAFETY: descriptors of published chunks are live.
-        let user_class = unsafe { (*desc).user_class as usize };
-        if user_class != 0 {
-            check_slot_start(b"free()", p, user_class);
-            // SAFETY: a slab object of this class in that page, given up by
-            // the caller, at an object start (checked above).
-            if crate::prof::on() && unsafe { crate::prof::free_object(p, desc, user_class) } {
-                return;
-            }
-            // SAFETY: a slab object of this class, given up by the caller.
-            unsafe { magazine::free_slow(p, user_class) };
-            return;
-        }
-    }
-    free_slow(p)
-}
-
-#[cold]
-#[inline(never)]
-fn free_slow(p: *mut u8) {
     if p.is_null() {
         return;
     }
-    if crate::prof::on() {
-        crate::prof::free_block(p);
-    }
     match owner_of(p, b"free()") {
-        // SAFETY: `head` heads a slab of cache `class`.
-        Owner::Slab(head, _) => unsafe { cache::free(slab::cache_of_slab(head), head, p) },
+        Owner::Slab(class) => {
+            // SAFETY: a slab object of this class, given up by the caller,
+            // at an object start (checked by `owner_of`).
+            if crate::profile::on() && unsafe { free_in_diverted_page(p, class + 1) } {
+                return;
+            }
+            // SAFETY: a slab object of this class, given up by the caller.
+            unsafe { magazine::free_slow(p, class + 1, ensure_init) }
+        }
         // SAFETY: a live run, given up by the caller.
         Owner::Pages(head) => unsafe {
+            if crate::profile::on() {
+                crate::profile::forget_block(p);
+            }
             let perturb = crate::options::perturb();
             if perturb != 0 {
                 // glibc's free_perturb (mapped blocks, as in glibc, are not).
                 ptr::write_bytes(p, perturb, ((*head).span as usize) << PAGE_SHIFT);
             }
-            buddy::free_pages_exact(head)
+            mm::free_pages_exact(head)
         },
         Owner::Outside => free_outside(p),
     }
 }
 
+/// `free` of the slab object `p` of class `user_class - 1` while
+/// profiling is on: when its page is diverted (it holds a sampled object,
+/// see `crate::profile::DIVERTED`), forgets `p`'s sample if it is one and
+/// does what the fast path would have done, had the tag not turned `p`
+/// away (the push onto the thread's bin); true when `p` is freed so.
+///
+/// # Safety
+/// `p` is a live object of class `user_class - 1`, given up by the
+/// caller, at an object start.
+#[cold]
+#[inline(never)]
+unsafe fn free_in_diverted_page(p: *mut u8, user_class: usize) -> bool {
+    let desc = page::page_of(p as usize);
+    // SAFETY: `p` is a live slab object, so `desc` describes its page.
+    if !unsafe { crate::profile::forget_object(p, desc) } {
+        return false;
+    }
+    let tc = magazine::current();
+    // SAFETY: `desc` is a slab page's descriptor; the thread cache is this
+    // thread's; `local` is checked to be `user_class` (<= NR_CLASSES)
+    // before it indexes the bins; `p` is a live object of that class and
+    // node, given up by the caller (free_local still catches a double
+    // free).
+    unsafe {
+        let local = ((*desc).class_and_node() ^ (*tc).node_tag()) as usize;
+        if local == user_class && magazine::has_room(tc, local) {
+            magazine::free_local(tc, p, local, ensure_init);
+            return true;
+        }
+    }
+    false
+}
+
 #[cold]
 #[inline(never)]
 fn free_outside(p: *mut u8) {
+    if crate::profile::on() {
+        crate::profile::forget_block(p);
+    }
     // The shadow forgets the block before the kernel does, so a mapping
     // another thread gets at the same address is not forgotten instead.
     if let Ok(len) = large::usable_size(p) {
@@ -384,53 +351,13 @@ fn free_outside(p: *mut u8) {
     remember_freed_large(p);
 }
 
-/// How many recently freed large blocks are remembered (see
-/// [`FREED_LARGE`]).
-const FREED_LARGE_SLOTS: usize = 64;
-
-/// Starts of the last large blocks unmapped. Their regions are gone, so
-/// nothing else remembers them; a second `free` of one finds no region and
-/// would otherwise be reported as a foreign pointer. A slot is only read
-/// when a pointer has already turned out to be bad, so a stale or racing
-/// entry can at worst change the wording of the message, never let a bad
-/// pointer through. (A block kept in the mapping cache is still in the
-/// region tree, and [`large`] names its second free itself.)
-static FREED_LARGE: [AtomicUsize; FREED_LARGE_SLOTS] = [const { AtomicUsize::new(0) }; FREED_LARGE_SLOTS];
-/// Next slot of [`FREED_LARGE`] to overwrite.
-static FREED_LARGE_NEXT: AtomicUsize = AtomicUsize::new(0);
-
-fn remember_freed_large(p: *mut u8) {
-    let slot = FREED_LARGE_NEXT.fetch_add(1, Ordering::Relaxed) % FREED_LARGE_SLOTS;
-    FREED_LARGE[slot].store(p as usize, Ordering::Relaxed);
-}
-
-/// Stops the process for `p`, a pointer in no chunk that is not the start
-/// of a live large block, for the reason [`large`] gave, made precise when
-/// `p` is a large block freed (and unmapped) a short while ago. `p` is
-/// never dereferenced: it may point at the program's own mappings, a
-/// stack, or nothing at all.
-#[cold]
-#[inline(never)]
-fn bad_outside(what: &'static [u8], why: large::NotLarge, p: *mut u8) -> ! {
-    // Only a pointer in no region at all (large's "not allocated" reason)
-    // may be a block unmapped since; a cached one is named by `large`.
-    let recently_freed = why == b"invalid pointer (not allocated by buddyslab)"
-        && FREED_LARGE.iter().any(|a| a.load(Ordering::Relaxed) == p as usize);
-    let why: &[u8] = match (recently_freed, what) {
-        (true, b"free()") => b"double free (large block already unmapped)",
-        (true, _) => b"invalid pointer (large block already freed)",
-        (false, _) => why,
-    };
-    bad_pointer(what, why, p)
-}
-
 /// Usable bytes of the block at `p` (0 for null).
 pub fn usable_size(p: *mut u8) -> usize {
     if p.is_null() {
         return 0;
     }
     match owner_of(p, b"malloc_usable_size()") {
-        Owner::Slab(_, class) => {
+        Owner::Slab(class) => {
             check_not_freed(b"malloc_usable_size()", p);
             size_of_class(class)
         }
@@ -473,7 +400,7 @@ pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 
         return ptr::null_mut();
     }
     let old_usable = match owner_of(p, b"realloc()") {
-        Owner::Slab(_, class) => {
+        Owner::Slab(class) => {
             check_not_freed(b"realloc()", p);
             let usable = size_of_class(class);
             // Stay when the new size fits and would not fit a class half
@@ -490,14 +417,14 @@ pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 
             if size > SLAB_MAX && need <= npages {
                 if need < npages {
                     // SAFETY: the pages past `need` hold nothing the caller keeps.
-                    unsafe { buddy::shrink_pages_exact(head, need) };
+                    unsafe { mm::shrink_pages_exact(head, need) };
                 }
                 return p;
             }
             // Still a run's size: grow into free pages right after it.
             let stays_run = size > SLAB_MAX && size < MMAP_THRESHOLD.load(Ordering::Relaxed).min(PAGE_TIER_MAX);
             // SAFETY: a live run of fewer than `need` pages.
-            if stays_run && unsafe { buddy::grow_pages_exact(head, need) } {
+            if stays_run && unsafe { mm::grow_pages_exact(head, need) } {
                 return p;
             }
             npages << PAGE_SHIFT
@@ -520,8 +447,8 @@ pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 
                     }
                     if q != p {
                         remember_freed_large(p);
-                        if crate::prof::on() {
-                            crate::prof::free_block(p);
+                        if crate::profile::on() {
+                            crate::profile::forget_block(p);
                         }
                     }
                     return q;
@@ -554,173 +481,37 @@ pub fn trim() -> bool {
     ensure_init();
     magazine::flush_current();
     slab::percpu::drain_all();
-    let pages = buddy::shrink_all();
-    let released = buddy::release_free_memory() + large::release_cached(true, os::monotonic_ns());
+    let pages = mm::shrink_all();
+    let released = mm::release_free_memory() + large::release_cached(true, os::monotonic_ns());
     pages > 0 || released > 0
 }
 
 // ---------------------------------------------------------------------------
-// Start-up, options, fork.
+// Options changed while the program runs (`mallopt`): the faces come here,
+// never to the tiers' own settings.
 
-const INIT_NONE: u8 = 0;
-const INIT_RUNNING: u8 = 1;
-const INIT_DONE: u8 = 2;
-static INIT: AtomicU8 = AtomicU8::new(INIT_NONE);
-/// Runs the one-time set-up (options, fork handlers) if it has not run.
-/// Safe to call re-entrantly: `pthread_atfork` may call `malloc`, which
-/// then proceeds with defaults while set-up finishes. Every allocator
-/// structure is statically initialised, so nothing depends on this having
-/// run except options and fork safety.
-#[inline]
-pub fn ensure_init() {
-    if INIT.load(Ordering::Acquire) != INIT_DONE {
-        init_slow();
-    }
+/// Sets the mmap threshold (`mallopt(M_MMAP_THRESHOLD)`): false, and no
+/// change, above the largest threshold; stops the thresholds' adaptation.
+pub fn set_mmap_threshold(bytes: usize) -> bool {
+    crate::options::set_mmap_threshold(bytes)
 }
 
-#[cold]
-#[inline(never)]
-fn init_slow() {
-    if INIT.compare_exchange(INIT_NONE, INIT_RUNNING, Ordering::AcqRel, Ordering::Acquire).is_err() {
-        return;
-    }
-    os::check_page_size();
-    slab::link::init_keys();
-    crate::options::read_environment();
-    buddy::register_shrinker(cache::shrink_idle);
-    if crate::options::STATS_AT_EXIT.load(Ordering::Relaxed) != crate::options::STATS_OFF
-        || crate::heapmap::requested()
-        || crate::addrspace::svg_requested()
-    {
-        // SAFETY: a plain function with no preconditions; atexit may
-        // allocate, which is fine: no allocator lock is held here.
-        unsafe { libc::atexit(stats::print_at_exit) };
-    }
-    crate::prof::init();
-    magazine::init_thread_exit_key();
-    // SAFETY: the handlers are plain functions that only take and release
-    // the allocator's locks; registering may allocate, which is fine: no
-    // allocator lock is held here.
-    unsafe {
-        libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
-    }
-    INIT.store(INIT_DONE, Ordering::Release);
+/// Sets the trim threshold (`mallopt(M_TRIM_THRESHOLD)`); stops the
+/// thresholds' adaptation.
+pub fn set_trim_threshold(bytes: usize) {
+    crate::options::set_trim_threshold(bytes)
 }
 
-/// Declares that this copy of buddyslab is the process's `malloc` (the C
-/// face calls this first thing): chunks may then come from `brk`.
-pub fn set_process_malloc() {
-    buddy::USE_BRK.store(true, Ordering::Relaxed);
-    ensure_init();
+/// Sets the perturb byte (`mallopt(M_PERTURB)`: the low byte of `value`;
+/// 0 turns it off).
+pub fn set_perturb(value: usize) {
+    crate::options::set_perturb(value)
 }
 
-// fork: why the locks are taken where they are.
-//
-// The child of a multi-threaded process gets a copy of memory in which
-// other threads may have been half-way through changing the allocator's
-// structures; the prepare handler therefore takes every allocator lock,
-// so the copy is consistent, and the handlers after `fork` release them.
-// Where it takes them decides whether `fork` can deadlock:
-//
-// - glibc's `fork` runs the atfork prepare handlers first and only then
-//   takes stdio's list lock (`_IO_list_lock`, held across the system call
-//   so the child's `FILE` list is consistent). A prepare handler that
-//   takes allocator locks therefore holds them while it waits for the
-//   stdio lock, and the holder of the stdio lock may be waiting (through
-//   a `FILE` lock) for a thread that is inside `malloc` waiting for an
-//   allocator lock: a cycle (glibc bug 19431; glibc's own test
-//   `tst-malloc-fork-deadlock`). glibc's malloc avoids it by taking its
-//   locks inside `fork`, after the stdio lock. An interposed malloc
-//   cannot run there, so buddyslab's prepare handler takes the stdio
-//   list lock itself, first, and its own locks after it: glibc's order.
-//   The list lock is recursive, so `fork`'s own `_IO_list_lock` then
-//   only counts up; in the parent `fork` counts it down once and our
-//   parent handler once more; in the child `fork` resets it
-//   (`_IO_list_resetlock`) before the child handlers run, so ours leaves
-//   it alone. Nothing in buddyslab takes a stdio lock while it holds an
-//   allocator lock, so the stdio lock is always first.
-// - The other known answer, mimalloc's (no lock held across `fork`, the
-//   child repairs what it finds), needs every shared structure to be
-//   repairable from any half-done change; buddyslab's zone, slab lists
-//   and region tree are not, so the locks stay.
-// - A single-threaded process (glibc's `__libc_single_threaded`, the
-//   flag `fork` itself tests) takes no lock at all, as glibc does: no
-//   other thread can hold one, and when `fork` runs in a signal handler
-//   that interrupted `malloc` in this very thread (glibc's
-//   `tst-mallocfork2`), taking the lock the interrupted code holds would
-//   wait forever. The child then continues, as the parent does, with the
-//   interrupted call when the handler returns.
-//
-// Our handlers are registered when the allocator starts, before the
-// program's own (registration allocates), and prepare handlers run in
-// the reverse order of registration: ours runs last, after any handler
-// of the program's that allocates.
-
-extern "C" {
-    /// glibc's stdio list lock (recursive), exported since 2.2.5.
-    fn _IO_list_lock();
-    /// Releases one level of [`_IO_list_lock`].
-    fn _IO_list_unlock();
-    /// Non-zero while the process has never had a second thread (glibc
-    /// 2.32 and later); `fork` decides on it whether to take locks.
-    static __libc_single_threaded: u8;
-}
-
-/// Whether the running `fork`'s prepare handler took the locks. Forks of a
-/// multi-threaded process are serialised by glibc from the prepare handlers
-/// to the parent and child handlers, so one flag serves.
-static FORK_LOCKED: AtomicBool = AtomicBool::new(false);
-
-/// Takes the stdio list lock, then every allocator lock in the lock order
-/// (see [`crate::buddy`]); nothing in a single-threaded process.
-extern "C" fn fork_prepare() {
-    // SAFETY: a byte glibc keeps for exactly this question.
-    if unsafe { ptr::read_volatile(&raw const __libc_single_threaded) } != 0 {
-        return;
-    }
-    // SAFETY: a recursive lock; released by fork_parent, reset by glibc in
-    // the child.
-    unsafe { _IO_list_lock() };
-    large::CACHE.lock_for_fork();
-    slab::percpu::lock_all_for_fork();
-    slab::NODES_GROW.lock_for_fork();
-    buddy::GROW.lock_for_fork();
-    slab::lock_all_for_fork();
-    crate::pcp::lock_all_for_fork();
-    buddy::ZONE.lock_for_fork();
-    crate::vma::TREE.lock_for_fork();
-    pagetable::TABLE_POOL.lock_for_fork();
-    FORK_LOCKED.store(true, Ordering::Relaxed);
-}
-
-fn fork_release(in_child: bool) {
-    // SAFETY: fork_prepare took each of these in this thread (the child's
-    // only thread is the one that forked) and left no guards.
-    unsafe {
-        pagetable::TABLE_POOL.unlock_after_fork(in_child);
-        crate::vma::TREE.unlock_after_fork(in_child);
-        buddy::ZONE.unlock_after_fork(in_child);
-        crate::pcp::unlock_all_after_fork(in_child);
-        slab::unlock_all_after_fork(in_child);
-        buddy::GROW.unlock_after_fork(in_child);
-        slab::NODES_GROW.unlock_after_fork(in_child);
-        slab::percpu::unlock_all_after_fork(in_child);
-        large::CACHE.unlock_after_fork(in_child);
-    }
-}
-
-extern "C" fn fork_parent() {
-    if FORK_LOCKED.swap(false, Ordering::Relaxed) {
-        fork_release(false);
-        // SAFETY: the level fork_prepare took; fork released its own.
-        unsafe { _IO_list_unlock() };
-    }
-}
-
-extern "C" fn fork_child() {
-    if FORK_LOCKED.swap(false, Ordering::Relaxed) {
-        fork_release(true);
-    }
+/// Stops the thresholds' adaptation without changing them
+/// (`mallopt(M_TOP_PAD)`, `mallopt(M_MMAP_MAX)`, as in glibc).
+pub fn fix_thresholds() {
+    crate::options::DYNAMIC_THRESHOLD.store(false, Ordering::Relaxed);
 }
 
 /// Rounds `size` up to whole pages (`pvalloc`); `None` on overflow.
@@ -936,3 +727,4 @@ mod tests {
         }
     }
 }
+

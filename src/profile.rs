@@ -1,4 +1,10 @@
-//! Sampled heap profiling: which call stacks hold the live heap.
+//! Sampled heap profiling: which call stacks hold the live heap. This is
+//! the sampling and the record of live samples, which the slab tier and
+//! the heap call on their slow paths; `views::prof` writes it out. It
+//! sits between the page allocator (whose page tags it sets) and the
+//! slab tier (whose refills it charges), and names nothing above it.
+//! The budget it charges is the slab tier's (a field of the thread
+//! cache), passed in by the callers.
 //!
 //! Off unless `BUDDYSLAB_PROF=FILE` is set (`%p` in FILE becomes the
 //! process id). Then allocations are sampled by bytes: each thread counts
@@ -37,16 +43,17 @@
 //! describe: a hash of sampled objects (address, size, stack; linear
 //! probing, grown by doubling into a new mapping) and a table of distinct
 //! stacks with their live and total counts. One lock guards both; it is a
-//! leaf (nothing else is locked while holding it) and only sampled
-//! allocations and the frees described next take it.
+//! leaf (nothing else is locked while holding it; innermost in the lock
+//! order, taken last by the fork handlers) and only sampled allocations
+//! and the frees described next take it.
 //!
 //! **Knowing that a freed object was sampled** costs the frees of other
 //! objects nothing: the page of a sampled slab object gets a fast-path tag
 //! no thread matches ([`DIVERTED`]), so every free of an object in that
-//! page leaves the fast path for [`free_object`], which asks a lock-free
+//! page leaves the fast path for [`forget_object`], which asks a lock-free
 //! filter (live samples per hash of their addresses) and, only when that
-//! says maybe, the table; then it pushes the object onto the thread's bin
-//! as the fast path would have. The tag is restored when the page's last
+//! says maybe, the table; then the heap pushes the object onto the
+//! thread's bin as the fast path would have. The tag is restored when the page's last
 //! sampled object is freed (the table counts samples per page). Sampled
 //! objects are the long-lived ones, so their pages stay diverted for long
 //! and the short-lived objects around them pay this detour (about 25
@@ -54,8 +61,8 @@
 //! runs and large blocks are freed on slow paths anyway; they ask the
 //! table only while sampled blocks of theirs are live.
 //!
-//! **Output.** [`write_profile`] writes the live heap in the gperftools
-//! heap-profile text format that `pprof` reads: a `heap profile:` header
+//! **Output.** `views::prof::write_profile` writes the live heap in the
+//! gperftools heap-profile text format that `pprof` reads: a `heap profile:` header
 //! naming the sampling rate (`heap_v2/RATE`), one line per stack
 //! (`live objects: live bytes [total objects: total bytes] @ addresses`,
 //! innermost first), then `MAPPED_LIBRARIES:` and the process's
@@ -67,31 +74,22 @@
 //! allocator's own frames; `buddyslab prof` symbolises them and names the
 //! first frame outside the allocator as the call site.
 
-use crate::os;
-use crate::page::{self, Page};
-use crate::slab::magazine;
-use crate::stats::FdWriter;
-use crate::sync::Mutex;
-use core::fmt::{self, Write as _};
+use crate::mm::page::{self, Page};
+use crate::options::{PROF_PATH, PROF_RATE};
+use crate::os::{self, sync::Mutex};
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-/// Mean bytes between samples unless `BUDDYSLAB_PROF_RATE` says otherwise.
-pub const DEFAULT_RATE: usize = 512 * 1024;
 /// Frames kept per stack (the innermost ones).
 pub const MAX_DEPTH: usize = 62;
 /// A slab page's fast-path tag while it holds a sampled object: XORed with
 /// any thread's node tag it gives a class above every real one, so `free`
 /// of any object in the page leaves the fast path.
+/// (The slab tier asserts that no class reaches it.)
 pub const DIVERTED: u16 = 0xffff;
-const _: () = assert!((DIVERTED as usize & 0xff) > crate::slab::NR_CLASSES);
 
 /// Whether profiling is on (set once at start-up).
 static ON: AtomicBool = AtomicBool::new(false);
-/// `BUDDYSLAB_PROF`: the path pattern, an environment string (NUL after it).
-static PATH: AtomicPtr<u8> = AtomicPtr::new(ptr::null_mut());
-/// Mean bytes between samples.
-static RATE: AtomicUsize = AtomicUsize::new(DEFAULT_RATE);
 /// State of the generator of sampling intervals.
 static SEED: AtomicU64 = AtomicU64::new(0);
 /// Sampled page runs and large blocks live: their frees ask the table
@@ -105,48 +103,28 @@ pub fn on() -> bool {
     ON.load(Ordering::Relaxed)
 }
 
-/// `BUDDYSLAB_PROF`: records the path pattern (an environment string,
-/// which has a NUL after it); empty turns profiling off.
-pub fn set_path(value: &'static [u8]) {
-    let p = if value.is_empty() { ptr::null_mut() } else { value.as_ptr() as *mut u8 };
-    PATH.store(p, Ordering::Relaxed);
+/// The sampling rate in force (`BUDDYSLAB_PROF_RATE`, mean bytes between
+/// samples).
+pub fn rate() -> usize {
+    PROF_RATE.load(Ordering::Relaxed)
 }
 
-/// `BUDDYSLAB_PROF_RATE`: mean bytes between samples (at least 1: every
-/// allocation is then sampled).
-pub fn set_rate(bytes: usize) -> bool {
-    if bytes == 0 || bytes > isize::MAX as usize / 64 {
+/// Whether a profile was asked for (`BUDDYSLAB_PROF`).
+pub fn requested() -> bool {
+    PROF_PATH.requested()
+}
+
+/// Turns profiling on if it was asked for, and says whether it did:
+/// called once by the heap's set-up, after the options are read, which
+/// then registers the writer at exit and takes [`STATE`] in its fork
+/// handlers.
+pub fn init() -> bool {
+    if !requested() {
         return false;
     }
-    RATE.store(bytes, Ordering::Relaxed);
-    true
-}
-
-/// The sampling rate in force.
-pub fn rate() -> usize {
-    RATE.load(Ordering::Relaxed)
-}
-
-/// Whether a profile was asked for.
-pub fn requested() -> bool {
-    !PATH.load(Ordering::Relaxed).is_null()
-}
-
-/// Turns profiling on if it was asked for: called once by the heap's
-/// set-up, after the options are read, where registering handlers may
-/// allocate.
-pub fn init() {
-    if !requested() {
-        return;
-    }
     SEED.store(os::random_u64().unwrap_or(0x9e37_79b9_7f4a_7c15) | 1, Ordering::Relaxed);
-    // SAFETY: plain functions with no preconditions; registering may
-    // allocate, which is fine here: no allocator lock is held.
-    unsafe {
-        libc::atexit(write_at_exit);
-        libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
-    }
     ON.store(true, Ordering::Relaxed);
+    true
 }
 
 // ---------------------------------------------------------------- budget
@@ -252,16 +230,19 @@ pub enum Kind {
 }
 
 /// Records a sample: `p`, of `size` requested bytes, allocated just now by
-/// the calling thread, whose budget is busy (see [`charge`]) and is given
-/// back here (also when `p` is null: the allocation failed).
+/// the calling thread, whose budget `left` is busy (see [`charge`]) and is
+/// given back here (also when `p` is null: the allocation failed).
 ///
 /// The budget is reached through a raw pointer, never a reference held
 /// across the capture: allocations made while the stack is captured
 /// charge the same budget.
+///
+/// # Safety
+/// `left` is the calling thread's budget (the slab tier's
+/// `magazine::prof_budget`), and no reference to it is live.
 #[cold]
 #[inline(never)]
-pub fn record(p: *mut u8, size: usize, kind: Kind) {
-    let left = magazine::prof_budget();
+pub unsafe fn record(left: *mut isize, p: *mut u8, size: usize, kind: Kind) {
     if p.is_null() {
         // SAFETY: the calling thread's budget; no reference to it is live.
         capture_done(unsafe { &mut *left });
@@ -289,39 +270,46 @@ pub fn record(p: *mut u8, size: usize, kind: Kind) {
 
 /// The slab tier's hook when the thread cache cannot be used: one object
 /// of `object_size` bytes for a request of `size`.
+///
+/// # Safety
+/// As for [`record`]: `left` is the calling thread's budget, no reference
+/// to it live.
 #[cold]
 #[inline(never)]
-pub fn sample_object(p: *mut u8, size: usize, object_size: usize) {
+pub unsafe fn sample_object(left: *mut isize, p: *mut u8, size: usize, object_size: usize) {
     // SAFETY: the calling thread's budget; the reference ends here.
-    if charge(unsafe { &mut *magazine::prof_budget() }, object_size) {
-        record(p, size, Kind::Slab);
+    if charge(unsafe { &mut *left }, object_size) {
+        // SAFETY: per the caller.
+        unsafe { record(left, p, size, Kind::Slab) };
     }
 }
 
 /// The hook of page runs and large blocks: `p`, `size` bytes, just
 /// handed out.
+///
+/// # Safety
+/// As for [`record`].
 #[cold]
 #[inline(never)]
-pub fn sample_block(p: *mut u8, size: usize) {
+pub unsafe fn sample_block(left: *mut isize, p: *mut u8, size: usize) {
     // SAFETY: the calling thread's budget; the reference ends here.
-    if charge(unsafe { &mut *magazine::prof_budget() }, size) {
-        record(p, size, Kind::Block);
+    if charge(unsafe { &mut *left }, size) {
+        // SAFETY: per the caller.
+        unsafe { record(left, p, size, Kind::Block) };
     }
 }
 
-/// `free` of the slab object `p` of class `user_class - 1`, whose page is
-/// `desc`, while profiling is on: forgets the sample if `p` is one. Only
-/// objects in a diverted page get past the first test; for them this
-/// also does what the fast path would have done, had the tag not turned
-/// them away (the push onto the thread's bin), and says so: true when `p`
-/// is freed.
+/// `free` of the slab object `p`, whose page is `desc`, while profiling
+/// is on: says whether the page is diverted (its tag turned `p` away from
+/// the fast path, see [`DIVERTED`]), and then forgets the sample if `p`
+/// is one. The heap then does what the fast path would have done.
 ///
 /// # Safety
-/// `p` is a live object of class `user_class - 1` in the page `desc`
-/// describes, given up by the caller; `p` passed the object-start check.
+/// `p` is a live slab object in the page `desc` describes, given up by
+/// the caller; `p` passed the object-start check.
 #[cold]
 #[inline(never)]
-pub unsafe fn free_object(p: *mut u8, desc: *mut Page, user_class: usize) -> bool {
+pub unsafe fn forget_object(p: *mut u8, desc: *mut Page) -> bool {
     // SAFETY: `desc` describes a page of a live slab.
     if unsafe { page::tag(desc) } != DIVERTED {
         return false;
@@ -329,27 +317,14 @@ pub unsafe fn free_object(p: *mut u8, desc: *mut Page, user_class: usize) -> boo
     if FILTER[filter_slot(p as usize)].load(Ordering::Relaxed) != 0 {
         STATE.lock().remove(p as usize);
     }
-    let tc = magazine::current();
-    // SAFETY: `desc` is a slab page's descriptor; the thread cache is this
-    // thread's; `local` is checked to be `user_class` (<= NR_CLASSES)
-    // before it indexes the bins; `p` is a live object of that class and
-    // node, given up by the caller (free_local still catches a double
-    // free).
-    unsafe {
-        let local = ((*desc).class_and_node() ^ (*tc).node_tag()) as usize;
-        if local == user_class && magazine::has_room(tc, local) {
-            magazine::free_local(tc, p, local);
-            return true;
-        }
-    }
-    false
+    true
 }
 
 /// `free` (or a move by `realloc`) of the page run or large block `p`
 /// while profiling is on: forgets the sample if `p` is one.
 #[cold]
 #[inline(never)]
-pub fn free_block(p: *mut u8) {
+pub fn forget_block(p: *mut u8) {
     if LIVE_BLOCKS.load(Ordering::Relaxed) == 0 {
         return;
     }
@@ -389,14 +364,25 @@ struct Entry {
 
 /// A distinct call stack and what its samples add up to.
 #[repr(C)]
-struct Stack {
+pub struct Stack {
     hash: u64,
     depth: usize,
-    live_count: u64,
-    live_bytes: u64,
-    total_count: u64,
-    total_bytes: u64,
+    /// Samples of this stack still live.
+    pub live_count: u64,
+    /// Their requested bytes.
+    pub live_bytes: u64,
+    /// Samples of this stack ever taken.
+    pub total_count: u64,
+    /// Their requested bytes.
+    pub total_bytes: u64,
     frames: [usize; MAX_DEPTH],
+}
+
+impl Stack {
+    /// The return addresses, innermost first.
+    pub fn frames(&self) -> &[usize] {
+        &self.frames[..self.depth]
+    }
 }
 
 /// Entries in the first sample table (96 KiB); doubled when half full.
@@ -407,7 +393,8 @@ const MAX_STACKS: usize = 1 << 14;
 /// Slots of the stack index (twice [`MAX_STACKS`]).
 const STACK_SLOTS: usize = 2 * MAX_STACKS;
 
-struct State {
+/// The sample table and the stack table, behind [`STATE`].
+pub struct State {
     entries: *mut Entry,
     /// A power of two; 0 before the first sample.
     capacity: usize,
@@ -422,7 +409,10 @@ struct State {
 // under the lock.
 unsafe impl Send for State {}
 
-static STATE: Mutex<State> = Mutex::new(State {
+/// The tables' one lock: a leaf, innermost in the lock order (the heap's
+/// fork handlers take it last). The writers in `views::prof` read the
+/// stacks under it.
+pub static STATE: Mutex<State> = Mutex::new(State {
     entries: ptr::null_mut(),
     capacity: 0,
     len: 0,
@@ -463,8 +453,19 @@ impl State {
         true
     }
 
-    fn stack(&self, i: usize) -> &Stack {
-        debug_assert!(i < self.nr_stacks);
+    /// Stacks in the table (0 before the first sample); [`State::stack`]
+    /// takes an index below it.
+    pub fn stack_count(&self) -> usize {
+        if self.capacity == 0 {
+            0
+        } else {
+            self.nr_stacks
+        }
+    }
+
+    /// Stack `i` (below [`State::stack_count`]).
+    pub fn stack(&self, i: usize) -> &Stack {
+        assert!(i < self.nr_stacks);
         // SAFETY: `i` is below the stacks in use, inside the mapping.
         unsafe { &*self.stacks.add(i) }
     }
@@ -666,7 +667,7 @@ impl State {
     }
 
     /// Sums over the stacks: live count and bytes, total count and bytes.
-    fn totals(&self) -> [u64; 4] {
+    pub fn totals(&self) -> [u64; 4] {
         let mut t = [0u64; 4];
         for i in 0..self.nr_stacks {
             let s = self.stack(i);
@@ -677,196 +678,6 @@ impl State {
         }
         t
     }
-}
-
-// ---------------------------------------------------------------- output
-
-/// Writes the profile: header, one line per stack, then the mappings.
-fn write_text(fd: i32, out: &mut FdWriter) -> fmt::Result {
-    {
-        let st = STATE.lock();
-        let nr = if st.capacity == 0 { 0 } else { st.nr_stacks };
-        let t = if nr == 0 { [0; 4] } else { st.totals() };
-        writeln!(out, "heap profile: {}: {} [{}: {}] @ heap_v2/{}", t[0], t[1], t[2], t[3], rate())?;
-        for i in 0..nr {
-            let s = st.stack(i);
-            if s.total_count == 0 {
-                continue;
-            }
-            write!(out, "{}: {} [{}: {}] @", s.live_count, s.live_bytes, s.total_count, s.total_bytes)?;
-            for &f in &s.frames[..s.depth] {
-                write!(out, " {f:#x}")?;
-            }
-            out.write_str("\n")?;
-        }
-    }
-    out.write_str("\nMAPPED_LIBRARIES:\n")?;
-    out.flush();
-    copy_file(c"/proc/self/maps", fd);
-    Ok(())
-}
-
-/// Appends the file at `path` to `out`, through a stack buffer.
-fn copy_file(path: &core::ffi::CStr, out: i32) {
-    let Ok(fd) = os::open_read(path) else { return };
-    let mut buf = [0u8; 4096];
-    while let Ok(n) = os::read(fd, &mut buf) {
-        if n == 0 {
-            break;
-        }
-        os::write_all(out, &buf[..n]);
-    }
-    os::close(fd);
-}
-
-/// The profile's path with `%p` replaced by the process id, NUL-terminated
-/// in `buf`; `None` when no profile is asked for or the path is too long.
-fn expand_path(buf: &mut [u8; 4096]) -> Option<&core::ffi::CStr> {
-    let p = PATH.load(Ordering::Relaxed);
-    if p.is_null() {
-        return None;
-    }
-    // SAFETY: an environment string, NUL-terminated and never freed.
-    let pattern = unsafe { core::ffi::CStr::from_ptr(p.cast()) }.to_bytes();
-    let mut digits = [0u8; 12];
-    let pid = {
-        let mut v = os::getpid() as u32;
-        let mut i = digits.len();
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
-        }
-        &digits[i..]
-    };
-    let mut n = 0;
-    let mut i = 0;
-    while i < pattern.len() {
-        let piece: &[u8] = if pattern[i..].starts_with(b"%p") {
-            i += 2;
-            pid
-        } else {
-            i += 1;
-            &pattern[i - 1..i]
-        };
-        if n + piece.len() >= buf.len() {
-            return None;
-        }
-        buf[n..n + piece.len()].copy_from_slice(piece);
-        n += piece.len();
-    }
-    buf[n] = 0;
-    core::ffi::CStr::from_bytes_with_nul(&buf[..=n]).ok()
-}
-
-/// Writes the live-heap profile now to the file `BUDDYSLAB_PROF` names
-/// (`%p` replaced by the process id), replacing what an earlier call
-/// wrote. Returns false when profiling is off or the file cannot be
-/// created (then a line on stderr says why).
-///
-/// For on-demand and interval triggers: it takes the profile's lock only
-/// while it copies the stack table out, allocates nothing, and must not
-/// be called with an allocator lock held (from a signal handler, only
-/// when the signal cannot interrupt an allocation).
-pub fn write_profile() -> bool {
-    if !on() {
-        return false;
-    }
-    let mut buf = [0u8; 4096];
-    let Some(path) = expand_path(&mut buf) else { return false };
-    match os::create_file(path) {
-        Ok(fd) => {
-            let mut w = FdWriter::new(fd);
-            let _ = write_text(fd, &mut w);
-            w.flush();
-            os::close(fd);
-            true
-        }
-        Err(os::Errno(e)) => {
-            let mut w = FdWriter::new(2);
-            let _ = write!(w, "buddyslab: cannot write the heap profile to ");
-            w.flush();
-            os::write_all(2, path.to_bytes());
-            let _ = writeln!(w, " (errno {e})");
-            w.flush();
-            false
-        }
-    }
-}
-
-/// Stacks shown in the leak report.
-const LEAK_REPORT_STACKS: usize = 10;
-/// Frames shown per stack in the leak report.
-const LEAK_REPORT_FRAMES: usize = 8;
-
-/// The leak report: sampled live bytes by stack, largest first.
-fn write_leak_report(out: &mut FdWriter, path: &[u8]) -> fmt::Result {
-    let st = STATE.lock();
-    let nr = if st.capacity == 0 { 0 } else { st.nr_stacks };
-    let t = if nr == 0 { [0; 4] } else { st.totals() };
-    write!(out, "buddyslab: heap profile: {} sampled objects, {} sampled bytes live at exit (one sample per {} bytes allocated on average); profile in ", t[0], t[1], rate())?;
-    out.flush();
-    os::write_all(2, path);
-    out.write_str("\n")?;
-    if t[0] == 0 {
-        return Ok(());
-    }
-    out.write_str("buddyslab: live at exit by stack, largest first (`buddyslab prof FILE` names the frames):\n")?;
-    out.write_str("  sampled bytes  objects  stack (innermost first)\n")?;
-    // The largest first, without sorting into memory of our own: each
-    // round takes the largest below the last one shown (ties by index).
-    let mut last: Option<(u64, usize)> = None;
-    for _ in 0..LEAK_REPORT_STACKS {
-        let mut best: Option<(u64, usize)> = None;
-        for i in 0..nr {
-            let key = (st.stack(i).live_bytes, usize::MAX - i);
-            let below = last.is_none_or(|l| key < l);
-            if key.0 > 0 && below && best.is_none_or(|b| key > b) {
-                best = Some(key);
-            }
-        }
-        let Some(b) = best else { break };
-        let s = st.stack(usize::MAX - b.1);
-        write!(out, "  {:>13}  {:>7} ", s.live_bytes, s.live_count)?;
-        for &f in s.frames[..s.depth].iter().take(LEAK_REPORT_FRAMES) {
-            write!(out, " {f:#x}")?;
-        }
-        if s.depth > LEAK_REPORT_FRAMES {
-            out.write_str(" ...")?;
-        }
-        out.write_str("\n")?;
-        last = Some(b);
-    }
-    Ok(())
-}
-
-/// At exit: the profile, then the leak report on stderr.
-extern "C" fn write_at_exit() {
-    if !write_profile() {
-        return;
-    }
-    let mut buf = [0u8; 4096];
-    let Some(path) = expand_path(&mut buf) else { return };
-    let mut w = FdWriter::new(2);
-    let _ = write_leak_report(&mut w, path.to_bytes());
-    w.flush();
-}
-
-extern "C" fn fork_prepare() {
-    STATE.lock_for_fork();
-}
-
-extern "C" fn fork_parent() {
-    // SAFETY: fork_prepare took it in this thread and left no guard.
-    unsafe { STATE.unlock_after_fork(false) };
-}
-
-extern "C" fn fork_child() {
-    // SAFETY: as in fork_parent; the child's only thread forked.
-    unsafe { STATE.unlock_after_fork(true) };
 }
 
 #[cfg(test)]

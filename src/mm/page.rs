@@ -358,19 +358,6 @@ pub unsafe fn register_chunk(chunk: *mut Chunk) -> Result<Option<(usize, usize)>
     Ok(new_leaf)
 }
 
-/// Removes the chunk at `base` from the chunk map.
-///
-/// # Safety
-/// No page of the chunk is in use, and the chunk is not being registered.
-pub unsafe fn unregister_chunk(base: usize) {
-    let root = base >> (CHUNK_SHIFT + LEAF_BITS);
-    let leaf = CHUNK_MAP[root].load(Ordering::Acquire);
-    if !leaf.is_null() {
-        // SAFETY: leaves live forever.
-        unsafe { (*leaf)[(base >> CHUNK_SHIFT) & (LEAF_ENTRIES - 1)].store(ptr::null_mut(), Ordering::Release) };
-    }
-}
-
 // ---------------------------------------------------------------------------
 // PageList: the one intrusive list of page descriptors, shared by the buddy
 // free areas and the slab lists.

@@ -1,0 +1,57 @@
+//! The ledger: the region tree (`vma`, the kernel's `vm_area_struct`s) and
+//! the page-table shadow (`pagetable`). It observes the tiers below through
+//! the hooks it registers with them; none of them names it.
+
+pub mod pagetable;
+pub mod vma;
+
+use crate::mm::hooks::{self, ChunkAdded, PageHooks, PageUse};
+use crate::mm::page::{ChunkSource, CHUNK_SHIFT, CHUNK_SIZE};
+use crate::os::PAGE_SIZE;
+use pagetable::Tier;
+use vma::VmaKind;
+
+/// Registers the ledger with the page allocator, so that it hears of every
+/// chunk and page run. Called first thing when the process sets up, before
+/// anything is allocated.
+pub fn install() {
+    hooks::register(&HOOKS);
+}
+
+static HOOKS: PageHooks = PageHooks {
+    chunk_added,
+    handed_out: |start, len, to| {
+        let tier = match to {
+            PageUse::Slab => Tier::Slab,
+            PageUse::Pages => Tier::Pages,
+            PageUse::Meta => Tier::Meta,
+        };
+        pagetable::hand_out(start, len, tier);
+    },
+    given_back: pagetable::give_back,
+    advised: pagetable::advised,
+};
+
+/// A chunk joined the zone: its region and its metadata's go in the tree,
+/// its pages and its metadata's in the shadow.
+fn chunk_added(c: ChunkAdded) {
+    let kind = match c.source {
+        ChunkSource::Brk => VmaKind::Heap,
+        ChunkSource::Mmap => VmaKind::Chunk,
+    };
+    let (desc, desc_len) = c.descriptors;
+    vma::record(c.base, c.base + CHUNK_SIZE, kind);
+    vma::record(desc, desc + desc_len, VmaKind::Meta);
+    pagetable::map(c.base, CHUNK_SIZE);
+    // Adding the chunk wrote every page descriptor: the descriptor's pages
+    // are all touched.
+    pagetable::map(desc, desc_len);
+    pagetable::hand_out(desc, desc_len, Tier::Meta);
+    if let Some((leaf, len)) = c.leaf {
+        vma::record(leaf, leaf + len, VmaKind::Meta);
+        // A leaf is touched at one entry per chunk; count its first page.
+        pagetable::map(leaf, len);
+        let slot = ((c.base >> CHUNK_SHIFT) & 4095) * core::mem::size_of::<usize>();
+        pagetable::hand_out(leaf + (slot & !(PAGE_SIZE - 1)), PAGE_SIZE, Tier::Meta);
+    }
+}
