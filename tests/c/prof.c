@@ -33,7 +33,7 @@ __attribute__((noinline)) static void *one_megabyte_site(size_t n)
  * third of the size, in another size class: within one class the sampler
  * gives a sample to whichever request finds the thread's bin empty, and a
  * call site that frees at once what it allocates can take samples from
- * one that keeps its blocks (see the bias described in src/prof.rs). */
+ * one that keeps its blocks (see the bias described in src/profile.rs). */
 __attribute__((noinline)) static void churn_site(size_t n)
 {
     void *p = malloc(n);
