@@ -10,7 +10,7 @@
 //!              |
 //!    heap: size/alignment -> tier, pointer -> owner; set-up, fork
 //!              |
-//!    views: snapshot, stats, frag, heapmap, addrspace (they read)
+//!    views: snapshot, stats, frag, heapmap, addrspace, prof (they read)
 //!              |
 //!    large: the mmap-threshold tier (its blocks are regions of the tree)
 //!              |
@@ -18,13 +18,16 @@
 //!              |
 //!    slab: size classes, kmem_cache, per-CPU depots, magazines
 //!              |
+//!    profile: the heap profile's sampling budgets, stacks and live samples
+//!              |
 //!    mm: page descriptors, zone and free_area[order], pcp, chunks, reclaim
 //!              |
 //!    counters, options, os (system calls, sync, fmt)
 //! ```
 //!
 //! The public API is [`BuddySlab`], the views ([`stats`], [`frag`],
-//! [`heapmap`], [`addrspace`]) and [`heap`]; the tiers are private.
+//! [`heapmap`], [`addrspace`], [`prof`]) and [`heap`]; the tiers are
+//! private.
 //!
 //! Use it from Rust as the global allocator:
 //!
@@ -61,6 +64,7 @@ pub(crate) mod os;
 pub(crate) mod options;
 pub(crate) mod counters;
 pub(crate) mod mm;
+pub(crate) mod profile;
 pub(crate) mod slab;
 pub(crate) mod ledger;
 pub(crate) mod large;
@@ -72,6 +76,6 @@ pub mod global;
 pub mod internals;
 
 // The public API: the global allocator and the views of the heap.
-pub use views::{addrspace, frag, heapmap, live, report, stats};
+pub use views::{addrspace, frag, heapmap, live, prof, report, stats};
 
 pub use global::BuddySlab;

@@ -11,6 +11,8 @@
 //! | `BUDDYSLAB_STATS_SIGNAL`   | a signal (`USR1`, `USR2`, or a number): on it, the views, heap map and drawing are written again at the next slow path (see [`crate::views::report`]) |
 //! | `BUDDYSLAB_STATS_INTERVAL_MS` | milliseconds: the views, heap map and drawing are written again when so long has passed, checked at slow paths |
 //! | `BUDDYSLAB_LIVE`           | `1`: publish the views in a shared page for `buddyslab top` and `buddyslab views` (see [`crate::views::live`]) |
+//! | `BUDDYSLAB_PROF`           | a file path (`%p`: the process id): sampled heap profiling; the live-heap profile is written there at exit, in the gperftools text format (see [`crate::profile`] and [`crate::views::prof`]), and a leak report goes to stderr |
+//! | `BUDDYSLAB_PROF_RATE`      | bytes; mean allocated bytes between heap-profile samples (default 512 KiB; `k`/`m` suffixes) |
 //! | `BUDDYSLAB_LARGE_CACHE`    | bytes; cap on released large mappings kept for reuse (default 64 MiB, also bounded by the trim threshold; 0 turns the cache off) |
 //! | `BUDDYSLAB_LARGE_CACHE_MS` | milliseconds a released mapping stays cached (default 1000) |
 //! | `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_` | glibc's names, honoured as glibc does (bytes; setting either stops the adaptation) |
@@ -143,6 +145,25 @@ impl Default for PathOption {
 pub static HEAPMAP_PATH: PathOption = PathOption::new();
 /// `BUDDYSLAB_ADDRSPACE_SVG`: where the address-space drawing goes at exit.
 pub static ADDRSPACE_SVG_PATH: PathOption = PathOption::new();
+/// `BUDDYSLAB_PROF`: where the heap profile goes (`%p`: the process id);
+/// a path turns sampled heap profiling on.
+pub static PROF_PATH: PathOption = PathOption::new();
+
+/// Default [`PROF_RATE`]: mean bytes between heap-profile samples, as
+/// tcmalloc and jemalloc use.
+pub const DEFAULT_PROF_RATE: usize = 512 * 1024;
+/// `BUDDYSLAB_PROF_RATE`: mean bytes between heap-profile samples.
+pub static PROF_RATE: AtomicUsize = AtomicUsize::new(DEFAULT_PROF_RATE);
+
+/// Sets [`PROF_RATE`] (at least 1: every allocation is then sampled);
+/// false, and no change, for 0 or a rate too big to draw intervals of.
+pub fn set_prof_rate(bytes: usize) -> bool {
+    if bytes == 0 || bytes > isize::MAX as usize / 64 {
+        return false;
+    }
+    PROF_RATE.store(bytes, Ordering::Relaxed);
+    true
+}
 
 /// `BUDDYSLAB_STATS_FILE`: where the text or JSON views go instead of
 /// stderr.
@@ -351,6 +372,10 @@ fn apply(entry: &'static [u8]) {
             b"1" => LIVE.store(true, Ordering::Relaxed),
             b"0" | b"" => LIVE.store(false, Ordering::Relaxed),
             _ => report(entry, b"BUDDYSLAB_LIVE must be 1 or 0; ignored"),
+        b"BUDDYSLAB_PROF" => PROF_PATH.set(value),
+        b"BUDDYSLAB_PROF_RATE" => match parse_size(value) {
+            Some(v) if set_prof_rate(v) => {}
+            _ => report(entry, b"BUDDYSLAB_PROF_RATE must be a size of at least 1 byte (e.g. 512k); ignored"),
         },
         b"BUDDYSLAB_ANNOUNCE" => {}
         _ => {

@@ -23,6 +23,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("options", &["options"]),
     ("counters", &["counters"]),
     ("mm", &["mm"]),
+    ("profile", &["profile"]),
     ("slab", &["slab"]),
     ("ledger", &["ledger"]),
     ("large", &["large"]),

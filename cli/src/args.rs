@@ -27,6 +27,22 @@ pub enum Command {
     Top(TopOptions),
     /// `completions SHELL`: the script for that shell.
     Completions(Shell),
+    /// `prof FILE`: a heap profile, read and summarised.
+    Prof(ProfArgs),
+}
+
+/// `buddyslab prof`'s options.
+#[derive(Args, Debug)]
+pub struct ProfArgs {
+    /// The profile (a file BUDDYSLAB_PROF named).
+    #[arg(value_name = "FILE", value_hint = ValueHint::FilePath)]
+    pub file: PathBuf,
+    /// Also draw the live heap as a flame graph (SVG) into this file.
+    #[arg(long, value_name = "OUT.svg", value_hint = ValueHint::FilePath)]
+    pub svg: Option<PathBuf>,
+    /// How many call sites to list (default 10).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub top: usize,
 }
 
 /// The program to start: its name as typed and its arguments.
@@ -128,6 +144,9 @@ enum Sub {
     /// Watch a running process's slab caches, buddy lists and totals, like slabtop.
     #[command(help_template = help::TOP, next_line_help = true)]
     Top(TopArgs),
+    /// Print the call sites that hold the most live bytes in a heap profile (BUDDYSLAB_PROF), or draw it as a flame graph.
+    #[command(help_template = help::PROF, next_line_help = true)]
+    Prof(ProfArgs),
     /// Print the completion script for a shell (bash, zsh, fish, elvish, powershell).
     #[command(help_template = help::COMPLETIONS)]
     Completions {
@@ -292,6 +311,7 @@ pub fn parse(argv: Vec<OsString>) -> Result<Command, Failure> {
         Sub::Views(v) => Command::Views(ViewsOptions { pid: v.pid, json: v.json, wait: v.wait }),
         Sub::Top(t) => Command::Top(TopOptions { pid: t.pid, interval: t.interval, once: t.once, count: t.count }),
         Sub::Completions { shell } => Command::Completions(shell),
+        Sub::Prof(prof) => Command::Prof(prof),
     })
 }
 

@@ -46,6 +46,12 @@ ENVIRONMENT
     BUDDYSLAB_LIVE=1
         Publish the views in /dev/shm/buddyslab-PID, refreshed when read,
         for buddyslab top PID and buddyslab views PID (run --live sets it).
+    BUDDYSLAB_PROF=FILE
+        Sampled heap profiling: the live heap by call stack is written to
+        FILE at exit (%p: the process id), in the text format pprof reads,
+        with a leak report on stderr; read it with `buddyslab prof FILE`.
+    BUDDYSLAB_PROF_RATE=SIZE
+        Mean bytes allocated between two samples (default 512k).
     BUDDYSLAB_LARGE_CACHE=SIZE
         Cap on released large mappings kept for reuse (default 64m, also
         bounded by the trim threshold; 0 turns the cache off).
@@ -119,6 +125,7 @@ SYNOPSIS
     buddyslab compare [OPTIONS] [--] PROGRAM [ARGS...]
     buddyslab views [--json] PID
     buddyslab top [--once] [--interval SECONDS] PID
+    buddyslab prof [--svg OUT.svg] [--top N] FILE
     buddyslab completions SHELL
     buddyslab help [COMMAND] | --help | --version
 
@@ -354,6 +361,49 @@ OPTIONS
 EXAMPLES
     buddyslab top --interval 0.5 1234
     buddyslab top --once 1234 > screen.txt
+"
+);
+
+/// `buddyslab prof --help`.
+pub const PROF: &str = concat!(
+    "\
+NAME
+    buddyslab prof - which call sites hold the live heap, from a profile
+
+SYNOPSIS
+    ",
+    "{usage}",
+    "
+
+DESCRIPTION
+    Reads a heap profile that the library wrote (BUDDYSLAB_PROF=FILE;
+    gperftools' heap-profile text format, which pprof also reads), names
+    its frames with addr2line (binutils) through the profile's list of
+    mapped files, and prints the call sites with the most live bytes,
+    largest first: the estimated live bytes (the sampled bytes, each
+    sample scaled as pprof does), their share of the estimated total, the
+    samples, and the caller.
+    A call site is the first frame outside the allocator. Programs built
+    with -g give file and line; without it, the function name or the
+    object and offset.
+
+ARGUMENTS
+",
+    "{positionals}",
+    "
+
+OPTIONS
+",
+    "{options}",
+    "
+
+EXAMPLES
+    BUDDYSLAB_PROF=heap.%p buddyslab run -- ./server
+    buddyslab prof heap.12345
+        Profile a program's live heap, then list its largest call sites.
+
+    buddyslab prof heap.12345 --svg heap.svg
+        Also draw the live heap as a flame graph.
 "
 );
 

@@ -15,6 +15,7 @@
 //! - `run` and `compare`: the two subcommands; `chart`: the SVG chart
 //! - `live`: `views PID` and `top PID`, read from a running process's
 //!   live page
+//! - `prof`: reading a heap profile, its call sites and flame graph
 //! - `out`: printing that survives a closed stdout or stderr
 
 mod args;
@@ -25,6 +26,7 @@ mod help;
 mod live;
 mod out;
 mod program;
+mod prof;
 mod run;
 
 use out::{sayln, show};
@@ -84,6 +86,7 @@ fn main() -> ExitCode {
         args::Command::Compare(options) => compare::compare(options),
         args::Command::Views(options) => live::views(options),
         args::Command::Top(options) => live::top(options),
+        args::Command::Prof(options) => prof::prof(options),
     });
     match outcome {
         Ok(status) => ExitCode::from(status),

@@ -29,6 +29,14 @@ pub fn ensure_init() {
     }
 }
 
+/// The heap profile on the views' triggers (the signal, the interval);
+/// at exit `views::prof::write_at_exit` writes it with the leak report.
+fn write_profile_on_trigger(reason: report::Reason) {
+    if !matches!(reason, report::Reason::Exit) {
+        crate::views::prof::write_profile();
+    }
+}
+
 #[cold]
 #[inline(never)]
 fn init_slow() {
@@ -47,6 +55,13 @@ fn init_slow() {
     // as the options ask: registers `report::print_at_exit` with `atexit`
     // and the slow-path hook with the counters.
     report::start();
+    if crate::profile::init() {
+        // SAFETY: as above. Registered after the views' report, so it
+        // runs before it.
+        unsafe { libc::atexit(crate::views::prof::write_at_exit) };
+        // On the views' signal and at their interval too.
+        report::register_writer(write_profile_on_trigger);
+    }
     magazine::init_thread_exit_key();
     // SAFETY: the handlers are plain functions that only take and release
     // the allocator's locks; registering may allocate, which is fine: no
@@ -140,6 +155,7 @@ extern "C" fn fork_prepare() {
     mm::ZONE.lock_for_fork();
     crate::ledger::vma::TREE.lock_for_fork();
     pagetable::TABLE_POOL.lock_for_fork();
+    crate::profile::STATE.lock_for_fork();
     FORK_LOCKED.store(true, Ordering::Relaxed);
 }
 
@@ -147,6 +163,7 @@ fn fork_release(in_child: bool) {
     // SAFETY: fork_prepare took each of these in this thread (the child's
     // only thread is the one that forked) and left no guards.
     unsafe {
+        crate::profile::STATE.unlock_after_fork(in_child);
         pagetable::TABLE_POOL.unlock_after_fork(in_child);
         crate::ledger::vma::TREE.unlock_after_fork(in_child);
         mm::ZONE.unlock_after_fork(in_child);

@@ -136,7 +136,7 @@ fn alloc_big_known_zero(size: usize, align: usize) -> (*mut u8, bool) {
     // 4 MiB chunk, or for a new mapping, under RLIMIT_AS or the map count
     // limit), the other tier may still have room: free chunks keep their
     // address space, and a small mapping may fit where a chunk does not.
-    if size < MMAP_THRESHOLD.load(Ordering::Relaxed).min(PAGE_TIER_MAX) && fits_chunk && !over_aligned {
+    let block = if size < MMAP_THRESHOLD.load(Ordering::Relaxed).min(PAGE_TIER_MAX) && fits_chunk && !over_aligned {
         match page_run(size, align) {
             (p, _) if p.is_null() => large_block(size, align),
             found => found,
@@ -146,7 +146,12 @@ fn alloc_big_known_zero(size: usize, align: usize) -> (*mut u8, bool) {
             (p, _) if p.is_null() && fits_chunk => page_run(size, align),
             found => found,
         }
+    };
+    if crate::profile::on() && !block.0.is_null() {
+        // SAFETY: this thread's budget; no reference to it is live.
+        unsafe { crate::profile::sample_block(magazine::prof_budget(), block.0, size) };
     }
+    block
 }
 
 /// Largest request served by a run of buddy pages, whatever the mmap
@@ -274,10 +279,20 @@ fn free_other(p: *mut u8) {
         return;
     }
     match owner_of(p, b"free()") {
-        // SAFETY: a slab object of this class, given up by the caller.
-        Owner::Slab(class) => unsafe { magazine::free_slow(p, class + 1, ensure_init) },
+        Owner::Slab(class) => {
+            // SAFETY: a slab object of this class, given up by the caller,
+            // at an object start (checked by `owner_of`).
+            if crate::profile::on() && unsafe { free_in_diverted_page(p, class + 1) } {
+                return;
+            }
+            // SAFETY: a slab object of this class, given up by the caller.
+            unsafe { magazine::free_slow(p, class + 1, ensure_init) }
+        }
         // SAFETY: a live run, given up by the caller.
         Owner::Pages(head) => unsafe {
+            if crate::profile::on() {
+                crate::profile::forget_block(p);
+            }
             let perturb = crate::options::perturb();
             if perturb != 0 {
                 // glibc's free_perturb (mapped blocks, as in glibc, are not).
@@ -289,9 +304,45 @@ fn free_other(p: *mut u8) {
     }
 }
 
+/// `free` of the slab object `p` of class `user_class - 1` while
+/// profiling is on: when its page is diverted (it holds a sampled object,
+/// see `crate::profile::DIVERTED`), forgets `p`'s sample if it is one and
+/// does what the fast path would have done, had the tag not turned `p`
+/// away (the push onto the thread's bin); true when `p` is freed so.
+///
+/// # Safety
+/// `p` is a live object of class `user_class - 1`, given up by the
+/// caller, at an object start.
+#[cold]
+#[inline(never)]
+unsafe fn free_in_diverted_page(p: *mut u8, user_class: usize) -> bool {
+    let desc = page::page_of(p as usize);
+    // SAFETY: `p` is a live slab object, so `desc` describes its page.
+    if !unsafe { crate::profile::forget_object(p, desc) } {
+        return false;
+    }
+    let tc = magazine::current();
+    // SAFETY: `desc` is a slab page's descriptor; the thread cache is this
+    // thread's; `local` is checked to be `user_class` (<= NR_CLASSES)
+    // before it indexes the bins; `p` is a live object of that class and
+    // node, given up by the caller (free_local still catches a double
+    // free).
+    unsafe {
+        let local = ((*desc).class_and_node() ^ (*tc).node_tag()) as usize;
+        if local == user_class && magazine::has_room(tc, local) {
+            magazine::free_local(tc, p, local, ensure_init);
+            return true;
+        }
+    }
+    false
+}
+
 #[cold]
 #[inline(never)]
 fn free_outside(p: *mut u8) {
+    if crate::profile::on() {
+        crate::profile::forget_block(p);
+    }
     // The shadow forgets the block before the kernel does, so a mapping
     // another thread gets at the same address is not forgotten instead.
     if let Ok(len) = large::usable_size(p) {
@@ -422,6 +473,9 @@ pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 
                     }
                     if q != p {
                         remember_freed_large(p);
+                        if crate::profile::on() {
+                            crate::profile::forget_block(p);
+                        }
                     }
                     return q;
                 }

@@ -31,8 +31,9 @@
 //! `large::CACHE` → `percpu::CPUS_GROW` → CPU depot locks (by CPU, then
 //! class) → `slab::NODES_GROW` → `GROW` → slab cache locks (by node, then
 //! index) → per-CPU page lists (`pcp`, by CPU) → `ZONE` → `vma::TREE` →
-//! `pagetable::TABLE_POOL`. (`GROW` is only ever tried, never waited
-//! for, outside the atfork handlers, and holds nothing else.)
+//! `pagetable::TABLE_POOL` → `profile::STATE` (a leaf: nothing is locked
+//! while it is held). (`GROW` is only ever tried, never waited for,
+//! outside the atfork handlers, and holds nothing else.)
 //! No code holds a CPU depot or slab cache lock while calling into the
 //! buddy: slab refill and release drop them first, as SLUB does. Code that
 //! calls into the buddy holding another lock allocation needs

@@ -126,6 +126,9 @@ pub struct ThreadCache {
     /// Refills that found the budget spent and their bin short of its
     /// full limit, since the last [`rebalance`].
     refused: u32,
+    /// Bytes until the heap profile's next sample (see
+    /// [`crate::profile::charge`]); only touched while profiling is on.
+    prof_left: isize,
 }
 
 impl ThreadCache {
@@ -369,6 +372,17 @@ mod tls {
 
 pub use tls::current;
 
+/// The calling thread's heap-profile budget (the thread cache's `prof_left`),
+/// usable in every state of the cache (it is plain thread-local memory).
+pub fn prof_budget() -> *mut isize {
+    // SAFETY: only the field's address is computed.
+    unsafe { &raw mut (*current()).prof_left }
+}
+
+// A page holding a sampled object gets the tag `crate::profile::DIVERTED`,
+// which no thread's fast path may take for a class of its node.
+const _: () = assert!((crate::profile::DIVERTED as usize & 0xff) > NR_CLASSES);
+
 /// Pops an object of `class` off `bin`, or null when the bin is empty.
 /// The link is checked ([`link::next_keyed`]) and both of the object's
 /// first words are cleared, so the program never sees the encoded link.
@@ -580,6 +594,10 @@ fn alloc_slow(class: usize, size: usize, set_up: SetUp, out_of_memory: OutOfMemo
                 // SAFETY: `size` bytes of the object are ours.
                 unsafe { ptr::write_bytes(object, perturb ^ 0xff, size) };
             }
+            if crate::profile::on() {
+                // SAFETY: this thread's budget; no reference to it is live.
+                unsafe { crate::profile::sample_object(prof_budget(), object, size, CLASSES[class].size as usize) };
+            }
         }
         return object;
     }
@@ -612,9 +630,19 @@ fn alloc_slow(class: usize, size: usize, set_up: SetUp, out_of_memory: OutOfMemo
         (*tc).rng = x;
         x as usize
     };
-    let want = half - span / 2 + roll % (span + 1);
+    let mut want = half - span / 2 + roll % (span + 1);
+    // While profiling, a refill also charges the heap profile's budget and
+    // takes no more than it has room for (see `crate::profile`).
+    // SAFETY: this thread's cache; the reference ends with the call.
+    let sampled = crate::profile::on()
+        && crate::profile::plan_refill(unsafe { &mut (*tc).prof_left }, CLASSES[class].size as usize, &mut want);
     let (list, n) = percpu::alloc_batch(class, want);
     if n == 0 {
+        if sampled {
+            // Nothing to record; the budget must leave its busy state.
+            // SAFETY: this thread's budget; no reference to it is live.
+            unsafe { crate::profile::record(prof_budget(), ptr::null_mut(), size, crate::profile::Kind::Slab) };
+        }
         out_of_memory();
         return ptr::null_mut();
     }
@@ -625,6 +653,12 @@ fn alloc_slow(class: usize, size: usize, set_up: SetUp, out_of_memory: OutOfMemo
         link::clear(list);
     }
     bin.count = n as u32 - 1;
+    if sampled {
+        // After the bin is whole again: the unwinder may allocate, from
+        // this very bin.
+        // SAFETY: this thread's budget; no reference to it is live.
+        unsafe { crate::profile::record(prof_budget(), list, size, crate::profile::Kind::Slab) };
+    }
     list
 }
 
