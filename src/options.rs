@@ -372,6 +372,7 @@ fn apply(entry: &'static [u8]) {
             b"1" => LIVE.store(true, Ordering::Relaxed),
             b"0" | b"" => LIVE.store(false, Ordering::Relaxed),
             _ => report(entry, b"BUDDYSLAB_LIVE must be 1 or 0; ignored"),
+        },
         b"BUDDYSLAB_PROF" => PROF_PATH.set(value),
         b"BUDDYSLAB_PROF_RATE" => match parse_size(value) {
             Some(v) if set_prof_rate(v) => {}

@@ -680,6 +680,9 @@ pub unsafe fn free_slow(object: *mut u8, user_class: usize, set_up: SetUp) {
         }
         key_slot(object).write(key);
     }
+    // The views' trigger, as on the refill: a thread that frees more than
+    // it allocates in a class reaches this path and no refill.
+    crate::counters::on_slow_path();
     let tc = current();
     if !activate(tc, set_up) {
         let perturb = crate::options::perturb();

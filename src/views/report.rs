@@ -10,8 +10,8 @@
 //!
 //! Nothing is written from a signal handler nor from the fast path. The
 //! handler only sets a flag; the views are written by the thread that next
-//! takes a slow path ([`on_slow_path`]: a thread cache's refill, a block
-//! above the slab sizes), which is also where the interval is checked
+//! takes a slow path ([`on_slow_path`]: a thread cache's refill, or a free
+//! its bin cannot take), which is also where the interval is checked
 //! against the coarse clock. A program that sleeps, or whose every call is
 //! served from its thread caches, writes nothing until it next reaches a
 //! slow path, and changes no figure in the meantime either.
