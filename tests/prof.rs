@@ -169,6 +169,45 @@ fn c_program_fifty_megabyte_site_leads_the_profile() {
     assert!(drawing.contains("fifty_megabytes_site") && drawing.contains("main"));
 }
 
+/// A process killed with SIGKILL runs no exit handler: its profile is the
+/// one the views' interval wrote while it ran.
+#[test]
+fn killed_program_leaves_the_profile_its_interval_wrote() {
+    static EXE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let exe = EXE.get_or_init(|| compile_c("prof", "prof-linger"));
+    let dir = fresh_dir("prof", "c-killed");
+    let mut cmd = Command::new(exe);
+    clean_malloc_env(&mut cmd);
+    cmd.args(["1000", "linger"])
+        .current_dir(&dir)
+        .env("LD_PRELOAD", library())
+        .env("BUDDYSLAB_PROF", "heap.%p")
+        .env("BUDDYSLAB_STATS_FILE", "views.%p")
+        .env("BUDDYSLAB_STATS_INTERVAL_MS", "50")
+        .stdout(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let profile = dir.join(format!("heap.{}", child.id()));
+    // Waits for an interval after the allocations: a profile with their
+    // samples (about 100 for 51 MB).
+    let start = std::time::Instant::now();
+    let mut text = String::new();
+    while start.elapsed() < HANG_GUARD {
+        text = std::fs::read_to_string(&profile).unwrap_or_default();
+        if text.lines().filter(|l| l.contains(" @ ")).count() > 1 && check_format(&text).0.iter().map(|s| s.0).sum::<u64>() >= 40 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "killed, not exited: {status:?}");
+    assert!(check_format(&text).0.iter().map(|s| s.0).sum::<u64>() >= 40, "no profile with the allocations' samples within {HANG_GUARD:?}:\n{text}");
+    let report = prof_report(&profile, &[]);
+    let rows = sites(&report);
+    assert!(!rows.is_empty() && rows[0].1.contains("fifty_megabytes_site"), "first call site:\n{report}");
+    assert!(rows[0].0 >= 90.0, "share of the first call site:\n{report}");
+}
+
 #[test]
 fn c_program_large_blocks_are_sampled_and_forgotten_on_free() {
     // 300000-byte blocks: mappings of their own (above the page tier).

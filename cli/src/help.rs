@@ -48,8 +48,9 @@ ENVIRONMENT
         for buddyslab top PID and buddyslab views PID (run --live sets it).
     BUDDYSLAB_PROF=FILE
         Sampled heap profiling: the live heap by call stack is written to
-        FILE at exit (%p: the process id), in the text format pprof reads,
-        with a leak report on stderr; read it with `buddyslab prof FILE`.
+        FILE at exit (%p: the process id), and at the views' interval or
+        signal, in the text format pprof reads, with a leak report on
+        stderr at exit; read it with `buddyslab prof FILE`.
     BUDDYSLAB_PROF_RATE=SIZE
         Mean bytes allocated between two samples (default 512k).
     BUDDYSLAB_LARGE_CACHE=SIZE

@@ -51,8 +51,9 @@ fn copy_file(path: &core::ffi::CStr, out: i32) {
     os::close(fd);
 }
 
-/// The profile's path with `%p` replaced by the process id, NUL-terminated
-/// in `buf`; `None` when no profile is asked for or the path is too long.
+/// The profile's path with `%p` replaced by the process id (and `%%` by
+/// `%`, as in the views' paths), NUL-terminated in `buf`; `None` when no
+/// profile is asked for or the path is too long.
 fn expand_path(buf: &mut [u8; 4096]) -> Option<&core::ffi::CStr> {
     let p = PROF_PATH.get();
     if p.is_null() {
@@ -60,38 +61,7 @@ fn expand_path(buf: &mut [u8; 4096]) -> Option<&core::ffi::CStr> {
     }
     // SAFETY: an environment string, NUL-terminated and never freed.
     let pattern = unsafe { core::ffi::CStr::from_ptr(p.cast()) }.to_bytes();
-    let mut digits = [0u8; 12];
-    let pid = {
-        let mut v = os::getpid() as u32;
-        let mut i = digits.len();
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
-        }
-        &digits[i..]
-    };
-    let mut n = 0;
-    let mut i = 0;
-    while i < pattern.len() {
-        let piece: &[u8] = if pattern[i..].starts_with(b"%p") {
-            i += 2;
-            pid
-        } else {
-            i += 1;
-            &pattern[i - 1..i]
-        };
-        if n + piece.len() >= buf.len() {
-            return None;
-        }
-        buf[n..n + piece.len()].copy_from_slice(piece);
-        n += piece.len();
-    }
-    buf[n] = 0;
-    core::ffi::CStr::from_bytes_with_nul(&buf[..=n]).ok()
+    super::tool::expand_path(pattern, os::getpid(), buf)
 }
 
 /// Writes the live-heap profile now to the file `BUDDYSLAB_PROF` names
@@ -109,13 +79,17 @@ pub fn write_profile() -> bool {
     }
     let mut buf = [0u8; 4096];
     let Some(path) = expand_path(&mut buf) else { return false };
-    match os::create_file(path) {
+    // Written beside the path and renamed over it, as the views are: a
+    // reader (or an interval's later write) never sees half a profile.
+    let mut tmp_buf = [0u8; 4096];
+    let Some(tmp) = super::tool::temporary_name(path, os::getpid(), &mut tmp_buf) else { return false };
+    match os::create_file(tmp) {
         Ok(fd) => {
             let mut w = FdWriter::new(fd);
             let _ = write_text(fd, &mut w);
             w.flush();
             os::close(fd);
-            true
+            os::rename(tmp, path).is_ok()
         }
         Err(os::Errno(e)) => {
             let mut w = FdWriter::new(2);

@@ -3,11 +3,14 @@
  * so the sampler sees them side by side. `tests/prof.rs` runs it with
  * BUDDYSLAB_PROF set and checks what `buddyslab prof` says.
  *
- * Arguments: [block size]  (default 1000 bytes; a size above the slab
- * tier's 32 KiB exercises page runs and large blocks instead). */
+ * Arguments: [block size] [linger]  (default 1000 bytes; a size above the
+ * slab tier's 32 KiB exercises page runs and large blocks instead; with
+ * `linger`, the program then churns small blocks until it is killed, so
+ * only the interval can have written its profile). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define BIG_BYTES (50u * 1000 * 1000)
 #define SMALL_BYTES (1u * 1000 * 1000)
@@ -67,5 +70,18 @@ int main(int argc, char **argv)
         }
     }
     printf("kept %zu blocks of %zu bytes live\n", k, block);
+    fflush(stdout);
+    if (argc > 2 && strcmp(argv[2], "linger") == 0) {
+        /* Bursts that empty and refill the thread's bins: slow paths,
+         * where the interval is checked. */
+        static void *burst[512];
+        for (;;) {
+            for (int i = 0; i < 512; i++)
+                burst[i] = malloc(100);
+            for (int i = 0; i < 512; i++)
+                free(burst[i]);
+            usleep(1000);
+        }
+    }
     return 0; /* the blocks stay live: the profile at exit holds them */
 }
