@@ -260,7 +260,10 @@ unsafe fn fill_words(start: usize, count: usize, word: usize) {
 unsafe fn words_hold(start: usize, count: usize, word: usize) -> bool {
     // SAFETY: per the caller.
     let words = unsafe { core::slice::from_raw_parts(start as *const usize, count) };
-    words.iter().fold(0, |acc, &w| acc | (w ^ word)) == 0
+    // Two words a step: half the loop's overhead.
+    let pairs = words.chunks_exact(2);
+    let odd = pairs.remainder().iter().fold(0, |acc, &w| acc | (w ^ word));
+    pairs.fold(odd, |acc, two| acc | (two[0] ^ word) | (two[1] ^ word)) == 0
 }
 
 #[inline]
@@ -352,15 +355,33 @@ unsafe fn small_arm(p: usize, n: usize, usable: usize) {
     // SAFETY: inside the slot.
     unsafe {
         let h = secret(p);
-        fill(p + n, p + usable - 8, canary_word(h));
+        let (first, mask, words) = canary_words(p, n, usable);
+        if words != 0 {
+            let w = canary_word(h);
+            *(first as *mut usize) = (*(first as *const usize) & !mask) | (w & mask);
+            fill_words(first + 8, words - 1, w);
+        }
         *((p + usable - 8) as *mut usize) = size_word(h, n);
     }
 }
 
+/// The canary of the small block at `p` (8-byte aligned) of `n` bytes in
+/// a slot of `usable`, as whole words: the word holding byte `p + n`, the
+/// mask of its canary bytes (the bytes below `p + n` are the block's),
+/// and how many words from that one up to the size word (0: no canary).
+/// Byte `a` of the canary is byte `a % 8` of the canary word, so whole
+/// words compare with no byte loop.
+#[inline(always)]
+fn canary_words(p: usize, n: usize, usable: usize) -> (usize, usize, usize) {
+    let first = (p + n) & !7;
+    let mask = !0usize << (((p + n) & 7) * 8);
+    (first, mask, (p + usable - 8 - first) / 8)
+}
+
 /// Checks the small block at `p` (a live slot of `usable` bytes, 8-byte
-/// aligned) and returns its size. Stops the process when it was freed
+/// aligned) and returns its size and secret. Stops the process when it was freed
 /// (quarantined) or written past its end.
-fn small_check(what: &[u8], p: usize, usable: usize) -> usize {
+fn small_check(what: &[u8], p: usize, usable: usize) -> (usize, usize) {
     // SAFETY: a live slot of `usable` >= 16 bytes (checked by the heap).
     unsafe {
         let h = secret(p);
@@ -370,10 +391,14 @@ fn small_check(what: &[u8], p: usize, usable: usize) -> usize {
         let Some(n) = size_of_word(h, *((p + usable - 8) as *const usize)).filter(|&n| n + 8 <= usable) else {
             stop(what, b"heap overflow (size word after the object overwritten)", p);
         };
-        if !holds_pattern(p + n, p + usable - 8, canary_word(h)) {
-            stop(what, b"heap overflow (canary after the object overwritten)", p);
+        let (first, mask, words) = canary_words(p, n, usable);
+        if words != 0 {
+            let w = canary_word(h);
+            if (*(first as *const usize) ^ w) & mask != 0 || !words_hold(first + 8, words - 1, w) {
+                stop(what, b"heap overflow (canary after the object overwritten)", p);
+            }
         }
-        n
+        (n, h)
     }
 }
 
@@ -413,6 +438,20 @@ impl<T: Copy, const N: usize> Ring<T, N> {
             count += 1;
         }
         count
+    }
+
+    /// When the ring is full and `entry` fits the budget in place of the
+    /// oldest entry: puts it there and returns the oldest.
+    #[inline]
+    fn swap_oldest(&mut self, entry: T, bytes: usize, budget: usize) -> Option<(T, usize)> {
+        let oldest = self.slots[self.head % N];
+        if self.len != N || self.bytes - oldest.1 + bytes > budget {
+            return None;
+        }
+        self.slots[self.head % N] = (entry, bytes);
+        self.head = (self.head + 1) % N;
+        self.bytes = self.bytes - oldest.1 + bytes;
+        Some(oldest)
     }
 
     /// Takes out the oldest entry.
@@ -568,11 +607,10 @@ fn small_release(p: usize, usable: usize) {
     }
 }
 
-/// Quarantines the checked small object at `p`.
-fn small_quarantine(p: usize, usable: usize) {
+/// Quarantines the checked small object at `p` (its secret `h`).
+fn small_quarantine(p: usize, usable: usize, h: usize) {
     // SAFETY: a live slot of `usable` bytes the program gave up.
     unsafe {
-        let h = secret(p);
         *(p as *mut usize) = freed_mark(h);
         fill_words(p + 8, usable / 8 - 1, freed_fill(h));
     }
@@ -582,6 +620,11 @@ fn small_quarantine(p: usize, usable: usize) {
     unsafe {
         if (*q).state != ARMED && ((*q).state != FRESH || !arm(q)) {
             return small_release(p, usable);
+        }
+        // The steady state: the ring is full and the oldest object makes
+        // room for this one.
+        if let Some((o, u)) = (*q).ring.swap_oldest(p, usable, SMALL_RING_BYTES) {
+            return small_release(o, u);
         }
         // Up to 3 older objects leave per free: the ring shrinks back to
         // its budget over a few frees after a run of big ones.
@@ -808,7 +851,7 @@ pub fn zeroed_alloc(size: usize, align: usize) -> *mut u8 {
 /// small (with its slot size) or big (with its heap block).
 enum Block {
     Zero(usize),
-    Small { n: usize, usable: usize },
+    Small { n: usize, usable: usize, h: usize },
     Big { n: usize, base: usize, len: usize },
 }
 
@@ -818,8 +861,8 @@ fn block_of(what: &'static [u8], p: *mut u8) -> Block {
         return Block::Zero(slot);
     }
     if let Some(usable) = heap::slab_usable_for(p, what) {
-        let n = small_check(what, a, usable);
-        return Block::Small { n, usable };
+        let (n, h) = small_check(what, a, usable);
+        return Block::Small { n, usable, h };
     }
     let (base, len, n) = big_check(what, a);
     Block::Big { n, base, len }
@@ -836,7 +879,7 @@ pub unsafe fn free(p: *mut u8) {
     }
     match block_of(b"free()", p) {
         Block::Zero(slot) => zero_check(b"free()", p as usize, slot, true),
-        Block::Small { usable, .. } => small_quarantine(p as usize, usable),
+        Block::Small { usable, h, .. } => small_quarantine(p as usize, usable, h),
         Block::Big { base, len, .. } => big_free(base, len, p as usize),
     }
 }
@@ -879,7 +922,7 @@ pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 
             zero_check(b"realloc()", a, slot, false);
             0
         }
-        Block::Small { n, usable } => {
+        Block::Small { n, usable, .. } => {
             if size + 8 <= usable && size * 2 + 8 > usable {
                 // SAFETY: the live slot, `usable >= size + 8`.
                 unsafe { small_arm(a, size, usable) };
