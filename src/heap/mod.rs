@@ -381,6 +381,39 @@ pub fn usable_size_for(p: *mut u8, what: &'static [u8]) -> usize {
     }
 }
 
+/// The slot size of `p` when it lies in a slab, checked as
+/// [`usable_size_for`] checks a slab object (the process stops, naming
+/// `what`, for a pointer inside an object or a free one); `None`, with no
+/// check, for anything else (a page run, its tail pages, a large block, a
+/// foreign pointer), which the caller checks by its own means. One page
+/// descriptor read answers both "is it a slab object" and "which class":
+/// a layer above the heap that asks both before it reads the block pays
+/// for one lookup.
+#[inline]
+pub fn slab_usable_for(p: *mut u8, what: &'static [u8]) -> Option<usize> {
+    let desc = page::page_of(p as usize);
+    if desc.is_null() {
+        return None;
+    }
+    // SAFETY: descriptors of published chunks are live; a tail's head is
+    // `span` descriptors before it.
+    let class = unsafe {
+        let user_class = (*desc).user_class as usize;
+        if user_class != 0 {
+            user_class - 1
+        } else {
+            let head = if (*desc).kind() == PG_TAIL { desc.sub((*desc).span as usize) } else { desc };
+            if (*head).kind() != PG_SLAB || (*head).class as usize >= NR_CLASSES {
+                return None;
+            }
+            (*head).class as usize
+        }
+    };
+    check::check_slot_start(what, p, class + 1);
+    check_not_freed(what, p);
+    Some(size_of_class(class))
+}
+
 /// C `realloc`: resizes `p` to `size` bytes, in place when its class or
 /// pages allow, otherwise by moving. `realloc(NULL, n)` is `malloc(n)`;
 /// `realloc(p, 0)` frees `p` and returns null (as glibc). On failure returns

@@ -15,10 +15,15 @@
 //!   `n`, so a program that asks is not told it may write the slack.
 //! - **Quarantine**: a freed small object is filled with a keyed pattern
 //!   (its first word a free mark, so a second `free` of it is a double
-//!   free) and waits in a bounded per-CPU ring ([`SMALL_RING`] objects,
-//!   [`SMALL_RING_BYTES`] bytes) before it goes back to the heap; when it
-//!   leaves, the pattern is checked, so a write after free is caught
-//!   before the object is reused.
+//!   free) and waits in a bounded ring of the freeing thread
+//!   ([`SMALL_RING`] objects, [`SMALL_RING_BYTES`] bytes) before it goes
+//!   back to the heap; when it leaves, the pattern is checked, so a write
+//!   after free is caught before the object is reused. The ring is
+//!   thread-local (no lock, no CPU number on `free`) and emptied by a
+//!   pthread key's destructor when the thread exits; after a `fork` the
+//!   child keeps the forking thread's ring, and the objects in other
+//!   threads' rings stay allocated in the child (at most one ring's
+//!   budget per such thread, never reused, so never a dangling hand-out).
 //! - **Big blocks** (page runs and large mappings): the block starts with
 //!   a 16-byte header (size and tag), the data follows, the slack up to
 //!   the next page is a canary, and every page after it is `PROT_NONE` (a
@@ -41,9 +46,9 @@
 //! the C library's constructor ([`install_fault_handler`]), which prints
 //! one line and aborts; a program that installs its own handler keeps it.
 //!
-//! The rings are locked per shard with `try_lock` only: a shard that is
-//! busy (or held by a thread that did not survive a `fork`) is skipped, and
-//! when every shard is busy the block is checked and freed at once.
+//! The big blocks' ring is locked with `try_lock` only: when it is busy
+//! (or held by a thread that did not survive a `fork`) the block is
+//! checked and freed at once.
 
 use crate::heap;
 use crate::large;
@@ -64,8 +69,6 @@ pub use crate::heap::{
 pub const SMALL_RING: usize = 64;
 /// Bytes one small-quarantine shard holds at most.
 pub const SMALL_RING_BYTES: usize = 256 * 1024;
-/// Small-quarantine shards (chosen by CPU).
-const SHARDS: usize = 8;
 /// Big blocks the big quarantine holds.
 pub const BIG_RING: usize = 16;
 /// Bytes the big quarantine holds at most (`PROT_NONE` pages stay resident).
@@ -181,62 +184,86 @@ fn pattern_byte(word: usize, a: usize) -> u8 {
 
 /// Fills `[start, end)` with the keyed byte pattern of `word`.
 ///
+/// The whole words go through one plain loop over a slice, which the
+/// compiler turns into 16-byte (or wider) stores: the quarantine fills
+/// every freed small object, so this loop is on the `free` path.
+///
 /// # Safety
 /// The range is writable and the caller's.
+#[inline]
 unsafe fn fill(start: usize, end: usize, word: usize) {
-    let mut a = start;
+    let (head, words, tail) = split_words(start, end);
     // SAFETY: every address written lies in the caller's range; the word
-    // stores are at 8-byte-aligned addresses.
+    // slice is 8-byte aligned and inside it.
     unsafe {
-        while a < end && a % 8 != 0 {
+        for a in start..head {
             *(a as *mut u8) = pattern_byte(word, a);
-            a += 1;
         }
-        while a + 8 <= end {
-            *(a as *mut usize) = word;
-            a += 8;
-        }
-        while a < end {
+        core::slice::from_raw_parts_mut(head as *mut usize, words).iter_mut().for_each(|w| *w = word);
+        for a in tail..end {
             *(a as *mut u8) = pattern_byte(word, a);
-            a += 1;
         }
     }
 }
 
-/// The first address of `[start, end)` that does not hold the pattern of
-/// `word`, if any.
+/// `[start, end)` as a byte head up to the first 8-byte boundary, the
+/// whole words after it (from the returned first address, how many) and
+/// a byte tail from the returned last address.
+#[inline(always)]
+fn split_words(start: usize, end: usize) -> (usize, usize, usize) {
+    let head = round_up(start, 8).min(end);
+    let words = (end - head) / 8;
+    (head, words, head + words * 8)
+}
+
+/// Whether `[start, end)` holds the pattern of `word`: the whole words are
+/// compared with no branch per word (the differences OR-ed together, a
+/// loop the compiler vectorises), the bytes at the ends one by one.
 ///
 /// # Safety
 /// The range is readable.
-unsafe fn first_changed(start: usize, end: usize, word: usize) -> Option<usize> {
-    let mut a = start;
-    // SAFETY: every address read lies in the caller's range (the byte scan
-    // after a differing word stops inside that word); the word loads are
-    // at 8-byte-aligned addresses.
+#[inline]
+unsafe fn holds_pattern(start: usize, end: usize, word: usize) -> bool {
+    let (head, words, tail) = split_words(start, end);
+    // SAFETY: every address read lies in the caller's range; the word
+    // slice is 8-byte aligned and inside it.
     unsafe {
-        while a < end && a % 8 != 0 {
-            if *(a as *const u8) != pattern_byte(word, a) {
-                return Some(a);
-            }
-            a += 1;
+        let mut diff = 0u8;
+        for a in start..head {
+            diff |= *(a as *const u8) ^ pattern_byte(word, a);
         }
-        while a + 8 <= end {
-            if *(a as *const usize) != word {
-                while *(a as *const u8) == pattern_byte(word, a) {
-                    a += 1;
-                }
-                return Some(a);
-            }
-            a += 8;
+        for a in tail..end {
+            diff |= *(a as *const u8) ^ pattern_byte(word, a);
         }
-        while a < end {
-            if *(a as *const u8) != pattern_byte(word, a) {
-                return Some(a);
-            }
-            a += 1;
-        }
+        let words = core::slice::from_raw_parts(head as *const usize, words);
+        diff == 0 && words.iter().fold(0, |acc, &w| acc | (w ^ word)) == 0
     }
-    None
+}
+
+/// Fills the `count` words from `start` (8-byte aligned) with `word`: the
+/// quarantine's fill, whose slots are whole words.
+///
+/// # Safety
+/// The words are writable and the caller's.
+#[inline(always)]
+unsafe fn fill_words(start: usize, count: usize, word: usize) {
+    // SAFETY: per the caller.
+    unsafe { core::slice::from_raw_parts_mut(start as *mut usize, count) }.iter_mut().for_each(|w| *w = word);
+}
+
+/// Whether the `count` words from `start` (8-byte aligned) all hold
+/// `word`, with no branch per word.
+///
+/// # Safety
+/// The words are readable.
+#[inline(always)]
+unsafe fn words_hold(start: usize, count: usize, word: usize) -> bool {
+    // SAFETY: per the caller.
+    let words = unsafe { core::slice::from_raw_parts(start as *const usize, count) };
+    // Two words a step: half the loop's overhead.
+    let pairs = words.chunks_exact(2);
+    let odd = pairs.remainder().iter().fold(0, |acc, &w| acc | (w ^ word));
+    pairs.fold(odd, |acc, two| acc | (two[0] ^ word) | (two[1] ^ word)) == 0
 }
 
 #[inline]
@@ -328,15 +355,33 @@ unsafe fn small_arm(p: usize, n: usize, usable: usize) {
     // SAFETY: inside the slot.
     unsafe {
         let h = secret(p);
-        fill(p + n, p + usable - 8, canary_word(h));
+        let (first, mask, words) = canary_words(p, n, usable);
+        if words != 0 {
+            let w = canary_word(h);
+            *(first as *mut usize) = (*(first as *const usize) & !mask) | (w & mask);
+            fill_words(first + 8, words - 1, w);
+        }
         *((p + usable - 8) as *mut usize) = size_word(h, n);
     }
 }
 
+/// The canary of the small block at `p` (8-byte aligned) of `n` bytes in
+/// a slot of `usable`, as whole words: the word holding byte `p + n`, the
+/// mask of its canary bytes (the bytes below `p + n` are the block's),
+/// and how many words from that one up to the size word (0: no canary).
+/// Byte `a` of the canary is byte `a % 8` of the canary word, so whole
+/// words compare with no byte loop.
+#[inline(always)]
+fn canary_words(p: usize, n: usize, usable: usize) -> (usize, usize, usize) {
+    let first = (p + n) & !7;
+    let mask = !0usize << (((p + n) & 7) * 8);
+    (first, mask, (p + usable - 8 - first) / 8)
+}
+
 /// Checks the small block at `p` (a live slot of `usable` bytes, 8-byte
-/// aligned) and returns its size. Stops the process when it was freed
+/// aligned) and returns its size and secret. Stops the process when it was freed
 /// (quarantined) or written past its end.
-fn small_check(what: &[u8], p: usize, usable: usize) -> usize {
+fn small_check(what: &[u8], p: usize, usable: usize) -> (usize, usize) {
     // SAFETY: a live slot of `usable` >= 16 bytes (checked by the heap).
     unsafe {
         let h = secret(p);
@@ -346,10 +391,14 @@ fn small_check(what: &[u8], p: usize, usable: usize) -> usize {
         let Some(n) = size_of_word(h, *((p + usable - 8) as *const usize)).filter(|&n| n + 8 <= usable) else {
             stop(what, b"heap overflow (size word after the object overwritten)", p);
         };
-        if first_changed(p + n, p + usable - 8, canary_word(h)).is_some() {
-            stop(what, b"heap overflow (canary after the object overwritten)", p);
+        let (first, mask, words) = canary_words(p, n, usable);
+        if words != 0 {
+            let w = canary_word(h);
+            if (*(first as *const usize) ^ w) & mask != 0 || !words_hold(first + 8, words - 1, w) {
+                stop(what, b"heap overflow (canary after the object overwritten)", p);
+            }
         }
-        n
+        (n, h)
     }
 }
 
@@ -391,20 +440,159 @@ impl<T: Copy, const N: usize> Ring<T, N> {
         count
     }
 
+    /// When the ring is full and `entry` fits the budget in place of the
+    /// oldest entry: puts it there and returns the oldest.
+    #[inline]
+    fn swap_oldest(&mut self, entry: T, bytes: usize, budget: usize) -> Option<(T, usize)> {
+        let oldest = self.slots[self.head % N];
+        if self.len != N || self.bytes - oldest.1 + bytes > budget {
+            return None;
+        }
+        self.slots[self.head % N] = (entry, bytes);
+        self.head = (self.head + 1) % N;
+        self.bytes = self.bytes - oldest.1 + bytes;
+        Some(oldest)
+    }
+
+    /// Takes out the oldest entry.
+    fn pop(&mut self) -> Option<(T, usize)> {
+        if self.len == 0 {
+            return None;
+        }
+        let entry = self.slots[self.head];
+        self.head = (self.head + 1) % N;
+        self.len -= 1;
+        self.bytes -= entry.1;
+        Some(entry)
+    }
+
     /// The entries held, oldest first.
     fn entries(&self) -> impl Iterator<Item = (T, usize)> + '_ {
         (0..self.len).map(move |i| self.slots[(self.head + i) % N])
     }
 }
 
-/// The small quarantine's shards, of objects (`address`, slot bytes).
-static SMALL: [Shard; SHARDS] = [const { Shard(Mutex::new(Ring::new(0))) }; SHARDS];
+/// The calling thread's small quarantine: a ring of objects (`address`,
+/// slot bytes) only this thread touches, so a `free` takes no lock and
+/// asks no CPU number. `state` is [`FRESH`] until the first `free` that
+/// quarantines registers the thread-exit key ([`ARMED`]), and [`DEAD`]
+/// once the key's destructor has emptied the ring: frees after that (in
+/// later destructors of the exiting thread) check and release at once.
+struct Local {
+    ring: Ring<usize, SMALL_RING>,
+    state: usize,
+}
 
-/// One shard on cache lines of its own: threads on neighbouring CPUs
-/// must not pull each other's lock word back and forth (perf showed it
-/// on larson).
-#[repr(align(128))]
-struct Shard(Mutex<Ring<usize, SMALL_RING>>);
+const FRESH: usize = 0;
+const ARMED: usize = 1;
+const DEAD: usize = 2;
+
+#[cfg(target_arch = "x86_64")]
+mod tls {
+    use super::Local;
+
+    // Zero-initialised `.tbss`: an empty ring, state FRESH. Initial-exec,
+    // hidden, as the thread cache's (see `slab/magazine.rs`): two
+    // instructions, no `__tls_get_addr`.
+    core::arch::global_asm!(
+        ".section .tbss,\"awT\",@nobits",
+        ".p2align 6",
+        ".globl buddyslab_secure_quarantine_v1",
+        ".hidden buddyslab_secure_quarantine_v1",
+        ".type buddyslab_secure_quarantine_v1,@object",
+        ".size buddyslab_secure_quarantine_v1, {size}",
+        "buddyslab_secure_quarantine_v1:",
+        ".zero {size}",
+        ".text",
+        size = const core::mem::size_of::<Local>(),
+    );
+
+    /// The calling thread's quarantine.
+    #[inline(always)]
+    pub(super) fn local() -> *mut Local {
+        let p: *mut Local;
+        // SAFETY: initial-exec TLS access (x86-64 TLS ABI), as the thread
+        // cache's. Reads only; no flags touched.
+        unsafe {
+            core::arch::asm!(
+                "movq buddyslab_secure_quarantine_v1@GOTTPOFF(%rip), {p}",
+                "addq %fs:0, {p}",
+                p = out(reg) p,
+                options(att_syntax, nostack, pure, readonly, preserves_flags),
+            );
+        }
+        p
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod tls {
+    use super::Local;
+    use core::cell::UnsafeCell;
+
+    std::thread_local! {
+        static LOCAL: UnsafeCell<Local> = const {
+            // SAFETY: all-zero is an empty ring in state FRESH.
+            UnsafeCell::new(unsafe { core::mem::zeroed() })
+        };
+    }
+
+    /// The calling thread's quarantine.
+    #[inline(always)]
+    pub(super) fn local() -> *mut Local {
+        LOCAL.with(|c| c.get())
+    }
+}
+
+/// The pthread key whose destructor empties a thread's quarantine at
+/// exit; `usize::MAX` until created (or when it could not be).
+static EXIT_KEY: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// Registers the thread-exit destructor for the calling thread's
+/// quarantine `q`; false when no key could be made (then the thread's
+/// frees do not wait: a ring nobody empties would leak at thread exit).
+#[cold]
+#[inline(never)]
+fn arm(q: *mut Local) -> bool {
+    let mut key = EXIT_KEY.load(Ordering::Acquire);
+    if key == usize::MAX {
+        let mut fresh: libc::pthread_key_t = 0;
+        // SAFETY: a valid out-pointer and a plain destructor.
+        if unsafe { libc::pthread_key_create(&mut fresh, Some(thread_exit)) } != 0 {
+            return false;
+        }
+        key = match EXIT_KEY.compare_exchange(usize::MAX, fresh as usize, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => fresh as usize,
+            Err(won) => {
+                // SAFETY: our key, never used.
+                unsafe { libc::pthread_key_delete(fresh) };
+                won
+            }
+        };
+    }
+    // SAFETY: this thread's quarantine; `setspecific` may allocate (for
+    // high keys), which re-enters `free` only with the state already set.
+    unsafe {
+        (*q).state = ARMED;
+        if libc::pthread_setspecific(key as libc::pthread_key_t, q.cast()) != 0 {
+            (*q).state = DEAD;
+            return false;
+        }
+    }
+    true
+}
+
+/// Empties the exiting thread's quarantine (the key's destructor).
+extern "C" fn thread_exit(arg: *mut libc::c_void) {
+    let q = arg.cast::<Local>();
+    // SAFETY: glibc passes back the value stored: this thread's quarantine.
+    unsafe {
+        (*q).state = DEAD;
+        while let Some((p, usable)) = (*q).ring.pop() {
+            small_release(p, usable);
+        }
+    }
+}
 
 /// Gives the quarantined object at `p` back to the heap after checking
 /// its pattern.
@@ -412,37 +600,40 @@ fn small_release(p: usize, usable: usize) {
     // SAFETY: a quarantined slot of `usable` bytes, still live in the heap.
     unsafe {
         let h = secret(p);
-        if *(p as *const usize) != freed_mark(h) || first_changed(p + 8, p + usable, freed_fill(h)).is_some() {
+        if *(p as *const usize) != freed_mark(h) || !words_hold(p + 8, usable / 8 - 1, freed_fill(h)) {
             stop(b"free()", b"write after free (quarantined object modified)", p);
         }
         heap::free(p as *mut u8);
     }
 }
 
-/// Quarantines the checked small object at `p`.
-fn small_quarantine(p: usize, usable: usize) {
+/// Quarantines the checked small object at `p` (its secret `h`).
+fn small_quarantine(p: usize, usable: usize, h: usize) {
     // SAFETY: a live slot of `usable` bytes the program gave up.
     unsafe {
-        let h = secret(p);
         *(p as *mut usize) = freed_mark(h);
-        fill(p + 8, p + usable, freed_fill(h));
+        fill_words(p + 8, usable / 8 - 1, freed_fill(h));
     }
-    let first = os::current_cpu();
-    for i in 0..SHARDS {
-        let Some(mut ring) = SMALL[(first + i) % SHARDS].0.try_lock() else {
-            continue;
-        };
+    let q = tls::local();
+    // SAFETY: this thread's quarantine; nothing below re-enters it before
+    // `push` returns (`small_release` runs after).
+    unsafe {
+        if (*q).state != ARMED && ((*q).state != FRESH || !arm(q)) {
+            return small_release(p, usable);
+        }
+        // The steady state: the ring is full and the oldest object makes
+        // room for this one.
+        if let Some((o, u)) = (*q).ring.swap_oldest(p, usable, SMALL_RING_BYTES) {
+            return small_release(o, u);
+        }
         // Up to 3 older objects leave per free: the ring shrinks back to
         // its budget over a few frees after a run of big ones.
         let mut evicted = [(0usize, 0usize); 4];
-        let count = ring.push(p, usable, SMALL_RING_BYTES, &mut evicted);
-        drop(ring);
-        for &(q, u) in &evicted[..count] {
-            small_release(q, u);
+        let count = (*q).ring.push(p, usable, SMALL_RING_BYTES, &mut evicted);
+        for &(o, u) in &evicted[..count] {
+            small_release(o, u);
         }
-        return;
     }
-    small_release(p, usable);
 }
 
 // ---------------------------------------------------------------------------
@@ -524,7 +715,7 @@ fn big_check(what: &[u8], p: usize) -> (usize, usize, usize) {
     }
     let data_end = round_up(p + n, PAGE_SIZE);
     // SAFETY: the slack before the guard page, open.
-    if unsafe { first_changed(p + n, data_end, canary_word(h)) }.is_some() {
+    if !unsafe { holds_pattern(p + n, data_end, canary_word(h)) } {
         stop(what, b"heap overflow (canary after the block overwritten)", p);
     }
     (base, len, n)
@@ -656,30 +847,11 @@ pub fn zeroed_alloc(size: usize, align: usize) -> *mut u8 {
     p
 }
 
-/// Whether `p` lies in a slab (a slab's first page or one of its tail
-/// pages; [`heap::is_slab_object`] also says yes for a page run's tail
-/// pages, where a big block's data may start).
-fn in_slab(p: usize) -> bool {
-    let d = page::page_of(p);
-    if d.is_null() {
-        return false;
-    }
-    // SAFETY: descriptors of published chunks are live; a tail's head is
-    // `span` descriptors before it.
-    unsafe {
-        match (*d).kind() {
-            page::PG_SLAB => true,
-            page::PG_TAIL => (*d.sub((*d).span as usize)).kind() == page::PG_SLAB,
-            _ => false,
-        }
-    }
-}
-
 /// The checked size of the live block at `p` (not null), and whether it is
 /// small (with its slot size) or big (with its heap block).
 enum Block {
     Zero(usize),
-    Small { n: usize, usable: usize },
+    Small { n: usize, usable: usize, h: usize },
     Big { n: usize, base: usize, len: usize },
 }
 
@@ -688,10 +860,9 @@ fn block_of(what: &'static [u8], p: *mut u8) -> Block {
     if let Some(slot) = zero_slot(a) {
         return Block::Zero(slot);
     }
-    if in_slab(a) {
-        let usable = heap::usable_size_for(p, what);
-        let n = small_check(what, a, usable);
-        return Block::Small { n, usable };
+    if let Some(usable) = heap::slab_usable_for(p, what) {
+        let (n, h) = small_check(what, a, usable);
+        return Block::Small { n, usable, h };
     }
     let (base, len, n) = big_check(what, a);
     Block::Big { n, base, len }
@@ -708,7 +879,7 @@ pub unsafe fn free(p: *mut u8) {
     }
     match block_of(b"free()", p) {
         Block::Zero(slot) => zero_check(b"free()", p as usize, slot, true),
-        Block::Small { usable, .. } => small_quarantine(p as usize, usable),
+        Block::Small { usable, h, .. } => small_quarantine(p as usize, usable, h),
         Block::Big { base, len, .. } => big_free(base, len, p as usize),
     }
 }
@@ -751,7 +922,7 @@ pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 
             zero_check(b"realloc()", a, slot, false);
             0
         }
-        Block::Small { n, usable } => {
+        Block::Small { n, usable, .. } => {
             if size + 8 <= usable && size * 2 + 8 > usable {
                 // SAFETY: the live slot, `usable >= size + 8`.
                 unsafe { small_arm(a, size, usable) };
