@@ -192,9 +192,11 @@ struct ProgramArgs {
 struct RunArgs {
     #[command(flatten)]
     library: LibraryArgs,
-    /// Have the library print its statistics (the heap views) on the
-    /// program's stderr at exit, as text (--stats) or JSON (--stats=json).
-    /// Sets BUDDYSLAB_STATS.
+    /// Print the heap views at exit, as text (--stats) or JSON
+    /// (--stats=json), on stderr after the program: its own, and the
+    /// largest heap's of the processes it started; the others' are kept
+    /// in a directory the summary names. Sets BUDDYSLAB_STATS (and, unless
+    /// it is set, BUDDYSLAB_STATS_FILE to that directory).
     #[arg(
         long,
         value_name = "FORMAT",

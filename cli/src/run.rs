@@ -22,6 +22,24 @@ pub fn run(options: RunOptions) -> Result<u8, Failure> {
         None => None,
     };
 
+    // `--stats` on stderr: each process of the tree writes its views into
+    // a directory of this run, and the tool prints the program's (and the
+    // largest heap's) after it, instead of every shell, `make` or shim
+    // process of the tree flooding stderr. A BUDDYSLAB_STATS_FILE of the
+    // user's own is left to do what it says.
+    let mut env = options.env.clone();
+    let views_dir = if env.iter().any(|(k, _)| *k == "BUDDYSLAB_STATS")
+        && std::env::var_os("BUDDYSLAB_STATS_FILE").is_none()
+    {
+        let dir = std::env::temp_dir().join(format!("buddyslab-run.{}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Failure::tool(format!("cannot make {}: {e}", dir.display())))?;
+        env.push(("BUDDYSLAB_STATS_FILE", format!("{}/views.%p", dir.display())));
+        Some(dir)
+    } else {
+        None
+    };
+
     child::forward_signals();
     let launch = Launch {
         path: &path,
@@ -29,7 +47,7 @@ pub fn run(options: RunOptions) -> Result<u8, Failure> {
         args: &options.program.args,
         preload: Some(&lib),
         inherit_preload: true,
-        env: &options.env,
+        env: &env,
         announce: true,
         timeout: None,
     };
@@ -42,6 +60,10 @@ pub fn run(options: RunOptions) -> Result<u8, Failure> {
     .map_err(|e| cannot_start(&options.program.name.to_string_lossy(), &e))?;
 
     let shown = options.program.name.to_string_lossy();
+    let mut finished = finished;
+    if let (Some(dir), Some(said)) = (&views_dir, finished.announcements.as_mut()) {
+        show_views(dir, finished.pid, said);
+    }
     let announcements = finished
         .announcements
         .clone()
@@ -73,6 +95,58 @@ pub fn run(options: RunOptions) -> Result<u8, Failure> {
 }
 
 pub use crate::child::LIB_VARIABLE;
+
+/// Prints on stderr the views of the process the tool started and, when
+/// another process of the tree held a larger heap (`InUsePeak`), that
+/// one's too; marks those as shown on stderr in `said`, and removes the
+/// directory when every process's views were shown (else the summary
+/// lists the files left there).
+fn show_views(dir: &Path, child: i32, said: &mut Announcements) {
+    let mut views: Vec<(i32, String)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let pid = name.strip_prefix("views.")?.parse().ok()?;
+            Some((pid, std::fs::read_to_string(entry.path()).ok()?))
+        })
+        .collect();
+    views.sort_by_key(|(pid, _)| *pid);
+    let largest = views.iter().max_by_key(|(_, text)| peak_in_use(text)).map(|(pid, _)| *pid);
+    let mut shown = Vec::new();
+    for (pid, text) in &views {
+        if *pid == child || Some(*pid) == largest {
+            say!("{text}");
+            shown.push(*pid);
+        }
+    }
+    for story in said.processes.iter_mut().filter(|s| shown.contains(&s.pid)) {
+        for (_, path) in story.wrote.iter_mut().filter(|(what, _)| what == "views") {
+            *path = "stderr".to_string();
+        }
+    }
+    if shown.len() == views.len() {
+        for (pid, _) in &views {
+            let _ = std::fs::remove_file(dir.join(format!("views.{pid}")));
+        }
+        let _ = std::fs::remove_dir(dir);
+    } else {
+        for pid in &shown {
+            let _ = std::fs::remove_file(dir.join(format!("views.{pid}")));
+        }
+    }
+}
+
+/// A view's peak bytes in use: `InUsePeak:` of the text views (kB), or
+/// `"in_use_peak":` of the JSON (bytes, so the two are not compared).
+fn peak_in_use(text: &str) -> u64 {
+    let number = |rest: &str| rest.trim_start().split(|c: char| !c.is_ascii_digit()).next()?.parse().ok();
+    text.lines()
+        .find_map(|l| l.strip_prefix("InUsePeak:").and_then(number))
+        .or_else(|| text.split_once("\"in_use_peak\":").and_then(|(_, rest)| number(rest)))
+        .unwrap_or(0)
+}
 
 /// The library to preload, the first of: `--lib`, `BUDDYSLAB_LIB`,
 /// `libbuddyslab.so` next to this executable (a cargo build), in `../lib/`
