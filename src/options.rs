@@ -269,7 +269,7 @@ fn print_effective() {
     };
     let _ = writeln!(
         buf,
-        "buddyslab: options: mmap_threshold={} ({}) trim_threshold={} decay_ms={} large_cache={} large_cache_ms={} perturb={} stats={} heapmap={} addrspace_svg={}",
+        "buddyslab: options: mmap_threshold={} ({}) trim_threshold={} decay_ms={} large_cache={} large_cache_ms={} perturb={} stats={} stats_file={} stats_signal={} stats_interval_ms={} live={} heapmap={} addrspace_svg={} prof={} prof_rate={}",
         MMAP_THRESHOLD.load(Ordering::Relaxed),
         if DYNAMIC_THRESHOLD.load(Ordering::Relaxed) { "adaptive" } else { "fixed" },
         TRIM_THRESHOLD.load(Ordering::Relaxed),
@@ -278,8 +278,14 @@ fn print_effective() {
         CACHE_MAX_AGE_NS.load(Ordering::Relaxed) / 1_000_000,
         perturb(),
         stats,
+        on(STATS_FILE_PATH.requested()),
+        STATS_SIGNAL.load(Ordering::Relaxed),
+        STATS_INTERVAL_NS.load(Ordering::Relaxed) / 1_000_000,
+        on(LIVE.load(Ordering::Relaxed)),
         on(HEAPMAP_PATH.requested()),
         on(ADDRSPACE_SVG_PATH.requested()),
+        on(PROF_PATH.requested()),
+        PROF_RATE.load(Ordering::Relaxed),
     );
     os::write_all(2, buf.as_bytes());
 }

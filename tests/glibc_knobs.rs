@@ -130,12 +130,17 @@ fn verbose_prints_the_effective_options_and_values_ignore_case() {
     let out = knobs_run(
         true,
         &["fresh", "5a"],
-        &[("BUDDYSLAB_VERBOSE", "1"), ("GLIBC_TUNABLES", "glibc.malloc.perturb=165:glibc.malloc.mmap_threshold=262144")],
+        &[
+            ("BUDDYSLAB_VERBOSE", "1"),
+            ("BUDDYSLAB_PROF_RATE", "64k"),
+            ("GLIBC_TUNABLES", "glibc.malloc.perturb=165:glibc.malloc.mmap_threshold=262144"),
+        ],
     );
     assert!(out.success(), "{}", out.report());
     let line = out.stderr.lines().find(|l| l.starts_with("buddyslab: options:")).unwrap_or_else(|| panic!("{}", out.report()));
     assert!(line.contains("perturb=165"), "{line}");
     assert!(line.contains("mmap_threshold=262144 (fixed)"), "{line}");
+    assert!(line.contains(" live=off ") && line.contains(" prof=off prof_rate=65536"), "{line}");
     let out = knobs_run(true, &["fresh", "0"], &[("BUDDYSLAB_STATS", "JSON")]);
     assert!(out.stderr.contains("\"version\"") || out.stderr.trim_start().starts_with('{'), "{}", out.report());
 }
