@@ -487,61 +487,11 @@ const FRESH: usize = 0;
 const ARMED: usize = 1;
 const DEAD: usize = 2;
 
-#[cfg(target_arch = "x86_64")]
-mod tls {
-    use super::Local;
-
-    // Zero-initialised `.tbss`: an empty ring, state FRESH. Initial-exec,
-    // hidden, as the thread cache's (see `slab/magazine.rs`): two
-    // instructions, no `__tls_get_addr`.
-    core::arch::global_asm!(
-        ".section .tbss,\"awT\",@nobits",
-        ".p2align 6",
-        ".globl buddyslab_secure_quarantine_v1",
-        ".hidden buddyslab_secure_quarantine_v1",
-        ".type buddyslab_secure_quarantine_v1,@object",
-        ".size buddyslab_secure_quarantine_v1, {size}",
-        "buddyslab_secure_quarantine_v1:",
-        ".zero {size}",
-        ".text",
-        size = const core::mem::size_of::<Local>(),
-    );
-
+// Zero bytes are an empty ring in state FRESH; initial-exec and hidden,
+// as the thread cache's.
+crate::os::zeroed_thread_local! {
     /// The calling thread's quarantine.
-    #[inline(always)]
-    pub(super) fn local() -> *mut Local {
-        let p: *mut Local;
-        // SAFETY: initial-exec TLS access (x86-64 TLS ABI), as the thread
-        // cache's. Reads only; no flags touched.
-        unsafe {
-            core::arch::asm!(
-                "movq buddyslab_secure_quarantine_v1@GOTTPOFF(%rip), {p}",
-                "addq %fs:0, {p}",
-                p = out(reg) p,
-                options(att_syntax, nostack, pure, readonly, preserves_flags),
-            );
-        }
-        p
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-mod tls {
-    use super::Local;
-    use core::cell::UnsafeCell;
-
-    std::thread_local! {
-        static LOCAL: UnsafeCell<Local> = const {
-            // SAFETY: all-zero is an empty ring in state FRESH.
-            UnsafeCell::new(unsafe { core::mem::zeroed() })
-        };
-    }
-
-    /// The calling thread's quarantine.
-    #[inline(always)]
-    pub(super) fn local() -> *mut Local {
-        LOCAL.with(|c| c.get())
-    }
+    fn local() -> *mut Local, "buddyslab_secure_quarantine_v1"
 }
 
 /// The pthread key whose destructor empties a thread's quarantine at
@@ -614,7 +564,7 @@ fn small_quarantine(p: usize, usable: usize, h: usize) {
         *(p as *mut usize) = freed_mark(h);
         fill_words(p + 8, usable / 8 - 1, freed_fill(h));
     }
-    let q = tls::local();
+    let q = local();
     // SAFETY: this thread's quarantine; nothing below re-enters it before
     // `push` returns (`small_release` runs after).
     unsafe {

@@ -314,63 +314,11 @@ fn grow(bin: &mut Bin, class: usize) -> bool {
     true
 }
 
-#[cfg(target_arch = "x86_64")]
-mod tls {
-    use super::ThreadCache;
-
-    // The thread cache in `.tbss`: zero-initialised, one per thread.
-    core::arch::global_asm!(
-        ".section .tbss,\"awT\",@nobits",
-        ".p2align 6",
-        ".globl buddyslab_thread_cache_v1",
-        ".hidden buddyslab_thread_cache_v1",
-        ".type buddyslab_thread_cache_v1,@object",
-        ".size buddyslab_thread_cache_v1, {size}",
-        "buddyslab_thread_cache_v1:",
-        ".zero {size}",
-        ".text",
-        size = const core::mem::size_of::<ThreadCache>(),
-    );
-
+// The thread cache: zero bytes are the UNINIT state with empty bins.
+crate::os::zeroed_thread_local! {
     /// The calling thread's cache.
-    #[inline(always)]
-    pub fn current() -> *mut ThreadCache {
-        let p: *mut ThreadCache;
-        // SAFETY: initial-exec TLS access: the GOT slot holds the symbol's
-        // offset from the thread pointer, and %fs:0 holds the thread
-        // pointer itself (x86-64 TLS ABI). Reads only; no flags touched.
-        unsafe {
-            core::arch::asm!(
-                "movq buddyslab_thread_cache_v1@GOTTPOFF(%rip), {p}",
-                "addq %fs:0, {p}",
-                p = out(reg) p,
-                options(att_syntax, nostack, pure, readonly, preserves_flags),
-            );
-        }
-        p
-    }
+    pub fn current() -> *mut ThreadCache, "buddyslab_thread_cache_v1"
 }
-
-#[cfg(not(target_arch = "x86_64"))]
-mod tls {
-    use super::ThreadCache;
-    use core::cell::UnsafeCell;
-
-    std::thread_local! {
-        static CACHE: UnsafeCell<ThreadCache> = const {
-            // SAFETY: all-zero is the UNINIT state with empty bins.
-            UnsafeCell::new(unsafe { core::mem::zeroed() })
-        };
-    }
-
-    /// The calling thread's cache.
-    #[inline(always)]
-    pub fn current() -> *mut ThreadCache {
-        CACHE.with(|c| c.get())
-    }
-}
-
-pub use tls::current;
 
 /// The calling thread's heap-profile budget (the thread cache's `prof_left`),
 /// usable in every state of the cache (it is plain thread-local memory).
