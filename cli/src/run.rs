@@ -31,9 +31,19 @@ pub fn run(options: RunOptions) -> Result<u8, Failure> {
     let views_dir = if env.iter().any(|(k, _)| *k == "BUDDYSLAB_STATS")
         && std::env::var_os("BUDDYSLAB_STATS_FILE").is_none()
     {
-        let dir = std::env::temp_dir().join(format!("buddyslab-run.{}", std::process::id()));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Failure::tool(format!("cannot make {}: {e}", dir.display())))?;
+        // Private (mode 0700) with an unpredictable name, from the
+        // tempfile crate; kept after the run when it holds views the tool
+        // did not print (the summary names them).
+        let dir = tempfile::Builder::new()
+            .prefix("buddyslab-run.")
+            .tempdir()
+            .map_err(|e| {
+                Failure::tool(format!(
+                    "cannot create a folder for the views in {}: {e}",
+                    std::env::temp_dir().display()
+                ))
+            })?
+            .keep();
         env.push(("BUDDYSLAB_STATS_FILE", format!("{}/views.%p", dir.display())));
         Some(dir)
     } else {
