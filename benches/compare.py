@@ -238,6 +238,9 @@ def probe(allocators, probe_binary):
 
 
 def describe_exit(code):
+    """How a run ended, in words: its exit code or the signal that killed it."""
+    if code is None:
+        return "?"
     if code < 0:
         try:
             return f"signal {signal.Signals(-code).name}"

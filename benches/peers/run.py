@@ -63,7 +63,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE.parent))
-from compare import cpu_model  # noqa: E402  (benches/compare.py: one reader of /proc/cpuinfo)
+from compare import cpu_model, describe_exit  # noqa: E402  (benches/compare.py: one reader of /proc/cpuinfo, one wording of an exit)
 WORKLOADS_DIR = HERE.parent / "workloads"
 OUT = HERE.parent / "out" / "peers"
 
@@ -446,17 +446,6 @@ def run_line(rec):
     rt = f" rtime {rec['rtime']:.3f} s" if rec.get("rtime") is not None else ""
     return (f"wall {rec['wall']:.3f} s{rt}  user {rec['user']:.2f} sys {rec['sys']:.2f}  "
             f"rss {rec['maxrss_kib'] / 1024:.1f} MiB  minflt {rec['minflt']}  load {rec['load']}")
-
-
-def describe_exit(code):
-    if code is None:
-        return "?"
-    if code < 0:
-        try:
-            return f"signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"signal {-code}"
-    return f"exit code {code}"
 
 
 # ---------------------------------------------------------------- report
