@@ -229,8 +229,8 @@ pub unsafe fn clear(object: *mut u8) {
 /// node. That one load stands for the descriptor's kind, the way back
 /// from a tail page to the head, and the head's class. Then the slot
 /// start (a multiply and a compare), the free mark, and, without
-/// `secure`, the head's `bump` (reached only here, so only this build
-/// reads the descriptors). In the `secure` build every slot of a slab is
+/// `secure`, the head's `bump` (the slab's first page: the address with
+/// the class's slab offset masked off). In the `secure` build every slot of a slab is
 /// on its free list from the start (`bump` is the slab's object count,
 /// see `shuffle.rs`), so a slot start is among the slots handed out and
 /// that test is left out. Anything else (a cache of the allocator's own
@@ -264,16 +264,16 @@ fn check_free_slot(object: *mut u8, next: usize, class: usize) {
     }
     #[cfg(not(feature = "secure"))]
     {
-        // SAFETY: descriptors of published chunks are live; a tail's head
-        // is `span` descriptors before it; a stale `bump` is smaller,
-        // which errs towards stopping.
-        unsafe {
-            let desc = page::Chunk::page(chunk, (next >> crate::os::PAGE_SHIFT) & (page::CHUNK_PAGES - 1));
-            let head = if (*desc).kind() == page::PG_TAIL { desc.sub((*desc).span as usize) } else { desc };
-            let bump = core::ptr::addr_of!((*head).bump).read_volatile() as usize;
-            if next - page::page_address(head) >= bump * info.size as usize {
-                corrupted(object, next);
-            }
+        // Slabs are naturally aligned buddy blocks inside one chunk: the
+        // slab's first page, whose descriptor is the head, is the address
+        // with the offset masked off, with no walk back from a tail page.
+        let offset = next & info.slab_mask as usize;
+        let index = ((next - offset) >> crate::os::PAGE_SHIFT) & (page::CHUNK_PAGES - 1);
+        // SAFETY: descriptors of published chunks are live; a stale
+        // `bump` is smaller, which errs towards stopping.
+        let bump = unsafe { core::ptr::addr_of!((*page::Chunk::page(chunk, index)).bump).read_volatile() } as usize;
+        if offset >= bump * info.size as usize {
+            corrupted(object, next);
         }
     }
 }
