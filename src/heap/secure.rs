@@ -9,21 +9,27 @@
 //!
 //! - **Small blocks** (slab objects): every request gets at least 8 bytes
 //!   more. The slot's last word holds the requested size `n` and a keyed
-//!   tag of size and address; the bytes between `n` and that
-//!   word are a keyed canary. `free` checks both: a 1- or 8-byte write past
-//!   the end changes the canary or the size word. `malloc_usable_size` is
-//!   `n`, so a program that asks is not told it may write the slack.
+//!   tag of size and address; the 8 to 16 bytes after the block (up to
+//!   that word) are a keyed canary ([`CANARY_WORDS`]). `free` checks both:
+//!   a write that runs on past the end, 1 byte or more, changes the canary
+//!   or the size word. `malloc_usable_size` is `n`, so a program that asks
+//!   is not told it may write the slack.
 //! - **Quarantine**: a freed small object is filled with a keyed pattern
-//!   (its first word a free mark, so a second `free` of it is a double
-//!   free) and waits in a bounded ring of the freeing thread
+//!   over its first [`PATTERN_BYTES`] (the whole slot for requests of up
+//!   to 248 bytes; its first word a free mark, so a second `free` of it is
+//!   a double free) and waits in a bounded ring of the freeing thread
 //!   ([`SMALL_RING`] objects, [`SMALL_RING_BYTES`] bytes) before it goes
 //!   back to the heap; when it leaves, the pattern is checked, so a write
-//!   after free is caught before the object is reused. The ring is
+//!   after free there is caught before the object is reused. The ring is
 //!   thread-local (no lock, no CPU number on `free`) and emptied by a
 //!   pthread key's destructor when the thread exits; after a `fork` the
 //!   child keeps the forking thread's ring, and the objects in other
 //!   threads' rings stay allocated in the child (at most one ring's
 //!   budget per such thread, never reused, so never a dangling hand-out).
+//!   The small path reads what the heap's own fast paths read: `malloc`
+//!   the class table and the thread's bin, `free` the page's tag through
+//!   the thread cache's remembered chunk, kept with the object so that
+//!   it goes back onto the thread's bin without a second lookup.
 //! - **Big blocks** (page runs and large mappings): the block starts with
 //!   a 16-byte header (size and tag), the data follows, the slack up to
 //!   the next page is a canary, and every page after it is `PROT_NONE` (a
@@ -377,7 +383,7 @@ fn zero_check(what: &[u8], p: usize, slot: usize, release: bool) {
 /// whatever its length; what lies further in the slot's slack (which a
 /// program that skips ahead may write without harming any other block)
 /// is not checked, so the canary costs the same for every class.
-const CANARY_WORDS: usize = 2;
+pub const CANARY_WORDS: usize = 2;
 
 /// The canary words of the block at `p` of `n` bytes whose size word is
 /// at `end`: from the word holding byte `p + n` (its bytes from `p + n`
@@ -618,7 +624,7 @@ extern "C" fn thread_exit(arg: *mut libc::c_void) {
 /// pointers) mostly lie. The whole slot cost a quarter of all the
 /// instructions of a workload of objects of 8 to 1024 bytes (larson,
 /// callgrind), a write-after-free check for every byte of every free.
-const PATTERN_BYTES: usize = 256;
+pub const PATTERN_BYTES: usize = 256;
 
 /// Fills the slot at `p` (`usable` bytes, 16-byte aligned, a multiple of
 /// 16) with the quarantine's pattern, over its first [`PATTERN_BYTES`]:
@@ -1122,7 +1128,7 @@ fn block_of(what: &'static [u8], p: *mut u8) -> Block {
 /// checks are the heap's (slot start, not free) and this layer's (not
 /// quarantined, size word, canary). Everything else (null, zero-size
 /// blocks, big blocks, pages the heap profile diverts, bad pointers)
-/// takes [`free_other`].
+/// takes `free_other`.
 ///
 /// # Safety
 /// If `p` is a live block, nothing uses it afterwards.
