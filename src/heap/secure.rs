@@ -965,10 +965,14 @@ fn big_alloc(n: usize, align: usize) -> *mut u8 {
     }
     let len = heap::usable_size(base as *mut u8);
     let p = base + lead;
-    // SAFETY: the block is ours; a large mapping from the mapping cache
+    // A page run is open when handed out ([`big_release`] opens one before
+    // the buddy allocator takes it back), so only its guard is protected:
+    // one system call, not two. A large mapping from the mapping cache
     // may still be inaccessible from its quarantine.
+    let open = !page::page_of(base).is_null();
+    // SAFETY: the block is ours.
     unsafe {
-        if os::mprotect(base, data, true).is_err() || os::mprotect(base + data, len - data, false).is_err() {
+        if (!open && os::mprotect(base, data, true).is_err()) || os::mprotect(base + data, len - data, false).is_err() {
             stop(b"malloc()", b"cannot protect a guard page", base);
         }
         *(base as *mut usize) = n;
