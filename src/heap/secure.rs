@@ -681,12 +681,14 @@ mod vector {
             }
             return;
         }
-        if len < 64 {
-            if len >= 16 {
+        if len <= 64 {
+            // 16 to 64 bytes: two pieces from each end cover them.
+            if len != 0 {
                 step(start);
                 step(end - 16);
-                if len == 48 {
+                if len > 32 {
                     step(start + 16);
+                    step(end - 32);
                 }
             }
             return;
@@ -1036,8 +1038,9 @@ pub fn malloc_or(size: usize, out_of_memory: magazine::OutOfMemory) -> *mut u8 {
         let class = slab::class_of(size + 8);
         let p = magazine::alloc(class, size + 8, ensure_init, out_of_memory);
         if !p.is_null() {
-            // SAFETY: a fresh slot of the class's size >= size + 8 bytes.
-            unsafe { small_arm(p as usize, size, slab::size_of_class(class), true) };
+            // SAFETY: the table's classes are < NR_CLASSES; a fresh slot
+            // of the class's size >= size + 8 bytes.
+            unsafe { small_arm(p as usize, size, slab::CLASSES.get_unchecked(class).size as usize, true) };
         }
         return p;
     }
