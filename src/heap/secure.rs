@@ -1349,6 +1349,35 @@ mod tests {
         unsafe { free(p) };
     }
 
+    /// The quarantine's fill covers every word of every length it is
+    /// given (16 to [`PATTERN_BYTES`]), and its check sees a change to any
+    /// one of them, in any byte.
+    #[test]
+    fn pattern_covers_every_word() {
+        #[repr(align(16))]
+        struct Slot([usize; PATTERN_BYTES / 8 + 2]);
+        let (first, word) = (0x1234_5678_9abc_def1usize, 0xa5a5_5a5a_0f0f_f0f0usize);
+        for len in (16..=PATTERN_BYTES).step_by(16) {
+            let mut slot = Slot([usize::MAX; PATTERN_BYTES / 8 + 2]);
+            let p = slot.0.as_mut_ptr() as usize;
+            // SAFETY: `len` bytes of the slot, 16-byte aligned.
+            unsafe { vector::fill(p, len, first, word) };
+            assert_eq!(slot.0[0], first, "len {len}");
+            assert!(slot.0[1..len / 8].iter().all(|&w| w == word), "len {len}");
+            assert!(slot.0[len / 8..].iter().all(|&w| w == usize::MAX), "len {len}: wrote past the end");
+            // SAFETY: as above.
+            assert!(unsafe { vector::holds(p, len, first, word) }, "len {len}");
+            for i in 0..len / 8 {
+                for byte in [0, 7] {
+                    slot.0[i] ^= 1 << (byte * 8);
+                    // SAFETY: as above.
+                    assert!(!unsafe { vector::holds(p, len, first, word) }, "len {len} word {i} byte {byte}");
+                    slot.0[i] ^= 1 << (byte * 8);
+                }
+            }
+        }
+    }
+
     /// The tags, canaries and marks tell blocks apart: a size word is not
     /// valid at another address, nor with any bit flipped.
     #[test]
