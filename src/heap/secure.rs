@@ -9,21 +9,27 @@
 //!
 //! - **Small blocks** (slab objects): every request gets at least 8 bytes
 //!   more. The slot's last word holds the requested size `n` and a keyed
-//!   tag of size and address; the bytes between `n` and that
-//!   word are a keyed canary. `free` checks both: a 1- or 8-byte write past
-//!   the end changes the canary or the size word. `malloc_usable_size` is
-//!   `n`, so a program that asks is not told it may write the slack.
+//!   tag of size and address; the 8 to 16 bytes after the block (up to
+//!   that word) are a keyed canary ([`CANARY_WORDS`]). `free` checks both:
+//!   a write that runs on past the end, 1 byte or more, changes the canary
+//!   or the size word. `malloc_usable_size` is `n`, so a program that asks
+//!   is not told it may write the slack.
 //! - **Quarantine**: a freed small object is filled with a keyed pattern
-//!   (its first word a free mark, so a second `free` of it is a double
-//!   free) and waits in a bounded ring of the freeing thread
+//!   over its first [`PATTERN_BYTES`] (the whole slot for requests of up
+//!   to 248 bytes; its first word a free mark, so a second `free` of it is
+//!   a double free) and waits in a bounded ring of the freeing thread
 //!   ([`SMALL_RING`] objects, [`SMALL_RING_BYTES`] bytes) before it goes
 //!   back to the heap; when it leaves, the pattern is checked, so a write
-//!   after free is caught before the object is reused. The ring is
+//!   after free there is caught before the object is reused. The ring is
 //!   thread-local (no lock, no CPU number on `free`) and emptied by a
 //!   pthread key's destructor when the thread exits; after a `fork` the
 //!   child keeps the forking thread's ring, and the objects in other
 //!   threads' rings stay allocated in the child (at most one ring's
 //!   budget per such thread, never reused, so never a dangling hand-out).
+//!   The small path reads what the heap's own fast paths read: `malloc`
+//!   the class table and the thread's bin, `free` the page's tag through
+//!   the thread cache's remembered chunk, kept with the object so that
+//!   it goes back onto the thread's bin without a second lookup.
 //! - **Big blocks** (page runs and large mappings): the block starts with
 //!   a 16-byte header (size and tag), the data follows, the slack up to
 //!   the next page is a canary, and every page after it is `PROT_NONE` (a
@@ -56,7 +62,7 @@ use crate::mm::page;
 use crate::os::fmt::fmt_hex;
 use crate::os::sync::Mutex;
 use crate::os::{self, PAGE_SIZE};
-use crate::slab::{self, magazine, SLAB_MAX};
+use crate::slab::{self, magazine, NR_CLASSES, SLAB_MAX};
 use core::ptr;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -87,29 +93,72 @@ const RANDOM_PAD_PAGES: usize = 16;
 // ---------------------------------------------------------------------------
 // Keys and messages.
 
-/// The secret every tag, canary and pattern is derived from; 0 until drawn.
-static KEY: AtomicUsize = AtomicUsize::new(0);
+/// The layer's keys, drawn together on first use ([`key`]), in one
+/// static so a function that reads several reaches them through one
+/// address.
+#[repr(C)]
+struct Keys {
+    /// The secret every tag and canary is derived from; 0 until drawn,
+    /// and written last (after the other two).
+    block: AtomicUsize,
+    /// The quarantine's free mark key: a quarantined small object's first
+    /// word is this XORed with its address ([`freed_mark`]).
+    mark: AtomicUsize,
+    /// The word a quarantined small object is filled with past its mark.
+    fill: AtomicUsize,
+    /// The random value the three are derived from; 0 until drawn.
+    seed: AtomicUsize,
+}
 
+static KEYS: Keys =
+    Keys { block: AtomicUsize::new(0), mark: AtomicUsize::new(0), fill: AtomicUsize::new(0), seed: AtomicUsize::new(0) };
+
+/// The block key, drawn on first use.
 #[inline]
 fn key() -> usize {
-    let k = KEY.load(Ordering::Relaxed);
+    let k = KEYS.block.load(Ordering::Acquire);
     if k != 0 {
         return k;
     }
     draw_key()
 }
 
+/// The block key where a block of this layer was found: it was armed
+/// with the key, so the key is drawn (a thread that was handed the block
+/// sees it, through whatever handed the block over). Where no block was
+/// ever armed it reads 0, and no size word checks out with it.
+#[inline(always)]
+fn key_drawn() -> usize {
+    KEYS.block.load(Ordering::Acquire)
+}
+
+/// Draws the seed once (the first thread to publish one wins) and
+/// derives the three keys from it. Racing threads derive the same keys
+/// from the one seed, so their stores agree; the block key goes last, so
+/// a thread that reads it non-zero reads the other two written.
 #[cold]
 fn draw_key() -> usize {
     let fresh = os::random_u64().unwrap_or(0x243f_6a88_85a3_08d3 ^ os::monotonic_ns()) as usize | 1;
-    match KEY.compare_exchange(0, fresh, Ordering::Relaxed, Ordering::Relaxed) {
+    let seed = match KEYS.seed.compare_exchange(0, fresh, Ordering::AcqRel, Ordering::Acquire) {
         Ok(_) => fresh,
         Err(won) => won,
-    }
+    };
+    KEYS.mark.store(mix(seed ^ 0x5555_5555_5555_5555), Ordering::Relaxed);
+    KEYS.fill.store(mix(seed ^ 0xa5a5_a5a5_a5a5_a5a5), Ordering::Relaxed);
+    let k = mix(seed) | 1;
+    KEYS.block.store(k, Ordering::Release);
+    k
+}
+
+/// The quarantine's keys: (mark key, fill word). Only read for an object
+/// this layer has armed, so drawn (see [`key_drawn`]).
+#[inline(always)]
+fn quarantine_keys() -> (usize, usize) {
+    (KEYS.mark.load(Ordering::Relaxed), KEYS.fill.load(Ordering::Relaxed))
 }
 
 /// A 64-bit mixer (the finaliser of SplitMix64): every input bit moves
-/// about half the output bits, so a tag reveals nothing usable of the key.
+/// about half the output bits. For the keys and the random guard pages.
 #[inline]
 fn mix(x: usize) -> usize {
     let mut z = (x as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -118,13 +167,25 @@ fn mix(x: usize) -> usize {
     (z ^ (z >> 31)) as usize
 }
 
-/// The block's secret: every tag, canary and pattern of the block at `p`
-/// derives from it, so one mix per call serves them all. Knowing one
-/// block's secret (say from its canary, read through an over-read) tells
-/// nothing of another's.
-#[inline]
+/// The block's secret: every tag and canary of the block at `p` derives
+/// from it, so one is computed per call. One multiply and a fold (five
+/// instructions, where the full mixer took eleven; it runs on every
+/// `malloc` and `free`): blocks get different secrets, and a program that
+/// does not know the key cannot write a canary or size word that passes.
+/// It is not a one-way function (nor was the mixer, which is invertible):
+/// a program that can read a block's canary can work the key out, as it
+/// can read a quarantined object's pattern; these checks stop accidental
+/// and blind corruption, as the canaries of the peers do.
+#[inline(always)]
 fn secret(p: usize) -> usize {
-    mix(p ^ key())
+    secret_with(p, key())
+}
+
+/// [`secret`] with the block key at hand.
+#[inline(always)]
+fn secret_with(p: usize, key: usize) -> usize {
+    let z = ((p ^ key) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (z ^ (z >> 29)) as usize
 }
 
 /// The word that records size `n` of the block with secret `h`: `n` in
@@ -157,16 +218,12 @@ fn canary_word(h: usize) -> usize {
     h.rotate_left(17) | 0x0101_0101_0101_0101
 }
 
-/// The free mark a quarantined small object carries in its first word.
-#[inline]
-fn freed_mark(h: usize) -> usize {
-    (h.rotate_left(41) ^ 0x5555_5555_5555_5555) | 1
-}
-
-/// The pattern word a quarantined small object is filled with.
-#[inline]
-fn freed_fill(h: usize) -> usize {
-    h.rotate_left(7) ^ 0xa5a5_a5a5_a5a5_a5a5
+/// The free mark a quarantined small object at `p` carries in its first
+/// word (`mark_key` from [`quarantine_keys`]): per object, so the bytes of
+/// a quarantined object copied into a live one do not make it look freed.
+#[inline(always)]
+fn freed_mark(mark_key: usize, p: usize) -> usize {
+    mark_key ^ p
 }
 
 #[cold]
@@ -238,32 +295,6 @@ unsafe fn holds_pattern(start: usize, end: usize, word: usize) -> bool {
         let words = core::slice::from_raw_parts(head as *const usize, words);
         diff == 0 && words.iter().fold(0, |acc, &w| acc | (w ^ word)) == 0
     }
-}
-
-/// Fills the `count` words from `start` (8-byte aligned) with `word`: the
-/// quarantine's fill, whose slots are whole words.
-///
-/// # Safety
-/// The words are writable and the caller's.
-#[inline(always)]
-unsafe fn fill_words(start: usize, count: usize, word: usize) {
-    // SAFETY: per the caller.
-    unsafe { core::slice::from_raw_parts_mut(start as *mut usize, count) }.iter_mut().for_each(|w| *w = word);
-}
-
-/// Whether the `count` words from `start` (8-byte aligned) all hold
-/// `word`, with no branch per word.
-///
-/// # Safety
-/// The words are readable.
-#[inline(always)]
-unsafe fn words_hold(start: usize, count: usize, word: usize) -> bool {
-    // SAFETY: per the caller.
-    let words = unsafe { core::slice::from_raw_parts(start as *const usize, count) };
-    // Two words a step: half the loop's overhead.
-    let pairs = words.chunks_exact(2);
-    let odd = pairs.remainder().iter().fold(0, |acc, &w| acc | (w ^ word));
-    pairs.fold(odd, |acc, two| acc | (two[0] ^ word) | (two[1] ^ word)) == 0
 }
 
 #[inline]
@@ -346,59 +377,97 @@ fn zero_check(what: &[u8], p: usize, slot: usize, release: bool) {
 // ---------------------------------------------------------------------------
 // Small blocks.
 
+/// Most bytes of canary a small block gets: the words from the one
+/// holding the block's last byte + 1, at most two of them. A write that
+/// runs on past the end of the block changes the canary's first byte
+/// whatever its length; what lies further in the slot's slack (which a
+/// program that skips ahead may write without harming any other block)
+/// is not checked, so the canary costs the same for every class.
+pub const CANARY_WORDS: usize = 2;
+
+/// The canary words of the block at `p` of `n` bytes whose size word is
+/// at `end`: from the word holding byte `p + n` (its bytes from `p + n`
+/// on) up to [`CANARY_WORDS`] words, not past `end`; none when the block
+/// ends at `end`. Byte `a` of the canary is byte `a % 8` of the canary
+/// word, so it is written and compared a word at a time.
+#[inline(always)]
+fn canary_span(p: usize, n: usize, end: usize) -> (usize, usize, usize) {
+    let first = (p + n) & !7;
+    let mask = !0usize << (((p + n) & 7) * 8);
+    (first, mask, (first + CANARY_WORDS * 8).min(end))
+}
+
 /// Makes the slot at `p` (`usable` bytes) a block of `n` bytes: canary
-/// and size word.
+/// ([`canary_span`]) and size word. With `fresh` (a block just handed
+/// out) the bytes of the canary's first word below `p + n` are the
+/// block's but hold nothing yet, so the word is stored whole; otherwise
+/// (`realloc` in place) they are kept.
 ///
 /// # Safety
-/// `p` is a live slot of `usable >= n + 8` bytes.
-unsafe fn small_arm(p: usize, n: usize, usable: usize) {
-    // SAFETY: inside the slot.
+/// `p` is a live slot of `usable >= n + 8` bytes, 16-byte aligned.
+#[inline(always)]
+unsafe fn small_arm(p: usize, n: usize, usable: usize, fresh: bool) {
+    let h = secret(p);
+    let w = canary_word(h);
+    let end = p + usable - 8;
+    let (first, mask, stop) = canary_span(p, n, end);
+    // SAFETY: every word written lies in the slot, below its size word
+    // (`p + n <= end`), or is the size word.
     unsafe {
-        let h = secret(p);
-        let (first, mask, words) = canary_words(p, n, usable);
-        if words != 0 {
-            let w = canary_word(h);
-            *(first as *mut usize) = (*(first as *const usize) & !mask) | (w & mask);
-            fill_words(first + 8, words - 1, w);
+        if first < stop {
+            *(first as *mut usize) = if fresh { w } else { (*(first as *const usize) & !mask) | (w & mask) };
+            if first + 8 < stop {
+                *((first + 8) as *mut usize) = w;
+            }
         }
-        *((p + usable - 8) as *mut usize) = size_word(h, n);
+        *(end as *mut usize) = size_word(h, n);
     }
 }
 
-/// The canary of the small block at `p` (8-byte aligned) of `n` bytes in
-/// a slot of `usable`, as whole words: the word holding byte `p + n`, the
-/// mask of its canary bytes (the bytes below `p + n` are the block's),
-/// and how many words from that one up to the size word (0: no canary).
-/// Byte `a` of the canary is byte `a % 8` of the canary word, so whole
-/// words compare with no byte loop.
+/// Checks the size word and the canary of the live small block at `p` (a
+/// slot of `usable` bytes, 16-byte aligned) and returns its size. Stops
+/// the process when either was written.
+///
+/// # Safety
+/// `p` is a live slot of `usable >= 16` bytes, armed by this layer (so
+/// the key is drawn).
 #[inline(always)]
-fn canary_words(p: usize, n: usize, usable: usize) -> (usize, usize, usize) {
-    let first = (p + n) & !7;
-    let mask = !0usize << (((p + n) & 7) * 8);
-    (first, mask, (p + usable - 8 - first) / 8)
-}
-
-/// Checks the small block at `p` (a live slot of `usable` bytes, 8-byte
-/// aligned) and returns its size and secret. Stops the process when it was freed
-/// (quarantined) or written past its end.
-fn small_check(what: &[u8], p: usize, usable: usize) -> (usize, usize) {
-    // SAFETY: a live slot of `usable` >= 16 bytes (checked by the heap).
+unsafe fn small_check_tail(what: &[u8], p: usize, usable: usize) -> usize {
+    let h = secret_with(p, key_drawn());
+    let end = p + usable - 8;
+    // SAFETY: the slot's words, per the caller.
     unsafe {
-        let h = secret(p);
-        if *(p as *const usize) == freed_mark(h) {
-            stop(what, b"double free or use after free (object in quarantine)", p);
-        }
-        let Some(n) = size_of_word(h, *((p + usable - 8) as *const usize)).filter(|&n| n + 8 <= usable) else {
+        let Some(n) = size_of_word(h, *(end as *const usize)).filter(|&n| n + 8 <= usable) else {
             stop(what, b"heap overflow (size word after the object overwritten)", p);
         };
-        let (first, mask, words) = canary_words(p, n, usable);
-        if words != 0 {
-            let w = canary_word(h);
-            if (*(first as *const usize) ^ w) & mask != 0 || !words_hold(first + 8, words - 1, w) {
-                stop(what, b"heap overflow (canary after the object overwritten)", p);
+        let w = canary_word(h);
+        let (first, mask, stop_at) = canary_span(p, n, end);
+        let mut diff = 0;
+        if first < stop_at {
+            diff = (*(first as *const usize) ^ w) & mask;
+            if first + 8 < stop_at {
+                diff |= *((first + 8) as *const usize) ^ w;
             }
         }
-        (n, h)
+        if diff != 0 {
+            stop(what, b"heap overflow (canary after the object overwritten)", p);
+        }
+        n
+    }
+}
+
+/// Checks the small block at `p` (a live slot of `usable` bytes, 16-byte
+/// aligned) and returns its size. Stops the process when it was freed
+/// (quarantined) or written past its end.
+#[inline(always)]
+fn small_check(what: &[u8], p: usize, usable: usize) -> usize {
+    let (mark_key, _) = quarantine_keys();
+    // SAFETY: a live slot of `usable` >= 16 bytes (checked by the heap).
+    unsafe {
+        if *(p as *const usize) == freed_mark(mark_key, p) {
+            stop(what, b"double free or use after free (object in quarantine)", p);
+        }
+        small_check_tail(what, p, usable)
     }
 }
 
@@ -473,13 +542,17 @@ impl<T: Copy, const N: usize> Ring<T, N> {
 }
 
 /// The calling thread's small quarantine: a ring of objects (`address`,
-/// slot bytes) only this thread touches, so a `free` takes no lock and
-/// asks no CPU number. `state` is [`FRESH`] until the first `free` that
+/// page tag; slot bytes) only this thread touches, so a `free` takes no
+/// lock and asks no CPU number. The page tag is the one `free` read
+/// (`page::Chunk::tags`: class and node), or 0 when it was not read
+/// there: an object with a tag goes back to the thread's bin of its class
+/// the way the heap's own `free` puts it there, without looking its page
+/// up again. `state` is [`FRESH`] until the first `free` that
 /// quarantines registers the thread-exit key ([`ARMED`]), and [`DEAD`]
 /// once the key's destructor has emptied the ring: frees after that (in
 /// later destructors of the exiting thread) check and release at once.
 struct Local {
-    ring: Ring<usize, SMALL_RING>,
+    ring: Ring<(usize, u16), SMALL_RING>,
     state: usize,
 }
 
@@ -491,7 +564,7 @@ const DEAD: usize = 2;
 // as the thread cache's.
 crate::os::zeroed_thread_local! {
     /// The calling thread's quarantine.
-    fn local() -> *mut Local, "buddyslab_secure_quarantine_v1"
+    fn local() -> *mut Local, "buddyslab_secure_quarantine_v2"
 }
 
 /// The pthread key whose destructor empties a thread's quarantine at
@@ -538,51 +611,256 @@ extern "C" fn thread_exit(arg: *mut libc::c_void) {
     // SAFETY: glibc passes back the value stored: this thread's quarantine.
     unsafe {
         (*q).state = DEAD;
-        while let Some((p, usable)) = (*q).ring.pop() {
-            small_release(p, usable);
+        while let Some(((p, tag), usable)) = (*q).ring.pop() {
+            small_release(p, tag, usable);
         }
     }
 }
 
-/// Gives the quarantined object at `p` back to the heap after checking
-/// its pattern.
-fn small_release(p: usize, usable: usize) {
+/// Bytes of a quarantined object the pattern covers, from its start: a
+/// slot of up to 256 bytes (requests of up to 248 bytes, most of what
+/// programs ask for) is filled and checked whole, a larger one its first
+/// 256 bytes, where a dangling pointer's fields (links, counts, vtable
+/// pointers) mostly lie. The whole slot cost a quarter of all the
+/// instructions of a workload of objects of 8 to 1024 bytes (larson,
+/// callgrind), a write-after-free check for every byte of every free.
+pub const PATTERN_BYTES: usize = 256;
+
+/// Fills the slot at `p` (`usable` bytes, 16-byte aligned, a multiple of
+/// 16) with the quarantine's pattern, over its first [`PATTERN_BYTES`]:
+/// the free mark, then the fill word.
+///
+/// # Safety
+/// The slot is live and the caller's to write.
+#[inline(always)]
+unsafe fn fill_freed(p: usize, usable: usize) {
+    let (mark_key, fill) = quarantine_keys();
+    // SAFETY: per the caller; `PATTERN_BYTES` is a multiple of 16.
+    unsafe { vector::fill(p, usable.min(PATTERN_BYTES), freed_mark(mark_key, p), fill) }
+}
+
+/// Whether the quarantined slot at `p` (as [`fill_freed`] left it) still
+/// holds the pattern: every word of it compared, with no branch per word.
+///
+/// # Safety
+/// The slot is live and readable.
+#[inline(always)]
+unsafe fn holds_freed(p: usize, usable: usize) -> bool {
+    let (mark_key, fill) = quarantine_keys();
+    // SAFETY: per the caller; `PATTERN_BYTES` is a multiple of 16.
+    unsafe { vector::holds(p, usable.min(PATTERN_BYTES), freed_mark(mark_key, p), fill) }
+}
+
+/// The quarantine's fill and check, 16 bytes at a time, with no branch
+/// per piece: word-by-word loops took about 60 instructions for the fill
+/// and check of a 64-byte request's slot (callgrind), and their
+/// remainder loops a third of the pattern's cost on objects of 8 to 1024
+/// bytes.
+mod vector {
+    #[cfg(target_arch = "x86_64")]
+    use core::arch::x86_64::{
+        __m128i, _mm_and_si128, _mm_cmpeq_epi8, _mm_load_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi64x,
+        _mm_set_epi64x, _mm_setzero_si128, _mm_store_si128, _mm_xor_si128,
+    };
+
+    /// Calls `step` with the address of every 16-byte piece of `[start,
+    /// end)` (16-byte aligned, a multiple of 16 long, at most
+    /// `super::PATTERN_BYTES`), some of them twice: the pattern past the
+    /// first 16 bytes is the same word throughout, so a piece stored or
+    /// checked twice changes nothing. 64 bytes a step, the last step
+    /// overlapping the one before; no loop at all for a whole
+    /// `PATTERN_BYTES`, the length of every slot past it.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn pieces(start: usize, end: usize, mut step: impl FnMut(usize)) {
+        let len = end - start;
+        if len == super::PATTERN_BYTES - 16 {
+            // A constant count: unrolled whole.
+            for i in 0..(super::PATTERN_BYTES - 16) / 16 {
+                step(start + 16 * i);
+            }
+            return;
+        }
+        if len <= 64 {
+            // 16 to 64 bytes: two pieces from each end cover them.
+            if len != 0 {
+                step(start);
+                step(end - 16);
+                if len > 32 {
+                    step(start + 16);
+                    step(end - 32);
+                }
+            }
+            return;
+        }
+        let mut a = start;
+        while a + 64 <= end {
+            step(a);
+            step(a + 16);
+            step(a + 32);
+            step(a + 48);
+            a += 64;
+        }
+        if a < end {
+            step(end - 64);
+            step(end - 48);
+            step(end - 32);
+            step(end - 16);
+        }
+    }
+
+    /// Writes `first` into the word at `p`, then `word` into every word
+    /// up to `p + len`.
+    ///
+    /// # Safety
+    /// `[p, p + len)` is writable, `p` 16-byte aligned, `len` a non-zero
+    /// multiple of 16, at most `super::PATTERN_BYTES`.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    pub unsafe fn fill(p: usize, len: usize, first: usize, word: usize) {
+        // SAFETY: SSE2 is part of x86-64; every store is an aligned 16
+        // bytes inside the caller's range.
+        unsafe {
+            let v = _mm_set1_epi64x(word as i64);
+            _mm_store_si128(p as *mut __m128i, _mm_set_epi64x(word as i64, first as i64));
+            pieces(p + 16, p + len, |a| _mm_store_si128(a as *mut __m128i, v));
+        }
+    }
+
+    /// Whether the word at `p` holds `first` and every word after it up
+    /// to `p + len` holds `word`. Past the first 16 bytes, every word is
+    /// `word` exactly when the AND and the OR of them all are: two
+    /// instructions per 16 bytes, each with its load folded in.
+    ///
+    /// # Safety
+    /// As [`fill`], readable.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    pub unsafe fn holds(p: usize, len: usize, first: usize, word: usize) -> bool {
+        // SAFETY: SSE2 is part of x86-64; every load is an aligned 16
+        // bytes inside the caller's range.
+        unsafe {
+            let v = _mm_set1_epi64x(word as i64);
+            let load = |a: usize| _mm_load_si128(a as *const __m128i);
+            let head = _mm_xor_si128(load(p), _mm_set_epi64x(word as i64, first as i64));
+            let (mut and, mut or) = (v, v);
+            pieces(p + 16, p + len, |a| {
+                and = _mm_and_si128(and, load(a));
+                or = _mm_or_si128(or, load(a));
+            });
+            let diff = _mm_or_si128(head, _mm_or_si128(_mm_xor_si128(and, v), _mm_xor_si128(or, v)));
+            _mm_movemask_epi8(_mm_cmpeq_epi8(diff, _mm_setzero_si128())) == 0xffff
+        }
+    }
+
+    /// [`fill`] a word at a time, elsewhere.
+    ///
+    /// # Safety
+    /// As [`fill`].
+    #[cfg(not(target_arch = "x86_64"))]
+    #[inline(always)]
+    pub unsafe fn fill(p: usize, len: usize, first: usize, word: usize) {
+        // SAFETY: per the caller.
+        unsafe {
+            core::slice::from_raw_parts_mut(p as *mut usize, len / 8).iter_mut().for_each(|w| *w = word);
+            *(p as *mut usize) = first;
+        }
+    }
+
+    /// [`holds`] a word at a time, elsewhere.
+    ///
+    /// # Safety
+    /// As [`holds`].
+    #[cfg(not(target_arch = "x86_64"))]
+    #[inline(always)]
+    pub unsafe fn holds(p: usize, len: usize, first: usize, word: usize) -> bool {
+        // SAFETY: per the caller.
+        let words = unsafe { core::slice::from_raw_parts(p as *const usize, len / 8) };
+        words[1..].iter().fold(words[0] ^ first, |acc, &w| acc | (w ^ word)) == 0
+    }
+}
+
+/// Gives the quarantined object at `p` (its page tag `tag`, see [`Local`])
+/// back to the heap after checking its pattern.
+#[inline(always)]
+fn small_release(p: usize, tag: u16, usable: usize) {
     // SAFETY: a quarantined slot of `usable` bytes, still live in the heap.
     unsafe {
-        let h = secret(p);
-        if *(p as *const usize) != freed_mark(h) || !words_hold(p + 8, usable / 8 - 1, freed_fill(h)) {
+        if !holds_freed(p, usable) {
             stop(b"free()", b"write after free (quarantined object modified)", p);
         }
-        heap::free(p as *mut u8);
+        // The heap's own fast `free`, with the page's tag already read:
+        // an object of the thread's node whose bin has room goes onto
+        // the bin. Anything else (another node now, a full bin, no tag,
+        // a cache not active) goes through the heap's `free`. The tag is
+        // still the page's: the object is live in the heap, so its slab
+        // stays a slab of that class and node (a page the heap profile
+        // diverts since was not diverted when the object was freed, so
+        // the object is no sample; see `heap::free_other`).
+        let tc = magazine::current();
+        let local = (tag as u32 ^ (*tc).node_tag()) as usize;
+        if local <= NR_CLASSES && magazine::has_room(tc, local) {
+            magazine::free_local(tc, p as *mut u8, local, heap::ensure_init);
+        } else {
+            heap::free(p as *mut u8);
+        }
     }
 }
 
-/// Quarantines the checked small object at `p` (its secret `h`).
-fn small_quarantine(p: usize, usable: usize, h: usize) {
+/// Quarantines the checked small object at `p` (slot of `usable` bytes,
+/// page tag `tag`, see [`Local`]).
+#[inline(always)]
+fn small_quarantine(p: usize, usable: usize, tag: u16) {
     // SAFETY: a live slot of `usable` bytes the program gave up.
-    unsafe {
-        *(p as *mut usize) = freed_mark(h);
-        fill_words(p + 8, usable / 8 - 1, freed_fill(h));
-    }
+    unsafe { fill_freed(p, usable) };
     let q = local();
     // SAFETY: this thread's quarantine; nothing below re-enters it before
     // `push` returns (`small_release` runs after).
     unsafe {
-        if (*q).state != ARMED && ((*q).state != FRESH || !arm(q)) {
-            return small_release(p, usable);
+        if (*q).state != ARMED {
+            return quarantine_unarmed(q, p, usable, tag);
         }
         // The steady state: the ring is full and the oldest object makes
         // room for this one.
-        if let Some((o, u)) = (*q).ring.swap_oldest(p, usable, SMALL_RING_BYTES) {
-            return small_release(o, u);
+        if let Some(((o, t), u)) = (*q).ring.swap_oldest((p, tag), usable, SMALL_RING_BYTES) {
+            return small_release(o, t, u);
         }
-        // Up to 3 older objects leave per free: the ring shrinks back to
-        // its budget over a few frees after a run of big ones.
-        let mut evicted = [(0usize, 0usize); 4];
-        let count = (*q).ring.push(p, usable, SMALL_RING_BYTES, &mut evicted);
-        for &(o, u) in &evicted[..count] {
-            small_release(o, u);
+        quarantine_push(q, p, usable, tag)
+    }
+}
+
+/// [`small_quarantine`] while the ring is filling up, or after a run of
+/// big objects: up to 3 older objects leave per free, so the ring
+/// shrinks back to its budget over a few frees.
+///
+/// # Safety
+/// `q` is this thread's quarantine, armed; `p` is filled.
+#[cold]
+#[inline(never)]
+unsafe fn quarantine_push(q: *mut Local, p: usize, usable: usize, tag: u16) {
+    let mut evicted = [((0usize, 0u16), 0usize); 4];
+    // SAFETY: per the caller.
+    let count = unsafe { (*q).ring.push((p, tag), usable, SMALL_RING_BYTES, &mut evicted) };
+    for &((o, t), u) in &evicted[..count] {
+        small_release(o, t, u);
+    }
+}
+
+/// [`small_quarantine`] in a thread whose ring is not armed: arms it
+/// (first `free`) and quarantines, or releases at once when it cannot be
+/// (or the thread is exiting).
+///
+/// # Safety
+/// `q` is this thread's quarantine; `p` is filled.
+#[cold]
+#[inline(never)]
+unsafe fn quarantine_unarmed(q: *mut Local, p: usize, usable: usize, tag: u16) {
+    // SAFETY: per the caller.
+    unsafe {
+        if (*q).state != FRESH || !arm(q) {
+            return small_release(p, tag, usable);
         }
+        quarantine_push(q, p, usable, tag)
     }
 }
 
@@ -689,10 +967,14 @@ fn big_alloc(n: usize, align: usize) -> *mut u8 {
     }
     let len = heap::usable_size(base as *mut u8);
     let p = base + lead;
-    // SAFETY: the block is ours; a large mapping from the mapping cache
+    // A page run is open when handed out ([`big_release`] opens one before
+    // the buddy allocator takes it back), so only its guard is protected:
+    // one system call, not two. A large mapping from the mapping cache
     // may still be inaccessible from its quarantine.
+    let open = !page::page_of(base).is_null();
+    // SAFETY: the block is ours.
     unsafe {
-        if os::mprotect(base, data, true).is_err() || os::mprotect(base + data, len - data, false).is_err() {
+        if (!open && os::mprotect(base, data, true).is_err()) || os::mprotect(base + data, len - data, false).is_err() {
             stop(b"malloc()", b"cannot protect a guard page", base);
         }
         *(base as *mut usize) = n;
@@ -736,15 +1018,39 @@ fn big_free(base: usize, len: usize, p: usize) {
 /// Allocates `size` bytes (see the module doc). Null when out of memory
 /// or `size` is impossible; touches no `errno` (the C face calls
 /// [`malloc_or`]).
+#[inline]
 pub fn malloc(size: usize) -> *mut u8 {
-    aligned_alloc(MIN_ALIGN, size)
+    malloc_or(size, nothing)
 }
 
+/// The [`magazine::OutOfMemory`] of the callers that test the answer.
+fn nothing() {}
+
 /// [`malloc`], calling `out_of_memory` before it returns null, as
-/// [`heap::malloc_or`]: the C face sets `errno` so. This layer has no fast
-/// path to keep free of the test.
+/// [`heap::malloc_or`]: the C face sets `errno` so.
+///
+/// The fast path: a request of 1 to `TABLE_MAX - 8` bytes takes its class
+/// (of `size + 8` bytes) from the table and an object from the thread's
+/// bin directly, as the heap's `malloc` would, and arms it.
+#[inline]
 pub fn malloc_or(size: usize, out_of_memory: magazine::OutOfMemory) -> *mut u8 {
-    let p = malloc(size);
+    if size.wrapping_sub(1) < slab::TABLE_MAX - 8 {
+        let class = slab::class_of(size + 8);
+        let p = magazine::alloc(class, size + 8, ensure_init, out_of_memory);
+        if !p.is_null() {
+            // SAFETY: the table's classes are < NR_CLASSES; a fresh slot
+            // of the class's size >= size + 8 bytes.
+            unsafe { small_arm(p as usize, size, slab::CLASSES.get_unchecked(class).size as usize, true) };
+        }
+        return p;
+    }
+    malloc_other(size, out_of_memory)
+}
+
+/// [`malloc_or`] of 0 bytes or more than the class table covers.
+#[inline(never)]
+fn malloc_other(size: usize, out_of_memory: magazine::OutOfMemory) -> *mut u8 {
+    let p = aligned_alloc(MIN_ALIGN, size);
     if p.is_null() {
         out_of_memory();
     }
@@ -762,20 +1068,21 @@ pub fn aligned_alloc(align: usize, size: usize) -> *mut u8 {
     if size > isize::MAX as usize / 2 {
         return ptr::null_mut();
     }
-    let small = if align <= MIN_ALIGN { size + 8 <= SLAB_MAX } else { slab::class_for_aligned(size + 8, align).is_some() };
-    if !small {
+    let class = if align <= MIN_ALIGN {
+        (size + 8 <= SLAB_MAX).then(|| slab::class_of(size + 8))
+    } else {
+        slab::class_for_aligned(size + 8, align)
+    };
+    let Some(class) = class else {
         return big_alloc(size, align.max(MIN_ALIGN));
+    };
+    let p = magazine::alloc(class, size + 8, ensure_init, nothing);
+    if !p.is_null() {
+        let usable = slab::size_of_class(class);
+        debug_assert_eq!(usable, heap::usable_size(p));
+        // SAFETY: a fresh slot of `usable` >= size + 8 bytes.
+        unsafe { small_arm(p as usize, size, usable, true) };
     }
-    let p = heap::aligned_alloc(align, size + 8);
-    if p.is_null() {
-        return p;
-    }
-    // The class's size, as `free` will read it; the table is cheaper than
-    // the lookup by address where the class follows from the size.
-    let usable = if align <= MIN_ALIGN { slab::size_of_class(slab::class_of(size + 8)) } else { heap::usable_size(p) };
-    debug_assert_eq!(usable, heap::usable_size(p));
-    // SAFETY: a fresh slot of `usable` >= size + 8 bytes.
-    unsafe { small_arm(p as usize, size, usable) };
     p
 }
 
@@ -801,7 +1108,7 @@ pub fn zeroed_alloc(size: usize, align: usize) -> *mut u8 {
 /// small (with its slot size) or big (with its heap block).
 enum Block {
     Zero(usize),
-    Small { n: usize, usable: usize, h: usize },
+    Small { n: usize, usable: usize },
     Big { n: usize, base: usize, len: usize },
 }
 
@@ -811,8 +1118,8 @@ fn block_of(what: &'static [u8], p: *mut u8) -> Block {
         return Block::Zero(slot);
     }
     if let Some(usable) = heap::slab_usable_for(p, what) {
-        let (n, h) = small_check(what, a, usable);
-        return Block::Small { n, usable, h };
+        let n = small_check(what, a, usable);
+        return Block::Small { n, usable };
     }
     let (base, len, n) = big_check(what, a);
     Block::Big { n, base, len }
@@ -821,15 +1128,56 @@ fn block_of(what: &'static [u8], p: *mut u8) -> Block {
 /// Frees `p` into the quarantine (null is a no-op); stops the process for
 /// a pointer that is not a live block, or a block written past its end.
 ///
+/// The fast path: the page's tag (`page::Chunk::tags`, through the thread
+/// cache's remembered chunk, as the heap's own `free` reads it) says "an
+/// object of a user slab of class c" for any node, so one read gives the
+/// slot size and the tag the quarantine hands back with the object. The
+/// checks are the heap's (slot start, not free) and this layer's (not
+/// quarantined, size word, canary). Everything else (null, zero-size
+/// blocks, big blocks, pages the heap profile diverts, bad pointers)
+/// takes `free_other`.
+///
 /// # Safety
 /// If `p` is a live block, nothing uses it afterwards.
+#[inline]
 pub unsafe fn free(p: *mut u8) {
+    let a = p as usize;
+    let tc = magazine::current();
+    // SAFETY: the thread cache is this thread's.
+    let chunk = unsafe { (*tc).chunk_of(a) };
+    if !chunk.is_null() {
+        // SAFETY: a published chunk that holds `a`.
+        let tag = unsafe { page::Chunk::tag(chunk, a) };
+        let user_class = (tag & 0xff) as usize;
+        if user_class.wrapping_sub(1) < NR_CLASSES {
+            // SAFETY: 1 <= user_class <= NR_CLASSES.
+            let info = unsafe { slab::CLASSES.get_unchecked(user_class - 1) };
+            if !info.is_object_start(a) {
+                stop(b"free()", b"invalid pointer (inside an object)", a);
+            }
+            // SAFETY: the start of a slot of a user slab, >= 16 bytes.
+            if unsafe { slab::link::is_marked_free(p) } {
+                stop(b"free()", b"double free detected (the block is free)", a);
+            }
+            let usable = info.size as usize;
+            small_check(b"free()", a, usable);
+            return small_quarantine(a, usable, tag);
+        }
+    }
+    free_other(p)
+}
+
+/// [`free`] of anything but an object of a user slab's page with its
+/// plain tag.
+#[cold]
+#[inline(never)]
+fn free_other(p: *mut u8) {
     if p.is_null() {
         return;
     }
     match block_of(b"free()", p) {
         Block::Zero(slot) => zero_check(b"free()", p as usize, slot, true),
-        Block::Small { usable, h, .. } => small_quarantine(p as usize, usable, h),
+        Block::Small { usable, .. } => small_quarantine(p as usize, usable, 0),
         Block::Big { base, len, .. } => big_free(base, len, p as usize),
     }
 }
@@ -875,7 +1223,7 @@ pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 
         Block::Small { n, usable, .. } => {
             if size + 8 <= usable && size * 2 + 8 > usable {
                 // SAFETY: the live slot, `usable >= size + 8`.
-                unsafe { small_arm(a, size, usable) };
+                unsafe { small_arm(a, size, usable, false) };
                 return p;
             }
             n
@@ -1001,6 +1349,35 @@ mod tests {
         unsafe { free(p) };
     }
 
+    /// The quarantine's fill covers every word of every length it is
+    /// given (16 to [`PATTERN_BYTES`]), and its check sees a change to any
+    /// one of them, in any byte.
+    #[test]
+    fn pattern_covers_every_word() {
+        #[repr(align(16))]
+        struct Slot([usize; PATTERN_BYTES / 8 + 2]);
+        let (first, word) = (0x1234_5678_9abc_def1usize, 0xa5a5_5a5a_0f0f_f0f0usize);
+        for len in (16..=PATTERN_BYTES).step_by(16) {
+            let mut slot = Slot([usize::MAX; PATTERN_BYTES / 8 + 2]);
+            let p = slot.0.as_mut_ptr() as usize;
+            // SAFETY: `len` bytes of the slot, 16-byte aligned.
+            unsafe { vector::fill(p, len, first, word) };
+            assert_eq!(slot.0[0], first, "len {len}");
+            assert!(slot.0[1..len / 8].iter().all(|&w| w == word), "len {len}");
+            assert!(slot.0[len / 8..].iter().all(|&w| w == usize::MAX), "len {len}: wrote past the end");
+            // SAFETY: as above.
+            assert!(unsafe { vector::holds(p, len, first, word) }, "len {len}");
+            for i in 0..len / 8 {
+                for byte in [0, 7] {
+                    slot.0[i] ^= 1 << (byte * 8);
+                    // SAFETY: as above.
+                    assert!(!unsafe { vector::holds(p, len, first, word) }, "len {len} word {i} byte {byte}");
+                    slot.0[i] ^= 1 << (byte * 8);
+                }
+            }
+        }
+    }
+
     /// The tags, canaries and marks tell blocks apart: a size word is not
     /// valid at another address, nor with any bit flipped.
     #[test]
@@ -1011,7 +1388,9 @@ mod tests {
         for bit in 0..64 {
             assert_eq!(size_of_word(a, size_word(a, 64) ^ (1 << bit)), None, "bit {bit}");
         }
-        assert_ne!(freed_mark(a), freed_mark(b));
+        key();
+        let (mark_key, _) = quarantine_keys();
+        assert_ne!(freed_mark(mark_key, 0x1000), freed_mark(mark_key, 0x1010));
         assert_ne!(canary_word(a), canary_word(b));
     }
 }

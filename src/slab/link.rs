@@ -222,13 +222,69 @@ pub unsafe fn clear(object: *mut u8) {
 
 /// Checks that `next`, read from the free object `object` of cache
 /// `class`, is null or a free slot of a slab of that class.
+///
+/// The common case reads what `free`'s fast path reads: the chunk, and
+/// the page's tag beside the descriptors ([`page::Chunk::tags`]), whose
+/// low byte is the class + 1 on every page of a user slab, whatever its
+/// node. That one load stands for the descriptor's kind, the way back
+/// from a tail page to the head, and the head's class. Then the slot
+/// start (a multiply and a compare), the free mark, and, without
+/// `secure`, the head's `bump` (the slab's first page: the address with
+/// the class's slab offset masked off). In the `secure` build every slot of a slab is
+/// on its free list from the start (`bump` is the slab's object count,
+/// see `shuffle.rs`), so a slot start is among the slots handed out and
+/// that test is left out. Anything else (a cache of the allocator's own
+/// metadata, a page the heap profile diverts, which carries another tag,
+/// or a bad link) takes [`check_free_slot_by_descriptor`], the same
+/// checks through the page descriptors, which stops the process for a
+/// bad link.
+///
+/// [`page::Chunk::tags`]: crate::mm::page::Chunk::tags
 #[cfg(feature = "hardened")]
 #[inline(always)]
 fn check_free_slot(object: *mut u8, next: usize, class: usize) {
-    use crate::mm::page::{self, PG_SLAB, PG_TAIL};
+    use crate::mm::page;
     if next == 0 {
         return;
     }
+    let chunk = page::chunk_of(next);
+    if chunk.is_null() {
+        corrupted(object, next);
+    }
+    // SAFETY: a published chunk descriptor that holds `next`.
+    let tag = unsafe { page::Chunk::tag(chunk, next) };
+    if class >= super::size_class::NR_CLASSES || (tag & 0xff) as usize != class + 1 {
+        return check_free_slot_by_descriptor(object, next, class);
+    }
+    let info = &super::size_class::CLASSES[class];
+    // SAFETY: `next` starts a slot of a user slab (tag, then slot test)
+    // before its mark is read.
+    if !info.is_object_start(next) || !unsafe { is_marked_free(next as *mut u8) } {
+        corrupted(object, next);
+    }
+    #[cfg(not(feature = "secure"))]
+    {
+        // Slabs are naturally aligned buddy blocks inside one chunk: the
+        // slab's first page, whose descriptor is the head, is the address
+        // with the offset masked off, with no walk back from a tail page.
+        let offset = next & info.slab_mask as usize;
+        let index = ((next - offset) >> crate::os::PAGE_SHIFT) & (page::CHUNK_PAGES - 1);
+        // SAFETY: descriptors of published chunks are live; a stale
+        // `bump` is smaller, which errs towards stopping.
+        let bump = unsafe { core::ptr::addr_of!((*page::Chunk::page(chunk, index)).bump).read_volatile() } as usize;
+        if offset >= bump * info.size as usize {
+            corrupted(object, next);
+        }
+    }
+}
+
+/// [`check_free_slot`] through the page descriptors, for the links the
+/// tag does not vouch for.
+#[cfg(feature = "hardened")]
+#[cold]
+#[inline(never)]
+fn check_free_slot_by_descriptor(object: *mut u8, next: usize, class: usize) {
+    use crate::mm::page::{self, PG_SLAB, PG_TAIL};
     let desc = page::page_of(next);
     if desc.is_null() {
         corrupted(object, next);
@@ -245,7 +301,7 @@ fn check_free_slot(object: *mut u8, next: usize, class: usize) {
             let info = &super::size_class::CLASSES[class];
             let offset = next - page::page_address(head);
             let bump = core::ptr::addr_of!((*head).bump).read_volatile() as usize;
-            if !info.is_object_start(next) || offset / info.size as usize >= bump {
+            if !info.is_object_start(next) || offset >= bump * info.size as usize {
                 corrupted(object, next);
             }
             if !is_marked_free(next as *mut u8) {
