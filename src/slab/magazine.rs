@@ -4,10 +4,14 @@
 //! singly linked list of free objects (linked through their first word)
 //! with a count and a limit. `malloc` pops from the bin, `free` pushes to
 //! the bin of the object's class; neither takes a lock nor does an atomic
-//! read-modify-write. An empty bin is refilled with half its limit's worth
-//! of objects from the CPU's array cache ([`percpu::alloc_batch`]), which in
-//! turn refills from the [`KmemCache`](super::KmemCache) of the CPU's node;
-//! a full bin gives half back the same way ([`percpu::free_batch`]).
+//! read-modify-write. Behind each bin sits a *spare*, as in Bonwick's
+//! magazine layer: a free that finds the bin full sets the whole bin aside
+//! as the spare (the spare it replaces goes to the CPU's depot,
+//! [`percpu::free_batch`]), and an allocation that finds the bin empty
+//! takes the spare back, both in O(1), no list walked. Only with no spare
+//! is an empty bin refilled, to its limit, from the CPU's depot
+//! ([`percpu::alloc_batch`]), which in turn refills from the
+//! [`KmemCache`](super::KmemCache) of the CPU's node.
 //! Limits start small and grow with use (see `START_OBJECTS`), so
 //! memory sits in a thread's bins only for the classes it keeps cycling,
 //! and all of a thread's bins together grow by at most
@@ -129,6 +133,22 @@ pub struct ThreadCache {
     /// Bytes until the heap profile's next sample (see
     /// [`crate::profile::charge`]); only touched while profiling is on.
     prof_left: isize,
+    /// Per class, a full bin set aside: Bonwick's "previous magazine".
+    /// A free that finds its bin full moves the whole bin here (the
+    /// spare it replaces goes to the CPU depot), and an allocation that
+    /// finds its bin empty takes the spare back, so the thread keeps a
+    /// bin's worth of hysteresis on both sides with no list walked and
+    /// no lock taken half the time. Only the slow paths touch it: it is
+    /// last, past the fields the fast paths read.
+    spares: [Spare; NR_CLASSES],
+}
+
+/// A full bin set aside (see [`ThreadCache::spares`]): its list, linked as
+/// the bin's was, and its length (0: none).
+#[repr(C)]
+struct Spare {
+    head: *mut u8,
+    count: u32,
 }
 
 impl ThreadCache {
@@ -287,6 +307,10 @@ unsafe fn rebalance(tc: &mut ThreadCache) {
         for (bin, remote) in [(&mut slot.bin, false), (&mut slot.remote, true)] {
             if bin.limit > start {
                 bin.limit = (bin.limit / 2).max(start);
+                if !remote {
+                    // SAFETY: the spare holds `count` objects of `class`.
+                    unsafe { give_up_spare(&mut tc.spares[class], class) };
+                }
                 let excess = bin.count.saturating_sub(bin.limit) as usize;
                 // SAFETY: the bin holds `count` objects of `class`.
                 unsafe {
@@ -472,8 +496,23 @@ pub fn init_thread_exit_key() {
 /// Makes the calling thread's cache usable; false when it cannot be (set-up
 /// still running, the thread is exiting, or re-entered from inside
 /// activation), and the caller uses the shared caches directly.
-#[cold]
+///
+/// The common case, an active cache and no perturbing, is two loads and
+/// no call: every refill and every slow free asks (a producer's frees of
+/// another CPU's objects all come this way).
+#[inline(always)]
 fn activate(tc: *mut ThreadCache, set_up: SetUp) -> bool {
+    // SAFETY: the thread cache is this thread's alone.
+    if unsafe { (*tc).state } == ACTIVE && crate::options::perturb() == 0 {
+        return true;
+    }
+    activate_slow(tc, set_up)
+}
+
+/// [`activate`] for every case but the common one.
+#[cold]
+#[inline(never)]
+fn activate_slow(tc: *mut ThreadCache, set_up: SetUp) -> bool {
     // SAFETY: the thread cache is this thread's alone.
     let tc = unsafe { &mut *tc };
     if crate::options::perturb() != 0 {
@@ -549,6 +588,28 @@ fn alloc_slow(class: usize, size: usize, set_up: SetUp, out_of_memory: OutOfMemo
         }
         return object;
     }
+    // The spare, if there is one, becomes the bin: no lock, no walk.
+    // While profiling, refills are what the sampling charges, so the spare
+    // goes to the depot instead and the refill below takes from there.
+    // SAFETY: this thread's cache, active; the bin is empty (the fast
+    // path found it so), and the spare's list is linked as the bin's was.
+    unsafe {
+        let spare = &mut (*tc).spares[class];
+        if spare.count != 0 {
+            if !crate::profile::on() {
+                let list = spare.head;
+                let bin = &mut (*tc).slots[class + 1].bin;
+                debug_assert!(bin.head.is_null());
+                bin.head = link::next(list, class);
+                bin.count = spare.count - 1;
+                spare.head = ptr::null_mut();
+                spare.count = 0;
+                link::clear(list);
+                return list;
+            }
+            give_up_spare(spare, class);
+        }
+    }
     // SAFETY: this thread's cache, active.
     let bin = unsafe {
         (*tc).set_node(super::home_node() as u8);
@@ -562,13 +623,14 @@ fn alloc_slow(class: usize, size: usize, set_up: SetUp, out_of_memory: OutOfMemo
     };
     // SAFETY: this thread's cache.
     grow_budgeted(unsafe { &mut (*tc).grown }, bin, class, false);
-    // Half a bin, give or take up to a quarter of that (at most 4): the
-    // request that finds the bin empty is the one sampled, and a refill
-    // count that varies keeps that choice from following a period of the
-    // program's requests (every other request 33 B, the rest 48 B, and an
-    // even count would sample only one of them).
-    let half = (bin.limit as usize / 2).max(1);
-    let span = (half / 2).min(8);
+    // A full bin, less up to a quarter of it (at most 8): the request that
+    // finds the bin empty is the one sampled, and a refill count that
+    // varies keeps that choice from following a period of the program's
+    // requests (every other request 33 B, the rest 48 B, and an even
+    // count would sample only one of them). Full, because a free that
+    // finds the bin full costs no more than setting it aside as the spare.
+    let full = (bin.limit as usize).max(1);
+    let span = (full / 4).min(8);
     // SAFETY: this thread's cache.
     let roll = unsafe {
         let mut x = (*tc).rng;
@@ -578,7 +640,7 @@ fn alloc_slow(class: usize, size: usize, set_up: SetUp, out_of_memory: OutOfMemo
         (*tc).rng = x;
         x as usize
     };
-    let mut want = half - span / 2 + roll % (span + 1);
+    let mut want = full - roll % (span + 1);
     // While profiling, a refill also charges the heap profile's budget and
     // takes no more than it has room for (see `crate::profile`).
     // SAFETY: this thread's cache; the reference ends with the call.
@@ -662,7 +724,12 @@ pub unsafe fn free_slow(object: *mut u8, user_class: usize, set_up: SetUp) {
         }
         let bin = &mut (*tc).slots[user_class].bin;
         if bin.count >= bin.limit && !grow_budgeted(&mut (*tc).grown, bin, class, true) {
-            flush(bin, class, bin.count as usize / 2 + 1);
+            let spare = &mut (*tc).spares[class];
+            give_up_spare(spare, class);
+            spare.head = bin.head;
+            spare.count = bin.count;
+            bin.head = ptr::null_mut();
+            bin.count = 0;
         }
         link::set_next(object, bin.head);
         bin.head = object;
@@ -691,8 +758,14 @@ unsafe fn send_home(bin: &mut Bin, class: usize, n: usize) {
     // first word; `free_bulk_by` reads only `n` links.
     unsafe {
         let mut rest = list;
-        for _ in 0..n {
-            rest = link::next(rest, class);
+        if n == bin.count as usize {
+            // The whole bin (the usual case): its list ends in null, and
+            // `free_bulk_by` walks it anyway.
+            rest = ptr::null_mut();
+        } else {
+            for _ in 0..n {
+                rest = link::next(rest, class);
+            }
         }
         bin.head = rest;
         bin.count -= n as u32;
@@ -725,6 +798,25 @@ unsafe fn flush(bin: &mut Bin, class: usize, n: usize) {
     }
 }
 
+/// Gives the objects of `spare` (of `class`) to the CPU depot, whole:
+/// its list is a former bin's, already ending in the null link, so
+/// nothing is walked and no object is touched. Leaves it empty.
+///
+/// # Safety
+/// `spare` is one of this thread's spares, of `class`.
+unsafe fn give_up_spare(spare: &mut Spare, class: usize) {
+    let n = spare.count as usize;
+    if n == 0 {
+        return;
+    }
+    let list = spare.head;
+    spare.head = ptr::null_mut();
+    spare.count = 0;
+    // SAFETY: the spare's `n` objects are free objects of `class`, linked
+    // through their first word and ending in the null link.
+    unsafe { percpu::free_batch(class, list, n) };
+}
+
 /// Empties the calling thread's cache into the shared caches and leaves
 /// it dead: the pthread key destructor, run at thread exit.
 extern "C" fn thread_exit(arg: *mut libc::c_void) {
@@ -745,8 +837,11 @@ unsafe fn drain(tc: &mut ThreadCache) {
         let bin = &mut tc.slots[class + 1].bin;
         bin.limit = 0;
         let n = bin.count as usize;
-        // SAFETY: the bin holds `n` objects of `class`.
-        unsafe { flush(bin, class, n) };
+        // SAFETY: the bin holds `n` objects of `class`, the spare its own.
+        unsafe {
+            flush(bin, class, n);
+            give_up_spare(&mut tc.spares[class], class);
+        }
         let remote = &mut tc.slots[class + 1].remote;
         remote.limit = 0;
         let n = remote.count as usize;
@@ -774,14 +869,15 @@ pub fn cached_objects() -> usize {
     // SAFETY: this thread's cache.
     unsafe {
         let tc = &*current();
-        tc.slots.iter().map(|s| (s.bin.count + s.remote.count) as usize).sum()
+        let spares: usize = tc.spares.iter().map(|s| s.count as usize).sum();
+        spares + tc.slots.iter().map(|s| (s.bin.count + s.remote.count) as usize).sum::<usize>()
     }
 }
 
 /// Objects of `class` cached in the calling thread's bin (for the views).
 pub fn cached_in_class(class: usize) -> usize {
     // SAFETY: this thread's cache; `class + 1` is a valid bin index.
-    unsafe { (*current()).slots[class + 1].bin.count as usize }
+    unsafe { ((*current()).slots[class + 1].bin.count + (*current()).spares[class].count) as usize }
 }
 
 #[cfg(test)]
@@ -866,6 +962,37 @@ mod tests {
             assert_eq!(limit_now(class), bin_limit(class));
             // SAFETY: `p` is a live slab object, given up.
             unsafe { crate::heap::free(p) };
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_full_bin_is_set_aside_whole_and_drained_with_the_bins() {
+        std::thread::spawn(|| {
+            let class = class_of(64);
+            cycle(64, 20);
+            let limit = limit_now(class) as usize;
+            assert_eq!(limit, bin_limit(class) as usize);
+            let held: std::vec::Vec<*mut u8> = (0..3 * limit).map(|_| crate::heap::malloc(64)).collect();
+            for &q in &held {
+                // SAFETY: live blocks from the heap, given up.
+                unsafe { crate::heap::free(q) };
+            }
+            // The bin holds at most `limit`: more cached means the spare
+            // holds a full bin too.
+            let cached = cached_in_class(class);
+            assert!(cached > limit && cached <= 2 * limit, "{cached} cached, limit {limit}");
+            // The last object freed heads the bin (an emptied one, if it
+            // found the bin full) and comes back first.
+            let again = crate::heap::malloc(64);
+            assert_eq!(again, *held.last().unwrap());
+            assert_eq!(cached_in_class(class) + 1, cached);
+            // SAFETY: as above.
+            unsafe { crate::heap::free(again) };
+            // Draining the cache empties the spares too.
+            flush_current();
+            assert_eq!(cached_objects(), 0);
         })
         .join()
         .unwrap();
