@@ -292,10 +292,12 @@ def build_measure():
     return binary
 
 
-def run_once(test, library, timeout, scratch, launcher):
-    """One timed run through the launcher; returns a dict of what was measured."""
+def run_once(test, library, timeout, scratch, launcher, extra_env=None):
+    """One timed run through the launcher; returns a dict of what was measured.
+    extra_env: variables set for this allocator's runs only (--env)."""
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)
+    env.update(extra_env or {})
     rec = {"load": loadavg()}
     result = scratch / "result"
     result.unlink(missing_ok=True)
@@ -358,7 +360,7 @@ def parse_strace_summary(text):
     return counts
 
 
-def strace_once(test, library, timeout, scratch, syscalls, wall=False):
+def strace_once(test, library, timeout, scratch, syscalls, wall=False, extra_env=None):
     """The counting pass: the test once under strace -f -c."""
     summary = scratch / "strace"
     summary.unlink(missing_ok=True)
@@ -367,6 +369,8 @@ def strace_once(test, library, timeout, scratch, syscalls, wall=False):
         cmd.append("-w")
     if library:
         cmd += ["-E", "LD_PRELOAD=" + library]  # the program's, not strace's own
+    for var, value in (extra_env or {}).items():
+        cmd += ["-E", f"{var}={value}"]
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)
     stdin = open(test.stdin, "rb") if test.stdin else subprocess.DEVNULL
@@ -412,7 +416,7 @@ def measure(tests, allocs, args, checkpoint=lambda runs, straces: None):
         for rep in range(args.runs):
             for ti, test in enumerate(tests):
                 for name, lib, _ in rotate(allocs, rep + ti):
-                    rec = run_once(test, lib, args.timeout, scratch, launcher)
+                    rec = run_once(test, lib, args.timeout, scratch, launcher, args.env_of.get(name))
                     rec["rep"] = rep + 1
                     runs[test.name][name].append(rec)
                     done += 1
@@ -426,7 +430,8 @@ def measure(tests, allocs, args, checkpoint=lambda runs, straces: None):
                 for test in tests:
                     straces[test.name] = {}
                     for name, lib, _ in allocs:
-                        s = strace_once(test, lib, args.strace_timeout, scratch, args.syscalls, args.strace_wall)
+                        s = strace_once(test, lib, args.strace_timeout, scratch, args.syscalls, args.strace_wall,
+                                        args.env_of.get(name))
                         straces[test.name][name] = s
                         c = s["counts"]
                         note(f"strace {test.name:<18} {name:<10} "
@@ -644,6 +649,9 @@ def main():
     ap.add_argument("--prefix", default=str(default_prefix()), help="where build.sh put its output")
     ap.add_argument("--buddyslab", help="path of libbuddyslab.so")
     ap.add_argument("--with", dest="with_", action="append", metavar="NAME=PATH", help="another allocator")
+    ap.add_argument("--env", action="append", metavar="NAME:VAR=VALUE", default=[],
+                    help="set VAR=VALUE for allocator NAME's runs only (e.g. buddyslab-prof:BUDDYSLAB_PROF=/tmp/p.%%p "
+                         "with --with buddyslab-prof=PATH: the same library with profiling on)")
     ap.add_argument("--only", help="allocators to run, comma-separated, in this order")
     ap.add_argument("--runs", type=int, default=3, help="repetitions (median of them; default 3)")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="base thread count (default: CPUs)")
@@ -674,6 +682,13 @@ def main():
         return 1 if problems else 0
 
     args.syscalls = args.syscalls.split(",")
+    args.env_of = {}
+    for spec in args.env:
+        name, _, assignment = spec.partition(":")
+        var, eq, value = assignment.partition("=")
+        if not name or not var or not eq:
+            raise SystemExit(f"run.py: --env {spec}: expected NAME:VAR=VALUE")
+        args.env_of.setdefault(name, {})[var] = value
     prefix = Path(args.prefix)
     tests = []
     if not args.own_only:
