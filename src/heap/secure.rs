@@ -1012,14 +1012,14 @@ fn big_retire(base: usize, len: usize) {
     }
 }
 
-/// A spare block of `total` to `total * 3 / 2` bytes, taken out: its
+/// A spare block of `total` to `total * 2` bytes, taken out: its
 /// base and length; its pages are still inaccessible.
 fn spare_take(total: usize) -> Option<(usize, usize)> {
     if SPARE_COUNT.load(Ordering::Relaxed) == 0 {
         return None;
     }
     let mut spares = SPARES.try_lock()?;
-    let most = total + total / 2;
+    let most = total * 2;
     let mut best: Option<usize> = None;
     for i in 0..spares.count {
         let len = spares.blocks[i].1;
