@@ -1158,7 +1158,8 @@ fn big_free(base: usize, len: usize, p: usize) {
 /// heap's `realloc` does: within its pages, by growing a page run into
 /// free pages behind it, or by `mremap` of a large mapping. Returns the
 /// data's new address, or `None` (nothing changed) when the block must
-/// move by copy.
+/// move by copy: also when it shrinks to a slab object's size or to less
+/// than half of its pages.
 ///
 /// The guard moves with the end of the data: the pages between the old
 /// and the new end are opened or protected (one `mprotect`), a page run's
@@ -1172,6 +1173,12 @@ fn big_resize(p: usize, n: usize, base: usize, len: usize, size: usize) -> Optio
     let data = round_up(p + n, PAGE_SIZE) - base;
     let new_data = round_up(lead.checked_add(size)?, PAGE_SIZE);
     let stop_protect = || -> ! { stop(b"realloc()", b"cannot protect a guard page", p) };
+    // A block that would now be a slab object, or that would keep more
+    // than half of its pages unused (inaccessible, but resident if they
+    // were written), moves, as the heap's `realloc` moves such a run.
+    if size + 8 <= SLAB_MAX || (new_data + PAGE_SIZE) * 2 < len {
+        return None;
+    }
     // `[base, base + len)` is the live block the program resizes: the
     // pages changed below are its own.
     if new_data + PAGE_SIZE <= len {
