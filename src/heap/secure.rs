@@ -46,18 +46,26 @@
 //! - **Zero-size blocks**: `malloc(0)` returns a distinct address inside a
 //!   reserved `PROT_NONE` region, so any read or write faults; a live-bit
 //!   per address catches a double free.
-//! - `realloc` moves unless the new size fits the same slot or pages.
+//! - `realloc` of a small block moves unless the new size fits the same
+//!   slot; of a big block it stays in place where the heap's would
+//!   (see [`big_resize`]), the guard moving with the end of the data.
+//! - **Spares**: a big block leaving the quarantine is kept as it is,
+//!   inaccessible with its guard pages, for the next big request of about
+//!   its size ([`Spares`]): a block reused so costs one `mprotect`
+//!   in and one out instead of three.
 //!
 //! Faults on protected pages are named by a `SIGSEGV` handler installed by
 //! the C library's constructor ([`install_fault_handler`]), which prints
 //! one line and aborts; a program that installs its own handler keeps it.
 //!
-//! The big blocks' ring is locked with `try_lock` only: when it is busy
-//! (or held by a thread that did not survive a `fork`) the block is
-//! checked and freed at once.
+//! The big blocks' ring and the spares are locked with `try_lock` only:
+//! when one is busy (or held by a thread that did not survive a `fork`)
+//! the block is checked and freed at once (a request takes a fresh one).
 
 use crate::heap;
 use crate::large;
+use crate::ledger::pagetable;
+use crate::mm;
 use crate::mm::page;
 use crate::os::fmt::fmt_hex;
 use crate::os::sync::Mutex;
@@ -79,6 +87,11 @@ pub const SMALL_RING_BYTES: usize = 256 * 1024;
 pub const BIG_RING: usize = 16;
 /// Bytes the big quarantine holds at most (`PROT_NONE` pages stay resident).
 const BIG_RING_BYTES: usize = 8 * 1024 * 1024;
+/// Freed big blocks kept, still inaccessible, for reuse after the
+/// quarantine ([`SPARES`]).
+const SPARE_BLOCKS: usize = 64;
+/// Bytes of freed big blocks kept for reuse at most.
+const SPARE_BYTES: usize = 8 * 1024 * 1024;
 /// Bytes of the zero-size region (one address per 16 bytes).
 const ZERO_REGION: usize = 1 << 20;
 /// Addresses in the zero-size region.
@@ -926,6 +939,99 @@ fn big_release(base: usize, len: usize) {
     unsafe { heap::free(base as *mut u8) };
 }
 
+/// Big blocks out of the quarantine, kept for reuse as they are: all
+/// their pages `PROT_NONE`, the guard pages in place. `big_alloc` takes
+/// one that fits and opens its data (one `mprotect`), where a block from
+/// the heap costs a guard page's `mprotect` on the way in and, for a page
+/// run, reopening the whole block on its way back to the buddy allocator
+/// (a mapping from the mapping cache: opening its data and protecting its
+/// guard). To the heap they are live blocks; to the program freed ones:
+/// [`big_check`] stops a free of one and the fault handler names an
+/// access. Oldest first, mirrored in [`SPARE_BASE`] and [`SPARE_LEN`]
+/// for readers without the lock (base 0: a free place).
+struct Spares {
+    blocks: [(usize, usize); SPARE_BLOCKS],
+    count: usize,
+    bytes: usize,
+}
+
+static SPARES: Mutex<Spares> = Mutex::new(Spares { blocks: [(0, 0); SPARE_BLOCKS], count: 0, bytes: 0 });
+static SPARE_BASE: [AtomicUsize; SPARE_BLOCKS] = [const { AtomicUsize::new(0) }; SPARE_BLOCKS];
+static SPARE_LEN: [AtomicUsize; SPARE_BLOCKS] = [const { AtomicUsize::new(0) }; SPARE_BLOCKS];
+/// How many blocks [`SPARES`] holds, read without the lock.
+static SPARE_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+impl Spares {
+    /// Publishes the blocks to the lock-free readers.
+    fn mirror(&self) {
+        for (i, (base, len)) in SPARE_BASE.iter().zip(&SPARE_LEN).enumerate() {
+            let (b, l) = if i < self.count { self.blocks[i] } else { (0, 0) };
+            len.store(l, Ordering::Relaxed);
+            base.store(b, Ordering::Relaxed);
+        }
+        SPARE_COUNT.store(self.count, Ordering::Relaxed);
+    }
+
+    fn remove(&mut self, i: usize) -> (usize, usize) {
+        let block = self.blocks[i];
+        self.blocks.copy_within(i + 1..self.count, i);
+        self.count -= 1;
+        self.bytes -= block.1;
+        block
+    }
+}
+
+fn is_spare(base: usize) -> bool {
+    SPARE_BASE.iter().any(|b| b.load(Ordering::Relaxed) == base)
+}
+
+/// Keeps the quarantined (inaccessible) big block `[base, base + len)`
+/// for reuse, giving the oldest spares back to the heap to make room.
+fn big_retire(base: usize, len: usize) {
+    let Some(mut spares) = SPARES.try_lock() else {
+        return big_release(base, len);
+    };
+    if len > SPARE_BYTES {
+        drop(spares);
+        return big_release(base, len);
+    }
+    let mut out = [(0usize, 0usize); SPARE_BLOCKS];
+    let mut count = 0;
+    while spares.count == SPARE_BLOCKS || spares.bytes + len > SPARE_BYTES {
+        out[count] = spares.remove(0);
+        count += 1;
+    }
+    let at = spares.count;
+    spares.blocks[at] = (base, len);
+    spares.count += 1;
+    spares.bytes += len;
+    spares.mirror();
+    drop(spares);
+    for &(b, l) in &out[..count] {
+        big_release(b, l);
+    }
+}
+
+/// A spare block of `total` to `total * 2` bytes, taken out: its
+/// base and length; its pages are still inaccessible.
+fn spare_take(total: usize) -> Option<(usize, usize)> {
+    if SPARE_COUNT.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    let mut spares = SPARES.try_lock()?;
+    let most = total * 2;
+    let mut best: Option<usize> = None;
+    for i in 0..spares.count {
+        let len = spares.blocks[i].1;
+        if len >= total && len <= most && best.is_none_or(|b| len < spares.blocks[b].1) {
+            best = Some(i);
+        }
+    }
+    let block = spares.remove(best?);
+    spares.mirror();
+    Some(block)
+}
+
 /// Checks the big block with data at `p` and returns `(base, len, n)`.
 fn big_check(what: &[u8], p: usize) -> (usize, usize, usize) {
     if in_big_quarantine(p) {
@@ -934,6 +1040,9 @@ fn big_check(what: &[u8], p: usize) -> (usize, usize, usize) {
     let Some((base, len)) = big_block_of(p) else {
         stop(what, b"invalid pointer (not a live block of buddyslab)", p);
     };
+    if is_spare(base) {
+        stop(what, b"double free or use after free (block freed)", p);
+    }
     // SAFETY: the first page of a live block, open (it is not quarantined).
     let (word, tag) = unsafe { (*(base as *const usize), *((base + 8) as *const usize)) };
     let n = word;
@@ -949,17 +1058,52 @@ fn big_check(what: &[u8], p: usize) -> (usize, usize, usize) {
     (base, len, n)
 }
 
+/// The heap block's length for a big block of `data` bytes up to its
+/// guard page: the guard and, from [`RANDOM_PAD_FROM`], random pages more.
+/// More than the slab tier serves, so the block is a page run or a large
+/// mapping whatever the alignment.
+fn big_total(data: usize) -> usize {
+    let total = (data + PAGE_SIZE).max(SLAB_MAX + PAGE_SIZE);
+    if total < RANDOM_PAD_FROM {
+        return total;
+    }
+    total + (mix(os::monotonic_ns() as usize ^ key()) % RANDOM_PAD_PAGES) * PAGE_SIZE
+}
+
+/// Writes the header and canary of the big block with data at `p`, of
+/// `n` bytes, whose heap block starts at `base`.
+///
+/// # Safety
+/// `[base, round_up(p + n, PAGE_SIZE))` is ours and open.
+unsafe fn big_arm(base: usize, p: usize, n: usize) {
+    let h = secret(p);
+    // SAFETY: per the caller.
+    unsafe {
+        *(base as *mut usize) = n;
+        *((base + 8) as *mut usize) = big_tag(h, n);
+        fill(p + n, round_up(p + n, PAGE_SIZE), canary_word(h));
+    }
+}
+
 /// A big block of `n` bytes aligned to `align`.
 fn big_alloc(n: usize, align: usize) -> *mut u8 {
     let lead = align.max(BIG_HEADER);
     let Some(data) = lead.checked_add(n).map(|x| round_up(x, PAGE_SIZE)) else {
         return ptr::null_mut();
     };
-    // More than the slab tier serves, so the block is a page run or a
-    // large mapping whatever the alignment.
-    let mut total = (data + PAGE_SIZE).max(SLAB_MAX + PAGE_SIZE);
-    if total >= RANDOM_PAD_FROM {
-        total += (mix(os::monotonic_ns() as usize ^ key()) % RANDOM_PAD_PAGES) * PAGE_SIZE;
+    let total = big_total(data);
+    if align <= PAGE_SIZE {
+        if let Some((base, _)) = spare_take(total) {
+            // SAFETY: a spare block of ours of at least `total > data` bytes,
+            // its guard pages still protected.
+            unsafe {
+                if os::mprotect(base, data, true).is_err() {
+                    stop(b"malloc()", b"cannot open a reused block", base);
+                }
+                big_arm(base, base + lead, n);
+            }
+            return (base + lead) as *mut u8;
+        }
     }
     let base = heap::aligned_alloc(align.max(PAGE_SIZE), total) as usize;
     if base == 0 {
@@ -977,10 +1121,7 @@ fn big_alloc(n: usize, align: usize) -> *mut u8 {
         if (!open && os::mprotect(base, data, true).is_err()) || os::mprotect(base + data, len - data, false).is_err() {
             stop(b"malloc()", b"cannot protect a guard page", base);
         }
-        *(base as *mut usize) = n;
-        let h = secret(p);
-        *((base + 8) as *mut usize) = big_tag(h, n);
-        fill(p + n, base + data, canary_word(h));
+        big_arm(base, p, n);
     }
     p as *mut u8
 }
@@ -1008,8 +1149,114 @@ fn big_free(base: usize, len: usize, p: usize) {
     }
     drop(ring);
     for &((b, _), l) in &evicted[..count] {
-        big_release(b, l);
+        big_retire(b, l);
     }
+}
+
+/// Resizes the live, checked big block with data at `p` (`n` bytes; heap
+/// block `[base, base + len)`) to `size` bytes without copying, as the
+/// heap's `realloc` does: within its pages, by growing a page run into
+/// free pages behind it, or by `mremap` of a large mapping. Returns the
+/// data's new address, or `None` (nothing changed) when the block must
+/// move by copy: also when it shrinks to a slab object's size or to less
+/// than half of its pages.
+///
+/// The guard moves with the end of the data: the pages between the old
+/// and the new end are opened or protected (one `mprotect`), a page run's
+/// growth gets a new guard page (two), a mapping's growth is opened
+/// whole, remapped and its new guard protected (three), where moving cost
+/// a new block's guard, a copy, the old block's protection and, for a
+/// page run, its reopening after the quarantine. A mapping moved by
+/// `mremap` leaves its old address unmapped at once, not quarantined.
+fn big_resize(p: usize, n: usize, base: usize, len: usize, size: usize) -> Option<usize> {
+    let lead = p - base;
+    let data = round_up(p + n, PAGE_SIZE) - base;
+    let new_data = round_up(lead.checked_add(size)?, PAGE_SIZE);
+    let stop_protect = || -> ! { stop(b"realloc()", b"cannot protect a guard page", p) };
+    // A block that would now be a slab object, or that would keep more
+    // than half of its pages unused (inaccessible, but resident if they
+    // were written), moves, as the heap's `realloc` moves such a run.
+    if size + 8 <= SLAB_MAX || (new_data + PAGE_SIZE) * 2 < len {
+        return None;
+    }
+    // `[base, base + len)` is the live block the program resizes: the
+    // pages changed below are its own.
+    if new_data + PAGE_SIZE <= len {
+        // The new end and its guard fit the block as it is.
+        let changed = if new_data > data {
+            // SAFETY: pages of the block, inside it.
+            unsafe { os::mprotect(base + data, new_data - data, true) }
+        } else if new_data < data {
+            // SAFETY: pages of the block, inside it.
+            unsafe { os::mprotect(base + new_data, data - new_data, false) }
+        } else {
+            Ok(())
+        };
+        if changed.is_err() {
+            stop_protect();
+        }
+        // SAFETY: the block's header and data pages, open.
+        unsafe { big_arm(base, p, size) };
+        return Some(p);
+    }
+    let total = big_total(new_data);
+    let head = page::page_of(base);
+    if !head.is_null() {
+        let threshold = large::MMAP_THRESHOLD.load(Ordering::Relaxed).min(heap::PAGE_TIER_MAX);
+        // SAFETY: the head of a live run of `len` bytes, fewer than `total`.
+        if total >= threshold || !unsafe { mm::grow_pages_exact(head, total >> os::PAGE_SHIFT) } {
+            return None;
+        }
+        // The growth comes open from the buddy allocator: open the old
+        // guard, protect the new one.
+        // SAFETY: the run's pages, `total` bytes of them now.
+        unsafe {
+            if os::mprotect(base + data, len - data, true).is_err()
+                || os::mprotect(base + new_data, total - new_data, false).is_err()
+            {
+                stop_protect();
+            }
+            big_arm(base, p, size);
+        }
+        return Some(p);
+    }
+    if lead > PAGE_SIZE || total < large::MMAP_THRESHOLD.load(Ordering::Relaxed).min(heap::PAGE_TIER_MAX) {
+        return None;
+    }
+    // One kernel mapping for `mremap`: the guard pages open first.
+    // SAFETY: the mapping's own pages.
+    if unsafe { os::mprotect(base + data, len - data, true) }.is_err() {
+        stop_protect();
+    }
+    // SAFETY: a live large block.
+    let (q, huge) = unsafe { large::resize(base as *mut u8, total) };
+    let q = q as usize;
+    let Some(new_len) = (q != 0).then(|| large::usable_size(q as *mut u8).ok()).flatten() else {
+        // SAFETY: the mapping's own pages, unchanged by `resize`.
+        if unsafe { os::mprotect(base + data, len - data, false) }.is_err() {
+            stop_protect();
+        }
+        return None;
+    };
+    pagetable::remapped(base, len, q, new_len, pagetable::Tier::Large, huge);
+    if q != base {
+        super::check::remember_freed_large(base as *mut u8);
+        if crate::profile::on() {
+            crate::profile::forget_block(base as *mut u8);
+        }
+    }
+    // The growth may be a cached extent, inaccessible since it left the
+    // quarantine: open the data, protect the new guard.
+    // SAFETY: the mapping's pages, `new_len` bytes of them at `q` now.
+    unsafe {
+        if (new_data > len && os::mprotect(q + len, new_data - len, true).is_err())
+            || os::mprotect(q + new_data, new_len - new_data, false).is_err()
+        {
+            stop_protect();
+        }
+        big_arm(q, q + lead, size);
+    }
+    Some(q + lead)
 }
 
 // ---------------------------------------------------------------------------
@@ -1228,16 +1475,9 @@ pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 
             }
             n
         }
-        Block::Big { n, base, .. } => {
-            if round_up(a + size, PAGE_SIZE) == round_up(a + n, PAGE_SIZE) {
-                // SAFETY: the block's open header and data pages.
-                unsafe {
-                    *(base as *mut usize) = size;
-                    let h = secret(a);
-                    *((base + 8) as *mut usize) = big_tag(h, size);
-                    fill(a + size, round_up(a + size, PAGE_SIZE), canary_word(h));
-                }
-                return p;
+        Block::Big { n, base, len } => {
+            if let Some(q) = big_resize(a, n, base, len, size) {
+                return q as *mut u8;
             }
             n
         }
@@ -1287,6 +1527,11 @@ extern "C" fn on_fault(_signal: libc::c_int, info: *mut libc::siginfo_t, _contex
         BIG_DATA[i].load(Ordering::Relaxed) != 0 && addr.wrapping_sub(base) < BIG_LEN[i].load(Ordering::Relaxed)
     }) {
         b"use after free (block in quarantine)"
+    } else if (0..SPARE_BLOCKS).any(|i| {
+        let base = SPARE_BASE[i].load(Ordering::Relaxed);
+        base != 0 && addr.wrapping_sub(base) < SPARE_LEN[i].load(Ordering::Relaxed)
+    }) {
+        b"use after free (block freed)"
     } else if code == SEGV_ACCERR {
         b"access to a protected page (guard page past a block, or a freed block)"
     } else {
@@ -1352,6 +1597,55 @@ mod tests {
     /// The quarantine's fill covers every word of every length it is
     /// given (16 to [`PATTERN_BYTES`]), and its check sees a change to any
     /// one of them, in any byte.
+    #[test]
+    fn big_realloc_grows_and_shrinks_in_place_with_its_guard() {
+        // Page runs grown within their pages and into free pages behind
+        // them, mappings grown by mremap, and shrinks: every byte up to
+        // the size kept, the canary right, and the whole block writable.
+        let mut p = malloc(40 * 1024);
+        let mut n = 40 * 1024;
+        // SAFETY: `n` live bytes.
+        unsafe { ptr::write_bytes(p, 0x5a, n) };
+        for &size in &[41 * 1024, 60 * 1024, 100 * 1024, 180 * 1024, 600 * 1024, 3 << 20, 2 << 20, 100 * 1024, 50 * 1024] {
+            // SAFETY: `p` is live; the old one is not used again.
+            p = unsafe { realloc(p, size) };
+            assert_eq!(usable_size(p), size);
+            let kept = n.min(size);
+            // SAFETY: `size` live bytes.
+            let bytes = unsafe { core::slice::from_raw_parts_mut(p, size) };
+            assert!(bytes[..kept].iter().all(|&b| b == 0x5a), "size {size}");
+            bytes.fill(0x5a);
+            n = size;
+        }
+        // SAFETY: live, given up (the canary checked).
+        unsafe { free(p) };
+    }
+
+    #[test]
+    fn big_blocks_come_back_from_the_spares_writable_with_their_guard() {
+        // Far more frees than the quarantine holds, so blocks go through
+        // the spares and come back from them for requests of about their
+        // size: each handed out whole and writable, its canary intact.
+        let mut held = [ptr::null_mut::<u8>(); 8];
+        for round in 0..200usize {
+            let size = 33 * 1024 + (round * 7919) % (400 * 1024);
+            let slot = round % held.len();
+            if !held[slot].is_null() {
+                // SAFETY: live, given up.
+                unsafe { free(held[slot]) };
+            }
+            let p = malloc(size);
+            assert_eq!(usable_size(p), size);
+            // SAFETY: `size` live bytes.
+            unsafe { ptr::write_bytes(p, round as u8, size) };
+            held[slot] = p;
+        }
+        for p in held {
+            // SAFETY: live, given up.
+            unsafe { free(p) };
+        }
+    }
+
     #[test]
     fn pattern_covers_every_word() {
         #[repr(align(16))]
