@@ -163,14 +163,30 @@ struct Spare {
 }
 
 impl ThreadCache {
-    /// Gives the spare of `class`, if any, to the CPU depot.
+    /// Takes the spare of `class` out of the cache: its list and length
+    /// (null and 0 when there is none), its bytes off `spare_bytes`.
+    fn take_spare(&mut self, class: usize) -> (*mut u8, u32) {
+        let spare = &mut self.spares[class];
+        let taken = (spare.head, spare.count);
+        spare.head = ptr::null_mut();
+        spare.count = 0;
+        self.spare_bytes -= taken.1 as usize * CLASSES[class].size as usize;
+        taken
+    }
+
+    /// Gives the spare of `class`, if any, to the CPU depot, whole: its
+    /// list is a former bin's, already ending in the null link, so nothing
+    /// is walked and no object is touched.
     ///
     /// # Safety
     /// This is the calling thread's cache.
     unsafe fn drop_spare(&mut self, class: usize) {
-        self.spare_bytes -= self.spares[class].count as usize * CLASSES[class].size as usize;
-        // SAFETY: the spare holds `count` objects of `class`.
-        unsafe { give_up_spare(&mut self.spares[class], class) };
+        let (list, n) = self.take_spare(class);
+        if n != 0 {
+            // SAFETY: the spare's `n` objects are free objects of `class`,
+            // linked through their first word and ending in the null link.
+            unsafe { percpu::free_batch(class, list, n as usize) };
+        }
     }
 
     /// The node this thread refills from.
@@ -643,17 +659,13 @@ fn alloc_slow(class: usize, size: usize, set_up: SetUp, out_of_memory: OutOfMemo
     // SAFETY: this thread's cache, active; the bin is empty (the fast
     // path found it so), and the spare's list is linked as the bin's was.
     unsafe {
-        let spare = &mut (*tc).spares[class];
-        if spare.count != 0 {
+        if (*tc).spares[class].count != 0 {
             if !crate::profile::on() {
-                let list = spare.head;
+                let (list, n) = (*tc).take_spare(class);
                 let bin = &mut (*tc).slots[class + 1].bin;
                 debug_assert!(bin.head.is_null());
                 bin.head = link::next(list, class);
-                bin.count = spare.count - 1;
-                (*tc).spare_bytes -= spare.count as usize * CLASSES[class].size as usize;
-                spare.head = ptr::null_mut();
-                spare.count = 0;
+                bin.count = n - 1;
                 link::clear(list);
                 // The bin ran dry: it grows as on a refill, or a class
                 // that keeps cycling between its bin and its spare would
@@ -856,25 +868,6 @@ unsafe fn flush(bin: &mut Bin, class: usize, n: usize) {
         bin.count -= n as u32;
         percpu::free_batch(class, list, n);
     }
-}
-
-/// Gives the objects of `spare` (of `class`) to the CPU depot, whole:
-/// its list is a former bin's, already ending in the null link, so
-/// nothing is walked and no object is touched. Leaves it empty.
-///
-/// # Safety
-/// `spare` is one of this thread's spares, of `class`.
-unsafe fn give_up_spare(spare: &mut Spare, class: usize) {
-    let n = spare.count as usize;
-    if n == 0 {
-        return;
-    }
-    let list = spare.head;
-    spare.head = ptr::null_mut();
-    spare.count = 0;
-    // SAFETY: the spare's `n` objects are free objects of `class`, linked
-    // through their first word and ending in the null link.
-    unsafe { percpu::free_batch(class, list, n) };
 }
 
 /// Empties the calling thread's cache into the shared caches and leaves
