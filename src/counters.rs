@@ -114,6 +114,31 @@ impl<const N: usize> Default for SlabSampler<N> {
     }
 }
 
+/// Blocks handed out and blocks given back, by every entry point and
+/// tier: `malloc`, `calloc`, `realloc`'s moves and the aligned ones, and
+/// the Rust face's. The slab tier's threads count theirs in their bins
+/// at no cost to the fast paths and add them here in batches (on slow
+/// paths, at least once every 1024 calls counted there, at thread exit,
+/// and when the views read them); page runs and large blocks add theirs
+/// as they go.
+static BLOCKS: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
+
+/// Adds `allocated` blocks handed out and `freed` given back.
+#[inline]
+pub fn count_blocks(allocated: u64, freed: u64) {
+    if allocated != 0 {
+        BLOCKS[0].fetch_add(allocated, Ordering::Relaxed);
+    }
+    if freed != 0 {
+        BLOCKS[1].fetch_add(freed, Ordering::Relaxed);
+    }
+}
+
+/// Blocks handed out and given back so far ([`count_blocks`]).
+pub fn blocks() -> [u64; 2] {
+    [BLOCKS[0].load(Ordering::Relaxed), BLOCKS[1].load(Ordering::Relaxed)]
+}
+
 /// The C entry points counted in the views' totals (index into `CALLS`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Entry {
@@ -128,9 +153,20 @@ pub enum Entry {
 /// The entries' names, in [`Entry`] order.
 pub const ENTRY_NAMES: [&str; 3] = ["calloc", "realloc", "aligned"];
 
+/// The views' calls, in [`calls`] order: blocks handed out and given
+/// back ([`blocks`]), then [`ENTRY_NAMES`].
+pub const CALL_NAMES: [&str; 5] = ["allocs", "frees", "calloc", "realloc", "aligned"];
+
+/// The counts of [`CALL_NAMES`] now.
+pub fn calls() -> [u64; 5] {
+    let [allocs, frees] = blocks();
+    let entry = |e: Entry| CALLS[e as usize].load(Ordering::Relaxed);
+    [allocs, frees, entry(Entry::Calloc), entry(Entry::Realloc), entry(Entry::Aligned)]
+}
+
 /// Calls per entry point, counted only while some view is asked for
-/// ([`COUNT_CALLS`]). `malloc` and `free` are not counted: their fast path
-/// (72 instructions per pair) would pay for it on every call.
+/// ([`COUNT_CALLS`]). `malloc` and `free` are counted as blocks
+/// ([`blocks`]), which their fast paths pay nothing for.
 pub static CALLS: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
 /// Whether [`count_call`] counts: set at start-up when a view is asked for.
 pub static COUNT_CALLS: AtomicBool = AtomicBool::new(false);

@@ -15,22 +15,28 @@
 //! `1 - exp(-s / rate)` wherever it is made. A sample records the call
 //! stack, and the object stays in the profile until it is freed.
 //!
-//! **Where the count is kept.** The fast paths count nothing. The slab
-//! tier charges a thread's budget when its magazine is refilled, for every
-//! object that enters the bin: the object handed out at once and the ones
-//! kept for later. While profiling is on, a refill takes no more objects
-//! than the budget has room for ([`plan_refill`]), so the refill after the
-//! budget runs out is the allocation that crosses it and is the one
-//! sampled. Page runs and large blocks, slow paths already, charge their
-//! size when they are handed out. The bias this leaves: bytes a thread
-//! frees into its own bins and allocates again are not charged a second
-//! time, so sampling follows the thread's *net* draw from the shared
-//! caches rather than every `malloc`. Memory that churns through a bin
-//! without staying live is thereby sampled less, which the live-heap
-//! profile does not need; memory that stays live drains the bins and is
-//! charged. Within one size class the object sampled is whichever request
-//! finds the bin empty, so a call site's share of samples follows its
-//! share of that class's requests at those moments.
+//! **Where the count is kept.** The fast paths add nothing for the
+//! profile: a bin's word already counts its pops (`slab::magazine`,
+//! which counts every allocation so for the views' totals). When a
+//! thread's bin runs dry, its refill charges the bytes of the pops since
+//! the last one ([`charge_later`]), every object the thread allocated
+//! from that bin, whether it came from the shared caches or from the
+//! thread's own frees, and then the object it hands out ([`charge`]).
+//! While profiling is on, a refill takes no more objects than the budget
+//! has room for ([`plan_refill`]) and the bin's spare is not used, so
+//! when the bin's pops have spent the budget, the refill after them is
+//! the allocation that crosses it and is the one sampled. Page runs and
+//! large blocks, slow paths already, charge their size when they are
+//! handed out. The bias this leaves: objects a thread frees into a bin
+//! and takes again lengthen the bin's run, so the crossing is noticed up
+//! to that many allocations late, at the refill; and a thread that only
+//! ever cycles objects through a bin it never empties is charged at its
+//! exit, never sampled. The first matters little to a live-heap profile
+//! (the bytes are charged all the same, and memory that stays live
+//! drains the bins); the second is memory that does not stay live.
+//! Within one size class the object sampled is whichever request finds
+//! the bin empty, so a call site's share of samples follows its share of
+//! that class's requests at those moments.
 //!
 //! **Recording a stack without the heap.** glibc's `backtrace` unwinds
 //! with libgcc's DWARF unwinder (loaded on its first use, which
@@ -190,25 +196,37 @@ pub fn capture_done(left: &mut isize) {
     }
 }
 
+/// Charges `bytes` that were allocated earlier, on a fast path that
+/// counted them but could not stop (a bin's pops, see
+/// `slab::magazine`): they take the budget down to 1 at most, so that
+/// the next allocation charged is the one sampled. Nothing while the
+/// thread captures a stack.
+#[inline]
+pub fn charge_later(left: &mut isize, bytes: usize) {
+    let mut budget = *left;
+    if budget < 0 || bytes == 0 {
+        return;
+    }
+    if budget == 0 {
+        budget = next_interval();
+    }
+    *left = budget.saturating_sub(bytes as isize).max(1);
+}
+
 /// A magazine refill of objects of `object_size` bytes, `want` of them:
 /// charges the first (handed out now) and says whether it is to be
 /// sampled; lowers `want` so that the objects kept in the bin stay within
-/// the budget, and charges them. The next refill after the bin runs dry is
+/// the budget. They are charged when they are popped ([`charge_later`],
+/// at the bin's next refill), and the refill after the bin runs dry is
 /// then the allocation that crosses the budget.
 #[inline]
 pub fn plan_refill(left: &mut isize, object_size: usize, want: &mut usize) -> bool {
     let sampled = charge(left, object_size);
     let budget = left.unsigned_abs();
-    // At least one byte stays, so a busy budget stays negative.
+    // At least one byte stays for the refill's first object.
     let room = budget.saturating_sub(1) / object_size.max(1);
     let extra = want.saturating_sub(1).min(room);
     *want = extra + 1;
-    let charged = (extra * object_size) as isize;
-    if *left < 0 {
-        *left += charged;
-    } else {
-        *left -= charged;
-    }
     sampled
 }
 
@@ -705,19 +723,38 @@ mod tests {
 
     #[test]
     fn budget_samples_one_in_rate_bytes_and_refills_stop_at_the_crossing() {
+        // A bin's life as the slab tier drives it: each refill first
+        // charges the objects popped since the last one (those it kept,
+        // and as many again as the thread freed into the bin and took
+        // back), then plans its own.
         let mut left = 0isize;
         let mut sampled = 0usize;
         let mut charged = 0usize;
         let size = 64;
+        let mut kept = 0usize;
+        let mut x = 0x9e37_79b9u32;
         while charged < 2000 * rate() {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let popped = kept + (x % 8) as usize;
+            charge_later(&mut left, popped * size);
+            assert!(left > 0, "charging later never samples and leaves room for one");
+            charged += popped * size;
             let mut want = 32;
             if plan_refill(&mut left, size, &mut want) {
                 sampled += 1;
                 assert!(left < 0, "busy while capturing");
+                // Allocations while capturing are not charged.
+                charge_later(&mut left, 1 << 20);
                 capture_done(&mut left);
             }
             assert!(left > 0 && (1..=32).contains(&want));
-            charged += want * size;
+            // The refill's kept objects fit the budget: popping them all
+            // does not pass the crossing.
+            assert!(((want - 1) * size) < left as usize);
+            charged += size;
+            kept = want - 1;
         }
         let expected = charged / rate();
         assert!(sampled.abs_diff(expected) < expected / 10, "{sampled} samples for {expected} expected");

@@ -172,6 +172,7 @@ fn page_run(size: usize, align: usize) -> (*mut u8, bool) {
     match mm::alloc_pages_exact(npages, align_order) {
         Some((head, zero)) => {
             crate::counters::PAGE_TIER.add(size, npages << PAGE_SHIFT);
+            crate::counters::count_blocks(1, 0);
             (page::page_address(head) as *mut u8, zero)
         }
         None => (ptr::null_mut(), false),
@@ -185,6 +186,7 @@ fn large_block(size: usize, align: usize) -> (*mut u8, bool) {
     if !p.is_null() {
         if let Ok(len) = large::usable_size(p) {
             crate::counters::LARGE_TIER.add(size, len);
+            crate::counters::count_blocks(1, 0);
             pagetable::map_and_hand_out(p as usize, len, pagetable::Tier::Large, !zero);
         }
     }
@@ -298,6 +300,7 @@ fn free_other(p: *mut u8) {
                 // glibc's free_perturb (mapped blocks, as in glibc, are not).
                 ptr::write_bytes(p, perturb, ((*head).span as usize) << PAGE_SHIFT);
             }
+            crate::counters::count_blocks(0, 1);
             mm::free_pages_exact(head)
         },
         Owner::Outside => free_outside(p),
@@ -352,6 +355,7 @@ fn free_outside(p: *mut u8) {
     if let Err(why) = unsafe { large::free(p) } {
         bad_outside(b"free()", why, p);
     }
+    crate::counters::count_blocks(0, 1);
     remember_freed_large(p);
 }
 

@@ -89,6 +89,8 @@ impl Snapshot {
 
 /// Takes a snapshot of every counter.
 pub fn snapshot() -> Snapshot {
+    // The calling thread's calls still in its bins join the counts.
+    crate::slab::magazine::publish_current();
     let mut s = Snapshot {
         buddy_free: [0; NR_ORDERS],
         managed_pages: 0,
@@ -154,8 +156,9 @@ pub struct Totals {
     /// Metadata mapped: chunk descriptors, chunk map leaves, page-table
     /// shadow tables.
     pub metadata: usize,
-    /// Calls per entry point ([`crate::counters::ENTRY_NAMES`] order).
-    pub calls: [u64; 3],
+    /// Blocks handed out and given back, and calls per entry point
+    /// ([`crate::counters::CALL_NAMES`] order).
+    pub calls: [u64; 5],
 }
 
 impl Snapshot {
@@ -174,7 +177,7 @@ impl Snapshot {
             resident,
             peak_rss: os::peak_rss_kib() * 1024,
             metadata: self.meta_bytes + self.faults.table_pages * PAGE_SIZE,
-            calls: core::array::from_fn(|i| crate::counters::CALLS[i].load(Ordering::Relaxed)),
+            calls: crate::counters::calls(),
         }
     }
 }

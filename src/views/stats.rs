@@ -34,7 +34,7 @@ use crate::slab;
 use core::fmt::{self, Write};
 pub use crate::os::fmt::{fmt_hex, FixedBuf};
 pub use super::snapshot::{for_each_region, snapshot, CacheName, ExitFile, FdWriter, Snapshot, Totals, VIEWS_VERSION};
-pub use crate::counters::ENTRY_NAMES;
+pub use crate::counters::{CALL_NAMES, ENTRY_NAMES};
 use core::sync::atomic::Ordering;
 
 /// Writes the totals as `/proc/meminfo` does (`Name:  value kB`), then the
@@ -53,10 +53,10 @@ pub fn write_totals(out: &mut dyn Write, t: &Totals) -> fmt::Result {
         writeln!(out, "{:<16}{:>10} kB", label.as_str(), bytes / 1024)?;
     }
     write!(out, "Calls:         ")?;
-    for (name, n) in ENTRY_NAMES.iter().zip(t.calls) {
+    for (name, n) in CALL_NAMES.iter().zip(t.calls) {
         write!(out, " {name} {n}")?;
     }
-    writeln!(out, " (malloc, free: not counted)")
+    writeln!(out)
 }
 
 /// The totals as a JSON object (bytes, and calls by entry point).
@@ -66,7 +66,7 @@ pub fn write_totals_json(out: &mut dyn Write, t: &Totals) -> fmt::Result {
         "{{\"in_use\":{},\"in_use_peak\":{},\"mapped\":{},\"resident\":{},\"peak_rss\":{},\"metadata\":{},\"calls\":{{",
         t.in_use, t.in_use_peak, t.mapped, t.resident, t.peak_rss, t.metadata
     )?;
-    for (i, (name, n)) in ENTRY_NAMES.iter().zip(t.calls).enumerate() {
+    for (i, (name, n)) in CALL_NAMES.iter().zip(t.calls).enumerate() {
         write!(out, "{}\"{name}\":{n}", if i > 0 { "," } else { "" })?;
     }
     write!(out, "}}}}")
@@ -489,7 +489,7 @@ mod tests {
         assert!(totals["in_use_peak"].as_u64().unwrap() >= totals["in_use"].as_u64().unwrap());
         assert!(totals["mapped"].as_u64().unwrap() >= totals["in_use"].as_u64().unwrap());
         assert!(totals["resident"].as_u64().unwrap() <= totals["mapped"].as_u64().unwrap());
-        assert_eq!(totals["calls"].as_object().unwrap().len(), ENTRY_NAMES.len());
+        assert_eq!(totals["calls"].as_object().unwrap().len(), CALL_NAMES.len());
         assert_eq!(v["buddyinfo"].as_array().unwrap().len(), NR_ORDERS);
         let slabinfo = v["slabinfo"].as_array().unwrap();
         assert_eq!(slabinfo.len(), slab::NR_CACHES);
