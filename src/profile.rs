@@ -22,6 +22,11 @@
 //! the last one ([`charge_later`]), every object the thread allocated
 //! from that bin, whether it came from the shared caches or from the
 //! thread's own frees, and then the object it hands out ([`charge`]).
+//! Each size class of a thread counts down a budget of its own (and page
+//! runs and large blocks one more): independent exponential countdowns
+//! over disjoint streams of bytes sample them as one countdown over all
+//! of them would, and a class whose bin holds many objects cannot pass
+//! its crossing on to whichever class refills next.
 //! While profiling is on, a refill takes no more objects than the budget
 //! has room for ([`plan_refill`]) and the bin's spare is not used, so
 //! when the bin's pops have spent the budget, the refill after them is
@@ -186,6 +191,18 @@ pub fn charge(left: &mut isize, bytes: usize) -> bool {
     }
     *left = budget - bytes as isize;
     false
+}
+
+/// Marks the budget `left` busy, as [`charge`] does when it samples, for
+/// a sample charged to another budget: [`record`] ends it.
+#[inline]
+pub fn begin_capture(left: &mut isize) {
+    if *left == 0 {
+        *left = next_interval();
+    }
+    if *left > 0 {
+        *left = -*left;
+    }
 }
 
 /// Ends a capture begun by [`charge`]: the budget that was waiting.

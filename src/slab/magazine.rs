@@ -156,6 +156,14 @@ pub struct ThreadCache {
     /// Bytes until the heap profile's next sample (see
     /// [`crate::profile::charge`]); only touched while profiling is on.
     prof_left: isize,
+    /// Per class, bytes until the class's next sample: each class is
+    /// sampled as a stream of its own (independent exponential countdowns
+    /// over disjoint bytes sample them as one countdown over all would),
+    /// so a class whose bin holds many objects does not hold back the
+    /// others' samples. `prof_left` is the budget of page runs and large
+    /// blocks, and is negative while the thread captures a stack: then
+    /// nothing is charged or sampled.
+    prof_class: [isize; NR_CLASSES],
     /// Per class, a full bin set aside: Bonwick's "previous magazine".
     /// A free that finds its bin full moves the whole bin here (the
     /// spare it replaces goes to the CPU depot), and an allocation that
@@ -785,9 +793,9 @@ fn alloc_slow(class: usize, size: usize, set_up: SetUp, out_of_memory: OutOfMemo
     // folded: counted, and charged to the heap profile's budget.
     // SAFETY: this thread's cache, active.
     let popped = unsafe { (*tc).fold(class) };
-    if crate::profile::on() {
-        // SAFETY: this thread's cache; the reference ends with the call.
-        crate::profile::charge_later(unsafe { &mut (*tc).prof_left }, popped as usize * CLASSES[class].size as usize);
+    // SAFETY: this thread's cache; the references end with the call.
+    if crate::profile::on() && unsafe { (*tc).prof_left } >= 0 {
+        crate::profile::charge_later(unsafe { &mut (*tc).prof_class[class] }, popped as usize * CLASSES[class].size as usize);
     }
     // The spare, if there is one, becomes the bin: no lock, no walk.
     // While profiling, a refill is what stops at the next sample, so the
@@ -847,7 +855,17 @@ fn alloc_slow(class: usize, size: usize, set_up: SetUp, out_of_memory: OutOfMemo
     // takes no more than it has room for (see `crate::profile`).
     // SAFETY: this thread's cache; the reference ends with the call.
     let sampled = crate::profile::on()
-        && crate::profile::plan_refill(unsafe { &mut (*tc).prof_left }, CLASSES[class].size as usize, &mut want);
+        && unsafe { (*tc).prof_left } >= 0
+        && crate::profile::plan_refill(unsafe { &mut (*tc).prof_class[class] }, CLASSES[class].size as usize, &mut want);
+    if sampled {
+        // The class's next countdown starts now; the thread is busy
+        // until `record` has its stack.
+        // SAFETY: this thread's cache; the references end with the calls.
+        unsafe {
+            crate::profile::capture_done(&mut (*tc).prof_class[class]);
+            crate::profile::begin_capture(&mut (*tc).prof_left);
+        }
+    }
     let (list, n) = percpu::alloc_batch(class, want);
     if n == 0 {
         if sampled {
