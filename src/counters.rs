@@ -5,7 +5,7 @@
 //! the views' hook on the slow paths ([`on_slow_path`]) is registered
 //! here from above.
 
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 /// Bytes asked for and handed out by one tier, counted on its slow path.
 pub struct TierCounter {
@@ -114,32 +114,74 @@ impl<const N: usize> Default for SlabSampler<N> {
     }
 }
 
-/// Blocks handed out and blocks given back, by every entry point and
-/// tier: `malloc`, `calloc`, `realloc`'s moves and the aligned ones, and
-/// the Rust face's. The slab tier's threads count theirs in their bins
-/// at no cost to the fast paths and add them here in batches (on slow
-/// paths, at least once every 1024 calls counted there, at thread exit,
-/// and when the views read them); page runs and large blocks add theirs
-/// as they go.
-static BLOCKS: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
+/// What a thread counts of its calls and adds here in batches (see
+/// `slab::magazine`, whose bins count `malloc`'s and `free`'s fast paths
+/// at no cost): blocks handed out and given back by every entry point and
+/// tier (`malloc`, `calloc`, `realloc`'s moves, the aligned ones, the Rust
+/// face's), the calls of the other C entry points ([`Entry`]), and the
+/// blocks those entries handed out and `realloc` gave back, so that
+/// `malloc`'s and `free`'s own calls are the difference. Page runs and
+/// large blocks add their blocks here as they go.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Blocks handed out.
+    pub allocs: u64,
+    /// Blocks given back.
+    pub frees: u64,
+    /// Calls per [`Entry`].
+    pub calls: [u64; 3],
+    /// Of `allocs`, the blocks `calloc`, the aligned family and `realloc`
+    /// handed out.
+    pub entry_allocs: u64,
+    /// Of `frees`, the blocks `realloc` gave back.
+    pub entry_frees: u64,
+}
 
-/// Adds `allocated` blocks handed out and `freed` given back.
+impl Tally {
+    /// What `self` counted beyond `earlier`.
+    pub fn since(&self, earlier: &Tally) -> Tally {
+        Tally {
+            allocs: self.allocs - earlier.allocs,
+            frees: self.frees - earlier.frees,
+            calls: core::array::from_fn(|i| self.calls[i] - earlier.calls[i]),
+            entry_allocs: self.entry_allocs - earlier.entry_allocs,
+            entry_frees: self.entry_frees - earlier.entry_frees,
+        }
+    }
+
+    /// Calls counted in all.
+    pub fn total(&self) -> u64 {
+        self.allocs + self.frees + self.calls.iter().sum::<u64>()
+    }
+}
+
+/// The process's [`Tally`], field for field.
+static TALLY: [AtomicU64; 7] = [const { AtomicU64::new(0) }; 7];
+
+/// Adds a thread's counts (or a tier's) to the process's.
+pub fn add_tally(t: &Tally) {
+    let fields = [t.allocs, t.frees, t.calls[0], t.calls[1], t.calls[2], t.entry_allocs, t.entry_frees];
+    for (sum, n) in TALLY.iter().zip(fields) {
+        if n != 0 {
+            sum.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Adds `allocated` blocks handed out and `freed` given back (page runs
+/// and large blocks, and calls that found no thread cache).
 #[inline]
 pub fn count_blocks(allocated: u64, freed: u64) {
-    if allocated != 0 {
-        BLOCKS[0].fetch_add(allocated, Ordering::Relaxed);
-    }
-    if freed != 0 {
-        BLOCKS[1].fetch_add(freed, Ordering::Relaxed);
-    }
+    add_tally(&Tally { allocs: allocated, frees: freed, ..Tally::default() });
 }
 
-/// Blocks handed out and given back so far ([`count_blocks`]).
-pub fn blocks() -> [u64; 2] {
-    [BLOCKS[0].load(Ordering::Relaxed), BLOCKS[1].load(Ordering::Relaxed)]
+/// The process's [`Tally`] so far.
+pub fn tally() -> Tally {
+    let f: [u64; 7] = core::array::from_fn(|i| TALLY[i].load(Ordering::Relaxed));
+    Tally { allocs: f[0], frees: f[1], calls: [f[2], f[3], f[4]], entry_allocs: f[5], entry_frees: f[6] }
 }
 
-/// The C entry points counted in the views' totals (index into `CALLS`).
+/// The C entry points whose calls the views count (index into [`Tally::calls`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Entry {
     /// `calloc`.
@@ -153,30 +195,21 @@ pub enum Entry {
 /// The entries' names, in [`Entry`] order.
 pub const ENTRY_NAMES: [&str; 3] = ["calloc", "realloc", "aligned"];
 
-/// The views' calls, in [`calls`] order: blocks handed out and given
-/// back ([`blocks`]), then [`ENTRY_NAMES`].
-pub const CALL_NAMES: [&str; 5] = ["allocs", "frees", "calloc", "realloc", "aligned"];
+/// The views' calls, in [`calls`] order.
+pub const CALL_NAMES: [&str; 5] = ["malloc", "free", "calloc", "realloc", "aligned"];
 
-/// The counts of [`CALL_NAMES`] now.
+/// The counts of [`CALL_NAMES`] now: `malloc` is every block handed out
+/// but by the other entry points, `free` every block given back but by
+/// `realloc`.
 pub fn calls() -> [u64; 5] {
-    let [allocs, frees] = blocks();
-    let entry = |e: Entry| CALLS[e as usize].load(Ordering::Relaxed);
-    [allocs, frees, entry(Entry::Calloc), entry(Entry::Realloc), entry(Entry::Aligned)]
-}
-
-/// Calls per entry point, counted only while some view is asked for
-/// ([`COUNT_CALLS`]). `malloc` and `free` are counted as blocks
-/// ([`blocks`]), which their fast paths pay nothing for.
-pub static CALLS: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
-/// Whether [`count_call`] counts: set at start-up when a view is asked for.
-pub static COUNT_CALLS: AtomicBool = AtomicBool::new(false);
-
-/// Counts a call of `entry` (one relaxed load when no view is asked for).
-#[inline]
-pub fn count_call(entry: Entry) {
-    if COUNT_CALLS.load(Ordering::Relaxed) {
-        CALLS[entry as usize].fetch_add(1, Ordering::Relaxed);
-    }
+    let t = tally();
+    [
+        t.allocs.saturating_sub(t.entry_allocs),
+        t.frees.saturating_sub(t.entry_frees),
+        t.calls[Entry::Calloc as usize],
+        t.calls[Entry::Realloc as usize],
+        t.calls[Entry::Aligned as usize],
+    ]
 }
 
 /// The views' hook on the tiers' slow paths (a thread cache's refill): a

@@ -9,9 +9,11 @@ pub mod os {
     pub use crate::os::{fatal, getpid, PAGE_SIZE};
 }
 
-/// What the faces count for the views: calls per C entry point.
+/// What the faces count for the views: calls per C entry point, and the
+/// blocks those entry points hand out.
 pub mod counters {
-    pub use crate::counters::{count_call, Entry};
+    pub use crate::counters::Entry;
+    pub use crate::slab::magazine::{count_call, count_entry_blocks};
 }
 
 /// The page allocator: the zone (its invariant checker) and the chunk map.

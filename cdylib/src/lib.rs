@@ -64,6 +64,15 @@ fn or_enomem(p: *mut u8) -> *mut c_void {
     p.cast()
 }
 
+/// `p`, a block `calloc` or the aligned family just handed out (or null),
+/// counted as theirs: the views' `malloc` is every other block.
+fn handed_out<T>(p: *mut T) -> *mut T {
+    if !p.is_null() {
+        counters::count_entry_blocks(1, 0);
+    }
+    p
+}
+
 /// `malloc(3)`: NULL with `ENOMEM` on failure. The heap calls back to set
 /// `errno` from its slow path, so the fast path is the heap's, with
 /// nothing after it.
@@ -121,7 +130,7 @@ pub unsafe extern "C" fn free_aligned_sized(p: *mut c_void, _align: usize, _size
 #[no_mangle]
 pub extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
     counters::count_call(counters::Entry::Calloc);
-    or_enomem(heap::calloc(n, size))
+    handed_out(or_enomem(heap::calloc(n, size)))
 }
 
 /// `realloc(3)`. `realloc(p, 0)` frees `p` and returns NULL, as glibc does.
@@ -167,7 +176,7 @@ pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, siz
     if !align.is_power_of_two() || align % core::mem::size_of::<*mut c_void>() != 0 {
         return libc::EINVAL;
     }
-    let p = heap::aligned_alloc(align, size);
+    let p = handed_out(heap::aligned_alloc(align, size));
     if p.is_null() {
         set_errno(libc::ENOMEM);
         return libc::ENOMEM;
@@ -185,7 +194,7 @@ pub extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
         set_errno(libc::EINVAL);
         return ptr::null_mut();
     }
-    or_enomem(heap::aligned_alloc(align, size))
+    handed_out(or_enomem(heap::aligned_alloc(align, size)))
 }
 
 /// `memalign(3)`: glibc rounds an alignment that is not a power of two up
@@ -198,14 +207,14 @@ pub extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
         return ptr::null_mut();
     }
     let align = align.max(1).next_power_of_two();
-    or_enomem(heap::aligned_alloc(align, size))
+    handed_out(or_enomem(heap::aligned_alloc(align, size)))
 }
 
 /// `valloc(3)`: page-aligned.
 #[no_mangle]
 pub extern "C" fn valloc(size: usize) -> *mut c_void {
     counters::count_call(counters::Entry::Aligned);
-    or_enomem(heap::aligned_alloc(buddyslab::internals::os::PAGE_SIZE, size))
+    handed_out(or_enomem(heap::aligned_alloc(buddyslab::internals::os::PAGE_SIZE, size)))
 }
 
 /// `pvalloc(3)`: page-aligned, size rounded up to whole pages.
@@ -213,7 +222,7 @@ pub extern "C" fn valloc(size: usize) -> *mut c_void {
 pub extern "C" fn pvalloc(size: usize) -> *mut c_void {
     counters::count_call(counters::Entry::Aligned);
     match heap::page_round(size) {
-        Some(rounded) => or_enomem(heap::aligned_alloc(buddyslab::internals::os::PAGE_SIZE, rounded)),
+        Some(rounded) => handed_out(or_enomem(heap::aligned_alloc(buddyslab::internals::os::PAGE_SIZE, rounded))),
         None => {
             set_errno(libc::ENOMEM);
             ptr::null_mut()

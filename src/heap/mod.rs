@@ -444,10 +444,15 @@ pub unsafe fn realloc_by(
     resize: impl FnOnce(*mut u8, usize, usize) -> *mut u8,
 ) -> *mut u8 {
     if p.is_null() {
-        return malloc(size);
+        let q = malloc(size);
+        if !q.is_null() {
+            magazine::count_entry_blocks(1, 0);
+        }
+        return q;
     }
     if size == 0 {
         free(p);
+        magazine::count_entry_blocks(0, 1);
         return ptr::null_mut();
     }
     resize(p, size, MIN_ALIGN)
@@ -532,6 +537,7 @@ pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 
         ptr::copy_nonoverlapping(p, new, old_usable.min(size));
         free(p);
     }
+    magazine::count_entry_blocks(1, 1);
     new
 }
 

@@ -2,9 +2,10 @@
 //!
 //! Each thread has one [`ThreadCache`]: for every size class a *bin*, a
 //! singly linked list of free objects (linked through their first word)
-//! with a count and a limit. `malloc` pops from the bin, `free` pushes to
-//! the bin of the object's class; neither takes a lock nor does an atomic
-//! read-modify-write. Behind each bin sits a *spare*, as in Bonwick's
+//! with a limit, and one word holding its room and its pops (see [`Bin`]):
+//! the thread counts its calls there at no extra cost. `malloc` pops from
+//! the bin, `free` pushes to the bin of the object's class; neither takes
+//! a lock nor does an atomic read-modify-write. Behind each bin sits a *spare*, as in Bonwick's
 //! magazine layer: a free that finds the bin full sets the whole bin aside
 //! as the spare (the spare it replaces goes to the CPU's depot,
 //! [`percpu::free_batch`]), and an allocation that finds the bin empty
@@ -182,13 +183,12 @@ pub struct ThreadCache {
     /// was last folded, plus the objects slow paths have put in since,
     /// less those they took out ([`ThreadCache::set_count`]).
     settled: [i64; NR_CLASSES],
-    /// Objects this thread's slab calls handed out and took back (folded
-    /// so far), and how much of each is in the process's counts
-    /// ([`crate::counters::count_blocks`]).
-    allocs: u64,
-    frees: u64,
-    shown_allocs: u64,
-    shown_frees: u64,
+    /// What this thread counted of its calls (its slab objects handed
+    /// out and taken back, folded so far, and the other entry points'
+    /// calls), and how much of it is in the process's counts
+    /// ([`crate::counters::add_tally`]).
+    tally: crate::counters::Tally,
+    shown: crate::counters::Tally,
 }
 
 /// Calls a thread folds before it adds them to the process's counts
@@ -266,24 +266,23 @@ impl ThreadCache {
         let pushes = count + pops as i64 - self.settled[class];
         debug_assert!(pushes >= 0, "class {class}: {pushes} pushes");
         self.settled[class] = count;
-        self.allocs += pops;
-        self.frees += pushes.max(0) as u64;
+        self.tally.allocs += pops;
+        self.tally.frees += pushes.max(0) as u64;
         pops
     }
 
     /// Adds what this thread counted since it last did to the process's
     /// counts.
     fn publish(&mut self) {
-        crate::counters::count_blocks(self.allocs - self.shown_allocs, self.frees - self.shown_frees);
-        self.shown_allocs = self.allocs;
-        self.shown_frees = self.frees;
+        crate::counters::add_tally(&self.tally.since(&self.shown));
+        self.shown = self.tally;
     }
 
     /// [`publish`](ThreadCache::publish) once [`PUBLISH_EVERY`] calls have
     /// been counted since the last time.
     #[inline]
     fn publish_now_and_then(&mut self) {
-        if self.allocs + self.frees - self.shown_allocs - self.shown_frees >= PUBLISH_EVERY {
+        if self.tally.total() - self.shown.total() >= PUBLISH_EVERY {
             self.publish();
         }
     }
@@ -501,7 +500,7 @@ const REBALANCE_AFTER: u32 = 256;
 unsafe fn rebalance(tc: &mut ThreadCache) {
     tc.refused = 0;
     let mut grown = 0;
-    for class in 0..NR_CLASSES {
+    for (class, info) in CLASSES.iter().enumerate() {
         let start = start_limit(class);
         let limit = tc.limit(class);
         if limit > start {
@@ -514,7 +513,7 @@ unsafe fn rebalance(tc: &mut ThreadCache) {
             }
             tc.set_limit(class, half);
         }
-        grown += tc.limit(class).saturating_sub(start) as usize * CLASSES[class].size as usize;
+        grown += tc.limit(class).saturating_sub(start) as usize * info.size as usize;
         let remote = &mut tc.slots[class + 1].remote;
         if remote.limit > start {
             remote.limit = (remote.limit / 2).max(start);
@@ -522,7 +521,7 @@ unsafe fn rebalance(tc: &mut ThreadCache) {
             // SAFETY: the remote bin holds `count` objects of `class`.
             unsafe { send_home(remote, class, excess) };
         }
-        grown += remote.limit.saturating_sub(start) as usize * CLASSES[class].size as usize;
+        grown += remote.limit.saturating_sub(start) as usize * info.size as usize;
     }
     tc.grown = grown;
 }
@@ -795,7 +794,9 @@ fn alloc_slow(class: usize, size: usize, set_up: SetUp, out_of_memory: OutOfMemo
     let popped = unsafe { (*tc).fold(class) };
     // SAFETY: this thread's cache; the references end with the call.
     if crate::profile::on() && unsafe { (*tc).prof_left } >= 0 {
-        crate::profile::charge_later(unsafe { &mut (*tc).prof_class[class] }, popped as usize * CLASSES[class].size as usize);
+        let bytes = popped as usize * CLASSES[class].size as usize;
+        // SAFETY: as above.
+        crate::profile::charge_later(unsafe { &mut (*tc).prof_class[class] }, bytes);
     }
     // The spare, if there is one, becomes the bin: no lock, no walk.
     // While profiling, a refill is what stops at the next sample, so the
@@ -815,7 +816,7 @@ fn alloc_slow(class: usize, size: usize, set_up: SetUp, out_of_memory: OutOfMemo
                 // that keeps cycling between its bin and its spare would
                 // stay at its starting limit.
                 (*tc).grow_bin(class, Growth::Refill);
-                (*tc).allocs += 1;
+                (*tc).tally.allocs += 1;
                 (*tc).publish_now_and_then();
                 return list;
             }
@@ -883,7 +884,7 @@ fn alloc_slow(class: usize, size: usize, set_up: SetUp, out_of_memory: OutOfMemo
         (*tc).slots[class + 1].bin.head = link::next(list, class);
         link::clear(list);
         (*tc).set_count(class, n as u32 - 1);
-        (*tc).allocs += 1;
+        (*tc).tally.allocs += 1;
         (*tc).publish_now_and_then();
     }
     if sampled {
@@ -935,7 +936,7 @@ pub unsafe fn free_slow(object: *mut u8, user_class: usize, set_up: SetUp) {
     // SAFETY: this thread's cache, active; the object is ours.
     unsafe {
         let tc = &mut *tc;
-        tc.frees += 1;
+        tc.tally.frees += 1;
         tc.publish_now_and_then();
         tc.set_node(super::home_node() as u8);
         let slab = cache::slab_of(object);
@@ -1085,6 +1086,27 @@ pub fn flush_current() {
         }
         drain(&mut *tc);
         (*tc).reset_limits();
+    }
+}
+
+/// Counts a call of `entry` (`calloc`, `realloc`, the aligned family) in
+/// the calling thread's cache: a plain add, no shared line written.
+pub fn count_call(entry: crate::counters::Entry) {
+    // SAFETY: this thread's cache (plain thread-local memory in every
+    // state; a dead cache's counts are lost, as are its thread's).
+    unsafe { (*current()).tally.calls[entry as usize] += 1 };
+}
+
+/// Counts `allocated` blocks that `calloc`, the aligned family or
+/// `realloc` handed out and `freed` blocks that `realloc` gave back, in
+/// the calling thread's cache: the views tell `malloc`'s and `free`'s own
+/// calls from theirs by these.
+pub fn count_entry_blocks(allocated: u64, freed: u64) {
+    // SAFETY: as in `count_call`.
+    unsafe {
+        let tally = &mut (*current()).tally;
+        tally.entry_allocs += allocated;
+        tally.entry_frees += freed;
     }
 }
 
@@ -1251,7 +1273,7 @@ mod tests {
             for class in 0..NR_CLASSES {
                 tc.fold(class);
             }
-            (tc.allocs, tc.frees)
+            (tc.tally.allocs, tc.tally.frees)
         }
     }
 

@@ -128,7 +128,6 @@ pub fn start() {
         // mapping; registering may allocate, which is fine at start-up.
         unsafe { libc::pthread_atfork(None, None, Some(after_fork_child)) };
     }
-    crate::counters::COUNT_CALLS.store(at_exit, Ordering::Relaxed);
     if at_exit {
         // The views will be read: observe residency from now.
         crate::ledger::pagetable::watch();
