@@ -1085,20 +1085,13 @@ unsafe fn big_arm(base: usize, p: usize, n: usize) {
     }
 }
 
-/// A big block of `n` bytes aligned to `align`, with room in its pages
-/// for `n + room` (the pages past the data are guard pages all).
-fn big_alloc(n: usize, align: usize, room: usize) -> *mut u8 {
+/// A big block of `n` bytes aligned to `align`.
+fn big_alloc(n: usize, align: usize) -> *mut u8 {
     let lead = align.max(BIG_HEADER);
     let Some(data) = lead.checked_add(n).map(|x| round_up(x, PAGE_SIZE)) else {
         return ptr::null_mut();
     };
-    let exact = big_total(data);
-    let Some(roomy) = data.checked_add(room).map(|x| big_total(round_up(x, PAGE_SIZE))) else {
-        return ptr::null_mut();
-    };
-    // The room never takes a page run's size to a mapping's.
-    let threshold = large::MMAP_THRESHOLD.load(Ordering::Relaxed).min(heap::PAGE_TIER_MAX);
-    let total = if exact < threshold { roomy.min(threshold - PAGE_SIZE).max(exact) } else { roomy };
+    let total = big_total(data);
     if align <= PAGE_SIZE {
         if let Some((base, _)) = spare_take(total) {
             // SAFETY: a spare block of ours of at least `total > data` bytes,
@@ -1207,36 +1200,19 @@ fn big_resize(p: usize, n: usize, base: usize, len: usize, size: usize) -> Optio
         return Some(p);
     }
     let total = big_total(new_data);
-    // Room for half as much again (as a moving growth gets, see
-    // [`realloc_aligned`]): the pages past the data stay inaccessible,
-    // guard pages all, and the next growths open pages within the block,
-    // one `mprotect` each, where growing it again takes two or three.
-    let roomy = round_up(new_data.saturating_add(size / 2), PAGE_SIZE).saturating_add(PAGE_SIZE).max(total);
     let head = page::page_of(base);
     if !head.is_null() {
         let threshold = large::MMAP_THRESHOLD.load(Ordering::Relaxed).min(heap::PAGE_TIER_MAX);
-        if total >= threshold {
+        // SAFETY: the head of a live run of `len` bytes, fewer than `total`.
+        if total >= threshold || !unsafe { mm::grow_pages_exact(head, total >> os::PAGE_SHIFT) } {
             return None;
         }
-        // With room where the pages behind are free, else as asked.
-        let roomy = roomy.min(threshold - PAGE_SIZE);
-        // SAFETY: the head of a live run of `len` bytes, fewer than
-        // `total <= roomy` (no growth happened when the first try fails).
-        let grown = unsafe {
-            if roomy > total && mm::grow_pages_exact(head, roomy >> os::PAGE_SHIFT) {
-                roomy
-            } else if mm::grow_pages_exact(head, total >> os::PAGE_SHIFT) {
-                total
-            } else {
-                return None;
-            }
-        };
         // The growth comes open from the buddy allocator: open the old
         // guard, protect the new one.
-        // SAFETY: the run's pages, `grown` bytes of them now.
+        // SAFETY: the run's pages, `total` bytes of them now.
         unsafe {
             if os::mprotect(base + data, len - data, true).is_err()
-                || os::mprotect(base + new_data, grown - new_data, false).is_err()
+                || os::mprotect(base + new_data, total - new_data, false).is_err()
             {
                 stop_protect();
             }
@@ -1253,8 +1229,7 @@ fn big_resize(p: usize, n: usize, base: usize, len: usize, size: usize) -> Optio
     // for it and protect them again (two `mprotect`s for nothing, most of
     // the tries on reallocchain). Read without the cache's lock, so a
     // guess either way: a wrong one costs those two calls, or a copy.
-    if roomy <= large::MMAP_THRESHOLD.load(Ordering::Relaxed) && large::CACHED_BYTES.load(Ordering::Relaxed) >= roomy
-    {
+    if total <= large::MMAP_THRESHOLD.load(Ordering::Relaxed) && large::CACHED_BYTES.load(Ordering::Relaxed) >= total {
         return None;
     }
     // One kernel mapping for `mremap`: the guard pages open first.
@@ -1263,7 +1238,7 @@ fn big_resize(p: usize, n: usize, base: usize, len: usize, size: usize) -> Optio
         stop_protect();
     }
     // SAFETY: a live large block.
-    let (q, huge) = unsafe { large::resize(base as *mut u8, roomy) };
+    let (q, huge) = unsafe { large::resize(base as *mut u8, total) };
     let q = q as usize;
     let Some(new_len) = (q != 0).then(|| large::usable_size(q as *mut u8).ok()).flatten() else {
         // SAFETY: the mapping's own pages, unchanged by `resize`.
@@ -1340,12 +1315,6 @@ fn malloc_other(size: usize, out_of_memory: magazine::OutOfMemory) -> *mut u8 {
 
 /// Allocates `size` bytes aligned to `align` (a power of two).
 pub fn aligned_alloc(align: usize, size: usize) -> *mut u8 {
-    aligned_alloc_room(align, size, 0)
-}
-
-/// [`aligned_alloc`], a big block of it with pages for `size + room`
-/// bytes (see [`realloc_aligned`]).
-fn aligned_alloc_room(align: usize, size: usize, room: usize) -> *mut u8 {
     if size == 0 && align <= MIN_ALIGN {
         let z = zero_alloc();
         if !z.is_null() {
@@ -1361,7 +1330,7 @@ fn aligned_alloc_room(align: usize, size: usize, room: usize) -> *mut u8 {
         slab::class_for_aligned(size + 8, align)
     };
     let Some(class) = class else {
-        return big_alloc(size, align.max(MIN_ALIGN), room);
+        return big_alloc(size, align.max(MIN_ALIGN));
     };
     let p = magazine::alloc(class, size + 8, ensure_init, nothing);
     if !p.is_null() {
@@ -1522,16 +1491,7 @@ pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 
             n
         }
     };
-    // A big block that grows by moving gets pages for half as much again
-    // (guard pages, inaccessible, touched by no one), so that its next
-    // growths open pages within it, one `mprotect` each, where a move
-    // costs a new block's `mprotect`, the old one's protection, its
-    // reopening later and a copy: the default build grows a page run in
-    // place into free pages behind it, which the secure build's runs
-    // rarely find (their neighbours are often quarantined or spare
-    // blocks, live to the heap).
-    let room = if size > old && size + 8 > SLAB_MAX { size / 2 } else { 0 };
-    let q = aligned_alloc_room(align, size, room);
+    let q = aligned_alloc(align, size);
     if q.is_null() {
         return q;
     }
@@ -1668,35 +1628,6 @@ mod tests {
         }
         // SAFETY: live, given up (the canary checked).
         unsafe { free(p) };
-    }
-
-    /// A big block grown by `realloc` (moved or grown in place) gets room
-    /// for half as much again: the next growth within it stays in place,
-    /// a page run's and a mapping's, with its contents and a canary that
-    /// checks out.
-    #[test]
-    fn big_growth_keeps_room_for_the_next() {
-        for (first, second, third) in [(40 * 1024, 64 * 1024, 80 * 1024 + 100), (300 * 1024, 400 * 1024, 560 * 1024 + 8)] {
-            let p = malloc(first);
-            // SAFETY: `first` live bytes.
-            unsafe { ptr::write_bytes(p, 0x3c, first) };
-            // SAFETY: `p` is live; the old one is not used again.
-            let q = unsafe { realloc(p, second) };
-            // SAFETY: `second` live bytes, the first `first` kept.
-            unsafe { ptr::write_bytes(q.add(first), 0x3c, second - first) };
-            let (base, len) = big_block_of(q as usize).expect("a big block");
-            assert!(len - (q as usize - base) >= round_up(third, PAGE_SIZE) + PAGE_SIZE, "{second}: no room");
-            // SAFETY: as above.
-            let r = unsafe { realloc(q, third) };
-            assert_eq!(r, q, "{second} -> {third} moved");
-            assert_eq!(usable_size(r), third);
-            // SAFETY: `third` live bytes.
-            let bytes = unsafe { core::slice::from_raw_parts_mut(r, third) };
-            assert!(bytes[..second].iter().all(|&b| b == 0x3c));
-            bytes.fill(0x3c);
-            // SAFETY: live, given up (the canary checked).
-            unsafe { free(r) };
-        }
     }
 
     #[test]

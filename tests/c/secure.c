@@ -34,8 +34,8 @@
  *   overflow-large-guard  bytes written past a 1 MiB block up to its next page
  *   overflow-pages-guard  the same past a 64 KiB block
  *   overflow-grown-guard  the same past a block of 40 KiB grown by realloc
- *                         to 64 KiB and then 80 KiB (where the secure
- *                         build's growth stays in pages it set aside)
+ *                         to 64 KiB and then 80 KiB (in place or moved:
+ *                         the guard page follows the data either way)
  *   zero-write            a byte written into malloc(0)
  *   zero-read             a byte read from malloc(0)
  *   layout                prints the addresses of 32 blocks of 200 bytes
