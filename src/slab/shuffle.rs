@@ -112,7 +112,8 @@ mod tests {
     /// both kinds of order (shuffled and affine).
     #[test]
     fn every_slot_once_in_random_order() {
-        for (objects, size) in [(1usize, 16usize), (2, 16), (3, 48), (100, 80), (SHUFFLE_MAX, 16), (SHUFFLE_MAX + 1, 16), (4096, 16), (4095, 32)] {
+        let slabs = [(1usize, 16usize), (2, 16), (3, 48), (100, 80), (SHUFFLE_MAX, 16), (SHUFFLE_MAX + 1, 16), (4096, 16), (4095, 32)];
+        for (objects, size) in slabs {
             let mut slab = vec![0u128; objects * size / 16];
             let base = slab.as_mut_ptr() as usize;
             // SAFETY: a buffer of `objects` slots of `size` bytes, ours.
