@@ -1223,6 +1223,15 @@ fn big_resize(p: usize, n: usize, base: usize, len: usize, size: usize) -> Optio
     if lead > PAGE_SIZE || total < large::MMAP_THRESHOLD.load(Ordering::Relaxed).min(heap::PAGE_TIER_MAX) {
         return None;
     }
+    // `large::resize` declines a growth the mapping cache could serve
+    // (the caller copies into cached memory, cheaper than faulting the
+    // growth in): move at once then, rather than open the guard pages
+    // for it and protect them again (two `mprotect`s for nothing, most of
+    // the tries on reallocchain). Read without the cache's lock, so a
+    // guess either way: a wrong one costs those two calls, or a copy.
+    if total <= large::MMAP_THRESHOLD.load(Ordering::Relaxed) && large::CACHED_BYTES.load(Ordering::Relaxed) >= total {
+        return None;
+    }
     // One kernel mapping for `mremap`: the guard pages open first.
     // SAFETY: the mapping's own pages.
     if unsafe { os::mprotect(base + data, len - data, true) }.is_err() {

@@ -34,43 +34,66 @@ fn next_random() -> u64 {
 /// Links the `objects` slots of `size` bytes from `base` into one free
 /// list in random order, each marked free, and returns its head.
 ///
+/// The order is drawn first (on the stack); the slots are then written in
+/// address order, each with the slot that follows it in the drawn order,
+/// so the writes run through the fresh slab front to back (which the
+/// hardware prefetches) instead of jumping about it: on xmalloc-test, whose
+/// slabs come and go all the time, the writes in list order and a
+/// division per slot made this function a tenth of the secure build's
+/// time. No division per slot: the shuffle draws an index below `i + 1`
+/// by a multiply and a shift (Lemire's method, without the rejection
+/// step: its bias is below `1024 / 2^32` per draw), and the affine order's
+/// successor of slot `s` is `s + a` less `objects` where it wraps.
+///
 /// # Safety
 /// `[base, base + objects * size)` is a fresh slab nobody else uses;
 /// `objects >= 1`, `size >= 16`.
 pub unsafe fn link_fresh_slots(base: usize, objects: usize, size: usize) -> *mut u8 {
     let seed = next_random() ^ (base as u64).rotate_left(29);
     let slot = |i: usize| (base + i * size) as *mut u8;
-    let mut order = [0u16; SHUFFLE_MAX];
-    let random_order = objects <= SHUFFLE_MAX;
-    let (a, b) = if random_order {
+    // SAFETY: every slot lies in the caller's fresh slab.
+    let link = |i: usize, next: Option<usize>| unsafe {
+        link::set_next(slot(i), next.map_or(core::ptr::null_mut(), slot));
+        link::set_marked_free(slot(i));
+    };
+    if objects <= SHUFFLE_MAX {
+        let mut order = [0u16; SHUFFLE_MAX];
         for (i, o) in order[..objects].iter_mut().enumerate() {
             *o = i as u16;
         }
-        let mut r = seed;
+        let mut r = seed | 1;
         for i in (1..objects).rev() {
             r ^= r << 13;
             r ^= r >> 7;
             r ^= r << 17;
-            order.swap(i, (r % (i as u64 + 1)) as usize);
+            order.swap(i, (((r >> 32) * (i as u64 + 1)) >> 32) as usize);
         }
-        (1, 0)
-    } else {
-        let mut a = (seed as usize % objects) | 1;
-        while gcd(a, objects) != 1 {
-            a += 2;
+        // `after[s]`: the slot after slot `s` in the drawn order, or
+        // `NONE` for the last.
+        const NONE: u16 = u16::MAX;
+        let mut after = [NONE; SHUFFLE_MAX];
+        for pair in order[..objects].windows(2) {
+            after[pair[0] as usize] = pair[1];
         }
-        (a, (seed >> 32) as usize % objects)
-    };
-    let index = |k: usize| if random_order { order[k] as usize } else { (a * k + b) % objects };
-    // SAFETY: every slot lies in the caller's fresh slab.
-    unsafe {
-        for k in 0..objects {
-            let next = if k + 1 < objects { slot(index(k + 1)) } else { core::ptr::null_mut() };
-            link::set_next(slot(index(k)), next);
-            link::set_marked_free(slot(index(k)));
+        for (s, &next) in after[..objects].iter().enumerate() {
+            link(s, (next != NONE).then_some(next as usize));
         }
+        return slot(order[0] as usize);
     }
-    slot(index(0))
+    // The affine order `a * k + b mod objects`: slot `s` is followed by
+    // `s + a mod objects`, and the last, `b - a mod objects`, by nothing.
+    let mut a = (seed as usize % objects) | 1;
+    while gcd(a, objects) != 1 {
+        a += 2;
+    }
+    let a = a % objects;
+    let b = (seed >> 32) as usize % objects;
+    let last = (b + objects - a) % objects;
+    for s in 0..objects {
+        let next = if s + a >= objects { s + a - objects } else { s + a };
+        link(s, (s != last).then_some(next));
+    }
+    slot(b)
 }
 
 fn gcd(mut a: usize, mut b: usize) -> usize {
@@ -78,4 +101,46 @@ fn gcd(mut a: usize, mut b: usize) -> usize {
         (a, b) = (b, a % b);
     }
     a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every slot is on the list exactly once, the list ends after the
+    /// last, and the order is not the slots' address order, for slabs of
+    /// both kinds of order (shuffled and affine).
+    #[test]
+    fn every_slot_once_in_random_order() {
+        let slabs = [(1usize, 16usize), (2, 16), (3, 48), (100, 80), (SHUFFLE_MAX, 16), (SHUFFLE_MAX + 1, 16), (4096, 16), (4095, 32)];
+        for (objects, size) in slabs {
+            let mut slab = vec![0u128; objects * size / 16];
+            let base = slab.as_mut_ptr() as usize;
+            // SAFETY: a buffer of `objects` slots of `size` bytes, ours.
+            let mut p = unsafe { link_fresh_slots(base, objects, size) };
+            let mut seen = vec![false; objects];
+            let mut in_order = 0;
+            let mut previous = None;
+            while !p.is_null() {
+                let i = (p as usize - base) / size;
+                assert_eq!(p as usize, base + i * size, "{objects}: not a slot start");
+                assert!(!seen[i], "{objects}: slot {i} twice");
+                seen[i] = true;
+                // SAFETY: a slot of the buffer, linked and marked above.
+                assert!(unsafe { link::is_marked_free(p) });
+                if previous.is_some_and(|j: usize| i == j + 1) {
+                    in_order += 1;
+                }
+                previous = Some(i);
+                // The link decoded as `link::next` does (without its check
+                // that the next slot is a slab's: this buffer is none).
+                // SAFETY: as above.
+                let word = unsafe { p.cast::<usize>().read() };
+                let mixed = if cfg!(feature = "hardened") { (p as usize).swap_bytes() } else { 0 };
+                p = (word ^ link::key() ^ mixed) as *mut u8;
+            }
+            assert!(seen.iter().all(|&s| s), "{objects}: a slot left out");
+            assert!(objects < 3 || in_order < objects - 1, "{objects}: address order");
+        }
+    }
 }

@@ -33,6 +33,9 @@
  *   overflow-large        1 byte written past a 1 MiB block, then free
  *   overflow-large-guard  bytes written past a 1 MiB block up to its next page
  *   overflow-pages-guard  the same past a 64 KiB block
+ *   overflow-grown-guard  the same past a block of 40 KiB grown by realloc
+ *                         to 64 KiB and then 80 KiB (in place or moved:
+ *                         the guard page follows the data either way)
  *   zero-write            a byte written into malloc(0)
  *   zero-read             a byte read from malloc(0)
  *   layout                prints the addresses of 32 blocks of 200 bytes
@@ -91,11 +94,10 @@ static void overflow(size_t size, size_t len)
     free(p);
 }
 
-/* Writes past a `size`-byte block byte by byte until the next page
+/* Writes past the `size`-byte block `p` byte by byte until the next page
  * boundary after its end, and on into the page after it. */
-static void overflow_guard(size_t size)
+static void overflow_guard_of(char *p, size_t size)
 {
-    char *p = malloc(size);
     char *end = p + size;
     char *next_page = (char *)(((uintptr_t)end + 4095) & ~(uintptr_t)4095);
     /* The message names the first byte of the guard page. */
@@ -104,6 +106,11 @@ static void overflow_guard(size_t size)
         *q = 'x';
     }
     free(p);
+}
+
+static void overflow_guard(size_t size)
+{
+    overflow_guard_of(malloc(size), size);
 }
 
 int main(int argc, char **argv)
@@ -190,6 +197,11 @@ int main(int argc, char **argv)
         overflow_guard((1 << 20) + 100);
     } else if (!strcmp(c, "overflow-pages-guard")) {
         overflow_guard(64 * 1024 + 100);
+    } else if (!strcmp(c, "overflow-grown-guard")) {
+        char *p = malloc(40 * 1024);
+        p = realloc(p, 64 * 1024);
+        p = realloc(p, 80 * 1024 + 100);
+        overflow_guard_of(p, 80 * 1024 + 100);
     } else if (!strcmp(c, "zero-write") || !strcmp(c, "zero-read")) {
         volatile char *p = malloc(0);
         announce((void *)p);
