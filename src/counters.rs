@@ -181,7 +181,7 @@ pub fn tally() -> Tally {
     Tally { allocs: f[0], frees: f[1], calls: [f[2], f[3], f[4]], entry_allocs: f[5], entry_frees: f[6] }
 }
 
-/// The C entry points whose calls the views count (index into [`Tally::calls`]).
+/// The C entry points whose calls the views count (index into `Tally::calls`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Entry {
     /// `calloc`.
@@ -195,7 +195,7 @@ pub enum Entry {
 /// The entries' names, in [`Entry`] order.
 pub const ENTRY_NAMES: [&str; 3] = ["calloc", "realloc", "aligned"];
 
-/// The views' calls, in [`calls`] order.
+/// The views' calls, in the order `calls` returns them.
 pub const CALL_NAMES: [&str; 5] = ["malloc", "free", "calloc", "realloc", "aligned"];
 
 /// The counts of [`CALL_NAMES`] now: `malloc` is every block handed out
