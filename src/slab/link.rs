@@ -111,26 +111,36 @@ fn code(slot: *mut u8, word: usize, key: usize) -> usize {
 #[inline(always)]
 pub unsafe fn next(object: *mut u8, class: usize) -> *mut u8 {
     // SAFETY: per the caller.
-    unsafe { next_keyed(object, class, key(), IMPLAUSIBLE) }
+    unsafe { next_keyed(object, class, key(), IMPLAUSIBLE, crate::mm::page::chunk_of) }
 }
 
 /// [`next`] with the key and [`IMPLAUSIBLE`] already at hand (the thread
 /// cache keeps copies beside each other, so the test reads the mask from
 /// memory instead of building a 64-bit constant: one instruction less).
 ///
+/// `chunk_of` answers as [`crate::mm::page::chunk_of`] does (the thread
+/// cache's remembered chunk, on the magazine's pop); only the `hardened`
+/// check of the next slot calls it.
+///
 /// # Safety
 /// As [`next`]; `key` is [`key()`], `implausible` is [`IMPLAUSIBLE`].
 #[inline(always)]
-pub unsafe fn next_keyed(object: *mut u8, class: usize, key: usize, implausible: usize) -> *mut u8 {
+pub unsafe fn next_keyed(
+    object: *mut u8,
+    class: usize,
+    key: usize,
+    implausible: usize,
+    chunk_of: impl FnOnce(usize) -> *mut crate::mm::page::Chunk,
+) -> *mut u8 {
     // SAFETY: per the caller, the first word holds a link.
     let next = code(object, unsafe { object.cast::<usize>().read() }, key);
     if next & implausible != 0 {
         corrupted(object, next);
     }
     #[cfg(feature = "hardened")]
-    check_free_slot(object, next, class);
+    check_free_slot(object, next, class, chunk_of);
     #[cfg(not(feature = "hardened"))]
-    let _ = class;
+    let _ = (class, chunk_of);
     next as *mut u8
 }
 
@@ -242,12 +252,12 @@ pub unsafe fn clear(object: *mut u8) {
 /// [`page::Chunk::tags`]: crate::mm::page::Chunk::tags
 #[cfg(feature = "hardened")]
 #[inline(always)]
-fn check_free_slot(object: *mut u8, next: usize, class: usize) {
+fn check_free_slot(object: *mut u8, next: usize, class: usize, chunk_of: impl FnOnce(usize) -> *mut crate::mm::page::Chunk) {
     use crate::mm::page;
     if next == 0 {
         return;
     }
-    let chunk = page::chunk_of(next);
+    let chunk = chunk_of(next);
     if chunk.is_null() {
         corrupted(object, next);
     }

@@ -568,7 +568,7 @@ unsafe fn pop(tc: *mut ThreadCache, bin: &mut Bin, class: usize) -> *mut u8 {
         // first word links the bin; `link_key` is the link key or, in a
         // cache not yet active, 0 with every bin empty (never reached).
         unsafe {
-            let next = link::next_keyed(object, class, (*tc).link_key, (*tc).link_mask);
+            let next = link::next_keyed(object, class, (*tc).link_key, (*tc).link_mask, |a| (*tc).chunk_of(a));
             bin.head = next;
             bin.word += POPPED;
             link::clear(object);
