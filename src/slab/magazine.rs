@@ -356,20 +356,35 @@ impl ThreadCache {
     /// five instructions against the map's sixteen.
     #[inline(always)]
     pub fn chunk_of(&mut self, addr: usize) -> *mut crate::mm::page::Chunk {
-        let end = addr | (crate::mm::page::CHUNK_SIZE - 1);
-        if end == self.last_chunk_end {
-            if self.last_chunk.is_null() {
-                // SAFETY: `last_chunk_end` is only ever set (non-zero)
-                // together with a non-null `last_chunk`. Saying so spares
-                // the caller's null test on a hit.
-                unsafe { core::hint::unreachable_unchecked() }
+        // SAFETY: a cache of this thread's (`current`, or a test's own).
+        unsafe { chunk_of_raw(self, addr) }
+    }
+}
+
+/// [`ThreadCache::chunk_of`] through the raw pointer: it touches only the
+/// two fields of the remembered chunk, and makes no reference to the
+/// whole cache while [`pop`] holds one to a bin (the `hardened` check of
+/// the next slot asks it).
+///
+/// # Safety
+/// `tc` is a live cache only the calling thread uses ([`current`]).
+#[inline(always)]
+unsafe fn chunk_of_raw(tc: *mut ThreadCache, addr: usize) -> *mut crate::mm::page::Chunk {
+    let end = addr | (crate::mm::page::CHUNK_SIZE - 1);
+    // SAFETY: the calling thread's cache; place expressions on the raw
+    // pointer read and write the two fields alone.
+    unsafe {
+        if end == (*tc).last_chunk_end {
+            if (*tc).last_chunk.is_null() {
+                // As in `ThreadCache::chunk_of`: never null on a hit.
+                core::hint::unreachable_unchecked()
             }
-            return self.last_chunk;
+            return (*tc).last_chunk;
         }
         let chunk = crate::mm::page::chunk_of(addr);
         if !chunk.is_null() {
-            self.last_chunk_end = end;
-            self.last_chunk = chunk;
+            (*tc).last_chunk_end = end;
+            (*tc).last_chunk = chunk;
         }
         chunk
     }
@@ -568,7 +583,7 @@ unsafe fn pop(tc: *mut ThreadCache, bin: &mut Bin, class: usize) -> *mut u8 {
         // first word links the bin; `link_key` is the link key or, in a
         // cache not yet active, 0 with every bin empty (never reached).
         unsafe {
-            let next = link::next_keyed(object, class, (*tc).link_key, (*tc).link_mask, |a| (*tc).chunk_of(a));
+            let next = link::next_keyed(object, class, (*tc).link_key, (*tc).link_mask, |a| chunk_of_raw(tc, a));
             bin.head = next;
             bin.word += POPPED;
             link::clear(object);
