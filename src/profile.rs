@@ -35,8 +35,8 @@
 //! handed out. The bias this leaves: objects a thread frees into a bin
 //! and takes again lengthen the bin's run, so the crossing is noticed up
 //! to that many allocations late, at the refill; and a thread that only
-//! ever cycles objects through a bin it never empties is charged at its
-//! exit, never sampled. The first matters little to a live-heap profile
+//! ever cycles objects through a bin it never empties is never charged
+//! for them, nor sampled. The first matters little to a live-heap profile
 //! (the bytes are charged all the same, and memory that stays live
 //! drains the bins); the second is memory that does not stay live.
 //! Within one size class the object sampled is whichever request finds
@@ -240,7 +240,8 @@ pub fn charge_later(left: &mut isize, bytes: usize) {
 pub fn plan_refill(left: &mut isize, object_size: usize, want: &mut usize) -> bool {
     let sampled = charge(left, object_size);
     let budget = left.unsigned_abs();
-    // At least one byte stays for the refill's first object.
+    // At least one byte stays once the kept objects are popped, so the
+    // allocation after them is the one that crosses.
     let room = budget.saturating_sub(1) / object_size.max(1);
     let extra = want.saturating_sub(1).min(room);
     *want = extra + 1;
