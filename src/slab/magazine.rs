@@ -238,9 +238,7 @@ impl ThreadCache {
         let before = self.limits[class + 1];
         let limit = before.max(n);
         self.grown += (limit - before) as usize * CLASSES[class].size as usize;
-        self.limits[class + 1] = limit;
-        let word = &mut self.slots[class + 1].bin.word;
-        *word = (*word & !ROOM) | (limit - n) as u64;
+        self.store_room(class, limit, n);
     }
 
     /// Sets the limit of the bin of `class`, which holds no more than
@@ -248,7 +246,13 @@ impl ThreadCache {
     fn set_limit(&mut self, class: usize, limit: u32) {
         let n = self.count(class);
         debug_assert!(n <= limit, "a limit below the bin's count");
-        let limit = limit.max(n);
+        self.store_room(class, limit.max(n), n);
+    }
+
+    /// Records `limit` as the limit of the bin of `class`, which holds `n`
+    /// objects (`n <= limit`), and the room that leaves in its word; the
+    /// pops counted there stay.
+    fn store_room(&mut self, class: usize, limit: u32, n: u32) {
         self.limits[class + 1] = limit;
         let word = &mut self.slots[class + 1].bin.word;
         *word = (*word & !ROOM) | (limit - n) as u64;
