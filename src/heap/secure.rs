@@ -1276,11 +1276,9 @@ fn big_resize(p: usize, n: usize, base: usize, len: usize, size: usize) -> Optio
 /// [`malloc_or`]).
 #[inline]
 pub fn malloc(size: usize) -> *mut u8 {
-    malloc_or(size, nothing)
+    malloc_or(size, heap::nothing)
 }
 
-/// The [`magazine::OutOfMemory`] of the callers that test the answer.
-fn nothing() {}
 
 /// [`malloc`], calling `out_of_memory` before it returns null, as
 /// [`heap::malloc_or`]: the C face sets `errno` so.
@@ -1332,7 +1330,7 @@ pub fn aligned_alloc(align: usize, size: usize) -> *mut u8 {
     let Some(class) = class else {
         return big_alloc(size, align.max(MIN_ALIGN));
     };
-    let p = magazine::alloc(class, size + 8, ensure_init, nothing);
+    let p = magazine::alloc(class, size + 8, ensure_init, heap::nothing);
     if !p.is_null() {
         let usable = slab::size_of_class(class);
         debug_assert_eq!(usable, heap::usable_size(p));
