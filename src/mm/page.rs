@@ -219,6 +219,22 @@ impl Chunk {
         unsafe { *Self::tag_slot(chunk, (addr >> PAGE_SHIFT) & (CHUNK_PAGES - 1)) }
     }
 
+    /// The tags of `chunk` as an origin for [`tag_at`]: the address of
+    /// its tag array less twice the page number of its first page, so
+    /// that the tag of the page holding `addr` is at this plus
+    /// `(addr >> PAGE_SHIFT) * 2` (chunks are aligned to their size).
+    ///
+    /// # Safety
+    /// `chunk` is a live chunk descriptor.
+    #[inline]
+    pub unsafe fn tags_origin(chunk: *mut Chunk) -> usize {
+        // SAFETY: per the caller; only the field's address is computed.
+        let tags = unsafe { ptr::addr_of!((*chunk).tags) } as usize;
+        // SAFETY: as above.
+        let base = unsafe { (*chunk).base };
+        tags.wrapping_sub((base >> PAGE_SHIFT) * core::mem::size_of::<u16>())
+    }
+
     /// Where the tag of page `index` of `chunk` is kept.
     ///
     /// # Safety
@@ -241,6 +257,17 @@ impl Chunk {
         // SAFETY: in bounds by the caller's promise.
         unsafe { ptr::addr_of_mut!((*chunk).pages).cast::<Page>().add(index) }
     }
+}
+
+/// The fast-path tag of the page holding `addr`, from the
+/// [`Chunk::tags_origin`] of the chunk that holds it.
+///
+/// # Safety
+/// `origin` is the origin of a live chunk that holds `addr`.
+#[inline(always)]
+pub unsafe fn tag_at(origin: usize, addr: usize) -> u16 {
+    // SAFETY: per the caller, inside that chunk's tag array.
+    unsafe { *(origin.wrapping_add((addr >> PAGE_SHIFT) * core::mem::size_of::<u16>()) as *const u16) }
 }
 
 /// Sets the fast-path tag ([`Chunk::tags`]) of `npages` pages from

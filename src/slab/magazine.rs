@@ -66,25 +66,9 @@ use super::{cache, link, percpu, size_class::CLASSES, NR_CLASSES};
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-/// A bin: free objects of one class, cached for one thread, and in one
-/// word its room and the objects taken from it.
-#[repr(C)]
-pub struct Bin {
-    head: *mut u8,
-    /// Bits 0..16: the bin's room, objects it may still take (its limit,
-    /// kept in [`ThreadCache::limits`] for the slow paths, less the
-    /// objects it holds). Bits 16..64: objects popped since the last
-    /// [`ThreadCache::fold`]. A pop adds [`POPPED`] (one more pop, one
-    /// more room) and a push subtracts 1, one instruction each as a plain
-    /// count took, and `free` tests the room alone. So the thread counts
-    /// its allocations at no cost, and its frees follow from the pops and
-    /// the bin's count (see `fold`).
-    word: u64,
-}
-
-/// The room in a [`Bin`]'s word.
+/// The room in a bin's word ([`ThreadCache::words`]).
 const ROOM: u64 = 0xffff;
-/// What a pop adds to a [`Bin`]'s word: one pop, one more room.
+/// What a pop adds to a bin's word: one pop, one more room.
 const POPPED: u64 = (1 << 16) | 1;
 const _: () = assert!(MAX_OBJECTS as u64 <= ROOM);
 
@@ -106,23 +90,27 @@ const BUSY: u32 = 3;
 /// look at it).
 const PAUSED: u32 = 4;
 
-/// A class's two bins: its own objects, and objects of other nodes on
-/// their way home. 32 bytes, the class table's stride, so `free` reaches
-/// a class's geometry and its bin with one scaled index.
-#[repr(C)]
-pub struct Slot {
-    bin: Bin,
-    remote: RemoteBin,
-}
-
-/// One thread's bins. `slots[0]` is never used (its limits stay 0); the
-/// bins of class `c` are in `slots[c + 1]`, indexed by a page's
-/// `user_class`.
+/// One thread's bins. A class's bin is a free list (`heads`) and a word
+/// (`words`), at *slot* `c + 1` for class `c`, the index a page's
+/// `user_class` gives; slot 0 is never used (its room stays 0).
 #[repr(C)]
 pub struct ThreadCache {
-    /// First, so a bin's address is the thread cache's plus a scaled
-    /// index, with no constant to add on `free`'s fast path.
-    slots: [Slot; NR_CLASSES + 1],
+    /// Per slot, the head of the bin's list. First, and the words next:
+    /// a bin's head and word are at the thread cache's address plus the
+    /// slot times 8 (plus a constant for the word), one scaled index that
+    /// x86 addressing takes as it is, with no shift and no bin address
+    /// worked out on the fast paths (callgrind: 3 instructions fewer per
+    /// pair than 32-byte slots of head, word and remote bin).
+    heads: [*mut u8; NR_CLASSES + 1],
+    /// Per slot, the bin's word. Bits 0..16: the bin's room, objects it
+    /// may still take (its limit, kept in [`ThreadCache::limits`] for the
+    /// slow paths, less the objects it holds). Bits 16..64: objects popped
+    /// since the last [`ThreadCache::fold`]. A pop adds [`POPPED`] (one
+    /// more pop, one more room) and a push subtracts 1, one instruction
+    /// each as a plain count took, and `free` tests the room alone. So the
+    /// thread counts its allocations at no cost, and its frees follow from
+    /// the pops and the bin's count (see `fold`).
+    words: [u64; NR_CLASSES + 1],
     /// [`link::FREE_MARK`], copied on activation (0 before: such a cache
     /// has no room, so every free takes the slow path, which reads the
     /// mark itself).
@@ -139,12 +127,19 @@ pub struct ThreadCache {
     /// chunk's last byte is, so no null test is needed on a hit.
     last_chunk_end: usize,
     last_chunk: *mut crate::mm::page::Chunk,
+    /// The tags of `last_chunk` as [`crate::mm::page::Chunk::tags_origin`]
+    /// gives them: `free` reads a page's tag with one shift and one load.
+    last_tags: usize,
     /// The node this thread refills from (its CPU's, when last looked at),
     /// shifted to where a page's tag ([`crate::mm::page::Chunk::tags`]) has
     /// it: a page's tag XOR this is the page's `user_class` exactly when the
     /// page is a slab of this node, so `free` tells "local object of class
     /// c" from everything else with one compare.
     node_tag: u32,
+    /// [`SMALL_SLOTS`], copied on activation (all 0 before: slot 0's bin,
+    /// always empty), so that `malloc` finds its bin through the thread
+    /// pointer it needs anyway, with no load of the table's address.
+    small_slots: [u8; super::TABLE_MAX / 16 + 1],
     state: u32,
     /// A xorshift state for the refill count's jitter (see `alloc_slow`).
     rng: u32,
@@ -176,8 +171,12 @@ pub struct ThreadCache {
     /// Bytes of objects all of `spares` hold: at most [`SPARE_BUDGET`].
     spare_bytes: usize,
     /// Per slot, its bin's limit: the objects it may hold (slot 0's stays
-    /// 0). The fast paths read only the room this leaves ([`Bin::word`]).
+    /// 0). The fast paths read only the room this leaves
+    /// ([`ThreadCache::words`]).
     limits: [u32; NR_CLASSES + 1],
+    /// Per slot, the remote bin: objects of the class whose slabs belong
+    /// to other nodes, on their way home.
+    remotes: [RemoteBin; NR_CLASSES + 1],
     /// Per class, what [`ThreadCache::fold`] needs to tell the pushes of
     /// `free`'s fast path from everything else: the bin's count when it
     /// was last folded, plus the objects slow paths have put in since,
@@ -222,7 +221,7 @@ impl ThreadCache {
     /// Objects in the bin of `class`.
     #[inline]
     fn count(&self, class: usize) -> u32 {
-        self.limits[class + 1] - (self.slots[class + 1].bin.word & ROOM) as u32
+        self.limits[class + 1] - (self.words[class + 1] & ROOM) as u32
     }
 
     /// Says that a slow path left `n` objects in the bin of `class`, so
@@ -254,7 +253,7 @@ impl ThreadCache {
     /// pops counted there stay.
     fn store_room(&mut self, class: usize, limit: u32, n: u32) {
         self.limits[class + 1] = limit;
-        let word = &mut self.slots[class + 1].bin.word;
+        let word = &mut self.words[class + 1];
         *word = (*word & !ROOM) | (limit - n) as u64;
     }
 
@@ -263,7 +262,7 @@ impl ThreadCache {
     /// pushes (frees) are the count's growth that no slow path explains,
     /// plus the pops. Returns the pops.
     fn fold(&mut self, class: usize) -> u64 {
-        let word = &mut self.slots[class + 1].bin.word;
+        let word = &mut self.words[class + 1];
         let pops = *word >> 16;
         *word &= ROOM;
         let count = self.count(class) as i64;
@@ -346,7 +345,7 @@ impl ThreadCache {
         self.refused = 0;
         for class in 0..NR_CLASSES {
             self.set_limit(class, start_limit(class));
-            self.slots[class + 1].remote.limit = start_limit(class);
+            self.remotes[class + 1].limit = start_limit(class);
         }
     }
 
@@ -363,6 +362,25 @@ impl ThreadCache {
         // SAFETY: a cache of this thread's (`current`, or a test's own).
         unsafe { chunk_of_raw(self, addr) }
     }
+}
+
+/// The fast-path tag of the page holding `addr` when `addr` lies in the
+/// chunk this thread remembers (see [`ThreadCache::chunk_of`]): `free`'s
+/// fast path, whose misses take its cold path as a jump.
+///
+/// # Safety
+/// `tc` is a live cache only the calling thread uses ([`current`]).
+#[inline(always)]
+pub unsafe fn remembered_tag(tc: *mut ThreadCache, addr: usize) -> Option<u16> {
+    // SAFETY: per the caller; two fields read through the raw pointer, and
+    // `last_tags` is the origin of the chunk that holds `addr` on a hit
+    // (never before one: no chunk ends at 0).
+    unsafe {
+        if addr | (crate::mm::page::CHUNK_SIZE - 1) == (*tc).last_chunk_end {
+            return Some(crate::mm::page::tag_at((*tc).last_tags, addr));
+        }
+    }
+    None
 }
 
 /// [`ThreadCache::chunk_of`] through the raw pointer: it touches only the
@@ -389,6 +407,7 @@ unsafe fn chunk_of_raw(tc: *mut ThreadCache, addr: usize) -> *mut crate::mm::pag
         if !chunk.is_null() {
             (*tc).last_chunk_end = end;
             (*tc).last_chunk = chunk;
+            (*tc).last_tags = crate::mm::page::Chunk::tags_origin(chunk);
         }
         chunk
     }
@@ -533,7 +552,7 @@ unsafe fn rebalance(tc: &mut ThreadCache) {
             tc.set_limit(class, half);
         }
         grown += tc.limit(class).saturating_sub(start) as usize * info.size as usize;
-        let remote = &mut tc.slots[class + 1].remote;
+        let remote = &mut tc.remotes[class + 1];
         if remote.limit > start {
             remote.limit = (remote.limit / 2).max(start);
             let excess = remote.count.saturating_sub(remote.limit) as usize;
@@ -573,23 +592,29 @@ pub fn prof_budget() -> *mut isize {
 // which no thread's fast path may take for a class of its node.
 const _: () = assert!((crate::profile::DIVERTED as usize & 0xff) > NR_CLASSES);
 
-/// Pops an object of `class` off `bin`, or null when the bin is empty.
-/// The link is checked ([`link::next_keyed`]) and both of the object's
-/// first words are cleared, so the program never sees the encoded link.
+/// Pops an object off the bin at `slot` (class `slot - 1`), or null when
+/// the bin is empty. The link is checked ([`link::next_keyed`]) and both
+/// of the object's first words are cleared, so the program never sees
+/// the encoded link.
 ///
 /// # Safety
-/// `bin` is the bin of `class` of `tc`, the calling thread's cache.
+/// `tc` is the calling thread's cache; `slot <= NR_CLASSES`.
 #[inline(always)]
-unsafe fn pop(tc: *mut ThreadCache, bin: &mut Bin, class: usize) -> *mut u8 {
-    let object = bin.head;
+unsafe fn pop(tc: *mut ThreadCache, slot: usize) -> *mut u8 {
+    // SAFETY: per the caller, the slot is in the arrays.
+    let head = unsafe { (*tc).heads.as_mut_ptr().add(slot) };
+    // SAFETY: as above.
+    let object = unsafe { *head };
     if !object.is_null() {
         // SAFETY: objects on a bin are free objects of its class whose
-        // first word links the bin; `link_key` is the link key or, in a
-        // cache not yet active, 0 with every bin empty (never reached).
+        // first word links the bin (slot 0's is always empty, so its
+        // class, which wraps, is never read); `link_key` is the link key
+        // or, in a cache not yet active, 0 with every bin empty (never
+        // reached).
         unsafe {
-            let next = link::next_keyed(object, class, (*tc).link_key, (*tc).link_mask, |a| chunk_of_raw(tc, a));
-            bin.head = next;
-            bin.word += POPPED;
+            let next = link::next_keyed(object, slot.wrapping_sub(1), (*tc).link_key, (*tc).link_mask, |a| chunk_of_raw(tc, a));
+            *head = next;
+            *(*tc).words.as_mut_ptr().add(slot) += POPPED;
             link::clear(object);
         }
     }
@@ -603,8 +628,7 @@ pub fn alloc(class: usize, size: usize, set_up: SetUp, out_of_memory: OutOfMemor
     // SAFETY: the thread cache is this thread's alone; `class + 1` is a
     // valid bin index.
     let object = unsafe {
-        let tc = current();
-        pop(tc, &mut (*(*tc).slots.as_mut_ptr().add(class + 1)).bin, class)
+        pop(current(), class + 1)
     };
     if !object.is_null() {
         return object;
@@ -612,36 +636,47 @@ pub fn alloc(class: usize, size: usize, set_up: SetUp, out_of_memory: OutOfMemor
     alloc_slow(class, size, set_up, out_of_memory)
 }
 
-/// Byte offset of the bin serving a request of `16 * i` bytes (rounded
-/// up) inside [`ThreadCache::slots`], for requests up to
-/// [`super::TABLE_MAX`]: the class table and the bin address folded into
-/// one load.
-static SMALL_BINS: [u16; super::TABLE_MAX / 16 + 1] = {
-    let mut t = [0u16; super::TABLE_MAX / 16 + 1];
+/// The slot (class + 1) of the bin serving a request of `16 * i` bytes
+/// (rounded up), for requests up to [`super::TABLE_MAX`]: the class
+/// table's answer as `malloc` indexes the bins with it.
+static SMALL_SLOTS: [u8; super::TABLE_MAX / 16 + 1] = {
+    let mut t = [0u8; super::TABLE_MAX / 16 + 1];
     let mut i = 0;
     while i < t.len() {
-        t[i] = ((super::size_class::slow_class_of(i * 16) + 1) * core::mem::size_of::<Slot>()) as u16;
+        t[i] = (super::size_class::slow_class_of(i * 16) + 1) as u8;
         i += 1;
     }
     t
 };
+const _: () = assert!(NR_CLASSES < 256);
 
 /// [`alloc`] for a request of `size <= TABLE_MAX` bytes.
 #[inline(always)]
 pub fn alloc_small(size: usize, set_up: SetUp, out_of_memory: OutOfMemory) -> *mut u8 {
     debug_assert!(size <= super::TABLE_MAX);
-    // SAFETY: (size + 15) >> 4 <= 64, the table's last index.
-    let offset = unsafe { *SMALL_BINS.get_unchecked((size + 15) >> 4) } as usize;
-    let class = offset / core::mem::size_of::<Slot>() - 1;
-    // SAFETY: the thread cache is this thread's alone; `offset` is the
-    // byte offset of the bin of `class`.
-    let object = unsafe {
-        let tc = current();
-        pop(tc, &mut *(*tc).slots.as_mut_ptr().cast::<u8>().add(offset).cast::<Bin>(), class)
-    };
+    let tc = current();
+    // SAFETY: (size + 15) >> 4 <= 64, the table's last index; the thread
+    // cache is this thread's alone.
+    let slot = unsafe { *(*tc).small_slots.get_unchecked((size + 15) >> 4) } as usize;
+    // SAFETY: a slot's bin: the bin of `slot - 1`, or slot 0's (empty)
+    // before activation.
+    let object = unsafe { pop(tc, slot) };
     if !object.is_null() {
         return object;
     }
+    alloc_small_slow(size, slot, set_up, out_of_memory)
+}
+
+/// [`alloc_small`] with its bin empty: the class from the bin's slot, or
+/// from `size` while the cache's table is not yet copied. (`size` first:
+/// it stays in the register it came in, with no copy on the fast path.)
+#[cold]
+#[inline(never)]
+fn alloc_small_slow(size: usize, slot: usize, set_up: SetUp, out_of_memory: OutOfMemory) -> *mut u8 {
+    let class = match slot {
+        0 => super::class_of(size),
+        slot => slot - 1,
+    };
     alloc_slow(class, size, set_up, out_of_memory)
 }
 
@@ -653,10 +688,7 @@ pub fn alloc_small(size: usize, set_up: SetUp, out_of_memory: OutOfMemory) -> *m
 #[inline(always)]
 pub unsafe fn has_room(tc: *mut ThreadCache, user_class: usize) -> bool {
     // SAFETY: per the caller.
-    unsafe {
-        let bin = &(*(*tc).slots.as_ptr().add(user_class)).bin;
-        bin.word as u16 != 0
-    }
+    unsafe { *(*tc).words.as_ptr().add(user_class) as u16 != 0 }
 }
 
 /// Frees `object`, a slab object of class `user_class - 1` on the calling
@@ -669,15 +701,17 @@ pub unsafe fn has_room(tc: *mut ThreadCache, user_class: usize) -> bool {
 pub unsafe fn free_local(tc: *mut ThreadCache, object: *mut u8, user_class: usize, set_up: SetUp) {
     // SAFETY: as in `alloc`; the object is ours to link.
     unsafe {
-        let bin = &mut (*(*tc).slots.as_mut_ptr().add(user_class)).bin;
+        let head = (*tc).heads.as_mut_ptr().add(user_class);
+        let word = (*tc).words.as_mut_ptr().add(user_class);
         let key = (*tc).key;
-        debug_assert!(bin.word & ROOM != 0, "free_local without room");
+        let link_key = (*tc).link_key;
+        debug_assert!(*word & ROOM != 0, "free_local without room");
         let mark = link::mark_of(object, key);
         if key_slot(object).read() != mark {
             key_slot(object).write(mark);
-            link::set_next_keyed(object, bin.head, (*tc).link_key);
-            bin.head = object;
-            bin.word -= 1;
+            link::set_next_keyed(object, *head, link_key);
+            *head = object;
+            *word -= 1;
             return;
         }
         free_slow(object, user_class, set_up)
@@ -768,6 +802,7 @@ fn activate_slow(tc: *mut ThreadCache, set_up: SetUp) -> bool {
     }
     tc.reset_limits();
     tc.set_node(super::home_node() as u8);
+    tc.small_slots = SMALL_SLOTS;
     tc.rng = (link::FREE_MARK.load(Ordering::Relaxed) ^ (tc as *mut ThreadCache as usize)) as u32 | 1;
     tc.key = link::FREE_MARK.load(Ordering::Relaxed);
     tc.link_key = link::key();
@@ -826,9 +861,9 @@ fn alloc_slow(class: usize, size: usize, set_up: SetUp, out_of_memory: OutOfMemo
         if (*tc).spares[class].count != 0 {
             if !crate::profile::on() {
                 let (list, n) = (*tc).take_spare(class);
-                let bin = &mut (*tc).slots[class + 1].bin;
-                debug_assert!(bin.head.is_null());
-                bin.head = link::next(list, class);
+                let head = &mut (*tc).heads[class + 1];
+                debug_assert!(head.is_null());
+                *head = link::next(list, class);
                 (*tc).set_count(class, n - 1);
                 link::clear(list);
                 // The bin ran dry: it grows as on a refill, or a class
@@ -900,7 +935,7 @@ fn alloc_slow(class: usize, size: usize, set_up: SetUp, out_of_memory: OutOfMemo
     // SAFETY: `list` heads `n` fresh objects linked through their first
     // word; this thread's cache, whose bin of `class` is empty.
     unsafe {
-        (*tc).slots[class + 1].bin.head = link::next(list, class);
+        (*tc).heads[class + 1] = link::next(list, class);
         link::clear(list);
         (*tc).set_count(class, n as u32 - 1);
         (*tc).tally.allocs += 1;
@@ -960,7 +995,7 @@ pub unsafe fn free_slow(object: *mut u8, user_class: usize, set_up: SetUp) {
         tc.set_node(super::home_node() as u8);
         let slab = cache::slab_of(object);
         if (*slab).node != tc.node() {
-            let remote = &mut tc.slots[user_class].remote;
+            let remote = &mut tc.remotes[user_class];
             if remote.count >= remote.limit && !grow_budgeted(&mut tc.grown, &mut remote.limit, class, Growth::Remote) {
                 send_home(remote, class, remote.count as usize);
             }
@@ -972,7 +1007,7 @@ pub unsafe fn free_slow(object: *mut u8, user_class: usize, set_up: SetUp) {
         let mut count = tc.count(class);
         if count >= tc.limit(class) && !tc.grow_bin(class, Growth::Free) {
             tc.drop_spare(class);
-            let head = tc.slots[user_class].bin.head;
+            let head = tc.heads[user_class];
             let bytes = count as usize * CLASSES[class].size as usize;
             if tc.spare_bytes + bytes <= SPARE_BUDGET {
                 tc.spare_bytes += bytes;
@@ -983,12 +1018,12 @@ pub unsafe fn free_slow(object: *mut u8, user_class: usize, set_up: SetUp) {
                 // A whole bin, its list ending in the null link.
                 percpu::free_batch(class, head, count as usize);
             }
-            tc.slots[user_class].bin.head = ptr::null_mut();
+            tc.heads[user_class] = ptr::null_mut();
             count = 0;
         }
-        let bin = &mut tc.slots[user_class].bin;
-        link::set_next(object, bin.head);
-        bin.head = object;
+        let head = &mut tc.heads[user_class];
+        link::set_next(object, *head);
+        *head = object;
         tc.set_count(class, count + 1);
     }
 }
@@ -1041,8 +1076,8 @@ unsafe fn flush(tc: &mut ThreadCache, class: usize, n: usize) {
     }
     let count = tc.count(class);
     tc.set_count(class, count - n as u32);
-    let bin = &mut tc.slots[class + 1].bin;
-    let list = bin.head;
+    let head = &mut tc.heads[class + 1];
+    let list = *head;
     let mut last = list;
     // SAFETY: the bin's objects are free objects linked through their
     // first word; we cut the list after `n` of them and terminate the cut
@@ -1052,7 +1087,7 @@ unsafe fn flush(tc: &mut ThreadCache, class: usize, n: usize) {
         for _ in 1..n {
             last = link::next(last, class);
         }
-        bin.head = link::next(last, class);
+        *head = link::next(last, class);
         link::set_next(last, ptr::null_mut());
         percpu::free_batch(class, list, n);
     }
@@ -1086,7 +1121,7 @@ unsafe fn drain(tc: &mut ThreadCache) {
             tc.drop_spare(class);
         }
         tc.set_limit(class, 0);
-        let remote = &mut tc.slots[class + 1].remote;
+        let remote = &mut tc.remotes[class + 1];
         remote.limit = 0;
         let n = remote.count as usize;
         // SAFETY: the remote bin holds `n` objects.
@@ -1153,7 +1188,7 @@ pub fn cached_objects() -> usize {
         let tc = &*current();
         let spares: usize = tc.spares.iter().map(|s| s.count as usize).sum();
         let bins: usize = (0..NR_CLASSES).map(|c| tc.count(c) as usize).sum();
-        spares + bins + tc.slots.iter().map(|s| s.remote.count as usize).sum::<usize>()
+        spares + bins + tc.remotes.iter().map(|r| r.count as usize).sum::<usize>()
     }
 }
 

@@ -26,7 +26,7 @@ pub mod shuffle;
 pub mod size_class;
 
 pub use cache::{CacheStats, KmemCache};
-pub use size_class::{class_for_aligned, class_of, size_of_class, CLASSES, NR_CLASSES, SLAB_MAX, TABLE_MAX};
+pub use size_class::{class_for_aligned, class_of, is_slot_start, size_of_class, CLASSES, NR_CLASSES, SLAB_MAX, TABLE_MAX};
 
 use crate::mm;
 use crate::mm::page::Page;
