@@ -170,6 +170,19 @@ fn c_free_wild() {
     c_case("free-wild", NOT_OURS);
 }
 
+/// An object of another node goes to the thread's remote bin from its
+/// page's tag alone (`magazine::free_remote`): the free mark and the slot
+/// start are checked on that road too.
+#[test]
+fn c_free_remote_double() {
+    c_case("free-remote-double", "double free");
+}
+
+#[test]
+fn c_free_remote_interior() {
+    c_case("free-remote-interior", INSIDE_OBJECT);
+}
+
 // -------------------------------------------------------------- realloc
 
 #[test]

@@ -304,9 +304,31 @@ fn free_other(p: *mut u8) {
     let tc = magazine::current();
     // SAFETY: the thread cache is this thread's.
     let chunk = unsafe { (*tc).chunk_of(p as usize) };
-    // SAFETY: a published chunk holding `p`: its tag is the page's.
-    if !chunk.is_null() && unsafe { free_tagged(tc, page::Chunk::tag(chunk, p as usize), p) } {
-        return;
+    if !chunk.is_null() {
+        // SAFETY: a published chunk holding `p`: its tag is the page's.
+        let tag = unsafe { page::Chunk::tag(chunk, p as usize) };
+        // SAFETY: as above.
+        if unsafe { free_tagged(tc, tag, p) } {
+            return;
+        }
+        // A slab object of another node (the tag's class byte names a
+        // class, its node byte another node than the thread's): to the
+        // thread's remote bin, from the tag alone. The page descriptor,
+        // which `owner_of` and `free_slow` read and the owner node's
+        // refills write, stays on its CPU.
+        let user_class = (tag & 0xff) as usize;
+        // SAFETY: the thread cache is this thread's.
+        if (1..=NR_CLASSES).contains(&user_class) && (tag as u32 ^ unsafe { (*tc).node_tag() }) > 0xff {
+            // SAFETY: 1 <= user_class <= NR_CLASSES.
+            if !unsafe { slab::is_slot_start(user_class, p as usize) } {
+                free_inside_object(p);
+            }
+            // SAFETY: a slab object of that class, at a slot start, given
+            // up by the caller.
+            if unsafe { magazine::free_remote(tc, p, user_class, ensure_init) } {
+                return;
+            }
+        }
     }
     match owner_of(p, b"free()") {
         Owner::Slab(class) => {

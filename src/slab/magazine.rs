@@ -1028,6 +1028,41 @@ pub unsafe fn free_slow(object: *mut u8, user_class: usize, set_up: SetUp) {
     }
 }
 
+/// Frees `object`, a slab object of class `user_class - 1` whose page's
+/// tag names another node, into the thread's remote bin, when the cache
+/// is active and that bin has room; false when not (then [`free_slow`]
+/// does it, growing the bin or sending it home). What `free_slow` does
+/// for such an object, less its reads of the page descriptor: the tag
+/// already said class and node.
+///
+/// # Safety
+/// `tc` is [`current`]; `object` is a live object of that class, at a
+/// slot start, given up, on a page of another node than the thread's.
+pub unsafe fn free_remote(tc: *mut ThreadCache, object: *mut u8, user_class: usize, set_up: SetUp) -> bool {
+    if !activate(tc, set_up) {
+        return false;
+    }
+    // SAFETY: this thread's cache, active; the object is ours to link.
+    unsafe {
+        let tc = &mut *tc;
+        let remote = &mut tc.remotes[user_class];
+        if remote.count >= remote.limit {
+            return false;
+        }
+        let mark = link::mark_of(object, tc.key);
+        if key_slot(object).read() == mark {
+            double_free(object);
+        }
+        key_slot(object).write(mark);
+        link::set_next(object, remote.head);
+        remote.head = object;
+        remote.count += 1;
+        tc.tally.frees += 1;
+        tc.publish_now_and_then();
+    }
+    true
+}
+
 #[cold]
 #[inline(never)]
 fn double_free(object: *mut u8) -> ! {

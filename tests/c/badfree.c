@@ -25,9 +25,16 @@
  *   CALL-large-freed             (realloc, usable) a freed 1 MiB block
  *   CALL-small-freed             (realloc, usable) a freed 64-byte object
  *   free-wild                    an address nothing is mapped at
+ *   free-remote-double           a 64-byte object of another node (made by
+ *                                a thread on CPU 0, freed on CPU 1) freed
+ *                                twice: the remote bin's road
+ *   free-remote-interior         p + 16 inside such an object
+ * (On a machine with one CPU the remote cases are ordinary frees.)
  */
 #define _GNU_SOURCE
 #include <malloc.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -82,6 +89,23 @@ static void *filled(size_t size)
     }
     memset(p, 0x5a, size);
     return p;
+}
+
+/* Pins the calling thread to `cpu` (nothing when the machine has none). */
+static void pin(int cpu)
+{
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    sched_setaffinity(0, sizeof one, &one);
+}
+
+/* A thread on CPU 0 makes a 64-byte object, left live for main. */
+static void *object_on_cpu0(void *out)
+{
+    pin(0);
+    *(void **)out = filled(64);
+    return NULL;
 }
 
 static void *program_mapping(void)
@@ -145,6 +169,27 @@ int main(int argc, char **argv)
         free(s);
         free(r);
         call_only(call, alias);
+    } else if (call == CALL_FREE && (!strcmp(rest, "remote-double") || !strcmp(rest, "remote-interior"))) {
+        /* This thread on CPU 1, its node CPU 1's (a refill sets it: a
+         * size nothing above used), the object from a thread on CPU 0. */
+        pin(1);
+        free(malloc(5000));
+        void *p = NULL;
+        pthread_t t;
+        if (pthread_create(&t, NULL, object_on_cpu0, &p) || pthread_join(t, NULL)) {
+            fprintf(stderr, "pthread failed\n");
+            return 4;
+        }
+        if (!strcmp(rest, "remote-double")) {
+            void *alias = hidep(p);
+            announce(p);
+            free(p);
+            call_only(call, alias);
+        } else {
+            void *inside = (char *)p + 16;
+            announce(inside);
+            call_only(call, inside);
+        }
     } else if (call == CALL_FREE && !strcmp(rest, "pages-double")) {
         void *p = filled(64 << 10), *alias = hidep(p);
         announce(p);
