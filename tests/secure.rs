@@ -58,6 +58,8 @@ const CASES: &[(&str, Expect, Expect)] = &[
     ("uaf-link-small", Caught("malloc()", "corrupted free list"), Caught("free()", "write after free")),
     ("uaf-write-large", NotCaught, Caught("SIGSEGV", "use after free")),
     ("uaf-read-large", NotCaught, Caught("SIGSEGV", "use after free")),
+    ("uaf-write-pages", Silent, Caught("free()", "write after free")),
+    ("uaf-read-pages", Silent, Silent),
     ("overflow-1", Silent, Caught("free()", "heap overflow")),
     ("overflow-8", Silent, Caught("free()", "heap overflow")),
     ("overflow-1-tight", Silent, Caught("free()", "heap overflow")),

@@ -27,6 +27,9 @@
  *                         free-list link), then more mallocs and frees
  *   uaf-write-large       a byte written into a freed 1 MiB block
  *   uaf-read-large        a byte read from a freed 1 MiB block
+ *   uaf-write-pages       a byte written into a freed 64 KiB block (a page
+ *                         run), then more frees of that size
+ *   uaf-read-pages        a byte read from a freed 64 KiB block
  *   overflow-1            1 byte written past a 64-byte object, then free
  *   overflow-8            8 bytes written past a 64-byte object, then free
  *   overflow-1-tight      1 byte written past a 24-byte object, then free
@@ -182,6 +185,18 @@ int main(int argc, char **argv)
         volatile char *q = hidep(p);
         if (c[4] == 'w') {
             q[100] = 'x';
+        } else {
+            printf("read %d\n", q[100]);
+        }
+    } else if (!strcmp(c, "uaf-write-pages") || !strcmp(c, "uaf-read-pages")) {
+        char *p = malloc(64 << 10);
+        memset(p, 1, 64 << 10);
+        announce(p);
+        free(p);
+        volatile char *q = hidep(p);
+        if (c[4] == 'w') {
+            q[100] = 'x';
+            churn(64 << 10);
         } else {
             printf("read %d\n", q[100]);
         }
