@@ -65,6 +65,7 @@ const CASES: &[(&str, Expect, Expect)] = &[
     ("overflow-1-tight", Silent, Caught("free()", "heap overflow")),
     ("overflow-large", Silent, Caught("free()", "heap overflow")),
     ("overflow-large-guard", NotCaught, Caught("SIGSEGV", "protected page")),
+    ("overflow-reused-guard", NotCaught, Caught("SIGSEGV", "protected page")),
     ("overflow-pages-guard", Silent, Caught("SIGSEGV", "protected page")),
     ("overflow-grown-guard", NotCaught, Caught("SIGSEGV", "protected page")),
     ("zero-write", Silent, Caught("SIGSEGV", "zero-size")),

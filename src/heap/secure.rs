@@ -1209,12 +1209,25 @@ fn big_alloc(n: usize, align: usize) -> *mut u8 {
     let p = base + lead;
     // A page run is open when handed out ([`big_release`] opens one before
     // the buddy allocator takes it back), so only its guard is protected:
-    // one system call, not two. A large mapping from the mapping cache
-    // may still be inaccessible from its quarantine.
-    let open = !page::page_of(base).is_null();
+    // one system call, not two. A large mapping is open throughout when
+    // fresh (only its guard to protect) and inaccessible throughout when
+    // cut from one cached extent (every mapping this layer frees is made
+    // `PROT_NONE` before the cache gets it: only its data to open); when
+    // `large` cannot say which, both.
+    let (open_data, protect_guard) = if is_run(base) {
+        (false, true)
+    } else {
+        match large::handed_out_fresh(base) {
+            Some(true) => (false, true),
+            Some(false) => (true, false),
+            None => (true, true),
+        }
+    };
     // SAFETY: the block is ours.
     unsafe {
-        if (!open && os::mprotect(base, data, true).is_err()) || os::mprotect(base + data, len - data, false).is_err() {
+        if (open_data && os::mprotect(base, data, true).is_err())
+            || (protect_guard && os::mprotect(base + data, len - data, false).is_err())
+        {
             stop(b"malloc()", b"cannot protect a guard page", base);
         }
         big_arm(base, p, n);
