@@ -966,19 +966,20 @@ unsafe fn run_fill(p: usize, n: usize) {
 
 /// Checks the freed page run `[base, base + len)` with data at `p`
 /// (filled by [`run_fill`], open): its header and its pattern. Stops the
-/// process when either was written after the free; returns the end of
-/// its open pages (the data's, where its guard starts).
-fn run_check(base: usize, len: usize, p: usize) -> usize {
+/// process when either was written after the free, naming the call
+/// `what` that found it; returns the end of its open pages (the data's,
+/// where its guard starts).
+fn run_check(what: &[u8], base: usize, len: usize, p: usize) -> usize {
     let (_, word) = quarantine_keys();
     // SAFETY: the header's page of a freed run of ours, open.
     let (n, tag) = unsafe { (*(base as *const usize), *((base + 8) as *const usize)) };
     // The header says which pages are read: it must be intact first.
     if tag != big_tag(secret(p), n) || n > base + len - p {
-        stop(b"free()", b"write after free (quarantined block's header modified)", p);
+        stop(what, b"write after free (quarantined block's header modified)", p);
     }
     // SAFETY: the spans lie in the freed data, open.
     if !run_pattern_spans(p, n).iter().all(|&(start, end)| unsafe { holds_pattern(start, end, word) }) {
-        stop(b"free()", b"write after free (quarantined block modified)", p);
+        stop(what, b"write after free (quarantined block modified)", p);
     }
     round_up(p + n, PAGE_SIZE)
 }
@@ -1052,12 +1053,12 @@ fn is_spare(base: usize) -> bool {
 
 /// The open end of the spare `(base, len, data)`: `base` for a mapping
 /// (all inaccessible), the end of a page run's data after checking its
-/// pattern ([`run_check`]).
-fn spare_open_end(base: usize, len: usize, data: usize) -> usize {
+/// pattern ([`run_check`], which names the call `what` if it stops).
+fn spare_open_end(what: &[u8], base: usize, len: usize, data: usize) -> usize {
     if data == 0 {
         base
     } else {
-        run_check(base, len, data)
+        run_check(what, base, len, data)
     }
 }
 
@@ -1067,17 +1068,17 @@ fn spare_open_end(base: usize, len: usize, data: usize) -> usize {
 /// quarantine, and again when it is reused or given back.
 fn big_retire(base: usize, len: usize, p: usize) {
     let data = if is_run(base) {
-        run_check(base, len, p);
+        run_check(b"free()", base, len, p);
         p
     } else {
         0
     };
     let Some(mut spares) = SPARES.try_lock() else {
-        return big_release(base, len, spare_open_end(base, len, data));
+        return big_release(base, len, spare_open_end(b"free()", base, len, data));
     };
     if len > SPARE_BYTES {
         drop(spares);
-        return big_release(base, len, spare_open_end(base, len, data));
+        return big_release(base, len, spare_open_end(b"free()", base, len, data));
     }
     let mut out = [(0usize, 0usize, 0usize); SPARE_BLOCKS];
     let mut count = 0;
@@ -1092,7 +1093,7 @@ fn big_retire(base: usize, len: usize, p: usize) {
     spares.mirror();
     drop(spares);
     for &(b, l, d) in &out[..count] {
-        big_release(b, l, spare_open_end(b, l, d));
+        big_release(b, l, spare_open_end(b"free()", b, l, d));
     }
 }
 
@@ -1115,7 +1116,7 @@ fn spare_take(total: usize) -> Option<(usize, usize, usize)> {
     let (base, len, data) = spares.remove(best?);
     spares.mirror();
     drop(spares);
-    Some((base, len, spare_open_end(base, len, data)))
+    Some((base, len, spare_open_end(b"malloc()", base, len, data)))
 }
 
 /// Checks the big block with data at `p` and returns `(base, len, n)`.
