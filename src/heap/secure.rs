@@ -1792,6 +1792,36 @@ mod tests {
         }
     }
 
+    /// Freed page runs, plain and over-aligned (data a whole alignment
+    /// after the header), go through the quarantine and the spares and
+    /// come back: the pattern on their first and last page is checked
+    /// on the way (a wrong check would stop the process) and a reused
+    /// block is whole and writable.
+    #[test]
+    fn freed_page_runs_pass_their_pattern_check_and_come_back() {
+        for &align in &[16usize, 16384] {
+            let mut held = [ptr::null_mut::<u8>(); 4];
+            for round in 0..3 * BIG_RING {
+                let size = 33 * 1024 + (round * 4099) % (150 * 1024);
+                let slot = round % held.len();
+                if !held[slot].is_null() {
+                    // SAFETY: live, given up.
+                    unsafe { free(held[slot]) };
+                }
+                let p = aligned_alloc(align, size);
+                assert_eq!(p as usize % align, 0);
+                assert_eq!(usable_size(p), size);
+                // SAFETY: `size` live bytes.
+                unsafe { ptr::write_bytes(p, round as u8, size) };
+                held[slot] = p;
+            }
+            for p in held {
+                // SAFETY: live, given up.
+                unsafe { free(p) };
+            }
+        }
+    }
+
     #[test]
     fn pattern_covers_every_word() {
         #[repr(align(16))]
