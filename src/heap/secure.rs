@@ -38,18 +38,18 @@
 //!   big block waits in a ring of its own ([`BIG_RING`] blocks). A large
 //!   mapping becomes `PROT_NONE` on `free`: reads and writes after free
 //!   fault; it stays so after it leaves the ring (unmapped, or in the
-//!   mapping cache until reused). A page run (up to the page tier's
-//!   256 KiB) stays open: its first and last page of data get the
-//!   quarantine's pattern ([`run_fill`]), checked when it leaves the ring
-//!   and again when it is reused or given back, so a write after free
-//!   there is caught; a read after free, or a write into its middle
-//!   pages, is not (`PROT_NONE` on every such `free` cost a TLB
-//!   shootdown on the program's other CPUs, see [`big_free`]); its guard
-//!   is opened before the buddy allocator takes it back. So with `secure`
-//!   on, this layer is the heap's only caller: a block the heap handed
-//!   straight to anyone else could be such a mapping (the heap's unit
-//!   tests that write its blocks are left out of the `secure` build for
-//!   this).
+//!   mapping cache until reused). A page run (below the mmap threshold,
+//!   at most the page tier's 256 KiB) stays open: its first and last
+//!   page of data get the quarantine's pattern ([`run_fill`]), checked
+//!   when it leaves the ring and again when it is reused or given back,
+//!   so a write after free there is caught; a read after free, or a
+//!   write into its middle pages, is not (`PROT_NONE` on every such
+//!   `free` cost a TLB shootdown on the program's other CPUs, see
+//!   [`big_free`]); its guard is opened before the buddy allocator
+//!   takes it back. So with `secure` on, this layer is the heap's only
+//!   caller: a block the heap handed straight to anyone else could be
+//!   such a mapping (the heap's unit tests that write its blocks are
+//!   left out of the `secure` build for this).
 //! - **Zero-size blocks**: `malloc(0)` returns a distinct address inside a
 //!   reserved `PROT_NONE` region, so any read or write faults; a live-bit
 //!   per address catches a double free.
