@@ -34,15 +34,22 @@
 //!   a 16-byte header (size and tag), the data follows, the slack up to
 //!   the next page is a canary, and every page after it is `PROT_NONE` (a
 //!   guard page, plus for large mappings a random number of further
-//!   guard pages, so blocks do not sit at predictable distances). On
-//!   `free` the whole block becomes `PROT_NONE` and waits in a ring of its
-//!   own ([`BIG_RING`] blocks): reads and writes after free fault. A large
-//!   mapping stays `PROT_NONE` after it leaves the ring (unmapped, or in
-//!   the mapping cache until reused); a page run is opened again before
-//!   the buddy allocator takes it back. So with `secure` on, this layer
-//!   is the heap's only caller: a block the heap handed straight to
-//!   anyone else could be such a mapping (the heap's unit tests that
-//!   write its blocks are left out of the `secure` build for this).
+//!   guard pages, so blocks do not sit at predictable distances). A freed
+//!   big block waits in a ring of its own ([`BIG_RING`] blocks). A large
+//!   mapping becomes `PROT_NONE` on `free`: reads and writes after free
+//!   fault; it stays so after it leaves the ring (unmapped, or in the
+//!   mapping cache until reused). A page run (below the mmap threshold,
+//!   at most the page tier's 256 KiB) stays open: its first and last
+//!   page of data get the quarantine's pattern ([`run_fill`]), checked
+//!   when it leaves the ring and again when it is reused or given back,
+//!   so a write after free there is caught; a read after free, or a
+//!   write into its middle pages, is not (`PROT_NONE` on every such
+//!   `free` cost a TLB shootdown on the program's other CPUs, see
+//!   [`big_free`]); its guard is opened before the buddy allocator
+//!   takes it back. So with `secure` on, this layer is the heap's only
+//!   caller: a block the heap handed straight to anyone else could be
+//!   such a mapping (the heap's unit tests that write its blocks are
+//!   left out of the `secure` build for this).
 //! - **Zero-size blocks**: `malloc(0)` returns a distinct address inside a
 //!   reserved `PROT_NONE` region, so any read or write faults; a live-bit
 //!   per address catches a double free.
@@ -50,9 +57,10 @@
 //!   slot; of a big block it stays in place where the heap's would
 //!   (see [`big_resize`]), the guard moving with the end of the data.
 //! - **Spares**: a big block leaving the quarantine is kept as it is,
-//!   inaccessible with its guard pages, for the next big request of about
-//!   its size ([`Spares`]): a block reused so costs one `mprotect`
-//!   in and one out instead of three.
+//!   with its guard pages, for the next big request of about its size
+//!   ([`Spares`]): a mapping reused so costs one `mprotect` in and one
+//!   out instead of three, a page run none when its data ends on the
+//!   same page as before.
 //!
 //! Faults on protected pages are named by a `SIGSEGV` handler installed by
 //! the C library's constructor ([`install_fault_handler`]), which prints
@@ -925,12 +933,64 @@ fn in_big_quarantine(p: usize) -> bool {
     BIG_DATA.iter().any(|d| d.load(Ordering::Relaxed) == p)
 }
 
-/// Gives the quarantined big block `[base, base + len)` back to the heap.
-fn big_release(base: usize, len: usize) {
-    if !page::page_of(base).is_null() {
+/// Whether the heap block at `base` is a page run (not a large mapping).
+#[inline]
+fn is_run(base: usize) -> bool {
+    !page::page_of(base).is_null()
+}
+
+/// The two spans of a freed page run's data (at `p`, `n` bytes) that
+/// carry the pattern: its first page and its last, both touched when the
+/// block was armed (the header's page and the canary's), so filling them
+/// faults nothing in. Empty spans are `(x, x)`.
+#[inline]
+fn run_pattern_spans(p: usize, n: usize) -> [(usize, usize); 2] {
+    let end = p + n;
+    let first_end = ((p & !(PAGE_SIZE - 1)) + PAGE_SIZE).min(end);
+    let last_start = (round_up(end, PAGE_SIZE) - PAGE_SIZE).max(first_end);
+    [(p, first_end), (last_start, end)]
+}
+
+/// Fills the freed page run with data at `p` (`n` bytes) with the
+/// quarantine's pattern over [`run_pattern_spans`].
+///
+/// # Safety
+/// The block is live, open, and the caller's to write.
+unsafe fn run_fill(p: usize, n: usize) {
+    let (_, word) = quarantine_keys();
+    for (start, end) in run_pattern_spans(p, n) {
+        // SAFETY: per the caller; the spans lie in the data.
+        unsafe { fill(start, end, word) };
+    }
+}
+
+/// Checks the freed page run `[base, base + len)` with data at `p`
+/// (filled by [`run_fill`], open): its header and its pattern. Stops the
+/// process when either was written after the free, naming the call
+/// `what` that found it; returns the end of its open pages (the data's,
+/// where its guard starts).
+fn run_check(what: &[u8], base: usize, len: usize, p: usize) -> usize {
+    let (_, word) = quarantine_keys();
+    // SAFETY: the header's page of a freed run of ours, open.
+    let (n, tag) = unsafe { (*(base as *const usize), *((base + 8) as *const usize)) };
+    // The header says which pages are read: it must be intact first.
+    if tag != big_tag(secret(p), n) || n > base + len - p {
+        stop(what, b"write after free (quarantined block's header modified)", p);
+    }
+    // SAFETY: the spans lie in the freed data, open.
+    if !run_pattern_spans(p, n).iter().all(|&(start, end)| unsafe { holds_pattern(start, end, word) }) {
+        stop(what, b"write after free (quarantined block modified)", p);
+    }
+    round_up(p + n, PAGE_SIZE)
+}
+
+/// Gives the freed big block `[base, base + len)` back to the heap; a
+/// page run's pages from `open_end` on (its guard) are opened first.
+fn big_release(base: usize, len: usize, open_end: usize) {
+    if is_run(base) && open_end < base + len {
         // A page run: the buddy allocator may hand its pages to anything.
-        // SAFETY: ours, quarantined.
-        if unsafe { os::mprotect(base, len, true) }.is_err() {
+        // SAFETY: ours, freed.
+        if unsafe { os::mprotect(open_end, base + len - open_end, true) }.is_err() {
             stop(b"free()", b"cannot reopen a quarantined block", base);
         }
     }
@@ -939,23 +999,29 @@ fn big_release(base: usize, len: usize) {
     unsafe { heap::free(base as *mut u8) };
 }
 
-/// Big blocks out of the quarantine, kept for reuse as they are: all
-/// their pages `PROT_NONE`, the guard pages in place. `big_alloc` takes
-/// one that fits and opens its data (one `mprotect`), where a block from
-/// the heap costs a guard page's `mprotect` on the way in and, for a page
-/// run, reopening the whole block on its way back to the buddy allocator
-/// (a mapping from the mapping cache: opening its data and protecting its
-/// guard). To the heap they are live blocks; to the program freed ones:
-/// [`big_check`] stops a free of one and the fault handler names an
-/// access. Oldest first, mirrored in [`SPARE_BASE`] and [`SPARE_LEN`]
-/// for readers without the lock (base 0: a free place).
+/// Big blocks out of the quarantine, kept for reuse as they are: a large
+/// mapping with all its pages `PROT_NONE`, a page run with its data open
+/// (holding the pattern, [`run_fill`]) and its guard pages in place.
+/// `big_alloc` takes one that fits and moves its guard to the new end of
+/// the data: for a mapping one `mprotect` opening its data, for a page
+/// run none when the data ends on the same page as before, else one
+/// (opening pages, which needs no TLB shootdown, or protecting them),
+/// where a block from the heap costs a guard page's `mprotect` on the way
+/// in and, for a page run, opening the guard on its way back to the buddy
+/// allocator (a mapping from the mapping cache: opening its data and
+/// protecting its guard). To the heap they are live blocks; to the
+/// program freed ones: [`big_check`] stops a free of one and the fault
+/// handler names an access to a mapping's. Oldest first, mirrored in
+/// [`SPARE_BASE`] and [`SPARE_LEN`] for readers without the lock (base 0:
+/// a free place). Each is `(base, len, data)`: `data` the address of the
+/// freed data of a page run, 0 for a mapping.
 struct Spares {
-    blocks: [(usize, usize); SPARE_BLOCKS],
+    blocks: [(usize, usize, usize); SPARE_BLOCKS],
     count: usize,
     bytes: usize,
 }
 
-static SPARES: Mutex<Spares> = Mutex::new(Spares { blocks: [(0, 0); SPARE_BLOCKS], count: 0, bytes: 0 });
+static SPARES: Mutex<Spares> = Mutex::new(Spares { blocks: [(0, 0, 0); SPARE_BLOCKS], count: 0, bytes: 0 });
 static SPARE_BASE: [AtomicUsize; SPARE_BLOCKS] = [const { AtomicUsize::new(0) }; SPARE_BLOCKS];
 static SPARE_LEN: [AtomicUsize; SPARE_BLOCKS] = [const { AtomicUsize::new(0) }; SPARE_BLOCKS];
 /// How many blocks [`SPARES`] holds, read without the lock.
@@ -965,14 +1031,14 @@ impl Spares {
     /// Publishes the blocks to the lock-free readers.
     fn mirror(&self) {
         for (i, (base, len)) in SPARE_BASE.iter().zip(&SPARE_LEN).enumerate() {
-            let (b, l) = if i < self.count { self.blocks[i] } else { (0, 0) };
+            let (b, l, _) = if i < self.count { self.blocks[i] } else { (0, 0, 0) };
             len.store(l, Ordering::Relaxed);
             base.store(b, Ordering::Relaxed);
         }
         SPARE_COUNT.store(self.count, Ordering::Relaxed);
     }
 
-    fn remove(&mut self, i: usize) -> (usize, usize) {
+    fn remove(&mut self, i: usize) -> (usize, usize, usize) {
         let block = self.blocks[i];
         self.blocks.copy_within(i + 1..self.count, i);
         self.count -= 1;
@@ -985,36 +1051,56 @@ fn is_spare(base: usize) -> bool {
     SPARE_BASE.iter().any(|b| b.load(Ordering::Relaxed) == base)
 }
 
-/// Keeps the quarantined (inaccessible) big block `[base, base + len)`
-/// for reuse, giving the oldest spares back to the heap to make room.
-fn big_retire(base: usize, len: usize) {
+/// The open end of the spare `(base, len, data)`: `base` for a mapping
+/// (all inaccessible), the end of a page run's data after checking its
+/// pattern ([`run_check`], which names the call `what` if it stops).
+fn spare_open_end(what: &[u8], base: usize, len: usize, data: usize) -> usize {
+    if data == 0 {
+        base
+    } else {
+        run_check(what, base, len, data)
+    }
+}
+
+/// Keeps the big block `[base, base + len)` that leaves the quarantine
+/// (data at `p`) for reuse, giving the oldest spares back to the heap to
+/// make room. A page run's pattern is checked here, on leaving the
+/// quarantine, and again when it is reused or given back.
+fn big_retire(base: usize, len: usize, p: usize) {
+    let data = if is_run(base) {
+        run_check(b"free()", base, len, p);
+        p
+    } else {
+        0
+    };
     let Some(mut spares) = SPARES.try_lock() else {
-        return big_release(base, len);
+        return big_release(base, len, spare_open_end(b"free()", base, len, data));
     };
     if len > SPARE_BYTES {
         drop(spares);
-        return big_release(base, len);
+        return big_release(base, len, spare_open_end(b"free()", base, len, data));
     }
-    let mut out = [(0usize, 0usize); SPARE_BLOCKS];
+    let mut out = [(0usize, 0usize, 0usize); SPARE_BLOCKS];
     let mut count = 0;
     while spares.count == SPARE_BLOCKS || spares.bytes + len > SPARE_BYTES {
         out[count] = spares.remove(0);
         count += 1;
     }
     let at = spares.count;
-    spares.blocks[at] = (base, len);
+    spares.blocks[at] = (base, len, data);
     spares.count += 1;
     spares.bytes += len;
     spares.mirror();
     drop(spares);
-    for &(b, l) in &out[..count] {
-        big_release(b, l);
+    for &(b, l, d) in &out[..count] {
+        big_release(b, l, spare_open_end(b"free()", b, l, d));
     }
 }
 
-/// A spare block of `total` to `total * 2` bytes, taken out: its
-/// base and length; its pages are still inaccessible.
-fn spare_take(total: usize) -> Option<(usize, usize)> {
+/// A spare block of `total` to `total * 2` bytes, taken out: its base,
+/// length and the end of its open pages ([`spare_open_end`], the pattern
+/// of a page run checked).
+fn spare_take(total: usize) -> Option<(usize, usize, usize)> {
     if SPARE_COUNT.load(Ordering::Relaxed) == 0 {
         return None;
     }
@@ -1027,9 +1113,10 @@ fn spare_take(total: usize) -> Option<(usize, usize)> {
             best = Some(i);
         }
     }
-    let block = spares.remove(best?);
+    let (base, len, data) = spares.remove(best?);
     spares.mirror();
-    Some(block)
+    drop(spares);
+    Some((base, len, spare_open_end(b"malloc()", base, len, data)))
 }
 
 /// Checks the big block with data at `p` and returns `(base, len, n)`.
@@ -1093,11 +1180,21 @@ fn big_alloc(n: usize, align: usize) -> *mut u8 {
     };
     let total = big_total(data);
     if align <= PAGE_SIZE {
-        if let Some((base, _)) = spare_take(total) {
-            // SAFETY: a spare block of ours of at least `total > data` bytes,
-            // its guard pages still protected.
+        if let Some((base, _, open_end)) = spare_take(total) {
+            // The data is `[base, base + data)`, the guard every page after
+            // it: pages open up to `open_end` and protected after it now.
+            let data_end = base + data;
+            // SAFETY: a spare block of ours of at least `total > data`
+            // bytes; the pages changed are its own.
             unsafe {
-                if os::mprotect(base, data, true).is_err() {
+                let moved = if open_end < data_end {
+                    os::mprotect(open_end, data_end - open_end, true)
+                } else if open_end > data_end {
+                    os::mprotect(data_end, open_end - data_end, false)
+                } else {
+                    Ok(())
+                };
+                if moved.is_err() {
                     stop(b"malloc()", b"cannot open a reused block", base);
                 }
                 big_arm(base, base + lead, n);
@@ -1113,12 +1210,25 @@ fn big_alloc(n: usize, align: usize) -> *mut u8 {
     let p = base + lead;
     // A page run is open when handed out ([`big_release`] opens one before
     // the buddy allocator takes it back), so only its guard is protected:
-    // one system call, not two. A large mapping from the mapping cache
-    // may still be inaccessible from its quarantine.
-    let open = !page::page_of(base).is_null();
+    // one system call, not two. A large mapping is open throughout when
+    // fresh (only its guard to protect) and inaccessible throughout when
+    // cut from one cached extent (every mapping this layer frees is made
+    // `PROT_NONE` before the cache gets it: only its data to open); when
+    // `large` cannot say which, both.
+    let (open_data, protect_guard) = if is_run(base) {
+        (false, true)
+    } else {
+        match large::handed_out_fresh(base) {
+            Some(true) => (false, true),
+            Some(false) => (true, false),
+            None => (true, true),
+        }
+    };
     // SAFETY: the block is ours.
     unsafe {
-        if (!open && os::mprotect(base, data, true).is_err()) || os::mprotect(base + data, len - data, false).is_err() {
+        if (open_data && os::mprotect(base, data, true).is_err())
+            || (protect_guard && os::mprotect(base + data, len - data, false).is_err())
+        {
             stop(b"malloc()", b"cannot protect a guard page", base);
         }
         big_arm(base, p, n);
@@ -1126,14 +1236,26 @@ fn big_alloc(n: usize, align: usize) -> *mut u8 {
     p as *mut u8
 }
 
-/// Quarantines the checked big block.
-fn big_free(base: usize, len: usize, p: usize) {
-    // SAFETY: a live block the program gave up.
-    if unsafe { os::mprotect(base, len, false) }.is_err() {
-        stop(b"free()", b"cannot protect a freed block", p);
+/// Quarantines the checked big block `[base, base + len)` with data at
+/// `p` of `n` bytes. A large mapping is made `PROT_NONE`: a read or a
+/// write after free faults. A page run keeps its pages open and gets the
+/// quarantine's pattern on its first and last page of data
+/// ([`run_fill`]), checked when it leaves: making it `PROT_NONE` needs a
+/// TLB shootdown on every CPU that runs the program, and takes the
+/// `mmap` lock for writing, at every such `free` (a third of powerlaw's
+/// samples on two threads were in the kernel for it).
+fn big_free(base: usize, len: usize, p: usize, n: usize) {
+    if is_run(base) {
+        // SAFETY: a live, open block the program gave up.
+        unsafe { run_fill(p, n) };
+    } else {
+        // SAFETY: a live block the program gave up.
+        if unsafe { os::mprotect(base, len, false) }.is_err() {
+            stop(b"free()", b"cannot protect a freed block", p);
+        }
     }
     let Some(mut ring) = BIG.try_lock() else {
-        return big_release(base, len);
+        return big_release(base, len, round_up(p + n, PAGE_SIZE));
     };
     let mut evicted = [((0usize, 0usize), 0usize); BIG_RING];
     let count = ring.push((base, p), len, BIG_RING_BYTES, &mut evicted);
@@ -1148,8 +1270,8 @@ fn big_free(base: usize, len: usize, p: usize) {
         data.store(0, Ordering::Relaxed);
     }
     drop(ring);
-    for &((b, _), l) in &evicted[..count] {
-        big_retire(b, l);
+    for &((b, data), l) in &evicted[..count] {
+        big_retire(b, l, data);
     }
 }
 
@@ -1432,7 +1554,7 @@ fn free_other(p: *mut u8) {
     match block_of(b"free()", p) {
         Block::Zero(slot) => zero_check(b"free()", p as usize, slot, true),
         Block::Small { usable, .. } => small_quarantine(p as usize, usable, 0),
-        Block::Big { base, len, .. } => big_free(base, len, p as usize),
+        Block::Big { n, base, len } => big_free(base, len, p as usize, n),
     }
 }
 
@@ -1650,6 +1772,53 @@ mod tests {
         for p in held {
             // SAFETY: live, given up.
             unsafe { free(p) };
+        }
+    }
+
+    /// A freed page run's pattern covers its first and last page of
+    /// data, never a byte outside the data, and the two spans do not
+    /// overlap.
+    #[test]
+    fn run_pattern_spans_cover_the_first_and_last_page() {
+        let base = 0x10_0000;
+        for (lead, n) in [(16, 40 * 1024), (16, 4080), (16, 4081), (16, 8192 - 16), (4096, 64 * 1024), (16, 33 * 1024 + 5)] {
+            let p = base + lead;
+            let [(a, b), (c, d)] = run_pattern_spans(p, n);
+            assert_eq!(a, p);
+            assert_eq!(b, (p - p % PAGE_SIZE + PAGE_SIZE).min(p + n), "lead {lead} n {n}");
+            assert_eq!(d, p + n);
+            assert!(b <= c && c <= d, "lead {lead} n {n}");
+            assert_eq!(c.max(b), (round_up(p + n, PAGE_SIZE) - PAGE_SIZE).max(b), "lead {lead} n {n}");
+        }
+    }
+
+    /// Freed page runs, plain and over-aligned (data a whole alignment
+    /// after the header), go through the quarantine and the spares and
+    /// come back: the pattern on their first and last page is checked
+    /// on the way (a wrong check would stop the process) and a reused
+    /// block is whole and writable.
+    #[test]
+    fn freed_page_runs_pass_their_pattern_check_and_come_back() {
+        for &align in &[16usize, 16384] {
+            let mut held = [ptr::null_mut::<u8>(); 4];
+            for round in 0..3 * BIG_RING {
+                let size = 33 * 1024 + (round * 4099) % (150 * 1024);
+                let slot = round % held.len();
+                if !held[slot].is_null() {
+                    // SAFETY: live, given up.
+                    unsafe { free(held[slot]) };
+                }
+                let p = aligned_alloc(align, size);
+                assert_eq!(p as usize % align, 0);
+                assert_eq!(usable_size(p), size);
+                // SAFETY: `size` live bytes.
+                unsafe { ptr::write_bytes(p, round as u8, size) };
+                held[slot] = p;
+            }
+            for p in held {
+                // SAFETY: live, given up.
+                unsafe { free(p) };
+            }
         }
     }
 

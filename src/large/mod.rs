@@ -97,6 +97,34 @@ pub static CACHED_BYTES: AtomicUsize = AtomicUsize::new(0);
 /// The released mappings, outermost lock of the allocator.
 pub static CACHE: Mutex<MappingCache> = Mutex::new(MappingCache::new());
 
+/// The secure build: how [`alloc`] made the block it handed out last, for
+/// the secure layer to read once with [`handed_out_fresh`]: its start
+/// for a fresh mapping, its start `| 1` for one cut whole from a single
+/// cached extent (not one the cache built by growing and moving pages).
+/// That layer makes every mapping it frees `PROT_NONE` before the cache
+/// gets it, so a block of the second kind is inaccessible throughout and
+/// a fresh one open throughout: knowing which saves it an `mprotect` per
+/// block (opening a fresh block's data, protecting a cached block's
+/// guard, both already so).
+#[cfg(feature = "secure")]
+static HANDED_OUT: AtomicUsize = AtomicUsize::new(0);
+
+/// The secure build: whether the block at `start`, just handed out by
+/// [`alloc`] to the caller, is a fresh mapping (`Some(true)`: every page
+/// open), cut from one cached extent (`Some(false)`: every page as the
+/// cache got it), or unknown (`None`: another thread's allocation came
+/// in between). Reads the record once: a second call says `None`.
+#[cfg(feature = "secure")]
+pub fn handed_out_fresh(start: usize) -> Option<bool> {
+    if HANDED_OUT.compare_exchange(start, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+        return Some(true);
+    }
+    if HANDED_OUT.compare_exchange(start | 1, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+        return Some(false);
+    }
+    None
+}
+
 /// glibc's rule: the new mmap threshold after a block with a mapping of
 /// `freed_len` bytes is freed, or `None` when it stays.
 pub fn adapted_threshold(threshold: usize, freed_len: usize) -> Option<usize> {
@@ -330,6 +358,8 @@ impl MappingCache {
         }
         if let Some(i) = best {
             let e = self.extents[i];
+            #[cfg(feature = "secure")]
+            HANDED_OUT.store(e.start | 1, Ordering::Release);
             if e.len - len <= len / 8 {
                 self.remove_at(i);
                 let r = vma::remap(e.start, VmaKind::LargeCached, |_| Some((e.start, e.end(), requested, VmaKind::Large)));
@@ -355,6 +385,9 @@ impl MappingCache {
         // growth, so that only what the whole cache cannot cover faults.
         // Moving pages costs the other CPUs a TLB shootdown each time;
         // only an extent holding enough pages is worth it (see MOVE_MIN).
+        // A block built so may hold pages of several protections.
+        #[cfg(feature = "secure")]
+        HANDED_OUT.store(0, Ordering::Release);
         let i = largest.filter(|&i| self.extents[i].len >= MOVE_MIN)?;
         let e = self.extents[i];
         let grown = vma::remap(e.start, VmaKind::LargeCached, |r| {
@@ -557,6 +590,8 @@ pub fn alloc(size: usize, align: usize) -> (*mut u8, bool) {
     }
     NR_LARGE.fetch_add(1, Ordering::Relaxed);
     LARGE_BYTES.fetch_add(len, Ordering::Relaxed);
+    #[cfg(feature = "secure")]
+    HANDED_OUT.store(start, Ordering::Release);
     (start as *mut u8, true)
 }
 

@@ -27,11 +27,16 @@
  *                         free-list link), then more mallocs and frees
  *   uaf-write-large       a byte written into a freed 1 MiB block
  *   uaf-read-large        a byte read from a freed 1 MiB block
+ *   uaf-write-pages       a byte written into a freed 64 KiB block (a page
+ *                         run), then more frees of that size
+ *   uaf-read-pages        a byte read from a freed 64 KiB block
  *   overflow-1            1 byte written past a 64-byte object, then free
  *   overflow-8            8 bytes written past a 64-byte object, then free
  *   overflow-1-tight      1 byte written past a 24-byte object, then free
  *   overflow-large        1 byte written past a 1 MiB block, then free
  *   overflow-large-guard  bytes written past a 1 MiB block up to its next page
+ *   overflow-reused-guard the same past a 1 MiB block the mapping cache
+ *                         handed out again
  *   overflow-pages-guard  the same past a 64 KiB block
  *   overflow-grown-guard  the same past a block of 40 KiB grown by realloc
  *                         to 64 KiB and then 80 KiB (in place or moved:
@@ -185,6 +190,18 @@ int main(int argc, char **argv)
         } else {
             printf("read %d\n", q[100]);
         }
+    } else if (!strcmp(c, "uaf-write-pages") || !strcmp(c, "uaf-read-pages")) {
+        char *p = malloc(64 << 10);
+        memset(p, 1, 64 << 10);
+        announce(p);
+        free(p);
+        volatile char *q = hidep(p);
+        if (c[4] == 'w') {
+            q[100] = 'x';
+            churn(64 << 10);
+        } else {
+            printf("read %d\n", q[100]);
+        }
     } else if (!strcmp(c, "overflow-1")) {
         overflow(64, 1);
     } else if (!strcmp(c, "overflow-8")) {
@@ -195,6 +212,21 @@ int main(int argc, char **argv)
         overflow(1 << 20, 1);
     } else if (!strcmp(c, "overflow-large-guard")) {
         overflow_guard((1 << 20) + 100);
+    } else if (!strcmp(c, "overflow-reused-guard")) {
+        /* Mappings of a few sizes freed and allocated again until the
+         * quarantine and the spares are full and blocks come back from
+         * the mapping cache; then an overflow of one of those. */
+        enum { N = 64 };
+        static void *blocks[N];
+        for (int round = 0; round < 20; round++) {
+            for (int i = 0; i < N; i++) {
+                blocks[i] = hidep(malloc((1 << 20) + (size_t)(round * 4096 % 65536)));
+            }
+            for (int i = 0; i < N; i++) {
+                free(blocks[i]);
+            }
+        }
+        overflow_guard(1 << 20);
     } else if (!strcmp(c, "overflow-pages-guard")) {
         overflow_guard(64 * 1024 + 100);
     } else if (!strcmp(c, "overflow-grown-guard")) {
