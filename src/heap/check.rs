@@ -5,7 +5,7 @@
 use crate::large;
 use crate::mm::page::{self, Page, PG_PAGES, PG_SLAB, PG_TAIL};
 use crate::os;
-use crate::slab::{self, CLASSES, NR_CLASSES};
+use crate::slab::{self, NR_CLASSES};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 
@@ -67,8 +67,7 @@ pub(super) fn owner_of(p: *mut u8, what: &'static [u8]) -> Owner {
 #[inline(always)]
 pub(super) fn check_slot_start(what: &'static [u8], p: *mut u8, user_class: usize) {
     // SAFETY: 1 <= user_class <= NR_CLASSES by the callers.
-    let info = unsafe { CLASSES.get_unchecked(user_class - 1) };
-    if !info.is_object_start(p as usize) {
+    if !unsafe { slab::is_slot_start(user_class, p as usize) } {
         bad_pointer(what, b"invalid pointer (inside an object)", p);
     }
 }

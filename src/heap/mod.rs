@@ -319,10 +319,7 @@ fn free_other(p: *mut u8) {
         let user_class = (tag & 0xff) as usize;
         // SAFETY: the thread cache is this thread's.
         if (1..=NR_CLASSES).contains(&user_class) && (tag as u32 ^ unsafe { (*tc).node_tag() }) > 0xff {
-            // SAFETY: 1 <= user_class <= NR_CLASSES.
-            if !unsafe { slab::is_slot_start(user_class, p as usize) } {
-                free_inside_object(p);
-            }
+            check::check_slot_start(b"free()", p, user_class);
             // SAFETY: a slab object of that class, at a slot start, given
             // up by the caller.
             if unsafe { magazine::free_remote(tc, p, user_class, ensure_init) } {

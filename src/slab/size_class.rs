@@ -70,9 +70,17 @@ impl ClassInfo {
     /// not in the unused tail).
     #[inline(always)]
     pub fn is_object_start(&self, addr: usize) -> bool {
-        let offset = (addr & self.slab_mask as usize) as u64;
-        offset.wrapping_mul(self.magic) < self.bound
+        slot_start_test(addr, self.slab_mask, self.magic, self.bound)
     }
+}
+
+/// The test behind [`ClassInfo::is_object_start`] and [`is_slot_start`]:
+/// `addr`'s offset in its slab (`addr & slab_mask`) times `magic` is
+/// below `bound` exactly at a slot's start.
+#[inline(always)]
+fn slot_start_test(addr: usize, slab_mask: u32, magic: u64, bound: u64) -> bool {
+    let offset = (addr & slab_mask as usize) as u64;
+    offset.wrapping_mul(magic) < bound
 }
 
 /// [`ClassInfo::magic`] and [`ClassInfo::bound`] for `objects` slots of
@@ -171,8 +179,12 @@ pub unsafe fn is_slot_start(slot: usize, addr: usize) -> bool {
     debug_assert!((1..=NR_CLASSES).contains(&slot));
     // SAFETY: in bounds by the caller's promise.
     unsafe {
-        let offset = (addr & *SLOT_TESTS.slab_mask.get_unchecked(slot) as usize) as u64;
-        offset.wrapping_mul(*SLOT_TESTS.magic.get_unchecked(slot)) < *SLOT_TESTS.bound.get_unchecked(slot)
+        slot_start_test(
+            addr,
+            *SLOT_TESTS.slab_mask.get_unchecked(slot),
+            *SLOT_TESTS.magic.get_unchecked(slot),
+            *SLOT_TESTS.bound.get_unchecked(slot),
+        )
     }
 }
 
@@ -285,6 +297,8 @@ mod tests {
                 for offset in 0..slab {
                     let want = offset % c.size as usize == 0 && offset < c.objects as usize * c.size as usize;
                     assert_eq!(c.is_object_start(base + offset), want, "class {i} offset {offset}");
+                    // SAFETY: 1 <= i + 1 <= NR_CLASSES.
+                    assert_eq!(unsafe { is_slot_start(i + 1, base + offset) }, want, "slot {} offset {offset}", i + 1);
                 }
             }
         }
