@@ -274,6 +274,13 @@ impl ThreadCache {
         pops
     }
 
+    /// [`fold`](ThreadCache::fold) of every class.
+    fn fold_all(&mut self) {
+        for class in 0..NR_CLASSES {
+            self.fold(class);
+        }
+    }
+
     /// Adds what this thread counted since it last did to the process's
     /// counts.
     fn publish(&mut self) {
@@ -961,13 +968,7 @@ fn alloc_slow(class: usize, size: usize, set_up: SetUp, out_of_memory: OutOfMemo
 pub unsafe fn free_slow(object: *mut u8, user_class: usize, set_up: SetUp) {
     let class = user_class - 1;
     // SAFETY: a slab object of at least 16 bytes, given up by the caller.
-    unsafe {
-        let key = link::mark_of(object, link::FREE_MARK.load(Ordering::Relaxed));
-        if key_slot(object).read() == key {
-            double_free(object);
-        }
-        key_slot(object).write(key);
-    }
+    unsafe { set_free_mark(object, link::FREE_MARK.load(Ordering::Relaxed)) };
     // The views' trigger, as on the refill: a thread that frees more than
     // it allocates in a class reaches this path and no refill.
     crate::counters::on_slow_path();
@@ -999,9 +1000,7 @@ pub unsafe fn free_slow(object: *mut u8, user_class: usize, set_up: SetUp) {
             if remote.count >= remote.limit && !grow_budgeted(&mut tc.grown, &mut remote.limit, class, Growth::Remote) {
                 send_home(remote, class, remote.count as usize);
             }
-            link::set_next(object, remote.head);
-            remote.head = object;
-            remote.count += 1;
+            remote.push(object);
             return;
         }
         let mut count = tc.count(class);
@@ -1049,18 +1048,43 @@ pub unsafe fn free_remote(tc: *mut ThreadCache, object: *mut u8, user_class: usi
         if remote.count >= remote.limit {
             return false;
         }
-        let mark = link::mark_of(object, tc.key);
-        if key_slot(object).read() == mark {
-            double_free(object);
-        }
-        key_slot(object).write(mark);
-        link::set_next(object, remote.head);
-        remote.head = object;
-        remote.count += 1;
+        set_free_mark(object, tc.key);
+        remote.push(object);
         tc.tally.frees += 1;
         tc.publish_now_and_then();
     }
     true
+}
+
+/// Puts the free mark (keyed by `key`, [`link::FREE_MARK`]) on `object`,
+/// stopping the process when it is there already: a double free.
+///
+/// # Safety
+/// `object` is a slab object of at least 16 bytes, given up by the caller.
+#[inline]
+unsafe fn set_free_mark(object: *mut u8, key: usize) {
+    let mark = link::mark_of(object, key);
+    // SAFETY: per the caller, the object's second word is ours.
+    unsafe {
+        if key_slot(object).read() == mark {
+            double_free(object);
+        }
+        key_slot(object).write(mark);
+    }
+}
+
+impl RemoteBin {
+    /// Pushes `object`, free and marked, onto the bin (whose limit the
+    /// caller has made room under).
+    ///
+    /// # Safety
+    /// `object` is a free slab object of the bin's class, ours to link.
+    unsafe fn push(&mut self, object: *mut u8) {
+        // SAFETY: per the caller.
+        unsafe { link::set_next(object, self.head) };
+        self.head = object;
+        self.count += 1;
+    }
 }
 
 #[cold]
@@ -1209,9 +1233,7 @@ pub fn publish_current() {
     // SAFETY: this thread's cache (in any state: an inactive one has
     // nothing to fold, its bins empty and limits 0).
     unsafe {
-        for class in 0..NR_CLASSES {
-            (*tc).fold(class);
-        }
+        (*tc).fold_all();
         (*tc).publish();
     }
 }
@@ -1359,9 +1381,7 @@ mod tests {
         // SAFETY: this thread's cache.
         unsafe {
             let tc = &mut *current();
-            for class in 0..NR_CLASSES {
-                tc.fold(class);
-            }
+            tc.fold_all();
             (tc.tally.allocs, tc.tally.frees)
         }
     }
