@@ -341,19 +341,16 @@ impl MappingCache {
     }
 
     /// Takes `len` bytes (whole pages) for a block that asked for
-    /// `requested`; returns its start and mapped length (at least `len`),
-    /// recorded as `Large`. `None` when nothing is cached or the one
-    /// candidate could not grow.
-    pub fn take(&mut self, len: usize, requested: usize, unmaps: &mut Unmaps) -> Option<(usize, usize)> {
+    /// `requested` from the one extent that fits them best (the smallest
+    /// that holds them): its head, or all of it when the rest would be at
+    /// most an eighth of `len`. Returns the block's start and mapped
+    /// length (at least `len`), recorded as `Large`; `None` when no extent
+    /// holds `len` bytes alone.
+    pub fn take_whole(&mut self, len: usize, requested: usize, unmaps: &mut Unmaps) -> Option<(usize, usize)> {
         let mut best: Option<usize> = None;
-        let mut largest: Option<usize> = None;
         for (i, e) in self.extents().iter().enumerate() {
-            if e.len >= len {
-                if best.map_or(true, |b| e.len < self.extents[b].len) {
-                    best = Some(i);
-                }
-            } else if largest.map_or(true, |b| e.len > self.extents[b].len) {
-                largest = Some(i);
+            if e.len >= len && best.is_none_or(|b| e.len < self.extents[b].len) {
+                best = Some(i);
             }
         }
         if let Some(i) = best {
@@ -379,6 +376,17 @@ impl MappingCache {
             }
             return Some((e.start, len));
         }
+        None
+    }
+
+    /// Takes `len` bytes (whole pages) for a block that asked for
+    /// `requested`; returns its start and mapped length (at least `len`),
+    /// recorded as `Large`. `None` when nothing is cached or the one
+    /// candidate could not grow.
+    pub fn take(&mut self, len: usize, requested: usize, unmaps: &mut Unmaps) -> Option<(usize, usize)> {
+        if let Some(got) = self.take_whole(len, requested, unmaps) {
+            return Some(got);
+        }
         // Nothing holds it alone: grow the largest extent (its resident
         // pages stay; in place or moved, never copied) or, if it cannot
         // grow, map afresh; then move the pages of other extents into the
@@ -388,7 +396,7 @@ impl MappingCache {
         // A block built so may hold pages of several protections.
         #[cfg(feature = "secure")]
         HANDED_OUT.store(0, Ordering::Release);
-        let i = largest.filter(|&i| self.extents[i].len >= MOVE_MIN)?;
+        let i = (0..self.nr).max_by_key(|&i| self.extents[i].len).filter(|&i| self.extents[i].len >= MOVE_MIN)?;
         let e = self.extents[i];
         let grown = vma::remap(e.start, VmaKind::LargeCached, |r| {
             // SAFETY: the extent is a range of ours nobody uses, recorded
@@ -553,15 +561,17 @@ pub fn release_cached(all: bool, now: u64) -> usize {
 /// Largest request this tier accepts.
 const MAX_SIZE: usize = isize::MAX as usize - 2 * PAGE_SIZE;
 
-/// A block of at least `size` bytes aligned to `align` (a power of two):
-/// from the cache when one fits, otherwise a fresh mapping. Also says
-/// whether the memory is known to read as zero (fresh mappings only).
-/// Null when the system refuses or the size is impossible.
-pub fn alloc(size: usize, align: usize) -> (*mut u8, bool) {
+/// A block of at least `size` bytes, and `room` bytes more to grow into,
+/// aligned to `align` (a power of two): from the cache when one fits,
+/// otherwise a fresh mapping. Also says whether the memory is known to
+/// read as zero (fresh mappings only). Null when the system refuses or
+/// the size is impossible.
+pub fn alloc(size: usize, room: usize, align: usize) -> (*mut u8, bool) {
     if size > MAX_SIZE {
         return (ptr::null_mut(), false);
     }
     let len = align_up(size.max(1), PAGE_SIZE);
+    let room = align_up(room.min(MAX_SIZE - len), PAGE_SIZE);
     // Extents are only page-aligned; bigger alignments map afresh.
     if align <= PAGE_SIZE && CACHED_BYTES.load(Ordering::Relaxed) != 0 {
         let now = os::monotonic_ns();
@@ -570,7 +580,11 @@ pub fn alloc(size: usize, align: usize) -> (*mut u8, bool) {
             let _deferred = mm::defer_decay();
         let mut cache = CACHE.lock();
             cache.release(false, now, CACHE_MAX_AGE_NS.load(Ordering::Relaxed), &mut unmaps);
-            let got = cache.take(len, size, &mut unmaps);
+            // Room only where one extent holds it: gathering pages for
+            // it would cost moves (`fill`), and a growth that finds no
+            // room moves the block anyway.
+            let roomy = (room != 0).then(|| cache.take_whole(len + room, size, &mut unmaps)).flatten();
+            let got = roomy.or_else(|| cache.take(len, size, &mut unmaps));
             CACHED_BYTES.store(cache.bytes, Ordering::Relaxed);
             got
         };
@@ -581,6 +595,7 @@ pub fn alloc(size: usize, align: usize) -> (*mut u8, bool) {
             return (start as *mut u8, false);
         }
     }
+    let len = len + room;
     let Ok(start) = map_aligned(len, align.max(PAGE_SIZE)) else { return (ptr::null_mut(), false) };
     if !vma::record_sized(start, start + len, VmaKind::Large, size) {
         // Without a record, free could not find it: give it back.
@@ -683,7 +698,10 @@ pub unsafe fn resize(p: *mut u8, new_size: usize) -> (*mut u8, bool) {
         let mut cache = CACHE.lock();
         let Ok(r) = classify(p as usize, vma::lookup(p as usize)) else { return (ptr::null_mut(), false) };
         let old_len = r.end - r.start;
-        let resized = if new_len <= old_len {
+        let resized = if new_len <= old_len && new_size >= r.requested {
+            // A growth into the block's room (see `alloc`): in place.
+            vma::remap(r.start, VmaKind::Large, |r| Some((r.start, r.end, new_size, VmaKind::Large)))
+        } else if new_len <= old_len {
             let bounds = (MMAP_THRESHOLD.load(Ordering::Relaxed), max_cached_bytes());
             shrink(&mut cache, r, new_len, new_size, bounds, &mut unmaps)
         } else if let Some(i) = cache.starting_at(r.end).filter(|&i| cache.extents[i].len >= new_len - old_len) {
@@ -856,6 +874,32 @@ mod tests {
         assert_eq!(cache.bytes(), 0);
         assert!(vma::lookup(b).is_none() && vma::lookup(c).is_none());
         assert_eq!(unmaps.run(), 16 * MIB);
+    }
+
+    #[test]
+    fn a_growth_into_the_room_stays_and_a_shrink_gives_the_room_back() {
+        // An alignment above a page maps afresh, so the room is certain
+        // whatever other tests left in the cache.
+        let (size, room) = (3 * MIB + 100, 3 * MIB);
+        let (p, zero) = alloc(size, room, 2 * PAGE_SIZE);
+        assert!(!p.is_null() && zero);
+        let cap = usable_size(p).unwrap();
+        assert!(cap >= size + room, "{cap} bytes for {size} and {room} of room");
+        stamp(p as usize, size, 3);
+        for grown in [size + room / 2, cap] {
+            // SAFETY: `p` is a live large block.
+            let (q, _) = unsafe { resize(p, grown) };
+            assert_eq!(q, p, "a growth to {grown} fits the room: in place");
+            assert_eq!(usable_size(p), Ok(cap), "the room is kept for the next growth");
+            assert_eq!(vma::lookup(p as usize).unwrap().requested, grown);
+        }
+        assert!(stamped(p as usize, size, 3));
+        // SAFETY: as above.
+        let (q, _) = unsafe { resize(p, MIB) };
+        assert_eq!(q, p);
+        assert_eq!(usable_size(p), Ok(MIB), "a shrink cuts the room off");
+        // SAFETY: a live block, not used again.
+        assert!(unsafe { free(p) }.is_ok());
     }
 
     #[test]
