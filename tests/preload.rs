@@ -1,5 +1,6 @@
-//! The C face under `LD_PRELOAD`: the C programs in `tests/c/` are compiled
-//! with `cc -O1 -g -pthread` and run with `LD_PRELOAD=libbuddyslab.so`.
+//! The C face under `LD_PRELOAD`: the C programs in `tests/c/` (and one
+//! C++ program) are compiled with `cc -O1 -g -pthread` (`c++` for C++)
+//! and run with `LD_PRELOAD=libbuddyslab.so`.
 //! Each program checks itself and exits non-zero, naming the failed check
 //! on stderr, when something is wrong.
 //!
@@ -50,6 +51,17 @@ fn check_c_program(source: &str, output: &str, args: &[&str]) {
         outcome.report(),
         plain.describe_status()
     );
+}
+
+/// C++'s `operator new` and `delete`, every form, bound to the library
+/// and keeping the standard's failure semantics (handler loop,
+/// `std::bad_alloc`), under the default and the secure library.
+#[test]
+fn cxx_operators() {
+    check_c_program("cxx", "cxx", &[]);
+    let exe = compile_c("cxx", "cxx-secure");
+    let outcome = run_program(&exe, &[], Some(&common::secure_library()));
+    assert!(outcome.success() && outcome.stdout.contains("all checks passed"), "{}", outcome.report());
 }
 
 #[test]

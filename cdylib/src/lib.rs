@@ -49,6 +49,7 @@ extern "C" fn constructor() {
 static CONSTRUCTOR: extern "C" fn() = constructor;
 
 pub mod announce;
+pub mod cxx;
 
 #[inline]
 fn set_errno(e: c_int) {

@@ -81,16 +81,20 @@ pub fn find_program(program: &str, package: &str) -> PathBuf {
     );
 }
 
-/// Compiles `tests/c/<source>.c` with `cc -O1 -g -pthread` into
+/// Compiles `tests/c/<source>.c` with `cc -O1 -g -pthread` (or
+/// `tests/c/<source>.cpp` with `c++`) into
 /// `target/tmp/c-programs/<output>` and returns the executable's path.
 /// It compiles on every call (no up-to-date check), so a change to the
 /// shared `tests/c/common.h`, which the programs include as
 /// `#include "common.h"`, is always picked up.
 pub fn compile_c(source: &str, output: &str) -> PathBuf {
-    let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
-    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/c")
-        .join(format!("{source}.c"));
+    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c");
+    // `<source>.c`, or else `<source>.cpp` with the C++ compiler.
+    let (cc, src) = if folder.join(format!("{source}.cpp")).exists() {
+        (std::env::var_os("CXX").unwrap_or_else(|| "c++".into()), folder.join(format!("{source}.cpp")))
+    } else {
+        (std::env::var_os("CC").unwrap_or_else(|| "cc".into()), folder.join(format!("{source}.c")))
+    };
     let dir = scratch_dir("c-programs");
     let exe = dir.join(output);
     // Write under a temporary name and rename, so a half-written binary is
@@ -105,8 +109,8 @@ pub fn compile_c(source: &str, output: &str) -> PathBuf {
         .output()
         .unwrap_or_else(|e| {
             panic!(
-                "cannot run the C compiler `{}`: {e}; install it with \
-                 `apt-get install gcc` (or build-essential)",
+                "cannot run the compiler `{}`: {e}; install it with \
+                 `apt-get install gcc g++` (or build-essential)",
                 Path::new(&cc).display()
             )
         });
