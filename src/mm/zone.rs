@@ -278,7 +278,7 @@ impl Zone {
                 unsafe {
                     list.for_each(|p| {
                         let addr = page::page_address(p);
-                        if best.map_or(true, |(a, _, _)| addr < a) {
+                        if best.is_none_or(|(a, _, _)| addr < a) {
                             best = Some((addr, p, current));
                         }
                     });
