@@ -25,10 +25,19 @@ pub(super) enum Owner {
 /// answer, read from the tag beside the descriptors).
 #[inline]
 pub(super) fn owner_of(p: *mut u8, what: &'static [u8]) -> Owner {
-    let desc = page::page_of(p as usize);
-    if desc.is_null() {
+    owner_in(page::chunk_of(p as usize), p, what)
+}
+
+/// [`owner_of`] for a caller that has looked up the chunk holding `p`
+/// already (`chunk`, null when no chunk holds it): `free`'s cold path,
+/// whose lookup through the thread's remembered chunks then serves once.
+#[inline]
+pub(super) fn owner_in(chunk: *mut page::Chunk, p: *mut u8, what: &'static [u8]) -> Owner {
+    if chunk.is_null() {
         return Owner::Outside;
     }
+    // SAFETY: a published chunk descriptor is live; the index is < 1024.
+    let desc = unsafe { page::Chunk::page(chunk, (p as usize >> os::PAGE_SHIFT) & (page::CHUNK_PAGES - 1)) };
     // SAFETY: descriptors of published chunks are live.
     let user_class = unsafe { (*desc).user_class as usize };
     if user_class != 0 {

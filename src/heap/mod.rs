@@ -292,7 +292,7 @@ fn free_inside_object(p: *mut u8) -> ! {
 /// [`free`] of anything but an object of the thread's own node, by its
 /// owner: an object of another node (to the magazine's remote bins), a
 /// page run, a large block, null, or a bad pointer (which
-/// [`check::owner_of`] stops at).
+/// [`check::owner_in`] stops at).
 #[cold]
 #[inline(never)]
 fn free_other(p: *mut u8) {
@@ -327,10 +327,10 @@ fn free_other(p: *mut u8) {
             }
         }
     }
-    match owner_of(p, b"free()") {
+    match check::owner_in(chunk, p, b"free()") {
         Owner::Slab(class) => {
             // SAFETY: a slab object of this class, given up by the caller,
-            // at an object start (checked by `owner_of`).
+            // at an object start (checked by `owner_in`).
             if crate::profile::on() && unsafe { free_in_diverted_page(p, class + 1) } {
                 return;
             }
