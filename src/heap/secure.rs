@@ -1618,7 +1618,8 @@ pub unsafe fn realloc(p: *mut u8, size: usize) -> *mut u8 {
 /// not used.
 pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 {
     let a = p as usize;
-    let old = match block_of(b"realloc()", p) {
+    let block = block_of(b"realloc()", p);
+    let old = match block {
         Block::Zero(slot) => {
             zero_check(b"realloc()", a, slot, false);
             0
@@ -1643,9 +1644,16 @@ pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 
         return q;
     }
     // SAFETY: both live, distinct, each at least the copied length.
-    unsafe {
-        ptr::copy_nonoverlapping(p, q, old.min(size));
-        free(p);
+    unsafe { ptr::copy_nonoverlapping(p, q, old.min(size)) };
+    match block {
+        // Checked above and unchanged since (`big_resize` changed
+        // nothing): `free` would check it all again, the two scans of
+        // the quarantine and the spares, the lookup and the canary up to
+        // the page's end (up to 4 KiB read) included.
+        Block::Big { n, base, len } => big_free(base, len, a, n),
+        // SAFETY: a live block, not used afterwards. (A small block's
+        // checks on `free` are the fast path's few reads.)
+        _ => unsafe { free(p) },
     }
     q
 }
