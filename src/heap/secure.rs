@@ -178,6 +178,30 @@ fn quarantine_keys() -> (usize, usize) {
     (KEYS.mark.load(Ordering::Relaxed), KEYS.fill.load(Ordering::Relaxed))
 }
 
+/// The three keys as one `free` reads them: once, at its start, and
+/// handed down to the checks, the fill and the release of the object
+/// leaving the quarantine. Each of those read them itself before (the
+/// compiler merges no atomic loads): the mark and fill words three times
+/// per `free`, six loads more than needed.
+#[derive(Clone, Copy)]
+struct Drawn {
+    /// [`key_drawn`].
+    block: usize,
+    /// The mark key and the fill word ([`quarantine_keys`]).
+    mark: usize,
+    fill: usize,
+}
+
+/// The keys for a block this layer has armed (see [`key_drawn`]): the
+/// block key first, with acquire, so the other two read after it are
+/// the drawn ones.
+#[inline(always)]
+fn drawn() -> Drawn {
+    let block = key_drawn();
+    let (mark, fill) = quarantine_keys();
+    Drawn { block, mark, fill }
+}
+
 /// A 64-bit mixer (the finaliser of SplitMix64): every input bit moves
 /// about half the output bits. For the keys and the random guard pages.
 #[inline]
@@ -218,8 +242,10 @@ fn size_word(h: usize, n: usize) -> usize {
 }
 
 /// The size recorded in `word` for the block with secret `h`, or `None`
-/// when the word was not written by [`size_word`] for it.
-#[inline]
+/// when the word was not written by [`size_word`] for it. (The small
+/// path makes the same test inline, with the size's bound, one branch
+/// each.)
+#[cfg(test)]
 fn size_of_word(h: usize, word: usize) -> Option<usize> {
     let n = word & 0xffff_ffff;
     (size_word(h, n) == word).then_some(n)
@@ -411,11 +437,25 @@ pub const CANARY_WORDS: usize = 2;
 /// on) up to [`CANARY_WORDS`] words, not past `end`; none when the block
 /// ends at `end`. Byte `a` of the canary is byte `a % 8` of the canary
 /// word, so it is written and compared a word at a time.
+///
+/// Returned as the two words' addresses, each at most `end` (`p + n <=
+/// end`), and the masks of the bytes of each that are canary: 0 for a
+/// word that is not (it is then the size word, or the second one is the
+/// first). So [`small_arm`] stores both words with no branch (a store
+/// into the size word is overwritten by the size word's own): 97
+/// instructions for `malloc(64)` where the branches of the span's ends
+/// made it 102 (callgrind). The check reads the first word always (a
+/// read of the size word masked off) and the second behind a branch:
+/// with no branch at all it held two more registers, saved and restored
+/// on every `free`, for the same count.
 #[inline(always)]
-fn canary_span(p: usize, n: usize, end: usize) -> (usize, usize, usize) {
+fn canary_span(p: usize, n: usize, end: usize) -> (usize, usize, usize, usize) {
+    const _: () = assert!(CANARY_WORDS == 2);
     let first = (p + n) & !7;
-    let mask = !0usize << (((p + n) & 7) * 8);
-    (first, mask, (first + CANARY_WORDS * 8).min(end))
+    let second = (first + 8).min(end);
+    let first_mask = if first < end { !0usize << (((p + n) & 7) * 8) } else { 0 };
+    let second_mask = if first + 8 < end { !0usize } else { 0 };
+    (first, first_mask, second, second_mask)
 }
 
 /// Makes the slot at `p` (`usable` bytes) a block of `n` bytes: canary
@@ -431,16 +471,14 @@ unsafe fn small_arm(p: usize, n: usize, usable: usize, fresh: bool) {
     let h = secret(p);
     let w = canary_word(h);
     let end = p + usable - 8;
-    let (first, mask, stop) = canary_span(p, n, end);
+    let (first, mask, second, _) = canary_span(p, n, end);
     // SAFETY: every word written lies in the slot, below its size word
-    // (`p + n <= end`), or is the size word.
+    // (`p + n <= end`), or is the size word, written last. The second
+    // word goes before the first, which may be the same word (then the
+    // first's bytes of the block are kept).
     unsafe {
-        if first < stop {
-            *(first as *mut usize) = if fresh { w } else { (*(first as *const usize) & !mask) | (w & mask) };
-            if first + 8 < stop {
-                *((first + 8) as *mut usize) = w;
-            }
-        }
+        *(second as *mut usize) = w;
+        *(first as *mut usize) = if fresh { w } else { (*(first as *const usize) & !mask) | (w & mask) };
         *(end as *mut usize) = size_word(h, n);
     }
 }
@@ -453,22 +491,21 @@ unsafe fn small_arm(p: usize, n: usize, usable: usize, fresh: bool) {
 /// `p` is a live slot of `usable >= 16` bytes, armed by this layer (so
 /// the key is drawn).
 #[inline(always)]
-unsafe fn small_check_tail(what: &[u8], p: usize, usable: usize) -> usize {
-    let h = secret_with(p, key_drawn());
+unsafe fn small_check_tail(what: &[u8], p: usize, usable: usize, block_key: usize) -> usize {
+    let h = secret_with(p, block_key);
     let end = p + usable - 8;
     // SAFETY: the slot's words, per the caller.
     unsafe {
-        let Some(n) = size_of_word(h, *(end as *const usize)).filter(|&n| n + 8 <= usable) else {
+        let word = *(end as *const usize);
+        let n = word & 0xffff_ffff;
+        if size_word(h, n) != word || n + 8 > usable {
             stop(what, b"heap overflow (size word after the object overwritten)", p);
-        };
+        }
         let w = canary_word(h);
-        let (first, mask, stop_at) = canary_span(p, n, end);
-        let mut diff = 0;
-        if first < stop_at {
-            diff = (*(first as *const usize) ^ w) & mask;
-            if first + 8 < stop_at {
-                diff |= *((first + 8) as *const usize) ^ w;
-            }
+        let (first, first_mask, second, second_mask) = canary_span(p, n, end);
+        let mut diff = (*(first as *const usize) ^ w) & first_mask;
+        if second_mask != 0 {
+            diff |= *(second as *const usize) ^ w;
         }
         if diff != 0 {
             stop(what, b"heap overflow (canary after the object overwritten)", p);
@@ -481,14 +518,13 @@ unsafe fn small_check_tail(what: &[u8], p: usize, usable: usize) -> usize {
 /// aligned) and returns its size. Stops the process when it was freed
 /// (quarantined) or written past its end.
 #[inline(always)]
-fn small_check(what: &[u8], p: usize, usable: usize) -> usize {
-    let (mark_key, _) = quarantine_keys();
+fn small_check(what: &[u8], p: usize, usable: usize, k: Drawn) -> usize {
     // SAFETY: a live slot of `usable` >= 16 bytes (checked by the heap).
     unsafe {
-        if *(p as *const usize) == freed_mark(mark_key, p) {
+        if *(p as *const usize) == freed_mark(k.mark, p) {
             stop(what, b"double free or use after free (object in quarantine)", p);
         }
-        small_check_tail(what, p, usable)
+        small_check_tail(what, p, usable, k.block)
     }
 }
 
@@ -632,8 +668,9 @@ extern "C" fn thread_exit(arg: *mut libc::c_void) {
     // SAFETY: glibc passes back the value stored: this thread's quarantine.
     unsafe {
         (*q).state = DEAD;
+        let (tc, k) = (magazine::current(), drawn());
         while let Some(((p, tag), usable)) = (*q).ring.pop() {
-            small_release(p, tag, usable);
+            small_release(tc, k, p, tag, usable);
         }
     }
 }
@@ -654,10 +691,9 @@ pub const PATTERN_BYTES: usize = 256;
 /// # Safety
 /// The slot is live and the caller's to write.
 #[inline(always)]
-unsafe fn fill_freed(p: usize, usable: usize) {
-    let (mark_key, fill) = quarantine_keys();
+unsafe fn fill_freed(p: usize, usable: usize, k: Drawn) {
     // SAFETY: per the caller; `PATTERN_BYTES` is a multiple of 16.
-    unsafe { vector::fill(p, usable.min(PATTERN_BYTES), freed_mark(mark_key, p), fill) }
+    unsafe { vector::fill(p, usable.min(PATTERN_BYTES), freed_mark(k.mark, p), k.fill) }
 }
 
 /// Whether the quarantined slot at `p` (as [`fill_freed`] left it) still
@@ -666,10 +702,9 @@ unsafe fn fill_freed(p: usize, usable: usize) {
 /// # Safety
 /// The slot is live and readable.
 #[inline(always)]
-unsafe fn holds_freed(p: usize, usable: usize) -> bool {
-    let (mark_key, fill) = quarantine_keys();
+unsafe fn holds_freed(p: usize, usable: usize, k: Drawn) -> bool {
     // SAFETY: per the caller; `PATTERN_BYTES` is a multiple of 16.
-    unsafe { vector::holds(p, usable.min(PATTERN_BYTES), freed_mark(mark_key, p), fill) }
+    unsafe { vector::holds(p, usable.min(PATTERN_BYTES), freed_mark(k.mark, p), k.fill) }
 }
 
 /// The quarantine's fill and check, 16 bytes at a time, with no branch
@@ -802,12 +837,14 @@ mod vector {
 }
 
 /// Gives the quarantined object at `p` (its page tag `tag`, see [`Local`])
-/// back to the heap after checking its pattern.
+/// back to the heap after checking its pattern; `tc` is the calling
+/// thread's cache ([`magazine::current`]) and `k` the keys, both as the
+/// `free` that evicts the object read them.
 #[inline(always)]
-fn small_release(p: usize, tag: u16, usable: usize) {
+fn small_release(tc: *mut magazine::ThreadCache, k: Drawn, p: usize, tag: u16, usable: usize) {
     // SAFETY: a quarantined slot of `usable` bytes, still live in the heap.
     unsafe {
-        if !holds_freed(p, usable) {
+        if !holds_freed(p, usable, k) {
             stop(b"free()", b"write after free (quarantined object modified)", p);
         }
         // The heap's own fast `free`, with the page's tag already read:
@@ -818,7 +855,6 @@ fn small_release(p: usize, tag: u16, usable: usize) {
         // stays a slab of that class and node (a page the heap profile
         // diverts since was not diverted when the object was freed, so
         // the object is no sample; see `heap::free_other`).
-        let tc = magazine::current();
         let local = (tag as u32 ^ (*tc).node_tag()) as usize;
         if local <= NR_CLASSES && magazine::has_room(tc, local) {
             magazine::free_local(tc, p as *mut u8, local, heap::ensure_init);
@@ -829,22 +865,21 @@ fn small_release(p: usize, tag: u16, usable: usize) {
 }
 
 /// Quarantines the checked small object at `p` (slot of `usable` bytes,
-/// page tag `tag`, see [`Local`]).
+/// page tag `tag`, see [`Local`]); `tc` and `k` as for [`small_release`].
 #[inline(always)]
-fn small_quarantine(p: usize, usable: usize, tag: u16) {
+fn small_quarantine(tc: *mut magazine::ThreadCache, k: Drawn, p: usize, usable: usize, tag: u16) {
     // SAFETY: a live slot of `usable` bytes the program gave up.
-    unsafe { fill_freed(p, usable) };
+    unsafe { fill_freed(p, usable, k) };
     let q = local();
     // SAFETY: this thread's quarantine; nothing below re-enters it before
     // `push` returns (`small_release` runs after).
     unsafe {
-        if (*q).state != ARMED {
-            return quarantine_unarmed(q, p, usable, tag);
-        }
         // The steady state: the ring is full and the oldest object makes
-        // room for this one.
+        // room for this one. Only an armed ring is ever full (a fresh one
+        // is empty, a dead one emptied and never pushed to again), so the
+        // state is asked only off this path.
         if let Some(((o, t), u)) = (*q).ring.swap_oldest((p, tag), usable, SMALL_RING_BYTES) {
-            return small_release(o, t, u);
+            return small_release(tc, k, o, t, u);
         }
         quarantine_push(q, p, usable, tag)
     }
@@ -852,36 +887,27 @@ fn small_quarantine(p: usize, usable: usize, tag: u16) {
 
 /// [`small_quarantine`] while the ring is filling up, or after a run of
 /// big objects: up to 3 older objects leave per free, so the ring
-/// shrinks back to its budget over a few frees.
-///
-/// # Safety
-/// `q` is this thread's quarantine, armed; `p` is filled.
-#[cold]
-#[inline(never)]
-unsafe fn quarantine_push(q: *mut Local, p: usize, usable: usize, tag: u16) {
-    let mut evicted = [((0usize, 0u16), 0usize); 4];
-    // SAFETY: per the caller.
-    let count = unsafe { (*q).ring.push((p, tag), usable, SMALL_RING_BYTES, &mut evicted) };
-    for &((o, t), u) in &evicted[..count] {
-        small_release(o, t, u);
-    }
-}
-
-/// [`small_quarantine`] in a thread whose ring is not armed: arms it
-/// (first `free`) and quarantines, or releases at once when it cannot be
-/// (or the thread is exiting).
+/// shrinks back to its budget over a few frees. A ring not armed is
+/// armed first (first `free` of the thread), or the object released at
+/// once when it cannot be (or the thread is exiting).
 ///
 /// # Safety
 /// `q` is this thread's quarantine; `p` is filled.
 #[cold]
 #[inline(never)]
-unsafe fn quarantine_unarmed(q: *mut Local, p: usize, usable: usize, tag: u16) {
+unsafe fn quarantine_push(q: *mut Local, p: usize, usable: usize, tag: u16) {
+    let (tc, k) = (magazine::current(), drawn());
     // SAFETY: per the caller.
     unsafe {
-        if (*q).state != FRESH || !arm(q) {
-            return small_release(p, tag, usable);
+        if (*q).state != ARMED && ((*q).state != FRESH || !arm(q)) {
+            return small_release(tc, k, p, tag, usable);
         }
-        quarantine_push(q, p, usable, tag)
+    }
+    let mut evicted = [((0usize, 0u16), 0usize); 4];
+    // SAFETY: per the caller.
+    let count = unsafe { (*q).ring.push((p, tag), usable, SMALL_RING_BYTES, &mut evicted) };
+    for &((o, t), u) in &evicted[..count] {
+        small_release(tc, k, o, t, u);
     }
 }
 
@@ -1494,7 +1520,7 @@ fn block_of(what: &'static [u8], p: *mut u8) -> Block {
         return Block::Zero(slot);
     }
     if let Some(usable) = heap::slab_usable_for(p, what) {
-        let n = small_check(what, a, usable);
+        let n = small_check(what, a, usable, drawn());
         return Block::Small { n, usable };
     }
     let (base, len, n) = big_check(what, a);
@@ -1536,8 +1562,9 @@ pub unsafe fn free(p: *mut u8) {
                 stop(b"free()", b"double free detected (the block is free)", a);
             }
             let usable = info.size as usize;
-            small_check(b"free()", a, usable);
-            return small_quarantine(a, usable, tag);
+            let k = drawn();
+            small_check(b"free()", a, usable, k);
+            return small_quarantine(tc, k, a, usable, tag);
         }
     }
     free_other(p)
@@ -1553,7 +1580,7 @@ fn free_other(p: *mut u8) {
     }
     match block_of(b"free()", p) {
         Block::Zero(slot) => zero_check(b"free()", p as usize, slot, true),
-        Block::Small { usable, .. } => small_quarantine(p as usize, usable, 0),
+        Block::Small { usable, .. } => small_quarantine(magazine::current(), drawn(), p as usize, usable, 0),
         Block::Big { n, base, len } => big_free(base, len, p as usize, n),
     }
 }
@@ -1591,7 +1618,8 @@ pub unsafe fn realloc(p: *mut u8, size: usize) -> *mut u8 {
 /// not used.
 pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 {
     let a = p as usize;
-    let old = match block_of(b"realloc()", p) {
+    let block = block_of(b"realloc()", p);
+    let old = match block {
         Block::Zero(slot) => {
             zero_check(b"realloc()", a, slot, false);
             0
@@ -1616,9 +1644,16 @@ pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 
         return q;
     }
     // SAFETY: both live, distinct, each at least the copied length.
-    unsafe {
-        ptr::copy_nonoverlapping(p, q, old.min(size));
-        free(p);
+    unsafe { ptr::copy_nonoverlapping(p, q, old.min(size)) };
+    match block {
+        // Checked above and unchanged since (`big_resize` changed
+        // nothing): `free` would check it all again, the two scans of
+        // the quarantine and the spares, the lookup and the canary up to
+        // the page's end (up to 4 KiB read) included.
+        Block::Big { n, base, len } => big_free(base, len, a, n),
+        // SAFETY: a live block, not used afterwards. (A small block's
+        // checks on `free` are the fast path's few reads.)
+        _ => unsafe { free(p) },
     }
     q
 }
