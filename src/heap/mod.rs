@@ -615,7 +615,21 @@ pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 
 unsafe fn move_large(p: *mut u8, usable: usize, size: usize) -> *mut u8 {
     let new = match large_block(size, size, PAGE_SIZE) {
         (q, _) if q.is_null() => aligned_alloc(PAGE_SIZE, size),
-        (q, _) => q,
+        (q, _) => {
+            // What `alloc_big` does for every other big block: the heap
+            // profile's sample, and glibc's perturb byte in what the copy
+            // leaves.
+            if crate::profile::on() {
+                // SAFETY: this thread's budget; no reference to it is live.
+                unsafe { crate::profile::sample_block(magazine::prof_budget(), q, size) };
+            }
+            let perturb = crate::options::perturb();
+            if perturb != 0 && size > usable {
+                // SAFETY: `size` bytes are ours.
+                unsafe { ptr::write_bytes(q.add(usable), perturb ^ 0xff, size - usable) };
+            }
+            q
+        }
     };
     if new.is_null() {
         return new;

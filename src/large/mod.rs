@@ -571,7 +571,7 @@ pub fn alloc(size: usize, room: usize, align: usize) -> (*mut u8, bool) {
         return (ptr::null_mut(), false);
     }
     let len = align_up(size.max(1), PAGE_SIZE);
-    let room = align_up(room.min(MAX_SIZE - len), PAGE_SIZE);
+    let room = align_up(room.min(MAX_SIZE.saturating_sub(len)), PAGE_SIZE);
     // Extents are only page-aligned; bigger alignments map afresh.
     if align <= PAGE_SIZE && CACHED_BYTES.load(Ordering::Relaxed) != 0 {
         let now = os::monotonic_ns();
