@@ -328,6 +328,20 @@ fn pte_table(addr: usize, create: bool) -> *mut Table {
     next_level(unsafe { &as_dir(pmd)[(addr >> PMD_SHIFT) & (ENTRIES - 1)] }, create)
 }
 
+/// The entries of the `n` pages from `addr` (page-aligned), which lie in
+/// one `pte` table; `None` when the table is absent (and not `create`d).
+fn table_entries(addr: usize, n: usize, create: bool) -> Option<&'static [AtomicU64]> {
+    debug_assert!(addr % PAGE_SIZE == 0 && n <= ENTRIES);
+    let t = pte_table(addr, create);
+    if t.is_null() {
+        return None;
+    }
+    let first = (addr >> PTE_SHIFT) & (ENTRIES - 1);
+    debug_assert!(first + n <= ENTRIES, "the pages leave their table");
+    // SAFETY: installed tables live forever.
+    Some(unsafe { &(&(*t).entries)[first..first + n] })
+}
+
 /// Calls `f` with the entry of every page of `[start, start + len)`
 /// (page-aligned), or with `None` for pages whose `pte` table is absent.
 fn walk(start: usize, len: usize, create: bool, mut f: impl FnMut(Option<&AtomicU64>)) {
@@ -413,8 +427,20 @@ impl Tally {
 
     /// One more page handed out to `tier`.
     fn add(&mut self, tier: Tier) {
+        self.add_n(tier, 1);
+    }
+
+    /// `n` more pages handed out to `tier`.
+    fn add_n(&mut self, tier: Tier, n: usize) {
         let t = tier as usize;
-        self.0[t] = self.0[t].wrapping_add(1);
+        self.0[t] = self.0[t].wrapping_add(n);
+    }
+
+    /// `n` pages whose entries were `old` (handed out) are handed out no
+    /// longer.
+    fn forget_n(&mut self, old: u64, n: usize) {
+        let t = Tier::from_entry(old) as usize;
+        self.0[t] = self.0[t].wrapping_sub(n);
     }
 
     /// Adds the net changes (two's complement, so a fall wraps back).
@@ -477,19 +503,26 @@ fn hand_out_pages(start: usize, len: usize, tier: Tier, huge: bool) -> usize {
     while addr < end {
         let stop = ((addr / PTE_TABLE_SPAN + 1) * PTE_TABLE_SPAN).min(end);
         let mut untouched = 0;
-        walk(addr, stop - addr, false, |e| match e {
-            Some(e) => {
-                let old = e.load(Ordering::Relaxed);
-                e.store(bits | (old & PTE_HISTORY), Ordering::Relaxed);
-                tally.forget(old);
-                tally.add(tier);
-                if old & PTE_PREDICTED == 0 {
-                    untouched += 1;
+        let n = (stop - addr) / PAGE_SIZE;
+        match table_entries(addr, n, false) {
+            // One pass over the table's entries with no call, no tier
+            // looked up and no branch per page but the rare one for a
+            // page still handed out (a 64 KiB `malloc`+`free` pair: see
+            // `give_back`).
+            Some(entries) => {
+                for e in entries {
+                    let old = e.load(Ordering::Relaxed);
+                    e.store(bits | (old & PTE_HISTORY), Ordering::Relaxed);
+                    if old & PTE_HANDED != 0 {
+                        tally.forget(old);
+                    }
+                    untouched += (old & PTE_PREDICTED == 0) as usize;
                 }
+                tally.add_n(tier, n);
             }
-            // A page whose table could not be made: still a fault to predict.
-            None => untouched += 1,
-        });
+            // Pages whose table could not be made: still faults to predict.
+            None => untouched += n,
+        }
         if huge && stop - addr == PTE_TABLE_SPAN && untouched == ENTRIES {
             faults += 1;
             walk(addr, stop - addr, false, |e| {
@@ -511,13 +544,34 @@ fn hand_out_pages(start: usize, len: usize, tier: Tier, huge: bool) -> usize {
 /// still resident.
 pub fn give_back(start: usize, len: usize) {
     let mut tally = Tally::new();
-    walk(start, len, false, |e| {
-        if let Some(e) = e {
-            let old = e.load(Ordering::Relaxed);
-            e.store(old & !(PTE_HANDED | PTE_TIER_MASK), Ordering::Relaxed);
-            tally.forget(old);
+    let end = start + len;
+    let mut addr = start;
+    while addr < end {
+        let stop = ((addr / PTE_TABLE_SPAN + 1) * PTE_TABLE_SPAN).min(end);
+        if let Some(entries) = table_entries(addr, (stop - addr) / PAGE_SIZE, false) {
+            // The pages of a run are handed out to one tier: count them
+            // with the first page's and look again only where a page
+            // differs. callgrind, `malloc(65536)`+`free` pairs: 1 649.6
+            // instructions per pair with this and `hand_out_pages`'s one
+            // pass, 1 720.6 with a call per page and a tier looked up
+            // for each.
+            let first = entries.first().map_or(0, |e| e.load(Ordering::Relaxed));
+            let mut same = 0;
+            for e in entries {
+                let old = e.load(Ordering::Relaxed);
+                e.store(old & !(PTE_HANDED | PTE_TIER_MASK), Ordering::Relaxed);
+                if (old ^ first) & (PTE_HANDED | PTE_TIER_MASK) == 0 {
+                    same += 1;
+                } else {
+                    tally.forget(old);
+                }
+            }
+            if first & PTE_HANDED != 0 {
+                tally.forget_n(first, same);
+            }
         }
-    });
+        addr = stop;
+    }
     tally.apply();
 }
 
