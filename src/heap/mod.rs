@@ -80,7 +80,7 @@ fn malloc_medium(size: usize, out_of_memory: magazine::OutOfMemory) -> *mut u8 {
     if size <= SLAB_MAX {
         return magazine::alloc(class_of(size), size, ensure_init, out_of_memory);
     }
-    let p = alloc_big(size, MIN_ALIGN);
+    let p = alloc_big(size, MIN_ALIGN, 0);
     if p.is_null() {
         out_of_memory();
     }
@@ -97,14 +97,16 @@ pub fn aligned_alloc(align: usize, size: usize) -> *mut u8 {
     if let Some(class) = slab::class_for_aligned(size, align) {
         return magazine::alloc(class, size, ensure_init, nothing);
     }
-    alloc_big(size, align)
+    alloc_big(size, align, 0)
 }
 
-/// Requests too big for a slab (or with an alignment no class gives).
+/// Requests too big for a slab (or with an alignment no class gives); a
+/// large block gets `room` bytes more to grow into where the system gives
+/// them (see [`realloc_aligned`]).
 #[cold]
 #[inline(never)]
-fn alloc_big(size: usize, align: usize) -> *mut u8 {
-    let p = alloc_big_known_zero(size, align).0;
+fn alloc_big(size: usize, align: usize, room: usize) -> *mut u8 {
+    let p = alloc_big_known_zero(size, align, room).0;
     if !p.is_null() {
         let perturb = crate::options::perturb();
         if perturb != 0 {
@@ -118,7 +120,7 @@ fn alloc_big(size: usize, align: usize) -> *mut u8 {
 
 /// [`alloc_big`], also saying whether the memory is known to read as zero
 /// (fresh pages from the OS, or a fresh mapping).
-fn alloc_big_known_zero(size: usize, align: usize) -> (*mut u8, bool) {
+fn alloc_big_known_zero(size: usize, align: usize, room: usize) -> (*mut u8, bool) {
     // The page tier and the large tier grow without setting up: the
     // process's set-up (the ledger's hooks above all) comes first.
     ensure_init();
@@ -138,11 +140,11 @@ fn alloc_big_known_zero(size: usize, align: usize) -> (*mut u8, bool) {
     // address space, and a small mapping may fit where a chunk does not.
     let block = if size < MMAP_THRESHOLD.load(Ordering::Relaxed).min(PAGE_TIER_MAX) && fits_chunk && !over_aligned {
         match page_run(size, align) {
-            (p, _) if p.is_null() => large_block(size, 0, align),
+            (p, _) if p.is_null() => large_block(size, room, align),
             found => found,
         }
     } else {
-        match large_block(size, 0, align) {
+        match large_block(size, room, align) {
             (p, _) if p.is_null() && fits_chunk => page_run(size, align),
             found => found,
         }
@@ -213,7 +215,7 @@ pub fn zeroed_alloc(size: usize, align: usize) -> *mut u8 {
     let (p, zero) = match small_class {
         // Slab objects are recycled: always clear them.
         Some(class) => (magazine::alloc(class, size, ensure_init, nothing), false),
-        None => alloc_big_known_zero(size, align),
+        None => alloc_big_known_zero(size, align, 0),
     };
     if !p.is_null() && !zero {
         // SAFETY: a fresh block of at least `size` bytes.
@@ -575,68 +577,30 @@ pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 
             usable
         }
     };
+    // A block that grows to a large block's size and is copied gets room
+    // for as much again. A buffer grown by `realloc` is usually grown
+    // again: by half or double (vectors), or a little at a time (string
+    // builders); with the room, the next growth stays in place
+    // (`large::resize`) and every other copy is saved. The room is address
+    // space until written: a fresh mapping's room faults in only when the
+    // buffer grows into it, and a cached extent's pages were resident
+    // already. A `realloc` to a smaller size gives the room back. Without
+    // it, 16 threads growing 256 buffers each on two CPUs
+    // (`benches/workloads/reallocchain.c`) copied 22 GB in the large tier
+    // where glibc, growing into the free chunk its last move left behind,
+    // copied 12 GB; the copy took half the run's time.
     let to_large = size >= MMAP_THRESHOLD.load(Ordering::Relaxed).min(PAGE_TIER_MAX) || size > CHUNK_SIZE;
-    if to_large && size > old_usable && align <= PAGE_SIZE {
-        // SAFETY: per the caller.
-        return unsafe { move_large(p, old_usable, size) };
-    }
-    let new = aligned_alloc(align, size);
+    let new = if to_large && size > old_usable && align <= PAGE_SIZE {
+        alloc_big(size, PAGE_SIZE, size)
+    } else {
+        aligned_alloc(align, size)
+    };
     if new.is_null() {
         return new;
     }
     // SAFETY: both blocks are live and distinct; we copy what both hold.
     unsafe {
         ptr::copy_nonoverlapping(p, new, old_usable.min(size));
-        free(p);
-    }
-    magazine::count_entry_blocks(1, 1);
-    new
-}
-
-/// Moves the block `p` (`usable` bytes) that `realloc` grows to `size`
-/// bytes, a large block's size, where it could not grow in place, copying
-/// it into a large block with room for as much again. A buffer grown by `realloc` is usually
-/// grown again: by half or double (vectors), or a little at a time
-/// (string builders); with the room, the next growth stays in place
-/// (`large::resize`) and every other copy is saved. The room is address
-/// space until written: a fresh mapping's room faults in only when the
-/// buffer grows into it, and a cached extent's pages were resident
-/// already. A `realloc` to a smaller size gives the room back.
-///
-/// Without it, 16 threads growing 256 buffers each on two CPUs
-/// (`benches/workloads/reallocchain.c`) copied 22 GB in the large tier
-/// where glibc, growing into the free chunk its last move left behind,
-/// copied 12 GB; the copy took half the run's time.
-///
-/// # Safety
-/// `p` is a live block of `usable` bytes, fewer than `size`; after
-/// a non-null return it is not used.
-#[cold]
-unsafe fn move_large(p: *mut u8, usable: usize, size: usize) -> *mut u8 {
-    let new = match large_block(size, size, PAGE_SIZE) {
-        (q, _) if q.is_null() => aligned_alloc(PAGE_SIZE, size),
-        (q, _) => {
-            // What `alloc_big` does for every other big block: the heap
-            // profile's sample, and glibc's perturb byte in what the copy
-            // leaves.
-            if crate::profile::on() {
-                // SAFETY: this thread's budget; no reference to it is live.
-                unsafe { crate::profile::sample_block(magazine::prof_budget(), q, size) };
-            }
-            let perturb = crate::options::perturb();
-            if perturb != 0 && size > usable {
-                // SAFETY: `size` bytes are ours.
-                unsafe { ptr::write_bytes(q.add(usable), perturb ^ 0xff, size - usable) };
-            }
-            q
-        }
-    };
-    if new.is_null() {
-        return new;
-    }
-    // SAFETY: both blocks are live and distinct; `p` holds `usable` bytes.
-    unsafe {
-        ptr::copy_nonoverlapping(p, new, usable.min(size));
         free(p);
     }
     magazine::count_entry_blocks(1, 1);

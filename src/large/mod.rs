@@ -561,9 +561,10 @@ pub fn release_cached(all: bool, now: u64) -> usize {
 /// Largest request this tier accepts.
 const MAX_SIZE: usize = isize::MAX as usize - 2 * PAGE_SIZE;
 
-/// A block of at least `size` bytes, and `room` bytes more to grow into,
-/// aligned to `align` (a power of two): from the cache when one fits,
-/// otherwise a fresh mapping. Also says whether the memory is known to
+/// A block of at least `size` bytes, aligned to `align` (a power of two):
+/// from the cache when one fits, otherwise a fresh mapping; with `room`
+/// bytes more to grow into where one cached extent or the system gives
+/// them, without where not. Also says whether the memory is known to
 /// read as zero (fresh mappings only). Null when the system refuses or
 /// the size is impossible.
 pub fn alloc(size: usize, room: usize, align: usize) -> (*mut u8, bool) {
@@ -595,8 +596,14 @@ pub fn alloc(size: usize, room: usize, align: usize) -> (*mut u8, bool) {
             return (start as *mut u8, false);
         }
     }
-    let len = len + room;
-    let Ok(start) = map_aligned(len, align.max(PAGE_SIZE)) else { return (ptr::null_mut(), false) };
+    // The room is a wish: a system that refuses the mapping with it (an
+    // address-space limit) may still give the block alone.
+    let mapped = match map_aligned(len + room, align.max(PAGE_SIZE)) {
+        Ok(start) => Some((start, len + room)),
+        Err(_) if room != 0 => map_aligned(len, align.max(PAGE_SIZE)).ok().map(|start| (start, len)),
+        Err(_) => None,
+    };
+    let Some((start, len)) = mapped else { return (ptr::null_mut(), false) };
     if !vma::record_sized(start, start + len, VmaKind::Large, size) {
         // Without a record, free could not find it: give it back.
         // SAFETY: mapped just now, never handed out.
