@@ -91,10 +91,14 @@ extern "C" fn try_new_aligned(size: usize, align: usize) -> *mut c_void {
     heap::aligned_alloc(align, size).cast()
 }
 
-/// A throwing `new(size)`: [`try_new`], then on failure a tail jump to
-/// [`next`]'s definition with the size as it came in.
+/// A throwing `new`: the attempt, then on failure a tail jump to
+/// [`next`]'s definition with the arguments as they came in. `save` and
+/// `restore` keep the arguments across each call and align the stack to
+/// 16 bytes: the size alone with one push, size and alignment with two
+/// and a gap.
 macro_rules! throwing_new {
-    ($name:ident, $form:expr) => {
+    ($name:ident($($arg:ident: $ty:ty),*), $form:expr, $attempt:path,
+     save [$($save:literal),*], restore [$($restore:literal),*]) => {
         /// C++'s throwing `operator new` of this form (see the module).
         ///
         /// # Safety
@@ -102,23 +106,21 @@ macro_rules! throwing_new {
         #[cfg(target_arch = "x86_64")]
         #[unsafe(naked)]
         #[no_mangle]
-        pub unsafe extern "C" fn $name(size: usize) -> *mut c_void {
+        pub unsafe extern "C" fn $name($($arg: $ty),*) -> *mut c_void {
             core::arch::naked_asm!(
-                // The size kept across the call, which also aligns the
-                // stack to 16 bytes.
-                "push rdi",
+                $($save,)*
                 "call {attempt}",
-                "pop rdi",
+                $($restore,)*
                 "test rax, rax",
                 "jz 2f",
                 "ret",
                 "2:",
-                "push rdi",
+                $($save,)*
                 "mov edi, {form}",
                 "call {next}",
-                "pop rdi",
+                $($restore,)*
                 "jmp rax",
-                attempt = sym try_new,
+                attempt = sym $attempt,
                 next = sym next,
                 form = const $form as usize,
             )
@@ -126,51 +128,22 @@ macro_rules! throwing_new {
     };
 }
 
-/// A throwing aligned `new(size, align)`, as [`throwing_new`].
-macro_rules! throwing_new_aligned {
-    ($name:ident, $form:expr) => {
-        /// C++'s throwing aligned `operator new` of this form (see the module).
-        ///
-        /// # Safety
-        /// Called as C++ calls it.
-        #[cfg(target_arch = "x86_64")]
-        #[unsafe(naked)]
-        #[no_mangle]
-        pub unsafe extern "C" fn $name(size: usize, align: usize) -> *mut c_void {
-            core::arch::naked_asm!(
-                // Both arguments kept; three pushes align the stack.
-                "push rdi",
-                "push rsi",
-                "sub rsp, 8",
-                "call {attempt}",
-                "add rsp, 8",
-                "pop rsi",
-                "pop rdi",
-                "test rax, rax",
-                "jz 2f",
-                "ret",
-                "2:",
-                "push rdi",
-                "push rsi",
-                "sub rsp, 8",
-                "mov edi, {form}",
-                "call {next}",
-                "add rsp, 8",
-                "pop rsi",
-                "pop rdi",
-                "jmp rax",
-                attempt = sym try_new_aligned,
-                next = sym next,
-                form = const $form as usize,
-            )
-        }
-    };
-}
-
-throwing_new!(_Znwm, Form::New);
-throwing_new!(_Znam, Form::NewArray);
-throwing_new_aligned!(_ZnwmSt11align_val_t, Form::NewAligned);
-throwing_new_aligned!(_ZnamSt11align_val_t, Form::NewArrayAligned);
+throwing_new!(_Znwm(size: usize), Form::New, try_new, save ["push rdi"], restore ["pop rdi"]);
+throwing_new!(_Znam(size: usize), Form::NewArray, try_new, save ["push rdi"], restore ["pop rdi"]);
+throwing_new!(
+    _ZnwmSt11align_val_t(size: usize, align: usize),
+    Form::NewAligned,
+    try_new_aligned,
+    save ["push rdi", "push rsi", "sub rsp, 8"],
+    restore ["add rsp, 8", "pop rsi", "pop rdi"]
+);
+throwing_new!(
+    _ZnamSt11align_val_t(size: usize, align: usize),
+    Form::NewArrayAligned,
+    try_new_aligned,
+    save ["push rdi", "push rsi", "sub rsp, 8"],
+    restore ["add rsp, 8", "pop rsi", "pop rdi"]
+);
 
 /// The C++ type of a `nothrow` `new(size, nothrow)`.
 type NothrowNew = unsafe extern "C" fn(usize, *const c_void) -> *mut c_void;
