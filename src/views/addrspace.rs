@@ -14,7 +14,7 @@
 //! files), other anonymous lines the mmap area.
 //!
 //! Consecutive lines of one segment and one file are drawn as one row, up
-//! to [`MAX_ROWS`] rows; the rest are counted.
+//! to [`MAX_ROWS`] rows, the highest; the mappings below them are counted.
 //!
 //! The drawn form ([`write_address_space_svg`], or
 //! `BUDDYSLAB_ADDRSPACE_SVG=path.svg` at exit): one band per line of the
@@ -288,19 +288,27 @@ impl fmt::Display for Size {
 /// regions inside it (up to four one by one, then a count and total per
 /// kind).
 pub fn write_address_space(out: &mut dyn Write) -> fmt::Result {
+    // The maps come lowest first; the diagram keeps the highest rows (the
+    // stack, the libraries, buddyslab's mappings) and counts the mappings
+    // of the rows it let go below them.
     let mut rows = [EMPTY_ROW; MAX_ROWS];
+    let mut mappings = [0usize; MAX_ROWS];
     let mut nr_rows = 0;
     let mut dropped = 0usize;
     for_each_mapping(|m| {
         if nr_rows > 0 && rows[nr_rows - 1].continued_by(m) {
             rows[nr_rows - 1].end = m.end;
+            mappings[nr_rows - 1] += 1;
             return Ok(());
         }
         if nr_rows == MAX_ROWS {
-            dropped += 1;
-            return Ok(());
+            dropped += mappings[0];
+            rows.copy_within(1.., 0);
+            mappings.copy_within(1.., 0);
+            nr_rows -= 1;
         }
         rows[nr_rows] = Row::of(m);
+        mappings[nr_rows] = 1;
         nr_rows += 1;
         Ok(())
     })?;
@@ -850,6 +858,28 @@ pub(crate) mod tests {
             parse_line(b"55-56 r-xp 00001000 08:01 123     /usr/bin/a b"),
             Some((0x55, 0x56, *b"r-xp", &b"/usr/bin/a b"[..]))
         );
+    }
+
+    /// With more mappings than rows, the diagram keeps the highest rows
+    /// (the stack among them) and counts the mappings below them: it
+    /// used to keep the lowest and lose the stack.
+    #[test]
+    fn too_many_mappings_keep_the_highest_rows() {
+        // 3 * MAX_ROWS mappings of one page, a page apart.
+        let n = 3 * MAX_ROWS;
+        let base = crate::os::mmap_anonymous(2 * n * crate::os::PAGE_SIZE, false).expect("mmap");
+        for i in 0..n {
+            // SAFETY: a page of the mapping above, nobody's.
+            unsafe { libc::munmap((base + (2 * i + 1) * crate::os::PAGE_SIZE) as *mut libc::c_void, crate::os::PAGE_SIZE) };
+        }
+        let mut text = String::new();
+        write_address_space(&mut text).unwrap();
+        for i in 0..n {
+            // SAFETY: the pages left above.
+            unsafe { libc::munmap((base + 2 * i * crate::os::PAGE_SIZE) as *mut libc::c_void, crate::os::PAGE_SIZE) };
+        }
+        assert!(text.contains("[stack]"), "{text}");
+        assert!(text.contains("below the lowest row not drawn"), "{text}");
     }
 
     /// The diagram runs from the highest address down, and marks the
