@@ -64,7 +64,8 @@ pub(super) fn owner_in(chunk: *mut page::Chunk, p: *mut u8, what: &'static [u8])
             }
             PG_PAGES if page::page_address(head) == p as usize => Owner::Pages(head),
             PG_PAGES => bad_pointer(what, b"invalid pointer (inside a block)", p),
-            page::PG_FREE => bad_pointer(what, b"double free or invalid pointer (memory is free)", p),
+            // A run on a thread's run list (`mm::runs`) is free memory.
+            page::PG_FREE | page::PG_CACHED => bad_pointer(what, b"double free or invalid pointer (memory is free)", p),
             _ => bad_pointer(what, b"invalid pointer (not allocated by buddyslab)", p),
         }
     }

@@ -63,6 +63,7 @@ fn init_slow() {
         report::register_writer(write_profile_on_trigger);
     }
     magazine::init_thread_exit_key();
+    crate::mm::runs::init_thread_exit_key();
     // SAFETY: the handlers are plain functions that only take and release
     // the allocator's locks; registering may allocate, which is fine: no
     // allocator lock is held here.

@@ -166,13 +166,20 @@ fn alloc_big_known_zero(size: usize, align: usize, room: usize) -> (*mut u8, boo
 /// of chunks for 200 MiB live).
 pub const PAGE_TIER_MAX: usize = 256 * 1024;
 
-/// An exact run of buddy pages for `size` bytes aligned to `align` (both
-/// at most a chunk), and whether it reads as zero.
+/// A run of buddy pages for `size` bytes aligned to `align` (both at most
+/// a chunk): exact from the zone, or up to an eighth longer from the
+/// thread's run lists; and whether it reads as zero.
 fn page_run(size: usize, align: usize) -> (*mut u8, bool) {
     let npages = pages_for(size.max(1));
     let align_order = order_for_pages(align.max(PAGE_SIZE) >> PAGE_SHIFT);
-    match mm::alloc_pages_exact(npages, align_order) {
+    // A run this thread freed, of about the same length (any run is
+    // page-aligned).
+    let cached = if align_order == 0 { mm::runs::take(npages) } else { ptr::null_mut() };
+    let got = if cached.is_null() { mm::alloc_pages_exact(npages, align_order) } else { Some((cached, false)) };
+    match got {
         Some((head, zero)) => {
+            // SAFETY: the run is ours.
+            let npages = unsafe { (*head).span } as usize;
             crate::counters::PAGE_TIER.add(size, npages << PAGE_SHIFT);
             crate::counters::count_blocks(1, 0);
             (page::page_address(head) as *mut u8, zero)
@@ -350,7 +357,9 @@ fn free_other(p: *mut u8) {
                 ptr::write_bytes(p, perturb, ((*head).span as usize) << PAGE_SHIFT);
             }
             crate::counters::count_blocks(0, 1);
-            mm::free_pages_exact(head)
+            if !mm::runs::put(head) {
+                mm::free_pages_exact(head)
+            }
         },
         Owner::Outside => free_outside(p),
     }
@@ -608,13 +617,14 @@ pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 
 }
 
 /// Gives memory back to the OS at once: the calling thread's bins and
-/// every CPU depot go back to the slab caches, every shrinker gives back
+/// run lists and every CPU depot go back to the slab caches, every shrinker gives back
 /// what it holds (the caches' empty slabs), every dirty free block goes to
 /// the kernel (`MADV_DONTNEED`), and cached large mappings are unmapped.
 /// Returns true when any memory was released (`malloc_trim`'s 1).
 pub fn trim() -> bool {
     ensure_init();
     magazine::flush_current();
+    mm::runs::flush_current();
     slab::percpu::drain_all();
     let pages = mm::shrink_all();
     let released = mm::release_free_memory() + large::release_cached(true, os::monotonic_ns());

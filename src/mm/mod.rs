@@ -1,6 +1,7 @@
 //! The page allocator, in the order its files use one another: page
 //! descriptors and the chunk map (`page`), the zone and its
-//! `free_area[order]` (`zone`), per-CPU page lists (`pcp`), growth by
+//! `free_area[order]` (`zone`), per-CPU page lists (`pcp`), per-thread lists of
+//! freed page-tier runs (`runs`), growth by
 //! chunks (`chunk`), giving memory back (`reclaim`: decay, shrinkers,
 //! `madvise`), and the front door that allocates and frees pages
 //! (`page_alloc`). It uses only `os`, `options` and `counters`; what it
@@ -13,6 +14,7 @@ pub mod page;
 mod page_alloc;
 pub mod pcp;
 mod reclaim;
+pub mod runs;
 mod zone;
 
 pub use crate::os::{align_up, pages_for};

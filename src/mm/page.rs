@@ -43,6 +43,10 @@ pub const PG_SLAB: u8 = 2;
 pub const PG_PAGES: u8 = 3;
 /// Tail page of a slab or page run: `head_offset` leads to the head.
 pub const PG_TAIL: u8 = 4;
+/// Head page of a page-tier run kept on a thread's run list (see
+/// `crate::mm::runs`): handed out to the page tier, no block's. Its
+/// tails stay `PG_TAIL` and `span` its length.
+pub const PG_CACHED: u8 = 5;
 
 /// [`Chunk::group`] of a chunk that is one free block.
 pub const GROUP_FREE: u8 = 0;

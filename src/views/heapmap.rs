@@ -45,7 +45,7 @@
 
 use crate::mm::ZONE;
 use crate::os;
-use crate::mm::page::{self, Chunk, CHUNK_PAGES, CHUNK_SIZE, MAX_ORDER, PG_FREE, PG_NONE, PG_PAGES, PG_SLAB};
+use crate::mm::page::{self, Chunk, CHUNK_PAGES, CHUNK_SIZE, MAX_ORDER, PG_CACHED, PG_FREE, PG_NONE, PG_PAGES, PG_SLAB};
 use crate::ledger::pagetable::{self, Tier};
 use crate::slab::{size_of_class, CLASSES, NR_CACHES, NR_CLASSES, SLAB_MAX, VM_AREA_CACHE};
 use crate::views::snapshot::{self as stats, CacheName};
@@ -215,7 +215,8 @@ fn read_chunk(base: usize, cells: &mut [u8; CHUNK_PAGES], untouched: &mut [bool;
                             let class = ptr::read_volatile(ptr::addr_of!((*p).class)) as usize;
                             (if class < NR_CACHES { SLAB + class as u8 } else { OTHER }, 1 << order)
                         }
-                        PG_PAGES => (RUN, ptr::read_volatile(ptr::addr_of!((*p).span)).max(1) as usize),
+                        // A run on a thread's run list is the page tier's too.
+                        PG_PAGES | PG_CACHED => (RUN, ptr::read_volatile(ptr::addr_of!((*p).span)).max(1) as usize),
                         // A block off the zone that no tier has marked (a
                         // per-CPU list's, the shadow's table pool, one being
                         // released): the zone left its order in the head and
