@@ -151,6 +151,8 @@ extern "C" fn fork_prepare() {
     slab::percpu::lock_all_for_fork();
     slab::NODES_GROW.lock_for_fork();
     mm::GROW.lock_for_fork();
+    mm::CHUNKS_AHEAD.lock_for_fork();
+    mm::DESCS_AHEAD.lock_for_fork();
     slab::lock_all_for_fork();
     crate::mm::pcp::lock_all_for_fork();
     mm::ZONE.lock_for_fork();
@@ -170,6 +172,8 @@ fn fork_release(in_child: bool) {
         mm::ZONE.unlock_after_fork(in_child);
         crate::mm::pcp::unlock_all_after_fork(in_child);
         slab::unlock_all_after_fork(in_child);
+        mm::DESCS_AHEAD.unlock_after_fork(in_child);
+        mm::CHUNKS_AHEAD.unlock_after_fork(in_child);
         mm::GROW.unlock_after_fork(in_child);
         slab::NODES_GROW.unlock_after_fork(in_child);
         slab::percpu::unlock_all_after_fork(in_child);

@@ -29,8 +29,8 @@
 //!
 //! Lock order (outermost first), shared by every module:
 //! `large::CACHE` → `percpu::CPUS_GROW` → CPU depot locks (by CPU, then
-//! class) → `slab::NODES_GROW` → `GROW` → slab cache locks (by node, then
-//! index) → per-CPU page lists (`pcp`, by CPU) → `ZONE` → `vma::TREE` →
+//! class) → `slab::NODES_GROW` → `GROW` → `CHUNKS_AHEAD` → `DESCS_AHEAD`
+//! → slab cache locks (by node, then index) → per-CPU page lists (`pcp`, by CPU) → `ZONE` → `vma::TREE` →
 //! `pagetable::TABLE_POOL` → `profile::STATE` (a leaf: nothing is locked
 //! while it is held). (`GROW` is only ever tried, never waited for,
 //! outside the atfork handlers, and holds nothing else.)
