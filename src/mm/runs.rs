@@ -204,7 +204,7 @@ pub fn flush_current() -> usize {
 }
 
 /// Bytes on the calling thread's lists.
-#[cfg(test)]
+#[cfg(all(test, not(feature = "secure")))]
 pub fn cached_bytes() -> usize {
     // SAFETY: this thread's lists; a plain read.
     unsafe { (*current()).bytes }
@@ -222,7 +222,25 @@ extern "C" fn thread_exit(arg: *mut libc::c_void) {
     }
 }
 
-#[cfg(test)]
+/// The secure build keeps no lists: a freed run goes to the zone at once.
+#[cfg(all(test, feature = "secure"))]
+mod secure_tests {
+    use super::*;
+
+    #[test]
+    fn the_secure_build_keeps_no_runs() {
+        crate::heap::ensure_init();
+        let (head, _) = crate::mm::alloc_pages_exact(3, 0).expect("pages");
+        // SAFETY: a live run of ours that nothing uses.
+        assert!(!unsafe { put(head) });
+        assert!(take(3).is_null());
+        // SAFETY: as above.
+        unsafe { crate::mm::free_pages_exact(head) };
+    }
+}
+
+// The lists themselves, in the builds that keep them.
+#[cfg(all(test, not(feature = "secure")))]
 mod tests {
     use super::*;
     use proptest::prelude::*;
