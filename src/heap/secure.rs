@@ -1536,9 +1536,9 @@ fn block_of(what: &'static [u8], p: *mut u8) -> Block {
 /// slot size and the tag the quarantine hands back with the object. The
 /// checks are the heap's (slot start, not free) and this layer's (not
 /// quarantined, size word, canary). The tag is read as the heap's `free`
-/// reads it ([`magazine::remembered_tag`], the remembered way's tag array
+/// reads it (`magazine::remembered_tag`, the remembered way's tag array
 /// at hand); a chunk this thread does not remember takes
-/// [`free_unremembered`], which looks it up and goes on the same way.
+/// `free_unremembered`, which looks it up and goes on the same way.
 /// Everything else (null, zero-size blocks, big blocks, pages the heap
 /// profile diverts, bad pointers) takes `free_other`.
 ///
