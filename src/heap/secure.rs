@@ -1535,37 +1535,65 @@ fn block_of(what: &'static [u8], p: *mut u8) -> Block {
 /// object of a user slab of class c" for any node, so one read gives the
 /// slot size and the tag the quarantine hands back with the object. The
 /// checks are the heap's (slot start, not free) and this layer's (not
-/// quarantined, size word, canary). Everything else (null, zero-size
-/// blocks, big blocks, pages the heap profile diverts, bad pointers)
-/// takes `free_other`.
+/// quarantined, size word, canary). The tag is read as the heap's `free`
+/// reads it (`magazine::remembered_tag`, the remembered way's tag array
+/// at hand); a chunk this thread does not remember takes
+/// `free_unremembered`, which looks it up and goes on the same way.
+/// Everything else (null, zero-size blocks, big blocks, pages the heap
+/// profile diverts, bad pointers) takes `free_other`.
 ///
 /// # Safety
 /// If `p` is a live block, nothing uses it afterwards.
 #[inline]
 pub unsafe fn free(p: *mut u8) {
-    let a = p as usize;
     let tc = magazine::current();
     // SAFETY: the thread cache is this thread's.
+    match unsafe { magazine::remembered_tag(tc, p as usize) } {
+        // SAFETY: the tag of the page holding `p`.
+        Some(tag) => unsafe { free_tagged(tc, p, tag) },
+        None => free_unremembered(tc, p),
+    }
+}
+
+/// [`free`] of a block in a chunk the thread cache does not remember: the
+/// chunk map's answer (now remembered), then the same path.
+#[cold]
+#[inline(never)]
+fn free_unremembered(tc: *mut magazine::ThreadCache, p: *mut u8) {
+    let a = p as usize;
+    // SAFETY: the thread cache is this thread's.
     let chunk = unsafe { (*tc).chunk_of(a) };
-    if !chunk.is_null() {
-        // SAFETY: a published chunk that holds `a`.
-        let tag = unsafe { page::Chunk::tag(chunk, a) };
-        let user_class = (tag & 0xff) as usize;
-        if user_class.wrapping_sub(1) < NR_CLASSES {
-            // SAFETY: 1 <= user_class <= NR_CLASSES.
-            let info = unsafe { slab::CLASSES.get_unchecked(user_class - 1) };
-            if !info.is_object_start(a) {
-                stop(b"free()", b"invalid pointer (inside an object)", a);
-            }
-            // SAFETY: the start of a slot of a user slab, >= 16 bytes.
-            if unsafe { slab::link::is_marked_free(p) } {
-                stop(b"free()", b"double free detected (the block is free)", a);
-            }
-            let usable = info.size as usize;
-            let k = drawn();
-            small_check(b"free()", a, usable, k);
-            return small_quarantine(tc, k, a, usable, tag);
+    if chunk.is_null() {
+        return free_other(p);
+    }
+    // SAFETY: a published chunk that holds `a`; its tag is that of the
+    // page holding `p`.
+    unsafe { free_tagged(tc, p, page::Chunk::tag(chunk, a)) }
+}
+
+/// [`free`] once the tag of the page holding `p` is read.
+///
+/// # Safety
+/// `tc` is [`magazine::current`]; `tag` is the tag of the page holding
+/// `p`; if `p` is a live block, nothing uses it afterwards.
+#[inline(always)]
+unsafe fn free_tagged(tc: *mut magazine::ThreadCache, p: *mut u8, tag: u16) {
+    let a = p as usize;
+    let user_class = (tag & 0xff) as usize;
+    if user_class.wrapping_sub(1) < NR_CLASSES {
+        // SAFETY: 1 <= user_class <= NR_CLASSES.
+        let info = unsafe { slab::CLASSES.get_unchecked(user_class - 1) };
+        if !info.is_object_start(a) {
+            stop(b"free()", b"invalid pointer (inside an object)", a);
         }
+        // SAFETY: the start of a slot of a user slab, >= 16 bytes.
+        if unsafe { slab::link::is_marked_free(p) } {
+            stop(b"free()", b"double free detected (the block is free)", a);
+        }
+        let usable = info.size as usize;
+        let k = drawn();
+        small_check(b"free()", a, usable, k);
+        return small_quarantine(tc, k, a, usable, tag);
     }
     free_other(p)
 }
