@@ -78,6 +78,7 @@ use crate::mm;
 use crate::os::{align_up, map_aligned};
 use crate::os::{self, PAGE_SIZE};
 use crate::os::sync::Mutex;
+use core::mem::MaybeUninit;
 use crate::ledger::vma::{self, VmaKind};
 use core::ptr;
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -200,16 +201,20 @@ impl Extent {
 }
 
 /// Ranges given up under [`CACHE`]'s lock, unmapped once it is dropped.
-/// Their records are already out of the region tree.
+/// Their records are already out of the region tree. The slots past `n`
+/// are never read: an `Unmaps` is made on every big block's `malloc` and
+/// `free`, and zeroing its 2 KiB cost about 2 100 instructions each time
+/// (callgrind, `malloc(262144)`+`free` pairs), a quarter of the pair.
 pub struct Unmaps {
-    ranges: [(usize, usize); CACHE_SLOTS + 2],
+    ranges: [MaybeUninit<(usize, usize)>; CACHE_SLOTS + 2],
     n: usize,
 }
 
 impl Unmaps {
     /// None yet.
     pub const fn new() -> Self {
-        Unmaps { ranges: [(0, 0); CACHE_SLOTS + 2], n: 0 }
+        // SAFETY: an array of `MaybeUninit` needs no initialisation.
+        Unmaps { ranges: unsafe { MaybeUninit::<[MaybeUninit<(usize, usize)>; CACHE_SLOTS + 2]>::uninit().assume_init() }, n: 0 }
     }
 
     /// Queues `[start, start + len)`, or unmaps it now if the queue is full.
@@ -219,14 +224,16 @@ impl Unmaps {
             unsafe { unmap(start, len) };
             return;
         }
-        self.ranges[self.n] = (start, len);
+        self.ranges[self.n] = MaybeUninit::new((start, len));
         self.n += 1;
     }
 
     /// Unmaps every queued range; returns the bytes released.
     pub fn run(self) -> usize {
         let mut bytes = 0;
-        for &(start, len) in &self.ranges[..self.n] {
+        for slot in &self.ranges[..self.n] {
+            // SAFETY: `ranges[..n]` were written by `push`.
+            let (start, len) = unsafe { slot.assume_init() };
             // SAFETY: queued ranges were ours, their records are gone and
             // nobody uses them.
             unsafe { unmap(start, len) };
