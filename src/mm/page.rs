@@ -73,7 +73,9 @@ pub struct Page {
     pub zero: bool,
     /// Tail: pages back to the head. Page-tier head: pages in the run.
     /// Free block head: its decay stamp, the coarse time in milliseconds
-    /// it became free (see `buddy::decay_tick`).
+    /// it became free (see `buddy::decay_tick`). Slab head: the offset in
+    /// the slab of its free list's last object plus one, 0 when not known
+    /// (see `slab::cache::free_tail`).
     pub span: u32,
     /// Slab: objects handed out and not yet returned.
     pub inuse: u16,
