@@ -222,13 +222,14 @@ extern "C" fn thread_exit(arg: *mut libc::c_void) {
     }
 }
 
-/// The secure build keeps no lists: a freed run goes to the zone at once.
-#[cfg(all(test, feature = "secure"))]
-mod secure_tests {
-    use super::*;
-
+#[cfg(test)]
+mod tests {
+    /// The secure build keeps no lists: a freed run goes to the zone at
+    /// once.
+    #[cfg(feature = "secure")]
     #[test]
     fn the_secure_build_keeps_no_runs() {
+        use super::*;
         crate::heap::ensure_init();
         let (head, _) = crate::mm::alloc_pages_exact(3, 0).expect("pages");
         // SAFETY: a live run of ours that nothing uses.
@@ -237,148 +238,148 @@ mod secure_tests {
         // SAFETY: as above.
         unsafe { crate::mm::free_pages_exact(head) };
     }
-}
 
-// The lists themselves, in the builds that keep them.
-#[cfg(all(test, not(feature = "secure")))]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
+    /// The lists themselves, in the builds that keep them.
+    #[cfg(not(feature = "secure"))]
+    mod lists {
+        use super::super::*;
+        use proptest::prelude::*;
 
-    #[derive(Clone, Debug)]
-    enum Op {
-        /// A run of this many pages: from the lists when they hold one.
-        Alloc(usize),
-        /// Frees the live run at this index (modulo their number).
-        Free(usize),
-        /// That many runs of this many pages, then frees them all: a list
-        /// fills to its depth, or the lists to their bytes.
-        Burst(usize, usize),
-    }
+        #[derive(Clone, Debug)]
+        enum Op {
+            /// A run of this many pages: from the lists when they hold one.
+            Alloc(usize),
+            /// Frees the live run at this index (modulo their number).
+            Free(usize),
+            /// That many runs of this many pages, then frees them all: a list
+            /// fills to its depth, or the lists to their bytes.
+            Burst(usize, usize),
+        }
 
-    fn op() -> impl Strategy<Value = Op> {
-        prop_oneof![
-            3 => (1usize..=MAX_PAGES).prop_map(Op::Alloc),
-            // A few page counts, so that lists fill to their depth.
-            3 => prop::sample::select(vec![1usize, 4, 16, 17, 18, 64]).prop_map(Op::Alloc),
-            5 => any::<usize>().prop_map(Op::Free),
-            1 => (prop::sample::select(vec![1usize, 4, 16, 64]), 1usize..=12).prop_map(|(n, k)| Op::Burst(n, k)),
-        ]
-    }
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                3 => (1usize..=MAX_PAGES).prop_map(Op::Alloc),
+                // A few page counts, so that lists fill to their depth.
+                3 => prop::sample::select(vec![1usize, 4, 16, 17, 18, 64]).prop_map(Op::Alloc),
+                5 => any::<usize>().prop_map(Op::Free),
+                1 => (prop::sample::select(vec![1usize, 4, 16, 64]), 1usize..=12).prop_map(|(n, k)| Op::Burst(n, k)),
+            ]
+        }
 
-    /// The two tests below put runs on lists; one at a time, so that the
-    /// exiting thread's runs are not cached again by the model's thread.
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        /// The two tests below put runs on lists; one at a time, so that the
+        /// exiting thread's runs are not cached again by the model's thread.
+        static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-    fn kind(head: *mut Page) -> u8 {
-        // SAFETY: descriptors of our runs are live.
-        unsafe { (*head).kind() }
-    }
+        fn kind(head: *mut Page) -> u8 {
+            // SAFETY: descriptors of our runs are live.
+            unsafe { (*head).kind() }
+        }
 
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
 
-        /// The lists against a model: last freed, first handed out, per
-        /// page count, the shortest that holds the request within its
-        /// slack; the depth and byte bounds; cached heads marked,
-        /// handed-out ones not; all back in the zone when emptied.
+            /// The lists against a model: last freed, first handed out, per
+            /// page count, the shortest that holds the request within its
+            /// slack; the depth and byte bounds; cached heads marked,
+            /// handed-out ones not; all back in the zone when emptied.
+            #[test]
+            fn model_run_lists(ops in prop::collection::vec(op(), 1..160)) {
+                let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+                crate::heap::ensure_init();
+                flush_current();
+                let mut live: Vec<*mut Page> = Vec::new();
+                let mut model: Vec<Vec<*mut Page>> = vec![Vec::new(); MAX_PAGES + 1];
+                let mut bytes = 0usize;
+                let ops = ops.into_iter().flat_map(|op| match op {
+                    // Freed newest first: the burst's runs are the last `k` live.
+                    Op::Burst(n, k) => [vec![Op::Alloc(n); k], vec![Op::Free(usize::MAX); k]].concat(),
+                    op => vec![op],
+                });
+                for op in ops {
+                    match op {
+                        Op::Alloc(n) => {
+                            let got = take(n);
+                            // The shortest listed length from n to n + n/8.
+                            let len = (n..=(n + n / SLACK).min(MAX_PAGES)).find(|&m| !model[m].is_empty());
+                            prop_assert_eq!(got, len.map_or(ptr::null_mut(), |m| model[m].pop().unwrap()));
+                            let head = if let Some(m) = len {
+                                bytes -= m << PAGE_SHIFT;
+                                head_ok(got, m)?;
+                                got
+                            } else {
+                                let Some((head, _)) = crate::mm::alloc_pages_exact(n, 0) else { continue };
+                                head
+                            };
+                            live.push(head);
+                        }
+                        Op::Free(i) if !live.is_empty() => {
+                            let head = if i == usize::MAX { live.pop().unwrap() } else { live.swap_remove(i % live.len()) };
+                            // SAFETY: a live run of ours.
+                            let n = unsafe { (*head).span } as usize;
+                            let fits = model[n].len() < DEPTH as usize && bytes + (n << PAGE_SHIFT) <= CACHE_BYTES;
+                            // SAFETY: as above; nothing uses it.
+                            let kept = unsafe { put(head) };
+                            prop_assert_eq!(kept, fits);
+                            if kept {
+                                prop_assert_eq!(kind(head), PG_CACHED);
+                                model[n].push(head);
+                                bytes += n << PAGE_SHIFT;
+                            } else {
+                                // SAFETY: as above.
+                                unsafe { crate::mm::free_pages_exact(head) };
+                            }
+                        }
+                        Op::Free(_) | Op::Burst(..) => {}
+                    }
+                    prop_assert_eq!(cached_bytes(), bytes);
+                }
+                prop_assert_eq!(flush_current(), bytes);
+                prop_assert_eq!(cached_bytes(), 0);
+                for list in &model {
+                    for &head in list {
+                        // Back in the zone: free, or already another run's.
+                        prop_assert_ne!(kind(head), PG_CACHED);
+                    }
+                }
+                for head in live {
+                    prop_assert_eq!(kind(head), PG_PAGES);
+                    // SAFETY: a live run of ours.
+                    unsafe { crate::mm::free_pages_exact(head) };
+                }
+                crate::mm::ZONE.lock().check();
+            }
+        }
+
+        fn head_ok(head: *mut Page, n: usize) -> Result<(), TestCaseError> {
+            prop_assert_eq!(kind(head), PG_PAGES);
+            // SAFETY: descriptors of our runs are live.
+            prop_assert_eq!(unsafe { (*head).span } as usize, n);
+            Ok(())
+        }
+
+        /// A run freed by a thread that then exits goes back to the zone.
         #[test]
-        fn model_run_lists(ops in prop::collection::vec(op(), 1..160)) {
+        fn an_exiting_thread_gives_its_runs_back() {
             let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
             crate::heap::ensure_init();
-            flush_current();
-            let mut live: Vec<*mut Page> = Vec::new();
-            let mut model: Vec<Vec<*mut Page>> = vec![Vec::new(); MAX_PAGES + 1];
-            let mut bytes = 0usize;
-            let ops = ops.into_iter().flat_map(|op| match op {
-                // Freed newest first: the burst's runs are the last `k` live.
-                Op::Burst(n, k) => [vec![Op::Alloc(n); k], vec![Op::Free(usize::MAX); k]].concat(),
-                op => vec![op],
-            });
-            for op in ops {
-                match op {
-                    Op::Alloc(n) => {
-                        let got = take(n);
-                        // The shortest listed length from n to n + n/8.
-                        let len = (n..=(n + n / SLACK).min(MAX_PAGES)).find(|&m| !model[m].is_empty());
-                        prop_assert_eq!(got, len.map_or(ptr::null_mut(), |m| model[m].pop().unwrap()));
-                        let head = if let Some(m) = len {
-                            bytes -= m << PAGE_SHIFT;
-                            head_ok(got, m)?;
-                            got
-                        } else {
-                            let Some((head, _)) = crate::mm::alloc_pages_exact(n, 0) else { continue };
-                            head
-                        };
-                        live.push(head);
-                    }
-                    Op::Free(i) if !live.is_empty() => {
-                        let head = if i == usize::MAX { live.pop().unwrap() } else { live.swap_remove(i % live.len()) };
-                        // SAFETY: a live run of ours.
-                        let n = unsafe { (*head).span } as usize;
-                        let fits = model[n].len() < DEPTH as usize && bytes + (n << PAGE_SHIFT) <= CACHE_BYTES;
-                        // SAFETY: as above; nothing uses it.
-                        let kept = unsafe { put(head) };
-                        prop_assert_eq!(kept, fits);
-                        if kept {
-                            prop_assert_eq!(kind(head), PG_CACHED);
-                            model[n].push(head);
-                            bytes += n << PAGE_SHIFT;
-                        } else {
-                            // SAFETY: as above.
-                            unsafe { crate::mm::free_pages_exact(head) };
-                        }
-                    }
-                    Op::Free(_) | Op::Burst(..) => {}
+            let heads = std::thread::spawn(|| {
+                let heads: Vec<usize> = (0..3)
+                    .map(|_| crate::mm::alloc_pages_exact(23, 0).expect("pages").0 as usize)
+                    .collect();
+                for &h in &heads {
+                    // SAFETY: live runs of ours, nothing uses them.
+                    assert!(unsafe { put(h as *mut Page) });
                 }
-                prop_assert_eq!(cached_bytes(), bytes);
+                assert_eq!(cached_bytes(), (3 * 23) << PAGE_SHIFT);
+                heads
+            })
+            .join()
+            .unwrap();
+            for h in heads {
+                // Free in the zone (or handed out again since), not left
+                // cached by the dead thread.
+                assert_ne!(kind(h as *mut Page), PG_CACHED);
             }
-            prop_assert_eq!(flush_current(), bytes);
-            prop_assert_eq!(cached_bytes(), 0);
-            for list in &model {
-                for &head in list {
-                    // Back in the zone: free, or already another run's.
-                    prop_assert_ne!(kind(head), PG_CACHED);
-                }
-            }
-            for head in live {
-                prop_assert_eq!(kind(head), PG_PAGES);
-                // SAFETY: a live run of ours.
-                unsafe { crate::mm::free_pages_exact(head) };
-            }
-            crate::mm::ZONE.lock().check();
-        }
-    }
-
-    fn head_ok(head: *mut Page, n: usize) -> Result<(), TestCaseError> {
-        prop_assert_eq!(kind(head), PG_PAGES);
-        // SAFETY: descriptors of our runs are live.
-        prop_assert_eq!(unsafe { (*head).span } as usize, n);
-        Ok(())
-    }
-
-    /// A run freed by a thread that then exits goes back to the zone.
-    #[test]
-    fn an_exiting_thread_gives_its_runs_back() {
-        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        crate::heap::ensure_init();
-        let heads = std::thread::spawn(|| {
-            let heads: Vec<usize> = (0..3)
-                .map(|_| crate::mm::alloc_pages_exact(23, 0).expect("pages").0 as usize)
-                .collect();
-            for &h in &heads {
-                // SAFETY: live runs of ours, nothing uses them.
-                assert!(unsafe { put(h as *mut Page) });
-            }
-            assert_eq!(cached_bytes(), (3 * 23) << PAGE_SHIFT);
-            heads
-        })
-        .join()
-        .unwrap();
-        for h in heads {
-            // Free in the zone (or handed out again since), not left
-            // cached by the dead thread.
-            assert_ne!(kind(h as *mut Page), PG_CACHED);
         }
     }
 }
