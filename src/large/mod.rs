@@ -66,9 +66,13 @@
 //!
 //! [`CACHE`] is the outermost lock of the allocator (see [`crate::mm`]):
 //! it is held while the region tree changes (which may allocate tree nodes
-//! from the slab caches) and while `mremap` runs, so every change to a
-//! `Large` or `LargeCached` record happens under it. `munmap` of evicted
-//! extents waits until it is dropped. Whoever takes it first takes a
+//! from the slab caches) and while the cache's `mremap`s run, so every
+//! change to a `LargeCached` record happens under it. A live block's
+//! record is changed only by the block's owner: `realloc` updates it for
+//! a growth into the room or a short shrink without the cache's lock, and
+//! moves a block it grows with `mremap` with no lock held at all (see
+//! `move_block`; the secure build moves it under both locks). `munmap` of
+//! evicted extents waits until the lock is dropped. Whoever takes it first takes a
 //! [`mm::defer_decay`] guard (dropped after the lock): a tree node
 //! taken from a slab cache under the lock may call into the buddy, and a
 //! decay scan started there would run its `madvise` calls with the lock
@@ -710,10 +714,35 @@ pub unsafe fn resize(p: *mut u8, new_size: usize) -> (*mut u8, bool) {
     let new_len = align_up(new_size.max(1), PAGE_SIZE);
     let mut unmaps = Unmaps::new();
     let mut huge = false;
+    let mut moving = None;
+    // Outside the secure build, the block's record is read and, where
+    // nothing else changes, updated without the cache's lock: only the
+    // block's owner changes a live block's record, and a growth into the
+    // room or a shrink that leaves the tail with the block touches nothing
+    // cached.
+    #[cfg(not(feature = "secure"))]
+    let known = {
+        let Ok(r) = classify(p as usize, vma::lookup(p as usize)) else { return (ptr::null_mut(), false) };
+        let old_len = r.end - r.start;
+        let tail_stays = old_len <= MMAP_THRESHOLD.load(Ordering::Relaxed) && old_len - new_len.min(old_len) <= old_len / 8;
+        if new_len <= old_len && (new_size >= r.requested || tail_stays) {
+            let r = vma::remap(r.start, VmaKind::Large, |r| Some((r.start, r.end, new_size, VmaKind::Large)));
+            return (r.map_or(ptr::null_mut(), |r| r.start as *mut u8), false);
+        }
+        Some(r)
+    };
+    #[cfg(feature = "secure")]
+    let known = None;
     let result = {
         let _deferred = mm::defer_decay();
         let mut cache = CACHE.lock();
-        let Ok(r) = classify(p as usize, vma::lookup(p as usize)) else { return (ptr::null_mut(), false) };
+        let r = match known {
+            Some(r) => r,
+            None => match classify(p as usize, vma::lookup(p as usize)) {
+                Ok(r) => r,
+                Err(_) => return (ptr::null_mut(), false),
+            },
+        };
         let old_len = r.end - r.start;
         let resized = if new_len <= old_len && new_size >= r.requested {
             // A growth into the block's room (see `alloc`): in place.
@@ -730,14 +759,15 @@ pub unsafe fn resize(p: *mut u8, new_size: usize) -> (*mut u8, bool) {
             // which is cheaper than faulting the growth in: a copied page
             // costs a fraction of a fresh one, and the old block goes back
             // to the cache resident.
-            vma::remap(r.start, VmaKind::Large, |r| {
-                // SAFETY: a live block of ours, recorded as one region; the
-                // tree lock is held, so its record moves with it. A block
-                // spanning two kernel mappings fails (EFAULT), unchanged.
-                let new = unsafe { os::mremap_maymove(r.start, old_len, new_len) }.ok()?;
-                huge = new_len >= HUGE_GROW_MIN && os::huge_advice_heeded() && os::madvise_hugepage(new, new_len).is_ok();
-                Some((new, new + new_len, new_size, VmaKind::Large))
-            })
+            if cfg!(feature = "secure") {
+                // Its guard pages and protections rely on the block and its
+                // record changing together under the locks.
+                move_block_locked(r, new_len, new_size, &mut huge)
+            } else {
+                // Moved below, with the locks dropped (see `move_block`).
+                moving = Some(r);
+                None
+            }
         } else {
             None
         };
@@ -749,7 +779,58 @@ pub unsafe fn resize(p: *mut u8, new_size: usize) -> (*mut u8, bool) {
         resized
     };
     unmaps.run();
+    let result = match moving {
+        Some(r) => {
+            let moved = move_block(r, new_len, new_size, &mut huge);
+            if let Some(m) = moved {
+                LARGE_BYTES.fetch_add(m.end - m.start, Ordering::Relaxed);
+                LARGE_BYTES.fetch_sub(r.end - r.start, Ordering::Relaxed);
+            }
+            moved
+        }
+        None => result,
+    };
     (result.map_or(ptr::null_mut(), |r| r.start as *mut u8), huge)
+}
+
+/// Moves live block `block` to a mapping of `new_len` bytes (more than
+/// its length) with `mremap(MREMAP_MAYMOVE)`, its record with it, under
+/// [`CACHE`]'s lock and the tree's: the one system call runs with both
+/// held. Sets `huge` when the grown block was advised for huge pages.
+fn move_block_locked(block: vma::Region, new_len: usize, new_size: usize, huge: &mut bool) -> Option<vma::Region> {
+    let old_len = block.end - block.start;
+    vma::remap(block.start, VmaKind::Large, |r| {
+        // SAFETY: a live block of ours, recorded as one region; the tree
+        // lock is held, so its record moves with it. A block spanning two
+        // kernel mappings fails (EFAULT), unchanged.
+        let new = unsafe { os::mremap_maymove(r.start, old_len, new_len) }.ok()?;
+        *huge = new_len >= HUGE_GROW_MIN && os::huge_advice_heeded() && os::madvise_hugepage(new, new_len).is_ok();
+        Some((new, new + new_len, new_size, VmaKind::Large))
+    })
+}
+
+/// [`move_block_locked`] with no allocator lock held, called with none:
+/// the record is marked as moving under the tree's lock
+/// ([`vma::begin_move`]), `mremap` runs with no lock, and the record
+/// takes the new range under the tree's lock again ([`vma::end_move`]).
+/// If the kernel hands the old range to another thread in between, that
+/// thread's record replaces the stale one instead of failing. Under 16
+/// threads on 2 CPUs, every `free`, `malloc` and chunk growth queued
+/// behind an `mremap` that waited, with both locks held, for the page
+/// faults in flight. `None` (the block unchanged) when the block spans
+/// two kernel mappings or the system refuses.
+fn move_block(block: vma::Region, new_len: usize, new_size: usize, huge: &mut bool) -> Option<vma::Region> {
+    let old_len = block.end - block.start;
+    let (_, m) = vma::begin_move(block.start, VmaKind::Large)?;
+    // SAFETY: a live block of ours, recorded as one region that only its
+    // owner (the caller) changes. A block spanning two kernel mappings
+    // fails (EFAULT), unchanged.
+    let Ok(new) = (unsafe { os::mremap_maymove(block.start, old_len, new_len) }) else {
+        vma::end_move(m, None);
+        return None;
+    };
+    *huge = new_len >= HUGE_GROW_MIN && os::huge_advice_heeded() && os::madvise_hugepage(new, new_len).is_ok();
+    Some(vma::end_move(m, Some((new, new + new_len, new_size, VmaKind::Large))))
 }
 
 /// Shrinks block `block` to `new_len` (at most its length) bytes in
@@ -917,6 +998,95 @@ mod tests {
         assert_eq!(usable_size(p), Ok(MIB), "a shrink cuts the room off");
         // SAFETY: a live block, not used again.
         assert!(unsafe { free(p) }.is_ok());
+    }
+
+    /// Whether the tree still holds the record `[start, end)` with
+    /// `requested` (another test may map and record the range meanwhile,
+    /// but not with this odd requested size).
+    fn recorded(start: usize, end: usize, requested: usize) -> bool {
+        vma::lookup(start).is_some_and(|r| (r.start, r.end, r.requested) == (start, end, requested))
+    }
+
+    #[test]
+    fn a_moved_block_keeps_its_pages_and_its_record_and_frees_the_old_range() {
+        // Past the largest threshold, so the cache never serves the growth;
+        // each mover once: without the locks and under them (the secure
+        // build's).
+        let (len, new_len) = (3 * MIB + 5 * PAGE_SIZE, MAX_MMAP_THRESHOLD + 3 * PAGE_SIZE);
+        type Mover = fn(vma::Region, usize, usize, &mut bool) -> Option<vma::Region>;
+        for (k, mover) in [move_block as Mover, move_block_locked].into_iter().enumerate() {
+            let requested = len - 1 - k;
+            let (p, _) = alloc(requested, 0, 2 * PAGE_SIZE);
+            assert!(!p.is_null());
+            let a = p as usize;
+            stamp_pages(a, len, 40 + k as u8);
+            let block = vma::lookup(a).unwrap();
+            assert_eq!((block.end - block.start, block.requested), (len, requested));
+            let mut huge = false;
+            let r = mover(block, new_len, new_len - 7, &mut huge).expect("moved");
+            LARGE_BYTES.fetch_add(new_len - len, Ordering::Relaxed); // as `resize` does
+            assert_eq!((r.end - r.start, r.kind, r.requested), (new_len, VmaKind::Large, new_len - 7));
+            assert_eq!(vma::lookup(r.start), Some(r), "the record moved with the pages");
+            assert_eq!(usable_size(r.start as *mut u8), Ok(new_len));
+            for k2 in 0..len / PAGE_SIZE {
+                assert_eq!(page_byte(r.start + k2 * PAGE_SIZE), (40 + k as u8).wrapping_add(k2 as u8), "page {k2}");
+            }
+            assert_eq!(page_byte(r.start + len), 0, "the growth reads as zero");
+            if r.start != a {
+                assert!(!recorded(a, a + len, requested), "the old range's record is gone");
+            }
+            // SAFETY: a live block, not used again.
+            assert!(unsafe { free(r.start as *mut u8) }.is_ok());
+        }
+    }
+
+    #[test]
+    fn concurrent_moves_and_fresh_blocks_never_fail_or_overlap() {
+        // Half the threads grow blocks by moving them (their old ranges
+        // return to the kernel), the other half map fresh blocks, which may
+        // land on those ranges: a record left behind would refuse them.
+        use std::sync::Mutex as StdMutex;
+        static LIVE: StdMutex<Vec<(usize, usize)>> = StdMutex::new(Vec::new());
+        fn hold(p: *mut u8, len: usize) {
+            assert!(!p.is_null(), "spurious NULL");
+            let mut live = LIVE.lock().unwrap();
+            let a = p as usize;
+            assert!(live.iter().all(|&(s, l)| a + len <= s || s + l <= a), "blocks overlap");
+            live.push((a, len));
+        }
+        fn drop_hold(p: *mut u8) {
+            LIVE.lock().unwrap().retain(|&(s, _)| s != p as usize);
+        }
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    for i in 0..60 {
+                        let size = MIB + (t * 61 + i) % 17 * PAGE_SIZE;
+                        let (p, _) = alloc(size, 0, 2 * PAGE_SIZE);
+                        hold(p, size);
+                        stamp(p as usize, size, (t * 1000 + i) as u64);
+                        let p = if t % 2 == 0 {
+                            let grown = MAX_MMAP_THRESHOLD + PAGE_SIZE;
+                            drop_hold(p);
+                            // SAFETY: a live block of this thread's.
+                            let (q, _) = unsafe { resize(p, grown) };
+                            hold(q, grown);
+                            q
+                        } else {
+                            p
+                        };
+                        assert!(stamped(p as usize, size, (t * 1000 + i) as u64), "contents lost");
+                        drop_hold(p);
+                        // SAFETY: a live block, not used again.
+                        assert!(unsafe { free(p) }.is_ok());
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        vma::TREE.lock().check();
     }
 
     #[test]

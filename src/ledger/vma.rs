@@ -78,7 +78,17 @@ pub struct VmArea {
     pub kind: VmaKind,
     /// `PROT_*` bits.
     pub prot: u8,
+    /// Whether a system call made with no lock held is moving the region
+    /// (see [`begin_move`]): [`MOVING`], [`STALE`] or 0.
+    moving: u8,
 }
+
+/// [`VmArea::moving`]: the region's mapping is being moved; once the
+/// kernel hands out any of its range to anyone, the record is stale.
+const MOVING: u8 = 1;
+/// [`VmArea::moving`]: a stale `MOVING` node that a new record
+/// overlapped, out of the tree; its mover still owns it.
+const STALE: u8 = 2;
 
 const _: () = assert!(core::mem::size_of::<VmArea>() <= slab::VM_AREA_SIZE);
 
@@ -115,6 +125,7 @@ impl VmArea {
                 height: 1,
                 kind,
                 prot: PROT_READ | PROT_WRITE,
+                moving: 0,
             })
         }
     }
@@ -358,6 +369,26 @@ impl VmaTree {
         true
     }
 
+    /// Unlinks every region overlapping `[start, end)` that is being
+    /// moved ([`begin_move`]) and marks it stale: the range was just
+    /// handed out by the kernel (or is part of a mapping of ours), so the
+    /// move that gave it up has happened. The nodes stay their movers'.
+    fn evict_stale(&mut self, start: usize, end: usize) {
+        loop {
+            let mut hit = None;
+            self.overlaps(start, end, &mut |n| {
+                if n.moving == MOVING && hit.is_none() {
+                    hit = Some(n.vm_start);
+                }
+            });
+            let Some(at) = hit else { return };
+            let n = self.remove(at);
+            // SAFETY: unlinked just now; its mover owns it and reads the
+            // mark under the lock.
+            unsafe { (*n).moving = STALE };
+        }
+    }
+
     /// Unlinks the region starting exactly at `start`; null if none.
     pub fn remove(&mut self, start: usize) -> *mut VmArea {
         // SAFETY: the tree is valid.
@@ -466,6 +497,7 @@ pub fn record_sized(start: usize, end: usize, kind: VmaKind, requested: usize) -
                 end = unsafe { (*unused[1]).vm_end };
             }
         }
+        tree.evict_stale(start, end);
         // SAFETY: `node` is fresh from the node cache.
         unsafe {
             VmArea::init(node, start, end, kind, requested);
@@ -519,7 +551,8 @@ pub fn remove_exact(start: usize, kind: VmaKind) -> Result<Region, Option<Region
 /// and the record of it change together: no other thread can map into a
 /// range the tree still shows as ours, or see a range that is ours missing
 /// from the tree. The new range may only cover the old one and address
-/// space no region holds. `remap` must not allocate. Returns the new
+/// space no region holds (but stale ones, see [`begin_move`]). `remap`
+/// must not allocate. Returns the new
 /// region, or `None` if there was no such region or `remap` declined.
 pub fn remap(
     start: usize,
@@ -535,14 +568,72 @@ pub fn remap(
     // SAFETY: as above.
     let (new_start, new_end, requested, new_kind) = remap(unsafe { (*n).region() })?;
     let node = tree.remove(start);
+    tree.evict_stale(new_start, new_end);
     // SAFETY: unlinked node we own; re-initialised and re-linked. The new
     // range is the old one or came from the kernel or was unrecorded, so
-    // it overlaps no other region of ours.
+    // it overlaps no other region of ours but stale ones.
     unsafe {
         VmArea::init(node, new_start, new_end, new_kind, requested);
         let linked = tree.insert(node);
         debug_assert!(linked, "remapped range overlaps a recorded region");
         (*node).region().into()
+    }
+}
+
+/// A region whose mapping is being moved by a system call made with no
+/// lock held, from [`begin_move`] to [`end_move`].
+pub struct Move {
+    node: *mut VmArea,
+}
+
+/// Starts moving the region starting exactly at `start` with `kind`, for
+/// a caller that owns it and will `mremap` it with no lock held (so that
+/// no thread waits for the lock while the kernel waits for the page
+/// faults in flight); returns it, or `None` if there is no such region.
+///
+/// Until [`end_move`], the record stays in the tree and `lookup` finds it.
+/// Once `mremap` has moved the mapping, its old range may be mapped by
+/// another thread, whose record of it then finds the old record
+/// overlapping: a record overlapping a range the kernel has just handed
+/// out can only be a stale one, so it is taken out of the tree then
+/// instead of refusing the new one.
+pub fn begin_move(start: usize, kind: VmaKind) -> Option<(Region, Move)> {
+    let tree = TREE.lock();
+    let n = tree.find(start);
+    // SAFETY: nodes in the tree are live while we hold the lock.
+    unsafe {
+        if n.is_null() || (*n).vm_start != start || (*n).kind != kind || (*n).moving != 0 {
+            return None;
+        }
+        (*n).moving = MOVING;
+        Some(((*n).region(), Move { node: n }))
+    }
+}
+
+/// Ends a move begun by [`begin_move`]: the record takes the new
+/// `[start, end)`, requested size and kind (`to`, after the mapping
+/// moved), or stays as it was (`None`, the mapping did not move). Returns
+/// the region.
+pub fn end_move(m: Move, to: Option<(usize, usize, usize, VmaKind)>) -> Region {
+    let mut tree = TREE.lock();
+    let node = m.node;
+    // SAFETY: the mover owns the node: in the tree (MOVING) or taken out
+    // of it by a thread that found it stale (STALE), never freed.
+    unsafe {
+        let Some((start, end, requested, kind)) = to else {
+            debug_assert_eq!((*node).moving, MOVING, "a mapping that did not move was handed out");
+            (*node).moving = 0;
+            return (*node).region();
+        };
+        if (*node).moving == MOVING {
+            let unlinked = tree.remove((*node).vm_start);
+            debug_assert_eq!(unlinked, node);
+        }
+        tree.evict_stale(start, end);
+        VmArea::init(node, start, end, kind, requested);
+        let linked = tree.insert(node);
+        debug_assert!(linked, "moved range overlaps a recorded region");
+        (*node).region()
     }
 }
 
@@ -640,6 +731,38 @@ mod tests {
                 drop(unsafe { Box::from_raw(tree.remove(s)) });
             }
         }
+    }
+
+    #[test]
+    fn a_record_over_a_moved_range_replaces_the_stale_one() {
+        // Address ranges nobody maps (the tree only records numbers).
+        let (a, b, c) = (0x6100_0000_0000usize, 0x6100_1000_0000usize, 0x6100_2000_0000usize);
+        let mb = 1 << 20;
+        assert!(record_sized(a, a + 2 * mb, VmaKind::Large, 5));
+        let (r, m) = begin_move(a, VmaKind::Large).unwrap();
+        assert_eq!((r.start, r.end, r.requested), (a, a + 2 * mb, 5));
+        assert!(begin_move(a, VmaKind::Large).is_none(), "one mover at a time");
+        assert_eq!(lookup(a + 1).map(|r| r.start), Some(a), "still found while it moves");
+        // The kernel moved it and handed part of the old range out: the new
+        // record replaces the stale one.
+        assert!(record(a + mb, a + 3 * mb, VmaKind::Chunk));
+        assert_eq!(lookup(a).map(|r| r.start), None);
+        let moved = end_move(m, Some((b, b + 4 * mb, 7, VmaKind::Large)));
+        assert_eq!((moved.start, moved.end, moved.requested), (b, b + 4 * mb, 7));
+        assert_eq!(lookup(b + 3 * mb), Some(moved));
+        // A move that did not happen leaves the record as it was, and a
+        // region recorded beside it is not disturbed.
+        assert!(record(c, c + mb, VmaKind::Chunk));
+        let (_, m) = begin_move(b, VmaKind::Large).unwrap();
+        assert_eq!(end_move(m, None), moved);
+        // A move whose new range takes in its old one (grown in place).
+        let (_, m) = begin_move(b, VmaKind::Large).unwrap();
+        let grown = end_move(m, Some((b, b + 5 * mb, 9, VmaKind::Large)));
+        assert_eq!(lookup(b + 4 * mb), Some(grown));
+        for (start, kind) in [(a + mb, VmaKind::Chunk), (b, VmaKind::Large), (c, VmaKind::Chunk)] {
+            assert!(remove_exact(start, kind).is_ok());
+        }
+        TREE.lock().check();
     }
 
     #[test]
