@@ -30,7 +30,6 @@
 use crate::mm::page::{Page, PG_CACHED, PG_PAGES};
 use crate::os::PAGE_SHIFT;
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 /// Largest run kept, in pages (the page tier's largest run, 256 KiB).
 pub const MAX_PAGES: usize = 64;
@@ -46,6 +45,9 @@ pub const SLACK: usize = 8;
 const UNINIT: u8 = 0;
 const ACTIVE: u8 = 1;
 const DEAD: u8 = 2;
+/// Registering: `pthread_setspecific` may allocate, and a `free` of a run
+/// from in there must not register again.
+const BUSY: u8 = 3;
 
 /// A thread's run lists. All-zero is the empty, not yet registered state.
 #[repr(C)]
@@ -56,7 +58,8 @@ pub struct RunCache {
     counts: [u8; MAX_PAGES + 1],
     /// Bytes on all lists.
     bytes: usize,
-    /// `UNINIT`, `ACTIVE` (registered for the exit destructor) or `DEAD`.
+    /// `UNINIT`, `BUSY` (registering), `ACTIVE` (registered for the exit
+    /// destructor) or `DEAD`.
     state: u8,
     /// Runs taken from the lists, modulo [`TICK_EVERY`].
     taken: u8,
@@ -74,19 +77,12 @@ crate::os::zeroed_thread_local! {
 }
 
 /// The pthread key whose destructor empties a thread's lists at exit.
-static KEY: AtomicU32 = AtomicU32::new(0);
-static KEY_READY: AtomicBool = AtomicBool::new(false);
+static KEY: crate::os::ThreadExitKey = crate::os::ThreadExitKey::new();
 
 /// Creates the thread-exit key. Called once from the heap's set-up;
 /// until then no run is cached.
 pub fn init_thread_exit_key() {
-    let mut key: libc::pthread_key_t = 0;
-    // SAFETY: `key` is a valid out-pointer; the destructor takes the value
-    // we store (the thread's lists).
-    if unsafe { libc::pthread_key_create(&mut key, Some(thread_exit)) } == 0 {
-        KEY.store(key, Ordering::Relaxed);
-        KEY_READY.store(true, Ordering::Release);
-    }
+    KEY.create(thread_exit);
 }
 
 /// A run of at least `npages` pages and at most an eighth more from the
@@ -152,21 +148,21 @@ pub unsafe fn put(head: *mut Page) -> bool {
 }
 
 /// Registers `rc` for the exit destructor; false when it cannot be (the
-/// key is not made yet, or the thread is exiting).
+/// key is not made yet, the thread is exiting, or this is a `free` from
+/// inside the registering).
 #[cold]
 #[inline(never)]
 fn register(rc: *mut RunCache) -> bool {
     // SAFETY: the lists are this thread's alone.
-    if unsafe { (*rc).state } != UNINIT || !KEY_READY.load(Ordering::Acquire) {
-        return false;
+    unsafe {
+        if (*rc).state != UNINIT {
+            return false;
+        }
+        (*rc).state = BUSY;
+        let registered = KEY.set(rc.cast());
+        (*rc).state = if registered { ACTIVE } else { UNINIT };
+        registered
     }
-    // SAFETY: a key we created; the value is this thread's lists.
-    if unsafe { libc::pthread_setspecific(KEY.load(Ordering::Relaxed), rc.cast()) } != 0 {
-        return false;
-    }
-    // SAFETY: as above.
-    unsafe { (*rc).state = ACTIVE };
-    true
 }
 
 /// Gives every run on `rc`'s lists back to the zone; returns the bytes.

@@ -748,6 +748,54 @@ pub const fn pages_for(bytes: usize) -> usize {
 }
 
 
+/// A pthread key whose destructor runs at each thread's exit with the
+/// value the thread gave it: how a thread's caches (the magazines' bins,
+/// the run lists) go back to the shared ones when the thread ends.
+pub struct ThreadExitKey {
+    key: core::sync::atomic::AtomicU32,
+    ready: AtomicBool,
+}
+
+impl ThreadExitKey {
+    /// Not made yet: [`ThreadExitKey::set`] refuses until
+    /// [`ThreadExitKey::create`] has run.
+    pub const fn new() -> Self {
+        ThreadExitKey { key: core::sync::atomic::AtomicU32::new(0), ready: AtomicBool::new(false) }
+    }
+
+    /// Makes the key, with `destructor` called at a thread's exit with its
+    /// value. Called once, from the heap's set-up; a key glibc refuses
+    /// leaves `set` refusing.
+    pub fn create(&self, destructor: unsafe extern "C" fn(*mut libc::c_void)) {
+        let mut key: libc::pthread_key_t = 0;
+        // SAFETY: `key` is a valid out-pointer; the destructor takes the
+        // values the threads give with `set`.
+        if unsafe { libc::pthread_key_create(&mut key, Some(destructor)) } == 0 {
+            self.key.store(key, Ordering::Relaxed);
+            self.ready.store(true, Ordering::Release);
+        }
+    }
+
+    /// Gives `value` to the calling thread, for the destructor at its
+    /// exit; false when the key is not made yet or glibc refuses. May
+    /// allocate (glibc's keys past the first 32): a caller that allocates
+    /// through the cache it registers must guard against that re-entry.
+    pub fn set(&self, value: *mut libc::c_void) -> bool {
+        if !self.ready.load(Ordering::Acquire) {
+            return false;
+        }
+        // SAFETY: a key we made; glibc only keeps the value and hands it
+        // back to the destructor.
+        unsafe { libc::pthread_setspecific(self.key.load(Ordering::Relaxed), value) == 0 }
+    }
+}
+
+impl Default for ThreadExitKey {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -64,7 +64,7 @@
 
 use super::{cache, link, percpu, size_class::CLASSES, NR_CLASSES};
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use core::sync::atomic::Ordering;
 
 /// The room in a bin's word ([`ThreadCache::words`]).
 const ROOM: u64 = 0xffff;
@@ -763,18 +763,11 @@ pub type SetUp = fn();
 pub type OutOfMemory = fn();
 
 /// The pthread key whose destructor empties a thread's cache at exit.
-static KEY: AtomicU32 = AtomicU32::new(0);
-static KEY_READY: AtomicBool = AtomicBool::new(false);
+static KEY: crate::os::ThreadExitKey = crate::os::ThreadExitKey::new();
 
 /// Creates the thread-exit key. Called once from the heap's set-up.
 pub fn init_thread_exit_key() {
-    let mut key: libc::pthread_key_t = 0;
-    // SAFETY: `key` is a valid out-pointer; the destructor is a plain
-    // function taking the value we store (a thread cache pointer).
-    if unsafe { libc::pthread_key_create(&mut key, Some(thread_exit)) } == 0 {
-        KEY.store(key, Ordering::Relaxed);
-        KEY_READY.store(true, Ordering::Release);
-    }
+    KEY.create(thread_exit);
 }
 
 /// Makes the calling thread's cache usable; false when it cannot be (set-up
@@ -820,15 +813,10 @@ fn activate_slow(tc: *mut ThreadCache, set_up: SetUp) -> bool {
         _ => return false,
     }
     set_up();
-    if !KEY_READY.load(Ordering::Acquire) {
-        return false;
-    }
     tc.state = BUSY;
     // May allocate (keys past the first 32); that re-entry sees BUSY and
     // uses the shared caches.
-    // SAFETY: a valid key; the value is only passed back to thread_exit.
-    let ok = unsafe { libc::pthread_setspecific(KEY.load(Ordering::Relaxed), (tc as *mut ThreadCache).cast()) } == 0;
-    if !ok {
+    if !KEY.set((tc as *mut ThreadCache).cast()) {
         tc.state = UNINIT;
         return false;
     }
