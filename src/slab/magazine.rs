@@ -24,7 +24,9 @@
 //! on). An object whose slab belongs to another node — allocated on
 //! another CPU, usually by another thread — does not join the bin: it
 //! goes to a second, *remote* bin of its class, which is sent home in
-//! batches ([`cache::free_bulk_by`], one lock per run of one cache). So a
+//! batches: a whole bin to the depot of its home CPU, where that CPU's
+//! threads take it back as it is, else through [`cache::free_bulk_by`]
+//! (one lock per run of one cache). So a
 //! thread does not hand out again, and write to, cache lines that a thread
 //! on another CPU is using (the passive false sharing Hoard describes), and
 //! memory freed far from where it was allocated returns to where it is
@@ -1107,7 +1109,19 @@ fn double_free(object: *mut u8) -> ! {
     crate::os::fatal(&[b"buddyslab: free(): double free detected: ", crate::os::fmt::fmt_hex(&mut buf, object as usize)])
 }
 
-/// Returns the first `n` objects of a remote bin to their slabs' caches.
+/// Returns the first `n` objects of a remote bin home. A whole bin (the
+/// usual case: it filled up, or its thread exits) goes as one list to
+/// the depot of the CPU whose node its first object belongs to, where the
+/// threads of that CPU take it back with no object touched
+/// ([`percpu::free_batch_on`]); a part of one, or a whole one that finds
+/// that depot full, to its slabs' caches, object by object.
+///
+/// A producer on one CPU and a consumer on another meet there, as two
+/// threads of one CPU meet in its depot: otherwise every object the
+/// consumer frees is walked back into its slab, one dependent load each,
+/// and taken off it again by the producer's refill. A bin may hold objects
+/// of several nodes; the few that are not of the first one's node are
+/// handed out there, and go home on their next free.
 ///
 /// # Safety
 /// `bin` is one of this thread's remote bins, of `class`, and holds at
@@ -1132,7 +1146,12 @@ unsafe fn send_home(bin: &mut RemoteBin, class: usize, n: usize) {
         }
         bin.head = rest;
         bin.count -= n as u32;
-        super::free_home(list, n);
+        if rest.is_null() {
+            // Node `k` is the node of CPU `k` (and of CPUs `k + MAX_NODES`...).
+            percpu::free_batch_on((*cache::slab_of(list)).node as usize, class, list, n);
+        } else {
+            super::free_home(list, n);
+        }
     }
 }
 
@@ -1384,6 +1403,72 @@ mod tests {
             // Draining the cache empties the spares too.
             flush_current();
             assert_eq!(cached_objects(), 0);
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// A whole remote bin sent home is one list in the depot of its
+    /// objects' CPU, taken back from there as it is; a part of one goes to
+    /// the slabs.
+    #[test]
+    fn a_whole_remote_bin_goes_to_its_home_cpus_depot() {
+        std::thread::spawn(|| {
+            // Pinned, so the CPU the objects' slabs belong to stays the
+            // CPU whose depot is read.
+            // SAFETY: no preconditions.
+            let cpu = unsafe { libc::sched_getcpu() } as usize;
+            // SAFETY: a zeroed cpu_set_t is the empty set; valid pointers.
+            let pinned = unsafe {
+                let mut set: libc::cpu_set_t = core::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                libc::sched_setaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+            };
+            if !pinned || cpu >= super::super::MAX_NODES {
+                std::eprintln!("a_whole_remote_bin_goes_to_its_home_cpus_depot: cannot pin, skipped");
+                return;
+            }
+            // A class the other tests hardly use.
+            let class = class_of(2900);
+            let cache = &super::super::home_caches()[class];
+            // Free objects of this node, linked: at least `n` (a slab's
+            // whole free list may come with them).
+            let take = |n: usize| {
+                let (list, got) = cache::alloc_bulk(cache, n);
+                assert!(got >= n, "{got} objects");
+                (list, got as u32)
+            };
+            // A refill on this CPU makes its depots (a thread of the node
+            // has always refilled once by the time its objects come home).
+            let (list, n) = percpu::alloc_batch(class, 1);
+            // SAFETY: `n` free objects of the class, just taken.
+            unsafe { percpu::free_batch(class, list, n) };
+            // Room in the depot: the other tests may have filled it.
+            percpu::drain_all();
+            let (whole, n) = take(6);
+            let before = percpu::cached_objects(class);
+            let mut bin = RemoteBin { head: whole, count: n, limit: n };
+            // SAFETY: `n` free objects of the class, linked, ours.
+            unsafe { send_home(&mut bin, class, n as usize) };
+            assert_eq!((bin.count, bin.head), (0, ptr::null_mut()));
+            assert_eq!(percpu::cached_objects(class), before + n as usize, "the bin did not reach the depot");
+            // This CPU's next refill takes a depot list: the newest, ours.
+            assert_eq!(percpu::alloc_batch(class, 64), (whole, n as usize));
+            // A part of a bin goes to the slabs, not the depot.
+            let (part, m) = take(5);
+            let mut bin = RemoteBin { head: part, count: m, limit: m };
+            // SAFETY: as above.
+            unsafe { send_home(&mut bin, class, 3) };
+            assert_eq!(bin.count, m - 3);
+            assert_eq!(percpu::cached_objects(class), before);
+            // SAFETY: what is left of both lists, free objects of the class.
+            unsafe {
+                let rest = bin.head;
+                send_home(&mut bin, class, m as usize - 3);
+                assert_eq!(percpu::alloc_batch(class, 64), (rest, m as usize - 3));
+                super::super::free_home(rest, m as usize - 3);
+                super::super::free_home(whole, n as usize);
+            }
         })
         .join()
         .unwrap();

@@ -131,6 +131,28 @@ pub unsafe fn free_batch(class: usize, list: *mut u8, count: usize) {
     unsafe { super::free_home(list, count) }
 }
 
+/// [`free_batch`] into the depot of CPU `cpu` (a remote bin going home,
+/// see `magazine::send_home`), or to the shared caches when that CPU has
+/// no depots yet or its depot is full.
+///
+/// # Safety
+/// As [`free_batch`].
+pub unsafe fn free_batch_on(cpu: usize, class: usize, list: *mut u8, count: usize) {
+    let pc = CPUS[cpu % MAX_CPUS].load(Ordering::Acquire);
+    if !pc.is_null() {
+        // SAFETY: CPU depots live forever once published.
+        let mut depot = unsafe { (*pc).depots[class].lock() };
+        if depot.nr < DEPOT_LISTS {
+            let nr = depot.nr;
+            depot.lists[nr] = (list, count);
+            depot.nr += 1;
+            return;
+        }
+    }
+    // SAFETY: per the caller.
+    unsafe { super::free_home(list, count) }
+}
+
 /// Empties every CPU's depots into the shared caches (for `malloc_trim`).
 pub fn drain_all() {
     for slot in CPUS.iter() {
