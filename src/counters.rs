@@ -66,10 +66,24 @@ pub static PAGE_TIER: TierCounter = TierCounter::new();
 /// Large blocks: requests and mapping lengths.
 pub static LARGE_TIER: TierCounter = TierCounter::new();
 
-/// Per size class (`N` of them): sampled requests and the sum of their sizes.
+/// Per size class (`N` of them): sampled requests and the sum of their
+/// sizes, in [`SAMPLE_STRIPES`] stripes. The threads of one CPU add to its
+/// stripe, so the refills of threads on different CPUs do not pass the
+/// counters' lines back and forth: one shared set made the `lock add` of
+/// the sum 1.8 % of larson's samples at 2 threads (`perf record`), the
+/// line taken from the other CPU on every refill.
 pub struct SlabSampler<const N: usize> {
-    samples: [AtomicUsize; N],
-    requested_sum: [AtomicUsize; N],
+    stripes: [SampleStripe<N>; SAMPLE_STRIPES],
+}
+
+/// Stripes of a [`SlabSampler`]; CPUs beyond share by modulo.
+pub const SAMPLE_STRIPES: usize = 16;
+
+/// One CPU's counters: per class, samples and the sum of their sizes side
+/// by side (one line per refill), a stripe starting on its own line.
+#[repr(align(64))]
+struct SampleStripe<const N: usize> {
+    classes: [[AtomicUsize; 2]; N],
 }
 
 /// A plain copy of one class's samples.
@@ -85,25 +99,28 @@ impl<const N: usize> SlabSampler<N> {
     /// No samples.
     pub const fn new() -> Self {
         SlabSampler {
-            samples: [const { AtomicUsize::new(0) }; N],
-            requested_sum: [const { AtomicUsize::new(0) }; N],
+            stripes: [const { SampleStripe { classes: [const { [AtomicUsize::new(0), AtomicUsize::new(0)] }; N] } }; SAMPLE_STRIPES],
         }
     }
 
     /// Records one request of `size` bytes served by class `class`
-    /// (ignored when `class` is not a size class).
+    /// (ignored when `class` is not a size class), in the calling CPU's
+    /// stripe.
     pub fn record(&self, class: usize, size: usize) {
         if class < N {
-            self.samples[class].fetch_add(1, Ordering::Relaxed);
-            self.requested_sum[class].fetch_add(size, Ordering::Relaxed);
+            let counters = &self.stripes[crate::os::current_cpu() % SAMPLE_STRIPES].classes[class];
+            counters[0].fetch_add(1, Ordering::Relaxed);
+            counters[1].fetch_add(size, Ordering::Relaxed);
         }
     }
 
-    /// The samples now, per class.
+    /// The samples now, per class, every stripe summed.
     pub fn read(&self) -> [SlabSample; N] {
-        core::array::from_fn(|c| SlabSample {
-            samples: self.samples[c].load(Ordering::Relaxed),
-            requested_sum: self.requested_sum[c].load(Ordering::Relaxed),
+        core::array::from_fn(|c| {
+            self.stripes.iter().fold(SlabSample::default(), |sum, stripe| SlabSample {
+                samples: sum.samples + stripe.classes[c][0].load(Ordering::Relaxed),
+                requested_sum: sum.requested_sum + stripe.classes[c][1].load(Ordering::Relaxed),
+            })
         })
     }
 }
@@ -242,4 +259,50 @@ fn run_slow_path_hook(hook: *mut ()) {
     // function is code, which needs no publication.
     let hook: fn() = unsafe { core::mem::transmute::<*mut (), fn()>(hook) };
     hook();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Samples recorded on every CPU there is, concurrently, all count:
+    /// the stripes are summed, none lost or counted twice.
+    #[test]
+    fn samples_of_every_cpu_are_summed() {
+        let sampler = SlabSampler::<4>::new();
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()).min(2 * SAMPLE_STRIPES);
+        let pinned = std::thread::scope(|s| {
+            let threads: std::vec::Vec<_> = (0..cpus)
+                .map(|cpu| {
+                    let sampler = &sampler;
+                    s.spawn(move || {
+                        // SAFETY: a zeroed cpu_set_t is the empty set;
+                        // valid pointers. A refusal leaves the thread where
+                        // it is.
+                        let pinned = unsafe {
+                            let mut set: libc::cpu_set_t = core::mem::zeroed();
+                            libc::CPU_SET(cpu, &mut set);
+                            libc::sched_setaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+                                && libc::sched_getcpu() == cpu as i32
+                        };
+                        for i in 0..1000 {
+                            sampler.record(i % 4, 10 + cpu);
+                        }
+                        pinned
+                    })
+                })
+                .collect();
+            threads.into_iter().all(|t| t.join().unwrap())
+        });
+        let read = sampler.read();
+        for (class, sample) in read.iter().enumerate() {
+            assert_eq!(sample.samples, 250 * cpus, "class {class}");
+            assert_eq!(sample.requested_sum, (0..cpus).map(|cpu| 250 * (10 + cpu)).sum::<usize>(), "class {class}");
+        }
+        // Threads pinned to different CPUs wrote different stripes.
+        let used = sampler.stripes.iter().filter(|s| s.classes[0][0].load(Ordering::Relaxed) != 0).count();
+        if pinned {
+            assert_eq!(used, cpus.min(SAMPLE_STRIPES), "stripes written by {cpus} CPUs");
+        }
+    }
 }
