@@ -67,7 +67,7 @@ pub static PAGE_TIER: TierCounter = TierCounter::new();
 pub static LARGE_TIER: TierCounter = TierCounter::new();
 
 /// Per size class (`N` of them): sampled requests and the sum of their
-/// sizes, in [`SAMPLE_STRIPES`] stripes. The threads of one CPU add to its
+/// sizes, in `SAMPLE_STRIPES` stripes. The threads of one CPU add to its
 /// stripe, so the refills of threads on different CPUs do not pass the
 /// counters' lines back and forth: one shared set made the `lock add` of
 /// the sum 1.8 % of larson's samples at 2 threads (`perf record`), the

@@ -40,12 +40,12 @@
 //!   fault; it stays so after it leaves the ring (unmapped, or in the
 //!   mapping cache until reused). A page run (below the mmap threshold,
 //!   at most the page tier's 256 KiB) stays open: its first and last
-//!   page of data get the quarantine's pattern ([`run_fill`]), checked
+//!   page of data get the quarantine's pattern (`run_fill`), checked
 //!   when it leaves the ring and again when it is reused or given back,
 //!   so a write after free there is caught; a read after free, or a
 //!   write into its middle pages, is not (`PROT_NONE` on every such
 //!   `free` cost a TLB shootdown on the program's other CPUs, see
-//!   [`big_free`]); its guard is opened before the buddy allocator
+//!   `big_free`); its guard is opened before the buddy allocator
 //!   takes it back. So with `secure` on, this layer is the heap's only
 //!   caller: a block the heap handed straight to anyone else could be
 //!   such a mapping (the heap's unit tests that write its blocks are
@@ -55,10 +55,10 @@
 //!   per address catches a double free.
 //! - `realloc` of a small block moves unless the new size fits the same
 //!   slot; of a big block it stays in place where the heap's would
-//!   (see [`big_resize`]), the guard moving with the end of the data.
+//!   (see `big_resize`), the guard moving with the end of the data.
 //! - **Spares**: a big block leaving the quarantine is kept as it is,
 //!   with its guard pages, for the next big request of about its size
-//!   ([`Spares`]): a mapping reused so costs one `mprotect` in and one
+//!   (`Spares`): a mapping reused so costs one `mprotect` in and one
 //!   out instead of three, a page run none when its data ends on the
 //!   same page as before.
 //!

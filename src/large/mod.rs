@@ -1193,7 +1193,7 @@ mod tests {
             stamp_pages(start, MIB / 2, 7);
             cache.put(start, MIB / 2, i as u64, 64 * MIB, &mut unmaps);
         }
-        assert!(MIB / 2 < MOVE_MIN);
+        const { assert!(MIB / 2 < MOVE_MIN) };
         assert_eq!(cache.take(3 * MIB / 4, 3 * MIB / 4, &mut unmaps), None);
         cache.check();
         assert_eq!(cache.bytes(), MIB, "both extents stay cached");

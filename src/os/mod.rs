@@ -733,7 +733,6 @@ pub fn map_aligned(len: usize, align: usize) -> Result<usize, Errno> {
     Ok(start)
 }
 
-
 /// Rounds `x` up to a multiple of `align` (a power of two). Wraps to 0 on
 /// overflow; callers that take sizes from users check first.
 #[inline]
@@ -746,7 +745,6 @@ pub const fn align_up(x: usize, align: usize) -> usize {
 pub const fn pages_for(bytes: usize) -> usize {
     (bytes + PAGE_SIZE - 1) >> PAGE_SHIFT
 }
-
 
 /// A pthread key whose destructor runs at each thread's exit with the
 /// value the thread gave it: how a thread's caches (the magazines' bins,
@@ -795,6 +793,63 @@ impl Default for ThreadExitKey {
         Self::new()
     }
 }
+
+/// A zero-initialised per-thread object of type `$ty` and an accessor
+/// `$vis fn $name() -> *mut $ty` for it. On x86-64 the object is a
+/// hidden symbol `$sym` in `.tbss` reached by initial-exec TLS: two
+/// instructions (the GOT slot holds its offset from the thread pointer,
+/// `%fs:0` the thread pointer), no `__tls_get_addr`, and nothing that
+/// allocates; elsewhere, `std::thread_local!`. The all-zero bytes must be
+/// a valid `$ty`.
+macro_rules! zeroed_thread_local {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident() -> *mut $ty:ty, $sym:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        core::arch::global_asm!(
+            ".section .tbss,\"awT\",@nobits",
+            ".p2align 6",
+            concat!(".globl ", $sym),
+            concat!(".hidden ", $sym),
+            concat!(".type ", $sym, ",@object"),
+            concat!(".size ", $sym, ", {size}"),
+            concat!($sym, ":"),
+            ".zero {size}",
+            ".text",
+            size = const core::mem::size_of::<$ty>(),
+        );
+
+        $(#[$doc])*
+        #[cfg(target_arch = "x86_64")]
+        #[inline(always)]
+        $vis fn $name() -> *mut $ty {
+            let p: *mut $ty;
+            // SAFETY: initial-exec TLS access to the symbol defined above
+            // (x86-64 TLS ABI). Reads only; no flags touched.
+            unsafe {
+                core::arch::asm!(
+                    concat!("movq ", $sym, "@GOTTPOFF(%rip), {p}"),
+                    "addq %fs:0, {p}",
+                    p = out(reg) p,
+                    options(att_syntax, nostack, pure, readonly, preserves_flags),
+                );
+            }
+            p
+        }
+
+        $(#[$doc])*
+        #[cfg(not(target_arch = "x86_64"))]
+        #[inline(always)]
+        $vis fn $name() -> *mut $ty {
+            std::thread_local! {
+                static OBJECT: core::cell::UnsafeCell<$ty> = const {
+                    // SAFETY: the caller of the macro promises all-zero is valid.
+                    core::cell::UnsafeCell::new(unsafe { core::mem::zeroed() })
+                };
+            }
+            OBJECT.with(|c| c.get())
+        }
+    };
+}
+pub(crate) use zeroed_thread_local;
 
 #[cfg(test)]
 mod tests {
@@ -880,60 +935,3 @@ mod tests {
         assert!(brk_current() > 0);
     }
 }
-
-/// A zero-initialised per-thread object of type `$ty` and an accessor
-/// `$vis fn $name() -> *mut $ty` for it. On x86-64 the object is a
-/// hidden symbol `$sym` in `.tbss` reached by initial-exec TLS: two
-/// instructions (the GOT slot holds its offset from the thread pointer,
-/// `%fs:0` the thread pointer), no `__tls_get_addr`, and nothing that
-/// allocates; elsewhere, `std::thread_local!`. The all-zero bytes must be
-/// a valid `$ty`.
-macro_rules! zeroed_thread_local {
-    ($(#[$doc:meta])* $vis:vis fn $name:ident() -> *mut $ty:ty, $sym:literal) => {
-        #[cfg(target_arch = "x86_64")]
-        core::arch::global_asm!(
-            ".section .tbss,\"awT\",@nobits",
-            ".p2align 6",
-            concat!(".globl ", $sym),
-            concat!(".hidden ", $sym),
-            concat!(".type ", $sym, ",@object"),
-            concat!(".size ", $sym, ", {size}"),
-            concat!($sym, ":"),
-            ".zero {size}",
-            ".text",
-            size = const core::mem::size_of::<$ty>(),
-        );
-
-        $(#[$doc])*
-        #[cfg(target_arch = "x86_64")]
-        #[inline(always)]
-        $vis fn $name() -> *mut $ty {
-            let p: *mut $ty;
-            // SAFETY: initial-exec TLS access to the symbol defined above
-            // (x86-64 TLS ABI). Reads only; no flags touched.
-            unsafe {
-                core::arch::asm!(
-                    concat!("movq ", $sym, "@GOTTPOFF(%rip), {p}"),
-                    "addq %fs:0, {p}",
-                    p = out(reg) p,
-                    options(att_syntax, nostack, pure, readonly, preserves_flags),
-                );
-            }
-            p
-        }
-
-        $(#[$doc])*
-        #[cfg(not(target_arch = "x86_64"))]
-        #[inline(always)]
-        $vis fn $name() -> *mut $ty {
-            std::thread_local! {
-                static OBJECT: core::cell::UnsafeCell<$ty> = const {
-                    // SAFETY: the caller of the macro promises all-zero is valid.
-                    core::cell::UnsafeCell::new(unsafe { core::mem::zeroed() })
-                };
-            }
-            OBJECT.with(|c| c.get())
-        }
-    };
-}
-pub(crate) use zeroed_thread_local;

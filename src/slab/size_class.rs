@@ -289,7 +289,7 @@ mod tests {
         for (i, c) in CLASSES.iter().enumerate() {
             let slab = 4096usize << c.order;
             assert!(c.objects >= 1, "class {i}");
-            assert_eq!(c.magic, (((1u128 << 64) + c.size as u128 - 1) / c.size as u128) as u64, "class {i}: magic");
+            assert_eq!(c.magic, (1u128 << 64).div_ceil(c.size as u128) as u64, "class {i}: magic");
             assert!((slab - c.objects as usize * c.size as usize) * 8 <= slab, "class {i} wastes > 1/8");
             // The fast divisibility test, for every offset of the slab and
             // at two slab bases.
