@@ -1386,7 +1386,7 @@ fn big_resize(p: usize, n: usize, base: usize, len: usize, size: usize) -> Optio
         stop_protect();
     }
     // SAFETY: a live large block.
-    let (q, huge) = unsafe { large::resize(base as *mut u8, total) };
+    let (q, huge, records_kept) = unsafe { large::resize(base as *mut u8, total) };
     let q = q as usize;
     let Some(new_len) = (q != 0).then(|| large::usable_size(q as *mut u8).ok()).flatten() else {
         // SAFETY: the mapping's own pages, unchanged by `resize`.
@@ -1395,7 +1395,11 @@ fn big_resize(p: usize, n: usize, base: usize, len: usize, size: usize) -> Optio
         }
         return None;
     };
-    pagetable::remapped(base, len, q, new_len, pagetable::Tier::Large, huge);
+    match records_kept {
+        // A shrink whose tail left: its records went with it.
+        Some(kept) => pagetable::hand_out_growth(q, kept, new_len, pagetable::Tier::Large, huge),
+        None => pagetable::remapped(base, len, q, new_len, pagetable::Tier::Large, huge),
+    };
     if q != base {
         super::check::remember_freed_large(base as *mut u8);
         if crate::profile::on() {

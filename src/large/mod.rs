@@ -83,6 +83,7 @@ use crate::os::{align_up, map_aligned};
 use crate::os::{self, PAGE_SIZE};
 use crate::os::sync::Mutex;
 use core::mem::MaybeUninit;
+use crate::ledger::pagetable;
 use crate::ledger::vma::{self, VmaKind};
 use core::ptr;
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -703,18 +704,25 @@ pub const HUGE_GROW_MIN: usize = 2 << 20;
 /// touched here and there would become resident 2 MiB at a time. The
 /// second value says whether the block was advised now (its growth is
 /// predicted at 2 MiB per fault, see [`crate::ledger::pagetable::remapped`]).
+/// The third is `Some(kept)` when the shadow's records were changed here,
+/// where the old range or a tail was still the block's (a block moved
+/// with no lock held, see `move_block`, or a shrink whose tail left): the
+/// first `kept` bytes have theirs, the caller hands out the rest
+/// ([`pagetable::hand_out_growth`]); `None` when the caller records the
+/// change itself ([`pagetable::remapped`]).
 ///
 /// # Safety
 /// `p` is a live large block; after a non-null return that differs from
 /// `p`, the old address must not be used.
-pub unsafe fn resize(p: *mut u8, new_size: usize) -> (*mut u8, bool) {
+pub unsafe fn resize(p: *mut u8, new_size: usize) -> (*mut u8, bool, Option<usize>) {
     if new_size > MAX_SIZE {
-        return (ptr::null_mut(), false);
+        return (ptr::null_mut(), false, None);
     }
     let new_len = align_up(new_size.max(1), PAGE_SIZE);
     let mut unmaps = Unmaps::new();
     let mut huge = false;
     let mut moving = None;
+    let mut records_kept = None;
     // Outside the secure build, the block's record is read and, where
     // nothing else changes, updated without the cache's lock: only the
     // block's owner changes a live block's record, and a growth into the
@@ -722,12 +730,12 @@ pub unsafe fn resize(p: *mut u8, new_size: usize) -> (*mut u8, bool) {
     // cached.
     #[cfg(not(feature = "secure"))]
     let known = {
-        let Ok(r) = classify(p as usize, vma::lookup(p as usize)) else { return (ptr::null_mut(), false) };
+        let Ok(r) = classify(p as usize, vma::lookup(p as usize)) else { return (ptr::null_mut(), false, None) };
         let old_len = r.end - r.start;
         let tail_stays = old_len <= MMAP_THRESHOLD.load(Ordering::Relaxed) && old_len - new_len.min(old_len) <= old_len / 8;
         if new_len <= old_len && (new_size >= r.requested || tail_stays) {
             let r = vma::remap(r.start, VmaKind::Large, |r| Some((r.start, r.end, new_size, VmaKind::Large)));
-            return (r.map_or(ptr::null_mut(), |r| r.start as *mut u8), false);
+            return (r.map_or(ptr::null_mut(), |r| r.start as *mut u8), false, None);
         }
         Some(r)
     };
@@ -740,7 +748,7 @@ pub unsafe fn resize(p: *mut u8, new_size: usize) -> (*mut u8, bool) {
             Some(r) => r,
             None => match classify(p as usize, vma::lookup(p as usize)) {
                 Ok(r) => r,
-                Err(_) => return (ptr::null_mut(), false),
+                Err(_) => return (ptr::null_mut(), false, None),
             },
         };
         let old_len = r.end - r.start;
@@ -749,7 +757,11 @@ pub unsafe fn resize(p: *mut u8, new_size: usize) -> (*mut u8, bool) {
             vma::remap(r.start, VmaKind::Large, |r| Some((r.start, r.end, new_size, VmaKind::Large)))
         } else if new_len <= old_len {
             let bounds = (MMAP_THRESHOLD.load(Ordering::Relaxed), max_cached_bytes());
-            shrink(&mut cache, r, new_len, new_size, bounds, &mut unmaps)
+            let shrunk = shrink(&mut cache, r, new_len, new_size, bounds, &mut unmaps);
+            // A tail that left took its records along: nothing for the
+            // caller to record.
+            records_kept = shrunk.map(|s| s.end - s.start);
+            shrunk
         } else if let Some(i) = cache.starting_at(r.end).filter(|&i| cache.extents[i].len >= new_len - old_len) {
             grow_into(&mut cache, i, r, new_len, new_size, &mut unmaps)
         } else if new_len > MMAP_THRESHOLD.load(Ordering::Relaxed) || cache.bytes < new_len {
@@ -782,15 +794,16 @@ pub unsafe fn resize(p: *mut u8, new_size: usize) -> (*mut u8, bool) {
     let result = match moving {
         Some(r) => {
             let moved = move_block(r, new_len, new_size, &mut huge);
-            if let Some(m) = moved {
+            moved.map(|(m, kept)| {
                 LARGE_BYTES.fetch_add(m.end - m.start, Ordering::Relaxed);
                 LARGE_BYTES.fetch_sub(r.end - r.start, Ordering::Relaxed);
-            }
-            moved
+                records_kept = Some(kept);
+                m
+            })
         }
         None => result,
     };
-    (result.map_or(ptr::null_mut(), |r| r.start as *mut u8), huge)
+    (result.map_or(ptr::null_mut(), |r| r.start as *mut u8), huge, records_kept)
 }
 
 /// Moves live block `block` to a mapping of `new_len` bytes (more than
@@ -819,18 +832,53 @@ fn move_block_locked(block: vma::Region, new_len: usize, new_size: usize, huge: 
 /// behind an `mremap` that waited, with both locks held, for the page
 /// faults in flight. `None` (the block unchanged) when the block spans
 /// two kernel mappings or the system refuses.
-fn move_block(block: vma::Region, new_len: usize, new_size: usize, huge: &mut bool) -> Option<vma::Region> {
+///
+/// The shadow's records of the block move here too, for the same reason:
+/// the old range may be another thread's mapping, recorded and handed out,
+/// as soon as `mremap` returns, so they move under the tree's lock before
+/// that can be recorded ([`vma::end_move`], [`pagetable::move_kept`]), or
+/// not at all when it already was. Returns with the region how many of the
+/// block's first bytes kept their records (the old length, or 0): the
+/// caller hands out the rest ([`pagetable::hand_out_growth`]).
+fn move_block(block: vma::Region, new_len: usize, new_size: usize, huge: &mut bool) -> Option<(vma::Region, usize)> {
     let old_len = block.end - block.start;
     let (_, m) = vma::begin_move(block.start, VmaKind::Large)?;
     // SAFETY: a live block of ours, recorded as one region that only its
     // owner (the caller) changes. A block spanning two kernel mappings
     // fails (EFAULT), unchanged.
     let Ok(new) = (unsafe { os::mremap_maymove(block.start, old_len, new_len) }) else {
-        vma::end_move(m, None);
+        vma::end_move(m, None, |_| {});
         return None;
     };
     *huge = new_len >= HUGE_GROW_MIN && os::huge_advice_heeded() && os::madvise_hugepage(new, new_len).is_ok();
-    Some(vma::end_move(m, Some((new, new + new_len, new_size, VmaKind::Large))))
+    Some(finish_move(m, block.start, old_len, new, new_len, new_size))
+}
+
+/// The records' side of [`move_block`] once `mremap` moved the block from
+/// `old` (`old_len` bytes) to `new` (`new_len`, of which `new_size`
+/// requested): the region's record and the shadow's. Returns the region
+/// and how many of its first bytes kept their records in the shadow.
+fn finish_move(m: vma::Move, old: usize, old_len: usize, new: usize, new_len: usize, new_size: usize) -> (vma::Region, usize) {
+    let mut kept = old_len;
+    if new == old {
+        // Grown in place: the records stay; only the growth is new.
+        pagetable::map(old + old_len, new_len - old_len);
+    } else {
+        // The new range's tables, made here: no allocation under the lock.
+        pagetable::map(new, new_len);
+    }
+    let r = vma::end_move(m, Some((new, new + new_len, new_size, VmaKind::Large)), |left| match left {
+        vma::LeftRange::Whole if new != old => pagetable::move_kept(old, old_len, new, new_len),
+        vma::LeftRange::Whole => {}
+        // Another mapping was recorded over part of the old range, its
+        // pages with it or about to be: what it did not take is cleared,
+        // and the block's records start afresh.
+        vma::LeftRange::Unrecorded(start, end) => {
+            pagetable::forget(start, end - start);
+            kept = 0;
+        }
+    });
+    (r, kept)
 }
 
 /// Shrinks block `block` to `new_len` (at most its length) bytes in
@@ -839,7 +887,8 @@ fn move_block(block: vma::Region, new_len: usize, new_size: usize, huge: &mut bo
 /// the tail is cached as a released mapping when it fits the cache's
 /// bounds, resident for the next request (unmapping it would cost a page
 /// fault per page when the memory is wanted again), and unmapped when it
-/// does not.
+/// does not. A tail that leaves leaves the shadow first
+/// ([`pagetable::forget`]).
 /// `threshold` and `max_bytes` are the mmap threshold and the cache's
 /// bound as they stand.
 fn shrink(
@@ -860,6 +909,9 @@ fn shrink(
         return shrunk;
     }
     let tail_start = block.start + new_len;
+    // The shadow forgets the tail while it is still the block's: once
+    // cached or unmapped, another thread may have it, records and all.
+    pagetable::forget(tail_start, tail);
     if tail <= threshold && tail <= max_bytes && vma::record_sized(tail_start, block.end, VmaKind::Large, 0) {
         cache.put(tail_start, tail, os::monotonic_ns(), max_bytes, unmaps);
     } else {
@@ -908,6 +960,74 @@ mod tests {
         assert_eq!(adapted_threshold(MIB, 512 * 1024), None, "never lowered");
         assert_eq!(adapted_threshold(MIB, MAX_MMAP_THRESHOLD), Some(MAX_MMAP_THRESHOLD));
         assert_eq!(adapted_threshold(MIB, MAX_MMAP_THRESHOLD + PAGE_SIZE), None, "capped");
+    }
+
+    /// A block moved with no lock held takes its records in the shadow
+    /// with it, unless another mapping was recorded over its old range
+    /// after `mremap` let it go: that mapping's records are left alone and
+    /// only the rest of the old range is cleared.
+    #[test]
+    fn a_moved_block_takes_its_shadow_records_and_no_others() {
+        use crate::ledger::pagetable::{self, Tier, PTE_HANDED, PTE_PRESENT};
+        // Address ranges nobody maps: the tree and the shadow only record
+        // numbers.
+        let (a, b, c) = (0x6300_0000_0000usize, 0x6300_1000_0000usize, 0x6300_2000_0000usize);
+        let handed = |addr: usize| pagetable::entry(addr) & (PTE_PRESENT | PTE_HANDED) == PTE_PRESENT | PTE_HANDED;
+        assert!(vma::record_sized(a, a + 2 * MIB, VmaKind::Large, 2 * MIB));
+        pagetable::map_and_hand_out(a, 2 * MIB, Tier::Large, false);
+        // Nothing in the way: the records go along; the growth is the
+        // caller's to hand out.
+        let (_, m) = vma::begin_move(a, VmaKind::Large).unwrap();
+        let (r, kept) = finish_move(m, a, 2 * MIB, b, 3 * MIB, 3 * MIB);
+        assert_eq!((r.start, r.end, kept), (b, b + 3 * MIB, 2 * MIB));
+        assert!(handed(b) && handed(b + 2 * MIB - PAGE_SIZE));
+        assert!(!handed(b + 2 * MIB));
+        assert_eq!((pagetable::entry(a), pagetable::entry(a + 2 * MIB - PAGE_SIZE)), (0, 0));
+        // Another thread maps the middle MiB of the old range once the
+        // kernel let it go, records it and hands its pages out, before
+        // the mover takes the tree's lock again.
+        let (_, m) = vma::begin_move(b, VmaKind::Large).unwrap();
+        assert!(vma::record(b + MIB, b + 2 * MIB, VmaKind::Chunk));
+        pagetable::map(b + MIB, MIB);
+        pagetable::hand_out(b + MIB, MIB, Tier::Meta);
+        let theirs = pagetable::entry(b + MIB);
+        let (r, kept) = finish_move(m, b, 3 * MIB, c, 4 * MIB, 4 * MIB);
+        assert_eq!((r.start, kept), (c, 0), "no record could be taken along");
+        for page in [b + MIB, b + 2 * MIB - PAGE_SIZE] {
+            assert_eq!(pagetable::entry(page), theirs, "the other mapping's records at {page:#x}");
+        }
+        for page in [b, b + MIB - PAGE_SIZE, b + 2 * MIB, b + 3 * MIB - PAGE_SIZE] {
+            assert_eq!(pagetable::entry(page), 0, "what is left of the old range at {page:#x}");
+        }
+        assert_eq!(pagetable::entry(c) & (PTE_PRESENT | PTE_HANDED), PTE_PRESENT, "mapped, the caller hands it out");
+        pagetable::hand_out_growth(c, kept, 4 * MIB, Tier::Large, false);
+        assert!(handed(c) && handed(c + 4 * MIB - PAGE_SIZE));
+        // Leave the tree and the shadow as they were.
+        pagetable::forget(b + MIB, MIB);
+        pagetable::forget(c, 4 * MIB);
+        assert!(vma::remove_exact(b + MIB, VmaKind::Chunk).is_ok());
+        assert!(vma::remove_exact(c, VmaKind::Large).is_ok());
+    }
+
+    /// A shrink whose tail leaves the block (cached or unmapped) clears
+    /// the tail's records in the shadow itself, before another thread can
+    /// have the tail, and tells the caller so.
+    #[test]
+    fn a_shrink_forgets_the_tail_before_it_leaves() {
+        use crate::ledger::pagetable::{self, Tier, PTE_HANDED};
+        let (p, _) = alloc(4 * MIB, 0, 2 * PAGE_SIZE);
+        assert!(!p.is_null());
+        let a = p as usize;
+        let len = usable_size(p).unwrap();
+        pagetable::map_and_hand_out(a, len, Tier::Large, false);
+        // SAFETY: a live large block.
+        let (q, _, kept) = unsafe { resize(p, MIB) };
+        assert_eq!((q, kept), (p, Some(MIB)), "the tail left, its records with it");
+        assert_ne!(pagetable::entry(a + MIB - PAGE_SIZE) & PTE_HANDED, 0, "the block keeps its pages");
+        assert_eq!(pagetable::entry(a + MIB), 0, "the tail's records are gone");
+        pagetable::unmap(a, MIB);
+        // SAFETY: a live block, not used again.
+        assert!(unsafe { free(p) }.is_ok());
     }
 
     /// A fresh mapping recorded as a live block, as [`alloc`] makes one.
@@ -986,14 +1106,14 @@ mod tests {
         stamp(p as usize, size, 3);
         for grown in [size + room / 2, cap] {
             // SAFETY: `p` is a live large block.
-            let (q, _) = unsafe { resize(p, grown) };
+            let (q, _, _) = unsafe { resize(p, grown) };
             assert_eq!(q, p, "a growth to {grown} fits the room: in place");
             assert_eq!(usable_size(p), Ok(cap), "the room is kept for the next growth");
             assert_eq!(vma::lookup(p as usize).unwrap().requested, grown);
         }
         assert!(stamped(p as usize, size, 3));
         // SAFETY: as above.
-        let (q, _) = unsafe { resize(p, MIB) };
+        let (q, _, _) = unsafe { resize(p, MIB) };
         assert_eq!(q, p);
         assert_eq!(usable_size(p), Ok(MIB), "a shrink cuts the room off");
         // SAFETY: a live block, not used again.
@@ -1014,7 +1134,10 @@ mod tests {
         // build's).
         let (len, new_len) = (3 * MIB + 5 * PAGE_SIZE, MAX_MMAP_THRESHOLD + 3 * PAGE_SIZE);
         type Mover = fn(vma::Region, usize, usize, &mut bool) -> Option<vma::Region>;
-        for (k, mover) in [move_block as Mover, move_block_locked].into_iter().enumerate() {
+        fn unlocked(block: vma::Region, new_len: usize, new_size: usize, huge: &mut bool) -> Option<vma::Region> {
+            move_block(block, new_len, new_size, huge).map(|(r, _)| r)
+        }
+        for (k, mover) in [unlocked as Mover, move_block_locked].into_iter().enumerate() {
             let requested = len - 1 - k;
             let (p, _) = alloc(requested, 0, 2 * PAGE_SIZE);
             assert!(!p.is_null());
@@ -1069,7 +1192,7 @@ mod tests {
                             let grown = MAX_MMAP_THRESHOLD + PAGE_SIZE;
                             drop_hold(p);
                             // SAFETY: a live block of this thread's.
-                            let (q, _) = unsafe { resize(p, grown) };
+                            let (q, _, _) = unsafe { resize(p, grown) };
                             hold(q, grown);
                             q
                         } else {

@@ -610,8 +610,13 @@ pub fn advised(start: usize, len: usize) {
 /// entries, not pages); pages past the old length are handed out fresh,
 /// in huge pages where they can be with `huge` (the block is advised for
 /// them: see [`hand_out_huge`]). Returns the faults predicted for them.
+///
+/// For a block that moved, the old range may be another mapping's as soon
+/// as `mremap` returns: a caller that drops its locks before it calls this
+/// races with a thread that maps there (and records it here). The large
+/// tier's unlocked move calls [`map`], [`move_kept`] (under the region
+/// tree's lock) and [`hand_out_growth`] itself instead.
 pub fn remapped(old: usize, old_len: usize, new: usize, new_len: usize, tier: Tier, huge: bool) -> usize {
-    let keep = old_len.min(new_len);
     if new == old {
         if new_len > old_len {
             map(old + old_len, new_len - old_len);
@@ -622,26 +627,70 @@ pub fn remapped(old: usize, old_len: usize, new: usize, new_len: usize, tier: Ti
         return 0;
     }
     map(new, new_len);
+    move_kept(old, old_len, new, new_len);
+    hand_out_growth(new, old_len.min(new_len), new_len, tier, huge)
+}
+
+/// The records of the pages a large block keeps through a move by
+/// `mremap` from `[old, old + old_len)` to `[new, new + new_len)`, whose
+/// tables [`map`] made: the first `min(old_len, new_len)` bytes' entries
+/// (state, residency, tier) go to the new range, and the old range's are
+/// cleared. Allocates nothing and makes no system call, so it can run
+/// under the region tree's lock while the tree still holds the block's
+/// old range (see `vma::end_move`): a mapping another thread gets there
+/// is recorded in the tree before its pages are here, so its entries are
+/// never read nor cleared. Nothing is observed (`mincore`, see [`unmap`]):
+/// the old range is no longer the block's in the kernel, and what was
+/// pending there is pending at the new address.
+pub fn move_kept(old: usize, old_len: usize, new: usize, new_len: usize) {
+    debug_assert!(new + new_len <= old || old + old_len <= new, "overlapping moves");
+    let keep = old_len.min(new_len);
     let mut tally = Tally::new();
     let mut offset = 0;
+    // A piece at a time that lies in one table on both sides: two table
+    // lookups per piece, not per page (this runs under the tree's lock).
     while offset < keep {
-        let state = entry(old + offset);
-        if state & PTE_PRESENT != 0 {
-            walk(new + offset, PAGE_SIZE, false, |e| {
-                if let Some(e) = e {
-                    tally.forget(replace(e, state));
+        let (from, to) = (old + offset, new + offset);
+        let room = |addr: usize| PTE_TABLE_SPAN - addr % PTE_TABLE_SPAN;
+        let step = (keep - offset).min(room(from)).min(room(to));
+        let pages = step / PAGE_SIZE;
+        if let (Some(src), Some(dst)) = (table_entries(from, pages, false), table_entries(to, pages, false)) {
+            for (s, d) in src.iter().zip(dst) {
+                let state = s.load(Ordering::Relaxed);
+                if state & PTE_PRESENT != 0 {
+                    tally.forget(replace(d, state));
                     if state & PTE_HANDED != 0 {
                         tally.add(Tier::from_entry(state));
                     }
                 }
-            });
+            }
         }
-        offset += PAGE_SIZE;
+        offset += step;
     }
     tally.apply();
-    unmap(old, old_len);
-    if new_len > keep {
-        return hand_out_grown(new + keep, new_len - keep, tier, huge);
+    forget(old, old_len);
+}
+
+/// Clears the records of `[start, start + len)`, as [`unmap`] does, but
+/// observes nothing: for a range the kernel has already let go (see
+/// [`move_kept`]). Allocates nothing, makes no system call.
+pub fn forget(start: usize, len: usize) {
+    let mut tally = Tally::new();
+    for_each_table(start, len, false, |entries| {
+        if let Some(entries) = entries {
+            rewrite(entries, &mut tally, |_| 0);
+        }
+    });
+    tally.apply();
+}
+
+/// Hands out the pages of a large block at `new` (`new_len` bytes) past
+/// the first `kept` bytes, whose records [`move_kept`] moved there: the
+/// growth of a move, or the whole block (`kept` 0) when the move could not
+/// take its old records. Returns the faults predicted.
+pub fn hand_out_growth(new: usize, kept: usize, new_len: usize, tier: Tier, huge: bool) -> usize {
+    if new_len > kept {
+        return hand_out_grown(new + kept, new_len - kept, tier, huge);
     }
     0
 }

@@ -610,11 +610,32 @@ pub fn begin_move(start: usize, kind: VmaKind) -> Option<(Region, Move)> {
     }
 }
 
+/// What [`end_move`] tells the mover of the range its mapping left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeftRange {
+    /// All of it is still the mover's to read and clear: nothing was
+    /// recorded over it since `mremap` let it go.
+    Whole,
+    /// `[start, end)`, a piece of it that nothing is recorded over, while
+    /// other mappings were recorded over the rest (whose records, and
+    /// pages in the shadow, are theirs now).
+    Unrecorded(usize, usize),
+}
+
 /// Ends a move begun by [`begin_move`]: the record takes the new
 /// `[start, end)`, requested size and kind (`to`, after the mapping
 /// moved), or stays as it was (`None`, the mapping did not move). Returns
 /// the region.
-pub fn end_move(m: Move, to: Option<(usize, usize, usize, VmaKind)>) -> Region {
+///
+/// `left` runs under the tree's lock once the record has moved, with what
+/// of the old range is still the mover's ([`LeftRange`]): once with
+/// `Whole`, or once per piece nothing was recorded over since the move.
+/// It must not allocate nor take a lock that comes before this one in the
+/// order: the shadow's records of the block move there
+/// (`pagetable::move_kept`) before any other mapping at the old range can
+/// be recorded, and so before its pages are; after one was, only the
+/// pieces left over are cleared.
+pub fn end_move(m: Move, to: Option<(usize, usize, usize, VmaKind)>, mut left: impl FnMut(LeftRange)) -> Region {
     let mut tree = TREE.lock();
     let node = m.node;
     // SAFETY: the mover owns the node: in the tree (MOVING) or taken out
@@ -625,14 +646,32 @@ pub fn end_move(m: Move, to: Option<(usize, usize, usize, VmaKind)>) -> Region {
             (*node).moving = 0;
             return (*node).region();
         };
-        if (*node).moving == MOVING {
+        let (old_start, old_end) = ((*node).vm_start, (*node).vm_end);
+        let whole = (*node).moving == MOVING;
+        if whole {
             let unlinked = tree.remove((*node).vm_start);
             debug_assert_eq!(unlinked, node);
         }
         tree.evict_stale(start, end);
+        if !whole {
+            // The gaps between the records over the old range, in order.
+            let mut cursor = old_start;
+            tree.overlaps(old_start, old_end, &mut |n| {
+                if n.vm_start > cursor {
+                    left(LeftRange::Unrecorded(cursor, n.vm_start));
+                }
+                cursor = cursor.max(n.vm_end);
+            });
+            if cursor < old_end {
+                left(LeftRange::Unrecorded(cursor, old_end));
+            }
+        }
         VmArea::init(node, start, end, kind, requested);
         let linked = tree.insert(node);
         debug_assert!(linked, "moved range overlaps a recorded region");
+        if whole {
+            left(LeftRange::Whole);
+        }
         (*node).region()
     }
 }
@@ -747,19 +786,44 @@ mod tests {
         // record replaces the stale one.
         assert!(record(a + mb, a + 3 * mb, VmaKind::Chunk));
         assert_eq!(lookup(a).map(|r| r.start), None);
-        let moved = end_move(m, Some((b, b + 4 * mb, 7, VmaKind::Large)));
+        let mut told = Vec::new();
+        let moved = end_move(m, Some((b, b + 4 * mb, 7, VmaKind::Large)), |l| told.push(l));
+        // What is left of the old range is its first MiB, recorded over by
+        // nothing.
+        assert_eq!(told, [LeftRange::Unrecorded(a, a + mb)]);
         assert_eq!((moved.start, moved.end, moved.requested), (b, b + 4 * mb, 7));
         assert_eq!(lookup(b + 3 * mb), Some(moved));
         // A move that did not happen leaves the record as it was, and a
         // region recorded beside it is not disturbed.
         assert!(record(c, c + mb, VmaKind::Chunk));
         let (_, m) = begin_move(b, VmaKind::Large).unwrap();
-        assert_eq!(end_move(m, None), moved);
+        assert_eq!(end_move(m, None, |_| panic!("nothing moved")), moved);
         // A move whose new range takes in its old one (grown in place).
         let (_, m) = begin_move(b, VmaKind::Large).unwrap();
-        let grown = end_move(m, Some((b, b + 5 * mb, 9, VmaKind::Large)));
+        let mut told = Vec::new();
+        let grown = end_move(m, Some((b, b + 5 * mb, 9, VmaKind::Large)), |l| told.push(l));
+        assert_eq!(told, [LeftRange::Whole], "nobody recorded over the old range");
         assert_eq!(lookup(b + 4 * mb), Some(grown));
         for (start, kind) in [(a + mb, VmaKind::Chunk), (b, VmaKind::Large), (c, VmaKind::Chunk)] {
+            assert!(remove_exact(start, kind).is_ok());
+        }
+        TREE.lock().check();
+    }
+
+    /// A move whose old range was recorded over in two places hears of the
+    /// pieces nothing holds, in address order.
+    #[test]
+    fn a_move_tells_the_pieces_left_of_its_old_range() {
+        let (a, b) = (0x6200_0000_0000usize, 0x6200_1000_0000usize);
+        let mb = 1 << 20;
+        assert!(record_sized(a, a + 4 * mb, VmaKind::Large, 4 * mb));
+        let (_, m) = begin_move(a, VmaKind::Large).unwrap();
+        assert!(record(a + mb, a + 2 * mb, VmaKind::Chunk));
+        assert!(record(a + 3 * mb, a + 5 * mb, VmaKind::Chunk));
+        let mut told = Vec::new();
+        end_move(m, Some((b, b + 6 * mb, 6 * mb, VmaKind::Large)), |l| told.push(l));
+        assert_eq!(told, [LeftRange::Unrecorded(a, a + mb), LeftRange::Unrecorded(a + 2 * mb, a + 3 * mb)]);
+        for (start, kind) in [(a + mb, VmaKind::Chunk), (a + 3 * mb, VmaKind::Chunk), (b, VmaKind::Large)] {
             assert!(remove_exact(start, kind).is_ok());
         }
         TREE.lock().check();
