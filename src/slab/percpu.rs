@@ -116,19 +116,8 @@ pub fn alloc_batch(class: usize, max: usize) -> (*mut u8, usize) {
 /// # Safety
 /// Every object on the list is a free object of `class`, given up.
 pub unsafe fn free_batch(class: usize, list: *mut u8, count: usize) {
-    let pc = cpu_caches(current_cpu() % MAX_CPUS);
-    if !pc.is_null() {
-        // SAFETY: CPU depots live forever once published.
-        let mut depot = unsafe { (*pc).depots[class].lock() };
-        if depot.nr < DEPOT_LISTS {
-            let nr = depot.nr;
-            depot.lists[nr] = (list, count);
-            depot.nr += 1;
-            return;
-        }
-    }
     // SAFETY: per the caller.
-    unsafe { super::free_home(list, count) }
+    unsafe { leave_list(cpu_caches(current_cpu() % MAX_CPUS), class, list, count) }
 }
 
 /// [`free_batch`] into the depot of CPU `cpu` (a remote bin going home,
@@ -138,7 +127,16 @@ pub unsafe fn free_batch(class: usize, list: *mut u8, count: usize) {
 /// # Safety
 /// As [`free_batch`].
 pub unsafe fn free_batch_on(cpu: usize, class: usize, list: *mut u8, count: usize) {
-    let pc = CPUS[cpu % MAX_CPUS].load(Ordering::Acquire);
+    // SAFETY: per the caller.
+    unsafe { leave_list(CPUS[cpu % MAX_CPUS].load(Ordering::Acquire), class, list, count) }
+}
+
+/// Leaves the list in depot `class` of `pc` (null: none) when it has
+/// room, else returns its objects to their slabs.
+///
+/// # Safety
+/// As [`free_batch`]; `pc` is null or published CPU depots.
+unsafe fn leave_list(pc: *mut CpuCaches, class: usize, list: *mut u8, count: usize) {
     if !pc.is_null() {
         // SAFETY: CPU depots live forever once published.
         let mut depot = unsafe { (*pc).depots[class].lock() };
