@@ -567,6 +567,18 @@ pub fn remap(
     }
     // SAFETY: as above.
     let (new_start, new_end, requested, new_kind) = remap(unsafe { (*n).region() })?;
+    // SAFETY: as above; the range, which orders and augments the tree,
+    // stays as it is.
+    unsafe {
+        if (new_start, new_end) == ((*n).vm_start, (*n).vm_end) {
+            // Only the kind or the requested size changes (a cached extent
+            // handed out whole, a block cached as it is, a growth into the
+            // room): in place, with no unlink and relink.
+            (*n).kind = new_kind;
+            (*n).requested = requested;
+            return (*n).region().into();
+        }
+    }
     let node = tree.remove(start);
     tree.evict_stale(new_start, new_end);
     // SAFETY: unlinked node we own; re-initialised and re-linked. The new
@@ -806,6 +818,37 @@ mod tests {
         assert_eq!(lookup(b + 4 * mb), Some(grown));
         for (start, kind) in [(a + mb, VmaKind::Chunk), (b, VmaKind::Large), (c, VmaKind::Chunk)] {
             assert!(remove_exact(start, kind).is_ok());
+        }
+        TREE.lock().check();
+    }
+
+    /// `remap` re-kinds a region in place when its range stays, and moves
+    /// it through the tree when the range changes; the tree stays valid
+    /// and every lookup sees the new record either way.
+    #[test]
+    fn remap_in_place_and_to_a_new_range() {
+        let a = 0x6400_0000_0000usize;
+        let mb = 1 << 20;
+        for k in 0..5 {
+            assert!(record_sized(a + 2 * k * mb, a + (2 * k + 1) * mb, VmaKind::LargeCached, 0));
+        }
+        let target = a + 4 * mb;
+        // Same range: kind and requested size change.
+        let r = remap(target, VmaKind::LargeCached, |r| Some((r.start, r.end, 12345, VmaKind::Large))).unwrap();
+        assert_eq!((r.start, r.end, r.kind, r.requested), (target, target + mb, VmaKind::Large, 12345));
+        assert_eq!(lookup(target + mb - 1), Some(r));
+        assert!(remap(target, VmaKind::LargeCached, |r| Some((r.start, r.end, 0, VmaKind::Large))).is_none(), "the kind is checked");
+        TREE.lock().check();
+        // A longer range, into the free space after it.
+        let grown = remap(target, VmaKind::Large, |r| Some((r.start, r.end + mb / 2, 7, VmaKind::Large))).unwrap();
+        assert_eq!(lookup(target + mb + mb / 4), Some(grown));
+        TREE.lock().check();
+        // Declined: unchanged.
+        assert!(remap(target, VmaKind::Large, |_| None).is_none());
+        assert_eq!(lookup(target), Some(grown));
+        assert!(remove_exact(target, VmaKind::Large).is_ok());
+        for k in [0, 1, 3, 4] {
+            assert!(remove_exact(a + 2 * k * mb, VmaKind::LargeCached).is_ok());
         }
         TREE.lock().check();
     }
