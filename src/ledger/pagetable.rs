@@ -437,13 +437,7 @@ pub fn unmap(start: usize, len: usize) {
     if is_watched() {
         observe(start, len);
     }
-    let mut tally = Tally::new();
-    for_each_table(start, len, false, |entries| {
-        if let Some(entries) = entries {
-            rewrite(entries, &mut tally, |_| 0);
-        }
-    });
-    tally.apply();
+    forget(start, len);
 }
 
 /// Changes to the handed-out page counts ([`HANDED`]) gathered over one
