@@ -389,6 +389,25 @@ impl VmaTree {
         }
     }
 
+    /// Links `node`, unlinked, as `[start, end)` of `kind` (`requested`
+    /// bytes asked for), taking out first the stale records of moves that
+    /// range overlaps. Returns the region.
+    ///
+    /// # Safety
+    /// `node` is a node of ours in no tree; `[start, end)` overlaps no
+    /// recorded region but stale ones.
+    #[inline(always)]
+    unsafe fn relink(&mut self, node: *mut VmArea, start: usize, end: usize, kind: VmaKind, requested: usize) -> Region {
+        self.evict_stale(start, end);
+        // SAFETY: per the caller.
+        unsafe {
+            VmArea::init(node, start, end, kind, requested);
+            let linked = self.insert(node);
+            debug_assert!(linked, "a re-linked range overlaps a recorded region");
+            (*node).region()
+        }
+    }
+
     /// Unlinks the region starting exactly at `start`; null if none.
     pub fn remove(&mut self, start: usize) -> *mut VmArea {
         // SAFETY: the tree is valid.
@@ -580,16 +599,10 @@ pub fn remap(
         }
     }
     let node = tree.remove(start);
-    tree.evict_stale(new_start, new_end);
-    // SAFETY: unlinked node we own; re-initialised and re-linked. The new
-    // range is the old one or came from the kernel or was unrecorded, so
-    // it overlaps no other region of ours but stale ones.
-    unsafe {
-        VmArea::init(node, new_start, new_end, new_kind, requested);
-        let linked = tree.insert(node);
-        debug_assert!(linked, "remapped range overlaps a recorded region");
-        (*node).region().into()
-    }
+    // SAFETY: unlinked node we own. The new range is the old one or came
+    // from the kernel or was unrecorded, so it overlaps no other region of
+    // ours but stale ones.
+    unsafe { tree.relink(node, new_start, new_end, new_kind, requested) }.into()
 }
 
 /// A region whose mapping is being moved by a system call made with no
@@ -664,9 +677,10 @@ pub fn end_move(m: Move, to: Option<(usize, usize, usize, VmaKind)>, mut left: i
             let unlinked = tree.remove((*node).vm_start);
             debug_assert_eq!(unlinked, node);
         }
-        tree.evict_stale(start, end);
         if !whole {
-            // The gaps between the records over the old range, in order.
+            // The gaps between the records over the old range, in order
+            // (the stale records `relink` takes out overlap the new range,
+            // which no live region over the old one can).
             let mut cursor = old_start;
             tree.overlaps(old_start, old_end, &mut |n| {
                 if n.vm_start > cursor {
@@ -678,13 +692,11 @@ pub fn end_move(m: Move, to: Option<(usize, usize, usize, VmaKind)>, mut left: i
                 left(LeftRange::Unrecorded(cursor, old_end));
             }
         }
-        VmArea::init(node, start, end, kind, requested);
-        let linked = tree.insert(node);
-        debug_assert!(linked, "moved range overlaps a recorded region");
+        let region = tree.relink(node, start, end, kind, requested);
         if whole {
             left(LeftRange::Whole);
         }
-        (*node).region()
+        region
     }
 }
 
