@@ -565,17 +565,10 @@ pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 
             let stays_large = size >= MMAP_THRESHOLD.load(Ordering::Relaxed).min(PAGE_TIER_MAX) || size > CHUNK_SIZE;
             // mremap keeps page alignment only; bigger alignments move by copy.
             if stays_large && align <= PAGE_SIZE {
-                // SAFETY: `p` is a live large block.
-                let (q, huge, records_kept) = unsafe { large::resize(p, size) };
+                // SAFETY: `p` is a live large block. The shadow's records
+                // follow it (see `large::resize`).
+                let q = unsafe { large::resize(p, size) };
                 if !q.is_null() {
-                    if let Ok(new_len) = large::usable_size(q) {
-                        match records_kept {
-                            // Moved with no lock held: the records moved
-                            // with it, where they could (see `large::resize`).
-                            Some(kept) => pagetable::hand_out_growth(q as usize, kept, new_len, pagetable::Tier::Large, huge),
-                            None => pagetable::remapped(p as usize, usable, q as usize, new_len, pagetable::Tier::Large, huge),
-                        };
-                    }
                     if q != p {
                         remember_freed_large(p);
                         if crate::profile::on() {

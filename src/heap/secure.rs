@@ -72,7 +72,6 @@
 
 use crate::heap;
 use crate::large;
-use crate::ledger::pagetable;
 use crate::mm;
 use crate::mm::page;
 use crate::os::fmt::fmt_hex;
@@ -1385,8 +1384,8 @@ fn big_resize(p: usize, n: usize, base: usize, len: usize, size: usize) -> Optio
     if unsafe { os::mprotect(base + data, len - data, true) }.is_err() {
         stop_protect();
     }
-    // SAFETY: a live large block.
-    let (q, huge, records_kept) = unsafe { large::resize(base as *mut u8, total) };
+    // SAFETY: a live large block; the shadow's records follow it.
+    let q = unsafe { large::resize(base as *mut u8, total) };
     let q = q as usize;
     let Some(new_len) = (q != 0).then(|| large::usable_size(q as *mut u8).ok()).flatten() else {
         // SAFETY: the mapping's own pages, unchanged by `resize`.
@@ -1394,11 +1393,6 @@ fn big_resize(p: usize, n: usize, base: usize, len: usize, size: usize) -> Optio
             stop_protect();
         }
         return None;
-    };
-    match records_kept {
-        // A shrink whose tail left: its records went with it.
-        Some(kept) => pagetable::hand_out_growth(q, kept, new_len, pagetable::Tier::Large, huge),
-        None => pagetable::remapped(base, len, q, new_len, pagetable::Tier::Large, huge),
     };
     if q != base {
         super::check::remember_freed_large(base as *mut u8);

@@ -701,27 +701,29 @@ pub const HUGE_GROW_MIN: usize = 2 << 20;
 /// ([`os::huge_advice_heeded`]). A buffer that a program grows with
 /// `realloc` is one it fills, and its growth then costs one page fault per
 /// 2 MiB instead of 512. Blocks from `malloc` are not advised: a big table
-/// touched here and there would become resident 2 MiB at a time. The
-/// second value says whether the block was advised now (its growth is
-/// predicted at 2 MiB per fault, see [`crate::ledger::pagetable::remapped`]).
-/// The third is `Some(kept)` when the shadow's records were changed here,
-/// where the old range or a tail was still the block's (a block moved
-/// with no lock held, see `move_block`, or a shrink whose tail left): the
-/// first `kept` bytes have theirs, the caller hands out the rest
-/// ([`pagetable::hand_out_growth`]); `None` when the caller records the
-/// change itself ([`pagetable::remapped`]).
+/// touched here and there would become resident 2 MiB at a time (its
+/// growth is then predicted at 2 MiB per fault, see
+/// [`pagetable::remapped`]).
+///
+/// The shadow's records of the block follow it here, each where its old
+/// range is still the block's: a block moved with no lock held takes
+/// them under the tree's lock (see `move_block`), a shrink's leaving tail
+/// drops them before it is cached or unmapped (see `shrink`), and every
+/// other change is recorded at the end ([`pagetable::remapped`]).
 ///
 /// # Safety
 /// `p` is a live large block; after a non-null return that differs from
 /// `p`, the old address must not be used.
-pub unsafe fn resize(p: *mut u8, new_size: usize) -> (*mut u8, bool, Option<usize>) {
+pub unsafe fn resize(p: *mut u8, new_size: usize) -> *mut u8 {
     if new_size > MAX_SIZE {
-        return (ptr::null_mut(), false, None);
+        return ptr::null_mut();
     }
     let new_len = align_up(new_size.max(1), PAGE_SIZE);
     let mut unmaps = Unmaps::new();
     let mut huge = false;
     let mut moving = None;
+    // The first bytes of the block whose records in the shadow were
+    // changed here (see below); `None`: none, all is recorded at the end.
     let mut records_kept = None;
     // Outside the secure build, the block's record is read and, where
     // nothing else changes, updated without the cache's lock: only the
@@ -730,25 +732,26 @@ pub unsafe fn resize(p: *mut u8, new_size: usize) -> (*mut u8, bool, Option<usiz
     // cached.
     #[cfg(not(feature = "secure"))]
     let known = {
-        let Ok(r) = classify(p as usize, vma::lookup(p as usize)) else { return (ptr::null_mut(), false, None) };
+        let Ok(r) = classify(p as usize, vma::lookup(p as usize)) else { return ptr::null_mut() };
         let old_len = r.end - r.start;
         let tail_stays = old_len <= MMAP_THRESHOLD.load(Ordering::Relaxed) && old_len - new_len.min(old_len) <= old_len / 8;
         if new_len <= old_len && (new_size >= r.requested || tail_stays) {
+            // The range stays: nothing for the shadow.
             let r = vma::remap(r.start, VmaKind::Large, |r| Some((r.start, r.end, new_size, VmaKind::Large)));
-            return (r.map_or(ptr::null_mut(), |r| r.start as *mut u8), false, None);
+            return r.map_or(ptr::null_mut(), |r| r.start as *mut u8);
         }
         Some(r)
     };
     #[cfg(feature = "secure")]
     let known = None;
-    let result = {
+    let (result, (old, old_len)) = {
         let _deferred = mm::defer_decay();
         let mut cache = CACHE.lock();
         let r = match known {
             Some(r) => r,
             None => match classify(p as usize, vma::lookup(p as usize)) {
                 Ok(r) => r,
-                Err(_) => return (ptr::null_mut(), false, None),
+                Err(_) => return ptr::null_mut(),
             },
         };
         let old_len = r.end - r.start;
@@ -758,8 +761,8 @@ pub unsafe fn resize(p: *mut u8, new_size: usize) -> (*mut u8, bool, Option<usiz
         } else if new_len <= old_len {
             let bounds = (MMAP_THRESHOLD.load(Ordering::Relaxed), max_cached_bytes());
             let shrunk = shrink(&mut cache, r, new_len, new_size, bounds, &mut unmaps);
-            // A tail that left took its records along: nothing for the
-            // caller to record.
+            // A tail that left took its records along: nothing to
+            // record at the end.
             records_kept = shrunk.map(|s| s.end - s.start);
             shrunk
         } else if let Some(i) = cache.starting_at(r.end).filter(|&i| cache.extents[i].len >= new_len - old_len) {
@@ -788,7 +791,7 @@ pub unsafe fn resize(p: *mut u8, new_size: usize) -> (*mut u8, bool, Option<usiz
             LARGE_BYTES.fetch_sub(old_len, Ordering::Relaxed);
         }
         CACHED_BYTES.store(cache.bytes, Ordering::Relaxed);
-        resized
+        (resized, (r.start, old_len))
     };
     unmaps.run();
     let result = match moving {
@@ -803,7 +806,20 @@ pub unsafe fn resize(p: *mut u8, new_size: usize) -> (*mut u8, bool, Option<usiz
         }
         None => result,
     };
-    (result.map_or(ptr::null_mut(), |r| r.start as *mut u8), huge, records_kept)
+    let Some(block) = result else { return ptr::null_mut() };
+    let len = block.end - block.start;
+    match records_kept {
+        Some(kept) => pagetable::hand_out_growth(block.start, kept, len, pagetable::Tier::Large, huge),
+        None => pagetable::remapped(old, old_len, block.start, len, pagetable::Tier::Large, huge),
+    };
+    block.start as *mut u8
+}
+
+/// Advises a block `mremap` just grew to `[new, new + new_len)` for huge
+/// pages, whole, when it is [`HUGE_GROW_MIN`] or more and the kernel
+/// heeds the advice (see [`resize`]); whether it was advised.
+fn advise_grown(new: usize, new_len: usize) -> bool {
+    new_len >= HUGE_GROW_MIN && os::huge_advice_heeded() && os::madvise_hugepage(new, new_len).is_ok()
 }
 
 /// Moves live block `block` to a mapping of `new_len` bytes (more than
@@ -817,7 +833,7 @@ fn move_block_locked(block: vma::Region, new_len: usize, new_size: usize, huge: 
         // lock is held, so its record moves with it. A block spanning two
         // kernel mappings fails (EFAULT), unchanged.
         let new = unsafe { os::mremap_maymove(r.start, old_len, new_len) }.ok()?;
-        *huge = new_len >= HUGE_GROW_MIN && os::huge_advice_heeded() && os::madvise_hugepage(new, new_len).is_ok();
+        *huge = advise_grown(new, new_len);
         Some((new, new + new_len, new_size, VmaKind::Large))
     })
 }
@@ -850,7 +866,7 @@ fn move_block(block: vma::Region, new_len: usize, new_size: usize, huge: &mut bo
         vma::end_move(m, None, |_| {});
         return None;
     };
-    *huge = new_len >= HUGE_GROW_MIN && os::huge_advice_heeded() && os::madvise_hugepage(new, new_len).is_ok();
+    *huge = advise_grown(new, new_len);
     Some(finish_move(m, block.start, old_len, new, new_len, new_size))
 }
 
@@ -1011,7 +1027,7 @@ mod tests {
 
     /// A shrink whose tail leaves the block (cached or unmapped) clears
     /// the tail's records in the shadow itself, before another thread can
-    /// have the tail, and tells the caller so.
+    /// have the tail, and leaves the block's.
     #[test]
     fn a_shrink_forgets_the_tail_before_it_leaves() {
         use crate::ledger::pagetable::{self, Tier, PTE_HANDED};
@@ -1021,8 +1037,8 @@ mod tests {
         let len = usable_size(p).unwrap();
         pagetable::map_and_hand_out(a, len, Tier::Large, false);
         // SAFETY: a live large block.
-        let (q, _, kept) = unsafe { resize(p, MIB) };
-        assert_eq!((q, kept), (p, Some(MIB)), "the tail left, its records with it");
+        let q = unsafe { resize(p, MIB) };
+        assert_eq!(q, p, "shrunk in place");
         assert_ne!(pagetable::entry(a + MIB - PAGE_SIZE) & PTE_HANDED, 0, "the block keeps its pages");
         assert_eq!(pagetable::entry(a + MIB), 0, "the tail's records are gone");
         pagetable::unmap(a, MIB);
@@ -1106,14 +1122,14 @@ mod tests {
         stamp(p as usize, size, 3);
         for grown in [size + room / 2, cap] {
             // SAFETY: `p` is a live large block.
-            let (q, _, _) = unsafe { resize(p, grown) };
+            let q = unsafe { resize(p, grown) };
             assert_eq!(q, p, "a growth to {grown} fits the room: in place");
             assert_eq!(usable_size(p), Ok(cap), "the room is kept for the next growth");
             assert_eq!(vma::lookup(p as usize).unwrap().requested, grown);
         }
         assert!(stamped(p as usize, size, 3));
         // SAFETY: as above.
-        let (q, _, _) = unsafe { resize(p, MIB) };
+        let q = unsafe { resize(p, MIB) };
         assert_eq!(q, p);
         assert_eq!(usable_size(p), Ok(MIB), "a shrink cuts the room off");
         // SAFETY: a live block, not used again.
@@ -1192,7 +1208,7 @@ mod tests {
                             let grown = MAX_MMAP_THRESHOLD + PAGE_SIZE;
                             drop_hold(p);
                             // SAFETY: a live block of this thread's.
-                            let (q, _, _) = unsafe { resize(p, grown) };
+                            let q = unsafe { resize(p, grown) };
                             hold(q, grown);
                             q
                         } else {
