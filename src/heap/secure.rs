@@ -16,8 +16,8 @@
 //!   is not told it may write the slack.
 //! - **Quarantine**: a freed small object is filled with a keyed pattern
 //!   over its first [`PATTERN_BYTES`] (the whole slot for requests of up
-//!   to 248 bytes; its first word a free mark, so a second `free` of it is
-//!   a double free) and waits in a bounded ring of the freeing thread
+//!   to 56 bytes, the first 64 bytes of larger ones; its first word a
+//!   free mark, so a second `free` of it is a double free) and waits in a bounded ring of the freeing thread
 //!   ([`SMALL_RING`] objects, [`SMALL_RING_BYTES`] bytes) before it goes
 //!   back to the heap; when it leaves, the pattern is checked, so a write
 //!   after free there is caught before the object is reused. The ring is
@@ -675,13 +675,17 @@ extern "C" fn thread_exit(arg: *mut libc::c_void) {
 }
 
 /// Bytes of a quarantined object the pattern covers, from its start: a
-/// slot of up to 256 bytes (requests of up to 248 bytes, most of what
-/// programs ask for) is filled and checked whole, a larger one its first
-/// 256 bytes, where a dangling pointer's fields (links, counts, vtable
-/// pointers) mostly lie. The whole slot cost a quarter of all the
-/// instructions of a workload of objects of 8 to 1024 bytes (larson,
-/// callgrind), a write-after-free check for every byte of every free.
-pub const PATTERN_BYTES: usize = 256;
+/// slot of up to 64 bytes (requests of up to 56 bytes) is filled and
+/// checked whole, a larger one its first 64 bytes, where a dangling
+/// pointer's fields (links, counts, vtable pointers) mostly lie, and
+/// whose first line `free` has read anyway (the free marks). Each further line is a
+/// read-for-ownership of a cold line on `free`: the whole slot cost a
+/// quarter of all the instructions of a workload of objects of 8 to 1024
+/// bytes (larson, callgrind), and the first 256 bytes still made larson's
+/// time 2.9 x the default build's where the first 64 make it 2.5 x, and
+/// its sized variant's 3.0 x where they make it 2.1 x (three interleaved
+/// runs each; the other programs moved within their spread).
+pub const PATTERN_BYTES: usize = 64;
 
 /// Fills the slot at `p` (`usable` bytes, 16-byte aligned, a multiple of
 /// 16) with the quarantine's pattern, over its first [`PATTERN_BYTES`]:
@@ -719,47 +723,23 @@ mod vector {
     };
 
     /// Calls `step` with the address of every 16-byte piece of `[start,
-    /// end)` (16-byte aligned, a multiple of 16 long, at most
-    /// `super::PATTERN_BYTES`), some of them twice: the pattern past the
-    /// first 16 bytes is the same word throughout, so a piece stored or
-    /// checked twice changes nothing. 64 bytes a step, the last step
-    /// overlapping the one before; no loop at all for a whole
-    /// `PATTERN_BYTES`, the length of every slot past it.
+    /// end)` (16-byte aligned, 0 to 48 bytes long, a multiple of 16: the
+    /// pattern past its first 16 bytes), some of them twice: the pattern
+    /// past the first 16 bytes is the same word throughout, so a piece
+    /// stored or checked twice changes nothing. No loop: three pieces for
+    /// a whole `PATTERN_BYTES` (every slot of 64 bytes or more), else two
+    /// from the ends.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     fn pieces(start: usize, end: usize, mut step: impl FnMut(usize)) {
+        const _: () = assert!(super::PATTERN_BYTES == 64);
         let len = end - start;
-        if len == super::PATTERN_BYTES - 16 {
-            // A constant count: unrolled whole.
-            for i in 0..(super::PATTERN_BYTES - 16) / 16 {
-                step(start + 16 * i);
-            }
-            return;
-        }
-        if len <= 64 {
-            // 16 to 64 bytes: two pieces from each end cover them.
-            if len != 0 {
-                step(start);
-                step(end - 16);
-                if len > 32 {
-                    step(start + 16);
-                    step(end - 32);
-                }
-            }
-            return;
-        }
-        let mut a = start;
-        while a + 64 <= end {
-            step(a);
-            step(a + 16);
-            step(a + 32);
-            step(a + 48);
-            a += 64;
-        }
-        if a < end {
-            step(end - 64);
-            step(end - 48);
-            step(end - 32);
+        if len == 48 {
+            step(start);
+            step(start + 16);
+            step(start + 32);
+        } else if len != 0 {
+            step(start);
             step(end - 16);
         }
     }
