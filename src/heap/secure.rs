@@ -9,8 +9,8 @@
 //!
 //! - **Small blocks** (slab objects): every request gets at least 8 bytes
 //!   more. The slot's last word holds the requested size `n` and a keyed
-//!   tag of size and address; the 8 to 16 bytes after the block (up to
-//!   that word) are a keyed canary ([`CANARY_WORDS`]). `free` checks both:
+//!   tag of size and address; the up to 8 bytes after the block (before
+//!   that word) are a keyed canary ([`CANARY_BYTES`]). `free` checks both:
 //!   a write that runs on past the end, 1 byte or more, changes the canary
 //!   or the size word. `malloc_usable_size` is `n`, so a program that asks
 //!   is not told it may write the slack.
@@ -257,8 +257,9 @@ fn big_tag(h: usize, n: usize) -> usize {
     mix(h ^ n)
 }
 
-/// The canary word of the block with secret `h`: byte `a` of the canary
-/// is byte `a % 8` of this word.
+/// The canary word of the block with secret `h`, no byte of it zero: a
+/// small block's canary is this word, unaligned, after the block's end;
+/// byte `a` of a big block's canary is byte `a % 8` of it.
 #[inline]
 fn canary_word(h: usize) -> usize {
     h.rotate_left(17) | 0x0101_0101_0101_0101
@@ -423,61 +424,50 @@ fn zero_check(what: &[u8], p: usize, slot: usize, release: bool) {
 // ---------------------------------------------------------------------------
 // Small blocks.
 
-/// Most bytes of canary a small block gets: the words from the one
-/// holding the block's last byte + 1, at most two of them. A write that
-/// runs on past the end of the block changes the canary's first byte
-/// whatever its length; what lies further in the slot's slack (which a
-/// program that skips ahead may write without harming any other block)
-/// is not checked, so the canary costs the same for every class.
-pub const CANARY_WORDS: usize = 2;
+/// Bytes of canary a small block gets at most: the 8 after its end, as
+/// one unaligned word. A write that runs on past the end of the block
+/// changes the canary's first byte whatever its length; what lies further
+/// in the slot's slack (which a program that skips ahead may write
+/// without harming any other block) is not checked, so the canary costs
+/// the same for every class.
+pub const CANARY_BYTES: usize = 8;
 
-/// The canary words of the block at `p` of `n` bytes whose size word is
-/// at `end`: from the word holding byte `p + n` (its bytes from `p + n`
-/// on) up to [`CANARY_WORDS`] words, not past `end`; none when the block
-/// ends at `end`. Byte `a` of the canary is byte `a % 8` of the canary
-/// word, so it is written and compared a word at a time.
-///
-/// Returned as the two words' addresses, each at most `end` (`p + n <=
-/// end`), and the masks of the bytes of each that are canary: 0 for a
-/// word that is not (it is then the size word, or the second one is the
-/// first). So [`small_arm`] stores both words with no branch (a store
-/// into the size word is overwritten by the size word's own): 97
-/// instructions for `malloc(64)` where the branches of the span's ends
-/// made it 102 (callgrind). The check reads the first word always (a
-/// read of the size word masked off) and the second behind a branch:
-/// with no branch at all it held two more registers, saved and restored
-/// on every `free`, for the same count.
+/// The bytes of the unaligned word at `p + n` that are canary, for a
+/// block at `p` of `n` bytes in a slot of `usable` bytes: all 8 where the
+/// slack before the size word holds them, else those below it (none when
+/// the block ends at the size word, whose own check catches a write
+/// there). Byte `i` of the canary is byte `i` of the canary word, so it
+/// is written with one store and compared with one load, with no branch:
+/// the up to two aligned words it took before, each with its mask, cost
+/// 19 more instructions a pair (callgrind, `malloc(64)` and `free`: 297
+/// then, 278 now).
 #[inline(always)]
-fn canary_span(p: usize, n: usize, end: usize) -> (usize, usize, usize, usize) {
-    const _: () = assert!(CANARY_WORDS == 2);
-    let first = (p + n) & !7;
-    let second = (first + 8).min(end);
-    let first_mask = if first < end { !0usize << (((p + n) & 7) * 8) } else { 0 };
-    let second_mask = if first + 8 < end { !0usize } else { 0 };
-    (first, first_mask, second, second_mask)
+fn canary_mask(n: usize, usable: usize) -> usize {
+    const _: () = assert!(CANARY_BYTES == 8);
+    let slack = usable - 8 - n;
+    if slack >= 8 {
+        !0
+    } else {
+        !(!0usize << (slack * 8))
+    }
 }
 
-/// Makes the slot at `p` (`usable` bytes) a block of `n` bytes: canary
-/// ([`canary_span`]) and size word. With `fresh` (a block just handed
-/// out) the bytes of the canary's first word below `p + n` are the
-/// block's but hold nothing yet, so the word is stored whole; otherwise
-/// (`realloc` in place) they are kept.
+/// Makes the slot at `p` (`usable` bytes) a block of `n` bytes: the
+/// canary word at `p + n` (unaligned), then the size word, which may
+/// overwrite the canary's last bytes. No byte below `p + n` is written,
+/// so the same arming serves a fresh block and one `realloc` resizes in
+/// place.
 ///
 /// # Safety
 /// `p` is a live slot of `usable >= n + 8` bytes, 16-byte aligned.
 #[inline(always)]
-unsafe fn small_arm(p: usize, n: usize, usable: usize, fresh: bool) {
+unsafe fn small_arm(p: usize, n: usize, usable: usize) {
     let h = secret(p);
-    let w = canary_word(h);
     let end = p + usable - 8;
-    let (first, mask, second, _) = canary_span(p, n, end);
-    // SAFETY: every word written lies in the slot, below its size word
-    // (`p + n <= end`), or is the size word, written last. The second
-    // word goes before the first, which may be the same word (then the
-    // first's bytes of the block are kept).
+    // SAFETY: `p + n <= end`, so the canary word ends at the slot's end
+    // at the latest; the size word is the slot's last.
     unsafe {
-        *(second as *mut usize) = w;
-        *(first as *mut usize) = if fresh { w } else { (*(first as *const usize) & !mask) | (w & mask) };
+        ((p + n) as *mut usize).write_unaligned(canary_word(h));
         *(end as *mut usize) = size_word(h, n);
     }
 }
@@ -493,20 +483,16 @@ unsafe fn small_arm(p: usize, n: usize, usable: usize, fresh: bool) {
 unsafe fn small_check_tail(what: &[u8], p: usize, usable: usize, block_key: usize) -> usize {
     let h = secret_with(p, block_key);
     let end = p + usable - 8;
-    // SAFETY: the slot's words, per the caller.
+    // SAFETY: the slot's words, per the caller; the canary word lies in
+    // the slot once `n + 8 <= usable` is checked.
     unsafe {
         let word = *(end as *const usize);
         let n = word & 0xffff_ffff;
         if size_word(h, n) != word || n + 8 > usable {
             stop(what, b"heap overflow (size word after the object overwritten)", p);
         }
-        let w = canary_word(h);
-        let (first, first_mask, second, second_mask) = canary_span(p, n, end);
-        let mut diff = (*(first as *const usize) ^ w) & first_mask;
-        if second_mask != 0 {
-            diff |= *(second as *const usize) ^ w;
-        }
-        if diff != 0 {
+        let canary = ((p + n) as *const usize).read_unaligned();
+        if (canary ^ canary_word(h)) & canary_mask(n, usable) != 0 {
             stop(what, b"heap overflow (canary after the object overwritten)", p);
         }
         n
@@ -1420,7 +1406,7 @@ pub fn malloc_or(size: usize, out_of_memory: magazine::OutOfMemory) -> *mut u8 {
         if !p.is_null() {
             // SAFETY: the table's classes are < NR_CLASSES; a fresh slot
             // of the class's size >= size + 8 bytes.
-            unsafe { small_arm(p as usize, size, slab::CLASSES.get_unchecked(class).size as usize, true) };
+            unsafe { small_arm(p as usize, size, slab::CLASSES.get_unchecked(class).size as usize) };
         }
         return p;
     }
@@ -1461,7 +1447,7 @@ pub fn aligned_alloc(align: usize, size: usize) -> *mut u8 {
         let usable = slab::size_of_class(class);
         debug_assert_eq!(usable, heap::usable_size(p));
         // SAFETY: a fresh slot of `usable` >= size + 8 bytes.
-        unsafe { small_arm(p as usize, size, usable, true) };
+        unsafe { small_arm(p as usize, size, usable) };
     }
     p
 }
@@ -1633,7 +1619,7 @@ pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 
         Block::Small { n, usable, .. } => {
             if size + 8 <= usable && size * 2 + 8 > usable {
                 // SAFETY: the live slot, `usable >= size + 8`.
-                unsafe { small_arm(a, size, usable, false) };
+                unsafe { small_arm(a, size, usable) };
                 return p;
             }
             n
@@ -1884,6 +1870,38 @@ mod tests {
                     // SAFETY: as above.
                     assert!(!unsafe { vector::holds(p, len, first, word) }, "len {len} word {i} byte {byte}");
                     slot.0[i] ^= 1 << (byte * 8);
+                }
+            }
+        }
+    }
+
+    /// Arming a slot writes nothing below the block's end, and the canary
+    /// the check compares is exactly the bytes between the block's end
+    /// and the size word, at most [`CANARY_BYTES`] of them, none zero.
+    #[test]
+    fn canary_covers_the_bytes_after_every_block() {
+        #[repr(align(16))]
+        struct Slot([u8; 128]);
+        for usable in [16, 32, 48, 64, 80, 128] {
+            for n in 1..=usable - 8 {
+                let mut slot = Slot([0xee; 128]);
+                let p = slot.0.as_mut_ptr() as usize;
+                // SAFETY: a slot of `usable >= n + 8` bytes, 16-byte aligned.
+                unsafe { small_arm(p, n, usable) };
+                assert!(slot.0[..n].iter().all(|&b| b == 0xee), "usable {usable} n {n}: block written");
+                assert!(slot.0[usable..].iter().all(|&b| b == 0xee), "usable {usable} n {n}: past the slot");
+                let end = usable - 8;
+                let word = usize::from_ne_bytes(slot.0[end..usable].try_into().unwrap());
+                assert_eq!(size_of_word(secret(p), word), Some(n), "usable {usable} n {n}");
+                let (mask, canary) = (canary_mask(n, usable), canary_word(secret(p)));
+                for i in 0..CANARY_BYTES {
+                    let covered = n + i < end;
+                    assert_eq!((mask >> (8 * i)) & 0xff == 0xff, covered, "usable {usable} n {n} byte {i}");
+                    assert!((mask >> (8 * i)) & 0xff == 0 || covered, "usable {usable} n {n} byte {i}");
+                    if covered {
+                        assert_eq!(slot.0[n + i], canary.to_ne_bytes()[i], "usable {usable} n {n} byte {i}");
+                        assert_ne!(slot.0[n + i], 0);
+                    }
                 }
             }
         }
