@@ -250,15 +250,20 @@ impl KmemCache {
             s.bump = 0;
             s.nr_free = 0;
             s.freelist = ptr::null_mut();
-            // No tail known: the secure build's shuffled list below is
-            // walked the one time a refill splices it behind another piece.
             s.span = 0;
             // The secure build hands fresh slots out in random order: all
-            // of them on the free list at once, as if all were freed.
+            // of them on the free list at once, as if all were freed, its
+            // last slot known (a refill that joins the list behind another
+            // piece walked it, a dependent load and a link check per slot:
+            // sh8bench, whose slabs come and go, took 9.6 to 10.3 s with
+            // the walk and 9.2 to 9.6 s without, three runs each).
             #[cfg(feature = "secure")]
             {
                 let objects = self.info.objects as usize;
-                s.freelist = super::shuffle::link_fresh_slots(page::page_address(head), objects, self.info.size as usize);
+                let (list, tail) =
+                    super::shuffle::link_fresh_slots(page::page_address(head), objects, self.info.size as usize);
+                s.freelist = list;
+                set_free_tail(head, tail);
                 s.bump = objects as u16;
                 s.nr_free = objects as u16;
             }

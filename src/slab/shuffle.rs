@@ -32,7 +32,9 @@ fn next_random() -> u64 {
 }
 
 /// Links the `objects` slots of `size` bytes from `base` into one free
-/// list in random order, each marked free, and returns its head.
+/// list in random order, each marked free, and returns its head and its
+/// last slot (which the slab keeps, so that a refill that joins the list
+/// behind another links it without walking it).
 ///
 /// The order is drawn first (on the stack); the slots are then written in
 /// address order, each with the slot that follows it in the drawn order,
@@ -64,7 +66,7 @@ fn next_random() -> u64 {
 /// # Safety
 /// `[base, base + objects * size)` is a fresh slab nobody else uses;
 /// `objects >= 1`, `size >= 16`.
-pub unsafe fn link_fresh_slots(base: usize, objects: usize, size: usize) -> *mut u8 {
+pub unsafe fn link_fresh_slots(base: usize, objects: usize, size: usize) -> (*mut u8, *mut u8) {
     let seed = next_random() ^ (base as u64).rotate_left(29);
     let slot = |i: usize| (base + i * size) as *mut u8;
     let key = link::key();
@@ -104,14 +106,18 @@ pub unsafe fn link_fresh_slots(base: usize, objects: usize, size: usize) -> *mut
             // Slot by slot, front to back, each slot's address one step
             // on from the last.
             let mut at = base;
+            let mut last = base;
             for &next in core::slice::from_raw_parts(after, objects) {
                 let next = next as usize;
                 let to = if next != head { base + next * size } else { 0 };
+                if to == 0 {
+                    last = at;
+                }
                 link::set_next_keyed(at as *mut u8, to as *mut u8, key);
                 link::set_marked_free(at as *mut u8);
                 at += size;
             }
-            return slot(head);
+            return (slot(head), last as *mut u8);
         }
     }
     // The affine order `a * k + b mod objects`: slot `s` is followed by
@@ -129,7 +135,7 @@ pub unsafe fn link_fresh_slots(base: usize, objects: usize, size: usize) -> *mut
         let next = if s + a >= objects { s + a - objects } else { s + a };
         link(s, (s != last).then_some(next));
     }
-    slot(b)
+    (slot(b), slot(last))
 }
 
 fn gcd(mut a: usize, mut b: usize) -> usize {
@@ -144,8 +150,9 @@ mod tests {
     use super::*;
 
     /// Every slot is on the list exactly once, the list ends after the
-    /// last, and the order is not the slots' address order, for slabs of
-    /// both kinds of order (shuffled and affine).
+    /// last, the tail returned is that last slot, and the order is not the
+    /// slots' address order, for slabs of both kinds of order (shuffled
+    /// and affine).
     #[test]
     fn every_slot_once_in_random_order() {
         let slabs = [(1usize, 16usize), (2, 16), (3, 48), (100, 80), (SHUFFLE_MAX, 16), (SHUFFLE_MAX + 1, 16), (4096, 16), (4095, 32)];
@@ -153,12 +160,15 @@ mod tests {
             let mut slab = vec![0u128; objects * size / 16];
             let base = slab.as_mut_ptr() as usize;
             // SAFETY: a buffer of `objects` slots of `size` bytes, ours.
-            let mut p = unsafe { link_fresh_slots(base, objects, size) };
+            let (mut p, tail) = unsafe { link_fresh_slots(base, objects, size) };
             let mut seen = vec![false; objects];
             let mut in_order = 0;
             let mut previous = None;
             while !p.is_null() {
                 let i = (p as usize - base) / size;
+                if previous.is_some_and(|j: usize| base + j * size == tail as usize) {
+                    panic!("{objects}: the list goes on past its tail");
+                }
                 assert_eq!(p as usize, base + i * size, "{objects}: not a slot start");
                 assert!(!seen[i], "{objects}: slot {i} twice");
                 seen[i] = true;
@@ -176,6 +186,7 @@ mod tests {
                 p = (word ^ link::key() ^ mixed) as *mut u8;
             }
             assert!(seen.iter().all(|&s| s), "{objects}: a slot left out");
+            assert_eq!(previous.map(|j| base + j * size), Some(tail as usize), "{objects}: the tail is not the last slot");
             // A random order of `n` slots is the address order once in
             // `n!` (for 3, one run in six failed here), so only slabs of
             // 8 slots or more are held to it.
