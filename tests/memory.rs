@@ -135,6 +135,17 @@ fn churn_gives_back_in_few_system_calls() {
 }
 
 #[test]
+fn kept_empty_slabs_serve_other_sizes_before_the_heap_grows() {
+    // 48 MiB of empty slabs kept by 24 caches, then 48 MiB of objects of
+    // another size: the buddy allocator takes the kept slabs back before
+    // it maps a chunk. (Without that, the heap grew by the whole 48 MiB.)
+    let v = values(&run_memory(&["reuse"], &[]));
+    let (freed, others) = (v["arena_freed"], v["arena_others"]);
+    assert!(freed >= 48 << 20, "the objects took {freed} bytes of heap");
+    assert!(others <= freed + (8 << 20), "the heap grew from {freed} to {others} bytes for the other objects");
+}
+
+#[test]
 fn malloc_trim_gives_everything_back_and_says_so() {
     let v = values(&run_memory(&["trim"], &[]));
     assert_eq!(v["trim_returned"], 1);

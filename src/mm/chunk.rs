@@ -43,6 +43,9 @@ pub(super) fn grow(order: usize) -> bool {
     if ZONE.lock().can_alloc(order) {
         return true; // another thread grew the zone meanwhile
     }
+    if super::reclaim::shrink_before_growth() != 0 && ZONE.lock().can_alloc(order) {
+        return true; // kept empty slabs came back
+    }
     let Some(desc) = DESCS_AHEAD.take(CHUNK_DESC_SIZE, CHUNK_DESC_ALIGN) else { return false };
     let Some((base, source)) = map_chunk() else {
         // SAFETY: mapped just now, unused.

@@ -160,6 +160,24 @@ pub fn decay_now(now_ms: u32) -> usize {
     shrunk + (release(ReleaseFilter::idle_for(Some(period), now_ms)) >> PAGE_SHIFT)
 }
 
+/// Before the zone grows by a chunk: every shrinker gives back what it
+/// holds (the slab caches' empty slabs, all of which the default build
+/// keeps), and the per-CPU page lists go back to the zone, so pages a
+/// size class no longer uses serve the request before the heap maps
+/// more; nothing goes back to the kernel. Skipped while a caller holds a
+/// lock a shrinker may need ([`defer_decay`]). Returns the pages the
+/// shrinkers gave back.
+pub fn shrink_before_growth() -> usize {
+    if DECAY_DEFERRED.load(Ordering::Acquire) != 0 {
+        return 0;
+    }
+    let shrunk = run_shrinkers(ShrinkControl { now_ms: clock_ms(), min_age_ms: None });
+    if shrunk != 0 {
+        pcp::drain_all();
+    }
+    shrunk
+}
+
 /// Runs every shrinker for everything it holds (for `malloc_trim`).
 pub fn shrink_all() -> usize {
     run_shrinkers(ShrinkControl { now_ms: clock_ms(), min_age_ms: None })

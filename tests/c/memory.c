@@ -12,6 +12,12 @@
  *                           RSS, then a pause longer than the decay period,
  *                           then some page-level work (which runs the
  *                           decay), then RSS again
+ *   memory reuse            2 MiB of objects in each of 24 size classes,
+ *                           written, all freed (each class's empty slabs
+ *                           fit what its cache keeps), then 48 MiB of
+ *                           objects of 2000 bytes, written: prints the
+ *                           heap's mapped bytes (mallinfo2's arena) after
+ *                           the frees and after the new objects
  *   memory trim             the same, then malloc_trim(0) instead of the
  *                           pause; prints what malloc_trim returned
  *   memory churn SLOTS STEPS  two threads, each keeping SLOTS blocks live;
@@ -225,6 +231,24 @@ int main(int argc, char **argv)
         for (int i = 0; i < 200; i++)
             free(hidep(malloc(hide(40000))));
         printf("rss_after %ld\n", rss_kib());
+    } else if (!strcmp(mode, "reuse")) {
+        size_t n = 0;
+        for (size_t size = 32; size <= 768; size += 32)
+            for (size_t i = 0; i < ((size_t)2 << 20) / size; i++) {
+                objects[n] = malloc(hide(size));
+                memset(objects[n++], 0x5a, size);
+            }
+        for (size_t i = 0; i < n; i++)
+            free(objects[i]);
+        printf("arena_freed %zu\n", mallinfo2().arena);
+        size_t others = ((size_t)48 << 20) / 2000;
+        for (size_t i = 0; i < others; i++) {
+            objects[i] = malloc(hide(2000));
+            memset(objects[i], 0xa5, 2000);
+        }
+        printf("arena_others %zu\n", mallinfo2().arena);
+        for (size_t i = 0; i < others; i++)
+            free(objects[i]);
     } else if (!strcmp(mode, "trim")) {
         fill_and_free(256, 64 << 20);
         int first = malloc_trim(0);
