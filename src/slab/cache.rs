@@ -10,8 +10,8 @@
 //! - `slabs_full`: `inuse == objects`;
 //! - `slabs_partial`: `0 < inuse < objects` — allocation takes from here;
 //! - `slabs_empty`: `inuse == 0`, up to [`EMPTY_RESERVE_BYTES`] of them
-//!   kept (at least one); the rest go back to the buddy allocator at
-//!   once, and the reserve too once it has sat unused for a decay period,
+//!   kept in a cache of one-page slabs, one in any other; the rest go
+//!   back to the buddy allocator at once, and the reserve too once it has sat unused for a decay period,
 //!   or when the buddy allocator would otherwise grow ([`super::shrink_idle`],
 //!   a buddy shrinker). A slab going back has its objects' link and
 //!   free-mark words cleared first (`release_slab`).
@@ -38,17 +38,21 @@ use crate::mm::hooks::{self, PageUse};
 use crate::os::sync::Mutex;
 use core::ptr;
 
-/// Bytes of empty slabs a cache keeps for reuse before it gives more back
-/// to the buddy allocator; at least one slab is kept.
+/// Bytes of empty one-page slabs a cache keeps for reuse before it gives
+/// more back to the buddy allocator; a cache of larger slabs keeps one.
 ///
-/// The default build keeps 2 MiB (512 slabs of one page): a program that
-/// frees a burst of objects and then allocates the next burst otherwise
-/// sends each slab back to the buddy allocator and takes it again,
-/// clearing its objects' words on the way out, with the page-table
-/// shadow's records of both moves, where a kept slab is taken back as it
-/// is. sh8benchN (two threads) made 2.78 million slabs in 3.8 s with one
-/// kept and 40 000 in 2.9 s with 512 (64 kept changed nothing: its bursts
-/// are hundreds of slabs). Kept slabs still go back after a decay period
+/// The default build's caches of one-page slabs (objects of up to 1 KiB
+/// or so) keep 2 MiB, 512 slabs: a program that frees a burst of small
+/// objects and then allocates the next burst otherwise sends each slab
+/// back to the buddy allocator and takes it again, clearing its objects'
+/// words on the way out, with the page-table shadow's records of both
+/// moves, where a kept slab is taken back as it is. sh8benchN (two
+/// threads) made 2.78 million slabs in 3.8 s with one kept and 40 000 in
+/// 2.9 s with 512 (64 changed nothing: its bursts are hundreds of slabs).
+/// Caches of larger slabs keep one: with 2 MiB for every cache,
+/// rptestN's peak RSS went from 11.8 to 23.2 MiB in one run (its sizes
+/// spread over many classes of few objects per slab) and mstressN's
+/// from 16.1 to 19.3 MiB. Kept slabs still go back after a decay period
 /// unused, at `malloc_trim`, and before the buddy allocator maps a new
 /// chunk (`mm::reclaim::shrink_before_growth`), so another size class or
 /// a page run gets their pages before the heap grows.
@@ -378,10 +382,14 @@ impl KmemCache {
         ptr::null_mut()
     }
 
-    /// Empty slabs the cache keeps ([`EMPTY_RESERVE_BYTES`], at least one).
+    /// Empty slabs the cache keeps ([`EMPTY_RESERVE_BYTES`] of one-page
+    /// slabs, else one).
     #[inline]
     fn empty_reserve(&self) -> usize {
-        (EMPTY_RESERVE_BYTES >> (os::PAGE_SHIFT + self.info.order as u32)).max(1)
+        if self.info.order != 0 {
+            return 1;
+        }
+        (EMPTY_RESERVE_BYTES >> os::PAGE_SHIFT).max(1)
     }
 
     /// Unlinks up to `out.len()` reserved empty slabs into `out`, so the
