@@ -820,9 +820,11 @@ fn small_release(tc: *mut magazine::ThreadCache, k: Drawn, p: usize, tag: u16, u
         // stays a slab of that class and node (a page the heap profile
         // diverts since was not diverted when the object was freed, so
         // the object is no sample; see `heap::free_other`).
+        // The pattern just checked holds the fill word where the free
+        // mark would be, so the push reads no mark.
         let local = (tag as u32 ^ (*tc).node_tag()) as usize;
         if local <= NR_CLASSES && magazine::has_room(tc, local) {
-            magazine::free_local(tc, p as *mut u8, local, heap::ensure_init);
+            magazine::push_unmarked(tc, p as *mut u8, local);
         } else {
             heap::free(p as *mut u8);
         }

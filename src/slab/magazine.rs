@@ -733,22 +733,34 @@ pub unsafe fn has_room(tc: *mut ThreadCache, user_class: usize) -> bool {
 /// given up.
 #[inline(always)]
 pub unsafe fn free_local(tc: *mut ThreadCache, object: *mut u8, user_class: usize, set_up: SetUp) {
+    // SAFETY: as in `alloc`; the object is ours to read and link.
+    unsafe {
+        let mark = link::mark_of(object, (*tc).key);
+        if key_slot(object).read() != mark {
+            return push_unmarked(tc, object, user_class);
+        }
+        free_slow(object, user_class, set_up)
+    }
+}
+
+/// [`free_local`] of an object the caller knows does not carry the free
+/// mark: the secure build's quarantine, whose check of the object's
+/// pattern has just seen its second word hold the fill word, pushes it
+/// without reading the mark again.
+///
+/// # Safety
+/// As [`free_local`]; the object's second word is not its free mark.
+#[inline(always)]
+pub unsafe fn push_unmarked(tc: *mut ThreadCache, object: *mut u8, user_class: usize) {
     // SAFETY: as in `alloc`; the object is ours to link.
     unsafe {
         let head = (*tc).heads.as_mut_ptr().add(user_class);
         let word = (*tc).words.as_mut_ptr().add(user_class);
-        let key = (*tc).key;
-        let link_key = (*tc).link_key;
         debug_assert!(*word & ROOM != 0, "free_local without room");
-        let mark = link::mark_of(object, key);
-        if key_slot(object).read() != mark {
-            key_slot(object).write(mark);
-            link::set_next_keyed(object, *head, link_key);
-            *head = object;
-            *word -= 1;
-            return;
-        }
-        free_slow(object, user_class, set_up)
+        key_slot(object).write(link::mark_of(object, (*tc).key));
+        link::set_next_keyed(object, *head, (*tc).link_key);
+        *head = object;
+        *word -= 1;
     }
 }
 
