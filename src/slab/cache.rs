@@ -66,7 +66,11 @@ use core::ptr;
 pub const EMPTY_RESERVE_BYTES: usize = 2 << 20;
 /// See above.
 #[cfg(feature = "secure")]
-pub const EMPTY_RESERVE_BYTES: usize = 0;
+pub const EMPTY_RESERVE_BYTES: usize = os::PAGE_SIZE;
+
+/// Empty slabs a cache of one-page slabs keeps.
+const ONE_PAGE_RESERVE: usize = EMPTY_RESERVE_BYTES >> os::PAGE_SHIFT;
+const _: () = assert!(ONE_PAGE_RESERVE >= 1);
 
 /// One slab cache.
 pub struct KmemCache {
@@ -389,7 +393,7 @@ impl KmemCache {
         if self.info.order != 0 {
             return 1;
         }
-        (EMPTY_RESERVE_BYTES >> os::PAGE_SHIFT).max(1)
+        ONE_PAGE_RESERVE
     }
 
     /// Unlinks up to `out.len()` reserved empty slabs into `out`, so the
