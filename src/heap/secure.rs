@@ -17,7 +17,8 @@
 //! - **Quarantine**: a freed small object is filled with a keyed pattern
 //!   over its first [`PATTERN_BYTES`] (the whole slot for requests of up
 //!   to 56 bytes, the first 64 bytes of larger ones; its first word a
-//!   free mark, so a second `free` of it is a double free) and waits in a bounded ring of the freeing thread
+//!   free mark, so a second `free` of it is a double free) and waits in
+//!   a bounded ring of the freeing thread
 //!   ([`SMALL_RING`] objects, [`SMALL_RING_BYTES`] bytes) before it goes
 //!   back to the heap; when it leaves, the pattern is checked, so a write
 //!   after free there is caught before the object is reused. The ring is
@@ -664,8 +665,9 @@ extern "C" fn thread_exit(arg: *mut libc::c_void) {
 /// slot of up to 64 bytes (requests of up to 56 bytes) is filled and
 /// checked whole, a larger one its first 64 bytes, where a dangling
 /// pointer's fields (links, counts, vtable pointers) mostly lie, and
-/// whose first line `free` has read anyway (the free marks). Each further line is a
-/// read-for-ownership of a cold line on `free`: the whole slot cost a
+/// whose first line `free` has read anyway (the free marks). Each
+/// further line is a read-for-ownership of a cold line on `free`: the
+/// whole slot cost a
 /// quarter of all the instructions of a workload of objects of 8 to 1024
 /// bytes (larson, callgrind), and the first 256 bytes still made larson's
 /// time 2.9 x the default build's where the first 64 make it 2.5 x, and
