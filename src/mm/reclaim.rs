@@ -171,14 +171,15 @@ pub fn shrink_before_growth() -> usize {
     if DECAY_DEFERRED.load(Ordering::Acquire) != 0 {
         return 0;
     }
-    let shrunk = run_shrinkers(ShrinkControl { now_ms: clock_ms(), min_age_ms: None });
+    let shrunk = shrink_all();
     if shrunk != 0 {
         pcp::drain_all();
     }
     shrunk
 }
 
-/// Runs every shrinker for everything it holds (for `malloc_trim`).
+/// Runs every shrinker for everything it holds (for `malloc_trim`, and
+/// before the zone grows: [`shrink_before_growth`]).
 pub fn shrink_all() -> usize {
     run_shrinkers(ShrinkControl { now_ms: clock_ms(), min_age_ms: None })
 }
