@@ -41,32 +41,32 @@ use core::ptr;
 /// Bytes of empty one-page slabs a cache keeps for reuse before it gives
 /// more back to the buddy allocator; a cache of larger slabs keeps one.
 ///
-/// The default build's caches of one-page slabs (objects of up to 1 KiB
-/// or so) keep 2 MiB, 512 slabs: a program that frees a burst of small
-/// objects and then allocates the next burst otherwise sends each slab
-/// back to the buddy allocator and takes it again, clearing its objects'
-/// words on the way out, with the page-table shadow's records of both
-/// moves, where a kept slab is taken back as it is. sh8benchN (two
-/// threads) made 2.78 million slabs in 3.8 s with one kept and 40 000 in
-/// 2.9 s with 512 (64 changed nothing: its bursts are hundreds of slabs).
-/// Caches of larger slabs keep one: with 2 MiB for every cache,
-/// rptestN's peak RSS went from 11.8 to 23.2 MiB in one run (its sizes
-/// spread over many classes of few objects per slab) and mstressN's
-/// from 16.1 to 19.3 MiB. Kept slabs still go back after a decay period
-/// unused, at `malloc_trim`, and before the buddy allocator maps a new
-/// chunk (`mm::reclaim::shrink_before_growth`), so another size class or
-/// a page run gets their pages before the heap grows.
+/// Caches of one-page slabs (objects of up to 1 KiB or so) keep 2 MiB,
+/// 512 slabs: a program that frees a burst of small objects and then
+/// allocates the next burst otherwise sends each slab back to the buddy
+/// allocator and takes it again, clearing its objects' words on the way
+/// out, with the page-table shadow's records of both moves, where a kept
+/// slab is taken back as it is. sh8benchN (two threads) made 2.78
+/// million slabs in 3.8 s with one kept, and makes 0.95 million in 3.1
+/// to 3.3 s with 512 (its bursts of 16-byte objects are about 1 700
+/// slabs: with 32 MiB it made 51 000 in 2.9 s, for 5 to 9 % more peak
+/// RSS; two runs each). Caches of larger slabs keep one: with 2 MiB for
+/// every cache, rptestN's peak RSS went from 11.8 to 23.2 MiB in one run
+/// (its sizes spread over many classes of few objects per slab) and
+/// mstressN's from 16.1 to 19.3 MiB. Kept slabs still go back after a
+/// decay period unused, at `malloc_trim`, and before the buddy allocator
+/// maps a new chunk (`mm::reclaim::shrink_before_growth`), so another
+/// size class or a page run gets their pages before the heap grows.
 ///
-/// The secure build keeps one: a kept slab hands its slots out in the
-/// order the program freed them, a fresh one in a random order (see
-/// `shuffle`), and a kept slab's objects come back cold where a fresh
-/// one's were just written (sh8benchN took 10 s with one kept and 12 to
-/// 13.5 s with all of them, two runs each).
-#[cfg(not(feature = "secure"))]
+/// The secure build keeps as many, and shuffles a kept slab's slots
+/// again each time it is taken back into use (`KmemCache::shuffle_slots`):
+/// xmalloc-testN's `rtime` went from 3.5 to 3.8 s with one kept to 3.1
+/// to 3.3 s (four interleaved runs each). Kept as they were, without
+/// the second shuffle, all of a cache's empty slabs made sh8benchN take
+/// 12 to 13.5 s where one took 10 s: their slots came back in the order
+/// the program freed them, cold, where a fresh slab's had just been
+/// written.
 pub const EMPTY_RESERVE_BYTES: usize = 2 << 20;
-/// See above.
-#[cfg(feature = "secure")]
-pub const EMPTY_RESERVE_BYTES: usize = os::PAGE_SIZE;
 
 /// Empty slabs a cache of one-page slabs keeps.
 const ONE_PAGE_RESERVE: usize = EMPTY_RESERVE_BYTES >> os::PAGE_SHIFT;
@@ -170,8 +170,12 @@ impl KmemCache {
             // SAFETY: slabs on our lists are live.
             slab = unsafe { self.slabs_empty.pop_front() };
             if !slab.is_null() {
-                // SAFETY: just unlinked.
-                unsafe { self.slabs_partial.push_front(slab) };
+                // SAFETY: just unlinked; none of its slots is handed out.
+                unsafe {
+                    #[cfg(feature = "secure")]
+                    self.shuffle_slots(slab);
+                    self.slabs_partial.push_front(slab);
+                }
             }
         }
         slab
@@ -283,25 +287,40 @@ impl KmemCache {
             s.nr_free = 0;
             s.freelist = ptr::null_mut();
             s.span = 0;
-            // The secure build hands fresh slots out in random order: all
-            // of them on the free list at once, as if all were freed, its
-            // last slot known (a refill that joins the list behind another
-            // piece walked it, a dependent load and a link check per slot:
-            // sh8bench, whose slabs come and go, took 9.6 to 10.3 s with
-            // the walk and 9.2 to 9.6 s without, three runs each).
             #[cfg(feature = "secure")]
-            {
-                let objects = self.info.objects as usize;
-                let (list, tail) =
-                    super::shuffle::link_fresh_slots(page::page_address(head), objects, self.info.size as usize);
-                s.freelist = list;
-                set_free_tail(head, tail);
-                s.bump = objects as u16;
-                s.nr_free = objects as u16;
-            }
+            self.shuffle_slots(head);
             self.slabs_partial.push_front(head);
         }
         self.nr_slabs += 1;
+    }
+
+    /// The secure build hands a slab's slots out in random order: all of
+    /// them on the free list at once, as if all were freed, its last slot
+    /// known (a refill that joins the list behind another piece walked
+    /// it, a dependent load and a link check per slot: sh8bench, whose
+    /// slabs come and go, took 9.6 to 10.3 s with the walk and 9.2 to 9.6
+    /// s without, three runs each). A fresh slab is shuffled when it is
+    /// made, a kept empty one each time it is taken back into use: its
+    /// free list is otherwise the order the program freed its slots in,
+    /// which the program chose, and cold, a dependent miss per object
+    /// handed out, where the relinking writes the slab front to back.
+    ///
+    /// # Safety
+    /// `head` heads a slab of this cache none of whose slots is handed
+    /// out, on no list.
+    #[cfg(feature = "secure")]
+    unsafe fn shuffle_slots(&self, head: *mut Page) {
+        let objects = self.info.objects as usize;
+        // SAFETY: per the caller, every slot is ours to relink.
+        unsafe {
+            let (list, tail) =
+                super::shuffle::link_fresh_slots(page::page_address(head), objects, self.info.size as usize);
+            let s = &mut *head;
+            s.freelist = list;
+            set_free_tail(head, tail);
+            s.bump = objects as u16;
+            s.nr_free = objects as u16;
+        }
     }
 
     /// Returns `object` to `slab`. Returns a slab to give back to the
@@ -843,14 +862,13 @@ mod tests {
         cache.lock().check();
         assert_eq!(cache.lock().active_objs, 0);
         {
-            // Every slab left is an empty one kept: all of them in the
-            // default build (they are fewer than its reserve), one in the
-            // secure build.
+            // Every slab left is an empty one kept: all of them (they are
+            // fewer than the reserve).
             let c = cache.lock();
             assert_eq!(c.slabs_empty.len(), c.nr_slabs);
             let used = 1000usize.div_ceil(c.info.objects as usize);
             assert_eq!(c.nr_slabs, used.min(c.empty_reserve()));
-            assert!(cfg!(feature = "secure") || c.nr_slabs > 1, "the default build keeps more than one");
+            assert!(c.nr_slabs > 1, "a cache of one-page slabs keeps more than one");
         }
         let _ = slab;
         shrink(&cache);
@@ -903,6 +921,49 @@ mod tests {
                 unsafe { mm::free_pages(block, info.order as usize) };
             }
         }
+    }
+
+    /// The secure build shuffles a kept empty slab again when it is taken
+    /// back: its slots come out in neither the order they were freed in
+    /// nor its reverse, nor the order of the slab's first use, every slot
+    /// once, and the cache's lists stay consistent (free list length,
+    /// tail, marks).
+    #[cfg(feature = "secure")]
+    #[test]
+    fn a_kept_slab_is_shuffled_again_when_taken_back() {
+        crate::heap::ensure_init();
+        let info = CLASSES[crate::slab::class_of(48)];
+        let objects = info.objects as usize;
+        assert!(objects >= 32 && info.order == 0, "a one-page slab of many slots");
+        let cache = Mutex::new(KmemCache::new(204, info));
+        let first: Vec<*mut u8> = (0..objects).map(|_| alloc(&cache)).collect();
+        let slab = head_of(first[0]);
+        assert!(first.iter().all(|&p| head_of(p) == slab), "one slab's slots");
+        let mut freed = first.clone();
+        freed.sort();
+        for &p in &freed {
+            // SAFETY: live objects of `cache`, each freed once.
+            unsafe { free(&cache, slab, p) };
+        }
+        {
+            let c = cache.lock();
+            c.check();
+            assert_eq!((c.slabs_empty.len(), c.nr_slabs), (1, 1), "the empty slab is kept");
+        }
+        let again: Vec<*mut u8> = (0..objects).map(|_| alloc(&cache)).collect();
+        cache.lock().check();
+        let mut sorted = again.clone();
+        sorted.sort();
+        assert_eq!(sorted, freed, "the kept slab hands out each of its slots once");
+        let reversed: Vec<*mut u8> = freed.iter().rev().copied().collect();
+        assert!(again != freed && again != reversed, "slots come back in the order they were freed");
+        assert!(again != first, "slots come back in the order of the slab's first use");
+        for &p in &again {
+            // SAFETY: live objects of `cache`, each freed once.
+            unsafe { free(&cache, slab, p) };
+        }
+        shrink(&cache);
+        assert_eq!(cache.lock().nr_slabs, 0);
     }
 
     fn head_of(object: *mut u8) -> *mut Page {
