@@ -88,10 +88,16 @@ pub(super) fn check_slot_start(what: &'static [u8], p: *mut u8, user_class: usiz
 /// be handed out again.
 #[inline]
 pub(super) fn check_not_freed(what: &'static [u8], p: *mut u8) {
-    // SAFETY: `p` starts a slot of a slab (checked by `owner_of`), at
-    // least 16 bytes.
+    check_not_freed_as(what, b"double free detected (the block is free)", p)
+}
+
+/// [`check_not_freed`] printing `why` for a free object.
+#[inline]
+pub(super) fn check_not_freed_as(what: &'static [u8], why: &'static [u8], p: *mut u8) {
+    // SAFETY: `p` starts a slot of a slab (checked by `owner_of`, or the
+    // caller), at least 16 bytes.
     if unsafe { slab::link::is_marked_free(p) } {
-        bad_pointer(what, b"double free detected (the block is free)", p);
+        bad_pointer(what, why, p);
     }
 }
 

@@ -445,14 +445,15 @@ pub fn usable_size_for(p: *mut u8, what: &'static [u8]) -> usize {
 
 /// The slot size of `p` when it lies in a slab, checked as
 /// [`usable_size_for`] checks a slab object (the process stops, naming
-/// `what`, for a pointer inside an object or a free one); `None`, with no
+/// `what`, for a pointer inside an object, or `why_free` for a free one:
+/// one that carries the free mark); `None`, with no
 /// check, for anything else (a page run, its tail pages, a large block, a
 /// foreign pointer), which the caller checks by its own means. One page
 /// descriptor read answers both "is it a slab object" and "which class":
 /// a layer above the heap that asks both before it reads the block pays
 /// for one lookup.
 #[inline]
-pub fn slab_usable_for(p: *mut u8, what: &'static [u8]) -> Option<usize> {
+pub fn slab_usable_for(p: *mut u8, what: &'static [u8], why_free: &'static [u8]) -> Option<usize> {
     let desc = page::page_of(p as usize);
     if desc.is_null() {
         return None;
@@ -472,7 +473,7 @@ pub fn slab_usable_for(p: *mut u8, what: &'static [u8]) -> Option<usize> {
         }
     };
     check::check_slot_start(what, p, class + 1);
-    check_not_freed(what, p);
+    check::check_not_freed_as(what, why_free, p);
     Some(size_of_class(class))
 }
 

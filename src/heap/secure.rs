@@ -16,8 +16,9 @@
 //!   is not told it may write the slack.
 //! - **Quarantine**: a freed small object is filled with a keyed pattern
 //!   over its first [`PATTERN_BYTES`] (the whole slot for requests of up
-//!   to 56 bytes, the first 64 bytes of larger ones; its first word a
-//!   free mark, so a second `free` of it is a double free) and waits in
+//!   to 56 bytes, the first 64 bytes of larger ones; its second word the
+//!   heap's free mark, so a second `free` of it is a double free, which
+//!   the heap's own check of the mark finds) and waits in
 //!   a bounded ring of the freeing thread
 //!   ([`SMALL_RING`] objects, [`SMALL_RING_BYTES`] bytes) before it goes
 //!   back to the heap; when it leaves, the pattern is checked, so a write
@@ -120,19 +121,17 @@ const RANDOM_PAD_PAGES: usize = 16;
 #[repr(C)]
 struct Keys {
     /// The secret every tag and canary is derived from; 0 until drawn,
-    /// and written last (after the other two).
+    /// and written last (after the fill word).
     block: AtomicUsize,
-    /// The quarantine's free mark key: a quarantined small object's first
-    /// word is this XORed with its address ([`freed_mark`]).
-    mark: AtomicUsize,
-    /// The word a quarantined small object is filled with past its mark.
+    /// The word a quarantined object is filled with (but for a small
+    /// object's free mark, see [`fill_freed`]).
     fill: AtomicUsize,
     /// The random value the three are derived from; 0 until drawn.
     seed: AtomicUsize,
 }
 
 static KEYS: Keys =
-    Keys { block: AtomicUsize::new(0), mark: AtomicUsize::new(0), fill: AtomicUsize::new(0), seed: AtomicUsize::new(0) };
+    Keys { block: AtomicUsize::new(0), fill: AtomicUsize::new(0), seed: AtomicUsize::new(0) };
 
 /// The block key, drawn on first use.
 #[inline]
@@ -154,9 +153,9 @@ fn key_drawn() -> usize {
 }
 
 /// Draws the seed once (the first thread to publish one wins) and
-/// derives the three keys from it. Racing threads derive the same keys
-/// from the one seed, so their stores agree; the block key goes last, so
-/// a thread that reads it non-zero reads the other two written.
+/// derives the two keys from it. Racing threads derive the same keys from
+/// the one seed, so their stores agree; the block key goes last, so a
+/// thread that reads it non-zero reads the fill word written.
 #[cold]
 fn draw_key() -> usize {
     let fresh = os::random_u64().unwrap_or(0x243f_6a88_85a3_08d3 ^ os::monotonic_ns()) as usize | 1;
@@ -164,42 +163,42 @@ fn draw_key() -> usize {
         Ok(_) => fresh,
         Err(won) => won,
     };
-    KEYS.mark.store(mix(seed ^ 0x5555_5555_5555_5555), Ordering::Relaxed);
     KEYS.fill.store(mix(seed ^ 0xa5a5_a5a5_a5a5_a5a5), Ordering::Relaxed);
     let k = mix(seed) | 1;
     KEYS.block.store(k, Ordering::Release);
     k
 }
 
-/// The quarantine's keys: (mark key, fill word). Only read for an object
-/// this layer has armed, so drawn (see [`key_drawn`]).
+/// The quarantine's fill word. Only read for an object this layer has
+/// armed, so drawn (see [`key_drawn`]).
 #[inline(always)]
-fn quarantine_keys() -> (usize, usize) {
-    (KEYS.mark.load(Ordering::Relaxed), KEYS.fill.load(Ordering::Relaxed))
+fn fill_word() -> usize {
+    KEYS.fill.load(Ordering::Relaxed)
 }
 
-/// The three keys as one `free` reads them: once, at its start, and
-/// handed down to the checks, the fill and the release of the object
-/// leaving the quarantine. Each of those read them itself before (the
-/// compiler merges no atomic loads): the mark and fill words three times
-/// per `free`, six loads more than needed.
+/// The keys as one `free` reads them: once, at its start, and handed
+/// down to the checks, the fill and the release of the object leaving
+/// the quarantine. Each of those read them itself before (the compiler
+/// merges no atomic loads): the mark and fill words three times per
+/// `free`, six loads more than needed.
 #[derive(Clone, Copy)]
 struct Drawn {
     /// [`key_drawn`].
     block: usize,
-    /// The mark key and the fill word ([`quarantine_keys`]).
+    /// The heap's free-mark key (`slab::link::FREE_MARK`).
     mark: usize,
+    /// [`fill_word`].
     fill: usize,
 }
 
 /// The keys for a block this layer has armed (see [`key_drawn`]): the
-/// block key first, with acquire, so the other two read after it are
-/// the drawn ones.
+/// block key first, with acquire, so the fill word read after it is the
+/// drawn one. The free-mark key is drawn with the heap, before any block.
 #[inline(always)]
 fn drawn() -> Drawn {
     let block = key_drawn();
-    let (mark, fill) = quarantine_keys();
-    Drawn { block, mark, fill }
+    let fill = fill_word();
+    Drawn { block, mark: slab::link::FREE_MARK.load(Ordering::Relaxed), fill }
 }
 
 /// A 64-bit mixer (the finaliser of SplitMix64): every input bit moves
@@ -264,14 +263,6 @@ fn big_tag(h: usize, n: usize) -> usize {
 #[inline]
 fn canary_word(h: usize) -> usize {
     h.rotate_left(17) | 0x0101_0101_0101_0101
-}
-
-/// The free mark a quarantined small object at `p` carries in its first
-/// word (`mark_key` from [`quarantine_keys`]): per object, so the bytes of
-/// a quarantined object copied into a live one do not make it look freed.
-#[inline(always)]
-fn freed_mark(mark_key: usize, p: usize) -> usize {
-    mark_key ^ p
 }
 
 #[cold]
@@ -500,18 +491,13 @@ unsafe fn small_check_tail(what: &[u8], p: usize, usable: usize, block_key: usiz
     }
 }
 
-/// Checks the small block at `p` (a live slot of `usable` bytes, 16-byte
-/// aligned) and returns its size. Stops the process when it was freed
-/// (quarantined) or written past its end.
+/// Checks the small block at `p` (a slot of `usable` bytes, 16-byte
+/// aligned, that does not carry the free mark: the heap's check) and
+/// returns its size. Stops the process when it was written past its end.
 #[inline(always)]
 fn small_check(what: &[u8], p: usize, usable: usize, k: Drawn) -> usize {
     // SAFETY: a live slot of `usable` >= 16 bytes (checked by the heap).
-    unsafe {
-        if *(p as *const usize) == freed_mark(k.mark, p) {
-            stop(what, b"double free or use after free (object in quarantine)", p);
-        }
-        small_check_tail(what, p, usable, k.block)
-    }
+    unsafe { small_check_tail(what, p, usable, k.block) }
 }
 
 /// A quarantine: a FIFO of entries `T`, each with its size in bytes,
@@ -584,9 +570,10 @@ impl<T: Copy, const N: usize> Ring<T, N> {
     }
 }
 
-/// The calling thread's small quarantine: a ring of objects (`address`,
-/// page tag; slot bytes) only this thread touches, so a `free` takes no
-/// lock and asks no CPU number. The page tag is the one `free` read
+/// The calling thread's small quarantine: a ring of objects (address and
+/// page tag in one word, see [`entry`]; slot bytes) only this thread
+/// touches, so a `free` takes no lock and asks no CPU number. The page
+/// tag is the one `free` read
 /// (`page::Chunk::tags`: class and node), or 0 when it was not read
 /// there: an object with a tag goes back to the thread's bin of its class
 /// the way the heap's own `free` puts it there, without looking its page
@@ -595,8 +582,23 @@ impl<T: Copy, const N: usize> Ring<T, N> {
 /// once the key's destructor has emptied the ring: frees after that (in
 /// later destructors of the exiting thread) check and release at once.
 struct Local {
-    ring: Ring<(usize, u16), SMALL_RING>,
+    ring: Ring<usize, SMALL_RING>,
     state: usize,
+}
+
+/// The ring's word for the object at `p` with page tag `tag`: the tag in
+/// the 16 bits above a user address (below 2^47). One word where a pair
+/// took two, so the steady-state `free` loads and stores one less, and
+/// keeps one register fewer live across the swap.
+#[inline(always)]
+fn entry(p: usize, tag: u16) -> usize {
+    p | (tag as usize) << 48
+}
+
+/// The object and page tag of a ring's word ([`entry`]).
+#[inline(always)]
+fn entry_parts(e: usize) -> (usize, u16) {
+    (e & ((1 << 48) - 1), (e >> 48) as u16)
 }
 
 const FRESH: usize = 0;
@@ -655,7 +657,8 @@ extern "C" fn thread_exit(arg: *mut libc::c_void) {
     unsafe {
         (*q).state = DEAD;
         let (tc, k) = (magazine::current(), drawn());
-        while let Some(((p, tag), usable)) = (*q).ring.pop() {
+        while let Some((e, usable)) = (*q).ring.pop() {
+            let (p, tag) = entry_parts(e);
             small_release(tc, k, p, tag, usable);
         }
     }
@@ -677,14 +680,19 @@ pub const PATTERN_BYTES: usize = 64;
 
 /// Fills the slot at `p` (`usable` bytes, 16-byte aligned, a multiple of
 /// 16) with the quarantine's pattern, over its first [`PATTERN_BYTES`]:
-/// the free mark, then the fill word.
+/// the fill word, the heap's free mark (where a free object on a list
+/// keeps it, so one test of it, the heap's, finds a second `free` of the
+/// object wherever it is, and the object leaves the quarantine onto a
+/// bin with its mark in place), then the fill word again. A mark of its
+/// own in the first word cost the quarantine a test on every `free` and
+/// a store when the object left.
 ///
 /// # Safety
 /// The slot is live and the caller's to write.
 #[inline(always)]
 unsafe fn fill_freed(p: usize, usable: usize, k: Drawn) {
     // SAFETY: per the caller; `PATTERN_BYTES` is a multiple of 16.
-    unsafe { vector::fill(p, usable.min(PATTERN_BYTES), freed_mark(k.mark, p), k.fill) }
+    unsafe { vector::fill(p, usable.min(PATTERN_BYTES), slab::link::mark_of(p as *mut u8, k.mark), k.fill) }
 }
 
 /// Whether the quarantined slot at `p` (as [`fill_freed`] left it) still
@@ -695,7 +703,7 @@ unsafe fn fill_freed(p: usize, usable: usize, k: Drawn) {
 #[inline(always)]
 unsafe fn holds_freed(p: usize, usable: usize, k: Drawn) -> bool {
     // SAFETY: per the caller; `PATTERN_BYTES` is a multiple of 16.
-    unsafe { vector::holds(p, usable.min(PATTERN_BYTES), freed_mark(k.mark, p), k.fill) }
+    unsafe { vector::holds(p, usable.min(PATTERN_BYTES), slab::link::mark_of(p as *mut u8, k.mark), k.fill) }
 }
 
 /// The quarantine's fill and check, 16 bytes at a time, with no branch
@@ -732,40 +740,40 @@ mod vector {
         }
     }
 
-    /// Writes `first` into the word at `p`, then `word` into every word
-    /// up to `p + len`.
+    /// Writes `word` into every word of `[p, p + len)` but the second,
+    /// which gets `second`.
     ///
     /// # Safety
     /// `[p, p + len)` is writable, `p` 16-byte aligned, `len` a non-zero
     /// multiple of 16, at most `super::PATTERN_BYTES`.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    pub unsafe fn fill(p: usize, len: usize, first: usize, word: usize) {
+    pub unsafe fn fill(p: usize, len: usize, second: usize, word: usize) {
         // SAFETY: SSE2 is part of x86-64; every store is an aligned 16
         // bytes inside the caller's range.
         unsafe {
             let v = _mm_set1_epi64x(word as i64);
-            _mm_store_si128(p as *mut __m128i, _mm_set_epi64x(word as i64, first as i64));
+            _mm_store_si128(p as *mut __m128i, _mm_set_epi64x(second as i64, word as i64));
             pieces(p + 16, p + len, |a| _mm_store_si128(a as *mut __m128i, v));
         }
     }
 
-    /// Whether the word at `p` holds `first` and every word after it up
-    /// to `p + len` holds `word`. Past the first 16 bytes, every word is
-    /// `word` exactly when the AND and the OR of them all are: two
+    /// Whether the second word at `p` holds `second` and every other word
+    /// up to `p + len` holds `word`. Past the first 16 bytes, every word
+    /// is `word` exactly when the AND and the OR of them all are: two
     /// instructions per 16 bytes, each with its load folded in.
     ///
     /// # Safety
     /// As [`fill`], readable.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    pub unsafe fn holds(p: usize, len: usize, first: usize, word: usize) -> bool {
+    pub unsafe fn holds(p: usize, len: usize, second: usize, word: usize) -> bool {
         // SAFETY: SSE2 is part of x86-64; every load is an aligned 16
         // bytes inside the caller's range.
         unsafe {
             let v = _mm_set1_epi64x(word as i64);
             let load = |a: usize| _mm_load_si128(a as *const __m128i);
-            let head = _mm_xor_si128(load(p), _mm_set_epi64x(word as i64, first as i64));
+            let head = _mm_xor_si128(load(p), _mm_set_epi64x(second as i64, word as i64));
             let (mut and, mut or) = (v, v);
             pieces(p + 16, p + len, |a| {
                 and = _mm_and_si128(and, load(a));
@@ -782,11 +790,11 @@ mod vector {
     /// As [`fill`].
     #[cfg(not(target_arch = "x86_64"))]
     #[inline(always)]
-    pub unsafe fn fill(p: usize, len: usize, first: usize, word: usize) {
+    pub unsafe fn fill(p: usize, len: usize, second: usize, word: usize) {
         // SAFETY: per the caller.
         unsafe {
             core::slice::from_raw_parts_mut(p as *mut usize, len / 8).iter_mut().for_each(|w| *w = word);
-            *(p as *mut usize) = first;
+            *((p + 8) as *mut usize) = second;
         }
     }
 
@@ -796,10 +804,10 @@ mod vector {
     /// As [`holds`].
     #[cfg(not(target_arch = "x86_64"))]
     #[inline(always)]
-    pub unsafe fn holds(p: usize, len: usize, first: usize, word: usize) -> bool {
+    pub unsafe fn holds(p: usize, len: usize, second: usize, word: usize) -> bool {
         // SAFETY: per the caller.
         let words = unsafe { core::slice::from_raw_parts(p as *const usize, len / 8) };
-        words[1..].iter().fold(words[0] ^ first, |acc, &w| acc | (w ^ word)) == 0
+        words.iter().enumerate().fold(0, |acc, (i, &w)| acc | (w ^ if i == 1 { second } else { word })) == 0
     }
 }
 
@@ -822,12 +830,14 @@ fn small_release(tc: *mut magazine::ThreadCache, k: Drawn, p: usize, tag: u16, u
         // stays a slab of that class and node (a page the heap profile
         // diverts since was not diverted when the object was freed, so
         // the object is no sample; see `heap::free_other`).
-        // The pattern just checked holds the fill word where the free
-        // mark would be, so the push reads no mark.
+        // The pattern just checked holds the free mark, so the push
+        // neither reads nor writes it; the heap's `free` would take the
+        // mark for a double free, so it goes first there.
         let local = (tag as u32 ^ (*tc).node_tag()) as usize;
         if local <= NR_CLASSES && magazine::has_room(tc, local) {
-            magazine::push_unmarked(tc, p as *mut u8, local);
+            magazine::push_marked(tc, p as *mut u8, local);
         } else {
+            slab::link::mark_slot(p as *mut u8).write(k.fill);
             heap::free(p as *mut u8);
         }
     }
@@ -847,7 +857,8 @@ fn small_quarantine(tc: *mut magazine::ThreadCache, k: Drawn, p: usize, usable: 
         // room for this one. Only an armed ring is ever full (a fresh one
         // is empty, a dead one emptied and never pushed to again), so the
         // state is asked only off this path.
-        if let Some(((o, t), u)) = (*q).ring.swap_oldest((p, tag), usable, SMALL_RING_BYTES) {
+        if let Some((e, u)) = (*q).ring.swap_oldest(entry(p, tag), usable, SMALL_RING_BYTES) {
+            let (o, t) = entry_parts(e);
             return small_release(tc, k, o, t, u);
         }
         quarantine_push(q, p, usable, tag)
@@ -872,10 +883,11 @@ unsafe fn quarantine_push(q: *mut Local, p: usize, usable: usize, tag: u16) {
             return small_release(tc, k, p, tag, usable);
         }
     }
-    let mut evicted = [((0usize, 0u16), 0usize); 4];
+    let mut evicted = [(0usize, 0usize); 4];
     // SAFETY: per the caller.
-    let count = unsafe { (*q).ring.push((p, tag), usable, SMALL_RING_BYTES, &mut evicted) };
-    for &((o, t), u) in &evicted[..count] {
+    let count = unsafe { (*q).ring.push(entry(p, tag), usable, SMALL_RING_BYTES, &mut evicted) };
+    for &(e, u) in &evicted[..count] {
+        let (o, t) = entry_parts(e);
         small_release(tc, k, o, t, u);
     }
 }
@@ -952,7 +964,7 @@ fn run_pattern_spans(p: usize, n: usize) -> [(usize, usize); 2] {
 /// # Safety
 /// The block is live, open, and the caller's to write.
 unsafe fn run_fill(p: usize, n: usize) {
-    let (_, word) = quarantine_keys();
+    let word = fill_word();
     for (start, end) in run_pattern_spans(p, n) {
         // SAFETY: per the caller; the spans lie in the data.
         unsafe { fill(start, end, word) };
@@ -965,7 +977,7 @@ unsafe fn run_fill(p: usize, n: usize) {
 /// `what` that found it; returns the end of its open pages (the data's,
 /// where its guard starts).
 fn run_check(what: &[u8], base: usize, len: usize, p: usize) -> usize {
-    let (_, word) = quarantine_keys();
+    let word = fill_word();
     // SAFETY: the header's page of a freed run of ours, open.
     let (n, tag) = unsafe { (*(base as *const usize), *((base + 8) as *const usize)) };
     // The header says which pages are read: it must be intact first.
@@ -1482,12 +1494,19 @@ enum Block {
     Big { n: usize, base: usize, len: usize },
 }
 
+/// What the process prints when a small object it is handed carries the
+/// free mark (on a list, or in the quarantine): for `free`, and for the
+/// calls that read the block (`realloc`, `malloc_usable_size`).
+const FREED: [&[u8]; 2] =
+    [b"double free detected (the block is free or quarantined)", b"use after free (the block is free or quarantined)"];
+
 fn block_of(what: &'static [u8], p: *mut u8) -> Block {
     let a = p as usize;
     if let Some(slot) = zero_slot(a) {
         return Block::Zero(slot);
     }
-    if let Some(usable) = heap::slab_usable_for(p, what) {
+    let why_free = if what == b"free()" { FREED[0] } else { FREED[1] };
+    if let Some(usable) = heap::slab_usable_for(p, what, why_free) {
         let n = small_check(what, a, usable, drawn());
         return Block::Small { n, usable };
     }
@@ -1554,12 +1573,13 @@ unsafe fn free_tagged(tc: *mut magazine::ThreadCache, p: *mut u8, tag: u16) {
         if !info.is_object_start(a) {
             stop(b"free()", b"invalid pointer (inside an object)", a);
         }
-        // SAFETY: the start of a slot of a user slab, >= 16 bytes.
-        if unsafe { slab::link::is_marked_free(p) } {
-            stop(b"free()", b"double free detected (the block is free)", a);
+        let k = drawn();
+        // SAFETY: the start of a slot of a user slab, >= 16 bytes: its
+        // free mark is there on a list and in the quarantine alike.
+        if unsafe { slab::link::mark_slot(p).read() } == slab::link::mark_of(p, k.mark) {
+            stop(b"free()", FREED[0], a);
         }
         let usable = info.size as usize;
-        let k = drawn();
         small_check(b"free()", a, usable, k);
         return small_quarantine(tc, k, a, usable, tag);
     }
@@ -1857,22 +1877,22 @@ mod tests {
     fn pattern_covers_every_word() {
         #[repr(align(16))]
         struct Slot([usize; PATTERN_BYTES / 8 + 2]);
-        let (first, word) = (0x1234_5678_9abc_def1usize, 0xa5a5_5a5a_0f0f_f0f0usize);
+        let (second, word) = (0x1234_5678_9abc_def1usize, 0xa5a5_5a5a_0f0f_f0f0usize);
         for len in (16..=PATTERN_BYTES).step_by(16) {
             let mut slot = Slot([usize::MAX; PATTERN_BYTES / 8 + 2]);
             let p = slot.0.as_mut_ptr() as usize;
             // SAFETY: `len` bytes of the slot, 16-byte aligned.
-            unsafe { vector::fill(p, len, first, word) };
-            assert_eq!(slot.0[0], first, "len {len}");
-            assert!(slot.0[1..len / 8].iter().all(|&w| w == word), "len {len}");
+            unsafe { vector::fill(p, len, second, word) };
+            assert_eq!((slot.0[0], slot.0[1]), (word, second), "len {len}");
+            assert!(slot.0[2..len / 8].iter().all(|&w| w == word), "len {len}");
             assert!(slot.0[len / 8..].iter().all(|&w| w == usize::MAX), "len {len}: wrote past the end");
             // SAFETY: as above.
-            assert!(unsafe { vector::holds(p, len, first, word) }, "len {len}");
+            assert!(unsafe { vector::holds(p, len, second, word) }, "len {len}");
             for i in 0..len / 8 {
                 for byte in [0, 7] {
                     slot.0[i] ^= 1 << (byte * 8);
                     // SAFETY: as above.
-                    assert!(!unsafe { vector::holds(p, len, first, word) }, "len {len} word {i} byte {byte}");
+                    assert!(!unsafe { vector::holds(p, len, second, word) }, "len {len} word {i} byte {byte}");
                     slot.0[i] ^= 1 << (byte * 8);
                 }
             }
@@ -1921,9 +1941,6 @@ mod tests {
         for bit in 0..64 {
             assert_eq!(size_of_word(a, size_word(a, 64) ^ (1 << bit)), None, "bit {bit}");
         }
-        key();
-        let (mark_key, _) = quarantine_keys();
-        assert_ne!(freed_mark(mark_key, 0x1000), freed_mark(mark_key, 0x1010));
         assert_ne!(canary_word(a), canary_word(b));
     }
 }

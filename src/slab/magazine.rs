@@ -743,21 +743,37 @@ pub unsafe fn free_local(tc: *mut ThreadCache, object: *mut u8, user_class: usiz
     }
 }
 
-/// [`free_local`] of an object the caller knows does not carry the free
-/// mark: the secure build's quarantine, whose check of the object's
-/// pattern has just seen its second word hold the fill word, pushes it
-/// without reading the mark again.
+/// [`free_local`] of an object found not to carry the free mark: marks
+/// it and pushes it.
 ///
 /// # Safety
 /// As [`free_local`]; the object's second word is not its free mark.
 #[inline(always)]
-pub unsafe fn push_unmarked(tc: *mut ThreadCache, object: *mut u8, user_class: usize) {
+unsafe fn push_unmarked(tc: *mut ThreadCache, object: *mut u8, user_class: usize) {
+    // SAFETY: as in `alloc`; the object is ours to write.
+    unsafe {
+        key_slot(object).write(link::mark_of(object, (*tc).key));
+        push_marked(tc, object, user_class);
+    }
+}
+
+/// Pushes `object`, which already carries its free mark, onto the calling
+/// thread's bin of class `user_class - 1`, which has room ([`has_room`]):
+/// the secure build's quarantine, whose pattern holds the mark and whose
+/// check has just read it, links the object leaving it without writing
+/// the mark again.
+///
+/// # Safety
+/// As [`free_local`]; the object's second word is its free mark, and no
+/// list holds it.
+#[inline(always)]
+pub unsafe fn push_marked(tc: *mut ThreadCache, object: *mut u8, user_class: usize) {
     // SAFETY: as in `alloc`; the object is ours to link.
     unsafe {
         let head = (*tc).heads.as_mut_ptr().add(user_class);
         let word = (*tc).words.as_mut_ptr().add(user_class);
         debug_assert!(*word & ROOM != 0, "free_local without room");
-        key_slot(object).write(link::mark_of(object, (*tc).key));
+        debug_assert_eq!(key_slot(object).read(), link::mark_of(object, (*tc).key), "push_marked of an unmarked object");
         link::set_next_keyed(object, *head, (*tc).link_key);
         *head = object;
         *word -= 1;
