@@ -668,11 +668,10 @@ extern "C" fn thread_exit(arg: *mut libc::c_void) {
 /// slot of up to 64 bytes (requests of up to 56 bytes) is filled and
 /// checked whole, a larger one its first 64 bytes, where a dangling
 /// pointer's fields (links, counts, vtable pointers) mostly lie, and
-/// whose first line `free` has read anyway (the free marks). Each
-/// further line is a read-for-ownership of a cold line on `free`: the
-/// whole slot cost a
-/// quarter of all the instructions of a workload of objects of 8 to 1024
-/// bytes (larson, callgrind), and the first 256 bytes still made larson's
+/// whose first line `free` has read anyway (the free mark). Each further
+/// line is a read-for-ownership of a cold line on `free`: the whole slot
+/// cost a quarter of all the instructions of a workload of objects of 8
+/// to 1024 bytes (larson, callgrind), and the first 256 bytes still made larson's
 /// time 2.9 x the default build's where the first 64 make it 2.5 x, and
 /// its sized variant's 3.0 x where they make it 2.1 x (three interleaved
 /// runs each; the other programs moved within their spread).

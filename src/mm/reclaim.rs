@@ -161,8 +161,8 @@ pub fn decay_now(now_ms: u32) -> usize {
 }
 
 /// Before the zone grows by a chunk: every shrinker gives back what it
-/// holds (the slab caches' kept empty slabs, up to 2 MiB a cache in the
-/// default build), and the per-CPU page lists go back to the zone, so
+/// holds (the slab caches' kept empty slabs, up to 2 MiB a cache of
+/// one-page slabs), and the per-CPU page lists go back to the zone, so
 /// pages a size class no longer uses serve the request before the heap
 /// maps more; nothing goes back to the kernel. Skipped while a caller holds a
 /// lock a shrinker may need ([`defer_decay`]). Returns the pages the

@@ -13,8 +13,9 @@
 //!   kept in a cache of one-page slabs, one in any other; the rest go
 //!   back to the buddy allocator at once, and the reserve too once it
 //!   has sat unused for a decay period, or when the buddy allocator
-//!   would otherwise grow ([`super::shrink_idle`], a buddy shrinker). A slab going back has its objects' link and
-//!   free-mark words cleared first (`release_slab`).
+//!   would otherwise grow ([`super::shrink_idle`], a buddy shrinker). A
+//!   slab going back has its objects' link and free-mark words cleared
+//!   first (`release_slab`).
 //!
 //! A slab head also knows the last object of its free list (in `span`,
 //! see `free_tail`), so a refill joins several slabs' lists end to head
