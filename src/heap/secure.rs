@@ -1493,18 +1493,21 @@ enum Block {
     Big { n: usize, base: usize, len: usize },
 }
 
-/// What the process prints when a small object it is handed carries the
-/// free mark (on a list, or in the quarantine): for `free`, and for the
-/// calls that read the block (`realloc`, `malloc_usable_size`).
-const FREED: [&[u8]; 2] =
-    [b"double free detected (the block is free or quarantined)", b"use after free (the block is free or quarantined)"];
+/// What the process prints when a small object handed to `free` carries
+/// the free mark (it is on a list or in the quarantine).
+const FREED_FREE: &[u8] = b"double free detected (the block is free or quarantined)";
+/// The same for the calls that read the block (`realloc`,
+/// `malloc_usable_size`).
+const FREED_READ: &[u8] = b"use after free (the block is free or quarantined)";
 
-fn block_of(what: &'static [u8], p: *mut u8) -> Block {
+/// The live block at `p` (not null), checked, for the call `what`; a
+/// small object that carries the free mark stops the process with
+/// `why_free` ([`FREED_FREE`] or [`FREED_READ`]).
+fn block_of(what: &'static [u8], why_free: &'static [u8], p: *mut u8) -> Block {
     let a = p as usize;
     if let Some(slot) = zero_slot(a) {
         return Block::Zero(slot);
     }
-    let why_free = if what == b"free()" { FREED[0] } else { FREED[1] };
     if let Some(usable) = heap::slab_usable_for(p, what, why_free) {
         let n = small_check(what, a, usable, drawn());
         return Block::Small { n, usable };
@@ -1576,7 +1579,7 @@ unsafe fn free_tagged(tc: *mut magazine::ThreadCache, p: *mut u8, tag: u16) {
         // SAFETY: the start of a slot of a user slab, >= 16 bytes: its
         // free mark is there on a list and in the quarantine alike.
         if unsafe { slab::link::mark_slot(p).read() } == slab::link::mark_of(p, k.mark) {
-            stop(b"free()", FREED[0], a);
+            stop(b"free()", FREED_FREE, a);
         }
         let usable = info.size as usize;
         small_check(b"free()", a, usable, k);
@@ -1593,7 +1596,7 @@ fn free_other(p: *mut u8) {
     if p.is_null() {
         return;
     }
-    match block_of(b"free()", p) {
+    match block_of(b"free()", FREED_FREE, p) {
         Block::Zero(slot) => zero_check(b"free()", p as usize, slot, true),
         Block::Small { usable, .. } => small_quarantine(magazine::current(), drawn(), p as usize, usable, 0),
         Block::Big { n, base, len } => big_free(base, len, p as usize, n),
@@ -1605,7 +1608,7 @@ pub fn usable_size(p: *mut u8) -> usize {
     if p.is_null() {
         return 0;
     }
-    match block_of(b"malloc_usable_size()", p) {
+    match block_of(b"malloc_usable_size()", FREED_READ, p) {
         Block::Zero(slot) => {
             zero_check(b"malloc_usable_size()", p as usize, slot, false);
             0
@@ -1633,7 +1636,7 @@ pub unsafe fn realloc(p: *mut u8, size: usize) -> *mut u8 {
 /// not used.
 pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 {
     let a = p as usize;
-    let block = block_of(b"realloc()", p);
+    let block = block_of(b"realloc()", FREED_READ, p);
     let old = match block {
         Block::Zero(slot) => {
             zero_check(b"realloc()", a, slot, false);
