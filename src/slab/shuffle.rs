@@ -82,9 +82,9 @@ pub unsafe fn link_fresh_slots(base: usize, objects: usize, size: usize) -> (*mu
         // slots of a 4 KiB slab of 64 bytes (callgrind).
         let mut table = core::mem::MaybeUninit::<[u16; SHUFFLE_MAX]>::uninit();
         let after = table.as_mut_ptr().cast::<u16>();
-        // SAFETY: the first `objects <= SHUFFLE_MAX` entries of the table,
-        // each written by the first loop before anything reads it; `j <
-        // i < objects` in the second.
+        // SAFETY: the first `objects <= SHUFFLE_MAX` entries of the table:
+        // entry 0 is written first, entry `i` in step `i`, which reads
+        // only entry `j < i`; the links are written from all of them.
         unsafe {
             // Slot `i` joins the cycle of slots `0..i` after a slot drawn
             // from them: each of the `i` places gives a different cycle,
