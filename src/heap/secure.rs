@@ -1578,7 +1578,7 @@ unsafe fn free_tagged(tc: *mut magazine::ThreadCache, p: *mut u8, tag: u16) {
         let k = drawn();
         // SAFETY: the start of a slot of a user slab, >= 16 bytes: its
         // free mark is there on a list and in the quarantine alike.
-        if unsafe { slab::link::mark_slot(p).read() } == slab::link::mark_of(p, k.mark) {
+        if unsafe { slab::link::is_marked_free_with(p, k.mark) } {
             stop(b"free()", FREED_FREE, a);
         }
         let usable = info.size as usize;

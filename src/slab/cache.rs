@@ -615,7 +615,7 @@ unsafe fn join_pieces(pieces: &[Taken], class: usize, size: usize) -> *mut u8 {
                     // from.
                     unsafe {
                         link::set_next(object, head);
-                        link::mark_slot(object).write(link::mark_of(object, mark));
+                        link::set_marked_free_with(object, mark);
                     }
                     head = object;
                 }

@@ -195,16 +195,26 @@ pub fn mark_of(object: *mut u8, key: usize) -> usize {
     key ^ object as usize
 }
 
-/// Marks `object` free (the secure build's shuffled fresh slots, see
-/// `super::shuffle`).
+/// Marks `object` free under `key` (`FREE_MARK`, read once by a caller
+/// that marks many objects or holds a copy of it).
 ///
 /// # Safety
 /// `object` is a slab object of at least 16 bytes, ours to write.
-#[cfg(feature = "secure")]
-#[inline]
-pub unsafe fn set_marked_free(object: *mut u8) {
+#[inline(always)]
+pub unsafe fn set_marked_free_with(object: *mut u8, key: usize) {
     // SAFETY: per the caller.
-    unsafe { mark_slot(object).write(mark_of(object, FREE_MARK.load(Ordering::Relaxed))) }
+    unsafe { mark_slot(object).write(mark_of(object, key)) }
+}
+
+/// Whether `object` carries its free mark under `key` (`FREE_MARK`, as a
+/// caller that holds a copy of it has it).
+///
+/// # Safety
+/// `object` is a slab object of at least 16 bytes.
+#[inline(always)]
+pub unsafe fn is_marked_free_with(object: *mut u8, key: usize) -> bool {
+    // SAFETY: per the caller.
+    unsafe { mark_slot(object).read() == mark_of(object, key) }
 }
 
 /// Whether `object` carries its free mark: it is free (or the program
@@ -216,7 +226,7 @@ pub unsafe fn set_marked_free(object: *mut u8) {
 #[inline]
 pub unsafe fn is_marked_free(object: *mut u8) -> bool {
     // SAFETY: per the caller.
-    unsafe { mark_slot(object).read() == mark_of(object, FREE_MARK.load(Ordering::Relaxed)) }
+    unsafe { is_marked_free_with(object, FREE_MARK.load(Ordering::Relaxed)) }
 }
 
 /// Clears what a free object kept (link and mark): the object is being

@@ -735,8 +735,7 @@ pub unsafe fn has_room(tc: *mut ThreadCache, user_class: usize) -> bool {
 pub unsafe fn free_local(tc: *mut ThreadCache, object: *mut u8, user_class: usize, set_up: SetUp) {
     // SAFETY: as in `alloc`; the object is ours to read and link.
     unsafe {
-        let mark = link::mark_of(object, (*tc).key);
-        if key_slot(object).read() != mark {
+        if !link::is_marked_free_with(object, (*tc).key) {
             return push_unmarked(tc, object, user_class);
         }
         free_slow(object, user_class, set_up)
@@ -752,7 +751,7 @@ pub unsafe fn free_local(tc: *mut ThreadCache, object: *mut u8, user_class: usiz
 unsafe fn push_unmarked(tc: *mut ThreadCache, object: *mut u8, user_class: usize) {
     // SAFETY: as in `alloc`; the object is ours to write.
     unsafe {
-        key_slot(object).write(link::mark_of(object, (*tc).key));
+        link::set_marked_free_with(object, (*tc).key);
         push_marked(tc, object, user_class);
     }
 }
@@ -773,7 +772,7 @@ pub unsafe fn push_marked(tc: *mut ThreadCache, object: *mut u8, user_class: usi
         let head = (*tc).heads.as_mut_ptr().add(user_class);
         let word = (*tc).words.as_mut_ptr().add(user_class);
         debug_assert!(*word & ROOM != 0, "free_local without room");
-        debug_assert_eq!(key_slot(object).read(), link::mark_of(object, (*tc).key), "push_marked of an unmarked object");
+        debug_assert!(link::is_marked_free_with(object, (*tc).key), "push_marked of an unmarked object");
         link::set_next_keyed(object, *head, (*tc).link_key);
         *head = object;
         *word -= 1;

@@ -73,7 +73,7 @@ pub unsafe fn link_fresh_slots(base: usize, objects: usize, size: usize) -> (*mu
     // SAFETY: every slot lies in the caller's fresh slab.
     let link = |i: usize, next: Option<usize>| unsafe {
         link::set_next_keyed(slot(i), next.map_or(core::ptr::null_mut(), slot), key);
-        link::set_marked_free(slot(i));
+        link::set_marked_free_with(slot(i), mark);
     };
     if objects <= SHUFFLE_MAX {
         // `after[s]`: the slot after slot `s` on the cycle. Only the
@@ -114,7 +114,7 @@ pub unsafe fn link_fresh_slots(base: usize, objects: usize, size: usize) -> (*mu
                     last = at;
                 }
                 link::set_next_keyed(at as *mut u8, to as *mut u8, key);
-                link::mark_slot(at as *mut u8).write(link::mark_of(at as *mut u8, mark));
+                link::set_marked_free_with(at as *mut u8, mark);
                 at += size;
             }
             return (slot(head), last as *mut u8);
