@@ -738,11 +738,11 @@ pub unsafe fn free_bulk_by<'a>(mut list: *mut u8, count: usize, cache_of: impl F
             let mut last = first;
             let mut n = 1;
             let class = c.index as usize;
-            list = if remaining > 1 { link::next(first, class) } else { ptr::null_mut() };
+            list = if remaining > 1 { link::next_in_run(first, class, base, handed) } else { ptr::null_mut() };
             remaining -= 1;
             while remaining > 0 && (list as usize).wrapping_sub(base) < handed {
                 last = list;
-                list = if remaining > 1 { link::next(list, class) } else { ptr::null_mut() };
+                list = if remaining > 1 { link::next_in_run(list, class, base, handed) } else { ptr::null_mut() };
                 n += 1;
                 remaining -= 1;
             }

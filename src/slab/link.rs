@@ -144,6 +144,46 @@ pub unsafe fn next_keyed(
     next as *mut u8
 }
 
+/// [`next`] for a walk that expects the next object in the slab it is in
+/// (`free_bulk_by`, which cuts a list into runs of one slab): the slots
+/// that slab has handed out are `[base, base + handed)`, and the caller
+/// has checked that slab's kind and class. A link into that range needs
+/// only the slot start and the free mark tested (the `hardened` checks
+/// the range stands for: a chunk, the page's tag, the slab's `bump`);
+/// one outside it, the whole check of [`next`]. On sh6bench the walk's
+/// whole check was 54 instructions per object in the secure build
+/// (callgrind, one thread), where the default build's took 18.
+///
+/// # Safety
+/// As [`next`]; `[base, base + handed)` are handed-out slots of one slab
+/// of cache `class`.
+#[inline(always)]
+pub unsafe fn next_in_run(object: *mut u8, class: usize, base: usize, handed: usize) -> *mut u8 {
+    // SAFETY: per the caller, the first word holds a link.
+    let next = code(object, unsafe { object.cast::<usize>().read() }, key());
+    if next & IMPLAUSIBLE != 0 {
+        corrupted(object, next);
+    }
+    #[cfg(feature = "hardened")]
+    if next.wrapping_sub(base) < handed {
+        // The checks of `check_free_slot` the range does not stand for;
+        // a cache of the allocator's own (no user class) has none.
+        if class < super::size_class::NR_CLASSES {
+            let info = &super::size_class::CLASSES[class];
+            // SAFETY: `next` lies in the slab's handed-out slots; its
+            // slot start is tested before its mark is read.
+            if !info.is_object_start(next) || !unsafe { is_marked_free(next as *mut u8) } {
+                corrupted(object, next);
+            }
+        }
+    } else {
+        check_free_slot(object, next, class, crate::mm::page::chunk_of);
+    }
+    #[cfg(not(feature = "hardened"))]
+    let _ = (class, base, handed);
+    next as *mut u8
+}
+
 /// Checks that `object` ends its list (its link decodes to null): for a
 /// list about to be spliced in front of another, whose last link is then
 /// overwritten unread. A link written there by the program would
