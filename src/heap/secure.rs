@@ -454,7 +454,17 @@ fn canary_mask(n: usize, usable: usize) -> usize {
 /// `p` is a live slot of `usable >= n + 8` bytes, 16-byte aligned.
 #[inline(always)]
 unsafe fn small_arm(p: usize, n: usize, usable: usize) {
-    let h = secret(p);
+    // SAFETY: per the caller.
+    unsafe { small_arm_with(p, n, usable, key()) }
+}
+
+/// [`small_arm`] with the block key (drawn) at hand.
+///
+/// # Safety
+/// As [`small_arm`].
+#[inline(always)]
+unsafe fn small_arm_with(p: usize, n: usize, usable: usize, key: usize) {
+    let h = secret_with(p, key);
     let end = p + usable - 8;
     // SAFETY: `p + n <= end`, so the canary word ends at the slot's end
     // at the latest; the size word is the slot's last.
@@ -1413,19 +1423,43 @@ pub fn malloc(size: usize) -> *mut u8 {
 /// The fast path: a request of 1 to `TABLE_MAX - 8` bytes takes its class
 /// (of `size + 8` bytes) from the table and an object from the thread's
 /// bin directly, as the heap's `malloc` would, and arms it.
+///
+/// No call on that path but the slow paths', each the function's last
+/// step: an empty bin, a link the page's tag does not vouch for
+/// ([`magazine::pop_quick`]) and a key not drawn yet go to
+/// [`malloc_small_slow`], which does it all again. With the refill called
+/// in the middle, and the block armed after it, the fast path kept the
+/// request in registers a call preserves, and saved and restored five of
+/// them on every `malloc`.
 #[inline]
 pub fn malloc_or(size: usize, out_of_memory: magazine::OutOfMemory) -> *mut u8 {
     if size.wrapping_sub(1) < slab::TABLE_MAX - 8 {
         let class = slab::class_of(size + 8);
-        let p = magazine::alloc(class, size + 8, ensure_init, out_of_memory);
-        if !p.is_null() {
-            // SAFETY: the table's classes are < NR_CLASSES; a fresh slot
-            // of the class's size >= size + 8 bytes.
-            unsafe { small_arm(p as usize, size, slab::CLASSES.get_unchecked(class).size as usize) };
+        // SAFETY: the table's classes are < NR_CLASSES.
+        let p = unsafe { magazine::pop_quick(class) };
+        let key = key_drawn();
+        if p.is_null() || key == 0 {
+            return malloc_small_slow(size, class, p, out_of_memory);
         }
+        // SAFETY: the table's classes are < NR_CLASSES; a fresh slot of
+        // the class's size >= size + 8 bytes.
+        unsafe { small_arm_with(p as usize, size, slab::CLASSES.get_unchecked(class).size as usize, key) };
         return p;
     }
     malloc_other(size, out_of_memory)
+}
+
+/// [`malloc_or`] of `size` bytes (class `class`) past its fast path: `p`
+/// is the object it popped (when the key was not drawn yet), or null.
+#[cold]
+#[inline(never)]
+fn malloc_small_slow(size: usize, class: usize, p: *mut u8, out_of_memory: magazine::OutOfMemory) -> *mut u8 {
+    let p = if p.is_null() { magazine::alloc(class, size + 8, ensure_init, out_of_memory) } else { p };
+    if !p.is_null() {
+        // SAFETY: as in `malloc_or`.
+        unsafe { small_arm(p as usize, size, slab::CLASSES.get_unchecked(class).size as usize) };
+    }
+    p
 }
 
 /// [`malloc_or`] of 0 bytes or more than the class table covers.

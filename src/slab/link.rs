@@ -144,6 +144,40 @@ pub unsafe fn next_keyed(
     next as *mut u8
 }
 
+/// [`next_keyed`] with no call on the way: `None` where the page's tag
+/// does not vouch for the link (a cache of the allocator's own, a page
+/// the heap profile diverts, or a bad link), which [`next_keyed`]
+/// checks through the page descriptors. Only the `hardened` check ever
+/// answers `None`. For a fast path that finishes its work after the pop
+/// (the secure build's `malloc` arms the block): with no call in it, it
+/// keeps nothing in the registers a call preserves, and saves and
+/// restores none of them.
+///
+/// # Safety
+/// As [`next_keyed`].
+#[cfg(feature = "secure")]
+#[inline(always)]
+pub unsafe fn next_keyed_quick(
+    object: *mut u8,
+    class: usize,
+    key: usize,
+    implausible: usize,
+    chunk_of: impl FnOnce(usize) -> *mut crate::mm::page::Chunk,
+) -> Option<*mut u8> {
+    // SAFETY: per the caller, the first word holds a link.
+    let next = code(object, unsafe { object.cast::<usize>().read() }, key);
+    if next & implausible != 0 {
+        corrupted(object, next);
+    }
+    #[cfg(feature = "hardened")]
+    if !vouched_free_slot(object, next, class, chunk_of) {
+        return None;
+    }
+    #[cfg(not(feature = "hardened"))]
+    let _ = (class, chunk_of);
+    Some(next as *mut u8)
+}
+
 /// [`next`] for a walk that expects the next object in the slab it is in
 /// (`free_bulk_by`, which cuts a list into runs of one slab): the slots
 /// that slab has handed out are `[base, base + handed)`, and the caller
@@ -303,9 +337,26 @@ pub unsafe fn clear(object: *mut u8) {
 #[cfg(feature = "hardened")]
 #[inline(always)]
 fn check_free_slot(object: *mut u8, next: usize, class: usize, chunk_of: impl FnOnce(usize) -> *mut crate::mm::page::Chunk) {
+    if !vouched_free_slot(object, next, class, chunk_of) {
+        check_free_slot_by_descriptor(object, next, class);
+    }
+}
+
+/// The part of [`check_free_slot`] that makes no call: true when `next`
+/// passed, false when the page's tag does not vouch for it (the check
+/// through the page descriptors is left to the caller); stops the
+/// process for a link it finds bad.
+#[cfg(feature = "hardened")]
+#[inline(always)]
+fn vouched_free_slot(
+    object: *mut u8,
+    next: usize,
+    class: usize,
+    chunk_of: impl FnOnce(usize) -> *mut crate::mm::page::Chunk,
+) -> bool {
     use crate::mm::page;
     if next == 0 {
-        return;
+        return true;
     }
     let chunk = chunk_of(next);
     if chunk.is_null() {
@@ -314,7 +365,7 @@ fn check_free_slot(object: *mut u8, next: usize, class: usize, chunk_of: impl Fn
     // SAFETY: a published chunk descriptor that holds `next`.
     let tag = unsafe { page::Chunk::tag(chunk, next) };
     if class >= super::size_class::NR_CLASSES || (tag & 0xff) as usize != class + 1 {
-        return check_free_slot_by_descriptor(object, next, class);
+        return false;
     }
     let info = &super::size_class::CLASSES[class];
     // SAFETY: `next` starts a slot of a user slab (tag, then slot test)
@@ -336,6 +387,7 @@ fn check_free_slot(object: *mut u8, next: usize, class: usize, chunk_of: impl Fn
             corrupted(object, next);
         }
     }
+    true
 }
 
 /// [`check_free_slot`] through the page descriptors, for the links the

@@ -655,6 +655,47 @@ unsafe fn pop(tc: *mut ThreadCache, slot: usize) -> *mut u8 {
     object
 }
 
+/// Pops an object of `class` off the calling thread's bin as [`alloc`]'s
+/// fast path does, or answers null: when the bin is empty, and when its
+/// head's link needs the check through the page descriptors (see
+/// [`link::next_keyed_quick`]); the bin is then as it was, and the
+/// caller's slow path takes [`alloc`]. No call on the way, so a caller
+/// that does more with the object (the secure build's `malloc`) has no
+/// register to save around one.
+///
+/// # Safety
+/// `class < NR_CLASSES`.
+#[cfg(feature = "secure")]
+#[inline(always)]
+pub unsafe fn pop_quick(class: usize) -> *mut u8 {
+    if class >= NR_CLASSES {
+        // SAFETY: per the caller. Said here, the link check's own test
+        // of the class (for the caches of the allocator's own) goes.
+        unsafe { core::hint::unreachable_unchecked() }
+    }
+    let tc = current();
+    let slot = class + 1;
+    // SAFETY: the thread cache is this thread's alone; `slot` is a valid
+    // bin index; objects on a bin are free objects of its class whose
+    // first word links the bin, and an empty bin (every bin of a cache
+    // not yet active) is left at once.
+    unsafe {
+        let head = (*tc).heads.as_mut_ptr().add(slot);
+        let object = *head;
+        if object.is_null() {
+            return object;
+        }
+        let Some(next) = link::next_keyed_quick(object, class, (*tc).link_key, (*tc).link_mask, |a| chunk_of_raw(tc, a))
+        else {
+            return ptr::null_mut();
+        };
+        *head = next;
+        *(*tc).words.as_mut_ptr().add(slot) += POPPED;
+        link::clear(object);
+        object
+    }
+}
+
 /// Allocates an object of `class` from the calling thread's bin, for a
 /// request of `size` bytes (which only the refill path looks at).
 #[inline(always)]
