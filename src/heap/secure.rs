@@ -19,15 +19,16 @@
 //!   to 56 bytes, the first 64 bytes of larger ones; its second word the
 //!   heap's free mark, so a second `free` of it is a double free, which
 //!   the heap's own check of the mark finds) and waits in
-//!   a bounded ring of the freeing thread
-//!   ([`SMALL_RING`] objects, [`SMALL_RING_BYTES`] bytes) before it goes
+//!   a ring of the freeing thread ([`SMALL_RING`] objects of up to
+//!   [`WIDE_FROM`] bytes, [`WIDE_RING`] larger ones: 256 KiB at most
+//!   each) until as many more have come after it, before it goes
 //!   back to the heap; when it leaves, the pattern is checked, so a write
 //!   after free there is caught before the object is reused. The ring is
 //!   thread-local (no lock, no CPU number on `free`) and emptied by a
 //!   pthread key's destructor when the thread exits; after a `fork` the
 //!   child keeps the forking thread's ring, and the objects in other
-//!   threads' rings stay allocated in the child (at most one ring's
-//!   budget per such thread, never reused, so never a dangling hand-out).
+//!   threads' rings stay allocated in the child (at most 512 KiB per
+//!   such thread, never reused, so never a dangling hand-out).
 //!   The small path reads what the heap's own fast paths read: `malloc`
 //!   the class table and the thread's bin, `free` the page's tag through
 //!   the thread cache's remembered chunk, kept with the object so that
@@ -88,10 +89,15 @@ pub use crate::heap::{
     trim, MIN_ALIGN,
 };
 
-/// Objects one small-quarantine shard holds.
+/// Objects of up to [`WIDE_FROM`] bytes a thread's small quarantine
+/// holds (so at most 256 KiB).
 pub const SMALL_RING: usize = 64;
-/// Bytes one small-quarantine shard holds at most.
-pub const SMALL_RING_BYTES: usize = 256 * 1024;
+/// Objects of more than [`WIDE_FROM`] bytes (up to the slab tier's 32
+/// KiB) a thread's small quarantine holds in a ring of their own (so at
+/// most 256 KiB).
+pub const WIDE_RING: usize = 8;
+/// Slot size above which a small object waits in the wide ring.
+pub const WIDE_FROM: usize = 4096;
 /// Big blocks the big quarantine holds.
 pub const BIG_RING: usize = 16;
 /// Bytes the big quarantine holds at most (`PROT_NONE` pages stay resident).
@@ -548,67 +554,89 @@ impl<T: Copy, const N: usize> Ring<T, N> {
         count
     }
 
-    /// When the ring is full and `entry` fits the budget in place of the
-    /// oldest entry: puts it there and returns the oldest.
-    #[inline]
-    fn swap_oldest(&mut self, entry: T, bytes: usize, budget: usize) -> Option<(T, usize)> {
-        let oldest = self.slots[self.head % N];
-        if self.len != N || self.bytes - oldest.1 + bytes > budget {
-            return None;
-        }
-        self.slots[self.head % N] = (entry, bytes);
-        self.head = (self.head + 1) % N;
-        self.bytes = self.bytes - oldest.1 + bytes;
-        Some(oldest)
-    }
-
-    /// Takes out the oldest entry.
-    fn pop(&mut self) -> Option<(T, usize)> {
-        if self.len == 0 {
-            return None;
-        }
-        let entry = self.slots[self.head];
-        self.head = (self.head + 1) % N;
-        self.len -= 1;
-        self.bytes -= entry.1;
-        Some(entry)
-    }
-
     /// The entries held, oldest first.
     fn entries(&self) -> impl Iterator<Item = (T, usize)> + '_ {
         (0..self.len).map(move |i| self.slots[(self.head + i) % N])
     }
 }
 
-/// The calling thread's small quarantine: a ring of objects (address and
-/// page tag in one word, see [`entry`]; slot bytes) only this thread
-/// touches, so a `free` takes no lock and asks no CPU number. The page
-/// tag is the one `free` read
-/// (`page::Chunk::tags`: class and node), or 0 when it was not read
-/// there: an object with a tag goes back to the thread's bin of its class
-/// the way the heap's own `free` puts it there, without looking its page
-/// up again. `state` is [`FRESH`] until the first `free` that
-/// quarantines registers the thread-exit key ([`ARMED`]), and [`DEAD`]
-/// once the key's destructor has emptied the ring: frees after that (in
-/// later destructors of the exiting thread) check and release at once.
+/// A thread's ring of `N` quarantined objects, one word each ([`entry`];
+/// 0: a free place), oldest at `head`. Full, as it is but while the
+/// thread's first `N` frees fill it, a `free` swaps its object for the
+/// oldest and moves `head` on: one load, two stores and a mask, where a
+/// ring that counted its entries and their bytes, and kept the sizes
+/// beside them, took some 27 instructions on every `free`. The bytes it
+/// holds are bounded by its place count and the slots' sizes (the small
+/// ring takes slots of up to [`WIDE_FROM`] bytes).
+struct Fifo<const N: usize> {
+    slots: [usize; N],
+    head: usize,
+}
+
+impl<const N: usize> Fifo<N> {
+    /// Puts `e` in place of the oldest entry, which it returns (0 while
+    /// the ring fills).
+    #[inline(always)]
+    fn swap(&mut self, e: usize) -> usize {
+        const { assert!(N.is_power_of_two()) };
+        let i = self.head;
+        // SAFETY: `head < N`, kept so below.
+        let old = core::mem::replace(unsafe { self.slots.get_unchecked_mut(i) }, e);
+        self.head = (i + 1) % N;
+        old
+    }
+
+    /// Takes back the entry the last [`Fifo::swap`] put in (when it
+    /// returned 0, leaving the place free again) and returns it.
+    fn unswap(&mut self) -> usize {
+        self.head = (self.head + N - 1) % N;
+        core::mem::take(&mut self.slots[self.head])
+    }
+
+    /// Takes out the entries, oldest first, leaving the ring empty.
+    fn drain(&mut self, mut each: impl FnMut(usize)) {
+        for _ in 0..N {
+            let e = core::mem::take(&mut self.slots[self.head]);
+            self.head = (self.head + 1) % N;
+            if e != 0 {
+                each(e);
+            }
+        }
+    }
+}
+
+/// The calling thread's small quarantine: rings of objects only this
+/// thread touches, so a `free` takes no lock and asks no CPU number:
+/// `small` for slots of up to [`WIDE_FROM`] bytes, `wide` for larger
+/// ones. Each entry keeps the object's address, how many bytes of it the
+/// pattern covers and the page tag `free` read (`page::Chunk::tags`:
+/// class and node), or 0 when it was not read there: an object with a
+/// tag goes back to the thread's bin of its class the way the heap's own
+/// `free` puts it there, without looking its page up again. `state` is
+/// [`FRESH`] until the first `free` that quarantines registers the
+/// thread-exit key ([`ARMED`]), and [`DEAD`] once the key's destructor
+/// has emptied the rings: frees after that (in later destructors of the
+/// exiting thread) check and release at once. The state is asked only
+/// when a ring is not full.
 struct Local {
-    ring: Ring<usize, SMALL_RING>,
+    small: Fifo<SMALL_RING>,
+    wide: Fifo<WIDE_RING>,
     state: usize,
 }
 
-/// The ring's word for the object at `p` with page tag `tag`: the tag in
-/// the 16 bits above a user address (below 2^47). One word where a pair
-/// took two, so the steady-state `free` loads and stores one less, and
-/// keeps one register fewer live across the swap.
+/// The ring's word for the object at `p` (16-byte aligned) whose pattern
+/// covers `len` bytes (16, 32, 48 or 64), with page tag `tag`: the tag
+/// in the 16 bits above a user address (below 2^47), `len / 16` in the
+/// address's four low bits, which are 0. Never 0.
 #[inline(always)]
-fn entry(p: usize, tag: u16) -> usize {
-    p | (tag as usize) << 48
+fn entry(p: usize, len: usize, tag: u16) -> usize {
+    p | (len / 16) | (tag as usize) << 48
 }
 
-/// The object and page tag of a ring's word ([`entry`]).
+/// The object, pattern length and page tag of a ring's word ([`entry`]).
 #[inline(always)]
-fn entry_parts(e: usize) -> (usize, u16) {
-    (e & ((1 << 48) - 1), (e >> 48) as u16)
+fn entry_parts(e: usize) -> (usize, usize, u16) {
+    (e & ((1 << 48) - 16), (e & 15) * 16, (e >> 48) as u16)
 }
 
 const FRESH: usize = 0;
@@ -667,10 +695,12 @@ extern "C" fn thread_exit(arg: *mut libc::c_void) {
     unsafe {
         (*q).state = DEAD;
         let (tc, k) = (magazine::current(), drawn());
-        while let Some((e, usable)) = (*q).ring.pop() {
-            let (p, tag) = entry_parts(e);
-            small_release(tc, k, p, tag, usable);
-        }
+        let release = |e| {
+            let (p, len, tag) = entry_parts(e);
+            small_release(tc, k, p, tag, len);
+        };
+        (*q).small.drain(release);
+        (*q).wide.drain(release);
     }
 }
 
@@ -704,15 +734,18 @@ unsafe fn fill_freed(p: usize, usable: usize, k: Drawn) {
     unsafe { vector::fill(p, usable.min(PATTERN_BYTES), slab::link::mark_of(p as *mut u8, k.mark), k.fill) }
 }
 
-/// Whether the quarantined slot at `p` (as [`fill_freed`] left it) still
-/// holds the pattern: every word of it compared, with no branch per word.
+/// Whether the quarantined slot at `p` still holds the pattern
+/// [`fill_freed`] wrote over its first `len` bytes (`usable.min(
+/// PATTERN_BYTES)` for its slot size): every word of it compared, with no
+/// branch per word.
 ///
 /// # Safety
 /// The slot is live and readable.
 #[inline(always)]
-unsafe fn holds_freed(p: usize, usable: usize, k: Drawn) -> bool {
-    // SAFETY: per the caller; `PATTERN_BYTES` is a multiple of 16.
-    unsafe { vector::holds(p, usable.min(PATTERN_BYTES), slab::link::mark_of(p as *mut u8, k.mark), k.fill) }
+unsafe fn holds_freed(p: usize, len: usize, k: Drawn) -> bool {
+    // SAFETY: per the caller; `len` is a multiple of 16 up to
+    // `PATTERN_BYTES`.
+    unsafe { vector::holds(p, len, slab::link::mark_of(p as *mut u8, k.mark), k.fill) }
 }
 
 /// The quarantine's fill and check, 16 bytes at a time, with no branch
@@ -820,15 +853,16 @@ mod vector {
     }
 }
 
-/// Gives the quarantined object at `p` (its page tag `tag`, see [`Local`])
-/// back to the heap after checking its pattern; `tc` is the calling
-/// thread's cache ([`magazine::current`]) and `k` the keys, both as the
-/// `free` that evicts the object read them.
+/// Gives the quarantined object at `p` (its page tag `tag`, its pattern
+/// over `len` bytes, see [`Local`]) back to the heap after checking its
+/// pattern; `tc` is the calling thread's cache ([`magazine::current`])
+/// and `k` the keys, both as the `free` that evicts the object read them.
 #[inline(always)]
-fn small_release(tc: *mut magazine::ThreadCache, k: Drawn, p: usize, tag: u16, usable: usize) {
-    // SAFETY: a quarantined slot of `usable` bytes, still live in the heap.
+fn small_release(tc: *mut magazine::ThreadCache, k: Drawn, p: usize, tag: u16, len: usize) {
+    // SAFETY: a quarantined slot, still live in the heap, with its
+    // pattern over `len` bytes.
     unsafe {
-        if !holds_freed(p, usable, k) {
+        if !holds_freed(p, len, k) {
             stop(b"free()", b"write after free (quarantined object modified)", p);
         }
         // The heap's own fast `free`, with the page's tag already read:
@@ -853,51 +887,64 @@ fn small_release(tc: *mut magazine::ThreadCache, k: Drawn, p: usize, tag: u16, u
 }
 
 /// Quarantines the checked small object at `p` (slot of `usable` bytes,
-/// page tag `tag`, see [`Local`]); `tc` and `k` as for [`small_release`].
+/// page tag `tag`, see [`Local`]): fills it and swaps it for the oldest
+/// object of its ring, which goes back to the heap ([`small_release`]);
+/// `tc` and `k` as for that.
 #[inline(always)]
 fn small_quarantine(tc: *mut magazine::ThreadCache, k: Drawn, p: usize, usable: usize, tag: u16) {
+    let len = usable.min(PATTERN_BYTES);
     // SAFETY: a live slot of `usable` bytes the program gave up.
     unsafe { fill_freed(p, usable, k) };
-    let q = local();
-    // SAFETY: this thread's quarantine; nothing below re-enters it before
-    // `push` returns (`small_release` runs after).
-    unsafe {
-        // The steady state: the ring is full and the oldest object makes
-        // room for this one. Only an armed ring is ever full (a fresh one
-        // is empty, a dead one emptied and never pushed to again), so the
-        // state is asked only off this path.
-        if let Some((e, u)) = (*q).ring.swap_oldest(entry(p, tag), usable, SMALL_RING_BYTES) {
-            let (o, t) = entry_parts(e);
-            return small_release(tc, k, o, t, u);
-        }
-        quarantine_push(q, p, usable, tag)
+    if usable > WIDE_FROM {
+        return quarantine_wide(p, len, tag);
     }
+    let q = local();
+    // SAFETY: this thread's quarantine; nothing below re-enters it
+    // (`small_release` does not touch it).
+    let old = unsafe { (*q).small.swap(entry(p, len, tag)) };
+    if old == 0 {
+        // SAFETY: as above; the entry just put in.
+        return unsafe { quarantine_filling(q, false) };
+    }
+    let (o, l, t) = entry_parts(old);
+    small_release(tc, k, o, t, l)
 }
 
-/// [`small_quarantine`] while the ring is filling up, or after a run of
-/// big objects: up to 3 older objects leave per free, so the ring
-/// shrinks back to its budget over a few frees. A ring not armed is
-/// armed first (first `free` of the thread), or the object released at
-/// once when it cannot be (or the thread is exiting).
-///
-/// # Safety
-/// `q` is this thread's quarantine; `p` is filled.
+/// [`small_quarantine`] of a slot of more than [`WIDE_FROM`] bytes
+/// (filled, its pattern over `len` bytes): the same with the wide ring.
 #[cold]
 #[inline(never)]
-unsafe fn quarantine_push(q: *mut Local, p: usize, usable: usize, tag: u16) {
-    let (tc, k) = (magazine::current(), drawn());
+fn quarantine_wide(p: usize, len: usize, tag: u16) {
+    let q = local();
+    // SAFETY: as in `small_quarantine`.
+    let old = unsafe { (*q).wide.swap(entry(p, len, tag)) };
+    if old == 0 {
+        // SAFETY: as above.
+        return unsafe { quarantine_filling(q, true) };
+    }
+    let (o, l, t) = entry_parts(old);
+    small_release(magazine::current(), drawn(), o, t, l)
+}
+
+/// A ring of `q` (`wide` or small) was not full when its last swap put an
+/// object in: the object stays while the ring is armed (it fills), the
+/// ring is armed first (first `free` of the thread that quarantines), or
+/// the object comes out again and goes back at once, when the ring cannot
+/// be armed or the thread is exiting.
+///
+/// # Safety
+/// `q` is this thread's quarantine; the ring's last swap returned 0.
+#[cold]
+#[inline(never)]
+unsafe fn quarantine_filling(q: *mut Local, wide: bool) {
     // SAFETY: per the caller.
     unsafe {
-        if (*q).state != ARMED && ((*q).state != FRESH || !arm(q)) {
-            return small_release(tc, k, p, tag, usable);
+        if (*q).state == ARMED || ((*q).state == FRESH && arm(q)) {
+            return;
         }
-    }
-    let mut evicted = [(0usize, 0usize); 4];
-    // SAFETY: per the caller.
-    let count = unsafe { (*q).ring.push(entry(p, tag), usable, SMALL_RING_BYTES, &mut evicted) };
-    for &(e, u) in &evicted[..count] {
-        let (o, t) = entry_parts(e);
-        small_release(tc, k, o, t, u);
+        let e = if wide { (*q).wide.unswap() } else { (*q).small.unswap() };
+        let (p, len, tag) = entry_parts(e);
+        small_release(magazine::current(), drawn(), p, tag, len);
     }
 }
 
@@ -1426,8 +1473,8 @@ pub fn malloc(size: usize) -> *mut u8 {
 ///
 /// No call on that path but the slow paths', each the function's last
 /// step: an empty bin, a link the page's tag does not vouch for
-/// ([`magazine::pop_quick`]) and a key not drawn yet go to
-/// [`malloc_small_slow`], which does it all again. With the refill called
+/// (`magazine::pop_quick`) and a key not drawn yet go to
+/// `malloc_small_slow`, which does it all again. With the refill called
 /// in the middle, and the block armed after it, the fast path kept the
 /// request in registers a call preserves, and saved and restored five of
 /// them on every `malloc`.
