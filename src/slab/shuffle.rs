@@ -25,9 +25,10 @@
 //! left in the current window (16 at a window's start, 4 bits where the
 //! whole slab gave up to 8), and a block's neighbours in the slab, but
 //! for a window's first and last slot, are at most 15 places from it in
-//! the order the slab hands its slots out. mimalloc's secure mode interleaves up to 16 ascending runs of
-//! slots at random (so the slot after a block is that block's run's next,
-//! handed out after it); scudo shuffles the blocks it carves in batches.
+//! the order the slab hands its slots out. mimalloc's secure mode
+//! interleaves up to 16 ascending runs of slots at random (so the slot
+//! after a block is that block's run's next, handed out after it); scudo
+//! shuffles the blocks it carves in batches.
 
 use super::link;
 use crate::os;
