@@ -114,6 +114,35 @@ pub unsafe fn next(object: *mut u8, class: usize) -> *mut u8 {
     unsafe { next_keyed(object, class, key(), IMPLAUSIBLE, crate::mm::page::chunk_of) }
 }
 
+/// The link `object` holds, decoded under `key`; stops the process when
+/// it has a bit of `implausible` ([`IMPLAUSIBLE`]) set. The part every
+/// walk of a list shares, before its own check of the next slot.
+///
+/// # Safety
+/// `object` is a free object on a list, linked by [`set_next`].
+#[inline(always)]
+unsafe fn decoded(object: *mut u8, key: usize, implausible: usize) -> usize {
+    // SAFETY: per the caller, the first word holds a link.
+    let next = code(object, unsafe { object.cast::<usize>().read() }, key);
+    if next & implausible != 0 {
+        corrupted(object, next);
+    }
+    next
+}
+
+/// Stops the process unless `next`, read from `object` and known to lie
+/// in a slab of the class `info` describes, starts a slot and carries the
+/// free mark (the slot start is tested before the mark is read).
+#[cfg(feature = "hardened")]
+#[inline(always)]
+fn check_slot_start_and_mark(object: *mut u8, next: usize, info: &super::size_class::ClassInfo) {
+    // SAFETY: `next` lies in a slab (per the caller) and starts a slot
+    // when its mark is read.
+    if !info.is_object_start(next) || !unsafe { is_marked_free(next as *mut u8) } {
+        corrupted(object, next);
+    }
+}
+
 /// [`next`] with the key and [`IMPLAUSIBLE`] already at hand (the thread
 /// cache keeps copies beside each other, so the test reads the mask from
 /// memory instead of building a 64-bit constant: one instruction less).
@@ -132,11 +161,8 @@ pub unsafe fn next_keyed(
     implausible: usize,
     chunk_of: impl FnOnce(usize) -> *mut crate::mm::page::Chunk,
 ) -> *mut u8 {
-    // SAFETY: per the caller, the first word holds a link.
-    let next = code(object, unsafe { object.cast::<usize>().read() }, key);
-    if next & implausible != 0 {
-        corrupted(object, next);
-    }
+    // SAFETY: per the caller.
+    let next = unsafe { decoded(object, key, implausible) };
     #[cfg(feature = "hardened")]
     check_free_slot(object, next, class, chunk_of);
     #[cfg(not(feature = "hardened"))]
@@ -164,11 +190,8 @@ pub unsafe fn next_keyed_quick(
     implausible: usize,
     chunk_of: impl FnOnce(usize) -> *mut crate::mm::page::Chunk,
 ) -> Option<*mut u8> {
-    // SAFETY: per the caller, the first word holds a link.
-    let next = code(object, unsafe { object.cast::<usize>().read() }, key);
-    if next & implausible != 0 {
-        corrupted(object, next);
-    }
+    // SAFETY: per the caller.
+    let next = unsafe { decoded(object, key, implausible) };
     #[cfg(feature = "hardened")]
     if !vouched_free_slot(object, next, class, chunk_of) {
         return None;
@@ -193,22 +216,14 @@ pub unsafe fn next_keyed_quick(
 /// of cache `class`.
 #[inline(always)]
 pub unsafe fn next_in_run(object: *mut u8, class: usize, base: usize, handed: usize) -> *mut u8 {
-    // SAFETY: per the caller, the first word holds a link.
-    let next = code(object, unsafe { object.cast::<usize>().read() }, key());
-    if next & IMPLAUSIBLE != 0 {
-        corrupted(object, next);
-    }
+    // SAFETY: per the caller.
+    let next = unsafe { decoded(object, key(), IMPLAUSIBLE) };
     #[cfg(feature = "hardened")]
     if next.wrapping_sub(base) < handed {
         // The checks of `check_free_slot` the range does not stand for;
         // a cache of the allocator's own (no user class) has none.
         if class < super::size_class::NR_CLASSES {
-            let info = &super::size_class::CLASSES[class];
-            // SAFETY: `next` lies in the slab's handed-out slots; its
-            // slot start is tested before its mark is read.
-            if !info.is_object_start(next) || !unsafe { is_marked_free(next as *mut u8) } {
-                corrupted(object, next);
-            }
+            check_slot_start_and_mark(object, next, &super::size_class::CLASSES[class]);
         }
     } else {
         check_free_slot(object, next, class, crate::mm::page::chunk_of);
@@ -368,11 +383,7 @@ fn vouched_free_slot(
         return false;
     }
     let info = &super::size_class::CLASSES[class];
-    // SAFETY: `next` starts a slot of a user slab (tag, then slot test)
-    // before its mark is read.
-    if !info.is_object_start(next) || !unsafe { is_marked_free(next as *mut u8) } {
-        corrupted(object, next);
-    }
+    check_slot_start_and_mark(object, next, info);
     #[cfg(not(feature = "secure"))]
     {
         // Slabs are naturally aligned buddy blocks inside one chunk: the

@@ -635,22 +635,44 @@ const _: () = assert!((crate::profile::DIVERTED as usize & 0xff) > NR_CLASSES);
 /// `tc` is the calling thread's cache; `slot <= NR_CLASSES`.
 #[inline(always)]
 unsafe fn pop(tc: *mut ThreadCache, slot: usize) -> *mut u8 {
+    // SAFETY: per the caller; `next_keyed` always answers.
+    unsafe {
+        pop_with(tc, slot, |object, key, mask| {
+            Some(link::next_keyed(object, slot.wrapping_sub(1), key, mask, |a| chunk_of_raw(tc, a)))
+        })
+    }
+}
+
+/// [`pop`] with the link read by `next` (from the object, the link key
+/// and the mask of implausible bits): its `None` leaves the bin as it
+/// was and answers null, as an empty bin does.
+///
+/// # Safety
+/// As [`pop`]; `next` answers as [`link::next_keyed`] would, or `None`.
+#[inline(always)]
+unsafe fn pop_with(
+    tc: *mut ThreadCache,
+    slot: usize,
+    next: impl FnOnce(*mut u8, usize, usize) -> Option<*mut u8>,
+) -> *mut u8 {
     // SAFETY: per the caller, the slot is in the arrays.
     let head = unsafe { (*tc).heads.as_mut_ptr().add(slot) };
     // SAFETY: as above.
     let object = unsafe { *head };
-    if !object.is_null() {
-        // SAFETY: objects on a bin are free objects of its class whose
-        // first word links the bin (slot 0's is always empty, so its
-        // class, which wraps, is never read); `link_key` is the link key
-        // or, in a cache not yet active, 0 with every bin empty (never
-        // reached).
-        unsafe {
-            let next = link::next_keyed(object, slot.wrapping_sub(1), (*tc).link_key, (*tc).link_mask, |a| chunk_of_raw(tc, a));
-            *head = next;
-            *(*tc).words.as_mut_ptr().add(slot) += POPPED;
-            link::clear(object);
-        }
+    if object.is_null() {
+        return object;
+    }
+    // SAFETY: objects on a bin are free objects of its class whose first
+    // word links the bin (slot 0's is always empty, so its class, which
+    // wraps, is never read); `link_key` is the link key or, in a cache
+    // not yet active, 0 with every bin empty (never reached).
+    unsafe {
+        let Some(following) = next(object, (*tc).link_key, (*tc).link_mask) else {
+            return ptr::null_mut();
+        };
+        *head = following;
+        *(*tc).words.as_mut_ptr().add(slot) += POPPED;
+        link::clear(object);
     }
     object
 }
@@ -674,25 +696,12 @@ pub unsafe fn pop_quick(class: usize) -> *mut u8 {
         unsafe { core::hint::unreachable_unchecked() }
     }
     let tc = current();
-    let slot = class + 1;
-    // SAFETY: the thread cache is this thread's alone; `slot` is a valid
-    // bin index; objects on a bin are free objects of its class whose
-    // first word links the bin, and an empty bin (every bin of a cache
-    // not yet active) is left at once.
+    // SAFETY: the thread cache is this thread's alone; `class + 1` is a
+    // valid bin index.
     unsafe {
-        let head = (*tc).heads.as_mut_ptr().add(slot);
-        let object = *head;
-        if object.is_null() {
-            return object;
-        }
-        let Some(next) = link::next_keyed_quick(object, class, (*tc).link_key, (*tc).link_mask, |a| chunk_of_raw(tc, a))
-        else {
-            return ptr::null_mut();
-        };
-        *head = next;
-        *(*tc).words.as_mut_ptr().add(slot) += POPPED;
-        link::clear(object);
-        object
+        pop_with(tc, class + 1, |object, key, mask| {
+            link::next_keyed_quick(object, class, key, mask, |a| chunk_of_raw(tc, a))
+        })
     }
 }
 
