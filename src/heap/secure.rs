@@ -717,8 +717,9 @@ extern "C" fn thread_exit(arg: *mut libc::c_void) {
 /// runs each; the other programs moved within their spread).
 pub const PATTERN_BYTES: usize = 64;
 
-/// Fills the slot at `p` (`usable` bytes, 16-byte aligned, a multiple of
-/// 16) with the quarantine's pattern, over its first [`PATTERN_BYTES`]:
+/// Fills the first `len` bytes of the slot at `p` (16-byte aligned; `len`
+/// is its size, a multiple of 16, or [`PATTERN_BYTES`] when it is larger)
+/// with the quarantine's pattern:
 /// the fill word, the heap's free mark (where a free object on a list
 /// keeps it, so one test of it, the heap's, finds a second `free` of the
 /// object wherever it is, and the object leaves the quarantine onto a
@@ -729,9 +730,10 @@ pub const PATTERN_BYTES: usize = 64;
 /// # Safety
 /// The slot is live and the caller's to write.
 #[inline(always)]
-unsafe fn fill_freed(p: usize, usable: usize, k: Drawn) {
-    // SAFETY: per the caller; `PATTERN_BYTES` is a multiple of 16.
-    unsafe { vector::fill(p, usable.min(PATTERN_BYTES), slab::link::mark_of(p as *mut u8, k.mark), k.fill) }
+unsafe fn fill_freed(p: usize, len: usize, k: Drawn) {
+    // SAFETY: per the caller; `len` is a multiple of 16 up to
+    // `PATTERN_BYTES`.
+    unsafe { vector::fill(p, len, slab::link::mark_of(p as *mut u8, k.mark), k.fill) }
 }
 
 /// Whether the quarantined slot at `p` still holds the pattern
@@ -894,20 +896,13 @@ fn small_release(tc: *mut magazine::ThreadCache, k: Drawn, p: usize, tag: u16, l
 fn small_quarantine(tc: *mut magazine::ThreadCache, k: Drawn, p: usize, usable: usize, tag: u16) {
     let len = usable.min(PATTERN_BYTES);
     // SAFETY: a live slot of `usable` bytes the program gave up.
-    unsafe { fill_freed(p, usable, k) };
+    unsafe { fill_freed(p, len, k) };
     if usable > WIDE_FROM {
         return quarantine_wide(p, len, tag);
     }
     let q = local();
-    // SAFETY: this thread's quarantine; nothing below re-enters it
-    // (`small_release` does not touch it).
-    let old = unsafe { (*q).small.swap(entry(p, len, tag)) };
-    if old == 0 {
-        // SAFETY: as above; the entry just put in.
-        return unsafe { quarantine_filling(q, false) };
-    }
-    let (o, l, t) = entry_parts(old);
-    small_release(tc, k, o, t, l)
+    // SAFETY: this thread's quarantine and its small ring.
+    unsafe { quarantine_in(q, &raw mut (*q).small, tc, k, p, len, tag) }
 }
 
 /// [`small_quarantine`] of a slot of more than [`WIDE_FROM`] bytes
@@ -916,34 +911,56 @@ fn small_quarantine(tc: *mut magazine::ThreadCache, k: Drawn, p: usize, usable: 
 #[inline(never)]
 fn quarantine_wide(p: usize, len: usize, tag: u16) {
     let q = local();
-    // SAFETY: as in `small_quarantine`.
-    let old = unsafe { (*q).wide.swap(entry(p, len, tag)) };
-    if old == 0 {
-        // SAFETY: as above.
-        return unsafe { quarantine_filling(q, true) };
-    }
-    let (o, l, t) = entry_parts(old);
-    small_release(magazine::current(), drawn(), o, t, l)
+    // SAFETY: this thread's quarantine and its wide ring.
+    unsafe { quarantine_in(q, &raw mut (*q).wide, magazine::current(), drawn(), p, len, tag) }
 }
 
-/// A ring of `q` (`wide` or small) was not full when its last swap put an
-/// object in: the object stays while the ring is armed (it fills), the
-/// ring is armed first (first `free` of the thread that quarantines), or
-/// the object comes out again and goes back at once, when the ring cannot
-/// be armed or the thread is exiting.
+/// Puts the filled object at `p` (pattern over `len` bytes, page tag
+/// `tag`) in `ring` of the quarantine `q` in place of the oldest, which
+/// goes back to the heap ([`small_release`], with `tc` and `k`); a place
+/// still free goes to [`quarantine_filling`].
 ///
 /// # Safety
-/// `q` is this thread's quarantine; the ring's last swap returned 0.
+/// `q` is this thread's quarantine and `ring` one of its rings; nothing
+/// below re-enters them (`small_release` does not touch them).
+#[inline(always)]
+unsafe fn quarantine_in<const N: usize>(
+    q: *mut Local,
+    ring: *mut Fifo<N>,
+    tc: *mut magazine::ThreadCache,
+    k: Drawn,
+    p: usize,
+    len: usize,
+    tag: u16,
+) {
+    // SAFETY: per the caller.
+    let old = unsafe { (*ring).swap(entry(p, len, tag)) };
+    if old == 0 {
+        // SAFETY: as above; the entry just put in.
+        return unsafe { quarantine_filling(q, ring) };
+    }
+    let (o, l, t) = entry_parts(old);
+    small_release(tc, k, o, t, l)
+}
+
+/// `ring` of `q` was not full when its last swap put an object in: the
+/// object stays while the quarantine is armed (the ring fills), the
+/// quarantine is armed first (first `free` of the thread that
+/// quarantines), or the object comes out again and goes back at once,
+/// when it cannot be armed or the thread is exiting.
+///
+/// # Safety
+/// `q` is this thread's quarantine and `ring` one of its rings, whose
+/// last swap returned 0.
 #[cold]
 #[inline(never)]
-unsafe fn quarantine_filling(q: *mut Local, wide: bool) {
+unsafe fn quarantine_filling<const N: usize>(q: *mut Local, ring: *mut Fifo<N>) {
     // SAFETY: per the caller.
     unsafe {
         if (*q).state == ARMED || ((*q).state == FRESH && arm(q)) {
             return;
         }
-        let e = if wide { (*q).wide.unswap() } else { (*q).small.unswap() };
-        let (p, len, tag) = entry_parts(e);
+        let (p, len, tag) = entry_parts((*ring).unswap());
         small_release(magazine::current(), drawn(), p, tag, len);
     }
 }
