@@ -98,21 +98,29 @@ pub struct KmemCache {
     pub(super) empty_since: u32,
 }
 
-/// Objects taken from one slab by [`KmemCache::take_locked`].
+/// Objects taken from one slab by [`KmemCache::take_locked`], in two
+/// words: a refill keeps up to [`MAX_PIECES`] of them on its stack (see
+/// there). Either a free list already linked through first words (`head`
+/// its first object, `word` its last, or its length shifted left with bit
+/// 0 set when the last is not known: walk to it), or never-used objects,
+/// not yet linked (`head` the first one's address with bit 0 set, `word`
+/// how many). Objects are at least 16-byte aligned, so bit 0 is free.
 #[derive(Clone, Copy)]
-enum Taken {
-    /// A free list already linked through first words: head, last object
-    /// (null when not known: walk to it) and length.
-    List(*mut u8, *mut u8, usize),
-    /// `n` never-used objects from this address on, not yet linked.
-    Run(usize, usize),
+struct Taken {
+    head: usize,
+    word: usize,
 }
 
 impl Taken {
-    fn len(&self) -> usize {
-        match *self {
-            Taken::List(_, _, n) | Taken::Run(_, n) => n,
-        }
+    /// A free list of `n` objects from `head` to `tail` (null: not known).
+    fn list(head: *mut u8, tail: *mut u8, n: usize) -> Taken {
+        let word = if tail.is_null() { n << 1 | 1 } else { tail as usize };
+        Taken { head: head as usize, word }
+    }
+
+    /// `n` never-used objects from `first` on.
+    fn run(first: usize, n: usize) -> Taken {
+        Taken { head: first | 1, word: n }
     }
 }
 
@@ -234,7 +242,7 @@ impl KmemCache {
     /// the same first word), or else a run of up to `max` never-used
     /// objects, which the caller links after dropping the lock. `None`
     /// when the cache needs a new slab.
-    fn take_locked(&mut self, max: usize) -> Option<Taken> {
+    fn take_locked(&mut self, max: usize) -> Option<(Taken, usize)> {
         let slab = self.slab_to_take_from();
         if slab.is_null() {
             return None;
@@ -245,7 +253,7 @@ impl KmemCache {
             let s = &mut *slab;
             let (taken, n) = if !s.freelist.is_null() {
                 let n = s.nr_free as usize;
-                let t = Taken::List(s.freelist, free_tail(slab), n);
+                let t = Taken::list(s.freelist, free_tail(slab), n);
                 s.freelist = ptr::null_mut();
                 s.nr_free = 0;
                 (t, n)
@@ -253,11 +261,11 @@ impl KmemCache {
                 let n = max.min((self.info.objects - s.bump) as usize);
                 let first = page::page_address(slab) + s.bump as usize * self.info.size as usize;
                 s.bump += n as u16;
-                (Taken::Run(first, n), n)
+                (Taken::run(first, n), n)
             };
             s.inuse += n as u16;
             self.took(slab, n);
-            Some(taken)
+            Some((taken, n))
         }
     }
 
@@ -536,14 +544,14 @@ fn alloc_refill(cache: &Mutex<KmemCache>, order: usize) -> *mut u8 {
 /// for the release (sh8bench: a quarter of the refill's samples on the
 /// unlock).
 pub fn alloc_bulk(cache: &Mutex<KmemCache>, max: usize) -> (*mut u8, usize) {
-    let mut pieces = [Taken::Run(0, 0); MAX_PIECES];
+    let mut pieces = [Taken::run(0, 0); MAX_PIECES];
     let mut n_pieces = 0;
     let mut got = 0;
     let mut c = cache.lock();
     let size = c.info.size as usize;
     let class = c.index as usize;
     while got < max && n_pieces < MAX_PIECES {
-        let taken = match c.take_locked(max - got) {
+        let (taken, n) = match c.take_locked(max - got) {
             Some(t) => t,
             None => {
                 let order = c.info.order as usize;
@@ -559,7 +567,7 @@ pub fn alloc_bulk(cache: &Mutex<KmemCache>, max: usize) -> (*mut u8, usize) {
                 }
             }
         };
-        got += taken.len();
+        got += n;
         pieces[n_pieces] = taken;
         n_pieces += 1;
     }
@@ -571,7 +579,12 @@ pub fn alloc_bulk(cache: &Mutex<KmemCache>, max: usize) -> (*mut u8, usize) {
 
 /// Pieces [`alloc_bulk`] takes under one lock hold at most: a bin's
 /// refill needs one or two (a partial slab's free list, fresh objects of
-/// a new slab); 1-object slabs need one per object.
+/// a new slab); 1-object slabs need one per object, and larson's refills
+/// of fragmented slabs up to 30. The array is most of the refill's stack
+/// frame, and a thread's first `malloc` refills: at 32 bytes a piece
+/// that `malloc` went 1.4 KiB deep, past the page below glibc's thread
+/// descriptor that the static TLS and the stack's top share, which every
+/// mleak thread then faulted in.
 const MAX_PIECES: usize = 32;
 
 /// Links `pieces` (objects of cache `class` of `size` bytes) into one
@@ -588,37 +601,37 @@ unsafe fn join_pieces(pieces: &[Taken], class: usize, size: usize) -> *mut u8 {
     let mark = link::FREE_MARK.load(core::sync::atomic::Ordering::Relaxed);
     let mut head: *mut u8 = ptr::null_mut();
     for &piece in pieces {
-        match piece {
-            Taken::List(list, tail, n) => {
-                if !head.is_null() {
-                    let mut last = tail;
-                    // SAFETY: the slab's free list, `n` objects linked
-                    // through their first word, ending at `tail` when that
-                    // is known; ours now.
-                    unsafe {
-                        if last.is_null() {
-                            last = list;
-                            for _ in 1..n {
-                                last = link::next(last, class);
-                            }
+        if piece.head & 1 == 0 {
+            let list = piece.head as *mut u8;
+            if !head.is_null() {
+                // SAFETY: the slab's free list, linked through first
+                // words, ending at its last object (given, or `n` objects
+                // on); ours now.
+                unsafe {
+                    let last = if piece.word & 1 == 0 {
+                        piece.word as *mut u8
+                    } else {
+                        let mut last = list;
+                        for _ in 1..piece.word >> 1 {
+                            last = link::next(last, class);
                         }
-                        link::expect_end(last, class);
-                        link::set_next(last, head);
-                    }
+                        last
+                    };
+                    link::expect_end(last, class);
+                    link::set_next(last, head);
                 }
-                head = list;
             }
-            Taken::Run(first, n) => {
-                for i in (0..n).rev() {
-                    let object = (first + i * size) as *mut u8;
-                    // SAFETY: never-used objects of a slab we took them
-                    // from.
-                    unsafe {
-                        link::set_next(object, head);
-                        link::set_marked_free_with(object, mark);
-                    }
-                    head = object;
+            head = list;
+        } else {
+            let (first, n) = (piece.head & !1, piece.word);
+            for i in (0..n).rev() {
+                let object = (first + i * size) as *mut u8;
+                // SAFETY: never-used objects of a slab we took them from.
+                unsafe {
+                    link::set_next(object, head);
+                    link::set_marked_free_with(object, mark);
                 }
+                head = object;
             }
         }
     }
