@@ -57,12 +57,19 @@
 //! `dlopen`ed late ("cannot allocate memory in static TLS block"); preload
 //! it instead. Other architectures use `thread_local!`.
 //!
-//! Life cycle: the cache is zero when a thread starts (limits 0, so the
-//! first `malloc`/`free` takes the slow path), is activated there (limits
-//! set, a pthread key registered so thread exit calls `thread_exit`),
-//! and at thread exit is emptied into the shared caches and marked dead:
-//! any later allocation in that thread's remaining destructors goes
-//! straight to the shared caches.
+//! Only what the fast paths read is in TLS (1.8 KiB: the bins' heads and
+//! words, the keys, the remembered chunks, the size table); what only the
+//! slow paths use (limits, spares, remote bins, the fold's and the heap
+//! profile's counts) is in a page of its own, a [`Cold`] part, taken at
+//! activation and given back at exit.
+//!
+//! Life cycle: the cache is zero when a thread starts (no room, so the
+//! first `malloc`/`free` takes the slow path), is activated there (its
+//! cold page taken, limits set, a pthread key registered so thread exit
+//! calls `thread_exit`), and at thread exit is emptied into the shared
+//! caches, gives its cold page back and is marked dead: any later
+//! allocation in that thread's remaining destructors goes straight to
+//! the shared caches.
 
 use super::{cache, link, percpu, size_class::CLASSES, NR_CLASSES};
 use core::ptr;
@@ -147,54 +154,70 @@ pub struct ThreadCache {
     /// pointer it needs anyway, with no load of the table's address.
     small_slots: [u8; super::TABLE_MAX / 16 + 1],
     state: u32,
-    /// A xorshift state for the refill count's jitter (see `alloc_slow`).
-    rng: u32,
-    /// Bytes the bins' limits have grown by since they were last reset:
-    /// growth stops at [`GROWTH_BUDGET`].
-    grown: usize,
-    /// Refills that found the budget spent and their bin short of its
-    /// full limit, since the last [`rebalance`].
-    refused: u32,
     /// Bytes until the heap profile's next sample (see
     /// [`crate::profile::charge`]); only touched while profiling is on.
     prof_left: isize,
-    /// Per class, bytes until the class's next sample: each class is
-    /// sampled as a stream of its own (independent exponential countdowns
-    /// over disjoint bytes sample them as one countdown over all would),
-    /// so a class whose bin holds many objects does not hold back the
-    /// others' samples. `prof_left` is the budget of page runs and large
-    /// blocks, and is negative while the thread captures a stack: then
-    /// nothing is charged or sampled.
-    prof_class: [isize; NR_CLASSES],
-    /// Per class, a full bin set aside: Bonwick's "previous magazine".
-    /// A free that finds its bin full moves the whole bin here (the
-    /// spare it replaces goes to the CPU depot), and an allocation that
-    /// finds its bin empty takes the spare back, so the thread keeps a
-    /// bin's worth of hysteresis on both sides with no list walked and
-    /// no lock taken half the time. Only the slow paths touch it: it is
-    /// last, past the fields the fast paths read.
-    spares: [Spare; NR_CLASSES],
-    /// Bytes of objects all of `spares` hold: at most [`SPARE_BUDGET`].
-    spare_bytes: usize,
-    /// Per slot, its bin's limit: the objects it may hold (slot 0's stays
-    /// 0). The fast paths read only the room this leaves
-    /// ([`ThreadCache::words`]).
-    limits: [u32; NR_CLASSES + 1],
-    /// Per slot, the remote bin: objects of the class whose slabs belong
-    /// to other nodes, on their way home.
-    remotes: [RemoteBin; NR_CLASSES + 1],
-    /// Per class, what [`ThreadCache::fold`] needs to tell the pushes of
-    /// `free`'s fast path from everything else: the bin's count when it
-    /// was last folded, plus the objects slow paths have put in since,
-    /// less those they took out ([`ThreadCache::set_count`]).
-    settled: [i64; NR_CLASSES],
     /// What this thread counted of its calls (its slab objects handed
     /// out and taken back, folded so far, and the other entry points'
     /// calls), and how much of it is in the process's counts
     /// ([`crate::counters::add_tally`]).
     tally: crate::counters::Tally,
     shown: crate::counters::Tally,
+    /// What only the slow paths use, in a page of its own while the cache
+    /// is active or paused (null before and after; see [`Cold`]).
+    cold: *mut Cold,
 }
+
+/// The part of a thread cache that only the slow paths touch: a page from
+/// the buddy allocator, taken at activation and given back at thread exit.
+/// In thread-local storage it made the cache 5.4 KiB, and glibc zeroes a
+/// new thread's static TLS with a `memset` below the thread descriptor:
+/// two pages more touched per thread than glibc's own start (mleak100,
+/// `perf record -e page-faults`: three faults per thread where glibc takes
+/// two). Out of TLS, the page a thread takes is the page an exited thread
+/// gave back, still resident.
+#[repr(C)]
+struct Cold {
+    /// Per slot, its bin's limit: the objects it may hold (slot 0's stays
+    /// 0). The fast paths read only the room this leaves
+    /// ([`ThreadCache::words`]).
+    limits: [u32; NR_CLASSES + 1],
+    /// A xorshift state for the refill count's jitter (see `alloc_slow`).
+    rng: u32,
+    /// Refills that found the budget spent and their bin short of its
+    /// full limit, since the last [`rebalance`].
+    refused: u32,
+    /// Bytes the bins' limits have grown by since they were last reset:
+    /// growth stops at [`GROWTH_BUDGET`].
+    grown: usize,
+    /// Per class, what [`ThreadCache::fold`] needs to tell the pushes of
+    /// `free`'s fast path from everything else: the bin's count when it
+    /// was last folded, plus the objects slow paths have put in since,
+    /// less those they took out ([`ThreadCache::set_count`]).
+    settled: [i64; NR_CLASSES],
+    /// Per class, bytes until the class's next sample: each class is
+    /// sampled as a stream of its own (independent exponential countdowns
+    /// over disjoint bytes sample them as one countdown over all would),
+    /// so a class whose bin holds many objects does not hold back the
+    /// others' samples. [`ThreadCache::prof_left`] is the budget of page
+    /// runs and large blocks, and is negative while the thread captures a
+    /// stack: then nothing is charged or sampled.
+    prof_class: [isize; NR_CLASSES],
+    /// Per class, a full bin set aside: Bonwick's "previous magazine".
+    /// A free that finds its bin full moves the whole bin here (the
+    /// spare it replaces goes to the CPU depot), and an allocation that
+    /// finds its bin empty takes the spare back, so the thread keeps a
+    /// bin's worth of hysteresis on both sides with no list walked and
+    /// no lock taken half the time.
+    spares: [Spare; NR_CLASSES],
+    /// Bytes of objects all of `spares` hold: at most [`SPARE_BUDGET`].
+    spare_bytes: usize,
+    /// Per slot, the remote bin: objects of the class whose slabs belong
+    /// to other nodes, on their way home.
+    remotes: [RemoteBin; NR_CLASSES + 1],
+}
+
+const _: () = assert!(core::mem::size_of::<Cold>() <= crate::os::PAGE_SIZE);
 
 /// Calls a thread folds before it adds them to the process's counts
 /// (one shared cache line, written so at most once per this many).
@@ -218,16 +241,33 @@ struct Spare {
 }
 
 impl ThreadCache {
+    /// The cold part. Only the slow paths of an active or paused cache
+    /// ask, and such a cache has one.
+    #[inline(always)]
+    fn cold(&mut self) -> &mut Cold {
+        debug_assert!(!self.cold.is_null(), "a cache with no cold part");
+        // SAFETY: an active or paused cache's page, this thread's alone.
+        unsafe { &mut *self.cold }
+    }
+
+    /// [`ThreadCache::cold`], to read.
+    #[inline(always)]
+    fn cold_ref(&self) -> &Cold {
+        debug_assert!(!self.cold.is_null(), "a cache with no cold part");
+        // SAFETY: as in `cold`.
+        unsafe { &*self.cold }
+    }
+
     /// The limit of the bin of `class`.
     #[inline]
     fn limit(&self, class: usize) -> u32 {
-        self.limits[class + 1]
+        self.cold_ref().limits[class + 1]
     }
 
     /// Objects in the bin of `class`.
     #[inline]
     fn count(&self, class: usize) -> u32 {
-        self.limits[class + 1] - (self.words[class + 1] & ROOM) as u32
+        self.limit(class) - (self.words[class + 1] & ROOM) as u32
     }
 
     /// Says that a slow path left `n` objects in the bin of `class`, so
@@ -239,10 +279,11 @@ impl ThreadCache {
     /// [`fold`]: ThreadCache::fold
     fn set_count(&mut self, class: usize, n: u32) {
         let old = self.count(class);
-        self.settled[class] += n as i64 - old as i64;
-        let before = self.limits[class + 1];
+        let cold = self.cold();
+        cold.settled[class] += n as i64 - old as i64;
+        let before = cold.limits[class + 1];
         let limit = before.max(n);
-        self.grown += (limit - before) as usize * CLASSES[class].size as usize;
+        cold.grown += (limit - before) as usize * CLASSES[class].size as usize;
         self.store_room(class, limit, n);
     }
 
@@ -258,7 +299,7 @@ impl ThreadCache {
     /// objects (`n <= limit`), and the room that leaves in its word; the
     /// pops counted there stay.
     fn store_room(&mut self, class: usize, limit: u32, n: u32) {
-        self.limits[class + 1] = limit;
+        self.cold().limits[class + 1] = limit;
         let word = &mut self.words[class + 1];
         *word = (*word & !ROOM) | (limit - n) as u64;
     }
@@ -272,16 +313,21 @@ impl ThreadCache {
         let pops = *word >> 16;
         *word &= ROOM;
         let count = self.count(class) as i64;
-        let pushes = count + pops as i64 - self.settled[class];
+        let settled = &mut self.cold().settled[class];
+        let pushes = count + pops as i64 - *settled;
         debug_assert!(pushes >= 0, "class {class}: {pushes} pushes");
-        self.settled[class] = count;
+        *settled = count;
         self.tally.allocs += pops;
         self.tally.frees += pushes.max(0) as u64;
         pops
     }
 
-    /// [`fold`](ThreadCache::fold) of every class.
+    /// [`fold`](ThreadCache::fold) of every class; nothing for a cache
+    /// that is not active or paused (its bins are empty, nothing to fold).
     fn fold_all(&mut self) {
+        if self.cold.is_null() {
+            return;
+        }
         for class in 0..NR_CLASSES {
             self.fold(class);
         }
@@ -306,7 +352,7 @@ impl ThreadCache {
     /// Grows the bin of `class` as [`grow_budgeted`] does.
     fn grow_bin(&mut self, class: usize, how: Growth) -> bool {
         let mut limit = self.limit(class);
-        let grew = grow_budgeted(&mut self.grown, &mut limit, class, how);
+        let grew = grow_budgeted(&mut self.cold().grown, &mut limit, class, how);
         if grew {
             self.set_limit(class, limit);
         }
@@ -316,11 +362,12 @@ impl ThreadCache {
     /// Takes the spare of `class` out of the cache: its list and length
     /// (null and 0 when there is none), its bytes off `spare_bytes`.
     fn take_spare(&mut self, class: usize) -> (*mut u8, u32) {
-        let spare = &mut self.spares[class];
+        let cold = self.cold();
+        let spare = &mut cold.spares[class];
         let taken = (spare.head, spare.count);
         spare.head = ptr::null_mut();
         spare.count = 0;
-        self.spare_bytes -= taken.1 as usize * CLASSES[class].size as usize;
+        cold.spare_bytes -= taken.1 as usize * CLASSES[class].size as usize;
         taken
     }
 
@@ -354,11 +401,12 @@ impl ThreadCache {
     /// Gives every bin its starting limit (activation, and after a trim
     /// emptied them).
     fn reset_limits(&mut self) {
-        self.grown = 0;
-        self.refused = 0;
+        let cold = self.cold();
+        cold.grown = 0;
+        cold.refused = 0;
         for class in 0..NR_CLASSES {
             self.set_limit(class, start_limit(class));
-            self.remotes[class + 1].limit = start_limit(class);
+            self.cold().remotes[class + 1].limit = start_limit(class);
         }
     }
 
@@ -561,7 +609,7 @@ const REBALANCE_AFTER: u32 = 256;
 /// # Safety
 /// `tc` is the calling thread's cache, active.
 unsafe fn rebalance(tc: &mut ThreadCache) {
-    tc.refused = 0;
+    tc.cold().refused = 0;
     let mut grown = 0;
     for (class, info) in CLASSES.iter().enumerate() {
         let start = start_limit(class);
@@ -577,7 +625,7 @@ unsafe fn rebalance(tc: &mut ThreadCache) {
             tc.set_limit(class, half);
         }
         grown += tc.limit(class).saturating_sub(start) as usize * info.size as usize;
-        let remote = &mut tc.remotes[class + 1];
+        let remote = &mut tc.cold().remotes[class + 1];
         if remote.limit > start {
             remote.limit = (remote.limit / 2).max(start);
             let excess = remote.count.saturating_sub(remote.limit) as usize;
@@ -586,7 +634,7 @@ unsafe fn rebalance(tc: &mut ThreadCache) {
         }
         grown += remote.limit.saturating_sub(start) as usize * info.size as usize;
     }
-    tc.grown = grown;
+    tc.cold().grown = grown;
 }
 
 /// Doubles `limit`, a bin's of `class`, up to [`bin_limit`]; false
@@ -841,6 +889,31 @@ pub type SetUp = fn();
 /// fast path has no test of its own.
 pub type OutOfMemory = fn();
 
+/// A zeroed page for a cache's [`Cold`] part, from the page allocator
+/// (whose per-CPU lists hand out the page an exited thread gave back
+/// last, still resident); `None` when no memory is left. The page stays
+/// untyped (`PG_NONE`), so a `free` into it is reported as not ours.
+fn take_cold() -> Option<*mut Cold> {
+    let (head, zero) = crate::mm::alloc_pages(0)?;
+    let addr = crate::mm::page::page_address(head);
+    crate::mm::hooks::handed_out(addr, crate::os::PAGE_SIZE, crate::mm::hooks::PageUse::Meta);
+    let cold = addr as *mut Cold;
+    if !zero {
+        // SAFETY: a page of our own, unused.
+        unsafe { ptr::write_bytes(cold, 0, 1) };
+    }
+    Some(cold)
+}
+
+/// Gives a page of [`take_cold`] back.
+///
+/// # Safety
+/// `cold` came from `take_cold` and nothing uses it any more.
+unsafe fn give_back_cold(cold: *mut Cold) {
+    // SAFETY: per the caller, an order-0 block of `alloc_pages`.
+    unsafe { crate::mm::free_pages(crate::mm::page::page_of(cold as usize), 0) };
+}
+
 /// The pthread key whose destructor empties a thread's cache at exit.
 static KEY: crate::os::ThreadExitKey = crate::os::ThreadExitKey::new();
 
@@ -893,16 +966,23 @@ fn activate_slow(tc: *mut ThreadCache, set_up: SetUp) -> bool {
     }
     set_up();
     tc.state = BUSY;
+    let Some(cold) = take_cold() else {
+        tc.state = UNINIT;
+        return false;
+    };
     // May allocate (keys past the first 32); that re-entry sees BUSY and
     // uses the shared caches.
     if !KEY.set((tc as *mut ThreadCache).cast()) {
+        // SAFETY: taken just now, never used.
+        unsafe { give_back_cold(cold) };
         tc.state = UNINIT;
         return false;
     }
+    tc.cold = cold;
     tc.reset_limits();
     tc.set_node(super::home_node() as u8);
     tc.small_slots = SMALL_SLOTS;
-    tc.rng = (link::FREE_MARK.load(Ordering::Relaxed) ^ (tc as *mut ThreadCache as usize)) as u32 | 1;
+    tc.cold().rng = (link::FREE_MARK.load(Ordering::Relaxed) ^ (tc as *mut ThreadCache as usize)) as u32 | 1;
     tc.key = link::FREE_MARK.load(Ordering::Relaxed);
     tc.link_key = link::key();
     tc.link_mask = link::IMPLAUSIBLE;
@@ -949,7 +1029,7 @@ fn alloc_slow(class: usize, size: usize, set_up: SetUp, out_of_memory: OutOfMemo
     if crate::profile::on() && unsafe { (*tc).prof_left } >= 0 {
         let bytes = popped as usize * CLASSES[class].size as usize;
         // SAFETY: as above.
-        crate::profile::charge_later(unsafe { &mut (*tc).prof_class[class] }, bytes);
+        crate::profile::charge_later(unsafe { &mut (*tc).cold().prof_class[class] }, bytes);
     }
     // The spare, if there is one, becomes the bin: no lock, no walk.
     // While profiling, a refill is what stops at the next sample, so the
@@ -957,7 +1037,7 @@ fn alloc_slow(class: usize, size: usize, set_up: SetUp, out_of_memory: OutOfMemo
     // SAFETY: this thread's cache, active; the bin is empty (the fast
     // path found it so), and the spare's list is linked as the bin's was.
     unsafe {
-        if (*tc).spares[class].count != 0 {
+        if (*tc).cold().spares[class].count != 0 {
             if !crate::profile::on() {
                 let (list, n) = (*tc).take_spare(class);
                 let head = &mut (*tc).heads[class + 1];
@@ -979,9 +1059,10 @@ fn alloc_slow(class: usize, size: usize, set_up: SetUp, out_of_memory: OutOfMemo
     // SAFETY: this thread's cache, active.
     unsafe {
         (*tc).set_node(super::home_node() as u8);
-        if (*tc).grown >= GROWTH_BUDGET && (*tc).limit(class) < bin_limit(class) {
-            (*tc).refused += 1;
-            if (*tc).refused >= REBALANCE_AFTER {
+        let cold = (*tc).cold();
+        if cold.grown >= GROWTH_BUDGET && (*tc).limit(class) < bin_limit(class) {
+            cold.refused += 1;
+            if cold.refused >= REBALANCE_AFTER {
                 rebalance(&mut *tc);
             }
         }
@@ -997,11 +1078,12 @@ fn alloc_slow(class: usize, size: usize, set_up: SetUp, out_of_memory: OutOfMemo
     let span = (half / 2).min(8);
     // SAFETY: this thread's cache.
     let roll = unsafe {
-        let mut x = (*tc).rng;
+        let rng = &mut (*tc).cold().rng;
+        let mut x = *rng;
         x ^= x << 13;
         x ^= x >> 17;
         x ^= x << 5;
-        (*tc).rng = x;
+        *rng = x;
         x as usize
     };
     let mut want = half - span / 2 + roll % (span + 1);
@@ -1010,13 +1092,13 @@ fn alloc_slow(class: usize, size: usize, set_up: SetUp, out_of_memory: OutOfMemo
     // SAFETY: this thread's cache; the reference ends with the call.
     let sampled = crate::profile::on()
         && unsafe { (*tc).prof_left } >= 0
-        && crate::profile::plan_refill(unsafe { &mut (*tc).prof_class[class] }, CLASSES[class].size as usize, &mut want);
+        && crate::profile::plan_refill(unsafe { &mut (*tc).cold().prof_class[class] }, CLASSES[class].size as usize, &mut want);
     if sampled {
         // The class's next countdown starts now; the thread is busy
         // until `record` has its stack.
         // SAFETY: this thread's cache; the references end with the calls.
         unsafe {
-            crate::profile::capture_done(&mut (*tc).prof_class[class]);
+            crate::profile::capture_done(&mut (*tc).cold().prof_class[class]);
             crate::profile::begin_capture(&mut (*tc).prof_left);
         }
     }
@@ -1088,8 +1170,9 @@ pub unsafe fn free_slow(object: *mut u8, user_class: usize, set_up: SetUp) {
         tc.set_node(super::home_node() as u8);
         let slab = cache::slab_of(object);
         if (*slab).node != tc.node() {
-            let remote = &mut tc.remotes[user_class];
-            if remote.count >= remote.limit && !grow_budgeted(&mut tc.grown, &mut remote.limit, class, Growth::Remote) {
+            let cold = tc.cold();
+            let remote = &mut cold.remotes[user_class];
+            if remote.count >= remote.limit && !grow_budgeted(&mut cold.grown, &mut remote.limit, class, Growth::Remote) {
                 send_home(remote, class, remote.count as usize);
             }
             remote.push(object);
@@ -1100,9 +1183,10 @@ pub unsafe fn free_slow(object: *mut u8, user_class: usize, set_up: SetUp) {
             tc.drop_spare(class);
             let head = tc.heads[user_class];
             let bytes = count as usize * CLASSES[class].size as usize;
-            if tc.spare_bytes + bytes <= SPARE_BUDGET {
-                tc.spare_bytes += bytes;
-                let spare = &mut tc.spares[class];
+            let cold = tc.cold();
+            if cold.spare_bytes + bytes <= SPARE_BUDGET {
+                cold.spare_bytes += bytes;
+                let spare = &mut cold.spares[class];
                 spare.head = head;
                 spare.count = count;
             } else {
@@ -1136,11 +1220,12 @@ pub unsafe fn free_remote(tc: *mut ThreadCache, object: *mut u8, user_class: usi
     // SAFETY: this thread's cache, active; the object is ours to link.
     unsafe {
         let tc = &mut *tc;
-        let remote = &mut tc.remotes[user_class];
+        let key = tc.key;
+        let remote = &mut tc.cold().remotes[user_class];
         if remote.count >= remote.limit {
             return false;
         }
-        set_free_mark(object, tc.key);
+        set_free_mark(object, key);
         remote.push(object);
         tc.tally.frees += 1;
         tc.publish_now_and_then();
@@ -1271,6 +1356,8 @@ extern "C" fn thread_exit(arg: *mut libc::c_void) {
         drain(&mut *tc);
         (*tc).publish();
         (*tc).state = DEAD;
+        give_back_cold((*tc).cold);
+        (*tc).cold = ptr::null_mut();
     }
 }
 
@@ -1289,7 +1376,7 @@ unsafe fn drain(tc: &mut ThreadCache) {
             tc.drop_spare(class);
         }
         tc.set_limit(class, 0);
-        let remote = &mut tc.remotes[class + 1];
+        let remote = &mut tc.cold().remotes[class + 1];
         remote.limit = 0;
         let n = remote.count as usize;
         // SAFETY: the remote bin holds `n` objects.
@@ -1352,16 +1439,26 @@ pub fn cached_objects() -> usize {
     // SAFETY: this thread's cache.
     unsafe {
         let tc = &*current();
-        let spares: usize = tc.spares.iter().map(|s| s.count as usize).sum();
+        if tc.cold.is_null() {
+            return 0;
+        }
+        let cold = tc.cold_ref();
+        let spares: usize = cold.spares.iter().map(|s| s.count as usize).sum();
         let bins: usize = (0..NR_CLASSES).map(|c| tc.count(c) as usize).sum();
-        spares + bins + tc.remotes.iter().map(|r| r.count as usize).sum::<usize>()
+        spares + bins + cold.remotes.iter().map(|r| r.count as usize).sum::<usize>()
     }
 }
 
 /// Objects of `class` cached in the calling thread's bin (for the views).
 pub fn cached_in_class(class: usize) -> usize {
+    let tc = current();
     // SAFETY: this thread's cache; `class + 1` is a valid bin index.
-    unsafe { ((*current()).count(class) + (*current()).spares[class].count) as usize }
+    unsafe {
+        if (*tc).cold.is_null() {
+            return 0;
+        }
+        ((*tc).count(class) + (*tc).cold_ref().spares[class].count) as usize
+    }
 }
 
 #[cfg(test)]
@@ -1601,7 +1698,8 @@ mod tests {
                     }
                     // SAFETY: this thread's cache.
                     let tc = unsafe { &*current() };
-                    for class in 0..NR_CLASSES {
+                    // (Before its first call the cache has no bins to look at.)
+                    for class in (0..NR_CLASSES).filter(|_| !tc.cold.is_null()) {
                         assert!(tc.count(class) <= tc.limit(class), "class {class}");
                     }
                 }

@@ -17,6 +17,12 @@
  *   faults refault      512 page runs of 64 KiB written, freed, given back
  *                       with malloc_trim(0), then allocated and written
  *                       again: each page faults twice
+ *   faults threads      mleak's pattern: 300 rounds of 10 threads at once,
+ *                       each taking calloc(16, 8) and freeing a block some
+ *                       earlier thread left; prints `thread_faults N`, the
+ *                       faults of the last 250 rounds (the first 50 warm
+ *                       up the stack cache and the heap), for a comparison
+ *                       with glibc's run of the same program
  *
  * Transparent huge pages are turned off for the process, so each page
  * faults once, 4 KiB at a time, whatever the system's setting. Prints
@@ -25,6 +31,9 @@
  */
 #define _GNU_SOURCE
 #include <malloc.h>
+#include <pthread.h>
+#include <sys/resource.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +54,43 @@ static void touch(void *p, size_t pages)
         c[i * PAGE] = (char)(i + 1);
 }
 
+#define SLOTS 1000
+static void *_Atomic slots[SLOTS];
+
+static void *leak(void *arg)
+{
+    void *p = calloc(16, 8);
+    if (p == NULL)
+        abort();
+    free(atomic_exchange(&slots[(size_t)arg % SLOTS], p));
+    return NULL;
+}
+
+static long minor_faults(void)
+{
+    struct rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    return u.ru_minflt;
+}
+
+static int threads(void)
+{
+    long start = 0;
+    for (size_t round = 0; round < 300; round++) {
+        if (round == 50)
+            start = minor_faults();
+        pthread_t t[10];
+        for (size_t i = 0; i < 10; i++)
+            CHECK(pthread_create(&t[i], NULL, leak, (void *)(round * 7919 + i * 104729)) == 0, "pthread_create");
+        for (size_t i = 0; i < 10; i++)
+            pthread_join(t[i], NULL);
+    }
+    printf("thread_faults %ld\n", minor_faults() - start);
+    for (size_t i = 0; i < SLOTS; i++)
+        free(atomic_exchange(&slots[i], NULL));
+    return failures != 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -52,6 +98,8 @@ int main(int argc, char **argv)
         return 2;
     }
     prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    if (!strcmp(argv[1], "threads"))
+        return threads();
     if (!strcmp(argv[1], "refault")) {
         size_t size = 64 << 10, n = TOTAL / size;
         for (int round = 0; round < 2; round++) {
