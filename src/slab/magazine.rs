@@ -170,12 +170,16 @@ pub struct ThreadCache {
 
 /// The part of a thread cache that only the slow paths touch: a page from
 /// the buddy allocator, taken at activation and given back at thread exit.
-/// In thread-local storage it made the cache 5.4 KiB, and glibc zeroes a
-/// new thread's static TLS with a `memset` below the thread descriptor:
-/// two pages more touched per thread than glibc's own start (mleak100,
+/// In thread-local storage it made the cache 5.4 KiB. glibc zeroes a new
+/// thread's static TLS with a `memset` on the pages below the thread
+/// descriptor, where the thread's stack then starts, and a cached stack
+/// comes back untouched only as far down as its last thread went: so
+/// every new thread faulted in one page more than under glibc (mleak100,
 /// `perf record -e page-faults`: three faults per thread where glibc takes
-/// two). Out of TLS, the page a thread takes is the page an exited thread
-/// gave back, still resident.
+/// two). Out of TLS (and with the first refill shallower, see
+/// `cache::MAX_PIECES`), the TLS and the first call's stack fit in the
+/// pages glibc touches anyway, and the page a thread takes is the page an
+/// exited thread gave back, still resident.
 #[repr(C)]
 struct Cold {
     /// Per slot, its bin's limit: the objects it may hold (slot 0's stays
