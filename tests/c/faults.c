@@ -80,10 +80,14 @@ static int threads(void)
         if (round == 50)
             start = minor_faults();
         pthread_t t[10];
+        int made[10];
+        for (size_t i = 0; i < 10; i++) {
+            made[i] = pthread_create(&t[i], NULL, leak, (void *)(round * 7919 + i * 104729)) == 0;
+            CHECK(made[i], "pthread_create");
+        }
         for (size_t i = 0; i < 10; i++)
-            CHECK(pthread_create(&t[i], NULL, leak, (void *)(round * 7919 + i * 104729)) == 0, "pthread_create");
-        for (size_t i = 0; i < 10; i++)
-            pthread_join(t[i], NULL);
+            if (made[i])
+                pthread_join(t[i], NULL);
     }
     printf("thread_faults %ld\n", minor_faults() - start);
     for (size_t i = 0; i < SLOTS; i++)
