@@ -112,7 +112,7 @@ pub struct ThreadCache {
     /// pair than 32-byte slots of head, word and remote bin).
     heads: [*mut u8; NR_CLASSES + 1],
     /// Per slot, the bin's word. Bits 0..16: the bin's room, objects it
-    /// may still take (its limit, kept in [`ThreadCache::limits`] for the
+    /// may still take (its limit, kept in [`Cold::limits`] for the
     /// slow paths, less the objects it holds). Bits 16..64: objects popped
     /// since the last [`ThreadCache::fold`]. A pop adds [`POPPED`] (one
     /// more pop, one more room) and a push subtracts 1, one instruction
@@ -236,7 +236,7 @@ const PUBLISH_EVERY: u64 = 1024;
 /// refills to half a bin (below).
 const SPARE_BUDGET: usize = 128 * 1024;
 
-/// A full bin set aside (see [`ThreadCache::spares`]): its list, linked as
+/// A full bin set aside (see [`Cold::spares`]): its list, linked as
 /// the bin's was, and its length (0: none).
 #[repr(C)]
 struct Spare {
