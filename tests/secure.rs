@@ -55,6 +55,7 @@ const CASES: &[(&str, Expect, Expect)] = &[
         Caught("malloc_usable_size()", "invalid pointer"),
     ),
     ("uaf-write-small", Silent, Caught("free()", "write after free")),
+    ("uaf-write-small-threads", Silent, Caught("free()", "write after free")),
     ("uaf-link-small", Caught("malloc()", "corrupted free list"), Caught("free()", "write after free")),
     ("uaf-write-large", NotCaught, Caught("SIGSEGV", "use after free")),
     ("uaf-read-large", NotCaught, Caught("SIGSEGV", "use after free")),

@@ -23,6 +23,12 @@
  *   usable-foreign        malloc_usable_size of the same
  *   uaf-write-small       a byte written into a freed 64-byte object, then
  *                         more frees of that size
+ *   uaf-write-small-threads
+ *                         uaf-write-small in a new thread, after 50 threads
+ *                         have each freed 200 objects of 64 bytes and, from
+ *                         a key destructor that runs again after the
+ *                         allocator's own, one more (their quarantines
+ *                         come and go with them)
  *   uaf-link-small        the first word of a freed object overwritten (the
  *                         free-list link), then more mallocs and frees
  *   uaf-write-large       a byte written into a freed 1 MiB block
@@ -48,6 +54,7 @@
  */
 #define _GNU_SOURCE
 #include <malloc.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -79,6 +86,51 @@ static void churn(size_t size)
             free(blocks[i]);
         }
     }
+}
+
+static pthread_key_t late_key;
+
+/* The program's key destructor: it runs before the allocator's (its key
+ * is older), sets itself again once, and frees that block in the next
+ * round, after the allocator's destructor emptied the thread's
+ * quarantine. */
+static void late_free(void *arg)
+{
+    if (arg == (void *)1) {
+        void *p = malloc(64);
+        CHECK(p != NULL, "malloc in a destructor");
+        pthread_setspecific(late_key, p);
+    } else {
+        free(arg);
+    }
+}
+
+static void *short_thread(void *arg)
+{
+    (void)arg;
+    void *blocks[200];
+    for (int i = 0; i < 200; i++)
+        blocks[i] = hidep(malloc(64));
+    for (int i = 0; i < 200; i++)
+        free(blocks[i]);
+    pthread_setspecific(late_key, (void *)1);
+    return NULL;
+}
+
+static void uaf_write_small(void)
+{
+    char *p = malloc(64);
+    announce(p);
+    free(p);
+    ((volatile char *)hidep(p))[40] = 'x';
+    churn(64);
+}
+
+static void *uaf_thread(void *arg)
+{
+    (void)arg;
+    uaf_write_small();
+    return NULL;
 }
 
 static void double_free(size_t size)
@@ -166,11 +218,17 @@ int main(int argc, char **argv)
             printf("usable=%zu\n", malloc_usable_size(hidep(local)));
         }
     } else if (!strcmp(c, "uaf-write-small")) {
-        char *p = malloc(64);
-        announce(p);
-        free(p);
-        ((volatile char *)hidep(p))[40] = 'x';
-        churn(64);
+        uaf_write_small();
+    } else if (!strcmp(c, "uaf-write-small-threads")) {
+        CHECK(pthread_key_create(&late_key, late_free) == 0, "pthread_key_create");
+        for (int i = 0; i < 50; i++) {
+            pthread_t t;
+            CHECK(pthread_create(&t, NULL, short_thread, NULL) == 0, "pthread_create");
+            pthread_join(t, NULL);
+        }
+        pthread_t t;
+        CHECK(pthread_create(&t, NULL, uaf_thread, NULL) == 0, "pthread_create");
+        pthread_join(t, NULL);
     } else if (!strcmp(c, "uaf-link-small")) {
         char *p = malloc(64);
         announce(p);
