@@ -683,17 +683,10 @@ fn is_local(q: *mut Local) -> bool {
 #[inline(never)]
 fn take_local() -> Option<*mut Local> {
     const { assert!(core::mem::size_of::<Local>() <= PAGE_SIZE) };
-    let (head, zero) = mm::alloc_pages(0)?;
-    let addr = page::page_address(head);
-    mm::hooks::handed_out(addr, PAGE_SIZE, mm::hooks::PageUse::Meta);
-    let q = addr as *mut Local;
-    // SAFETY: a page of our own, unused; zero is the empty FRESH state.
-    unsafe {
-        if !zero {
-            ptr::write_bytes(q, 0, 1);
-        }
-        *local_slot() = q;
-    }
+    // Zero bytes are the empty rings in state FRESH.
+    let q = mm::alloc_thread_page()? as *mut Local;
+    // SAFETY: this thread's slot.
+    unsafe { *local_slot() = q };
     Some(q)
 }
 
@@ -703,10 +696,10 @@ fn take_local() -> Option<*mut Local> {
 /// # Safety
 /// `q` is this thread's quarantine, empty, and nothing uses it any more.
 unsafe fn retire(q: *mut Local) {
-    // SAFETY: per the caller; an order-0 block of `alloc_pages`.
+    // SAFETY: per the caller, a page of `take_local`.
     unsafe {
         *local_slot() = GONE as *mut Local;
-        mm::free_pages(page::page_of(q as usize), 0);
+        mm::free_thread_page(q as usize);
     }
 }
 

@@ -65,6 +65,33 @@ pub unsafe fn free_pages(head: *mut Page, order: usize) {
     decay_tick();
 }
 
+/// A zeroed page for one thread's own structures (the thread cache's
+/// slow-path part, the secure build's quarantine), taken when the thread
+/// first needs it and given back at its exit with [`free_thread_page`]:
+/// from the per-CPU page lists, which hand out the page an exited thread
+/// gave back last, still resident. It stays untyped (`PG_NONE`), so a
+/// `free` into it is reported as not ours; the ledger sees it as
+/// metadata. `None` when no memory is left.
+pub fn alloc_thread_page() -> Option<usize> {
+    let (head, zero) = alloc_pages(0)?;
+    let addr = page::page_address(head);
+    hooks::handed_out(addr, PAGE_SIZE, hooks::PageUse::Meta);
+    if !zero {
+        // SAFETY: a page of our own, unused.
+        unsafe { core::ptr::write_bytes(addr as *mut u8, 0, PAGE_SIZE) };
+    }
+    Some(addr)
+}
+
+/// Gives back a page of [`alloc_thread_page`].
+///
+/// # Safety
+/// `addr` came from `alloc_thread_page` and nothing uses it any more.
+pub unsafe fn free_thread_page(addr: usize) {
+    // SAFETY: per the caller, an order-0 block of `alloc_pages`.
+    unsafe { free_pages(page::page_of(addr), 0) }
+}
+
 /// Frees the pages `[first, first + npages)` of an earlier allocation.
 ///
 /// # Safety

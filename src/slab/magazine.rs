@@ -221,6 +221,7 @@ struct Cold {
     remotes: [RemoteBin; NR_CLASSES + 1],
 }
 
+// One page of `mm::alloc_thread_page`.
 const _: () = assert!(core::mem::size_of::<Cold>() <= crate::os::PAGE_SIZE);
 
 /// Calls a thread folds before it adds them to the process's counts
@@ -893,31 +894,6 @@ pub type SetUp = fn();
 /// fast path has no test of its own.
 pub type OutOfMemory = fn();
 
-/// A zeroed page for a cache's [`Cold`] part, from the page allocator
-/// (whose per-CPU lists hand out the page an exited thread gave back
-/// last, still resident); `None` when no memory is left. The page stays
-/// untyped (`PG_NONE`), so a `free` into it is reported as not ours.
-fn take_cold() -> Option<*mut Cold> {
-    let (head, zero) = crate::mm::alloc_pages(0)?;
-    let addr = crate::mm::page::page_address(head);
-    crate::mm::hooks::handed_out(addr, crate::os::PAGE_SIZE, crate::mm::hooks::PageUse::Meta);
-    let cold = addr as *mut Cold;
-    if !zero {
-        // SAFETY: a page of our own, unused.
-        unsafe { ptr::write_bytes(cold, 0, 1) };
-    }
-    Some(cold)
-}
-
-/// Gives a page of [`take_cold`] back.
-///
-/// # Safety
-/// `cold` came from `take_cold` and nothing uses it any more.
-unsafe fn give_back_cold(cold: *mut Cold) {
-    // SAFETY: per the caller, an order-0 block of `alloc_pages`.
-    unsafe { crate::mm::free_pages(crate::mm::page::page_of(cold as usize), 0) };
-}
-
 /// The pthread key whose destructor empties a thread's cache at exit.
 static KEY: crate::os::ThreadExitKey = crate::os::ThreadExitKey::new();
 
@@ -970,7 +946,7 @@ fn activate_slow(tc: *mut ThreadCache, set_up: SetUp) -> bool {
     }
     set_up();
     tc.state = BUSY;
-    let Some(cold) = take_cold() else {
+    let Some(cold) = crate::mm::alloc_thread_page() else {
         tc.state = UNINIT;
         return false;
     };
@@ -978,11 +954,11 @@ fn activate_slow(tc: *mut ThreadCache, set_up: SetUp) -> bool {
     // uses the shared caches.
     if !KEY.set((tc as *mut ThreadCache).cast()) {
         // SAFETY: taken just now, never used.
-        unsafe { give_back_cold(cold) };
+        unsafe { crate::mm::free_thread_page(cold) };
         tc.state = UNINIT;
         return false;
     }
-    tc.cold = cold;
+    tc.cold = cold as *mut Cold;
     tc.reset_limits();
     tc.set_node(super::home_node() as u8);
     tc.small_slots = SMALL_SLOTS;
@@ -1360,7 +1336,7 @@ extern "C" fn thread_exit(arg: *mut libc::c_void) {
         drain(&mut *tc);
         (*tc).publish();
         (*tc).state = DEAD;
-        give_back_cold((*tc).cold);
+        crate::mm::free_thread_page((*tc).cold as usize);
         (*tc).cold = ptr::null_mut();
     }
 }
