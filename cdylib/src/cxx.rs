@@ -78,12 +78,14 @@ extern "C" fn next(form: Form) -> *mut c_void {
 }
 
 /// `new`'s attempt: a block, or null when there is no memory.
+#[link_section = ".text.hot.buddyslab"]
 extern "C" fn try_new(size: usize) -> *mut c_void {
     heap::malloc_or(size, super::enomem).cast()
 }
 
 /// An aligned `new`'s attempt: a block, or null when there is no memory
 /// or `align` is not a power of two.
+#[link_section = ".text.hot.buddyslab"]
 extern "C" fn try_new_aligned(size: usize, align: usize) -> *mut c_void {
     if !align.is_power_of_two() {
         return core::ptr::null_mut();
@@ -106,6 +108,7 @@ macro_rules! throwing_new {
         #[cfg(target_arch = "x86_64")]
         #[unsafe(naked)]
         #[no_mangle]
+        #[link_section = ".text.hot.buddyslab"]
         pub unsafe extern "C" fn $name($($arg: $ty),*) -> *mut c_void {
             core::arch::naked_asm!(
                 $($save,)*
@@ -220,6 +223,7 @@ macro_rules! delete {
         /// # Safety
         /// As `free`.
         #[no_mangle]
+        #[link_section = ".text.hot.buddyslab"]
         pub unsafe extern "C" fn $name(p: *mut c_void, $(_: $ty),*) {
             // SAFETY: per the caller.
             unsafe { heap::free(p.cast()) }

@@ -37,6 +37,7 @@ use buddyslab::stats::{self, MallInfo2};
 use core::ffi::{c_int, c_void};
 use core::ptr;
 
+#[link_section = ".text.hot.buddyslab"]
 extern "C" fn constructor() {
     heap::set_process_malloc();
     #[cfg(feature = "secure")]
@@ -78,6 +79,7 @@ fn handed_out<T>(p: *mut T) -> *mut T {
 /// `errno` from its slow path, so the fast path is the heap's, with
 /// nothing after it.
 #[no_mangle]
+#[link_section = ".text.hot.buddyslab"]
 pub extern "C" fn malloc(size: usize) -> *mut c_void {
     heap::malloc_or(size, enomem).cast()
 }
@@ -92,6 +94,7 @@ fn enomem() {
 /// # Safety
 /// `p` is null or a live block, not used afterwards.
 #[no_mangle]
+#[link_section = ".text.hot.buddyslab"]
 pub unsafe extern "C" fn free(p: *mut c_void) {
     // SAFETY: per the caller.
     unsafe { heap::free(p.cast()) }
@@ -102,6 +105,7 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
 /// # Safety
 /// As [`free`].
 #[no_mangle]
+#[link_section = ".text.hot.buddyslab"]
 pub unsafe extern "C" fn cfree(p: *mut c_void) {
     // SAFETY: per the caller.
     unsafe { heap::free(p.cast()) }
@@ -112,6 +116,7 @@ pub unsafe extern "C" fn cfree(p: *mut c_void) {
 /// # Safety
 /// As [`free`].
 #[no_mangle]
+#[link_section = ".text.hot.buddyslab"]
 pub unsafe extern "C" fn free_sized(p: *mut c_void, _size: usize) {
     // SAFETY: per the caller.
     unsafe { heap::free(p.cast()) }
@@ -122,6 +127,7 @@ pub unsafe extern "C" fn free_sized(p: *mut c_void, _size: usize) {
 /// # Safety
 /// As [`free`].
 #[no_mangle]
+#[link_section = ".text.hot.buddyslab"]
 pub unsafe extern "C" fn free_aligned_sized(p: *mut c_void, _align: usize, _size: usize) {
     // SAFETY: per the caller.
     unsafe { heap::free(p.cast()) }
@@ -129,6 +135,7 @@ pub unsafe extern "C" fn free_aligned_sized(p: *mut c_void, _align: usize, _size
 
 /// `calloc(3)`: NULL with `ENOMEM` when `n * size` overflows.
 #[no_mangle]
+#[link_section = ".text.hot.buddyslab"]
 pub extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
     counters::count_call(counters::Entry::Calloc);
     handed_out(or_enomem(heap::calloc(n, size)))
@@ -140,6 +147,7 @@ pub extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
 /// # Safety
 /// `p` is null or a live block.
 #[no_mangle]
+#[link_section = ".text.hot.buddyslab"]
 pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
     counters::count_call(counters::Entry::Realloc);
     // SAFETY: per the caller.
@@ -155,6 +163,7 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
 /// # Safety
 /// As [`realloc`].
 #[no_mangle]
+#[link_section = ".text.hot.buddyslab"]
 pub unsafe extern "C" fn reallocarray(p: *mut c_void, n: usize, size: usize) -> *mut c_void {
     match n.checked_mul(size) {
         // SAFETY: per the caller.
@@ -172,6 +181,7 @@ pub unsafe extern "C" fn reallocarray(p: *mut c_void, n: usize, size: usize) -> 
 /// # Safety
 /// `out` is valid for a pointer write.
 #[no_mangle]
+#[link_section = ".text.hot.buddyslab"]
 pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> c_int {
     counters::count_call(counters::Entry::Aligned);
     if !align.is_power_of_two() || align % core::mem::size_of::<*mut c_void>() != 0 {
@@ -189,6 +199,7 @@ pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, siz
 
 /// `aligned_alloc(3)`: `EINVAL` for an alignment that is not a power of two.
 #[no_mangle]
+#[link_section = ".text.hot.buddyslab"]
 pub extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
     counters::count_call(counters::Entry::Aligned);
     if !align.is_power_of_two() {
@@ -201,6 +212,7 @@ pub extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
 /// `memalign(3)`: glibc rounds an alignment that is not a power of two up
 /// to the next one; an alignment over `SIZE_MAX / 2` is `EINVAL`.
 #[no_mangle]
+#[link_section = ".text.hot.buddyslab"]
 pub extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
     counters::count_call(counters::Entry::Aligned);
     if align > usize::MAX / 2 + 1 {
@@ -236,6 +248,7 @@ pub extern "C" fn pvalloc(size: usize) -> *mut c_void {
 /// # Safety
 /// `p` is null or a live block.
 #[no_mangle]
+#[link_section = ".text.hot.buddyslab"]
 pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
     heap::usable_size(p.cast())
 }

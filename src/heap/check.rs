@@ -32,6 +32,7 @@ pub(super) fn owner_of(p: *mut u8, what: &'static [u8]) -> Owner {
 /// already (`chunk`, null when no chunk holds it): `free`'s cold path,
 /// whose lookup through the thread's remembered chunks then serves once.
 #[inline]
+#[link_section = ".text.hot.buddyslab"]
 pub(super) fn owner_in(chunk: *mut page::Chunk, p: *mut u8, what: &'static [u8]) -> Owner {
     if chunk.is_null() {
         return Owner::Outside;

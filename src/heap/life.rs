@@ -23,6 +23,7 @@ static INIT: AtomicU8 = AtomicU8::new(INIT_NONE);
 /// structure is statically initialised, so nothing depends on this having
 /// run except options and fork safety.
 #[inline]
+#[link_section = ".text.hot.buddyslab"]
 pub fn ensure_init() {
     if INIT.load(Ordering::Acquire) != INIT_DONE {
         init_slow();
@@ -39,6 +40,7 @@ fn write_profile_on_trigger(reason: report::Reason) {
 
 #[cold]
 #[inline(never)]
+#[link_section = ".text.hot.buddyslab"]
 fn init_slow() {
     // The ledger first, by every caller (registering twice is harmless):
     // it must hear of the first chunk, and a thread that finds another
@@ -75,6 +77,7 @@ fn init_slow() {
 
 /// Declares that this copy of buddyslab is the process's `malloc` (the C
 /// face calls this first thing): chunks may then come from `brk`.
+#[link_section = ".text.hot.buddyslab"]
 pub fn set_process_malloc() {
     mm::USE_BRK.store(true, Ordering::Relaxed);
     ensure_init();

@@ -76,6 +76,7 @@ fn nothing() {}
 /// [`malloc`] above the class table's range: a slab class found by
 /// arithmetic, or a big block.
 #[inline(never)]
+#[link_section = ".text.hot.buddyslab"]
 fn malloc_medium(size: usize, out_of_memory: magazine::OutOfMemory) -> *mut u8 {
     if size <= SLAB_MAX {
         return magazine::alloc(class_of(size), size, ensure_init, out_of_memory);
@@ -89,6 +90,7 @@ fn malloc_medium(size: usize, out_of_memory: magazine::OutOfMemory) -> *mut u8 {
 
 /// Allocates `size` bytes aligned to `align` (a power of two; any value up
 /// to what the address space allows). Null when out of memory.
+#[link_section = ".text.hot.buddyslab"]
 pub fn aligned_alloc(align: usize, size: usize) -> *mut u8 {
     debug_assert!(align.is_power_of_two());
     if align <= MIN_ALIGN {
@@ -105,6 +107,7 @@ pub fn aligned_alloc(align: usize, size: usize) -> *mut u8 {
 /// them (see [`realloc_aligned`]).
 #[cold]
 #[inline(never)]
+#[link_section = ".text.hot.buddyslab"]
 fn alloc_big(size: usize, align: usize, room: usize) -> *mut u8 {
     let p = alloc_big_known_zero(size, align, room).0;
     if !p.is_null() {
@@ -120,6 +123,7 @@ fn alloc_big(size: usize, align: usize, room: usize) -> *mut u8 {
 
 /// [`alloc_big`], also saying whether the memory is known to read as zero
 /// (fresh pages from the OS, or a fresh mapping).
+#[link_section = ".text.hot.buddyslab"]
 fn alloc_big_known_zero(size: usize, align: usize, room: usize) -> (*mut u8, bool) {
     // The page tier and the large tier grow without setting up: the
     // process's set-up (the ledger's hooks above all) comes first.
@@ -169,6 +173,7 @@ pub const PAGE_TIER_MAX: usize = 256 * 1024;
 /// A run of buddy pages for `size` bytes aligned to `align` (both at most
 /// a chunk): exact from the zone, or up to an eighth longer from the
 /// thread's run lists; and whether it reads as zero.
+#[link_section = ".text.hot.buddyslab"]
 fn page_run(size: usize, align: usize) -> (*mut u8, bool) {
     let npages = pages_for(size.max(1));
     let align_order = order_for_pages(align.max(PAGE_SIZE) >> PAGE_SHIFT);
@@ -190,6 +195,7 @@ fn page_run(size: usize, align: usize) -> (*mut u8, bool) {
 
 /// A large block of its own mapping, with `room` bytes more to grow into,
 /// recorded in the page-table shadow, and whether it reads as zero.
+#[link_section = ".text.hot.buddyslab"]
 fn large_block(size: usize, room: usize, align: usize) -> (*mut u8, bool) {
     let (p, zero) = large::alloc(size, room, align);
     if !p.is_null() {
@@ -205,6 +211,7 @@ fn large_block(size: usize, room: usize, align: usize) -> (*mut u8, bool) {
 /// Allocates `n * size` zeroed bytes; null on overflow or out of memory.
 /// Memory known to be zero (fresh pages, fresh mappings) is not cleared
 /// again.
+#[link_section = ".text.hot.buddyslab"]
 pub fn calloc(n: usize, size: usize) -> *mut u8 {
     match n.checked_mul(size) {
         Some(total) => zeroed_alloc(total, MIN_ALIGN),
@@ -213,6 +220,7 @@ pub fn calloc(n: usize, size: usize) -> *mut u8 {
 }
 
 /// Allocates `size` zeroed bytes aligned to `align`.
+#[link_section = ".text.hot.buddyslab"]
 pub fn zeroed_alloc(size: usize, align: usize) -> *mut u8 {
     let small_class = if size <= SLAB_MAX && align <= MIN_ALIGN {
         Some(class_of(size))
@@ -304,6 +312,7 @@ fn free_inside_object(p: *mut u8) -> ! {
 /// [`check::owner_in`] stops at).
 #[cold]
 #[inline(never)]
+#[link_section = ".text.hot.buddyslab"]
 fn free_other(p: *mut u8) {
     if p.is_null() {
         return;
@@ -400,6 +409,7 @@ unsafe fn free_in_diverted_page(p: *mut u8, user_class: usize) -> bool {
 
 #[cold]
 #[inline(never)]
+#[link_section = ".text.hot.buddyslab"]
 fn free_outside(p: *mut u8) {
     if crate::profile::on() {
         crate::profile::forget_block(p);
@@ -484,6 +494,7 @@ pub fn slab_usable_for(p: *mut u8, what: &'static [u8], why_free: &'static [u8])
 ///
 /// # Safety
 /// `p` is null or a live block; after a non-null return it is not used.
+#[link_section = ".text.hot.buddyslab"]
 pub unsafe fn realloc(p: *mut u8, size: usize) -> *mut u8 {
     // SAFETY: per the caller.
     unsafe { realloc_by(p, size, malloc, |p| free(p), |p, size, align| realloc_aligned(p, size, align)) }
@@ -522,6 +533,7 @@ pub unsafe fn realloc_by(
 /// # Safety
 /// `p` is a live block aligned to `align`; after a non-null return it is
 /// not used.
+#[link_section = ".text.hot.buddyslab"]
 pub unsafe fn realloc_aligned(p: *mut u8, size: usize, align: usize) -> *mut u8 {
     if size > MAX_REQUEST {
         return ptr::null_mut();

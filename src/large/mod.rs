@@ -361,6 +361,7 @@ impl MappingCache {
     /// most an eighth of `len`. Returns the block's start and mapped
     /// length (at least `len`), recorded as `Large`; `None` when no extent
     /// holds `len` bytes alone.
+    #[link_section = ".text.hot.buddyslab"]
     pub fn take_whole(&mut self, len: usize, requested: usize, unmaps: &mut Unmaps) -> Option<(usize, usize)> {
         let mut best: Option<usize> = None;
         for (i, e) in self.extents().iter().enumerate() {
@@ -500,6 +501,7 @@ impl MappingCache {
     /// Caches the freed block `[start, start + len)`, recorded as `Large`,
     /// merging it with cached extents it touches, then evicts the oldest
     /// extents beyond `max_bytes`.
+    #[link_section = ".text.hot.buddyslab"]
     pub fn put(&mut self, start: usize, len: usize, now: u64, max_bytes: usize, unmaps: &mut Unmaps) {
         let (mut lo, mut hi) = (start, start + len);
         let below = self.extents().iter().position(|e| e.end() == start);

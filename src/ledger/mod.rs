@@ -35,6 +35,7 @@ static HOOKS: PageHooks = PageHooks {
 
 /// A chunk joined the zone: its region and its metadata's go in the tree,
 /// its pages and its metadata's in the shadow.
+#[link_section = ".text.hot.buddyslab"]
 fn chunk_added(c: ChunkAdded) {
     let kind = match c.source {
         ChunkSource::Brk => VmaKind::Heap,

@@ -268,6 +268,7 @@ fn new_table() -> *mut Table {
 }
 
 /// The table a slot points to, installing a new one when `create` is set.
+#[link_section = ".text.hot.buddyslab"]
 fn next_level(slot: &AtomicPtr<Table>, create: bool) -> *mut Table {
     let t = slot.load(Ordering::Acquire);
     if !t.is_null() || !create {
@@ -421,6 +422,7 @@ fn replace(e: &AtomicU64, new: u64) -> u64 {
 /// Records `[start, start + len)` as freshly mapped: present, untouched,
 /// not handed out. Creates the tables the range needs, so later updates of
 /// it never allocate.
+#[link_section = ".text.hot.buddyslab"]
 pub fn map(start: usize, len: usize) {
     let mut tally = Tally::new();
     for_each_table(start, len, true, |entries| {
@@ -528,6 +530,7 @@ pub fn hand_out_huge(start: usize, len: usize, tier: Tier) -> usize {
     hand_out_pages(start, len, tier, true)
 }
 
+#[link_section = ".text.hot.buddyslab"]
 fn hand_out_pages(start: usize, len: usize, tier: Tier, huge: bool) -> usize {
     let mut faults = 0;
     let mut tally = Tally::new();
@@ -577,6 +580,7 @@ fn hand_out_pages(start: usize, len: usize, tier: Tier, huge: bool) -> usize {
 
 /// Records pages going back to the buddy allocator: no longer handed out,
 /// still resident.
+#[link_section = ".text.hot.buddyslab"]
 pub fn give_back(start: usize, len: usize) {
     let mut tally = Tally::new();
     for_each_table(start, len, false, |entries| {
@@ -589,6 +593,7 @@ pub fn give_back(start: usize, len: usize) {
 
 /// Records `madvise(MADV_DONTNEED)` on `[start, start + len)`: the next
 /// touch of each page faults again (a refault, if it had been resident).
+#[link_section = ".text.hot.buddyslab"]
 pub fn advised(start: usize, len: usize) {
     walk(start, len, false, |e| {
         if let Some(e) = e {
@@ -713,6 +718,7 @@ fn is_watched() -> bool {
 /// Called just before `madvise(MADV_DONTNEED)` gives `[start, start +
 /// len)` back: when watched, what faulted in there is observed while it
 /// still is resident.
+#[link_section = ".text.hot.buddyslab"]
 pub fn releasing(start: usize, len: usize) {
     if is_watched() {
         observe(start, len);

@@ -209,6 +209,7 @@ unsafe fn rotate_left(n: *mut VmArea) -> *mut VmArea {
 ///
 /// # Safety
 /// `n` is live and its subtrees are balanced AVL trees.
+#[link_section = ".text.hot.buddyslab"]
 unsafe fn rebalance(n: *mut VmArea) -> *mut VmArea {
     // SAFETY: per the caller; rotations only touch live nodes.
     unsafe {
@@ -234,6 +235,7 @@ unsafe fn rebalance(n: *mut VmArea) -> *mut VmArea {
 
 /// # Safety
 /// `root` is a valid subtree; `node` is live and not in it.
+#[link_section = ".text.hot.buddyslab"]
 unsafe fn insert_at(root: *mut VmArea, node: *mut VmArea) -> *mut VmArea {
     if root.is_null() {
         return node;
@@ -270,6 +272,7 @@ unsafe fn remove_min(root: *mut VmArea) -> (*mut VmArea, *mut VmArea) {
 ///
 /// # Safety
 /// `root` is a valid subtree.
+#[link_section = ".text.hot.buddyslab"]
 unsafe fn remove_at(root: *mut VmArea, start: usize) -> (*mut VmArea, *mut VmArea) {
     if root.is_null() {
         return (root, ptr::null_mut());
@@ -488,6 +491,7 @@ pub fn record(start: usize, end: usize, kind: VmaKind) -> bool {
 }
 
 /// [`record`] with the requested size of a large block.
+#[link_section = ".text.hot.buddyslab"]
 pub fn record_sized(start: usize, end: usize, kind: VmaKind, requested: usize) -> bool {
     let node = alloc_node();
     if node.is_null() {
@@ -545,6 +549,7 @@ pub fn lookup(addr: usize) -> Option<Region> {
 /// Removes the region that starts exactly at `start` if it has kind `kind`;
 /// returns it. `Err` carries the region that contains `start` instead (or
 /// `None`), for error messages.
+#[link_section = ".text.hot.buddyslab"]
 pub fn remove_exact(start: usize, kind: VmaKind) -> Result<Region, Option<Region>> {
     let node;
     {

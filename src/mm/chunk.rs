@@ -39,6 +39,7 @@ pub static META_BYTES: AtomicUsize = AtomicUsize::new(0);
 /// waiting for a thread that was not running.
 #[cold]
 #[inline(never)]
+#[link_section = ".text.hot.buddyslab"]
 pub(super) fn grow(order: usize) -> bool {
     if ZONE.lock().can_alloc(order) {
         return true; // another thread grew the zone meanwhile
@@ -148,6 +149,7 @@ impl Ahead {
     /// A batch the system refuses is tried again as one slot. `None` when
     /// the system refuses that too. No system call is made under the
     /// lock.
+    #[link_section = ".text.hot.buddyslab"]
     fn take(&self, len: usize, align: usize) -> Option<usize> {
         self.take_batched(len, align, batch())
     }

@@ -14,6 +14,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 /// Allocates a block of `order` pages from the global zone, growing it by a
 /// chunk when needed. Returns the head descriptor and whether the memory is
 /// known zero, or `None` when the system has no memory left.
+#[link_section = ".text.hot.buddyslab"]
 pub fn alloc_pages(order: usize) -> Option<(*mut Page, bool)> {
     debug_assert!(order <= MAX_ORDER);
     decay_tick();
@@ -52,6 +53,7 @@ pub fn alloc_pages_lowest(order: usize) -> Option<(*mut Page, bool)> {
 ///
 /// # Safety
 /// `head` was returned by [`alloc_pages`] with this `order` and is unused.
+#[link_section = ".text.hot.buddyslab"]
 pub unsafe fn free_pages(head: *mut Page, order: usize) {
     hooks::given_back(page::page_address(head), PAGE_SIZE << order);
     if order <= pcp::PCP_MAX_ORDER {
@@ -96,6 +98,7 @@ pub unsafe fn free_thread_page(addr: usize) {
 ///
 /// # Safety
 /// As [`Zone::free_range`].
+#[link_section = ".text.hot.buddyslab"]
 pub unsafe fn free_page_range(first: *mut Page, npages: usize) {
     if npages != 0 {
         hooks::given_back(page::page_address(first), npages << PAGE_SHIFT);

@@ -107,6 +107,7 @@ pub unsafe fn free(head: *mut Page, order: usize) {
 
 /// Gives every block on every CPU's lists back to the zone (before
 /// trimming, and for tests).
+#[link_section = ".text.hot.buddyslab"]
 pub fn drain_all() {
     for pcp in PCP.iter() {
         let mut pcp = pcp.lock();

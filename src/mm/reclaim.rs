@@ -130,6 +130,7 @@ impl Drop for DecayDeferred {
 /// whose cost is the blocks it releases (see [`Zone::isolate_idle`]).
 /// Must be called with no allocator lock held, or under a
 /// [`defer_decay`] guard.
+#[link_section = ".text.hot.buddyslab"]
 pub fn decay_tick() {
     if EVENTS.fetch_add(1, Ordering::Relaxed) % TICK_EVERY != 0 {
         return;
@@ -198,6 +199,7 @@ const RELEASE_BATCH: usize = 128;
 /// Isolates the blocks `filter` picks, a batch at a time, releases them
 /// with `MADV_DONTNEED`, and frees them again as clean. Returns bytes
 /// released.
+#[link_section = ".text.hot.buddyslab"]
 fn release(filter: ReleaseFilter) -> usize {
     let mut released = 0;
     loop {

@@ -152,6 +152,7 @@ pub unsafe fn put(head: *mut Page) -> bool {
 /// inside the registering).
 #[cold]
 #[inline(never)]
+#[link_section = ".text.hot.buddyslab"]
 fn register(rc: *mut RunCache) -> bool {
     // SAFETY: the lists are this thread's alone.
     unsafe {
@@ -169,6 +170,7 @@ fn register(rc: *mut RunCache) -> bool {
 ///
 /// # Safety
 /// `rc` is the calling thread's lists.
+#[link_section = ".text.hot.buddyslab"]
 unsafe fn empty(rc: *mut RunCache) -> usize {
     // SAFETY: per the caller.
     let bytes = unsafe { (*rc).bytes };
@@ -208,6 +210,7 @@ pub fn cached_bytes() -> usize {
 
 /// Empties the exiting thread's lists and leaves them dead: the pthread
 /// key destructor.
+#[link_section = ".text.hot.buddyslab"]
 extern "C" fn thread_exit(arg: *mut libc::c_void) {
     let rc = arg.cast::<RunCache>();
     debug_assert_eq!(rc, current());

@@ -306,6 +306,7 @@ impl Zone {
     ///
     /// # Safety
     /// The zone's descriptors are live.
+    #[link_section = ".text.hot.buddyslab"]
     pub unsafe fn alloc_from_fragments(&mut self, npages: usize, group: u8) -> Option<(*mut Page, bool)> {
         const CANDIDATES: usize = 8;
         let order = order_for_pages(npages);
@@ -384,6 +385,7 @@ impl Zone {
     ///
     /// # Safety
     /// Free blocks of this zone start at `start` and cover the range.
+    #[link_section = ".text.hot.buddyslab"]
     unsafe fn take_range(&mut self, chunk: *mut Chunk, start: usize, npages: usize) -> (*mut Page, bool) {
         let end = start + npages;
         let mut index = start;
@@ -455,6 +457,7 @@ impl Zone {
     ///
     /// # Safety
     /// `head` heads a free block on `free_area[current]`, `current >= order`.
+    #[link_section = ".text.hot.buddyslab"]
     unsafe fn take(&mut self, head: *mut Page, mut current: usize, order: usize, group: u8) -> (*mut Page, bool) {
         // SAFETY: per the caller.
         unsafe { self.unlink_free(head, current) };
@@ -507,6 +510,7 @@ impl Zone {
     ///
     /// # Safety
     /// As [`Zone::free`].
+    #[link_section = ".text.hot.buddyslab"]
     unsafe fn free_stamped(&mut self, head: *mut Page, order: usize, zero: bool, stamp: u32) {
         let chunk = Chunk::of_page(head);
         let mut index = Chunk::index_of(head);
@@ -597,6 +601,7 @@ impl Zone {
     ///
     /// # Safety
     /// The zone's descriptors are live.
+    #[link_section = ".text.hot.buddyslab"]
     pub unsafe fn isolate_idle(&mut self, out: &mut [*mut Page], filter: ReleaseFilter) -> usize {
         // SAFETY: entries of our lists are live.
         let idle = |p: *mut Page| filter.idle(unsafe { (*p).span });

@@ -188,6 +188,7 @@ static RANGES_REFUSED: AtomicBool = AtomicBool::new(false);
 ///
 /// # Safety
 /// Every range is mapped by buddyslab and its contents are no longer needed.
+#[link_section = ".text.hot.buddyslab"]
 pub unsafe fn madvise_dontneed_ranges(ranges: &[Range], done: &mut [bool]) -> usize {
     debug_assert!(ranges.len() <= MAX_RANGES && done.len() >= ranges.len());
     let mut first = 0;

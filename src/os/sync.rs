@@ -62,6 +62,7 @@ impl<T> Mutex<T> {
 
     #[cold]
     #[inline(never)]
+    #[link_section = ".text.hot.buddyslab"]
     fn lock_contended(&self) {
         for _ in 0..100 {
             core::hint::spin_loop();

@@ -211,6 +211,7 @@ impl KmemCache {
     /// Takes an object from a partial or reserved empty slab; `None` when
     /// the cache needs a new slab.
     #[inline]
+    #[link_section = ".text.hot.buddyslab"]
     fn alloc_locked(&mut self) -> Option<*mut u8> {
         let slab = self.slab_to_take_from();
         if slab.is_null() {
@@ -242,6 +243,7 @@ impl KmemCache {
     /// the same first word), or else a run of up to `max` never-used
     /// objects, which the caller links after dropping the lock. `None`
     /// when the cache needs a new slab.
+    #[link_section = ".text.hot.buddyslab"]
     fn take_locked(&mut self, max: usize) -> Option<(Taken, usize)> {
         let slab = self.slab_to_take_from();
         if slab.is_null() {
@@ -275,6 +277,7 @@ impl KmemCache {
     ///
     /// # Safety
     /// `head` was just allocated from the buddy with this cache's order.
+    #[link_section = ".text.hot.buddyslab"]
     unsafe fn add_slab(&mut self, head: *mut Page) {
         // SAFETY: the block is ours; we are its only user.
         unsafe {
@@ -518,6 +521,7 @@ pub fn alloc(cache: &Mutex<KmemCache>) -> *mut u8 {
 
 #[cold]
 #[inline(never)]
+#[link_section = ".text.hot.buddyslab"]
 fn alloc_refill(cache: &Mutex<KmemCache>, order: usize) -> *mut u8 {
     let Some((head, _zero)) = mm::alloc_pages(order) else { return ptr::null_mut() };
     let mut c = cache.lock();
@@ -813,6 +817,7 @@ unsafe fn release_slab(slab: *mut Page, order: usize, size: usize) {
 ///
 /// # Safety
 /// `slab` heads a slab of `cache`.
+#[link_section = ".text.hot.buddyslab"]
 pub unsafe fn free(cache: &Mutex<KmemCache>, slab: *mut Page, object: *mut u8) {
     let mut c = cache.lock();
     // SAFETY: per the caller.

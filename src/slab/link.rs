@@ -81,6 +81,7 @@ pub fn key() -> usize {
 
 #[cold]
 #[inline(never)]
+#[link_section = ".text.hot.buddyslab"]
 fn draw_key() -> usize {
     let fresh = crate::os::random_u64().unwrap_or(0x6a09_e667_f3bc_c909 ^ crate::os::monotonic_ns()) as usize | 1;
     match KEY.compare_exchange(0, fresh, Ordering::Relaxed, Ordering::Relaxed) {

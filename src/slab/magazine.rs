@@ -382,6 +382,7 @@ impl ThreadCache {
     ///
     /// # Safety
     /// This is the calling thread's cache.
+    #[link_section = ".text.hot.buddyslab"]
     unsafe fn drop_spare(&mut self, class: usize) {
         let (list, n) = self.take_spare(class);
         if n != 0 {
@@ -809,6 +810,7 @@ pub fn alloc_small(size: usize, set_up: SetUp, out_of_memory: OutOfMemory) -> *m
 /// it stays in the register it came in, with no copy on the fast path.)
 #[cold]
 #[inline(never)]
+#[link_section = ".text.hot.buddyslab"]
 fn alloc_small_slow(size: usize, slot: usize, set_up: SetUp, out_of_memory: OutOfMemory) -> *mut u8 {
     let class = match slot {
         0 => super::class_of(size),
@@ -921,6 +923,7 @@ fn activate(tc: *mut ThreadCache, set_up: SetUp) -> bool {
 /// [`activate`] for every case but the common one.
 #[cold]
 #[inline(never)]
+#[link_section = ".text.hot.buddyslab"]
 fn activate_slow(tc: *mut ThreadCache, set_up: SetUp) -> bool {
     // SAFETY: the thread cache is this thread's alone.
     let tc = unsafe { &mut *tc };
@@ -972,6 +975,7 @@ fn activate_slow(tc: *mut ThreadCache, set_up: SetUp) -> bool {
 
 #[cold]
 #[inline(never)]
+#[link_section = ".text.hot.buddyslab"]
 fn alloc_slow(class: usize, size: usize, set_up: SetUp, out_of_memory: OutOfMemory) -> *mut u8 {
     // Views on demand, at an interval, the live page: a hook the views
     // register (one relaxed load when none is in use); no lock is held here.
@@ -1119,6 +1123,7 @@ fn alloc_slow(class: usize, size: usize, set_up: SetUp, out_of_memory: OutOfMemo
 /// `object` is a live object of class `user_class - 1`, given up.
 #[cold]
 #[inline(never)]
+#[link_section = ".text.hot.buddyslab"]
 pub unsafe fn free_slow(object: *mut u8, user_class: usize, set_up: SetUp) {
     let class = user_class - 1;
     // SAFETY: a slab object of at least 16 bytes, given up by the caller.
@@ -1268,6 +1273,7 @@ fn double_free(object: *mut u8) -> ! {
 /// # Safety
 /// `bin` is one of this thread's remote bins, of `class`, and holds at
 /// least `n` objects.
+#[link_section = ".text.hot.buddyslab"]
 unsafe fn send_home(bin: &mut RemoteBin, class: usize, n: usize) {
     if n == 0 {
         return;
@@ -1303,6 +1309,7 @@ unsafe fn send_home(bin: &mut RemoteBin, class: usize, n: usize) {
 /// # Safety
 /// `tc` is this thread's cache, and its bin of `class` holds at least `n`
 /// objects.
+#[link_section = ".text.hot.buddyslab"]
 unsafe fn flush(tc: &mut ThreadCache, class: usize, n: usize) {
     if n == 0 {
         return;
@@ -1328,6 +1335,7 @@ unsafe fn flush(tc: &mut ThreadCache, class: usize, n: usize) {
 
 /// Empties the calling thread's cache into the shared caches and leaves
 /// it dead: the pthread key destructor, run at thread exit.
+#[link_section = ".text.hot.buddyslab"]
 extern "C" fn thread_exit(arg: *mut libc::c_void) {
     let tc = arg.cast::<ThreadCache>();
     debug_assert_eq!(tc, current());
@@ -1346,6 +1354,7 @@ extern "C" fn thread_exit(arg: *mut libc::c_void) {
 ///
 /// # Safety
 /// `tc` is the calling thread's cache.
+#[link_section = ".text.hot.buddyslab"]
 unsafe fn drain(tc: &mut ThreadCache) {
     for class in 0..NR_CLASSES {
         tc.fold(class);

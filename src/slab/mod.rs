@@ -92,6 +92,7 @@ pub fn home_caches() -> &'static NodeCaches {
 
 #[cold]
 #[inline(never)]
+#[link_section = ".text.hot.buddyslab"]
 fn make_node(node: usize) -> &'static NodeCaches {
     // No decay scan (and its system calls) while NODES_GROW is held.
     let _deferred = mm::defer_decay();
@@ -151,6 +152,7 @@ pub fn node_of(p: *const u8) -> Option<usize> {
 ///
 /// # Safety
 /// Every object on the list is a free object of a user slab, given up.
+#[link_section = ".text.hot.buddyslab"]
 pub unsafe fn free_home(list: *mut u8, count: usize) {
     // SAFETY: per the caller; `cache_of_slab` names each slab's owner.
     unsafe { cache::free_bulk_by(list, count, |slab| cache_of_slab(slab)) }
@@ -204,6 +206,7 @@ pub fn cache_name(index: usize) -> &'static str {
 /// The slab caches' shrinker (registered with the buddy allocator): every
 /// cache whose reserved empty slabs have sat unused for `min_age_ms` gives
 /// them back; with no age, every cache does. Returns the pages given back.
+#[link_section = ".text.hot.buddyslab"]
 pub fn shrink_idle(control: mm::ShrinkControl) -> usize {
     let mut released = 0;
     for cache in nodes().flat_map(|node| node.iter()) {
@@ -229,6 +232,7 @@ pub static SLAB_SAMPLES: crate::counters::SlabSampler<NR_CLASSES> = crate::count
 /// meant for the magazine's refill slow path, never the fast path.
 #[cold]
 #[inline(never)]
+#[link_section = ".text.hot.buddyslab"]
 pub fn sample_request(class: usize, size: usize) {
     SLAB_SAMPLES.record(class, size);
 }

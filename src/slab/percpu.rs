@@ -71,6 +71,7 @@ fn cpu_caches(cpu: usize) -> *mut CpuCaches {
 
 #[cold]
 #[inline(never)]
+#[link_section = ".text.hot.buddyslab"]
 fn allocate_cpu_caches(cpu: usize) -> *mut CpuCaches {
     // No decay scan (and its system calls) while CPUS_GROW is held.
     let _deferred = mm::defer_decay();
@@ -136,6 +137,7 @@ pub unsafe fn free_batch_on(cpu: usize, class: usize, list: *mut u8, count: usiz
 ///
 /// # Safety
 /// As [`free_batch`]; `pc` is null or published CPU depots.
+#[link_section = ".text.hot.buddyslab"]
 unsafe fn leave_list(pc: *mut CpuCaches, class: usize, list: *mut u8, count: usize) {
     if !pc.is_null() {
         // SAFETY: CPU depots live forever once published.

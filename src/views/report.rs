@@ -97,6 +97,7 @@ pub fn register_writer(writer: fn(Reason)) {
 /// Starts what the options asked for: the signal handler, the interval,
 /// the live page, and the exit hook when anything is to be written at
 /// exit. Called once by the heap's set-up, after the environment is read.
+#[link_section = ".text.hot.buddyslab"]
 pub fn start() {
     use crate::options::{STATS_AT_EXIT, STATS_OFF, STATS_TEXT};
     if STATS_FILE.requested() && STATS_AT_EXIT.load(Ordering::Relaxed) == STATS_OFF {

@@ -34,6 +34,7 @@ pub fn command_name(buf: &mut [u8; 32]) -> &[u8] {
 /// The pipe of the `buddyslab` tool (`BUDDYSLAB_ANNOUNCE=FD:INODE`), if
 /// this process has it still open: the variable is inherited, but the
 /// descriptor may since name another file, which must not get our lines.
+#[link_section = ".text.hot.buddyslab"]
 pub fn tool_pipe() -> Option<i32> {
     let value = crate::options::variable(b"BUDDYSLAB_ANNOUNCE")?;
     let colon = value.iter().position(|&b| b == b':')?;
