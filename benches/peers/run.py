@@ -13,7 +13,10 @@ for the tests that report their own measure of speed (larson, rptest,
 xmalloc-test, glibc-thread: they run for a fixed time), that measure
 converted to a time as mimalloc-bench's bench.sh does. The report gives
 medians of the repetitions and ratios to glibc, with a geometric mean per
-allocator.
+allocator. Peak RSS includes the pages of the allocator's library that
+the program maps; each library is dropped from the page cache before the
+first run (see drop_from_page_cache), so that it is mapped as an installed
+library is.
 
 After the timed repetitions, a separate counting pass runs each test once
 per allocator under `strace -f -c` (strace slows a program down, so it
@@ -237,6 +240,9 @@ def discover_allocators(args):
         if not path or not Path(path).exists():
             raise SystemExit(f"run.py: --with {spec}: no such library")
         allocs = [a for a in allocs if a[0] != name] + [(name, str(Path(path).resolve()), "given")]
+    for _, library, _ in allocs:
+        if library:
+            drop_from_page_cache(library)
     if args.only:
         by_name = {a[0]: a for a in allocs}
         missing = [n for n in args.only.split(",") if n not in by_name]
@@ -244,6 +250,28 @@ def discover_allocators(args):
             raise SystemExit(f"run.py: --only: not found: {', '.join(missing)} (have: {', '.join(by_name)})")
         allocs = [by_name[n] for n in args.only.split(",")]
     return allocs
+
+
+def drop_from_page_cache(path):
+    """Writes `path` back and drops it from the page cache, so that the
+    runs map it as a program maps an installed library: from pages read
+    in on demand. A file just written (the copy above, a peer's fresh
+    `make install`) sits in the page cache as it was written, in large
+    folios on file systems that use them, and the kernel then maps the
+    whole text on the first fault: every allocator's peak RSS would count
+    all of its library, executed or not. Done for every library alike;
+    glibc's own libc.so is the system's, read in on demand as well."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except OSError as e:
+        note(f"run.py: {path}: not dropped from the page cache ({e})")
+    finally:
+        os.close(fd)
 
 
 def glibc_version():
