@@ -70,6 +70,21 @@ pub struct Spread {
     pub mad: f64,
 }
 
+/// Writes `lib` back and drops it from the page cache, so that the runs
+/// map it as a program maps an installed library, from pages read in on
+/// demand: a library just built sits in the page cache as the linker
+/// wrote it, in large folios on file systems that use them, and the kernel
+/// maps such a folio whole on the first fault, so peak RSS would count all
+/// of the library's text (see "Hot text" in docs/ARCHITECTURE.md). Done
+/// for every malloc's library alike; a failure only leaves it as it was.
+fn drop_from_page_cache(lib: &Path) {
+    use std::os::fd::AsRawFd;
+    let Ok(file) = File::open(lib) else { return };
+    let _ = file.sync_all();
+    // SAFETY: a descriptor of an open file; the call only advises.
+    unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+}
+
 /// Runs the comparison; the exit status is 1 when the output or exit
 /// status differed between mallocs, else 0.
 pub fn compare(options: CompareOptions) -> Result<u8, Failure> {
@@ -87,6 +102,9 @@ pub fn compare(options: CompareOptions) -> Result<u8, Failure> {
                 ))
             })?;
         }
+    }
+    for lib in mallocs.iter().filter_map(|m| m.lib.as_deref()) {
+        drop_from_page_cache(lib);
     }
     if let Some(input) = &options.input {
         File::open(input)

@@ -255,7 +255,11 @@ DESCRIPTION
     wall time (with the fastest and slowest run), peak RSS and minor
     faults, each with its ratio to glibc (or to the first malloc when glibc
     is left out), and warns when the program runs too briefly (under 50 ms)
-    for its time to mean much. The program's standard output and exit
+    for its time to mean much. Peak RSS includes the pages of the malloc's
+    library that the program maps; each library is dropped from the page
+    cache before the first round, so that it is read in as an installed
+    library is (a library just built can be mapped whole). The program's
+    standard output and exit
     status must be the same under every malloc, since a malloc that changes
     what a program prints is broken; a difference is reported with the
     first line that differs (--allow-output-diff compares the exit status
