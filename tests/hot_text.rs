@@ -102,7 +102,7 @@ fn entry_points_and_slow_paths_lie_in_the_hot_text() {
         assert!(range(hot).contains(addr), "{name} at {addr:#x} is outside .text.hot {:#x?}", range(hot));
     }
     // The slow paths and start-up, by a part of their mangled names (the
-    // symbol table is there: the release profile keeps line tables).
+    // release profile does not strip the symbol table).
     let internal = functions(&elf, &all, ".symtab");
     assert!(!internal.is_empty(), "{} has no symbol table", lib.display());
     for part in ["8magazine10alloc_slow", "8magazine9free_slow", "4life9init_slow", "10page_alloc11alloc_pages", "5chunk4grow"] {

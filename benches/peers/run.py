@@ -240,15 +240,15 @@ def discover_allocators(args):
         if not path or not Path(path).exists():
             raise SystemExit(f"run.py: --with {spec}: no such library")
         allocs = [a for a in allocs if a[0] != name] + [(name, str(Path(path).resolve()), "given")]
-    for _, library, _ in allocs:
-        if library:
-            drop_from_page_cache(library)
     if args.only:
         by_name = {a[0]: a for a in allocs}
         missing = [n for n in args.only.split(",") if n not in by_name]
         if missing:
             raise SystemExit(f"run.py: --only: not found: {', '.join(missing)} (have: {', '.join(by_name)})")
         allocs = [by_name[n] for n in args.only.split(",")]
+    for _, library, _ in allocs:
+        if library:
+            drop_from_page_cache(library)
     return allocs
 
 
