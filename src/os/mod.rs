@@ -12,6 +12,7 @@
 
 pub mod fmt;
 pub mod sync;
+mod vdso;
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
@@ -396,8 +397,9 @@ pub unsafe fn mremap_fixed(addr: usize, len: usize, to: usize) -> Result<usize, 
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid out-parameter; the clock id is valid on every
-    // Linux since 2.6.32, so the call cannot fail or touch `errno`.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    // Linux since 2.6.32, so the call cannot fail or touch `errno`. Through
+    // the vDSO itself, not libc's wrapper (see `vdso`).
+    unsafe { vdso::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
@@ -644,7 +646,7 @@ pub fn current_cpu() -> usize {
 pub fn realtime_ms() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a live, writable timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    unsafe { vdso::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
