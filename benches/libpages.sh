@@ -3,10 +3,11 @@
 # part of peak RSS that the allocator's own code and data take.
 #
 # Builds benches/libpages.c (a preloaded probe that reads /proc/self/smaps
-# at exit), drops each library from the page cache once, as
-# benches/peers/run.py does (a file just written can sit in large folios,
-# which the kernel maps whole), then runs the program RUNS times per
-# library, interleaved, and prints each run's figure and the mean.
+# at exit), drops each library from the page cache once with
+# benches/peers/run.py's drop_from_page_cache (a file just written can sit
+# in large folios, which the kernel maps whole), then runs the program
+# RUNS times per library, interleaved, and prints each run's figure and
+# the mean.
 #
 # usage: bash benches/libpages.sh [-n RUNS] NAME=LIBRARY... -- PROGRAM [ARGS...]
 #   e.g. bash benches/libpages.sh new=target/release/libbuddyslab.so old=/tmp/old.so -- ls -l /
@@ -36,12 +37,8 @@ fi
 for spec in "${libs[@]}"; do
     lib=${spec#*=}
     [ -f "$lib" ] || { echo "libpages.sh: $lib: no such library" >&2; exit 66; }
-    python3 - "$lib" <<'PY'
-import os, sys
-fd = os.open(sys.argv[1], os.O_RDONLY)
-os.fsync(fd)
-os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-PY
+    python3 -c 'import sys; sys.path.insert(0, sys.argv[1]); import run; run.drop_from_page_cache(sys.argv[2])' \
+        "$here/peers" "$lib"
 done
 
 declare -A sum all

@@ -52,8 +52,6 @@ const DT_NULL: i64 = 0;
 const DT_HASH: i64 = 4;
 const DT_STRTAB: i64 = 5;
 const DT_SYMTAB: i64 = 6;
-const PT_LOAD: u32 = 1;
-const PT_DYNAMIC: u32 = 2;
 const STT_FUNC: u8 = 2;
 
 /// The vDSO's name of `clock_gettime` on this architecture.
@@ -91,9 +89,9 @@ unsafe fn lookup(name: &[u8]) -> Option<usize> {
         );
         // The load bias: where the image's first PT_LOAD was mapped less
         // where it says it goes.
-        let load = phdrs.iter().find(|p| p.p_type == PT_LOAD)?;
+        let load = phdrs.iter().find(|p| p.p_type == libc::PT_LOAD)?;
         let bias = (base + load.p_offset as usize).wrapping_sub(load.p_vaddr as usize);
-        let dynamic = phdrs.iter().find(|p| p.p_type == PT_DYNAMIC)?;
+        let dynamic = phdrs.iter().find(|p| p.p_type == libc::PT_DYNAMIC)?;
         let mut entry = bias.wrapping_add(dynamic.p_vaddr as usize) as *const Dyn;
         let (mut symtab, mut strtab, mut hash) = (0usize, 0usize, 0usize);
         while (*entry).tag != DT_NULL {
