@@ -310,6 +310,7 @@ impl MappingCache {
     }
 
     /// Drops extent `i`: record out of the tree, range queued for unmap.
+    #[link_section = ".text.hot.buddyslab"]
     fn evict_at(&mut self, i: usize, unmaps: &mut Unmaps) {
         let e = self.remove_at(i);
         let removed = vma::remove_exact(e.start, VmaKind::LargeCached);

@@ -20,18 +20,25 @@ pub fn install() {
 
 static HOOKS: PageHooks = PageHooks {
     chunk_added,
-    handed_out: |start, len, to| {
-        let tier = match to {
-            PageUse::Slab => Tier::Slab,
-            PageUse::Pages => Tier::Pages,
-            PageUse::Meta => Tier::Meta,
-        };
-        pagetable::hand_out(start, len, tier);
-    },
+    handed_out,
     given_back: pagetable::give_back,
     releasing: pagetable::releasing,
     advised: pagetable::advised,
 };
+
+/// Pages went to a tier: the shadow counts them handed out. A named
+/// function rather than a closure, whose shim the compiler would place in
+/// the cold text, out of reach of the `link_section` (every program runs
+/// it; see "Hot text" in docs/ARCHITECTURE.md).
+#[link_section = ".text.hot.buddyslab"]
+fn handed_out(start: usize, len: usize, to: PageUse) {
+    let tier = match to {
+        PageUse::Slab => Tier::Slab,
+        PageUse::Pages => Tier::Pages,
+        PageUse::Meta => Tier::Meta,
+    };
+    pagetable::hand_out(start, len, tier);
+}
 
 /// A chunk joined the zone: its region and its metadata's go in the tree,
 /// its pages and its metadata's in the shadow.

@@ -641,6 +641,7 @@ pub fn remapped(old: usize, old_len: usize, new: usize, new_len: usize, tier: Ti
 /// never read nor cleared. Nothing is observed (`mincore`, see [`unmap`]):
 /// the old range is no longer the block's in the kernel, and what was
 /// pending there is pending at the new address.
+#[link_section = ".text.hot.buddyslab"]
 pub fn move_kept(old: usize, old_len: usize, new: usize, new_len: usize) {
     debug_assert!(new + new_len <= old || old + old_len <= new, "overlapping moves");
     let keep = old_len.min(new_len);
@@ -673,6 +674,7 @@ pub fn move_kept(old: usize, old_len: usize, new: usize, new_len: usize) {
 /// Clears the records of `[start, start + len)`, as [`unmap`] does, but
 /// observes nothing: for a range the kernel has already let go (see
 /// [`move_kept`]). Allocates nothing, makes no system call.
+#[link_section = ".text.hot.buddyslab"]
 pub fn forget(start: usize, len: usize) {
     let mut tally = Tally::new();
     for_each_table(start, len, false, |entries| {
@@ -749,6 +751,7 @@ impl Seen {
 }
 
 /// Observes the pages of `[start, start + len)` (page-aligned).
+#[link_section = ".text.hot.buddyslab"]
 fn observe(start: usize, len: usize) {
     let mut seen = Seen::new();
     observe_into(start, len, &mut seen);
@@ -777,6 +780,7 @@ fn observe_into(start: usize, len: usize, seen: &mut Seen) {
 /// are resident now, and marks those [`PTE_RESIDENT`]: one `mincore` per
 /// run of present pages from a pending one to the last pending one before
 /// a page buddyslab does not map (where `mincore` would fail).
+#[link_section = ".text.hot.buddyslab"]
 fn observe_entries(entries: &[AtomicU64], addr: usize, seen: &mut Seen) {
     let mut vec = [0u8; ENTRIES];
     // Pages of a huge-page extent seen now, by tier: one fault for all.
@@ -837,6 +841,7 @@ fn observe_entries(entries: &[AtomicU64], addr: usize, seen: &mut Seen) {
 /// [`PTE_RESIDENT`] without counting them: pages a large block got
 /// resident from the mapping cache, which cost no fault now. Their
 /// predictions are taken back.
+#[link_section = ".text.hot.buddyslab"]
 fn mark_resident(start: usize, len: usize, tier: Tier) {
     let mut mispredicted = 0;
     let mut vec = [0u8; ENTRIES];

@@ -255,6 +255,7 @@ unsafe fn insert_at(root: *mut VmArea, node: *mut VmArea) -> *mut VmArea {
 ///
 /// # Safety
 /// `root` is a valid non-empty subtree.
+#[link_section = ".text.hot.buddyslab"]
 unsafe fn remove_min(root: *mut VmArea) -> (*mut VmArea, *mut VmArea) {
     // SAFETY: per the caller.
     unsafe {
@@ -331,6 +332,9 @@ impl VmaTree {
     /// Calls `f` on every region overlapping `[start, end)`, in address
     /// order.
     pub fn overlaps(&self, start: usize, end: usize, f: &mut dyn FnMut(&VmArea)) {
+        // Recursive, so never inlined into the hot `insert`: every
+        // program runs it (see "Hot text" in docs/ARCHITECTURE.md).
+        #[link_section = ".text.hot.buddyslab"]
         fn visit(n: *mut VmArea, start: usize, end: usize, f: &mut dyn FnMut(&VmArea)) {
             if n.is_null() || max_end(n) <= start {
                 return;
