@@ -52,8 +52,9 @@ fn chunk_added(c: ChunkAdded) {
     vma::record(c.base, c.base + CHUNK_SIZE, kind);
     vma::record(desc, desc + desc_len, VmaKind::Meta);
     pagetable::map(c.base, CHUNK_SIZE);
-    // Adding the chunk wrote every page descriptor: the descriptor's pages
-    // are all touched.
+    // The descriptor's pages are written as the chunk's pages come into
+    // use (see `mm::zone::prepare_chunk`): all counted handed out now, an
+    // upper bound, as the prediction is.
     pagetable::map(desc, desc_len);
     pagetable::hand_out(desc, desc_len, Tier::Meta);
     if let Some((leaf, len)) = c.leaf {

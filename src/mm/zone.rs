@@ -714,21 +714,30 @@ impl Default for Zone {
     }
 }
 
-/// Writes the descriptors of a new chunk as one free block, `zero` saying
-/// whether its memory reads as zero: every page `PG_FREE`, the head's
-/// flags and stamp. Done before the chunk joins a zone, so the zone lock
-/// is not held while a thousand descriptors (and the faults of their
-/// fresh pages) are written.
+/// Writes the descriptor of a new chunk as one free block, `zero` saying
+/// whether its memory reads as zero: the head's kind, flags and stamp.
+/// The other 1 023 page descriptors stay as fresh memory reads, `PG_NONE`
+/// with a zero tag, as those of a chunk whose descriptors were released
+/// do: no code reads a page inside a free block but its head (a buddy, a
+/// block's successor and the heap map's walk are all heads), and a block
+/// handed out has its pages marked for its tier, a block freed has them
+/// marked `PG_FREE`. So a descriptor page is written only when a page it
+/// describes is first used, or heads a block split off: writing all of
+/// them made every process fault in ten pages (40 KiB) of descriptors for
+/// its first chunk, most of which describe pages a small program never
+/// uses. (`free` of an address in a page never used reports it as not
+/// allocated by buddyslab rather than free.)
 ///
 /// # Safety
-/// `chunk` is an initialised descriptor ([`Chunk::init`]) that no zone
-/// holds and no one else writes.
+/// `chunk` is an initialised descriptor ([`Chunk::init`]) in zeroed
+/// memory that no zone holds and no one else writes.
 pub unsafe fn prepare_chunk(chunk: *mut Chunk, zero: bool) {
     // SAFETY: per the caller, the descriptors are ours to write.
     unsafe {
         let head = Chunk::page(chunk, 0);
         (*chunk).group = GROUP_FREE;
-        mark(head, CHUNK_PAGES, PG_FREE);
+        debug_assert!((1..CHUNK_PAGES).all(|i| (*Chunk::page(chunk, i)).kind() == PG_NONE));
+        (*head).set_kind(PG_FREE);
         (*head).zero = zero;
         (*head).span = clock_ms();
     }
