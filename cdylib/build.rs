@@ -1,4 +1,5 @@
-//! Link arguments for `libbuddyslab.so`: the hot text first.
+//! Link arguments for `libbuddyslab.so`: the hot text first, the cold
+//! tables last.
 //!
 //! The functions nearly every program runs (the C entry points, start-up,
 //! the refill and flush paths) carry `.text.hot.*` section names (see
@@ -10,6 +11,12 @@
 //! 64 KiB windows around each page a program executes, and the first window
 //! of the segment is always mapped (the loader calls `_init`): so a small
 //! program maps the hot text and little else of it.
+//!
+//! A second `INSERT` puts the large zero tables (the chunk map's root, the
+//! heap profile's filter, the request samples: `.bss.cold.*` section
+//! names) in their own section after `.bss`, so that the small statics
+//! every program writes share a few pages rather than lying on both sides
+//! of 200 KiB of tables a program touches a page or two of.
 
 use std::path::PathBuf;
 
@@ -18,6 +25,9 @@ SECTIONS {
   .plt : { *(.plt) }
   .text.hot : { *crtbeginS.o(.text .text.*) *libc_nonshared.a:*(.text .text.*) *(.text.hot .text.hot.*) }
 } INSERT BEFORE .text;
+SECTIONS {
+  .bss.cold (NOLOAD) : { *(.bss.cold .bss.cold.*) }
+} INSERT AFTER .bss;
 ";
 
 fn main() {

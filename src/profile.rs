@@ -377,6 +377,7 @@ const FILTER_SLOTS: usize = 1 << 16;
 /// the table. Written under the lock; read without it, which is enough:
 /// a sample is counted before its block is handed out, so a free of it
 /// sees the count.
+#[link_section = ".bss.cold.buddyslab"]
 static FILTER: [core::sync::atomic::AtomicU16; FILTER_SLOTS] = [const { core::sync::atomic::AtomicU16::new(0) }; FILTER_SLOTS];
 
 fn filter_slot(p: usize) -> usize {

@@ -72,11 +72,17 @@ fn sections(elf: &[u8]) -> Vec<Section> {
 /// Every defined function of the symbol table `table` (`.symtab` or
 /// `.dynsym`): its name and address.
 fn functions(elf: &[u8], all: &[Section], table: &str) -> Vec<(String, usize)> {
+    symbols(elf, all, table, 2) // STT_FUNC
+}
+
+/// Every defined symbol of type `kind` (`STT_*`) of the symbol table
+/// `table`: its name and address.
+fn symbols(elf: &[u8], all: &[Section], table: &str, kind: u8) -> Vec<(String, usize)> {
     let Some(symtab) = all.iter().find(|s| s.name == table) else { return Vec::new() };
     let strtab = &all[symtab.link];
     (0..symtab.size / symtab.entsize)
         .map(|i| symtab.offset + i * symtab.entsize)
-        .filter(|&at| elf[at + 4] & 0xf == 2 && u16_at(elf, at + 6) != 0) // STT_FUNC, defined
+        .filter(|&at| elf[at + 4] & 0xf == kind && u16_at(elf, at + 6) != 0) // defined
         .map(|at| (c_str(elf, strtab.offset + u32_at(elf, at)).to_string(), u64_at(elf, at + 8)))
         .collect()
 }
@@ -134,4 +140,28 @@ fn entry_points_and_slow_paths_lie_in_the_hot_text() {
     // The hot text is the smaller part; if it grows past the rest, the
     // selection has stopped meaning anything.
     assert!(hot.size < text.size, ".text.hot is {} bytes, .text {}", hot.size, text.size);
+}
+
+/// The large zero tables that a program touches a page or two of, if any
+/// (the chunk map's root, the heap profile's filter, the request
+/// samples), lie in `.bss.cold` after `.bss`, so the small statics every
+/// program writes share a few pages instead of lying between them.
+#[test]
+fn large_zero_tables_lie_after_the_small_statics() {
+    let lib = common::library();
+    let elf = std::fs::read(&lib).unwrap_or_else(|e| panic!("cannot read {}: {e}", lib.display()));
+    let all = sections(&elf);
+    let find = |name: &str| all.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no {name} section"));
+    let (bss, cold) = (find(".bss"), find(".bss.cold"));
+    assert!(cold.addr >= bss.addr + bss.size, ".bss.cold at {:#x} is not after .bss {:#x?}", cold.addr, range(bss));
+    let objects = symbols(&elf, &all, ".symtab", 1); // STT_OBJECT
+    for part in ["9CHUNK_MAP", "6FILTER", "12SLAB_SAMPLES"] {
+        let found: Vec<_> = objects.iter().filter(|(n, _)| n.contains(part)).collect();
+        assert!(!found.is_empty(), "no static named like {part}");
+        for (name, addr) in found {
+            assert!(range(cold).contains(addr), "{name} at {addr:#x} is outside .bss.cold {:#x?}", range(cold));
+        }
+    }
+    // What is left in .bss is a few pages.
+    assert!(bss.size <= 32 << 10, ".bss is {} bytes", bss.size);
 }

@@ -327,6 +327,7 @@ type Leaf = [AtomicPtr<Chunk>; LEAF_ENTRIES];
 /// Root of the chunk map: 8192 pointers to leaves of 4096 chunk pointers,
 /// covering the 47-bit user address space. 64 KiB of zero `.bss` that is
 /// only touched where chunks exist.
+#[link_section = ".bss.cold.buddyslab"]
 static CHUNK_MAP: [AtomicPtr<Leaf>; ROOT_ENTRIES] = [const { AtomicPtr::new(ptr::null_mut()) }; ROOT_ENTRIES];
 
 /// The chunk descriptor for the chunk containing `addr`, or null when

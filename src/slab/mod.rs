@@ -225,6 +225,7 @@ pub fn shrink_idle(control: mm::ShrinkControl) -> usize {
 }
 
 /// The slab tier's request samples.
+#[link_section = ".bss.cold.buddyslab"]
 pub static SLAB_SAMPLES: crate::counters::SlabSampler<NR_CLASSES> = crate::counters::SlabSampler::new();
 
 /// Records one sampled request of `size` bytes served by size class
