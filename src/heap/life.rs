@@ -58,20 +58,17 @@ fn init_slow() {
     // and the slow-path hook with the counters.
     report::start();
     if crate::profile::init() {
-        // SAFETY: as above. Registered after the views' report, so it
-        // runs before it.
-        unsafe { libc::atexit(crate::views::prof::write_at_exit) };
+        // Registered after the views' report, so it runs before it.
+        let _ = os::at_exit(crate::views::prof::write_at_exit);
         // On the views' signal and at their interval too.
         report::register_writer(write_profile_on_trigger);
     }
     magazine::init_thread_exit_key();
     crate::mm::runs::init_thread_exit_key();
-    // SAFETY: the handlers are plain functions that only take and release
-    // the allocator's locks; registering may allocate, which is fine: no
+    // The handlers are plain functions that only take and release the
+    // allocator's locks; registering may allocate, which is fine: no
     // allocator lock is held here.
-    unsafe {
-        libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
-    }
+    let _ = os::at_fork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
     INIT.store(INIT_DONE, Ordering::Release);
 }
 

@@ -613,6 +613,65 @@ extern "C" {
     static __rseq_size: libc::c_uint;
 }
 
+#[cfg(target_env = "gnu")]
+unsafe extern "C" {
+    /// This object's handle (the C start files' `crtbeginS.o` or
+    /// `crtbegin.o` define it in every object linked by `cc`): what
+    /// glibc's own `atexit` and `pthread_atfork` pass for the caller.
+    static __dso_handle: u8;
+    fn __cxa_atexit(f: unsafe extern "C" fn(*mut libc::c_void), arg: *mut libc::c_void, dso: *const u8) -> libc::c_int;
+    fn __register_atfork(
+        prepare: Option<unsafe extern "C" fn()>,
+        parent: Option<unsafe extern "C" fn()>,
+        child: Option<unsafe extern "C" fn()>,
+        dso: *const u8,
+    ) -> libc::c_int;
+}
+
+/// Calls the function `arg` is (see [`at_exit`]).
+#[cfg(target_env = "gnu")]
+unsafe extern "C" fn call_at_exit(arg: *mut libc::c_void) {
+    // SAFETY: `at_exit` registered a function pointer as the argument.
+    let f: extern "C" fn() = unsafe { core::mem::transmute::<*mut libc::c_void, extern "C" fn()>(arg) };
+    f();
+}
+
+/// `atexit(f)`: `f` runs at `exit` (false when it could not be
+/// registered). Registered with `__cxa_atexit`, as glibc's `atexit` does,
+/// because glibc's `atexit` and `pthread_atfork` are not in `libc.so.6`
+/// but in the static `libc_nonshared.a`, which GNU ld searches only where
+/// `-lc` stands on its command line: rustc puts it before the crates'
+/// rlibs when it links `libbuddyslab.so`, so a library linked by GNU ld
+/// (rustc's default linker before 1.90) was left with both undefined and
+/// the loader refused it. lld searches archives whatever their place.
+/// May allocate; no allocator lock may be held.
+pub fn at_exit(f: extern "C" fn()) -> bool {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: `__dso_handle` is this object's; `call_at_exit` gets `f`
+    // back as its argument.
+    return unsafe { __cxa_atexit(call_at_exit, f as *mut libc::c_void, &raw const __dso_handle) == 0 };
+    #[cfg(not(target_env = "gnu"))]
+    // SAFETY: a plain registration.
+    return unsafe { libc::atexit(f) == 0 };
+}
+
+/// `pthread_atfork(prepare, parent, child)` (false when the handlers could
+/// not be registered), through `__register_atfork` for the reason
+/// [`at_exit`] gives. May allocate; no allocator lock may be held.
+pub fn at_fork(
+    prepare: Option<unsafe extern "C" fn()>,
+    parent: Option<unsafe extern "C" fn()>,
+    child: Option<unsafe extern "C" fn()>,
+) -> bool {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: `__dso_handle` is this object's; the handlers are the
+    // caller's.
+    return unsafe { __register_atfork(prepare, parent, child, &raw const __dso_handle) == 0 };
+    #[cfg(not(target_env = "gnu"))]
+    // SAFETY: a plain registration.
+    return unsafe { libc::pthread_atfork(prepare, parent, child) == 0 };
+}
+
 /// The CPU the calling thread runs on (a hint: it may move at once).
 #[inline]
 pub fn current_cpu() -> usize {

@@ -125,16 +125,16 @@ pub fn start() {
         || super::heapmap::requested()
         || super::addrspace::svg_requested();
     if armed {
-        // SAFETY: a plain function that only resets flags and drops a
-        // mapping; registering may allocate, which is fine at start-up.
-        unsafe { libc::pthread_atfork(None, None, Some(after_fork_child)) };
+        // A plain function that only resets flags and drops a mapping;
+        // registering may allocate, which is fine at start-up.
+        let _ = os::at_fork(None, None, Some(after_fork_child));
     }
     if at_exit {
         // The views will be read: observe residency from now.
         crate::ledger::pagetable::watch();
-        // SAFETY: a plain function with no preconditions; atexit may
-        // allocate, which is fine: no allocator lock is held at start-up.
-        unsafe { libc::atexit(print_at_exit) };
+        // Registering may allocate, which is fine: no allocator lock is
+        // held at start-up.
+        let _ = os::at_exit(print_at_exit);
     }
     if armed {
         // The tiers' slow paths call in from now on (one relaxed load of
