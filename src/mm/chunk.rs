@@ -184,9 +184,10 @@ impl Ahead {
     /// are kept. Threads that found every range empty at once each map a
     /// batch, and each keeps its rest in an empty range while there is
     /// one ([`RANGES`]); only a thread that finds none gives its rest
-    /// back (at 16 threads on 2 CPUs, with one range, three batches in
-    /// four were given back at once: an `mmap` of 68 MiB and an `munmap`
-    /// of 60 MiB, each taking the kernel's `mmap_lock` for writing). A
+    /// back (at 16 threads on 2 CPUs, with one range, 172 of the power-law
+    /// workload's 203 batches were given back at once: an `mmap` of 68 MiB
+    /// and an `munmap` of 60 MiB, each taking the kernel's `mmap_lock` for
+    /// writing). A
     /// batch the system refuses is tried again as one slot. `None` when
     /// the system refuses that too. No system call is made under the
     /// lock.
