@@ -187,10 +187,9 @@ impl Ahead {
     /// back (at 16 threads on 2 CPUs, with one range, 172 of the power-law
     /// workload's 203 batches were given back at once: an `mmap` of 68 MiB
     /// and an `munmap` of 60 MiB, each taking the kernel's `mmap_lock` for
-    /// writing). A
-    /// batch the system refuses is tried again as one slot. `None` when
-    /// the system refuses that too. No system call is made under the
-    /// lock.
+    /// writing). A batch the system refuses is tried again as one slot.
+    /// `None` when the system refuses that too. No system call is made
+    /// under the lock.
     #[link_section = ".text.hot.buddyslab"]
     fn take(&self, len: usize, align: usize) -> Option<usize> {
         self.take_batched(len, align, batch())
