@@ -30,7 +30,8 @@ pub mod mm {
 /// attack tests forge.
 pub mod slab {
     pub use crate::slab::{
-        cache_stats, class_of, free_home, home_node, node_of, nodes, size_of_class, MAX_NODES, NR_CLASSES,
+        cache_stats, class_of, free_home, home_node, node_of, nodes, size_of_class, stashed_objects, MAX_NODES,
+        NR_CLASSES,
     };
 
     /// The slab caches.

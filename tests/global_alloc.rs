@@ -355,13 +355,13 @@ fn uninitialised_memory_never_carries_the_free_mark() {
 #[test]
 #[cfg_attr(feature = "secure", ignore = "the secure build's quarantine keeps freed objects out of the bins")]
 fn thread_exit_returns_cached_objects() {
-    use buddyslab::internals::slab::{cache_stats, class_of, percpu};
+    use buddyslab::internals::slab::{cache_stats, class_of, percpu, stashed_objects};
     let _serial = COUNTERS.lock().unwrap_or_else(|e| e.into_inner());
     // A class no other test in this binary uses.
     let class = class_of(20_000);
-    // Objects out of the shared cache, less those parked in CPU arrays
-    // (which any thread can take again).
-    let active = || cache_stats(class).active_objs - percpu::cached_objects(class);
+    // Objects out of the shared cache, less those parked in CPU depots
+    // and node barns (which any thread can take again).
+    let active = || cache_stats(class).active_objs - percpu::cached_objects(class) - stashed_objects(class);
     let before = active();
     thread::spawn(|| {
         let layout = Layout::from_size_align(20_000, 16).unwrap();

@@ -30,6 +30,7 @@
 //! Locking: the cache's own mutex covers the lists and every slab head on
 //! them. The buddy allocator is called only with that lock released.
 
+use super::barn::Barn;
 use super::link;
 use super::size_class::ClassInfo;
 use crate::mm;
@@ -96,6 +97,10 @@ pub struct KmemCache {
     pub frees: u64,
     /// Coarse time (`buddy::clock_ms`) `slabs_empty` last became non-empty.
     pub(super) empty_since: u32,
+    /// Whole lists of free objects kept for the node's refills (see
+    /// [`super::barn`]): their objects count in `active_objs`, as those
+    /// in bins and depots do.
+    pub(super) barn: Barn,
 }
 
 /// Objects taken from one slab by [`KmemCache::take_locked`], in two
@@ -166,6 +171,7 @@ impl KmemCache {
             allocs: 0,
             frees: 0,
             empty_since: 0,
+            barn: Barn::new(),
         }
     }
 
@@ -579,6 +585,79 @@ pub fn alloc_bulk(cache: &Mutex<KmemCache>, max: usize) -> (*mut u8, usize) {
     // SAFETY: every piece was taken off its slab: its objects are ours.
     let head = unsafe { join_pieces(&pieces[..n_pieces], class, size) };
     (head, got)
+}
+
+/// Keeps `list`, `count` free objects of `cache`'s class linked through
+/// their first word (a whole bin that found its CPU's depot full), in the
+/// cache's barn ([`super::barn`]), giving the barn its page first if it
+/// has none; false when the barn has no room or no page can be had: the
+/// caller then sends the objects home ([`super::free_home`]).
+///
+/// # Safety
+/// Every object on the list is a free object of `cache`'s class (of any
+/// node), given up.
+#[link_section = ".text.hot.buddyslab"]
+pub unsafe fn stash(cache: &Mutex<KmemCache>, list: *mut u8, count: usize) -> bool {
+    let mut c = cache.lock();
+    if c.barn.objects() + count > barn_room(c.info.size as usize, c.active_objs) {
+        return false; // no page taken for a list the barn cannot keep
+    }
+    let mut extra = ptr::null_mut();
+    if !c.barn.has_page() {
+        // The buddy allocator is called with the cache lock released.
+        drop(c);
+        let Some((head, _)) = mm::alloc_pages(0) else { return false };
+        c = cache.lock();
+        if c.barn.has_page() {
+            extra = head; // another thread gave the barn one meanwhile
+        } else {
+            // SAFETY: a free page of order 0, the barn's from now on.
+            unsafe { c.barn.set_page(head) };
+        }
+    }
+    let max = barn_room(c.info.size as usize, c.active_objs);
+    // SAFETY: per the caller.
+    let kept = unsafe { c.barn.put(list, count, max, mm::clock_ms()) };
+    drop(c);
+    if !extra.is_null() {
+        // SAFETY: the page taken above, never used.
+        unsafe { mm::free_pages(extra, 0) };
+    }
+    kept
+}
+
+/// Objects a barn may hold in a cache of objects of `size` bytes with
+/// `active` objects out of its slabs (the barn's own included): at most
+/// [`BARN_BYTES`](super::barn::BARN_BYTES), and no more than are out
+/// elsewhere, in use or in bins and depots. So a class the program holds
+/// many of can park a burst of them (sh8bench: hundreds of thousands of
+/// 16-byte objects), and one it holds a few hundred of parks no more,
+/// where a fixed bound let each of larson's classes sit on megabytes.
+fn barn_room(size: usize, active: usize) -> usize {
+    (super::barn::BARN_BYTES / size).min(active / 2)
+}
+
+/// The newest list the barn of `cache` keeps, and its length, taken out.
+pub fn unstash(cache: &Mutex<KmemCache>) -> Option<(*mut u8, usize)> {
+    cache.lock().barn.take(mm::clock_ms())
+}
+
+/// Objects the barn of `cache` keeps.
+pub fn stashed(cache: &Mutex<KmemCache>) -> usize {
+    cache.lock().barn.objects()
+}
+
+/// The barn of `cache`, taken out whole (its lists and its page), when
+/// it has sat unused for `idle`'s age at its time (`(now_ms, age_ms)`),
+/// or whatever its age (`None`); `None` when it has no page or is not
+/// idle. The caller sends the lists home and gives the page back
+/// (`slab::drain_barn`).
+pub fn take_barn(cache: &Mutex<KmemCache>, idle: Option<(u32, u32)>) -> Option<Barn> {
+    let mut c = cache.lock();
+    if !c.barn.has_page() || idle.is_some_and(|(now, age)| !c.barn.idle(now, age)) {
+        return None;
+    }
+    Some(c.barn.detach())
 }
 
 /// Pieces [`alloc_bulk`] takes under one lock hold at most: a bin's

@@ -1576,6 +1576,7 @@ mod tests {
     /// the slabs.
     #[test]
     fn a_whole_remote_bin_goes_to_its_home_cpus_depot() {
+        let _serial = super::super::DRAIN_TEST_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         std::thread::spawn(|| {
             // Pinned, so the CPU the objects' slabs belong to stays the
             // CPU whose depot is read.

@@ -17,6 +17,7 @@
 //! `CACHES[VM_AREA_CACHE]` holds [`crate::ledger::vma::VmArea`] nodes (node 0
 //! only).
 
+pub mod barn;
 pub mod cache;
 pub mod link;
 pub mod magazine;
@@ -117,6 +118,19 @@ fn make_node(node: usize) -> &'static NodeCaches {
     unsafe { &*p }
 }
 
+/// The caches of `node`, if it has been made.
+pub fn node_caches(node: usize) -> Option<&'static NodeCaches> {
+    let p = NODES.get(node)?.load(Ordering::Acquire);
+    // SAFETY: published nodes live forever.
+    (!p.is_null()).then(|| unsafe { &*p })
+}
+
+/// Objects of class `index` kept in the barns of every node (for stats
+/// and tests).
+pub fn stashed_objects(index: usize) -> usize {
+    nodes().map(|node| cache::stashed(&node[index])).sum()
+}
+
 /// Every node made so far, in node order.
 pub fn nodes() -> impl Iterator<Item = &'static NodeCaches> {
     NODES.iter().filter_map(|n| {
@@ -156,6 +170,25 @@ pub fn node_of(p: *const u8) -> Option<usize> {
 pub unsafe fn free_home(list: *mut u8, count: usize) {
     // SAFETY: per the caller; `cache_of_slab` names each slab's owner.
     unsafe { cache::free_bulk_by(list, count, |slab| cache_of_slab(slab)) }
+}
+
+/// Sends every list in the barn of `cache` home to its slabs and gives
+/// the barn's page back, when the barn has sat unused for `idle`'s age at
+/// its time (`(now_ms, age_ms)`), or whatever its age (`None`). Returns
+/// the pages given back to the buddy allocator (the barn's page).
+pub fn drain_barn(cache: &Mutex<KmemCache>, idle: Option<(u32, u32)>) -> usize {
+    let Some(barn) = cache::take_barn(cache, idle) else { return 0 };
+    for i in 0..barn.lists() {
+        // SAFETY: a list the barn kept: free objects of user slabs, now
+        // ours alone.
+        unsafe {
+            let (list, n) = barn.list(i);
+            free_home(list, n);
+        }
+    }
+    // SAFETY: the barn's page (order 0), no longer read.
+    unsafe { mm::free_pages(barn.into_page(), 0) };
+    1
 }
 
 /// Figures of cache `index`, summed over every node.
@@ -210,6 +243,9 @@ pub fn cache_name(index: usize) -> &'static str {
 pub fn shrink_idle(control: mm::ShrinkControl) -> usize {
     let mut released = 0;
     for cache in nodes().flat_map(|node| node.iter()) {
+        // A barn goes home first, so the slabs its lists empty are in the
+        // reserve below (and go back at once when nothing is kept).
+        released += drain_barn(cache, control.min_age_ms.map(|age| (control.now_ms, age)));
         let idle = match control.min_age_ms {
             None => true,
             Some(age) => {
@@ -238,6 +274,12 @@ pub fn sample_request(class: usize, size: usize) {
     SLAB_SAMPLES.record(class, size);
 }
 
+/// Taken by the unit tests that empty every depot and barn (`trim`,
+/// [`percpu::drain_all`]) or check what one holds, so that one test never
+/// drains what another is counting.
+#[cfg(test)]
+pub static DRAIN_TEST_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,6 +300,7 @@ mod tests {
     /// free block no tag, all along.
     #[test]
     fn fast_path_tags_follow_slabs_into_and_out_of_use() {
+        let _serial = DRAIN_TEST_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let sizes = [16, 100, 700, 3000, 9000, 30000];
         let mut held: std::vec::Vec<*mut u8> = std::vec::Vec::new();
         for &size in &sizes {

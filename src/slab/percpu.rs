@@ -108,7 +108,11 @@ pub fn alloc_batch(class: usize, max: usize) -> (*mut u8, usize) {
             return depot.lists[nr];
         }
     }
-    cache::alloc_bulk(&super::home_caches()[class], max)
+    let cache = &super::home_caches()[class];
+    match cache::unstash(cache) {
+        Some(list) => list,
+        None => cache::alloc_bulk(cache, max),
+    }
 }
 
 /// Gives back `count` objects of `class` (a list linked through the first
@@ -117,8 +121,9 @@ pub fn alloc_batch(class: usize, max: usize) -> (*mut u8, usize) {
 /// # Safety
 /// Every object on the list is a free object of `class`, given up.
 pub unsafe fn free_batch(class: usize, list: *mut u8, count: usize) {
+    let cpu = current_cpu();
     // SAFETY: per the caller.
-    unsafe { leave_list(cpu_caches(current_cpu() % MAX_CPUS), class, list, count) }
+    unsafe { leave_list(cpu_caches(cpu % MAX_CPUS), cpu, class, list, count) }
 }
 
 /// [`free_batch`] into the depot of CPU `cpu` (a remote bin going home,
@@ -129,16 +134,17 @@ pub unsafe fn free_batch(class: usize, list: *mut u8, count: usize) {
 /// As [`free_batch`].
 pub unsafe fn free_batch_on(cpu: usize, class: usize, list: *mut u8, count: usize) {
     // SAFETY: per the caller.
-    unsafe { leave_list(CPUS[cpu % MAX_CPUS].load(Ordering::Acquire), class, list, count) }
+    unsafe { leave_list(CPUS[cpu % MAX_CPUS].load(Ordering::Acquire), cpu, class, list, count) }
 }
 
-/// Leaves the list in depot `class` of `pc` (null: none) when it has
-/// room, else returns its objects to their slabs.
+/// Leaves the list in depot `class` of `pc` (null: none), the depots of
+/// `cpu`, when it has room, else in the barn of that CPU's node when that
+/// has room, else returns its objects to their slabs.
 ///
 /// # Safety
 /// As [`free_batch`]; `pc` is null or published CPU depots.
 #[link_section = ".text.hot.buddyslab"]
-unsafe fn leave_list(pc: *mut CpuCaches, class: usize, list: *mut u8, count: usize) {
+unsafe fn leave_list(pc: *mut CpuCaches, cpu: usize, class: usize, list: *mut u8, count: usize) {
     if !pc.is_null() {
         // SAFETY: CPU depots live forever once published.
         let mut depot = unsafe { (*pc).depots[class].lock() };
@@ -149,11 +155,18 @@ unsafe fn leave_list(pc: *mut CpuCaches, class: usize, list: *mut u8, count: usi
             return;
         }
     }
+    if let Some(node) = super::node_caches(cpu % super::MAX_NODES) {
+        // SAFETY: per the caller.
+        if unsafe { cache::stash(&node[class], list, count) } {
+            return;
+        }
+    }
     // SAFETY: per the caller.
     unsafe { super::free_home(list, count) }
 }
 
-/// Empties every CPU's depots into the shared caches (for `malloc_trim`).
+/// Empties every CPU's depots, and every node's barns, into the shared
+/// caches (for `malloc_trim`).
 pub fn drain_all() {
     for slot in CPUS.iter() {
         let pc = slot.load(Ordering::Acquire);
@@ -175,6 +188,9 @@ pub fn drain_all() {
                 unsafe { super::free_home(list, n) };
             }
         }
+    }
+    for cache in super::nodes().flat_map(|node| node.iter()) {
+        super::drain_barn(cache, None);
     }
 }
 
@@ -236,5 +252,85 @@ mod tests {
             ours == kernel
         });
         assert!(agrees, "rseq cpu_id never matched sched_getcpu");
+    }
+
+    /// A list that finds its CPU's depot full waits, whole, in the barn of
+    /// the CPU's node, its objects still out of their slabs; the node's
+    /// next refill past the depot takes it back as it is, and a drain
+    /// (idle, or whatever its age) walks what the barn keeps home and gives
+    /// the barn's page back.
+    #[test]
+    fn a_list_the_depot_cannot_take_waits_in_the_barn() {
+        let _serial = crate::slab::DRAIN_TEST_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        std::thread::spawn(|| {
+            // No decay scan, and no drain before the zone grows, while the
+            // barn is checked.
+            let _deferred = crate::mm::defer_decay();
+            // Pinned: every call below reads the same CPU's depot.
+            // SAFETY: no preconditions.
+            let cpu = unsafe { libc::sched_getcpu() } as usize;
+            // SAFETY: a zeroed cpu_set_t is the empty set; valid pointers.
+            let pinned = unsafe {
+                let mut set: libc::cpu_set_t = core::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                libc::sched_setaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+            };
+            if !pinned || cpu >= crate::slab::MAX_NODES || cpu >= MAX_CPUS {
+                std::eprintln!("a_list_the_depot_cannot_take_waits_in_the_barn: cannot pin, skipped");
+                return;
+            }
+            // A class no other test uses.
+            let class = crate::slab::class_of(3300);
+            let cache = &crate::slab::home_caches()[class];
+            let take = |n: usize| {
+                let (list, got) = cache::alloc_bulk(cache, n);
+                assert!(got >= n, "{got} objects");
+                (list, got)
+            };
+            // A refill on this CPU makes its depots; then both are emptied.
+            let (list, n) = alloc_batch(class, 1);
+            // SAFETY: `n` free objects of the class, just taken.
+            unsafe { free_batch(class, list, n) };
+            drain_all();
+            assert_eq!((cached_objects(class), cache::stashed(cache)), (0, 0));
+            let mut in_depot = std::vec::Vec::new();
+            for _ in 0..DEPOT_LISTS {
+                let (list, n) = take(2);
+                // SAFETY: as above.
+                unsafe { free_batch(class, list, n) };
+                in_depot.push((list, n));
+            }
+            let active = cache.lock().active_objs;
+            let (list, n) = take(3);
+            // SAFETY: as above.
+            unsafe { free_batch(class, list, n) };
+            assert_eq!(cache::stashed(cache), n, "the list did not reach the barn");
+            assert_eq!(cache.lock().active_objs, active + n, "the barn's objects went back to their slabs");
+            // Refills: the depot's lists, newest first, then the barn's.
+            for &expected in in_depot.iter().rev() {
+                assert_eq!(alloc_batch(class, 64), expected);
+            }
+            assert_eq!(alloc_batch(class, 64), (list, n));
+            assert_eq!(cache::stashed(cache), 0);
+            // Into the barn again, behind a full depot.
+            for &(l, m) in &in_depot {
+                // SAFETY: the lists just taken back, whole.
+                unsafe { free_batch(class, l, m) };
+            }
+            // SAFETY: as above.
+            unsafe { free_batch(class, list, n) };
+            assert_eq!(cache::stashed(cache), n);
+            let now = crate::mm::clock_ms();
+            assert_eq!(crate::slab::drain_barn(cache, Some((now, 60_000))), 0, "a barn just used is not idle");
+            assert_eq!(cache::stashed(cache), n);
+            assert_eq!(crate::slab::drain_barn(cache, Some((now.wrapping_add(60_000), 60_000))), 1, "an idle barn goes home");
+            assert_eq!(cache::stashed(cache), 0);
+            assert_eq!(cache.lock().active_objs, active, "the barn's objects are back in their slabs");
+            assert_eq!(crate::slab::drain_barn(cache, None), 0, "nothing left, no page");
+            cache.lock().check();
+            drain_all();
+        })
+        .join()
+        .unwrap();
     }
 }

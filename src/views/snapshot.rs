@@ -125,7 +125,7 @@ pub fn snapshot() -> Snapshot {
     for (i, c) in s.caches.iter_mut().enumerate() {
         *c = slab::cache_stats(i);
         if i < slab::NR_CLASSES {
-            s.cached_objs[i] = slab::percpu::cached_objects(i) + slab::magazine::cached_in_class(i);
+            s.cached_objs[i] = slab::percpu::cached_objects(i) + slab::stashed_objects(i) + slab::magazine::cached_in_class(i);
         }
     }
     s.minflt = os::minor_faults();
