@@ -17,6 +17,10 @@
 //!   slab going back has its objects' link and free-mark words cleared
 //!   first (`release_slab`).
 //!
+//! Beside the lists, a cache keeps a *barn* ([`super::barn`]): whole free
+//! lists that bins left behind when their CPU's depot was full, handed
+//! back whole to the next refills before any slab is looked at.
+//!
 //! A slab head also knows the last object of its free list (in `span`,
 //! see `free_tail`), so a refill joins several slabs' lists end to head
 //! without walking them.
@@ -627,13 +631,17 @@ pub unsafe fn stash(cache: &Mutex<KmemCache>, list: *mut u8, count: usize) -> bo
 }
 
 /// Objects a barn may hold in a cache of objects of `size` bytes with
-/// `active` objects out of its slabs (the barn's own included): at most
-/// [`BARN_BYTES`](super::barn::BARN_BYTES), and no more than are out
-/// elsewhere, in use or in bins and depots. So a class the program holds
-/// many of can park a burst of them (sh8bench: hundreds of thousands of
-/// 16-byte objects), and one it holds a few hundred of parks no more,
-/// where a fixed bound let each of larson's classes sit on megabytes.
+/// `active` objects out of its slabs (the barn's own included): none
+/// while those are less than [`BARN_MIN_BYTES`](super::barn::BARN_MIN_BYTES),
+/// else at most [`BARN_BYTES`](super::barn::BARN_BYTES) and no more
+/// than are out elsewhere, in use or in bins and depots. So a class the
+/// program holds hundreds of thousands of can park a burst of them
+/// (sh8bench's 16-byte objects), and one it holds a few hundred of parks
+/// nothing (see `BARN_MIN_BYTES`).
 fn barn_room(size: usize, active: usize) -> usize {
+    if active * size < super::barn::BARN_MIN_BYTES {
+        return 0;
+    }
     (super::barn::BARN_BYTES / size).min(active / 2)
 }
 

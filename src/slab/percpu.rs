@@ -9,7 +9,9 @@
 //! thread whose bin is empty takes a whole list from its CPU's depot; a
 //! thread whose bin is full leaves one there. Both are O(1): no object is
 //! touched and no slab descriptor either. Only when the depot is empty or
-//! full is the shared cache's lock taken. Threads on different CPUs
+//! full is the shared cache's lock taken: a full depot's next list goes
+//! to the cache's barn ([`super::barn`]), still whole, and an empty
+//! depot's refill takes the barn's newest list before any slab. Threads on different CPUs
 //! therefore do not meet on one lock for the objects they keep recycling.
 //!
 //! The CPU number comes from the rseq area glibc 2.35+ registers for every
@@ -254,11 +256,12 @@ mod tests {
         assert!(agrees, "rseq cpu_id never matched sched_getcpu");
     }
 
-    /// A list that finds its CPU's depot full waits, whole, in the barn of
-    /// the CPU's node, its objects still out of their slabs; the node's
-    /// next refill past the depot takes it back as it is, and a drain
-    /// (idle, or whatever its age) walks what the barn keeps home and gives
-    /// the barn's page back.
+    /// A list that finds its CPU's depot full goes back to its slabs while
+    /// the class has less than `BARN_MIN_BYTES` out; with more, it waits,
+    /// whole, in the barn of the CPU's node, its objects still out of
+    /// their slabs; the node's next refill past the depot takes it back as
+    /// it is, and a drain (idle, or whatever its age) walks what the barn
+    /// keeps home and gives the barn's page back.
     #[test]
     fn a_list_the_depot_cannot_take_waits_in_the_barn() {
         let _serial = crate::slab::DRAIN_TEST_LOCK.lock().unwrap_or_else(|e| e.into_inner());
@@ -293,6 +296,29 @@ mod tests {
             unsafe { free_batch(class, list, n) };
             drain_all();
             assert_eq!((cached_objects(class), cache::stashed(cache)), (0, 0));
+            // The barn keeps nothing for a class the program holds little of.
+            let (list, n) = take(2);
+            // SAFETY: as above; the depot has room.
+            unsafe { free_batch(class, list, n) };
+            let (small, m) = take(2);
+            // SAFETY: as above.
+            unsafe {
+                free_batch(class, small, m);
+                let (extra, k) = take(2);
+                free_batch(class, extra, k);
+            }
+            assert_eq!(cache::stashed(cache), 0, "a barn kept a list of a class with few objects out");
+            drain_all();
+            // Enough objects out (the program's) for the barn to keep lists.
+            let size = crate::slab::size_of_class(class);
+            let mut held = std::vec::Vec::new();
+            let mut out = 0;
+            while out * size < crate::slab::barn::BARN_MIN_BYTES {
+                let (list, got) = cache::alloc_bulk(cache, 64);
+                assert!(got > 0);
+                held.push((list, got));
+                out += got;
+            }
             let mut in_depot = std::vec::Vec::new();
             for _ in 0..DEPOT_LISTS {
                 let (list, n) = take(2);
@@ -327,6 +353,10 @@ mod tests {
             assert_eq!(cache::stashed(cache), 0);
             assert_eq!(cache.lock().active_objs, active, "the barn's objects are back in their slabs");
             assert_eq!(crate::slab::drain_barn(cache, None), 0, "nothing left, no page");
+            for (list, got) in held {
+                // SAFETY: the objects held, free objects of the class.
+                unsafe { crate::slab::free_home(list, got) };
+            }
             cache.lock().check();
             drain_all();
         })
