@@ -12,7 +12,8 @@
 //! takes the spare back, both in O(1), no list walked. Only with no spare
 //! is an empty bin refilled, with half its limit's worth, from the CPU's depot
 //! ([`percpu::alloc_batch`]), which in turn refills from the
-//! [`KmemCache`](super::KmemCache) of the CPU's node.
+//! [`KmemCache`](super::KmemCache) of the CPU's node: a whole list its
+//! barn keeps, else objects off its slabs.
 //! Limits start small and grow with use (see `START_OBJECTS`), so
 //! memory sits in a thread's bins only for the classes it keeps cycling,
 //! and all of a thread's bins together grow by at most
