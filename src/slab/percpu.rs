@@ -11,8 +11,9 @@
 //! touched and no slab descriptor either. Only when the depot is empty or
 //! full is the shared cache's lock taken: a full depot's next list goes
 //! to the cache's barn ([`super::barn`]), still whole, and an empty
-//! depot's refill takes the barn's newest list before any slab. Threads on different CPUs
-//! therefore do not meet on one lock for the objects they keep recycling.
+//! depot's refill takes the barn's newest list before any slab. Threads
+//! on different CPUs therefore do not meet on one lock for the objects
+//! they keep recycling.
 //!
 //! The CPU number comes from the rseq area glibc 2.35+ registers for every
 //! thread (`__rseq_offset` from the thread pointer, field `cpu_id`), and
