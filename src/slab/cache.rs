@@ -41,7 +41,7 @@ use crate::mm;
 use crate::os;
 use crate::mm::page::{self, Page, PageList, PG_SLAB};
 use crate::mm::hooks::{self, PageUse};
-use crate::os::sync::Mutex;
+use crate::os::sync::{Mutex, MutexGuard};
 use core::ptr;
 
 /// Bytes of empty one-page slabs a cache keeps for reuse before it gives
@@ -557,11 +557,27 @@ fn alloc_refill(cache: &Mutex<KmemCache>, order: usize) -> *mut u8 {
 /// lock's release wait for them and the other threads of the node wait
 /// for the release (sh8bench: a quarter of the refill's samples on the
 /// unlock).
+#[cfg_attr(not(test), allow(dead_code))] // the unit tests use it; bins refill by `alloc_for_bin`
 pub fn alloc_bulk(cache: &Mutex<KmemCache>, max: usize) -> (*mut u8, usize) {
+    bulk_off_slabs(cache, cache.lock(), max)
+}
+
+/// A bin's refill past its CPU's depot: the newest list the barn of
+/// `cache` keeps, whole, else [`alloc_bulk`]'s objects off its slabs,
+/// under one lock acquisition for both.
+pub fn alloc_for_bin(cache: &Mutex<KmemCache>, max: usize) -> (*mut u8, usize) {
+    let mut c = cache.lock();
+    if let Some(list) = c.barn.take(mm::clock_ms()) {
+        return list;
+    }
+    bulk_off_slabs(cache, c, max)
+}
+
+/// [`alloc_bulk`] with `c`, the guard of `cache`'s lock, already held.
+fn bulk_off_slabs<'a>(cache: &'a Mutex<KmemCache>, mut c: MutexGuard<'a, KmemCache>, max: usize) -> (*mut u8, usize) {
     let mut pieces = [Taken::run(0, 0); MAX_PIECES];
     let mut n_pieces = 0;
     let mut got = 0;
-    let mut c = cache.lock();
     let size = c.info.size as usize;
     let class = c.index as usize;
     while got < max && n_pieces < MAX_PIECES {
@@ -643,11 +659,6 @@ fn barn_room(size: usize, active: usize) -> usize {
         return 0;
     }
     (super::barn::BARN_BYTES / size).min(active / 2)
-}
-
-/// The newest list the barn of `cache` keeps, and its length, taken out.
-pub fn unstash(cache: &Mutex<KmemCache>) -> Option<(*mut u8, usize)> {
-    cache.lock().barn.take(mm::clock_ms())
 }
 
 /// Objects the barn of `cache` keeps.
@@ -803,7 +814,7 @@ pub unsafe fn free_bulk_by<'a>(mut list: *mut u8, count: usize, cache_of: impl F
     let mut n_release = 0;
     // Slab order and object size of the cache the slabs in `release` belong to.
     let (mut order, mut size) = (0, 0);
-    let mut locked: Option<(&Mutex<KmemCache>, crate::os::sync::MutexGuard<'_, KmemCache>)> = None;
+    let mut locked: Option<(&Mutex<KmemCache>, MutexGuard<'_, KmemCache>)> = None;
     let mut remaining = count;
     // The list is cut into runs of objects of one slab (objects freed
     // together were mostly carved from one slab together), and each run is

@@ -98,8 +98,8 @@ fn allocate_cpu_caches(cpu: usize) -> *mut CpuCaches {
 
 /// Takes free objects of `class` for the calling thread's bin, linked
 /// through their first word: a list from this CPU's depot, or from the
-/// shared cache when the depot is empty (see [`cache::alloc_bulk`]; `max`
-/// bounds only never-used objects). Returns the list and its length.
+/// shared cache when the depot is empty (see [`cache::alloc_for_bin`];
+/// `max` bounds only never-used objects). Returns the list and its length.
 pub fn alloc_batch(class: usize, max: usize) -> (*mut u8, usize) {
     let pc = cpu_caches(current_cpu() % MAX_CPUS);
     if !pc.is_null() {
@@ -111,11 +111,7 @@ pub fn alloc_batch(class: usize, max: usize) -> (*mut u8, usize) {
             return depot.lists[nr];
         }
     }
-    let cache = &super::home_caches()[class];
-    match cache::unstash(cache) {
-        Some(list) => list,
-        None => cache::alloc_bulk(cache, max),
-    }
+    cache::alloc_for_bin(&super::home_caches()[class], max)
 }
 
 /// Gives back `count` objects of `class` (a list linked through the first
