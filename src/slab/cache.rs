@@ -131,6 +131,26 @@ impl Taken {
     fn run(first: usize, n: usize) -> Taken {
         Taken { head: first | 1, word: n }
     }
+
+    /// Whether these are never-used objects ([`Taken::run`]).
+    fn is_run(&self) -> bool {
+        self.head & 1 != 0
+    }
+}
+
+/// Bytes of never-used objects one refill of a bin takes at most (at
+/// least one object): linking them writes each one's first word, so for
+/// a class of page-sized objects every object taken is a page the
+/// process touches, and a bin's first refill (3 to 5 objects) touched
+/// 3 to 5 pages for a program that wanted one 4 KiB block. Objects freed
+/// before (a slab's free list) come whole: their pages are touched
+/// already.
+const FRESH_BYTES: usize = os::PAGE_SIZE;
+
+/// Never-used objects of `size` bytes one refill takes at most.
+#[inline]
+fn fresh_objects(size: usize) -> usize {
+    (FRESH_BYTES / size).max(1)
 }
 
 /// Figures of one cache, as `/proc/slabinfo` shows them.
@@ -250,11 +270,12 @@ impl KmemCache {
 
     /// Takes many objects from one slab in O(1), for a thread's bin: the
     /// slab's whole free list (spliced, not walked: bins are linked through
-    /// the same first word), or else a run of up to `max` never-used
-    /// objects, which the caller links after dropping the lock. `None`
-    /// when the cache needs a new slab.
+    /// the same first word), or else a run of up to `max` and
+    /// `max_fresh` never-used objects (possibly none), which the caller
+    /// links after dropping the lock. `None` when the cache needs a new
+    /// slab.
     #[link_section = ".text.hot.buddyslab"]
-    fn take_locked(&mut self, max: usize) -> Option<(Taken, usize)> {
+    fn take_locked(&mut self, max: usize, max_fresh: usize) -> Option<(Taken, usize)> {
         let slab = self.slab_to_take_from();
         if slab.is_null() {
             return None;
@@ -270,7 +291,7 @@ impl KmemCache {
                 s.nr_free = 0;
                 (t, n)
             } else {
-                let n = max.min((self.info.objects - s.bump) as usize);
+                let n = max.min(max_fresh).min((self.info.objects - s.bump) as usize);
                 let first = page::page_address(slab) + s.bump as usize * self.info.size as usize;
                 s.bump += n as u16;
                 (Taken::run(first, n), n)
@@ -559,30 +580,41 @@ fn alloc_refill(cache: &Mutex<KmemCache>, order: usize) -> *mut u8 {
 /// unlock).
 #[cfg_attr(not(test), allow(dead_code))] // the unit tests use it; bins refill by `alloc_for_bin`
 pub fn alloc_bulk(cache: &Mutex<KmemCache>, max: usize) -> (*mut u8, usize) {
-    bulk_off_slabs(cache, cache.lock(), max)
+    bulk_off_slabs(cache, cache.lock(), max, usize::MAX)
 }
 
 /// A bin's refill past its CPU's depot: the newest list the barn of
 /// `cache` keeps, whole, else [`alloc_bulk`]'s objects off its slabs,
-/// under one lock acquisition for both.
+/// under one lock acquisition for both, with no more never-used objects
+/// than [`fresh_objects`] allows.
 pub fn alloc_for_bin(cache: &Mutex<KmemCache>, max: usize) -> (*mut u8, usize) {
     let mut c = cache.lock();
     if let Some(list) = c.barn.take(mm::clock_ms()) {
         return list;
     }
-    bulk_off_slabs(cache, c, max)
+    let fresh = fresh_objects(c.info.size as usize);
+    bulk_off_slabs(cache, c, max, fresh)
 }
 
-/// [`alloc_bulk`] with `c`, the guard of `cache`'s lock, already held.
-fn bulk_off_slabs<'a>(cache: &'a Mutex<KmemCache>, mut c: MutexGuard<'a, KmemCache>, max: usize) -> (*mut u8, usize) {
+/// [`alloc_bulk`] with `c`, the guard of `cache`'s lock, already held,
+/// and at most `fresh` (at least one) of the objects never used before.
+fn bulk_off_slabs<'a>(
+    cache: &'a Mutex<KmemCache>,
+    mut c: MutexGuard<'a, KmemCache>,
+    max: usize,
+    fresh: usize,
+) -> (*mut u8, usize) {
+    debug_assert!(fresh >= 1);
     let mut pieces = [Taken::run(0, 0); MAX_PIECES];
     let mut n_pieces = 0;
     let mut got = 0;
     let size = c.info.size as usize;
     let class = c.index as usize;
+    let mut fresh_left = fresh;
     while got < max && n_pieces < MAX_PIECES {
-        let (taken, n) = match c.take_locked(max - got) {
+        let (taken, n) = match c.take_locked(max - got, fresh_left) {
             Some(t) => t,
+            None if fresh_left == 0 => break, // no slab made for nothing
             None => {
                 let order = c.info.order as usize;
                 drop(c);
@@ -591,12 +623,18 @@ fn bulk_off_slabs<'a>(cache: &'a Mutex<KmemCache>, mut c: MutexGuard<'a, KmemCac
                 let Some((slab, _)) = fresh else { break };
                 // SAFETY: a fresh block of this cache's order.
                 unsafe { c.add_slab(slab) };
-                match c.take_locked(max - got) {
+                match c.take_locked(max - got, fresh_left) {
                     Some(t) => t,
                     None => break,
                 }
             }
         };
+        if n == 0 {
+            break; // only never-used objects left, and no room for them
+        }
+        if taken.is_run() {
+            fresh_left -= n;
+        }
         got += n;
         pieces[n_pieces] = taken;
         n_pieces += 1;
@@ -1038,6 +1076,45 @@ mod tests {
                 unsafe { mm::free_pages(block, info.order as usize) };
             }
         }
+    }
+
+    /// A bin's refill takes at most a page of never-used objects, and one
+    /// object of a class of page-sized objects, so a program that asks for
+    /// one 4 KiB block touches one page, not a bin's worth; objects freed
+    /// before come back whole, as many as the refill asks for. (The secure
+    /// build puts a slab's every slot on its free list when it makes it.)
+    #[cfg(not(feature = "secure"))]
+    #[test]
+    fn a_bin_refill_takes_at_most_a_page_of_never_used_objects() {
+        crate::heap::ensure_init();
+        for (size, fresh) in [(64, 64), (1024, 4), (3000, 1), (4096, 1), (16 * 1024, 1)] {
+            let info = CLASSES[crate::slab::class_of(size)];
+            assert_eq!(fresh_objects(info.size as usize), fresh, "{size}-byte objects");
+            let cache = Mutex::new(KmemCache::new(205, info));
+            let (list, n) = alloc_for_bin(&cache, 8);
+            assert_eq!(n, fresh.min(8), "{size}-byte objects: a refill of never-used objects");
+            assert_eq!(cache.lock().nr_slabs, 1, "{size}-byte objects: one slab");
+            cache.lock().check();
+            // SAFETY: `n` free objects of `cache`, just taken.
+            unsafe { free_bulk(&cache, list, n) };
+            cache.lock().check();
+            assert_eq!(shrink(&cache), 1 << info.order);
+        }
+        // Freed objects are not capped: twelve taken from three one-page
+        // slabs, given back, come back in one refill.
+        let info = CLASSES[crate::slab::class_of(1024)];
+        assert_eq!((info.order, info.objects), (0, 4), "four 1 KiB objects to a page");
+        let cache = Mutex::new(KmemCache::new(205, info));
+        let (list, n) = alloc_bulk(&cache, 12);
+        assert_eq!(n, 12);
+        // SAFETY: `n` free objects of `cache`, just taken.
+        unsafe { free_bulk(&cache, list, n) };
+        let (list, n) = alloc_for_bin(&cache, 12);
+        assert_eq!(n, 12, "the slabs' free lists, whole");
+        assert_eq!(cache.lock().nr_slabs, 3, "no slab made for them");
+        // SAFETY: as above.
+        unsafe { free_bulk(&cache, list, n) };
+        assert_eq!(shrink(&cache), 3);
     }
 
     /// The secure build shuffles a kept empty slab again when it is taken
