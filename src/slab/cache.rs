@@ -592,25 +592,26 @@ pub fn alloc_for_bin(cache: &Mutex<KmemCache>, max: usize) -> (*mut u8, usize) {
     if let Some(list) = c.barn.take(mm::clock_ms()) {
         return list;
     }
-    let fresh = fresh_objects(c.info.size as usize);
-    bulk_off_slabs(cache, c, max, fresh)
+    let max_fresh = fresh_objects(c.info.size as usize);
+    bulk_off_slabs(cache, c, max, max_fresh)
 }
 
 /// [`alloc_bulk`] with `c`, the guard of `cache`'s lock, already held,
-/// and at most `fresh` (at least one) of the objects never used before.
+/// and at most `max_fresh` (at least one) of the objects never used
+/// before.
 fn bulk_off_slabs<'a>(
     cache: &'a Mutex<KmemCache>,
     mut c: MutexGuard<'a, KmemCache>,
     max: usize,
-    fresh: usize,
+    max_fresh: usize,
 ) -> (*mut u8, usize) {
-    debug_assert!(fresh >= 1);
+    debug_assert!(max_fresh >= 1);
     let mut pieces = [Taken::run(0, 0); MAX_PIECES];
     let mut n_pieces = 0;
     let mut got = 0;
     let size = c.info.size as usize;
     let class = c.index as usize;
-    let mut fresh_left = fresh;
+    let mut fresh_left = max_fresh;
     while got < max && n_pieces < MAX_PIECES {
         let (taken, n) = match c.take_locked(max - got, fresh_left) {
             Some(t) => t,
