@@ -75,7 +75,13 @@ const NODE_ORDER: usize = mm::order_for_pages(core::mem::size_of::<NodeCaches>()
 /// The node of the calling thread's CPU (a hint: the thread may move).
 #[inline]
 pub fn home_node() -> usize {
-    crate::os::current_cpu() % MAX_NODES
+    node_of_cpu(crate::os::current_cpu())
+}
+
+/// The node of CPU `cpu`.
+#[inline]
+pub fn node_of_cpu(cpu: usize) -> usize {
+    cpu % MAX_NODES
 }
 
 /// The caches of the calling thread's CPU's node, made on first use;
@@ -133,11 +139,7 @@ pub fn stashed_objects(index: usize) -> usize {
 
 /// Every node made so far, in node order.
 pub fn nodes() -> impl Iterator<Item = &'static NodeCaches> {
-    NODES.iter().filter_map(|n| {
-        let p = n.load(Ordering::Acquire);
-        // SAFETY: published nodes live forever.
-        (!p.is_null()).then(|| unsafe { &*p })
-    })
+    (0..MAX_NODES).filter_map(node_caches)
 }
 
 /// The cache that owns the slab headed by `slab`.

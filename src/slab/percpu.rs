@@ -154,7 +154,7 @@ unsafe fn leave_list(pc: *mut CpuCaches, cpu: usize, class: usize, list: *mut u8
             return;
         }
     }
-    if let Some(node) = super::node_caches(cpu % super::MAX_NODES) {
+    if let Some(node) = super::node_caches(super::node_of_cpu(cpu)) {
         // SAFETY: per the caller.
         if unsafe { cache::stash(&node[class], list, count) } {
             return;
