@@ -11,7 +11,9 @@
 
 mod common;
 
-use common::{clean_malloc_env, find_program, fresh_dir, library, run, secure_library, tail, Outcome};
+use common::{
+    clean_malloc_env, find_program, fresh_dir, library, remove_scratch, run, scratch_dir, secure_library, tail, Outcome,
+};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
@@ -63,6 +65,9 @@ fn compare(workload: &Workload) {
         program.display(),
         plain.stdout.lines().count()
     );
+    for label in ["glibc", "buddyslab", "buddyslab-secure"] {
+        remove_scratch(&scratch_dir("real-programs").join(dir_name(workload, label)));
+    }
 }
 
 /// Runs `workload` under the library `lib` and checks it against the
@@ -99,8 +104,14 @@ fn compare_one(workload: &Workload, plain: &Outcome, label: &str, lib: &Path) {
     );
 }
 
+/// The name of the directory (under `target/tmp/real-programs`) that
+/// `workload` runs in under `label`.
+fn dir_name(workload: &Workload, label: &str) -> String {
+    format!("{}-{label}", workload.name)
+}
+
 fn run_in(workload: &Workload, label: &str, preload: Option<&Path>) -> Outcome {
-    let dir = fresh_dir("real-programs", &format!("{}-{label}", workload.name));
+    let dir = fresh_dir("real-programs", &dir_name(workload, label));
     for (name, contents) in workload.files {
         let path = dir.join(name);
         std::fs::write(&path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));

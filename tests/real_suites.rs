@@ -15,7 +15,7 @@
 
 mod common;
 
-use common::{clean_malloc_env, find_program, fresh_dir, library, run, Outcome};
+use common::{clean_malloc_env, find_program, fresh_dir, library, remove_scratch, run, scratch_dir, Outcome};
 use std::fmt::Write as _;
 use std::net::TcpListener;
 use std::path::Path;
@@ -212,6 +212,9 @@ fn redis_benchmark_digest_matches_glibc() {
         lib.display()
     );
     eprintln!("redis under libbuddyslab.so: digest {} with {} keys, as on glibc\n{summary}", preloaded.digest, preloaded.keys);
+    for label in ["glibc", "buddyslab"] {
+        remove_scratch(&scratch_dir("real-suites").join(format!("redis-{label}")));
+    }
 }
 
 // ----------------------------------------------------------------- python
@@ -270,4 +273,5 @@ fn python_test_suite_part() {
         );
     }
     eprintln!("python3.11 -m test {}: all OK under libbuddyslab.so", PYTHON_TESTS.join(" "));
+    remove_scratch(&scratch_dir("real-suites").join("python-buddyslab"));
 }

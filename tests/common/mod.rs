@@ -65,6 +65,17 @@ pub fn fresh_dir(what: &str, name: &str) -> PathBuf {
     dir
 }
 
+/// Removes a scratch directory once the test that used it has passed: the
+/// real programs' and suites' directories hold hundreds of megabytes, and
+/// CI's disk is not large. A failed test leaves its directory to read.
+pub fn remove_scratch(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            panic!("remove {}: {e}", dir.display());
+        }
+    }
+}
+
 /// Looks `program` up in `PATH`; panics naming the Debian package that
 /// provides it when it is missing.
 pub fn find_program(program: &str, package: &str) -> PathBuf {
