@@ -165,11 +165,6 @@ impl Tally {
             entry_frees: self.entry_frees - earlier.entry_frees,
         }
     }
-
-    /// Calls counted in all.
-    pub fn total(&self) -> u64 {
-        self.allocs + self.frees + self.calls.iter().sum::<u64>()
-    }
 }
 
 /// The process's [`Tally`], field for field.

@@ -306,10 +306,14 @@ fn free_inside_object(p: *mut u8) -> ! {
     bad_pointer(b"free()", b"invalid pointer (inside an object)", p)
 }
 
-/// [`free`] of anything but an object of the thread's own node, by its
-/// owner: an object of another node (to the magazine's remote bins), a
-/// page run, a large block, null, or a bad pointer (which
-/// [`check::owner_in`] stops at).
+/// [`free`] of anything but an object of the thread's own node whose bin
+/// has room. Its own part is an object of another node in a chunk the
+/// thread remembers, the common case of objects freed by a thread other
+/// than the one that allocated them: to the thread's remote bin, calling
+/// nothing on its way and so saving no register (callgrind, a thread
+/// freeing another's 64-byte objects: 63 instructions here per such
+/// free, against 100 when the one function held every case). The rest
+/// is [`free_elsewhere`]'s.
 #[cold]
 #[inline(never)]
 #[link_section = ".text.hot.buddyslab"]
@@ -317,6 +321,37 @@ fn free_other(p: *mut u8) {
     if p.is_null() {
         return;
     }
+    let tc = magazine::current();
+    // SAFETY: the thread cache is this thread's.
+    if let Some(tag) = unsafe { magazine::remembered_tag(tc, p as usize) } {
+        let user_class = (tag & 0xff) as usize;
+        // SAFETY: the thread cache is this thread's.
+        if (1..=NR_CLASSES).contains(&user_class) && (tag as u32 ^ unsafe { (*tc).node_tag() }) > 0xff {
+            // SAFETY: 1 <= user_class <= NR_CLASSES.
+            if !unsafe { slab::is_slot_start(user_class, p as usize) } {
+                free_inside_object(p);
+            }
+            // SAFETY: a slab object of that class on another node's page,
+            // at a slot start, given up by the caller.
+            if unsafe { magazine::free_remote(tc, p, user_class) } {
+                // SAFETY: the thread cache is this thread's.
+                unsafe { magazine::publish_now_and_then(tc) };
+                return;
+            }
+        }
+    }
+    free_elsewhere(p)
+}
+
+/// [`free_other`]'s rest: an object of a chunk the thread does not
+/// remember (looked up, and remembered), an object of this node whose bin
+/// is full, a remote object whose remote bin is full or whose thread's
+/// cache is not active, a page run, a large block, or a bad pointer
+/// (which [`check::owner_in`] stops at).
+#[cold]
+#[inline(never)]
+#[link_section = ".text.hot.buddyslab"]
+fn free_elsewhere(p: *mut u8) {
     // A chunk other than the remembered one: look it up (and remember
     // it), then the fast path's steps.
     let tc = magazine::current();
@@ -340,7 +375,9 @@ fn free_other(p: *mut u8) {
             check::check_slot_start(b"free()", p, user_class);
             // SAFETY: a slab object of that class, at a slot start, given
             // up by the caller.
-            if unsafe { magazine::free_remote(tc, p, user_class, ensure_init) } {
+            if unsafe { magazine::free_remote(tc, p, user_class) } {
+                // SAFETY: the thread cache is this thread's.
+                unsafe { magazine::publish_now_and_then(tc) };
                 return;
             }
         }

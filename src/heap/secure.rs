@@ -928,7 +928,7 @@ fn small_release(tc: *mut magazine::ThreadCache, k: Drawn, p: usize, tag: u16, l
         // still the page's: the object is live in the heap, so its slab
         // stays a slab of that class and node (a page the heap profile
         // diverts since was not diverted when the object was freed, so
-        // the object is no sample; see `heap::free_other`).
+        // the object is no sample; see `heap::free_elsewhere`).
         // The pattern just checked holds the free mark, so the push
         // neither reads nor writes it; the heap's `free` would take the
         // mark for a double free, so it goes first there.

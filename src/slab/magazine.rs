@@ -225,8 +225,9 @@ struct Cold {
 // One page of `mm::alloc_thread_page`.
 const _: () = assert!(core::mem::size_of::<Cold>() <= crate::os::PAGE_SIZE);
 
-/// Calls a thread folds before it adds them to the process's counts
-/// (one shared cache line, written so at most once per this many).
+/// Blocks a thread hands out or gives back before it adds its counts to
+/// the process's (one shared cache line, written so at most once per this
+/// many).
 const PUBLISH_EVERY: u64 = 1024;
 
 /// Bytes a thread's spares may hold together. A full bin that would
@@ -346,13 +347,25 @@ impl ThreadCache {
         self.shown = self.tally;
     }
 
-    /// [`publish`](ThreadCache::publish) once [`PUBLISH_EVERY`] calls have
-    /// been counted since the last time.
+    /// [`publish`](ThreadCache::publish) once [`PUBLISH_EVERY`] blocks
+    /// have been handed out or given back since the last time (the calls
+    /// counted beside them go with them). Two counts, not the whole
+    /// tally: the test runs on every remote free, and the tally's seven
+    /// sums took some twenty instructions there.
     #[inline]
     fn publish_now_and_then(&mut self) {
-        if self.tally.total() - self.shown.total() >= PUBLISH_EVERY {
-            self.publish();
+        let (now, shown) = (&self.tally, &self.shown);
+        if (now.allocs + now.frees).wrapping_sub(shown.allocs + shown.frees) >= PUBLISH_EVERY {
+            self.publish_cold();
         }
+    }
+
+    /// [`publish`](ThreadCache::publish), kept off the paths that test
+    /// whether it is due.
+    #[cold]
+    #[inline(never)]
+    fn publish_cold(&mut self) {
+        self.publish();
     }
 
     /// Grows the bin of `class` as [`grow_budgeted`] does.
@@ -1192,31 +1205,48 @@ pub unsafe fn free_slow(object: *mut u8, user_class: usize, set_up: SetUp) {
 /// Frees `object`, a slab object of class `user_class - 1` whose page's
 /// tag names another node, into the thread's remote bin, when the cache
 /// is active and that bin has room; false when not (then [`free_slow`]
-/// does it, growing the bin or sending it home). What `free_slow` does
-/// for such an object, less its reads of the page descriptor: the tag
-/// already said class and node.
+/// does it, activating the cache, growing the bin or sending it home).
+/// What `free_slow` does for such an object, less its reads of the page
+/// descriptor (the tag already said class and node) and less the count's
+/// publication, which the caller does last ([`publish_now_and_then`]),
+/// so that `free`'s path for such objects calls nothing.
 ///
 /// # Safety
 /// `tc` is [`current`]; `object` is a live object of that class, at a
 /// slot start, given up, on a page of another node than the thread's.
-pub unsafe fn free_remote(tc: *mut ThreadCache, object: *mut u8, user_class: usize, set_up: SetUp) -> bool {
-    if !activate(tc, set_up) {
-        return false;
-    }
-    // SAFETY: this thread's cache, active; the object is ours to link.
+#[inline(always)]
+pub unsafe fn free_remote(tc: *mut ThreadCache, object: *mut u8, user_class: usize) -> bool {
+    // SAFETY: this thread's cache; the object is ours to link once the
+    // cache is active.
     unsafe {
         let tc = &mut *tc;
-        let key = tc.key;
+        // `activate`'s common case; the others take `free_slow`.
+        if tc.state != ACTIVE || crate::options::perturb() != 0 {
+            return false;
+        }
+        let (key, link_key) = (tc.key, tc.link_key);
         let remote = &mut tc.cold().remotes[user_class];
         if remote.count >= remote.limit {
             return false;
         }
         set_free_mark(object, key);
-        remote.push(object);
+        link::set_next_keyed(object, remote.head, link_key);
+        remote.head = object;
+        remote.count += 1;
         tc.tally.frees += 1;
-        tc.publish_now_and_then();
     }
     true
+}
+
+/// [`ThreadCache::publish_now_and_then`] for the callers of
+/// [`free_remote`].
+///
+/// # Safety
+/// `tc` is [`current`].
+#[inline(always)]
+pub unsafe fn publish_now_and_then(tc: *mut ThreadCache) {
+    // SAFETY: per the caller.
+    unsafe { (*tc).publish_now_and_then() }
 }
 
 /// Puts the free mark (keyed by `key`, [`link::FREE_MARK`]) on `object`,

@@ -26,7 +26,8 @@
  *   CALL-small-freed             (realloc, usable) a freed 64-byte object
  *   free-wild                    an address nothing is mapped at
  *   free-remote-double           a 64-byte object of another node (made by
- *                                a thread on CPU 0, freed on CPU 1) freed
+ *                                a thread on CPU 0, freed on CPU 1, after
+ *                                one good free from its chunk) freed
  *                                twice: the remote bin's road
  *   free-remote-interior         p + 16 inside such an object
  * (On a machine with one CPU the remote cases are ordinary frees.)
@@ -100,11 +101,13 @@ static void pin(int cpu)
     sched_setaffinity(0, sizeof one, &one);
 }
 
-/* A thread on CPU 0 makes a 64-byte object, left live for main. */
-static void *object_on_cpu0(void *out)
+/* A thread on CPU 0 makes two 64-byte objects (one slab's, so one
+ * chunk's), left live for main. */
+static void *objects_on_cpu0(void *out)
 {
     pin(0);
-    *(void **)out = filled(64);
+    ((void **)out)[0] = filled(64);
+    ((void **)out)[1] = filled(64);
     return NULL;
 }
 
@@ -174,12 +177,17 @@ int main(int argc, char **argv)
          * size nothing above used), the object from a thread on CPU 0. */
         pin(1);
         free(malloc(5000));
-        void *p = NULL;
+        void *pair[2] = {NULL, NULL};
         pthread_t t;
-        if (pthread_create(&t, NULL, object_on_cpu0, &p) || pthread_join(t, NULL)) {
+        if (pthread_create(&t, NULL, objects_on_cpu0, pair) || pthread_join(t, NULL)) {
             fprintf(stderr, "pthread failed\n");
             return 4;
         }
+        /* A good remote free first: this thread now remembers the chunk,
+         * so the bad call below takes free's path for remote objects of
+         * remembered chunks (heap::free_other), not the lookup's. */
+        void *p = pair[0];
+        free(pair[1]);
         if (!strcmp(rest, "remote-double")) {
             void *alias = hidep(p);
             announce(p);
