@@ -91,11 +91,17 @@ struct RedisResult {
     keys_after_reload: String,
 }
 
+/// The directory (under `target/tmp/real-suites`) of the redis run
+/// under `label`.
+fn redis_dir_name(label: &str) -> String {
+    format!("redis-{label}")
+}
+
 /// Starts redis-server (preloaded or not) in `dir`, loads the data set,
 /// runs the benchmark, reloads, and shuts it down. Returns the figures and
 /// the benchmark's summary.
 fn redis_run(label: &str, preload: Option<&Path>) -> (RedisResult, String) {
-    let dir = fresh_dir("real-suites", &format!("redis-{label}"));
+    let dir = fresh_dir("real-suites", &redis_dir_name(label));
     let data = dir.join("data.resp");
     std::fs::write(&data, data_set()).expect("write the data set");
     let port = free_port();
@@ -213,7 +219,7 @@ fn redis_benchmark_digest_matches_glibc() {
     );
     eprintln!("redis under libbuddyslab.so: digest {} with {} keys, as on glibc\n{summary}", preloaded.digest, preloaded.keys);
     for label in ["glibc", "buddyslab"] {
-        remove_scratch(&scratch_dir("real-suites").join(format!("redis-{label}")));
+        remove_scratch(&scratch_dir("real-suites").join(redis_dir_name(label)));
     }
 }
 

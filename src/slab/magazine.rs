@@ -1230,9 +1230,7 @@ pub unsafe fn free_remote(tc: *mut ThreadCache, object: *mut u8, user_class: usi
             return false;
         }
         set_free_mark(object, key);
-        link::set_next_keyed(object, remote.head, link_key);
-        remote.head = object;
-        remote.count += 1;
+        remote.push_keyed(object, link_key);
         tc.tally.frees += 1;
     }
     true
@@ -1274,7 +1272,18 @@ impl RemoteBin {
     /// `object` is a free slab object of the bin's class, ours to link.
     unsafe fn push(&mut self, object: *mut u8) {
         // SAFETY: per the caller.
-        unsafe { link::set_next(object, self.head) };
+        unsafe { self.push_keyed(object, link::key()) }
+    }
+
+    /// [`push`](RemoteBin::push) with the link key at hand ([`link::key`],
+    /// as an active thread cache holds it).
+    ///
+    /// # Safety
+    /// As [`push`](RemoteBin::push); `key` is [`link::key`].
+    #[inline(always)]
+    unsafe fn push_keyed(&mut self, object: *mut u8, key: usize) {
+        // SAFETY: per the caller.
+        unsafe { link::set_next_keyed(object, self.head, key) };
         self.head = object;
         self.count += 1;
     }
