@@ -322,25 +322,45 @@ fn free_other(p: *mut u8) {
         return;
     }
     let tc = magazine::current();
-    // SAFETY: the thread cache is this thread's.
+    // SAFETY: the thread cache is this thread's; the tag is the page's.
     if let Some(tag) = unsafe { magazine::remembered_tag(tc, p as usize) } {
-        let user_class = (tag & 0xff) as usize;
-        // SAFETY: the thread cache is this thread's.
-        if (1..=NR_CLASSES).contains(&user_class) && (tag as u32 ^ unsafe { (*tc).node_tag() }) > 0xff {
-            // SAFETY: 1 <= user_class <= NR_CLASSES.
-            if !unsafe { slab::is_slot_start(user_class, p as usize) } {
-                free_inside_object(p);
-            }
-            // SAFETY: a slab object of that class on another node's page,
-            // at a slot start, given up by the caller.
-            if unsafe { magazine::free_remote(tc, p, user_class) } {
-                // SAFETY: the thread cache is this thread's.
-                unsafe { magazine::publish_now_and_then(tc) };
-                return;
-            }
+        // SAFETY: as above.
+        if unsafe { free_remote_tagged(tc, tag, p) } {
+            return;
         }
     }
     free_elsewhere(p)
+}
+
+/// A slab object of another node (the tag's class byte names a class,
+/// its node byte another node than the thread's) to the thread's remote
+/// bin, from the tag alone: true when done, false when `p` is no such
+/// object or the remote bin cannot take it now. The page descriptor,
+/// which `owner_of` and `free_slow` read and the owner node's refills
+/// write, stays on its CPU.
+///
+/// # Safety
+/// `tc` is [`magazine::current`]; `tag` is the tag of the page holding
+/// `p`; if `p` is a live block, nothing uses it afterwards.
+#[inline(always)]
+unsafe fn free_remote_tagged(tc: *mut magazine::ThreadCache, tag: u16, p: *mut u8) -> bool {
+    let user_class = (tag & 0xff) as usize;
+    // SAFETY: the thread cache is this thread's.
+    if !(1..=NR_CLASSES).contains(&user_class) || (tag as u32 ^ unsafe { (*tc).node_tag() }) <= 0xff {
+        return false;
+    }
+    // SAFETY: 1 <= user_class <= NR_CLASSES.
+    if !unsafe { slab::is_slot_start(user_class, p as usize) } {
+        free_inside_object(p);
+    }
+    // SAFETY: a slab object of that class on another node's page, at a
+    // slot start, given up by the caller.
+    if !unsafe { magazine::free_remote(tc, p, user_class) } {
+        return false;
+    }
+    // SAFETY: the thread cache is this thread's.
+    unsafe { magazine::publish_now_and_then(tc) };
+    true
 }
 
 /// [`free_other`]'s rest: an object of a chunk the thread does not
@@ -361,25 +381,9 @@ fn free_elsewhere(p: *mut u8) {
         // SAFETY: a published chunk holding `p`: its tag is the page's.
         let tag = unsafe { page::Chunk::tag(chunk, p as usize) };
         // SAFETY: as above.
-        if unsafe { free_tagged(tc, tag, p) } {
+        // SAFETY: as above.
+        if unsafe { free_tagged(tc, tag, p) || free_remote_tagged(tc, tag, p) } {
             return;
-        }
-        // A slab object of another node (the tag's class byte names a
-        // class, its node byte another node than the thread's): to the
-        // thread's remote bin, from the tag alone. The page descriptor,
-        // which `owner_of` and `free_slow` read and the owner node's
-        // refills write, stays on its CPU.
-        let user_class = (tag & 0xff) as usize;
-        // SAFETY: the thread cache is this thread's.
-        if (1..=NR_CLASSES).contains(&user_class) && (tag as u32 ^ unsafe { (*tc).node_tag() }) > 0xff {
-            check::check_slot_start(b"free()", p, user_class);
-            // SAFETY: a slab object of that class, at a slot start, given
-            // up by the caller.
-            if unsafe { magazine::free_remote(tc, p, user_class) } {
-                // SAFETY: the thread cache is this thread's.
-                unsafe { magazine::publish_now_and_then(tc) };
-                return;
-            }
         }
     }
     match check::owner_in(chunk, p, b"free()") {

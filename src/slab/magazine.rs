@@ -368,6 +368,13 @@ impl ThreadCache {
         self.publish();
     }
 
+    /// Whether the cache is active and may be used as it is: what
+    /// [`activate`] answers at once, with nothing to set up.
+    #[inline(always)]
+    fn is_active(&self) -> bool {
+        self.state == ACTIVE && crate::options::perturb() == 0
+    }
+
     /// Grows the bin of `class` as [`grow_budgeted`] does.
     fn grow_bin(&mut self, class: usize, how: Growth) -> bool {
         let mut limit = self.limit(class);
@@ -928,7 +935,7 @@ pub fn init_thread_exit_key() {
 #[inline(always)]
 fn activate(tc: *mut ThreadCache, set_up: SetUp) -> bool {
     // SAFETY: the thread cache is this thread's alone.
-    if unsafe { (*tc).state } == ACTIVE && crate::options::perturb() == 0 {
+    if unsafe { (*tc).is_active() } {
         return true;
     }
     activate_slow(tc, set_up)
@@ -1221,7 +1228,7 @@ pub unsafe fn free_remote(tc: *mut ThreadCache, object: *mut u8, user_class: usi
     unsafe {
         let tc = &mut *tc;
         // `activate`'s common case; the others take `free_slow`.
-        if tc.state != ACTIVE || crate::options::perturb() != 0 {
+        if !tc.is_active() {
             return false;
         }
         let (key, link_key) = (tc.key, tc.link_key);
