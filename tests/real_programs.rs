@@ -56,7 +56,8 @@ fn compare(workload: &Workload) {
         workload.name,
         plain.report()
     );
-    for (label, lib) in [("buddyslab", &lib), ("buddyslab-secure", &secure)] {
+    let preloads = [("buddyslab", &lib), ("buddyslab-secure", &secure)];
+    for (label, lib) in preloads {
         compare_one(workload, &plain, label, lib);
     }
     eprintln!(
@@ -65,7 +66,7 @@ fn compare(workload: &Workload) {
         program.display(),
         plain.stdout.lines().count()
     );
-    for label in ["glibc", "buddyslab", "buddyslab-secure"] {
+    for label in std::iter::once("glibc").chain(preloads.map(|(label, _)| label)) {
         remove_scratch(&scratch_dir("real-programs").join(dir_name(workload, label)));
     }
 }
