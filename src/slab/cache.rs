@@ -395,15 +395,8 @@ impl KmemCache {
                 return;
             }
             let (base, size) = (page::page_address(head), self.info.size as usize);
-            let key = link::key();
             let mark = link::FREE_MARK.load(core::sync::atomic::Ordering::Relaxed);
-            for i in 0..n {
-                let object = (base + i * size) as *mut u8;
-                let next = if i + 1 < n { object.wrapping_add(size) } else { ptr::null_mut() };
-                link::set_next_keyed(object, next, key);
-                link::set_marked_free_with(object, mark);
-            }
-            s.freelist = base as *mut u8;
+            s.freelist = link_slots(base, n, size, mark, ptr::null_mut());
             set_free_tail(head, (base + (n - 1) * size) as *mut u8);
         }
     }
@@ -807,18 +800,37 @@ unsafe fn join_pieces(pieces: &[Taken], class: usize, size: usize) -> *mut u8 {
             head = list;
         } else {
             let (first, n) = (piece.head & !1, piece.word);
-            for i in (0..n).rev() {
-                let object = (first + i * size) as *mut u8;
-                // SAFETY: never-used objects of a slab we took them from.
-                unsafe {
-                    link::set_next(object, head);
-                    link::set_marked_free_with(object, mark);
-                }
-                head = object;
-            }
+            // SAFETY: never-used objects of a slab we took them from.
+            head = unsafe { link_slots(first, n, size, mark, head) };
         }
     }
     head
+}
+
+/// Links the `n` slots of `size` bytes from `first` into a list in
+/// address order, each marked free under `mark` (`FREE_MARK`), the last
+/// linked to `then`; returns the first (`then` when `n` is 0). The link
+/// key is read once. For never-used objects a refill takes
+/// ([`join_pieces`]) and for a kept empty slab taken back
+/// (`KmemCache::relink_slots`): both write the slots front to back.
+///
+/// # Safety
+/// The slots lie in one slab and are ours to write; none is handed out.
+unsafe fn link_slots(first: usize, n: usize, size: usize, mark: usize, then: *mut u8) -> *mut u8 {
+    if n == 0 {
+        return then;
+    }
+    let key = link::key();
+    for i in 0..n {
+        let object = (first + i * size) as *mut u8;
+        let next = if i + 1 < n { object.wrapping_add(size) } else { then };
+        // SAFETY: per the caller.
+        unsafe {
+            link::set_next_keyed(object, next, key);
+            link::set_marked_free_with(object, mark);
+        }
+    }
+    first as *mut u8
 }
 
 /// The last object of the free list of `slab` (non-empty), or null when
@@ -1168,14 +1180,8 @@ mod tests {
     #[cfg(feature = "secure")]
     #[test]
     fn a_kept_slab_is_shuffled_again_when_taken_back() {
-        crate::heap::ensure_init();
-        let info = CLASSES[crate::slab::class_of(48)];
-        let objects = info.objects as usize;
-        assert!(objects >= 32 && info.order == 0, "a one-page slab of many slots");
-        let cache = Mutex::new(KmemCache::new(204, info));
-        let first: Vec<*mut u8> = (0..objects).map(|_| alloc(&cache)).collect();
-        let slab = head_of(first[0]);
-        assert!(first.iter().all(|&p| head_of(p) == slab), "one slab's slots");
+        let (cache, first, slab) = one_full_slab(204);
+        let objects = first.len();
         let mut freed = first.clone();
         freed.sort();
         for &p in &freed {
@@ -1211,15 +1217,9 @@ mod tests {
     #[cfg(not(feature = "secure"))]
     #[test]
     fn a_kept_slab_hands_out_its_slots_front_to_back() {
-        crate::heap::ensure_init();
-        let info = CLASSES[crate::slab::class_of(48)];
-        let objects = info.objects as usize;
-        assert!(objects >= 32 && info.order == 0, "a one-page slab of many slots");
-        let cache = Mutex::new(KmemCache::new(205, info));
-        let mut sorted: Vec<*mut u8> = (0..objects).map(|_| alloc(&cache)).collect();
+        let (cache, mut sorted, slab) = one_full_slab(205);
         sorted.sort();
-        let slab = head_of(sorted[0]);
-        assert!(sorted.iter().all(|&p| head_of(p) == slab), "one slab's slots");
+        let objects = sorted.len();
         for round in 0..2 {
             // Freed in a scattered order: every 7th slot, from slot 3 on
             // (7 and the slot count share no factor).
@@ -1256,6 +1256,22 @@ mod tests {
         }
         shrink(&cache);
         assert_eq!(cache.lock().nr_slabs, 0);
+    }
+
+    /// A cache (index `index`) of 48-byte objects in one-page slabs of
+    /// many slots, every slot of its one slab handed out: the cache, the
+    /// slots in the order they were handed out, and the slab. For the
+    /// tests of a kept slab taken back.
+    fn one_full_slab(index: u8) -> (Mutex<KmemCache>, Vec<*mut u8>, *mut Page) {
+        crate::heap::ensure_init();
+        let info = CLASSES[crate::slab::class_of(48)];
+        let objects = info.objects as usize;
+        assert!(objects >= 32 && info.order == 0, "a one-page slab of many slots");
+        let cache = Mutex::new(KmemCache::new(index, info));
+        let slots: Vec<*mut u8> = (0..objects).map(|_| alloc(&cache)).collect();
+        let slab = head_of(slots[0]);
+        assert!(slots.iter().all(|&p| head_of(p) == slab), "one slab's slots");
+        (cache, slots, slab)
     }
 
     fn head_of(object: *mut u8) -> *mut Page {
